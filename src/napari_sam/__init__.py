@@ -1,0 +1,43 @@
+"""napari-sam: Segment Anything for microscopy, with a bundled PyTorch SAM.
+
+The public API mirrors Meta's ``segment_anything``::
+
+    from napari_sam import sam_model_registry, SamPredictor, ResizeLongestSide
+
+Names are imported lazily so that ``import napari_sam`` stays cheap (no torch,
+no napari until something is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "sam_model_registry": "napari_sam.model.build",
+    "build_sam_vit_h": "napari_sam.model.build",
+    "build_sam_vit_l": "napari_sam.model.build",
+    "build_sam_vit_b": "napari_sam.model.build",
+    "build_sam": "napari_sam.model.build",
+    "Sam": "napari_sam.model.sam",
+    "SamPredictor": "napari_sam.predictor",
+    "ResizeLongestSide": "napari_sam.transforms",
+    "load_model": "napari_sam.weights",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_sam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

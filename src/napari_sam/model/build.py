@@ -1,0 +1,263 @@
+"""Model configurations, the builder and checkpoint loading.
+
+``sam_model_registry[model_type](checkpoint=None)`` builds a :class:`Sam` with
+random weights (initialised as the published implementation does) or loads a
+checkpoint file with ``strict=True``. Parameter names equal the keys of the
+published ``.pth`` files. No I/O other than reading the given checkpoint.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from os import PathLike
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ModelTypeMismatchError
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """Architecture of a SAM model (ViT encoder).
+
+    The published models use ``img_size=1024``, ``patch_size=16``,
+    ``window_size=14`` and a 256-wide prompt encoder / mask decoder; they differ
+    in the encoder's width, depth, heads and global-attention blocks.
+    """
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+
+
+CONFIGS: dict[str, SamConfig] = {
+    "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
+}
+
+
+def build_sam(config: SamConfig) -> Sam:
+    """Build a :class:`Sam` with random weights for ``config`` (eval mode, CPU)."""
+    grid = config.img_size // config.patch_size
+    image_encoder = ImageEncoderViT(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        embed_dim=config.encoder_embed_dim,
+        depth=config.encoder_depth,
+        num_heads=config.encoder_num_heads,
+        mlp_ratio=4.0,
+        out_chans=config.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=config.window_size,
+        global_attn_indexes=config.encoder_global_attn_indexes,
+    )
+    return _assemble(image_encoder, config.prompt_embed_dim, grid, config)
+
+
+def _assemble(image_encoder: nn.Module, embed_dim: int, grid: int, config: SamConfig) -> Sam:
+    prompt_encoder = PromptEncoder(
+        embed_dim=embed_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(config.img_size, config.img_size),
+        mask_in_chans=config.mask_in_chans,
+    )
+    mask_decoder = MaskDecoder(
+        transformer_dim=embed_dim,
+        transformer=TwoWayTransformer(
+            depth=config.decoder_depth,
+            embedding_dim=embed_dim,
+            num_heads=config.decoder_num_heads,
+            mlp_dim=config.decoder_mlp_dim,
+        ),
+        num_multimask_outputs=3,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return Sam(image_encoder, prompt_encoder, mask_decoder).eval()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+#: Wrapper keys under which training frameworks nest the actual state dict.
+_WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
+#: Key prefixes added by DataParallel, Lightning modules or fine-tuning wrappers.
+_PREFIXES = ("module.", "sam.", "model.")
+
+
+def read_checkpoint(path: str | PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat SAM state dict (tensors on the CPU).
+
+    Accepts a plain state dict, one wrapped in ``{"model": ...}``,
+    ``{"state_dict": ...}`` or ``{"model_state": ...}``, and keys prefixed with
+    ``module.``, ``sam.`` or ``model.``. Files are read with
+    ``weights_only=True``: no code in the file is executed.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, truncated, not a PyTorch file, or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"The checkpoint file {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile, AttributeError, TypeError) as exc:
+        raise CheckpointError(
+            f"The checkpoint file {path} could not be read; it is probably incomplete "
+            f"(an interrupted download) or not a PyTorch weights file ({type(exc).__name__})."
+        ) from exc
+    for _ in range(3):  # wrappers can nest, e.g. {"model": {"state_dict": ...}}
+        if not isinstance(obj, Mapping):
+            break
+        inner = next(
+            (obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(
+            f"The file {path} does not contain SAM model weights (expected a state dict "
+            "mapping parameter names to tensors)."
+        )
+    state = dict(obj)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def detect_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Name the published model type a state dict belongs to, from its shapes.
+
+    Returns ``"vit_b"``, ``"vit_l"``, ``"vit_h"``, ``"vit_t"`` or ``None`` when
+    the layout matches none of them.
+    """
+    if any(k.startswith("image_encoder.layers.") for k in state):
+        return "vit_t"
+    patch = state.get("image_encoder.patch_embed.proj.weight")
+    if patch is None:
+        return None
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name, cfg in CONFIGS.items():
+        if patch.shape[0] == cfg.encoder_embed_dim and depth == cfg.encoder_depth:
+            return name
+    return None
+
+
+def load_state_into(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, model_type: str, source: str
+) -> None:
+    """Load ``state`` into ``model`` with ``strict=True``, explaining any mismatch.
+
+    Raises
+    ------
+    ModelTypeMismatchError
+        The tensors belong to another published model type.
+    CheckpointError
+        Keys are missing or unexpected, or shapes differ; the message lists them.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(
+        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or wrong_shape:
+        found = detect_model_type(state)
+        if found is not None and found != model_type:
+            raise ModelTypeMismatchError(
+                f"The checkpoint {source} holds a '{found}' model, not '{model_type}'; "
+                f"choose model type '{found}' or a '{model_type}' checkpoint.",
+                expected=model_type,
+                found=found,
+            )
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing key(s): {_preview(missing)}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected key(s): {_preview(unexpected)}")
+        if wrong_shape:
+            shapes = [
+                f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in wrong_shape
+            ]
+            details.append(f"{len(wrong_shape)} tensor(s) of the wrong shape: {_preview(shapes)}")
+        raise CheckpointError(
+            f"The checkpoint {source} does not fit the '{model_type}' model: "
+            + "; ".join(details)
+            + "."
+        )
+    dtype_state = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(dtype_state, strict=True)
+
+
+def _preview(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", … ({len(items) - n} more)" if len(items) > n else "")
+
+
+def build_from_config(
+    config: SamConfig, checkpoint: str | PathLike | None = None, *, model_type: str = "custom"
+) -> Sam:
+    """Build a model for ``config``; load ``checkpoint`` if given (strict)."""
+    model = build_sam(config)
+    if checkpoint is not None:
+        state = read_checkpoint(checkpoint)
+        load_state_into(model, state, model_type=model_type, source=str(checkpoint))
+    return model
+
+
+def _builder(model_type: str) -> Callable[..., Sam]:
+    def build(checkpoint: str | PathLike | None = None) -> Sam:
+        return build_from_config(CONFIGS[model_type], checkpoint, model_type=model_type)
+
+    build.__name__ = f"build_sam_{model_type}"
+    build.__doc__ = (
+        f"Build SAM '{model_type}': random weights, or the weights in ``checkpoint`` "
+        "(loaded with strict=True)."
+    )
+    return build
+
+
+build_sam_vit_h = _builder("vit_h")
+build_sam_vit_l = _builder("vit_l")
+build_sam_vit_b = _builder("vit_b")
+
+#: Model type -> builder, as in ``segment_anything``.
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "default": build_sam_vit_h,
+    "vit_h": build_sam_vit_h,
+    "vit_l": build_sam_vit_l,
+    "vit_b": build_sam_vit_b,
+}

@@ -1,0 +1,331 @@
+"""ViT image encoder of SAM (ViT-B/L/H).
+
+A plain Vision Transformer over 16×16 patches of a 1024×1024 image. Most
+blocks attend inside 14×14 windows; a few blocks (``global_attn_indexes``)
+attend over the whole 64×64 token grid. Every attention adds a *decomposed
+relative position* term: for a query at grid cell (qh, qw) and a key at
+(kh, kw) the logit gets ``q·R_h[qh-kh] + q·R_w[qw-kw]`` with learnt tables
+``rel_pos_h`` / ``rel_pos_w`` of shape ``(2*size-1, head_dim)``. A convolutional
+"neck" maps the tokens to a ``(B, 256, 64, 64)`` embedding.
+
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`
+with the relative-position term passed as its additive ``attn_mask``. The mask
+of a global block is ``heads × 4096 × 4096`` values (800 MB in fp32 for
+ViT-B), so it is built and consumed in slices whose size is bounded by
+:data:`ATTN_MASK_BUDGET`; results are identical, peak memory is small.
+
+Tensors inside the blocks are channels-last: ``(B, H, W, C)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d, MLPBlock
+
+#: Largest number of mask elements materialised at once by the attention of
+#: one block (4 M fp32 values = 16 MB): small enough to stay in cache-friendly
+#: sizes on a CPU, large enough that the per-call overhead is negligible.
+ATTN_MASK_BUDGET = 4 * 1024 * 1024
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Gather the relative-position embeddings for every (query, key) pair on one axis.
+
+    Parameters
+    ----------
+    q_size, k_size : int
+        Number of query and key positions along the axis.
+    rel_pos : Tensor, shape ``(L, C)``
+        Learnt table; ``L`` is normally ``2 * max(q_size, k_size) - 1``. A table
+        of another length is linearly resampled to that length first.
+
+    Returns
+    -------
+    Tensor, shape ``(q_size, k_size, C)``
+        Entry ``[i, j]`` embeds the offset between query ``i`` and key ``j``.
+    """
+    span = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != span:
+        table = F.interpolate(rel_pos.t().unsqueeze(0), size=span, mode="linear")
+        table = table.squeeze(0).t()
+    else:
+        table = rel_pos
+    # When the two axes differ in length, positions are stretched to the longer one.
+    q_stretch = max(k_size / q_size, 1.0)
+    k_stretch = max(q_size / k_size, 1.0)
+    q_pos = torch.arange(q_size, device=rel_pos.device)[:, None] * q_stretch
+    k_pos = torch.arange(k_size, device=rel_pos.device)[None, :] * k_stretch
+    index = (q_pos - k_pos + (k_size - 1) * k_stretch).long()
+    return table[index]
+
+
+def _attention_with_rel_pos(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+) -> torch.Tensor:
+    """Scaled dot-product attention plus the decomposed relative-position bias.
+
+    Parameters
+    ----------
+    q, k, v : Tensor, shape ``(N, L, D)``
+        ``N`` = batch × heads, ``L`` = number of tokens.
+    rel_h, rel_w : Tensor, shapes ``(N, L, Kh)`` and ``(N, L, Kw)``
+        Per-query bias towards each key row / key column; ``Kh * Kw == L``.
+
+    Returns
+    -------
+    Tensor, shape ``(N, L, D)``
+    """
+    n, length, _ = q.shape
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    keys = kh * kw
+    if n * length * keys <= ATTN_MASK_BUDGET:
+        mask = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, length, keys)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    rows = max(1, min(length, ATTN_MASK_BUDGET // keys))
+    group = max(1, ATTN_MASK_BUDGET // (rows * keys))
+    out = torch.empty_like(q)
+    for i in range(0, n, group):
+        sl_n = slice(i, i + group)
+        for s in range(0, length, rows):
+            sl_l = slice(s, s + rows)
+            h = rel_h[sl_n, sl_l]
+            mask = (h[..., :, None] + rel_w[sl_n, sl_l][..., None, :]).reshape(
+                h.shape[0], h.shape[1], keys
+            )
+            out[sl_n, sl_l] = F.scaled_dot_product_attention(
+                q[sl_n, sl_l], k[sl_n], v[sl_n], attn_mask=mask
+            )
+    return out
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a token grid, optionally with relative positions.
+
+    Parameters
+    ----------
+    dim : int
+        Token width.
+    num_heads : int
+        Number of heads; ``dim`` must be divisible by it.
+    qkv_bias : bool
+        Whether the fused ``qkv`` projection has a bias.
+    use_rel_pos : bool
+        Add the decomposed relative-position term.
+    input_size : tuple of int
+        ``(H, W)`` of the grid the attention sees (the window, or the whole grid);
+        it sets the size of ``rel_pos_h`` and ``rel_pos_w``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Token width {dim} is not divisible by {num_heads} heads.")
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("Relative positions need the input size of the attention grid.")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend over ``x`` of shape ``(B, H, W, C)``; returns the same shape."""
+        b, h, w, c = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, b * heads, h * w, c // heads).unbind(0)
+        if self.use_rel_pos:
+            table_h = relative_position_table(h, h, self.rel_pos_h)  # (h, h, D)
+            table_w = relative_position_table(w, w, self.rel_pos_w)  # (w, w, D)
+            grid_q = q.reshape(b * heads, h, w, -1)
+            rel_h = torch.einsum("nhwd,hkd->nhwk", grid_q, table_h).reshape(b * heads, h * w, h)
+            rel_w = torch.einsum("nhwd,wkd->nhwk", grid_q, table_w).reshape(b * heads, h * w, w)
+            out = _attention_with_rel_pos(q, k, v, rel_h, rel_w)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.reshape(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, c)
+        return self.proj(out)
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Cut a ``(B, H, W, C)`` grid into non-overlapping ``window × window`` tiles.
+
+    The grid is zero-padded at the bottom/right to a multiple of ``window``.
+
+    Returns
+    -------
+    tiles : Tensor, shape ``(B * nH * nW, window, window, C)``
+    padded_hw : tuple of int
+        ``(Hp, Wp)``, the padded grid size.
+    """
+    b, h, w, c = x.shape
+    pad_h = (window - h % window) % window
+    pad_w = (window - w % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c)
+    tiles = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c)
+    return tiles, (hp, wp)
+
+
+def window_unpartition(
+    tiles: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: tiles back to a ``(B, H, W, C)`` grid."""
+    hp, wp = padded_hw
+    h, w = hw
+    b = tiles.shape[0] // ((hp // window) * (wp // window))
+    x = tiles.view(b, hp // window, wp // window, window, window, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    if hp > h or wp > w:
+        x = x[:, :h, :w, :].contiguous()
+    return x
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with windowed (``window_size > 0``) or global attention."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            use_rel_pos=use_rel_pos,
+            input_size=input_size if window_size == 0 else (window_size, window_size),
+        )
+        self.norm2 = norm_layer(dim)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act=act_layer)
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, H, W, C)`` -> same shape."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            hw = (x.shape[1], x.shape[2])
+            x, padded_hw = window_partition(x, self.window_size)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window_size, padded_hw, hw)
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: ``(B, 3, H, W)`` -> ``(B, H/16, W/16, C)``."""
+
+    def __init__(
+        self,
+        kernel_size: tuple[int, int] = (16, 16),
+        stride: tuple[int, int] = (16, 16),
+        padding: tuple[int, int] = (0, 0),
+        in_chans: int = 3,
+        embed_dim: int = 768,
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM's ViT image encoder.
+
+    Input: normalised, padded images ``(B, 3, img_size, img_size)`` float32.
+    Output: embeddings ``(B, out_chans, img_size/patch_size, img_size/patch_size)``.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        global_attn_indexes: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(
+            kernel_size=(patch_size, patch_size),
+            stride=(patch_size, patch_size),
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+        )
+        self.pos_embed: nn.Parameter | None = None
+        if use_abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                norm_layer=norm_layer,
+                act_layer=act_layer,
+                use_rel_pos=use_rel_pos,
+                window_size=0 if i in global_attn_indexes else window_size,
+                input_size=(grid, grid),
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))

@@ -1,0 +1,146 @@
+"""The :class:`Sam` module: image encoder + prompt encoder + mask decoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+#: Per-channel RGB mean and standard deviation (0–255 scale) SAM was trained with.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    """Segment Anything model.
+
+    Attributes
+    ----------
+    mask_threshold : float
+        Logit threshold that turns mask logits into binary masks (0.0).
+    image_format : str
+        Channel order the model expects (``"RGB"``).
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, float, float] = PIXEL_MEAN,
+        pixel_std: tuple[float, float, float] = PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model's parameters live on."""
+        return self.pixel_mean.device
+
+    @property
+    def img_size(self) -> int:
+        """Side length of the square model input (1024)."""
+        return int(self.image_encoder.img_size)
+
+    @torch.no_grad()
+    def forward(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool
+    ) -> list[dict[str, torch.Tensor]]:
+        """Predict masks end to end for a batch of images and their prompts.
+
+        Parameters
+        ----------
+        batched_input : list of dict
+            One dict per image with keys
+
+            - ``image``: Tensor ``(3, H, W)``, already resized so that the longest
+              side is ``img_size`` (see :class:`~napari_sam.ResizeLongestSide`),
+              RGB, 0–255.
+            - ``original_size``: ``(H0, W0)`` of the image before resizing.
+            - ``point_coords`` ``(B, N, 2)`` (x, y, in the resized frame) and
+              ``point_labels`` ``(B, N)``; optional.
+            - ``boxes`` ``(B, 4)`` x0, y0, x1, y1 in the resized frame; optional.
+            - ``mask_inputs`` ``(B, 1, 256, 256)`` logits; optional.
+        multimask_output : bool
+            Three masks per prompt instead of one.
+
+        Returns
+        -------
+        list of dict
+            Per image: ``masks`` ``(B, C, H0, W0)`` bool, ``iou_predictions``
+            ``(B, C)``, ``low_res_logits`` ``(B, C, 256, 256)``; ``C`` is 3 or 1.
+        """
+        images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input], dim=0)
+        embeddings = self.image_encoder(images)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        outputs = []
+        for rec, embedding in zip(batched_input, embeddings):
+            points = None
+            if "point_coords" in rec and rec["point_coords"] is not None:
+                points = (rec["point_coords"], rec["point_labels"])
+            sparse, dense = self.prompt_encoder(
+                points=points, boxes=rec.get("boxes"), masks=rec.get("mask_inputs")
+            )
+            low_res, iou = self.mask_decoder(
+                image_embeddings=embedding.unsqueeze(0),
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+            masks = self.postprocess_masks(
+                low_res,
+                input_size=tuple(rec["image"].shape[-2:]),
+                original_size=tuple(rec["original_size"]),
+            )
+            outputs.append(
+                {
+                    "masks": masks > self.mask_threshold,
+                    "iou_predictions": iou,
+                    "low_res_logits": low_res,
+                }
+            )
+        return outputs
+
+    def postprocess_masks(
+        self,
+        masks: torch.Tensor,
+        input_size: tuple[int, ...],
+        original_size: tuple[int, ...],
+    ) -> torch.Tensor:
+        """Upscale low-resolution logits to the original image.
+
+        The logits ``(B, C, 256, 256)`` cover the padded ``img_size`` square; they
+        are resized bilinearly to that square, the padding is cut off (leaving
+        ``input_size``), and the rest is resized to ``original_size``.
+
+        Returns
+        -------
+        Tensor ``(B, C, H0, W0)`` logits (float).
+        """
+        size = self.img_size
+        masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(
+            masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False
+        )
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``(3, H, W)`` RGB 0–255 pixels and pad to ``img_size`` (bottom/right)."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        size = self.img_size
+        return F.pad(x, (0, size - w, 0, size - h))

@@ -1,0 +1,278 @@
+"""SamPredictor: encode an image once, then predict masks from prompts quickly.
+
+Coordinates follow SAM: points are ``(x, y)`` in pixels of the image passed to
+:meth:`SamPredictor.set_image` (x = column, y = row); boxes are
+``(x0, y0, x1, y1)``. Masks are ``(C, H, W)`` arrays in row-major image order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import ImageFormatError, ImageNotSetError, PromptError
+from .model.sam import Sam
+from .transforms import ResizeLongestSide
+
+
+class SamPredictor:
+    """Compute the image embedding once and predict masks for many prompts.
+
+    Parameters
+    ----------
+    sam_model : Sam
+        The model; its device is used for all computation.
+    """
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode an image for later :meth:`predict` calls.
+
+        Parameters
+        ----------
+        image : ndarray ``(H, W, 3)`` uint8
+            RGB (or BGR, see ``image_format``) pixels, 0–255. Grayscale,
+            16-bit or float microscopy images are converted by
+            :mod:`napari_sam.image`, not here.
+        image_format : {"RGB", "BGR"}
+            Channel order of ``image``.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ImageFormatError(
+                f"image_format must be 'RGB' or 'BGR', not {image_format!r}."
+            )
+        _check_rgb_uint8(image)
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        input_image = self.transform.apply_image(image)
+        input_torch = torch.as_tensor(input_image, device=self.device)
+        input_torch = input_torch.permute(2, 0, 1).contiguous()[None, :, :, :]
+        self.set_torch_image(input_torch, image.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
+    ) -> None:
+        """Encode an image already resized with :meth:`ResizeLongestSide.apply_image_torch`.
+
+        Parameters
+        ----------
+        transformed_image : Tensor ``(1, 3, H', W')``
+            RGB, 0–255, longest side equal to the model's ``img_size``.
+        original_image_size : tuple of int
+            ``(H, W)`` of the image before resizing.
+        """
+        size = self.model.image_encoder.img_size
+        if (
+            transformed_image.ndim != 4
+            or transformed_image.shape[1] != 3
+            or max(transformed_image.shape[2:]) != size
+        ):
+            raise ImageFormatError(
+                "set_torch_image expects a (1, 3, H, W) tensor whose longest side is "
+                f"{size} pixels, got shape {tuple(transformed_image.shape)}."
+            )
+        self.reset_image()
+        self.original_size = tuple(int(s) for s in original_image_size)
+        self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
+        input_image = self.model.preprocess(transformed_image)
+        self.features = self.model.image_encoder(input_image)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image embedding, ``(1, 256, 64, 64)``."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size: tuple[int, ...] | None = None
+        self.input_size: tuple[int, ...] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model."""
+        return self.model.device
+
+    # ------------------------------------------------------------------ prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for prompts on the current image.
+
+        Parameters
+        ----------
+        point_coords : ndarray ``(N, 2)``, optional
+            Points as (x, y) pixels of the original image.
+        point_labels : ndarray ``(N,)``, optional
+            1 = foreground (positive), 0 = background (negative).
+        box : ndarray ``(4,)`` or ``(1, 4)``, optional
+            Box as x0, y0, x1, y1 pixels of the original image.
+        mask_input : ndarray ``(1, 256, 256)``, optional
+            Low-resolution logits of an earlier prediction (``logits[i:i+1]``).
+        multimask_output : bool
+            Return three candidate masks (best for ambiguous single clicks).
+        return_logits : bool
+            Return float logits instead of boolean masks.
+
+        Returns
+        -------
+        masks : ndarray ``(C, H, W)`` bool (float32 logits with ``return_logits``)
+        scores : ndarray ``(C,)`` float32, predicted IoU of each mask
+        logits : ndarray ``(C, 256, 256)`` float32, low-resolution logits
+        """
+        self._require_image()
+        coords_t = labels_t = box_t = mask_t = None
+        if point_coords is not None or point_labels is not None:
+            coords, labels = _check_points(point_coords, point_labels)
+            coords = self.transform.apply_coords(coords, self.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box = _check_box(box)
+            box = self.transform.apply_boxes(box, self.original_size)
+            box_t = torch.as_tensor(box, dtype=torch.float, device=self.device)[None, :]
+        if mask_input is not None:
+            mask_t = torch.as_tensor(
+                _check_mask_input(mask_input, self.model), dtype=torch.float, device=self.device
+            )[None]
+
+        masks, scores, low_res = self.predict_torch(
+            coords_t, labels_t, box_t, mask_t, multimask_output, return_logits=return_logits
+        )
+        return (
+            masks[0].detach().cpu().numpy(),
+            scores[0].detach().float().cpu().numpy(),
+            low_res[0].detach().float().cpu().numpy(),
+        )
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction with prompts already in the model input frame.
+
+        Parameters
+        ----------
+        point_coords : Tensor ``(B, N, 2)`` or None
+            x, y in the resized frame (see :meth:`ResizeLongestSide.apply_coords_torch`).
+        point_labels : Tensor ``(B, N)`` or None
+        boxes : Tensor ``(B, 4)`` or None
+        mask_input : Tensor ``(B, 1, 256, 256)`` or None
+
+        Returns
+        -------
+        masks : Tensor ``(B, C, H, W)`` bool (logits with ``return_logits``)
+        iou_predictions : Tensor ``(B, C)``
+        low_res_logits : Tensor ``(B, C, 256, 256)``
+        """
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise PromptError("Point coordinates and point labels must be given together.")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise ImageNotSetError(
+                "An image must be set with .set_image(...) before mask prediction."
+            )
+
+
+# ---------------------------------------------------------------------- input checks
+def _check_rgb_uint8(image: object) -> None:
+    if not isinstance(image, np.ndarray):
+        raise ImageFormatError(
+            f"The image must be a numpy array of shape (H, W, 3), got {type(image).__name__}."
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageFormatError(
+            f"The image must be RGB with shape (H, W, 3); got shape {image.shape}. "
+            "Convert grayscale or multichannel microscopy images with "
+            "napari_sam.image.to_sam_rgb first."
+        )
+    if image.dtype != np.uint8:
+        raise ImageFormatError(
+            f"The image must be 8-bit (uint8, 0-255); got {image.dtype}. Convert it with "
+            "napari_sam.image.to_sam_rgb, which applies contrast limits."
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageFormatError(f"The image is empty (shape {image.shape}).")
+
+
+def _check_points(coords: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
+    if coords is None or labels is None:
+        raise PromptError("Point coordinates and point labels must be given together.")
+    coords = np.asarray(coords, dtype=float)
+    labels = np.asarray(labels)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise PromptError(f"point_coords must have shape (N, 2) as (x, y); got {coords.shape}.")
+    if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
+        raise PromptError(
+            f"point_labels must hold one label per point: {coords.shape[0]} point(s) but "
+            f"labels of shape {labels.shape}."
+        )
+    if not np.isfinite(coords).all():
+        raise PromptError("point_coords contain NaN or infinite values.")
+    if not np.isin(labels, (0, 1)).all():
+        raise PromptError("point_labels must be 1 (foreground) or 0 (background).")
+    return coords, labels
+
+
+def _check_box(box: object) -> np.ndarray:
+    box = np.asarray(box, dtype=float)
+    if box.size != 4 or box.ndim > 2:
+        raise PromptError(
+            f"box must be a single box (x0, y0, x1, y1) of shape (4,); got {box.shape}. "
+            "Use predict_torch for several boxes at once."
+        )
+    box = box.reshape(4)
+    if not np.isfinite(box).all():
+        raise PromptError("The box contains NaN or infinite values.")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise PromptError(
+            f"The box {box.tolist()} is inverted: expected x0 <= x1 and y0 <= y1."
+        )
+    return box
+
+
+def _check_mask_input(mask: object, model: Sam) -> np.ndarray:
+    mask = np.asarray(mask, dtype=np.float32)
+    expected = (1, *model.prompt_encoder.mask_input_size)
+    if mask.shape != expected:
+        raise PromptError(
+            f"mask_input must have shape {expected} (low-resolution logits of a previous "
+            f"prediction, e.g. logits[best][None]); got {mask.shape}."
+        )
+    return mask

@@ -1,0 +1,106 @@
+"""Build Meta's reference ``segment_anything`` models for parity tests.
+
+Both implementations are built from one random state dict: the reference is
+built with a seed, its zero-initialised parameters (absolute and relative
+position embeddings) are perturbed so that they matter, the state dict is saved
+to a ``.pth`` file, and our builder loads that file with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from napari_sam.model.build import SamConfig, build_from_config
+
+#: A narrow, shallow encoder (fast on a CPU) with windowed and global blocks;
+#: prompt encoder and mask decoder have their published sizes.
+SMALL = SamConfig(
+    encoder_embed_dim=64,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(1, 3),
+)
+
+
+def build_reference(config: SamConfig, seed: int = 0):
+    """Reference ``segment_anything.modeling.Sam`` for ``config`` (random weights)."""
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(seed)
+    grid = config.img_size // config.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.img_size, config.img_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    perturb_(sam, seed)
+    return sam.eval()
+
+
+@torch.no_grad()
+def perturb_(sam: torch.nn.Module, seed: int) -> None:
+    """Give zero-initialised tensors random values and make masks decisive.
+
+    Position embeddings start at zero in a fresh model, which would hide any
+    error in how they are used. The last hypernetwork layers are scaled up so
+    that mask logits are far from the 0 threshold for most pixels.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name, p in sam.named_parameters():
+        if "pos_embed" in name or "rel_pos" in name:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+        mlp.layers[-1].weight.mul_(20.0)
+
+
+def save_state(sam: torch.nn.Module, path: Path) -> Path:
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+def build_pair(config: SamConfig, tmp_dir: Path, seed: int = 0, model_type: str = "custom"):
+    """(reference, ours, checkpoint path) sharing one random state dict."""
+    ref = build_reference(config, seed)
+    ckpt = save_state(ref, Path(tmp_dir) / f"random_{model_type}_{seed}.pth")
+    ours = build_from_config(config, ckpt, model_type=model_type)
+    return ref, ours, ckpt

@@ -43,9 +43,7 @@ class SamPredictor:
             Channel order of ``image``.
         """
         if image_format not in ("RGB", "BGR"):
-            raise ImageFormatError(
-                f"image_format must be 'RGB' or 'BGR', not {image_format!r}."
-            )
+            raise ImageFormatError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
         _check_rgb_uint8(image)
         if image_format != self.model.image_format:
             image = image[..., ::-1]
@@ -261,9 +259,7 @@ def _check_box(box: object) -> np.ndarray:
     if not np.isfinite(box).all():
         raise PromptError("The box contains NaN or infinite values.")
     if box[2] < box[0] or box[3] < box[1]:
-        raise PromptError(
-            f"The box {box.tolist()} is inverted: expected x0 <= x1 and y0 <= y1."
-        )
+        raise PromptError(f"The box {box.tolist()} is inverted: expected x0 <= x1 and y0 <= y1.")
     return box
 
 

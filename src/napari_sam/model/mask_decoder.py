@@ -98,8 +98,9 @@ class MaskDecoder(nn.Module):
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
-        tokens = torch.cat([output_tokens.to(sparse_prompt_embeddings.dtype),
-                            sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat(
+            [output_tokens.to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], dim=1
+        )
 
         if image_embeddings.shape[0] == b:
             src = image_embeddings

@@ -111,9 +111,7 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the image embedding grid: ``(1, embed_dim, h, w)``."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)
 
-    def _embed_points(
-        self, points: torch.Tensor, labels: torch.Tensor, pad: bool
-    ) -> torch.Tensor:
+    def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """``points`` ``(B, N, 2)`` x,y; ``labels`` ``(B, N)`` -> ``(B, N[+1], C)``."""
         points = points + 0.5  # move to the pixel centre
         if pad:

@@ -1,0 +1,290 @@
+"""The ``napari-sam`` command: headless tools around the bundled SAM.
+
+Usage::
+
+    napari-sam info                 # versions, devices, cache folder, checkpoints
+    napari-sam download vit_b       # fetch weights into the cache (progress bar)
+    napari-sam download all
+
+Adding a subcommand
+-------------------
+Write ``_add_<name>(subparsers)`` that calls :func:`add_subcommand` and sets
+``handler=<function(args) -> int>`` with ``set_defaults``, then append it to
+:data:`SUBCOMMANDS`. Handlers import heavy modules (torch, the model) inside
+the function so that ``import napari_sam.cli`` and ``napari-sam --help`` stay
+fast. Expected failures are raised as :class:`~napari_sam.errors.NapariSamError`;
+:func:`main` prints them as one line on stderr and returns 1 (the traceback is
+shown only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from napari_sam.errors import NapariSamError
+
+__all__ = ["SUBCOMMANDS", "add_subcommand", "build_parser", "main"]
+
+PROG = "napari-sam"
+
+Handler = Callable[[argparse.Namespace], int]
+
+# Options every subcommand accepts. SUPPRESS keeps a subparser from overwriting
+# a value given before the subcommand name (``napari-sam --debug info``).
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument(
+    "--debug",
+    action="store_true",
+    default=argparse.SUPPRESS,
+    help="show the full Python traceback when something fails",
+)
+
+
+def package_version() -> str:
+    """Installed version of napari-sam (``"unknown"`` when running from a source tree)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("napari-sam")
+    except metadata.PackageNotFoundError:
+        package = sys.modules.get("napari_sam")
+        return str(getattr(package, "__version__", "unknown"))
+
+
+def add_subcommand(
+    subparsers: Any, name: str, *, help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """Add a subcommand parser that also accepts the common options (``--debug``).
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The object returned by ``parser.add_subparsers()``.
+    name : str
+        Name of the subcommand.
+    help : str
+        One line for ``napari-sam --help``.
+    description : str, optional
+        Longer text for ``napari-sam <name> --help``; defaults to ``help``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The new parser; call ``set_defaults(handler=...)`` on it.
+    """
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        parents=[_COMMON],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+# --------------------------------------------------------------------------- info
+
+
+def _add_info(subparsers: Any) -> None:
+    parser = add_subcommand(
+        subparsers,
+        "info",
+        help="show versions, compute devices, the cache folder and the known checkpoints",
+    )
+    parser.set_defaults(handler=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import os
+    import platform
+
+    from napari_sam import weights
+    from napari_sam.device import describe_devices
+
+    devices = describe_devices()
+    lines = [
+        f"napari-sam {package_version()}",
+        f"Python {platform.python_version()} ({sys.executable})",
+        f"PyTorch {devices['torch_version']}",
+    ]
+    if devices["cuda_available"]:
+        gpus = ", ".join(
+            f"cuda:{index} {name}" for index, name in enumerate(devices["cuda_devices"])
+        )
+        lines.append(f"CUDA: available (built for CUDA {devices['cuda_version']}): {gpus}")
+    else:
+        built = devices["cuda_version"]
+        note = f"PyTorch built for CUDA {built}, no usable GPU" if built else "CPU-only PyTorch"
+        lines.append(f"CUDA: not available ({note})")
+    lines.append(f"MPS (Apple GPU): {'available' if devices['mps_available'] else 'not available'}")
+    lines.append(f"Auto device: {devices['auto']}")
+    try:
+        auto_model = weights.resolve_model_type("auto", devices["auto"])
+    except Exception as exc:  # diagnostics must not fail because the model code is broken
+        auto_model = f"unknown (the model code cannot be imported: {exc})"
+    lines.append(f"Auto model type: {auto_model}")
+
+    folder = weights.cache_dir(create=False)
+    origin = f"set by {weights.CACHE_ENV}" if os.environ.get(weights.CACHE_ENV, "").strip() else ""
+    exists = "" if folder.is_dir() else "does not exist yet"
+    notes = "; ".join(note for note in (origin, exists) if note)
+    lines.append(f"Cache folder: {folder}" + (f" ({notes})" if notes else ""))
+    lines.append("Checkpoints:")
+    for key, info in weights.CHECKPOINTS.items():
+        lines.append(
+            f"  {key:<6} {info.filename:<22} {_format_mb(info.size_bytes):>10}  "
+            f"{_cache_state(folder / info.filename, info)}"
+        )
+    print("\n".join(lines))
+    return 0
+
+
+def _format_mb(size: int | None) -> str:
+    return "size ?" if size is None else f"{size / 1e6:.1f} MB"
+
+
+def _cache_state(path: Any, info: Any) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "not cached"
+    if info.size_bytes is None or size == info.size_bytes:
+        return "cached"
+    return f"incomplete ({size} of {info.size_bytes} bytes; will be downloaded again)"
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _add_download(subparsers: Any) -> None:
+    from napari_sam.weights import CHECKPOINTS, MODEL_TYPE_ALIASES
+
+    choices = [*CHECKPOINTS, *MODEL_TYPE_ALIASES, "all"]
+    parser = add_subcommand(
+        subparsers,
+        "download",
+        help="download SAM weights into the cache",
+        description=(
+            "Download published SAM checkpoints into the napari-sam cache folder\n"
+            "(see `napari-sam info`), check their size and checksum, and print\n"
+            "their paths. Files already downloaded are kept unless --force is given."
+        ),
+    )
+    parser.add_argument(
+        "model_types",
+        nargs="+",
+        choices=choices,
+        metavar="MODEL_TYPE",
+        help=f"one or more of: {', '.join(choices)}",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="download again even if the file is cached"
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not show a progress bar")
+    parser.set_defaults(handler=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from napari_sam import weights
+
+    wanted: list[str] = []
+    for name in args.model_types:
+        names = list(weights.CHECKPOINTS) if name == "all" else [name]
+        for item in names:
+            key = weights.checkpoint_info(item).model_type
+            if key not in wanted:
+                wanted.append(key)
+
+    for key in wanted:
+        info = weights.checkpoint_info(key)
+        if weights.is_cached(key) and not args.force:
+            path = weights.checkpoint_path(key, download=False)
+            print(f"{key}: already downloaded", file=sys.stderr)
+        else:
+            path = weights.download(
+                info.url,
+                weights.cache_dir() / info.filename,
+                expected_size=info.size_bytes,
+                md5=info.md5,
+                sha256=info.sha256,
+                progress=not args.quiet,
+            )
+        print(path)
+    return 0
+
+
+#: Functions that each add one subcommand; extend this list to add commands.
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_info, _add_download]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``napari-sam`` argument parser with all :data:`SUBCOMMANDS`.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Segment Anything (SAM) for microscopy: command-line tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False,
+        help="show the full Python traceback when something fails",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``napari-sam`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit code: 0 on success, 1 when the command failed (the reason is
+        printed as one line on stderr), 2 for a usage error, 130 after Ctrl+C.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return int(handler(args) or 0)
+    except NapariSamError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

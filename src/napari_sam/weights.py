@@ -1,0 +1,767 @@
+"""Known SAM checkpoints, the weights cache, verified downloads and model loading.
+
+:func:`load_model` is the single entry point the napari widgets and the
+``napari-sam`` command use to get a ready :class:`Sam` model::
+
+    sam = load_model("vit_b")                       # downloads once, then cached
+    sam = load_model("vit_b", "sam_vit_b_01ec64.pth", device="cpu")
+    sam = load_model("auto")                        # vit_t on CPU, vit_b on a GPU
+
+Checkpoints are stored in :func:`cache_dir` (``$NAPARI_SAM_CACHE`` if set,
+otherwise the user's cache folder) under their published file names. A
+download is written to a temporary file next to its destination, checked
+(byte size, and MD5 and/or SHA-256 where :data:`CHECKPOINTS` records them) and
+only then renamed into place, so an interrupted or corrupt download never
+leaves a file that looks usable.
+
+Nothing here imports ``torch`` at module level; the network code in
+:mod:`napari_sam.model` is imported only when a model is built or a model
+type is resolved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import socket
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari_sam.errors import (
+    CheckpointError,
+    DownloadCancelledError,
+    ModelTypeMismatchError,
+    UnknownModelTypeError,
+    WeightsDownloadError,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = [
+    "CACHE_ENV",
+    "CHECKPOINTS",
+    "MODEL_TYPE_ALIASES",
+    "CheckpointInfo",
+    "cache_dir",
+    "checkpoint_info",
+    "checkpoint_path",
+    "download",
+    "is_cached",
+    "load_model",
+    "resolve_model_type",
+]
+
+#: Environment variable that overrides the cache folder.
+CACHE_ENV = "NAPARI_SAM_CACHE"
+
+#: Bytes read per step while downloading.
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+#: Seconds without data after which a download is given up.
+DEFAULT_TIMEOUT = 60.0
+
+#: Model type names that are other names for a checkpoint of :data:`CHECKPOINTS`.
+MODEL_TYPE_ALIASES: dict[str, str] = {"default": "vit_h"}
+
+ProgressCallback = Callable[[int, "int | None"], Any]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A published SAM checkpoint file.
+
+    Attributes
+    ----------
+    model_type : str
+        Key in ``sam_model_registry`` (``"vit_h"``, ``"vit_l"``, ``"vit_b"``, ``"vit_t"``).
+    filename : str
+        Published file name; the file is cached under this name.
+    url : str
+        Where the file is downloaded from.
+    size_bytes : int or None
+        Exact size of the file in bytes, if known.
+    md5 : str or None
+        Hex MD5 digest of the file, if known.
+    sha256 : str or None
+        Hex SHA-256 digest of the file, if known.
+    description : str
+        A short human-readable name for menus and ``napari-sam info``.
+    """
+
+    model_type: str
+    filename: str
+    url: str
+    size_bytes: int | None
+    md5: str | None = None
+    sha256: str | None = None
+    description: str = ""
+
+    @property
+    def size_mb(self) -> float | None:
+        """Size in megabytes (10**6 bytes), or ``None`` if unknown."""
+        return None if self.size_bytes is None else self.size_bytes / 1e6
+
+
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+# Provenance of the numbers below (all from public material, none computed here):
+#
+# * size_bytes: the SAM sizes 2564550879 / 1249524607 / 375042383 are listed together
+#   with the SHA-256 digests below in several public model manifests, and 375042383 is
+#   the Content-Length that dl.fbaipublicfiles.com reports in a published `wget` log.
+#   40728226 for mobile_sam.pt is listed with its SHA-256 and the source
+#   github.com/ChaoningZhang/MobileSAM (weights/mobile_sam.pt, commit f706ad9c) in
+#   several public manifests.
+# * sha256: micro-sam (computational-cell-analytics/micro-sam, micro_sam/util.py, the
+#   pooch registry keyed "vit_h", "vit_l", "vit_b", "vit_t"); the same digests appear
+#   in independent manifests next to the sizes above.
+# * md5 (SAM files only): IOPaint / lama-cleaner (SEGMENT_ANYTHING_MODELS table of the
+#   interactive-segmentation plugin) and other download scripts agree; each digest
+#   starts with the six hex digits in the file name (4b8939, 0b3195, 01ec64), which is
+#   how Meta named the files. No MD5 is recorded for mobile_sam.pt: the MD5 published
+#   for a re-hosted copy (f3c0d8cd...) could not be tied to the GitHub file, so only the
+#   SHA-256 above (which is) is used.
+CHECKPOINTS: dict[str, CheckpointInfo] = {
+    "vit_h": CheckpointInfo(
+        model_type="vit_h",
+        filename="sam_vit_h_4b8939.pth",
+        url=_SAM_URL + "sam_vit_h_4b8939.pth",
+        size_bytes=2_564_550_879,
+        md5="4b8939a88964f0f4ff5f5b2642c598a6",
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        description="SAM ViT-H (huge, most accurate, 2.6 GB)",
+    ),
+    "vit_l": CheckpointInfo(
+        model_type="vit_l",
+        filename="sam_vit_l_0b3195.pth",
+        url=_SAM_URL + "sam_vit_l_0b3195.pth",
+        size_bytes=1_249_524_607,
+        md5="0b3195507c641ddb6910d2bb5adee89c",
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        description="SAM ViT-L (large, 1.2 GB)",
+    ),
+    "vit_b": CheckpointInfo(
+        model_type="vit_b",
+        filename="sam_vit_b_01ec64.pth",
+        url=_SAM_URL + "sam_vit_b_01ec64.pth",
+        size_bytes=375_042_383,
+        md5="01ec64d29a2fca3f0661936605ae66f8",
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        description="SAM ViT-B (base, fast, 375 MB)",
+    ),
+    "vit_t": CheckpointInfo(
+        model_type="vit_t",
+        filename="mobile_sam.pt",
+        url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+        size_bytes=40_728_226,
+        md5=None,
+        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        description="MobileSAM ViT-T (tiny, fastest on CPU, 41 MB)",
+    ),
+}
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_dir(*, create: bool = True) -> Path:
+    """Folder where napari-sam keeps downloaded checkpoints.
+
+    Parameters
+    ----------
+    create : bool, optional
+        Create the folder (and its parents) if it does not exist yet.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$NAPARI_SAM_CACHE`` if that environment variable is set and not
+        empty, otherwise ``platformdirs.user_cache_dir("napari-sam")``
+        (e.g. ``~/.cache/napari-sam`` on Linux).
+
+    Raises
+    ------
+    WeightsDownloadError
+        If the folder cannot be created.
+    """
+    override = os.environ.get(CACHE_ENV, "").strip()
+    if override:
+        path = Path(override).expanduser()
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_cache_dir("napari-sam", appauthor=False))
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WeightsDownloadError(
+                f"The napari-sam cache folder {path} cannot be created ({exc.strerror or exc}); "
+                f"set {CACHE_ENV} to a folder you can write to."
+            ) from exc
+    return path
+
+
+def checkpoint_info(model_type: str) -> CheckpointInfo:
+    """Look up the published checkpoint of a model type.
+
+    Parameters
+    ----------
+    model_type : str
+        ``"vit_h"``, ``"vit_l"``, ``"vit_b"``, ``"vit_t"`` or ``"default"`` (= ``"vit_h"``).
+
+    Returns
+    -------
+    CheckpointInfo
+
+    Raises
+    ------
+    UnknownModelTypeError
+        If no checkpoint is known for ``model_type``.
+    """
+    key = MODEL_TYPE_ALIASES.get(model_type, model_type)
+    try:
+        return CHECKPOINTS[key]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(CHECKPOINTS))
+        raise UnknownModelTypeError(
+            f"There is no published checkpoint for model type {model_type!r}; "
+            f"choose one of {known}."
+        ) from None
+
+
+def _cached_file(info: CheckpointInfo) -> Path:
+    return cache_dir(create=False) / info.filename
+
+
+def _has_expected_size(path: Path, info: CheckpointInfo) -> bool:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if not path.is_file():
+        return False
+    if info.size_bytes is None:
+        return size > 0
+    return size == info.size_bytes
+
+
+def is_cached(model_type: str) -> bool:
+    """Whether the checkpoint of ``model_type`` is in the cache with the right size.
+
+    Parameters
+    ----------
+    model_type : str
+        A key of :data:`CHECKPOINTS` (or an alias such as ``"default"``).
+
+    Returns
+    -------
+    bool
+    """
+    info = checkpoint_info(model_type)
+    return _has_expected_size(_cached_file(info), info)
+
+
+def checkpoint_path(
+    model_type: str,
+    *,
+    download: bool = True,
+    progress: bool = True,
+    progress_callback: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> Path:
+    """Path of the cached checkpoint of ``model_type``, downloading it if needed.
+
+    A cached file whose byte size differs from the published size (for example
+    a truncated copy) is never used: it is downloaded again, or reported.
+    The hash of a cached file is checked when it is downloaded, not on every
+    call, so that loading stays fast.
+
+    Parameters
+    ----------
+    model_type : str
+        A key of :data:`CHECKPOINTS` (or an alias such as ``"default"``).
+    download : bool, optional
+        Download the file if it is not cached. If ``False`` a missing file is an error.
+    progress : bool, optional
+        Show a text progress bar on stderr while downloading.
+    progress_callback : callable, optional
+        ``progress_callback(done_bytes, total_bytes)``, see :func:`download`.
+    should_cancel : callable, optional
+        ``should_cancel() -> bool``, see :func:`download`.
+
+    Returns
+    -------
+    pathlib.Path
+        The checkpoint file inside :func:`cache_dir`.
+
+    Raises
+    ------
+    UnknownModelTypeError
+        If no checkpoint is known for ``model_type``.
+    WeightsDownloadError
+        If the file is missing (or has the wrong size) and cannot or may not be
+        downloaded; the message says where to put a manually downloaded copy.
+    """
+    info = checkpoint_info(model_type)
+    dest = _cached_file(info)
+    if _has_expected_size(dest, info):
+        return dest
+    if not download:
+        if dest.exists():
+            size = dest.stat().st_size
+            raise WeightsDownloadError(
+                f"The cached file {dest} has {size} bytes instead of {info.size_bytes} "
+                f"(an incomplete download?); delete it, or replace it with the file from "
+                f"{info.url}."
+            )
+        raise WeightsDownloadError(
+            f"The {info.model_type} weights are not downloaded yet; download {info.url} "
+            f"and save it as {dest} (or allow napari-sam to download it)."
+        )
+    cache_dir(create=True)
+    return _download_file(
+        info.url,
+        dest,
+        expected_size=info.size_bytes,
+        md5=info.md5,
+        sha256=info.sha256,
+        progress=progress,
+        progress_callback=progress_callback,
+        should_cancel=should_cancel,
+    )
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _manual_hint(dest: Path) -> str:
+    return f"download that file yourself (e.g. in a web browser) and save it as {dest}"
+
+
+def _describe_url_error(exc: BaseException) -> str:
+    if isinstance(exc, _TransferError):
+        return str(exc)
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"the server answered HTTP {exc.code} {exc.reason}".rstrip()
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        if isinstance(reason, FileNotFoundError):
+            return "the file does not exist"
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return "the connection timed out"
+        if isinstance(reason, socket.gaierror):
+            return "the server name could not be resolved (no internet connection?)"
+        if isinstance(reason, ConnectionRefusedError):
+            return "the connection was refused (no internet connection or a firewall?)"
+        if isinstance(reason, OSError):
+            return f"the server could not be reached ({reason.strerror or reason})"
+        return f"the server could not be reached ({reason})"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "the connection timed out"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the connection broke off before the whole file arrived"
+    if isinstance(exc, (ConnectionError, http.client.HTTPException)):
+        return f"the connection broke off ({exc})"
+    if isinstance(exc, OSError):
+        return f"a file or network error occurred ({exc.strerror or exc})"
+    return f"an unexpected error occurred ({type(exc).__name__}: {exc})"
+
+
+def _remove_quietly(path: Path | None) -> None:
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    expected_size: int | None = None,
+    md5: str | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress_callback: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """Download ``url`` to ``dest``, verify it, and only then put it in place.
+
+    The data is streamed into a temporary file next to ``dest``
+    (``<dest name>.part-<random>``). When all bytes have arrived, the size and
+    the given hashes are checked, and the temporary file is renamed to
+    ``dest`` in one step (replacing an existing file). On any failure -
+    network error, interruption, cancellation, Ctrl+C, size or hash mismatch -
+    the temporary file is deleted, ``dest`` is left as it was, and
+    :class:`~napari_sam.errors.WeightsDownloadError` is raised with a message
+    that names the URL and the path where a manually downloaded copy belongs.
+
+    Parameters
+    ----------
+    url : str
+        ``http://``, ``https://`` or ``file://`` URL.
+    dest : str or os.PathLike
+        Final path of the file. Its folder is created if needed.
+    expected_size : int, optional
+        Exact size in bytes. Checked against the server's ``Content-Length``
+        before downloading and against the received data afterwards.
+    md5, sha256 : str, optional
+        Expected hex digests (case does not matter). Each one given is checked.
+    progress : bool, optional
+        Show a ``tqdm`` progress bar on stderr.
+    chunk_size : int, optional
+        Bytes read per step; also how often ``should_cancel`` and
+        ``progress_callback`` are called.
+    progress_callback : callable, optional
+        Called as ``progress_callback(done_bytes, total_bytes)`` after each
+        step (and once before the first), ``total_bytes`` being ``None`` when
+        the size is unknown. For GUI progress bars.
+    should_cancel : callable, optional
+        Called before each step; returning ``True`` stops the download with
+        :class:`~napari_sam.errors.DownloadCancelledError`.
+    timeout : float, optional
+        Seconds to wait for the server before giving up.
+
+    Returns
+    -------
+    pathlib.Path
+        ``dest``.
+
+    Raises
+    ------
+    WeightsDownloadError
+        If the download fails or the file does not verify.
+    DownloadCancelledError
+        (a subclass) if ``should_cancel`` returned ``True`` or the user pressed Ctrl+C.
+    """
+    dest = Path(dest)
+    md5 = None if md5 is None else md5.strip().lower()
+    sha256 = None if sha256 is None else sha256.strip().lower()
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive number of bytes, not {chunk_size}.")
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https", "file"):
+        raise WeightsDownloadError(
+            f"Cannot download {url}: only http, https and file addresses are supported; "
+            f"{_manual_hint(dest)}."
+        )
+
+    tmp: Path | None = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        request = urllib.request.Request(url, headers={"User-Agent": "napari-sam"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            announced = _content_length(response)
+            if expected_size is not None and announced is not None and announced != expected_size:
+                raise _VerificationError(
+                    f"the server offers {announced} bytes but the file should have "
+                    f"{expected_size} bytes (a different or changed file?)"
+                )
+            total = announced if announced is not None else expected_size
+            fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".part-", dir=dest.parent)
+            tmp = Path(tmp_name)
+            with os.fdopen(fd, "wb") as out:
+                done = _stream(
+                    response,
+                    out,
+                    total=total,
+                    desc=dest.name,
+                    progress=progress,
+                    chunk_size=chunk_size,
+                    progress_callback=progress_callback,
+                    should_cancel=should_cancel,
+                    hashers=_hashers(md5, sha256),
+                    url=url,
+                    dest=dest,
+                )
+                out.flush()
+                os.fsync(out.fileno())
+        if announced is not None and done.size < announced:
+            raise _TransferError(f"the connection broke off after {done.size} of {announced} bytes")
+        if expected_size is not None and done.size != expected_size:
+            raise _VerificationError(
+                f"only {done.size} of {expected_size} bytes arrived"
+                if done.size < expected_size
+                else f"{done.size} bytes arrived but the file should have {expected_size}"
+            )
+        for name, expected in (("MD5", md5), ("SHA-256", sha256)):
+            if expected is None:
+                continue
+            actual = done.digests[name]
+            if actual != expected:
+                raise _VerificationError(
+                    f"its {name} checksum is {actual} instead of {expected} "
+                    "(the file is corrupt or not the published one)"
+                )
+        os.replace(tmp, dest)
+        tmp = None
+        return dest
+    except DownloadCancelledError:
+        raise
+    except _VerificationError as exc:
+        raise WeightsDownloadError(
+            f"The file at {url} failed verification: {exc}; it was not kept - try again, "
+            f"or {_manual_hint(dest)}."
+        ) from None
+    except KeyboardInterrupt as exc:
+        raise DownloadCancelledError(
+            f"The download of {url} was interrupted and the partial file deleted; run it "
+            f"again, or {_manual_hint(dest)}."
+        ) from exc
+    except WeightsDownloadError:
+        raise
+    except Exception as exc:
+        if scheme == "file":
+            advice = "check the path"
+        elif isinstance(exc, urllib.error.HTTPError):
+            advice = "try again later"
+        else:
+            advice = "check the internet connection and try again"
+        raise WeightsDownloadError(
+            f"Could not download the model weights from {url}: {_describe_url_error(exc)}; "
+            f"{advice}, or {_manual_hint(dest)}."
+        ) from exc
+    finally:
+        _remove_quietly(tmp)
+
+
+# ``checkpoint_path`` and ``load_model`` have a ``download`` flag that hides the function.
+_download_file = download
+
+
+class _VerificationError(Exception):
+    """Internal: the received data does not match what was expected."""
+
+
+class _TransferError(Exception):
+    """Internal: the transfer ended early; the message says how."""
+
+
+@dataclass
+class _Received:
+    size: int
+    digests: dict[str, str]
+
+
+def _content_length(response: Any) -> int | None:
+    value = response.headers.get("Content-Length") if response.headers else None
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except (TypeError, ValueError):
+        return None
+    return length if length >= 0 else None
+
+
+def _hashers(md5: str | None, sha256: str | None) -> dict[str, Any]:
+    hashers: dict[str, Any] = {}
+    if md5 is not None:
+        hashers["MD5"] = hashlib.md5(usedforsecurity=False)
+    if sha256 is not None:
+        hashers["SHA-256"] = hashlib.sha256()
+    return hashers
+
+
+def _stream(
+    response: Any,
+    out: Any,
+    *,
+    total: int | None,
+    desc: str,
+    progress: bool,
+    chunk_size: int,
+    progress_callback: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+    hashers: dict[str, Any],
+    url: str,
+    dest: Path,
+) -> _Received:
+    from tqdm import tqdm
+
+    done = 0
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=True,
+    ) as bar:
+        if progress_callback is not None:
+            progress_callback(0, total)
+        while True:
+            if should_cancel is not None and should_cancel():
+                raise DownloadCancelledError(
+                    f"The download of {url} was cancelled and the partial file deleted; "
+                    f"start it again later, or {_manual_hint(dest)}."
+                )
+            chunk = response.read(chunk_size)
+            if not chunk:
+                break
+            out.write(chunk)
+            for hasher in hashers.values():
+                hasher.update(chunk)
+            done += len(chunk)
+            bar.update(len(chunk))
+            if progress_callback is not None:
+                progress_callback(done, total)
+    return _Received(size=done, digests={k: h.hexdigest() for k, h in hashers.items()})
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _sam_model_registry() -> Mapping[str, Callable[..., Any]]:
+    """Import ``sam_model_registry`` lazily (it imports torch and the network code)."""
+    from napari_sam.model.build import sam_model_registry
+
+    return sam_model_registry
+
+
+def resolve_model_type(
+    model_type: str = "auto",
+    device: str | torch.device | None = "auto",
+    *,
+    registry: Mapping[str, Any] | None = None,
+) -> str:
+    """Turn ``"auto"`` into a concrete model type for a device; check other names.
+
+    ``"auto"`` means ``"vit_b"`` on a GPU (CUDA or MPS) and the much faster
+    MobileSAM ``"vit_t"`` on a CPU, if this installation can build it
+    (otherwise ``"vit_b"``).
+
+    Parameters
+    ----------
+    model_type : str, optional
+        ``"auto"`` or a key of the model registry.
+    device : str, torch.device or None, optional
+        The device the model will run on (see :func:`napari_sam.device.resolve_device`).
+    registry : mapping, optional
+        The model registry to check against; default ``napari_sam.model.build.sam_model_registry``.
+
+    Returns
+    -------
+    str
+        A key of the registry.
+
+    Raises
+    ------
+    UnknownModelTypeError
+        If ``model_type`` is not ``"auto"`` and not in the registry.
+    DeviceError
+        If ``device`` is not usable here.
+    """
+    if registry is None:
+        registry = _sam_model_registry()
+    if model_type != "auto":
+        if model_type not in registry:
+            known = ", ".join(sorted(registry))
+            raise UnknownModelTypeError(
+                f"{model_type!r} is not a SAM model type; choose 'auto' or one of {known}."
+            )
+        return model_type
+    from napari_sam.device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cpu" and "vit_t" in registry and "vit_t" in CHECKPOINTS:
+        return "vit_t"
+    return "vit_b"
+
+
+def load_model(
+    model_type: str = "vit_b",
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = "auto",
+    *,
+    download: bool = True,
+    progress: bool = True,
+    progress_callback: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> nn.Module:
+    """Build a SAM model with its weights, on a device, ready for inference.
+
+    Parameters
+    ----------
+    model_type : str, optional
+        ``"vit_b"`` (default), ``"vit_l"``, ``"vit_h"``, ``"vit_t"`` (MobileSAM),
+        ``"default"`` (= ViT-H) or ``"auto"`` (see :func:`resolve_model_type`).
+    checkpoint : str or os.PathLike, optional
+        A local checkpoint file. If omitted (or empty), the published checkpoint
+        of ``model_type`` is taken from the cache (and downloaded if missing).
+        With ``model_type="auto"`` and a checkpoint whose weights belong to
+        another model type, that type is used instead.
+    device : str, torch.device or None, optional
+        ``"auto"`` (CUDA > MPS > CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    download : bool, optional
+        Allow downloading a missing published checkpoint.
+    progress : bool, optional
+        Show a text progress bar on stderr while downloading.
+    progress_callback, should_cancel : callable, optional
+        Passed to :func:`download` (GUI progress and cancellation).
+
+    Returns
+    -------
+    Sam
+        The model, in eval mode, on the resolved device.
+
+    Raises
+    ------
+    UnknownModelTypeError
+        If ``model_type`` is not known.
+    DeviceError
+        If ``device`` is not usable on this machine.
+    CheckpointError
+        If the checkpoint file does not exist or does not fit the model.
+    WeightsDownloadError
+        If the published checkpoint is missing and cannot be downloaded.
+    """
+    from napari_sam.device import resolve_device
+
+    registry = _sam_model_registry()
+    dev = resolve_device(device)
+    auto = model_type == "auto"
+    resolved = resolve_model_type(model_type, dev, registry=registry)
+
+    if checkpoint is not None and not str(checkpoint).strip():
+        checkpoint = None  # an empty path field in a GUI means "the published weights"
+    if checkpoint is None:
+        ckpt = checkpoint_path(
+            resolved,
+            download=download,
+            progress=progress,
+            progress_callback=progress_callback,
+            should_cancel=should_cancel,
+        )
+    else:
+        ckpt = Path(checkpoint).expanduser()
+        if not ckpt.is_file():
+            raise CheckpointError(
+                f"The checkpoint file {ckpt} does not exist; check the path, or leave the "
+                "checkpoint empty to use the published weights."
+            )
+
+    try:
+        sam = registry[resolved](checkpoint=str(ckpt))
+    except ModelTypeMismatchError as exc:
+        if not (auto and checkpoint is not None and exc.found in registry):
+            raise
+        sam = registry[exc.found](checkpoint=str(ckpt))
+    return sam.to(dev).eval()

@@ -1,0 +1,42 @@
+"""Shared fixtures: models with random weights, never downloaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reference import SMALL, build_pair
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def small_pair(tmp_path_factory):
+    """(reference Sam, our Sam, checkpoint path) for the small config, same weights."""
+    return build_pair(SMALL, tmp_path_factory.mktemp("ckpt_small"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_pair):
+    return small_pair[1]
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(1234)
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """An RGB uint8 image with blob-like structure (not pure noise)."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), dtype=np.float64)
+    for _ in range(12):
+        cy, cx = g.uniform(0, h), g.uniform(0, w)
+        r = g.uniform(0.05, 0.25) * max(h, w)
+        color = g.uniform(0, 255, 3)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        img += blob[..., None] * color
+    img += g.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -23,6 +23,7 @@ _LAZY = {
     "build_sam": "napari_sam.model.build",
     "Sam": "napari_sam.model.sam",
     "SamPredictor": "napari_sam.predictor",
+    "SamAutomaticMaskGenerator": "napari_sam.automatic",
     "ResizeLongestSide": "napari_sam.transforms",
     "load_model": "napari_sam.weights",
 }

@@ -111,3 +111,31 @@ def test_no_prompt_still_predicts(predictor):
 def test_set_torch_image_wrong_size(small_model):
     with pytest.raises(ImageFormatError, match="longest side is 1024"):
         SamPredictor(small_model).set_torch_image(torch.zeros(1, 3, 512, 300), (512, 300))
+
+
+def test_embedding_roundtrip(small_model):
+    """An embedding taken out and put back (even as float16) predicts as before."""
+    img = np.random.default_rng(2).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    a = SamPredictor(small_model)
+    a.set_image(img)
+    emb = a.get_embedding()
+    assert emb.original_size == (90, 120) and emb.nbytes == 256 * 64 * 64 * 4
+    kwargs = dict(point_coords=np.array([[60, 45]]), point_labels=np.array([1]))
+    expected = a.predict(**kwargs)
+    b = SamPredictor(small_model)
+    b.set_embedding(emb)
+    for got, want in zip(b.predict(**kwargs), expected):
+        np.testing.assert_array_equal(got, want)
+    c = SamPredictor(small_model)
+    c.set_embedding(type(emb)(emb.features.half(), emb.original_size, emb.input_size))
+    assert c.features.dtype == torch.float32
+    np.testing.assert_allclose(c.predict(**kwargs)[2], expected[2], atol=0.05)
+
+
+def test_set_embedding_of_wrong_shape(small_model):
+    from napari_sam.predictor import ImageEmbedding
+
+    with pytest.raises(ImageFormatError, match="another model"):
+        SamPredictor(small_model).set_embedding(
+            ImageEmbedding(torch.zeros(1, 64, 32, 32), (10, 10), (1024, 1024))
+        )

@@ -7,12 +7,38 @@ Coordinates follow SAM: points are ``(x, y)`` in pixels of the image passed to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from .errors import ImageFormatError, ImageNotSetError, PromptError
 from .model.sam import Sam
 from .transforms import ResizeLongestSide
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """An encoded image: everything :meth:`SamPredictor.predict` needs besides prompts.
+
+    Attributes
+    ----------
+    features : Tensor ``(1, 256, 64, 64)``
+        Output of the image encoder.
+    original_size : tuple of int
+        ``(H, W)`` of the image given to ``set_image``.
+    input_size : tuple of int
+        ``(H', W')`` of the resized image inside the model's padded input.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory taken by the features, in bytes."""
+        return self.features.numel() * self.features.element_size()
 
 
 class SamPredictor:
@@ -86,6 +112,34 @@ class SamPredictor:
         """The current image embedding, ``(1, 256, 64, 64)``."""
         self._require_image()
         return self.features
+
+    def get_embedding(self) -> ImageEmbedding:
+        """The current image's embedding with its sizes, to store and restore later."""
+        self._require_image()
+        return ImageEmbedding(self.features, self.original_size, self.input_size)
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Restore an embedding from :meth:`get_embedding` without running the encoder.
+
+        The features are moved to the model's device and dtype (an embedding
+        stored as float16 on disk comes back as float32).
+        """
+        expected = (
+            1,
+            self.model.prompt_encoder.embed_dim,
+            *self.model.prompt_encoder.image_embedding_size,
+        )
+        if tuple(embedding.features.shape) != expected:
+            raise ImageFormatError(
+                f"The stored image embedding has shape {tuple(embedding.features.shape)}, "
+                f"but this model needs {expected}; it was made by another model."
+            )
+        self.reset_image()
+        dtype = self.model.pixel_mean.dtype
+        self.features = embedding.features.to(device=self.device, dtype=dtype)
+        self.original_size = tuple(int(s) for s in embedding.original_size)
+        self.input_size = tuple(int(s) for s in embedding.input_size)
+        self.is_image_set = True
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""

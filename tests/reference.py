@@ -104,3 +104,64 @@ def build_pair(config: SamConfig, tmp_dir: Path, seed: int = 0, model_type: str 
     ckpt = save_state(ref, Path(tmp_dir) / f"random_{model_type}_{seed}.pth")
     ours = build_from_config(config, ckpt, model_type=model_type)
     return ref, ours, ckpt
+
+
+# --------------------------------------------------------------------------- MobileSAM
+
+
+@torch.no_grad()
+def perturb_tiny_vit_(encoder: torch.nn.Module, seed: int) -> None:
+    """Give the TinyViT encoder's trivially initialised tensors random values.
+
+    A fresh TinyViT has zero attention biases, identity batch normalisation
+    (unit scale, zero shift, running mean 0 and variance 1, and zero scale in
+    the last convolution of every MBConv block), unit/zero layer norms and zero
+    linear biases; any of them could be mishandled unnoticed. Layer-norm shifts
+    and ``qkv`` biases in particular decide what the zero tokens that pad a grid
+    to whole windows contribute to the attention.
+    """
+    gen = torch.Generator().manual_seed(seed + 2)
+
+    def rand(shape, lo, hi):
+        return torch.rand(shape, generator=gen) * (hi - lo) + lo
+
+    def randn(shape, std):
+        return torch.randn(shape, generator=gen) * std
+
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.copy_(rand(module.weight.shape, 0.5, 1.5))
+            module.bias.copy_(randn(module.bias.shape, 0.1))
+            module.running_mean.copy_(randn(module.running_mean.shape, 0.1))
+            module.running_var.copy_(rand(module.running_var.shape, 0.5, 1.5))
+        elif isinstance(module, torch.nn.LayerNorm) or type(module).__name__ == "LayerNorm2d":
+            module.weight.copy_(rand(module.weight.shape, 0.5, 1.5))
+            module.bias.copy_(randn(module.bias.shape, 0.1))
+        elif isinstance(module, torch.nn.Linear) and module.bias is not None:
+            module.bias.copy_(randn(module.bias.shape, 0.02))
+    for name, p in encoder.named_parameters():
+        if name.endswith("attention_biases"):
+            p.copy_(randn(p.shape, 1.0))
+
+
+def build_mobilesam_reference(seed: int = 0):
+    """Reference ``mobile_sam`` ``vit_t`` model (random weights, perturbed, eval mode)."""
+    from mobile_sam import sam_model_registry as ref_registry
+
+    torch.manual_seed(seed)
+    sam = ref_registry["vit_t"]()
+    perturb_(sam, seed)
+    perturb_tiny_vit_(sam.image_encoder, seed)
+    # The reference caches its attention-bias masks when switched to eval mode:
+    # switch again so that the cache holds the perturbed biases.
+    return sam.eval()
+
+
+def build_mobilesam_pair(tmp_dir: Path, seed: int = 0):
+    """(reference MobileSAM, ours via ``sam_model_registry['vit_t']``, checkpoint path)."""
+    from napari_sam import sam_model_registry
+
+    ref = build_mobilesam_reference(seed)
+    ckpt = save_state(ref, Path(tmp_dir) / f"random_vit_t_{seed}.pth")
+    ours = sam_model_registry["vit_t"](checkpoint=str(ckpt))
+    return ref, ours, ckpt

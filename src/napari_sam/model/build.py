@@ -22,6 +22,7 @@ from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .sam import PIXEL_MEAN, PIXEL_STD, Sam
+from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 
 
@@ -48,16 +49,62 @@ class SamConfig:
     decoder_num_heads: int = 8
 
 
-CONFIGS: dict[str, SamConfig] = {
+@dataclass(frozen=True)
+class TinyViTConfig:
+    """Architecture of MobileSAM: a TinyViT image encoder with SAM's neck and decoder.
+
+    Per-stage settings have one entry per stage; the first stage is
+    convolutional (its heads and window are unused). ``merge_strides`` are the
+    strides of the merges between stages; MobileSAM's last merge keeps the
+    resolution so that the embedding grid is ``img_size / 16``. ``num_classes``
+    sizes the unused ImageNet classifier that ``mobile_sam.pt`` carries.
+    """
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    merge_strides: tuple[int, ...] = (2, 2, 1)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    num_classes: int = 1000
+    img_size: int = 1024
+    #: Input pixels per embedding cell along each axis (4 · 2 · 2 · 1).
+    patch_size: int = 16
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+
+
+CONFIGS: dict[str, SamConfig | TinyViTConfig] = {
     "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
     "vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23)),
     "vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11)),
+    "vit_t": TinyViTConfig(),
 }
 
 
-def build_sam(config: SamConfig) -> Sam:
+def build_sam(config: SamConfig | TinyViTConfig) -> Sam:
     """Build a :class:`Sam` with random weights for ``config`` (eval mode, CPU)."""
     grid = config.img_size // config.patch_size
+    if isinstance(config, TinyViTConfig):
+        tiny = TinyViT(
+            img_size=config.img_size,
+            embed_dims=config.embed_dims,
+            depths=config.depths,
+            num_heads=config.num_heads,
+            window_sizes=config.window_sizes,
+            merge_strides=config.merge_strides,
+            mlp_ratio=config.mlp_ratio,
+            mbconv_expand_ratio=config.mbconv_expand_ratio,
+            local_conv_size=config.local_conv_size,
+            num_classes=config.num_classes,
+            out_chans=config.prompt_embed_dim,
+        )
+        return _assemble(tiny, config.prompt_embed_dim, grid, config)
     image_encoder = ImageEncoderViT(
         img_size=config.img_size,
         patch_size=config.patch_size,
@@ -75,7 +122,9 @@ def build_sam(config: SamConfig) -> Sam:
     return _assemble(image_encoder, config.prompt_embed_dim, grid, config)
 
 
-def _assemble(image_encoder: nn.Module, embed_dim: int, grid: int, config: SamConfig) -> Sam:
+def _assemble(
+    image_encoder: nn.Module, embed_dim: int, grid: int, config: SamConfig | TinyViTConfig
+) -> Sam:
     prompt_encoder = PromptEncoder(
         embed_dim=embed_dim,
         image_embedding_size=(grid, grid),
@@ -170,6 +219,8 @@ def detect_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
         return None
     depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
     for name, cfg in CONFIGS.items():
+        if not isinstance(cfg, SamConfig):
+            continue
         if patch.shape[0] == cfg.encoder_embed_dim and depth == cfg.encoder_depth:
             return name
     return None
@@ -232,7 +283,10 @@ def _preview(items: list[str], n: int = 5) -> str:
 
 
 def build_from_config(
-    config: SamConfig, checkpoint: str | PathLike | None = None, *, model_type: str = "custom"
+    config: SamConfig | TinyViTConfig,
+    checkpoint: str | PathLike | None = None,
+    *,
+    model_type: str = "custom",
 ) -> Sam:
     """Build a model for ``config``; load ``checkpoint`` if given (strict).
 
@@ -281,6 +335,7 @@ def _builder(model_type: str) -> Callable[..., Sam]:
 build_sam_vit_h = _builder("vit_h")
 build_sam_vit_l = _builder("vit_l")
 build_sam_vit_b = _builder("vit_b")
+build_sam_vit_t = _builder("vit_t")
 
 #: Model type -> builder, as in ``segment_anything``.
 sam_model_registry: dict[str, Callable[..., Sam]] = {
@@ -288,4 +343,5 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
+    "vit_t": build_sam_vit_t,
 }

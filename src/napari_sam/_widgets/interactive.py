@@ -1,0 +1,1152 @@
+"""Interactive point/box segmentation of 2D images and slices of 3D stacks.
+
+The widget is thin: it reads napari layers, hands arrays to the pure logic in
+:mod:`napari_sam._widgets.prompts` and :mod:`napari_sam._widgets.session`,
+and writes the results back into layers, always on the main thread. Model
+loading and image encoding run in ``napari.qt.threading`` workers; encoded
+planes are kept in an :class:`~napari_sam.volume.EmbeddingStore`, so each
+slice is encoded once per model and contrast setting.
+
+Workflow: pick an image; click positive/negative points in "SAM points" or
+draw rectangles in "SAM boxes"; the mask appears in "SAM preview"; commit it
+into the output Labels layer as a new object. Key bindings: :data:`KEYS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import thread_worker
+from napari.utils import notifications
+from napari.utils.progress import progress
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import CheckpointError, DownloadCancelledError, ImageFormatError, NapariSamError
+from ..image import ImageLayout, get_plane, image_layout
+from ..predictor import SamPredictor
+from ..volume import EmbeddingKey, EmbeddingStore, hash_plane
+from .prompts import (
+    SlicePrompts,
+    current_slice,
+    group_objects,
+    slice_prompts_from_layers,
+)
+from .session import ObjectMask, compose_preview, encode_plane, plan_commit, predict_objects
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = [
+    "CUSTOM_CHECKPOINT",
+    "KEYS",
+    "MODEL_CHOICES",
+    "InteractiveSegmentationWidget",
+    "LoadedModel",
+    "load_sam",
+]
+
+log = logging.getLogger(__name__)
+
+CUSTOM_CHECKPOINT = "custom checkpoint file…"
+#: Model choices offered in the widget ("auto": MobileSAM on a CPU, ViT-B on a GPU).
+MODEL_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h", CUSTOM_CHECKPOINT)
+
+POINTS_NAME = "SAM points"
+BOXES_NAME = "SAM boxes"
+PREVIEW_NAME = "SAM preview"
+LABELS_SUFFIX = " SAM labels"
+POSITIVE, NEGATIVE = "positive", "negative"
+POINT_COLORS = {POSITIVE: "#00e05a", NEGATIVE: "#ff2e88"}
+
+#: Key bindings of the widget (napari key names) and what they do.
+KEYS = {
+    "N": "switch new points between positive and negative",
+    "Shift+C": "commit the preview as new object(s)",
+    "Shift+X": "clear the prompts and preview of this slice",
+    "Shift+M": "show the next of SAM's three candidate masks",
+}
+
+
+# --------------------------------------------------------------------------- model loading
+@dataclass
+class LoadedModel:
+    """A model ready for the widget.
+
+    Attributes
+    ----------
+    sam : Sam
+    model_id : str
+        Names model and weights in embedding keys (see :class:`EmbeddingKey`).
+    description : str
+        Shown to the user, e.g. ``"vit_t on cpu"``.
+    """
+
+    sam: Any
+    model_id: str
+    description: str
+
+
+ModelFactory = Callable[..., LoadedModel]
+
+
+def load_sam(
+    choice: str,
+    checkpoint: str | None,
+    device: str,
+    progress_callback: Callable[[int, int | None], Any] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> LoadedModel:
+    """Load a model the way the widget's controls describe it (runs in a worker).
+
+    ``choice`` is one of :data:`MODEL_CHOICES`; with :data:`CUSTOM_CHECKPOINT`
+    the model type is detected from the file. Published weights are
+    downloaded (hash-checked) on first use.
+    """
+    from .. import weights
+    from ..device import resolve_device
+
+    dev = resolve_device(device)
+    if choice == CUSTOM_CHECKPOINT:
+        if not checkpoint or not str(checkpoint).strip():
+            raise CheckpointError(
+                "Choose a checkpoint file (Browse…) or pick one of the published models."
+            )
+        path = Path(checkpoint).expanduser()
+        sam = weights.load_model("auto", checkpoint=path, device=dev, progress=False)
+        stat = path.stat()
+        return LoadedModel(
+            sam,
+            f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
+            f"{path.name} on {dev}",
+        )
+    model_type = weights.resolve_model_type(choice, dev)
+    sam = weights.load_model(
+        model_type,
+        device=dev,
+        progress=False,
+        progress_callback=progress_callback,
+        should_cancel=should_cancel,
+    )
+    return LoadedModel(sam, model_type, f"{model_type} on {dev}")
+
+
+@dataclass
+class _Failed:
+    """An expected error caught in a worker, reported on the main thread."""
+
+    error: BaseException
+
+
+@thread_worker(start_thread=False, ignore_errors=True)
+def _load_job(factory: ModelFactory, request: tuple, relay: _Relay, cancel: threading.Event):
+    choice, checkpoint, device = request
+    try:
+        return factory(
+            choice,
+            checkpoint,
+            device,
+            progress_callback=lambda done, total: relay.progress.emit(done, total),
+            should_cancel=cancel.is_set,
+        )
+    except NapariSamError as exc:
+        return _Failed(exc)
+
+
+@thread_worker(start_thread=False, ignore_errors=True)
+def _encode_job(model: Any, plane: np.ndarray, key: EmbeddingKey, rgb: bool, log: list):
+    t0 = time.perf_counter()
+    try:
+        embedding = encode_plane(model, plane, key.contrast, rgb)
+    except NapariSamError as exc:
+        return _Failed(exc)
+    finally:
+        log.append((threading.get_ident(), t0, time.perf_counter()))
+    return key, embedding
+
+
+class _Relay(QObject):
+    """Carries download progress from a worker thread to the main thread."""
+
+    progress = Signal(object, object)
+
+
+# --------------------------------------------------------------------------- layer pickers
+class _LayerPicker:
+    """A combo box of the viewer's layers of one type, optionally with a 'create' entry."""
+
+    def __init__(
+        self,
+        layer_type: type,
+        create_text: str | None = None,
+        exclude: Callable[[Any], bool] | None = None,
+    ) -> None:
+        self.combo = QComboBox()
+        self.layer_type = layer_type
+        self.create_text = create_text
+        self.exclude = exclude or (lambda layer: False)
+        self._layers: list[Any] = []
+
+    def refresh(self, layers: Sequence[Any]) -> None:
+        current = self.current()
+        self._layers = [
+            lyr for lyr in layers if isinstance(lyr, self.layer_type) and not self.exclude(lyr)
+        ]
+        self.combo.blockSignals(True)
+        try:
+            self.combo.clear()
+            if self.create_text is not None:
+                self.combo.addItem(self.create_text)
+            for lyr in self._layers:
+                self.combo.addItem(lyr.name)
+            self._select(current)
+        finally:
+            self.combo.blockSignals(False)
+
+    def _select(self, layer: Any) -> None:
+        offset = 0 if self.create_text is None else 1
+        if layer is not None and layer in self._layers:
+            self.combo.setCurrentIndex(self._layers.index(layer) + offset)
+        else:
+            self.combo.setCurrentIndex(0 if self.combo.count() else -1)
+
+    def select(self, layer: Any) -> None:
+        self._select(layer)
+
+    def current(self) -> Any:
+        i = self.combo.currentIndex()
+        if self.create_text is not None:
+            i -= 1
+        return self._layers[i] if 0 <= i < len(self._layers) else None
+
+
+# --------------------------------------------------------------------------- the widget
+class InteractiveSegmentationWidget(QWidget):
+    """Segment objects with SAM from points and boxes, slice by slice.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    model_factory : callable, optional
+        ``factory(choice, checkpoint, device, progress_callback=, should_cancel=)
+        -> LoadedModel``; default :func:`load_sam`. Tests inject models with
+        :meth:`set_model` instead.
+    store : EmbeddingStore, optional
+        Where encoded planes are kept (default: a new store of 1 GB).
+    debounce_ms : int
+        Prompt changes within this time trigger one prediction.
+    """
+
+    def __init__(
+        self,
+        napari_viewer: napari.viewer.Viewer,
+        model_factory: ModelFactory | None = None,
+        store: EmbeddingStore | None = None,
+        debounce_ms: int = 150,
+    ) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model_factory = model_factory or load_sam
+        self.store = store if store is not None else EmbeddingStore()
+        self._model: LoadedModel | None = None
+        self._model_source: tuple | None = None  # the widget settings the model came from
+        self._predictor: SamPredictor | None = None
+        self._image: Image | None = None
+        self._layout: ImageLayout | None = None
+        self._preview: Labels | None = None
+        self._preview_slice: int | None = None
+        self._preview_objects: list[ObjectMask] = []
+        self._prompts: SlicePrompts | None = None
+        self._prompt_slice: int | None = None
+        self._candidate = 0
+        self._warned_outside = 0
+        self._load_worker = None
+        self._load_request: tuple | None = None
+        self._failed_request: tuple | None = None  # settings whose model failed to load
+        self._cancel_load = threading.Event()
+        self._encode_worker = None
+        self._encode_pending = False
+        self._encode_failed = False
+        self._watched: list[Any] = []
+        self._pbar: progress | None = None
+        self._connections: list[tuple[Any, Callable]] = []
+        self._closed = False
+        #: (thread id, start, end) of every encoding (perf_counter seconds)
+        self.encode_log: list[tuple[int, float, float]] = []
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(int(debounce_ms))
+        self._timer.timeout.connect(self.update_preview)
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_download_progress)
+
+        self._build_ui()
+        self._connect(self.viewer.layers.events.inserted, self._on_layers_changed)
+        self._connect(self.viewer.layers.events.removed, self._on_layer_removed)
+        self._connect(self.viewer.layers.events.moved, self._on_layers_changed)
+        self._connect(self.viewer.dims.events.point, self._schedule)
+        for layer in self.viewer.layers:
+            self._connect(layer.events.name, self._on_layers_changed)
+        self._refresh_pickers()
+        self._bind_keys()
+        self._on_image_choice()
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+
+        box = QGroupBox("Image and model")
+        form = QFormLayout(box)
+        self.image_picker = _LayerPicker(Image)
+        self.image_picker.combo.currentIndexChanged.connect(self._on_image_choice)
+        form.addRow("Image", self.image_picker.combo)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(MODEL_CHOICES)
+        self.model_combo.setToolTip(
+            "auto: MobileSAM (vit_t) on a CPU, ViT-B on a GPU. Published weights are "
+            "downloaded once and cached."
+        )
+        self.model_combo.currentIndexChanged.connect(self._on_model_choice)
+        form.addRow("Model", self.model_combo)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("path to a .pth / .pt checkpoint")
+        self.checkpoint_edit.editingFinished.connect(self._on_model_choice)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_checkpoint)
+        self._checkpoint_row = QWidget()
+        row = QHBoxLayout(self._checkpoint_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.checkpoint_edit)
+        row.addWidget(browse)
+        form.addRow("Checkpoint", self._checkpoint_row)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_device_choices())
+        self.device_combo.currentIndexChanged.connect(self._on_model_choice)
+        form.addRow("Device", self.device_combo)
+        buttons = QHBoxLayout()
+        self.load_button = QPushButton("Load model")
+        self.load_button.clicked.connect(self.load_model)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self._cancel)
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.load_button)
+        buttons.addWidget(self.cancel_button)
+        form.addRow(buttons)
+        self.model_label = QLabel("Model: not loaded (loads with the first prompt)")
+        self.model_label.setWordWrap(True)
+        form.addRow(self.model_label)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        form.addRow(self.progress_bar)
+        layout.addWidget(box)
+
+        box = QGroupBox("Prompts")
+        form = QFormLayout(box)
+        self.points_picker = _LayerPicker(Points, f"new layer “{POINTS_NAME}”")
+        self.points_picker.combo.currentIndexChanged.connect(self._on_prompt_layer_choice)
+        form.addRow("Points", self.points_picker.combo)
+        self.boxes_picker = _LayerPicker(Shapes, f"new layer “{BOXES_NAME}”")
+        self.boxes_picker.combo.currentIndexChanged.connect(self._on_prompt_layer_choice)
+        form.addRow("Boxes", self.boxes_picker.combo)
+        self.negative_check = QCheckBox("New points are negative (background)  [N]")
+        self.negative_check.toggled.connect(self._on_negative_toggled)
+        form.addRow(self.negative_check)
+        cand = QHBoxLayout()
+        self.multimask_check = QCheckBox("Multimask (3 candidates)")
+        self.multimask_check.setChecked(True)
+        self.multimask_check.toggled.connect(self._on_prompts_changed)
+        self.next_button = QPushButton("Next candidate  [Shift+M]")
+        self.next_button.clicked.connect(self.next_candidate)
+        cand.addWidget(self.multimask_check)
+        cand.addWidget(self.next_button)
+        form.addRow(cand)
+        layout.addWidget(box)
+
+        box = QGroupBox("Output")
+        form = QFormLayout(box)
+        self.labels_picker = _LayerPicker(
+            Labels, "new layer “<image> SAM labels”", exclude=lambda lyr: lyr is self._preview
+        )
+        form.addRow("Labels", self.labels_picker.combo)
+        self.overwrite_check = QCheckBox("Overwrite existing objects")
+        form.addRow(self.overwrite_check)
+        buttons = QHBoxLayout()
+        self.commit_button = QPushButton("Commit  [Shift+C]")
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button = QPushButton("Clear  [Shift+X]")
+        self.clear_button.clicked.connect(self.clear)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Undo the last change of the output Labels layer (Ctrl+Z)")
+        self.undo_button.clicked.connect(self.undo)
+        buttons.addWidget(self.commit_button)
+        buttons.addWidget(self.clear_button)
+        buttons.addWidget(self.undo_button)
+        form.addRow(buttons)
+        layout.addWidget(box)
+
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        keys = "<br>".join(f"<b>{k}</b>: {v}" for k, v in KEYS.items())
+        help_label = QLabel(
+            "Click points in the Points layer (positive/negative), draw rectangles in the "
+            "Boxes layer (one object per box). Only prompts on the current slice count.<br>" + keys
+        )
+        help_label.setWordWrap(True)
+        help_label.setTextFormat(Qt.RichText)
+        layout.addWidget(help_label)
+        layout.addStretch(1)
+        self._on_model_choice()
+
+    # ------------------------------------------------------------------ helpers
+    def _connect(self, emitter: Any, callback: Callable) -> None:
+        emitter.connect(callback)
+        self._connections.append((emitter, callback))
+
+    def _disconnect_layer(self, layer: Any) -> None:
+        keep = []
+        for emitter, callback in self._connections:
+            if getattr(emitter, "source", None) is layer:
+                emitter.disconnect(callback)
+            else:
+                keep.append((emitter, callback))
+        self._connections = keep
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    def _report(self, exc: BaseException) -> None:
+        """Show an exception as a napari notification (its one sentence)."""
+        if isinstance(exc, DownloadCancelledError):
+            notifications.show_info(str(exc))
+        elif isinstance(exc, NapariSamError):
+            notifications.show_error(str(exc))
+        else:
+            notifications.show_error(f"{type(exc).__name__}: {exc}")
+        self._set_status(str(exc))
+
+    def _schedule(self, event: Any = None) -> None:
+        if not self._closed:
+            self._timer.start()
+
+    @property
+    def busy(self) -> bool:
+        """A prediction is scheduled, or a model load or encoding is running."""
+        return (
+            self._timer.isActive()
+            or self._load_worker is not None
+            or self._encode_worker is not None
+        )
+
+    @property
+    def image_layer(self) -> Image | None:
+        return self._image
+
+    @property
+    def points_layer(self) -> Points | None:
+        return self.points_picker.current()
+
+    @property
+    def boxes_layer(self) -> Shapes | None:
+        return self.boxes_picker.current()
+
+    @property
+    def preview_layer(self) -> Labels | None:
+        return self._preview
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        return self.labels_picker.current()
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    # ------------------------------------------------------------------ layers
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", None) == "inserted":
+            self._connect(event.value.events.name, self._on_layers_changed)
+        self._refresh_pickers()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        layer = event.value
+        self._disconnect_layer(layer)
+        if layer is self._preview:
+            self._preview = None
+            self._preview_slice = None
+            self._preview_objects = []
+        old_image = self._image
+        self._refresh_pickers()
+        if layer is old_image:
+            self._on_image_choice()
+        else:
+            self._schedule()
+
+    def _refresh_pickers(self) -> None:
+        layers = list(self.viewer.layers)
+        for picker in (self.image_picker, self.points_picker, self.boxes_picker):
+            picker.refresh(layers)
+        self.labels_picker.refresh(layers)
+
+    def _on_image_choice(self, index: int = -1) -> None:
+        image = self.image_picker.current()
+        if image is self._image and image is not None:
+            return
+        if self._image is not None:
+            self._disconnect_layer(self._image)
+        self._clear_preview()
+        self._image, self._layout = None, None
+        if image is None:
+            self._set_status("Open or choose an image layer.")
+            return
+        try:
+            if getattr(image, "multiscale", False):
+                raise ImageFormatError(
+                    f"“{image.name}” is a multiscale (pyramid) image, which interactive "
+                    "segmentation does not support; open its full-resolution level as a layer."
+                )
+            layout = image_layout(image.data.shape, rgb=image.rgb, dtype=image.data.dtype)
+        except ImageFormatError as exc:
+            notifications.show_warning(str(exc))
+            self._set_status(str(exc))
+            return
+        self._image, self._layout = image, layout
+        for name in ("contrast_limits", "data", "scale", "translate", "rotate", "shear", "affine"):
+            self._connect(getattr(image.events, name), self._on_image_changed)
+        self._select_default_output()
+        self._ensure_prompt_layers()
+        self._set_status(
+            f"{layout.kind} image “{image.name}” {layout.spatial_shape}: place points or boxes."
+        )
+        self._schedule()
+
+    def _select_default_output(self) -> None:
+        name = f"{self._image.name}{LABELS_SUFFIX}"
+        existing = [
+            lyr for lyr in self.viewer.layers if isinstance(lyr, Labels) and lyr.name == name
+        ]
+        self.labels_picker.select(existing[0] if existing else None)
+
+    def _on_image_changed(self, event: Any = None) -> None:
+        if getattr(event, "type", None) == "data" and self._image is not None:
+            try:
+                layout = image_layout(
+                    self._image.data.shape, rgb=self._image.rgb, dtype=self._image.data.dtype
+                )
+            except ImageFormatError as exc:
+                self._report(exc)
+                self._layout = None
+                self._clear_preview()
+                return
+            if layout != self._layout:
+                self._layout = layout
+                if self._preview is not None:
+                    self._preview.data = np.zeros(layout.spatial_shape, np.uint8)
+                self._preview_slice = None
+        self._schedule()
+
+    def _new_layer_kwargs(self) -> dict:
+        img = self._image
+        return {
+            "scale": img.scale,
+            "translate": img.translate,
+            "rotate": img.rotate,
+            "shear": img.shear,
+            "affine": img.affine,
+        }
+
+    def _add_layer_quietly(self, factory: Callable[[], Any]) -> Any:
+        """Add a layer without taking the selection away from the user's layer."""
+        active = self.viewer.layers.selection.active
+        layer = factory()
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        return layer
+
+    def _ensure_prompt_layers(self) -> None:
+        if self._image is None:
+            return
+        ndim = len(self._layout.spatial_shape)
+        size = max(3.0, max(self._layout.plane_shape) / 60.0)
+        created_points = None
+        if self.points_picker.current() is None:
+            created_points = self.viewer.add_points(
+                np.zeros((0, ndim)),
+                ndim=ndim,
+                name=POINTS_NAME,
+                features=pd.DataFrame(
+                    {"label": pd.Categorical([], categories=[POSITIVE, NEGATIVE])}
+                ),
+                feature_defaults={
+                    "label": NEGATIVE if self.negative_check.isChecked() else POSITIVE
+                },
+                face_color="label",
+                face_color_cycle=POINT_COLORS,
+                border_color="white",
+                border_width=0.1,
+                size=size,
+                **self._new_layer_kwargs(),
+            )
+            self.points_picker.refresh(list(self.viewer.layers))
+            self.points_picker.select(created_points)
+        if self.boxes_picker.current() is None:
+            shapes = self.viewer.add_shapes(
+                ndim=ndim,
+                name=BOXES_NAME,
+                edge_color="#ffd400",
+                face_color="transparent",
+                edge_width=max(1.0, size / 4),
+                **self._new_layer_kwargs(),
+            )
+            self.boxes_picker.refresh(list(self.viewer.layers))
+            self.boxes_picker.select(shapes)
+        if created_points is not None:
+            self.viewer.layers.selection.active = created_points
+            created_points.mode = "add"
+        self._watch_prompt_layers()
+
+    def _watch_prompt_layers(self) -> None:
+        chosen = [lyr for lyr in (self.points_picker.current(), self.boxes_picker.current()) if lyr]
+        for layer in self._watched:
+            if layer not in chosen and layer is not self._image:
+                self._disconnect_layer(layer)
+                self._connect(layer.events.name, self._on_layers_changed)
+        for layer in chosen:
+            if layer in self._watched:
+                continue
+            self._connect(layer.events.data, self._on_prompts_changed)
+            if isinstance(layer, Points):
+                _ensure_label_feature(layer)
+                self._connect(layer.events.features, self._on_prompts_changed)
+            for name in ("scale", "translate", "rotate", "shear", "affine"):
+                self._connect(getattr(layer.events, name), self._schedule)
+        self._watched = chosen
+
+    def _on_prompt_layer_choice(self, index: int = -1) -> None:
+        if self._image is not None:
+            self._ensure_prompt_layers()
+        self._on_prompts_changed()
+
+    def _on_prompts_changed(self, event: Any = None) -> None:
+        self._candidate = 0
+        self._schedule()
+
+    def _on_negative_toggled(self, negative: bool) -> None:
+        points = self.points_picker.current()
+        if points is not None:
+            _ensure_label_feature(points)
+            points.feature_defaults = {"label": NEGATIVE if negative else POSITIVE}
+
+    def toggle_negative(self) -> None:
+        """Switch new points between positive and negative (key N)."""
+        self.negative_check.setChecked(not self.negative_check.isChecked())
+
+    # ------------------------------------------------------------------ model
+    def _model_request(self) -> tuple[str, str | None, str]:
+        choice = self.model_combo.currentText()
+        checkpoint = self.checkpoint_edit.text().strip() or None
+        return (
+            choice,
+            checkpoint if choice == CUSTOM_CHECKPOINT else None,
+            self.device_combo.currentText(),
+        )
+
+    def _on_model_choice(self, *args: Any) -> None:
+        custom = self.model_combo.currentText() == CUSTOM_CHECKPOINT
+        self._checkpoint_row.setVisible(custom)
+        if self._model is not None and self._model_source == self._model_request():
+            return
+        if self._model is not None:
+            self._model = None
+            self._predictor = None
+            self.model_label.setText("Model: not loaded (loads with the first prompt)")
+            self._clear_preview()
+            self._schedule()
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "SAM checkpoint", "", "PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*)"
+        )
+        if path:
+            self.checkpoint_edit.setText(path)
+            self._on_model_choice()
+
+    def set_model(self, sam: Any, model_id: str, description: str | None = None) -> None:
+        """Use an already built model (scripting, tests); ``model_id`` names its weights."""
+        self._model = LoadedModel(sam, model_id, description or model_id)
+        self._model_source = self._model_request()
+        self._predictor = SamPredictor(sam)
+        self.model_label.setText(f"Model: {self._model.description}")
+        self._schedule()
+
+    def load_model(self) -> None:
+        """Load the model chosen in the widget, in a worker thread."""
+        request = self._model_request()
+        if self._load_worker is not None:
+            return
+        if self._model is not None and self._model_source == request:
+            return
+        self._cancel_load.clear()
+        self._load_request = request
+        worker = _load_job(self.model_factory, request, self._relay, self._cancel_load)
+        worker.returned.connect(self._on_model_loaded)
+        worker.errored.connect(self._on_worker_error)
+        worker.finished.connect(self._on_load_finished)
+        self._load_worker = worker
+        self._busy_start(f"Loading {request[0]} model…")
+        self.cancel_button.setEnabled(True)
+        self.load_button.setEnabled(False)
+        worker.start()
+
+    def _cancel(self) -> None:
+        self._cancel_load.set()
+        if self._load_worker is not None:
+            self._set_status("Cancelling the download…")
+
+    def _on_download_progress(self, done: int, total: int | None) -> None:
+        if self._closed:
+            return
+        if total:
+            self.progress_bar.setRange(0, 1000)
+            self.progress_bar.setValue(int(1000 * done / total))
+            self.progress_bar.setFormat(f"downloading {done / 1e6:.0f} / {total / 1e6:.0f} MB")
+            if self._pbar is not None:
+                if self._pbar.total != total:
+                    self._pbar.total = total
+                self._pbar.n = done
+                self._pbar.refresh()
+
+    def _on_model_loaded(self, result: Any) -> None:
+        if self._closed:
+            return
+        if isinstance(result, _Failed):
+            self._failed_request = self._load_request
+            self._report(result.error)
+            return
+        self._failed_request = None
+        if self._load_request != self._model_request():
+            return  # the user chose another model meanwhile
+        self.set_model(result.sam, result.model_id, result.description)
+        self._model_source = self._load_request
+
+    def _on_load_finished(self) -> None:
+        self._load_worker = None
+        self._busy_stop()
+        if self._closed:
+            return
+        self.cancel_button.setEnabled(False)
+        self.load_button.setEnabled(True)
+        if self._model is not None:
+            self._schedule()
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        # napari's worker machinery already shows unexpected errors with their traceback
+        log.error("napari-sam worker failed", exc_info=exc)
+        if not self._closed:
+            self._set_status(f"Failed: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ busy indicator
+    def _busy_start(self, text: str) -> None:
+        self._set_status(text)
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.setFormat(text)
+        self.progress_bar.setVisible(True)
+        if self._pbar is None:
+            self._pbar = progress(total=0, desc=f"napari-sam: {text}")
+        else:
+            self._pbar.set_description(f"napari-sam: {text}")
+
+    def _busy_stop(self) -> None:
+        if self._load_worker is None and self._encode_worker is None:
+            self.progress_bar.setVisible(False)
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+
+    # ------------------------------------------------------------------ encoding
+    def _start_encode(self, key: EmbeddingKey, plane: np.ndarray) -> None:
+        if self._encode_worker is not None:
+            self._encode_pending = True
+            return
+        worker = _encode_job(self._model.sam, plane, key, self._layout.rgb, self.encode_log)
+        worker.returned.connect(self._on_encoded)
+        worker.errored.connect(self._on_worker_error)
+        worker.finished.connect(self._on_encode_finished)
+        self._encode_worker = worker
+        where = f"slice {key.slice}" if key.slice is not None else "the image"
+        self._busy_start(f"Encoding {where} with {self._model.description}…")
+        worker.start()
+
+    def _on_encoded(self, result: Any) -> None:
+        if self._closed:
+            return
+        if isinstance(result, _Failed):
+            self._report(result.error)
+            self._encode_failed = True
+            return
+        key, embedding = result
+        if self._model is not None and key.model_id == self._model.model_id:
+            self.store.put(key, embedding)
+
+    def _on_encode_finished(self) -> None:
+        self._encode_worker = None
+        self._busy_stop()
+        if self._closed:
+            return
+        if self._encode_failed:
+            self._encode_failed = False
+            self._encode_pending = False
+            return
+        self._encode_pending = False
+        self.update_preview()
+
+    # ------------------------------------------------------------------ prediction
+    def _current_slice(self) -> int | None:
+        from .prompts import layer_affine
+
+        return current_slice(
+            layer_affine(self._image), self._layout.spatial_shape, self.viewer.dims.point
+        )
+
+    def _plane_axes_ok(self) -> bool:
+        """The viewer shows the image's YX planes (not a transposed view)."""
+        ndim = self.viewer.dims.ndim
+        return tuple(self.viewer.dims.displayed) == (ndim - 2, ndim - 1)
+
+    def update_preview(self) -> None:
+        """Predict the current slice from its prompts and show the preview (main thread)."""
+        self._timer.stop()
+        if self._closed or self._image is None or self._layout is None:
+            return
+        if not self._plane_axes_ok():
+            self._clear_preview()
+            self._set_status(
+                "SAM segments YX planes: show the image's last two axes (View > Axes order, "
+                "or Ctrl+E to roll them back)."
+            )
+            return
+        layout = self._layout
+        k = self._current_slice() if layout.is_stack else None
+        if layout.is_stack and k is None:
+            self._clear_preview()
+            self._set_status("The current position is outside the stack.")
+            return
+        prompts = slice_prompts_from_layers(
+            layout.spatial_shape,
+            self._image,
+            k,
+            self.viewer.dims.point,
+            self.points_picker.current(),
+            self.boxes_picker.current(),
+        )
+        self._prompts, self._prompt_slice = prompts, k
+        if prompts.n_outside > self._warned_outside:
+            n = prompts.n_outside
+            notifications.show_warning(
+                f"{n} prompt{'s' if n > 1 else ''} on this slice lie{'s' if n == 1 else ''} "
+                "outside the image and will be ignored."
+            )
+        self._warned_outside = prompts.n_outside
+        objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
+        if not objects:
+            self._clear_preview()
+            where = f"slice {k}" if k is not None else "the image"
+            hint = " (negative points alone describe no object)" if len(prompts.points_xy) else ""
+            self._set_status(f"No prompts on {where}{hint}.")
+            return
+        if self._model is None:
+            if self._failed_request == self._model_request():
+                self._set_status("The model could not be loaded; press “Load model” to retry.")
+            else:
+                self.load_model()
+            return
+        plane = get_plane(self._image.data, layout, k)
+        key = EmbeddingKey(
+            data_hash=hash_plane(plane),
+            slice=k,
+            model_id=self._model.model_id,
+            contrast=tuple(float(c) for c in self._image.contrast_limits),
+        )
+        embedding = self.store.get(key)
+        if embedding is None:
+            self._start_encode(key, plane)
+            return
+        try:
+            self._predictor.set_embedding(embedding)
+            results = predict_objects(
+                self._predictor, objects, self.multimask_check.isChecked(), self._candidate
+            )
+        except NapariSamError as exc:
+            self._report(exc)
+            return
+        self._show_preview(k, results)
+
+    def _ensure_preview(self) -> Labels:
+        shape = self._layout.spatial_shape
+        layer = self._preview
+        if layer is None or layer not in self.viewer.layers:
+            layer = self._add_layer_quietly(
+                lambda: self.viewer.add_labels(
+                    np.zeros(shape, np.uint8),
+                    name=PREVIEW_NAME,
+                    opacity=0.55,
+                    **self._new_layer_kwargs(),
+                )
+            )
+            self._preview = layer
+            self._preview_slice = None
+            self._refresh_pickers()
+        elif layer.data.shape != shape:
+            layer.data = np.zeros(shape, np.uint8)
+            self._preview_slice = None
+        return layer
+
+    def _show_preview(self, k: int | None, results: list[ObjectMask]) -> None:
+        layer = self._ensure_preview()
+        plane = compose_preview(
+            [r.mask for r in results],
+            self._layout.plane_shape,
+            np.uint8 if len(results) < 256 else np.uint16,
+        )
+        if plane.dtype != layer.data.dtype:
+            layer.data = layer.data.astype(plane.dtype)
+        data = layer.data
+        if self._layout.is_stack:
+            if self._preview_slice is not None and self._preview_slice != k:
+                data[self._preview_slice] = 0
+            data[k] = plane
+        else:
+            data[...] = plane
+        self._preview_slice = k
+        self._preview_objects = results
+        layer.refresh()
+        scores = ", ".join(f"{r.score:.2f}" for r in results)
+        where = f"slice {k}" if k is not None else "image"
+        cand = ""
+        if results and results[0].n_candidates > 1:
+            cand = f"; candidate {results[0].candidate + 1}/{results[0].n_candidates}"
+        self._set_status(
+            f"Preview on {where}: {len(results)} object{'s' if len(results) != 1 else ''} "
+            f"(predicted IoU {scores}{cand}). Commit with Shift+C."
+        )
+
+    def _clear_preview(self) -> None:
+        layer = self._preview
+        self._preview_objects = []
+        if layer is None or layer not in self.viewer.layers:
+            self._preview_slice = None
+            return
+        if self._preview_slice is not None or not self._layout or not self._layout.is_stack:
+            if (
+                self._layout is not None
+                and self._layout.is_stack
+                and self._preview_slice is not None
+            ):
+                if self._preview_slice < layer.data.shape[0]:
+                    layer.data[self._preview_slice] = 0
+            else:
+                layer.data[...] = 0
+            layer.refresh()
+        self._preview_slice = None
+
+    def next_candidate(self) -> None:
+        """Show the next of the three multimask candidates (key Shift+M)."""
+        if not self.multimask_check.isChecked():
+            notifications.show_info("Tick “Multimask” to get three candidate masks per object.")
+            return
+        self._candidate = (self._candidate + 1) % 3
+        self.update_preview()
+
+    # ------------------------------------------------------------------ commit / clear
+    def _flush(self) -> bool:
+        """Bring the preview up to date with the prompts; False if it cannot be now."""
+        if self._timer.isActive():
+            self.update_preview()
+        if self._encode_worker is not None or self._load_worker is not None:
+            notifications.show_info("The preview is still being computed; try again in a moment.")
+            return False
+        return True
+
+    def _ensure_labels(self) -> Labels:
+        layer = self.labels_picker.current()
+        if layer is None:
+            name = f"{self._image.name}{LABELS_SUFFIX}"
+            layer = self._add_layer_quietly(
+                lambda: self.viewer.add_labels(
+                    np.zeros(self._layout.spatial_shape, np.uint32),
+                    name=name,
+                    **self._new_layer_kwargs(),
+                )
+            )
+            self._refresh_pickers()
+            self.labels_picker.select(layer)
+        return layer
+
+    def commit(self) -> None:
+        """Write the preview into the output labels as new objects (key Shift+C)."""
+        if self._image is None or not self._flush():
+            return
+        if not self._preview_objects or self._preview is None:
+            notifications.show_info("Nothing to commit: place points or boxes first.")
+            return
+        k = self._preview_slice
+        labels = self._ensure_labels()
+        if labels.data.shape != self._layout.spatial_shape:
+            notifications.show_error(
+                f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
+                f"image is {self._layout.spatial_shape}; choose another output layer."
+            )
+            return
+        preview_plane = np.asarray(self._preview.data[k] if k is not None else self._preview.data)
+        labels_plane = np.asarray(labels.data[k] if k is not None else labels.data)
+        next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
+        plan = plan_commit(labels_plane, preview_plane, next_id, self.overwrite_check.isChecked())
+        if not plan:
+            notifications.show_info(
+                "Nothing new to commit: the preview lies on existing objects (tick “Overwrite "
+                "existing objects” to replace them)."
+            )
+            return
+        with labels.block_history():
+            for new_id, (rows, cols) in plan:
+                index = (np.full(rows.shape, k), rows, cols) if k is not None else (rows, cols)
+                labels.data_setitem(index, new_id, refresh=False)
+        labels.refresh()
+        labels.selected_label = plan[-1][0] + 1
+        ids = ", ".join(str(p[0]) for p in plan)
+        self._remove_slice_prompts()
+        self._clear_preview()
+        where = f"slice {k}" if k is not None else "the image"
+        self._set_status(f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where}.")
+
+    def clear(self) -> None:
+        """Remove the prompts of the current slice and the preview (key Shift+X)."""
+        if self._image is None:
+            return
+        if self._timer.isActive():
+            self.update_preview()
+        self._remove_slice_prompts()
+        self._clear_preview()
+
+    def undo(self) -> None:
+        """Undo the last change of the output labels (napari's own undo)."""
+        labels = self.labels_picker.current()
+        if labels is not None:
+            labels.undo()
+
+    def _remove_slice_prompts(self) -> None:
+        prompts = self._prompts
+        if prompts is None:
+            return
+        for layer, index in (
+            (self.points_picker.current(), prompts.slice_point_index),
+            (self.boxes_picker.current(), prompts.slice_box_index),
+        ):
+            if layer is not None and len(index):
+                index = [int(i) for i in index if i < len(layer.data)]
+                layer.selected_data = set(index)
+                layer.remove_selected()
+        self._prompts = None
+        self._warned_outside = 0
+
+    # ------------------------------------------------------------------ keys and teardown
+    def _bind_keys(self) -> None:
+        actions = {
+            "N": self.toggle_negative,
+            "Shift+C": self.commit,
+            "Shift+X": self.clear,
+            "Shift+M": self.next_candidate,
+        }
+        self._key_actions = actions
+        for key, action in actions.items():
+            self.viewer.bind_key(key, _key_callback(action), overwrite=True)
+
+    def close_session(self) -> None:
+        """Disconnect from the viewer, unbind keys and stop workers (on close)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._timer.stop()
+        self._cancel_load.set()
+        for emitter, callback in self._connections:
+            try:
+                emitter.disconnect(callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._connections = []
+        for key in self._key_actions:
+            self.viewer.bind_key(key, None)
+        for worker in (self._load_worker, self._encode_worker):
+            if worker is not None:
+                worker.quit()
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
+    def closeEvent(self, event: Any) -> None:
+        self.close_session()
+        super().closeEvent(event)
+
+
+def _ensure_label_feature(points: Points) -> None:
+    """Give a Points layer the categorical ``label`` feature (positive/negative) if needed."""
+    features = points.features
+    label = features["label"] if "label" in features else None
+    if (
+        label is not None
+        and isinstance(label.dtype, pd.CategoricalDtype)
+        and {POSITIVE, NEGATIVE} <= set(label.cat.categories)
+    ):
+        return
+    from .prompts import labels_from_feature
+
+    values = labels_from_feature(None if label is None else label.to_numpy(), len(points.data))
+    points.features = features.assign(
+        label=pd.Categorical(
+            np.where(values == 1, POSITIVE, NEGATIVE), categories=[POSITIVE, NEGATIVE]
+        )
+    )
+    points.feature_defaults = {"label": POSITIVE}
+
+
+def _key_callback(action: Callable[[], None]) -> Callable[[Any], None]:
+    def callback(viewer: Any) -> None:
+        action()
+
+    callback.__name__ = f"napari_sam_{action.__name__}"
+    callback.__doc__ = action.__doc__
+    return callback
+
+
+def _device_choices() -> list[str]:
+    from ..device import cuda_available, mps_available
+
+    choices = ["auto", "cpu"]
+    if cuda_available():
+        choices.append("cuda")
+    if mps_available():
+        choices.append("mps")
+    return choices

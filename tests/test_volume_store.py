@@ -16,7 +16,9 @@ MB = 1024 * 1024
 
 def emb(mb: float = 1.0, fill: float = 0.0) -> ImageEmbedding:
     n = int(mb * MB / 4)
-    return ImageEmbedding(torch.full((1, 1, 1, n), float(fill), dtype=torch.float32), (10, 20), (512, 1024))
+    return ImageEmbedding(
+        torch.full((1, 1, 1, n), float(fill), dtype=torch.float32), (10, 20), (512, 1024)
+    )
 
 
 def key(i: int, model: str = "vit_b", contrast=(0, 100), data: str = "h") -> EmbeddingKey:

@@ -365,3 +365,28 @@ def test_model_loads_in_a_worker_and_errors_become_notifications(
     assert calls[-1][0] == "vit_b" and calls[-1][1] != threading.main_thread().ident
     assert widget.preview_layer.data.any()  # the waiting prompt was predicted after loading
     widget.close()
+
+
+def test_widget_opens_from_the_plugin_menu(make_napari_viewer, qtbot, small_model, stack):
+    viewer = make_napari_viewer()
+    viewer.add_image(stack[:3], name="stack")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Interactive segmentation (SAM)")
+    assert isinstance(widget, InteractiveSegmentationWidget) and widget.viewer == viewer
+    assert widget.image_layer.name == "stack"
+    assert {"SAM points", "SAM boxes"} <= {layer.name for layer in viewer.layers}
+    assert viewer.layers.selection.active.name == "SAM points"
+    assert viewer.layers["SAM points"].mode == "add"
+    widget.set_model(small_model, "small-random")
+    z = round(viewer.dims.point[0])
+    viewer.layers["SAM points"].add([z, 40.0, 60.0])
+    settle(qtbot, widget)
+    assert viewer.layers["SAM preview"].data[z].any()
+    widget.commit()
+    assert viewer.layers["stack SAM labels"].data.max() == 1
+    # the user deletes the preview layer: the next prediction makes a new one
+    viewer.layers.remove("SAM preview")
+    assert widget.preview_layer is None
+    viewer.layers["SAM points"].add([z, 40.0, 60.0])
+    settle(qtbot, widget)
+    assert viewer.layers["SAM preview"].data[z].any()
+    widget.close()

@@ -267,7 +267,11 @@ class InteractiveSegmentationWidget(QWidget):
         debounce_ms: int = 150,
     ) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugin widgets a PublicOnlyProxy of the viewer, which wraps every layer
+        # it returns in a new proxy, while layer events carry the layers themselves. This
+        # widget tracks its layers by identity, so it keeps the viewer itself (it only uses
+        # napari's public API).
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.model_factory = model_factory or load_sam
         self.store = store if store is not None else EmbeddingStore()
         self._model: LoadedModel | None = None

@@ -334,6 +334,24 @@ def test_keys_prompts_outside_and_unsupported_images(
     assert not {"N", "Shift+C"} & {str(k) for k in viewer.keymap}
 
 
+def test_widget_follows_the_image_layers(make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer)
+    assert widget.image_layer is None and "Open or choose an image" in widget.status_label.text()
+    viewer.add_image(np.zeros((2, 3, 8, 8)), name="4D")
+    assert widget.image_layer is None and len(notes["warning"]) == 1
+    viewer.add_points(ndim=2, name="unrelated")  # no repeated warning for the 4D image
+    assert len(notes["warning"]) == 1
+    viewer.layers.remove("4D")
+    image = viewer.add_image(np.zeros((4, 32, 48), np.uint16), name="later")
+    assert widget.image_layer is image
+    assert widget.points_layer.name == "SAM points" and widget.points_layer.ndim == 3
+    assert widget.labels_picker.current() is None  # a new labels layer will be made on commit
+    viewer.layers.remove("later")
+    assert widget.image_layer is None
+    widget.close()
+
+
 def test_model_loads_in_a_worker_and_errors_become_notifications(
     make_napari_viewer, qtbot, small_model, stack, monkeypatch, notes
 ):

@@ -278,8 +278,10 @@ class InteractiveSegmentationWidget(QWidget):
         self._model_source: tuple | None = None  # the widget settings the model came from
         self._predictor: SamPredictor | None = None
         self._image: Image | None = None
+        self._rejected: Image | None = None  # the chosen layer, if it cannot be segmented
         self._layout: ImageLayout | None = None
         self._preview: Labels | None = None
+        self._preview_image: Image | None = None  # the image the preview layer was made for
         self._preview_slice: int | None = None
         self._preview_objects: list[ObjectMask] = []
         self._prompts: SlicePrompts | None = None
@@ -514,6 +516,9 @@ class InteractiveSegmentationWidget(QWidget):
         for picker in (self.image_picker, self.points_picker, self.boxes_picker):
             picker.refresh(layers)
         self.labels_picker.refresh(layers)
+        current = self.image_picker.current()
+        if current is not self._image and current is not self._rejected and not self._closed:
+            self._on_image_choice()  # e.g. the first image was opened after the widget
 
     def _on_image_choice(self, index: int = -1) -> None:
         image = self.image_picker.current()
@@ -534,9 +539,11 @@ class InteractiveSegmentationWidget(QWidget):
                 )
             layout = image_layout(image.data.shape, rgb=image.rgb, dtype=image.data.dtype)
         except ImageFormatError as exc:
+            self._rejected = image
             notifications.show_warning(str(exc))
             self._set_status(str(exc))
             return
+        self._rejected = None
         self._image, self._layout = image, layout
         for name in ("contrast_limits", "data", "scale", "translate", "rotate", "shear", "affine"):
             self._connect(getattr(image.events, name), self._on_image_changed)
@@ -845,6 +852,10 @@ class InteractiveSegmentationWidget(QWidget):
         self._timer.stop()
         if self._closed or self._image is None or self._layout is None:
             return
+        if self.viewer.dims.ndisplay != 2:
+            self._clear_preview()
+            self._set_status("Interactive segmentation works in the 2D view (Ctrl+Y toggles).")
+            return
         if not self._plane_axes_ok():
             self._clear_preview()
             self._set_status(
@@ -911,6 +922,9 @@ class InteractiveSegmentationWidget(QWidget):
     def _ensure_preview(self) -> Labels:
         shape = self._layout.spatial_shape
         layer = self._preview
+        if layer is not None and self._preview_image is not self._image:
+            self.viewer.layers.remove(layer)  # made for another image: other geometry
+            layer = self._preview = None
         if layer is None or layer not in self.viewer.layers:
             layer = self._add_layer_quietly(
                 lambda: self.viewer.add_labels(
@@ -921,6 +935,7 @@ class InteractiveSegmentationWidget(QWidget):
                 )
             )
             self._preview = layer
+            self._preview_image = self._image
             self._preview_slice = None
             self._refresh_pickers()
         elif layer.data.shape != shape:

@@ -347,7 +347,8 @@ class InteractiveSegmentationWidget(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.checkpoint_edit)
         row.addWidget(browse)
-        form.addRow("Checkpoint", self._checkpoint_row)
+        self._checkpoint_label = QLabel("Checkpoint")
+        form.addRow(self._checkpoint_label, self._checkpoint_row)
         self.device_combo = QComboBox()
         self.device_combo.addItems(_device_choices())
         self.device_combo.currentIndexChanged.connect(self._on_model_choice)
@@ -580,14 +581,19 @@ class InteractiveSegmentationWidget(QWidget):
         self._schedule()
 
     def _new_layer_kwargs(self) -> dict:
+        """The image's geometry (and physical units) for the layers the widget makes."""
         img = self._image
-        return {
+        kwargs = {
             "scale": img.scale,
             "translate": img.translate,
             "rotate": img.rotate,
             "shear": img.shear,
             "affine": img.affine,
         }
+        units = getattr(img, "units", None)
+        if units is not None:
+            kwargs["units"] = units
+        return kwargs
 
     def _add_layer_quietly(self, factory: Callable[[], Any]) -> Any:
         """Add a layer without taking the selection away from the user's layer."""
@@ -601,7 +607,7 @@ class InteractiveSegmentationWidget(QWidget):
         if self._image is None:
             return
         ndim = len(self._layout.spatial_shape)
-        size = max(3.0, max(self._layout.plane_shape) / 60.0)
+        size = max(4.0, max(self._layout.plane_shape) / 30.0)
         created_points = None
         if self.points_picker.current() is None:
             created_points = self.viewer.add_points(
@@ -688,6 +694,7 @@ class InteractiveSegmentationWidget(QWidget):
     def _on_model_choice(self, *args: Any) -> None:
         custom = self.model_combo.currentText() == CUSTOM_CHECKPOINT
         self._checkpoint_row.setVisible(custom)
+        self._checkpoint_label.setVisible(custom)
         if self._model is not None and self._model_source == self._model_request():
             return
         if self._model is not None:

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from qtpy.QtCore import QTimer
 
 from napari_sam._sample_data import make_nuclei_3d
@@ -21,7 +22,9 @@ from napari_sam._widgets import interactive
 from napari_sam._widgets.interactive import InteractiveSegmentationWidget
 from napari_sam.errors import WeightsDownloadError
 from napari_sam.image import to_sam_rgb
+from napari_sam.model.build import build_sam
 from napari_sam.predictor import SamPredictor
+from reference import SMALL
 
 SCALE = (2.0, 0.5, 0.7)
 TRANSLATE = (10.0, -3.0, 5.0)
@@ -53,6 +56,18 @@ class Reference:
         self.predictor.set_embedding(self.embeddings[key])
         masks, scores, _ = self.predictor.predict(multimask_output=multimask, **prompts)
         return masks[int(np.argmax(scores))]
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """The small test architecture with seeded random weights.
+
+    Built with napari-sam's own builder, not through the reference packages:
+    importing those (torchvision -> triton) after a napari viewer has created
+    its OpenGL context crashes the process (triton's LLVM vs. Mesa's).
+    """
+    torch.manual_seed(0)
+    return build_sam(SMALL).eval()
 
 
 @pytest.fixture(scope="module")

@@ -311,6 +311,35 @@ def test_contrast_change_re_encodes_with_new_limits(
     widget.close()
 
 
+def test_encode_errors_are_reported_once_and_a_full_store_still_works(
+    make_napari_viewer, qtbot, small_model, stack, monkeypatch, notes
+):
+    from napari_sam.errors import ImageFormatError
+    from napari_sam.volume import EmbeddingStore
+
+    viewer = make_napari_viewer()
+    viewer.add_image(stack[2])
+    widget = make_widget(viewer, small_model, store=EmbeddingStore(max_mb=0))
+    real_encode = interactive.encode_plane
+
+    def failing_encode(*args):
+        raise ImageFormatError("This plane cannot be encoded.")
+
+    monkeypatch.setattr(interactive, "encode_plane", failing_encode)
+    widget.points_layer.add([40.0, 50.0])
+    settle(qtbot, widget)
+    assert notes["error"] == ["This plane cannot be encoded."]  # reported, not retried in a loop
+    assert len(widget.encode_log) == 1
+
+    monkeypatch.setattr(interactive, "encode_plane", real_encode)
+    widget.points_layer.add([45.0, 55.0])
+    settle(qtbot, widget)
+    # the store keeps nothing (0 MB), yet the plane is encoded once and predicted
+    assert len(widget.store) == 0 and len(widget.encode_log) == 2
+    assert widget.preview_layer.data.any()
+    widget.close()
+
+
 def test_keys_prompts_outside_and_unsupported_images(
     make_napari_viewer, qtbot, small_model, stack, notes
 ):

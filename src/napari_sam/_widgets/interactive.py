@@ -285,7 +285,6 @@ class InteractiveSegmentationWidget(QWidget):
         self._preview_slice: int | None = None
         self._preview_objects: list[ObjectMask] = []
         self._prompts: SlicePrompts | None = None
-        self._prompt_slice: int | None = None
         self._candidate = 0
         self._warned_outside = 0
         self._load_worker = None
@@ -293,8 +292,9 @@ class InteractiveSegmentationWidget(QWidget):
         self._failed_request: tuple | None = None  # settings whose model failed to load
         self._cancel_load = threading.Event()
         self._encode_worker = None
-        self._encode_pending = False
         self._encode_failed = False
+        # the latest encoded plane, usable even if the store has no room for it
+        self._last_embedding: tuple[EmbeddingKey, Any] | None = None
         self._watched: list[Any] = []
         self._pbar: progress | None = None
         self._connections: list[tuple[Any, Callable]] = []
@@ -783,6 +783,7 @@ class InteractiveSegmentationWidget(QWidget):
     def _on_worker_error(self, exc: BaseException) -> None:
         # napari's worker machinery already shows unexpected errors with their traceback
         log.error("napari-sam worker failed", exc_info=exc)
+        self._encode_failed = True
         if not self._closed:
             self._set_status(f"Failed: {type(exc).__name__}: {exc}")
 
@@ -807,8 +808,7 @@ class InteractiveSegmentationWidget(QWidget):
     # ------------------------------------------------------------------ encoding
     def _start_encode(self, key: EmbeddingKey, plane: np.ndarray) -> None:
         if self._encode_worker is not None:
-            self._encode_pending = True
-            return
+            return  # when it finishes, the preview is updated and asks again
         worker = _encode_job(self._model.sam, plane, key, self._layout.rgb, self.encode_log)
         worker.returned.connect(self._on_encoded)
         worker.errored.connect(self._on_worker_error)
@@ -828,17 +828,16 @@ class InteractiveSegmentationWidget(QWidget):
         key, embedding = result
         if self._model is not None and key.model_id == self._model.model_id:
             self.store.put(key, embedding)
+            self._last_embedding = (key, embedding)
 
     def _on_encode_finished(self) -> None:
         self._encode_worker = None
         self._busy_stop()
         if self._closed:
             return
-        if self._encode_failed:
+        if self._encode_failed:  # do not retry at once; the next change of prompts will
             self._encode_failed = False
-            self._encode_pending = False
             return
-        self._encode_pending = False
         self.update_preview()
 
     # ------------------------------------------------------------------ prediction
@@ -884,7 +883,7 @@ class InteractiveSegmentationWidget(QWidget):
             self.points_picker.current(),
             self.boxes_picker.current(),
         )
-        self._prompts, self._prompt_slice = prompts, k
+        self._prompts = prompts
         if prompts.n_outside > self._warned_outside:
             n = prompts.n_outside
             notifications.show_warning(
@@ -913,6 +912,8 @@ class InteractiveSegmentationWidget(QWidget):
             contrast=tuple(float(c) for c in self._image.contrast_limits),
         )
         embedding = self.store.get(key)
+        if embedding is None and self._last_embedding and self._last_embedding[0] == key:
+            embedding = self._last_embedding[1]
         if embedding is None:
             self._start_encode(key, plane)
             return

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
+# torchvision (needed by the reference packages) imports triton; importing triton after
+# a napari viewer has created an OpenGL context segfaults. Import it first, whatever
+# order the tests run in.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
+
 import numpy as np
 import pytest
 import torch

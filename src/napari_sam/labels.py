@@ -1,0 +1,142 @@
+"""Masks → instance label images.
+
+:func:`records_to_labels` paints the records of
+:class:`~napari_sam.SamAutomaticMaskGenerator` (or plain binary masks) into a
+``uint32`` label image for napari's Labels layer, the TIFF writer and the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import NapariSamError
+
+__all__ = ["MaskRecordError", "decode_segmentation", "records_to_labels"]
+
+
+class MaskRecordError(NapariSamError, ValueError):
+    """A mask record (or mask) cannot be read, or does not fit the label image."""
+
+
+def decode_segmentation(segmentation: Any) -> np.ndarray:
+    """Binary ``(H, W)`` mask of a record's ``segmentation``.
+
+    Accepts a boolean (or 0/1) array, an uncompressed RLE
+    (``{"size": [h, w], "counts": [int, ...]}``) or a COCO compressed RLE
+    (``counts`` as ``str`` or ``bytes``).
+    """
+    if isinstance(segmentation, Mapping):
+        if "size" not in segmentation or "counts" not in segmentation:
+            raise MaskRecordError(
+                "An RLE segmentation needs 'size' and 'counts' keys; got keys "
+                f"{sorted(segmentation)}."
+            )
+        counts = segmentation["counts"]
+        if isinstance(counts, (str, bytes)):
+            from pycocotools import mask as mask_utils
+
+            rle = {
+                "size": [int(s) for s in segmentation["size"]],
+                "counts": counts.encode("utf-8") if isinstance(counts, str) else counts,
+            }
+            return mask_utils.decode(rle).astype(bool)
+        from .amg_utils import rle_to_mask
+
+        try:
+            return rle_to_mask(segmentation)
+        except ValueError as err:
+            raise MaskRecordError(str(err)) from None
+    mask = np.asarray(segmentation)
+    if mask.ndim != 2:
+        raise MaskRecordError(f"A mask must be a 2D (H, W) array; got shape {mask.shape}.")
+    return mask if mask.dtype == bool else mask != 0
+
+
+def records_to_labels(
+    records: Iterable[Mapping[str, Any] | np.ndarray],
+    shape: tuple[int, int] | None = None,
+    *,
+    min_area: int = 0,
+    return_ids: bool = False,
+    dtype: Any = np.uint32,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Paint masks into an instance label image.
+
+    Larger objects are painted first, so smaller objects lying on top of them
+    stay visible. Objects are numbered ``1..N`` from the largest to the
+    smallest; an object that ends up completely covered by smaller ones gets no
+    label, and the numbers stay consecutive. Background is 0.
+
+    Parameters
+    ----------
+    records : iterable of dict or ndarray
+        Mask records with a ``segmentation`` (boolean array, uncompressed or
+        COCO RLE; see :func:`decode_segmentation`), or plain 2D boolean masks.
+        Areas are counted from the masks.
+    shape : (H, W), optional
+        Shape of the label image; by default that of the first mask (required
+        when there are no records).
+    min_area : int
+        Skip masks with fewer pixels than this.
+    return_ids : bool
+        Also return, for each record, its label (0 if skipped or covered).
+    dtype : numpy integer dtype
+        Of the label image (``uint32``).
+
+    Returns
+    -------
+    labels : ndarray ``(H, W)``
+    ids : ndarray ``(N,)`` int64, only with ``return_ids``
+    """
+    records = list(records)
+    masks: list[np.ndarray] = []
+    areas: list[int] = []
+    for i, rec in enumerate(records):
+        if isinstance(rec, Mapping):
+            if "segmentation" not in rec:
+                raise MaskRecordError(f"Record {i} has no 'segmentation'.")
+            mask = decode_segmentation(rec["segmentation"])
+        else:
+            mask = decode_segmentation(rec)
+        if shape is None:
+            shape = mask.shape
+        if mask.shape != tuple(shape):
+            raise MaskRecordError(
+                f"Mask {i} has shape {mask.shape}, but the label image is {tuple(shape)}."
+            )
+        masks.append(mask)
+        areas.append(int(np.count_nonzero(mask)))
+    if shape is None:
+        raise MaskRecordError("No masks were given; pass the label image shape explicitly.")
+    if min_area < 0:
+        raise MaskRecordError(f"min_area must be >= 0, got {min_area}.")
+
+    # Provisional ids 1..n in painting order (largest first; ties keep record order).
+    order = [i for i in sorted(range(len(masks)), key=lambda i: -areas[i])
+             if areas[i] >= max(min_area, 1)]
+    provisional = np.zeros((int(shape[0]), int(shape[1])), dtype=np.int32)
+    for rank, i in enumerate(order, start=1):
+        mask = masks[i]
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        provisional[window][mask[window]] = rank
+
+    # Renumber the visible objects 1..K, keeping their order.
+    visible = np.zeros(len(order) + 1, dtype=bool)
+    visible[np.unique(provisional)] = True
+    visible[0] = False
+    new_id = np.zeros(len(order) + 1, dtype=np.int64)
+    new_id[visible] = np.arange(1, int(visible.sum()) + 1)
+    if np.iinfo(dtype).max < int(visible.sum()):
+        raise MaskRecordError(f"{int(visible.sum())} objects do not fit in {np.dtype(dtype)}.")
+    labels = new_id[provisional].astype(dtype)
+    if not return_ids:
+        return labels
+    ids = np.zeros(len(records), dtype=np.int64)
+    for rank, i in enumerate(order, start=1):
+        ids[i] = new_id[rank]
+    return labels, ids

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import smooth_image
 from pycocotools import mask as mask_utils
 from torch import nn
 
+from conftest import smooth_image
 from napari_sam import SamAutomaticMaskGenerator
 from napari_sam.amg_utils import rle_to_mask
 from napari_sam.automatic import (

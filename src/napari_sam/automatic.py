@@ -242,6 +242,7 @@ class SamAutomaticMaskGenerator:
         #: check against the model's decoder fails).
         self._fast_decoder = _SharedImageDecoder.supports(model)
         self._fast_checked = False
+        self._decoder_state: _SharedImageDecoder | None = None
 
     # ------------------------------------------------------------------ public API
     def generate(
@@ -308,21 +309,24 @@ class SamAutomaticMaskGenerator:
         yield AmgProgress(done, total, "start", 0, len(crops))
 
         data = _MaskStore.empty()
-        for c, (crop_box, layer) in enumerate(crops):
-            self._encode_crop(image, crop_box)
-            done += 1
-            yield AmgProgress(done, total, "encode", c, len(crops))
-            crop_data = _MaskStore.empty()
-            x0, y0, x1, y1 = crop_box
-            points = self.point_grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=float)
-            for start in range(0, len(points), self.points_per_batch):
-                batch = points[start : start + self.points_per_batch]
-                crop_data.extend(self._process_batch(batch, crop_box, (orig_h, orig_w)))
+        try:
+            for c, (crop_box, layer) in enumerate(crops):
+                self._encode_crop(image, crop_box)
                 done += 1
-                yield AmgProgress(done, total, "batch", c, len(crops))
-            self.predictor.reset_image()
-            keep = _nms(crop_data.boxes, crop_data.iou, self.box_nms_thresh)
-            data.extend(crop_data.take(keep))
+                yield AmgProgress(done, total, "encode", c, len(crops))
+                crop_data = _MaskStore.empty()
+                x0, y0, x1, y1 = crop_box
+                points = self.point_grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=float)
+                for start in range(0, len(points), self.points_per_batch):
+                    batch = points[start : start + self.points_per_batch]
+                    crop_data.extend(self._process_batch(batch, crop_box, (orig_h, orig_w)))
+                    done += 1
+                    yield AmgProgress(done, total, "batch", c, len(crops))
+                self._release_crop()
+                keep = _nms(crop_data.boxes, crop_data.iou, self.box_nms_thresh)
+                data.extend(crop_data.take(keep))
+        finally:  # also when the caller stops early: free the embedding
+            self._release_crop()
 
         records = self._finish(data, (orig_h, orig_w), n_crops=len(crops))
         yield AmgProgress(total, total, "done", max(len(crops) - 1, 0), len(crops))
@@ -333,6 +337,10 @@ class SamAutomaticMaskGenerator:
     def _encode_crop(self, image: np.ndarray, crop_box: Sequence[int]) -> None:
         x0, y0, x1, y1 = crop_box
         self.predictor.set_image(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        self._decoder_state = None
+
+    def _release_crop(self) -> None:
+        self.predictor.reset_image()
         self._decoder_state = None
 
     @torch.inference_mode()
@@ -404,13 +412,14 @@ class SamAutomaticMaskGenerator:
                 continue
             areas = masks.sum(dim=(1, 2)).cpu().numpy()
             boxes_np = boxes.cpu().numpy()
+            masks_np = masks.cpu().numpy()  # one transfer per chunk (a no-op on the CPU)
+            del masks
             bits = []
-            for m, (bx0, by0, bx1, by1), area in zip(masks, boxes_np, areas):
+            for m, (bx0, by0, bx1, by1), area in zip(masks_np, boxes_np, areas):
                 if area == 0:
                     bits.append(np.zeros(0, dtype=np.uint8))
                 else:
-                    window = m[by0 : by1 + 1, bx0 : bx1 + 1].cpu().numpy()
-                    bits.append(np.packbits(window))
+                    bits.append(np.packbits(m[by0 : by1 + 1, bx0 : bx1 + 1]))
             shifted = boxes_np.copy()
             nonempty = areas > 0
             shifted[nonempty] += np.array([cx0, cy0, cx0, cy0])

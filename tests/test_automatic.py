@@ -360,3 +360,29 @@ def test_fast_decoder_falls_back_when_it_disagrees(small_model, monkeypatch):
         records = gen.generate(IMAGE[:64, :64])
     assert not gen._fast_decoder
     assert all(r["predicted_iou"] < 0.5 for r in records)
+
+
+def test_chunking_does_not_change_results(toy_model, small_model, monkeypatch):
+    """Tiny memory budgets (one mask per upscaling step, one prompt per decoder
+    call) give the same records as the defaults."""
+    import napari_sam.automatic as automatic
+
+    toy_kwargs = dict(CONFIGS["crops+small-regions"], points_per_side=8)
+    small_kwargs = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                        box_nms_thresh=1.0)
+    image = IMAGE[:96, :128]
+    toy_ref = SamAutomaticMaskGenerator(toy_model, **toy_kwargs).generate(IMAGE)
+    small_ref = SamAutomaticMaskGenerator(small_model, **small_kwargs).generate(image)
+    monkeypatch.setattr(automatic, "_UPSCALE_BUDGET_BYTES", 1)
+    monkeypatch.setattr(automatic, "_PROMPT_CHUNK", 1)
+    monkeypatch.setattr(automatic, "_CPU_DECODE_CHUNK", 1)
+    _assert_same_records(SamAutomaticMaskGenerator(toy_model, **toy_kwargs).generate(IMAGE),
+                         toy_ref)
+    small = SamAutomaticMaskGenerator(small_model, **small_kwargs).generate(image)
+    assert len(small) == len(small_ref) == 27
+    for a, b in zip(small, small_ref):
+        assert a["point_coords"] == b["point_coords"]
+        assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-5
+        inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
+        union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
+        assert inter / union > 0.99

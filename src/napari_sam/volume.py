@@ -1,33 +1,89 @@
-"""Per-slice image embeddings, kept so that a stack is encoded once.
+"""Per-slice image embeddings of 2D images and 3D stacks, computed once and kept.
 
 Encoding a plane is the expensive step of SAM (seconds on a CPU); predicting a
-mask from prompts is cheap. :class:`EmbeddingStore` keeps encoded planes
-(:class:`~napari_sam.predictor.ImageEmbedding`) in memory, least recently used
-first out, within a budget in megabytes. Entries are keyed by
-:class:`EmbeddingKey`: the content hash of the plane, its slice index, the
-model and the contrast limits used to convert it to RGB. A changed image, a
-different model or new contrast limits therefore never reuse a stale
-embedding. The key holds only strings, numbers and tuples, so it can also name
-an entry of an on-disk cache (:meth:`EmbeddingKey.digest`).
+mask from prompts is cheap. This module keeps encoded planes
+(:class:`~napari_sam.predictor.ImageEmbedding`) so that a stack is encoded once:
+
+- :class:`EmbeddingStore`: in memory, least recently used first out, within a
+  budget in megabytes.
+- :class:`DiskCache`: optionally on disk, one ``.npz`` file per plane (float16
+  features, a checksum, written atomically), so that a later session, the
+  ``napari-sam embed`` command and an interrupted precomputation all reuse
+  what was already computed.
+- :class:`StackEmbeddings`: the embeddings of the planes of one 3D stack for
+  one model and contrast setting: looked up in memory, then on disk, then
+  encoded on demand, or precomputed for the whole stack (several planes per
+  forward pass on a CUDA GPU).
+
+Entries are keyed by :class:`EmbeddingKey`: the content hash of the plane, its
+slice index, the model and the contrast limits used to convert it to RGB. A
+changed image, a different model or new contrast limits therefore never reuse a
+stale embedding. Objects are propagated through a stack with
+:func:`propagate` (see :mod:`napari_sam.propagation`).
 
 This module imports neither torch nor napari at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
+import os
+import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .errors import ImageFormatError, NapariSamError
 
 if TYPE_CHECKING:
     from .predictor import ImageEmbedding
 
-__all__ = ["DEFAULT_STORE_MB", "EmbeddingKey", "EmbeddingStore", "hash_plane"]
+__all__ = [
+    "DEFAULT_STORE_MB",
+    "ComputationCancelledError",
+    "DiskCache",
+    "EmbeddingCacheError",
+    "EmbeddingKey",
+    "EmbeddingStore",
+    "StackEmbeddings",
+    "StackFileError",
+    "default_batch_size",
+    "default_cache_dir",
+    "default_contrast_limits",
+    "encode_planes",
+    "hash_plane",
+    "model_id_for",
+    "propagate",
+    "read_stack",
+]
+
+log = logging.getLogger(__name__)
+
+#: Called with (done, total) as work proceeds.
+ProgressCallback = Callable[[int, int], Any]
+#: Returns True when the caller wants the work to stop.
+CancelCheck = Callable[[], bool]
+
+
+class ComputationCancelledError(NapariSamError, RuntimeError):
+    """A long computation (precomputing embeddings, propagation) was stopped by the user."""
+
+
+class EmbeddingCacheError(NapariSamError, OSError):
+    """The on-disk embedding cache cannot be created, read or written."""
+
+
+class StackFileError(NapariSamError, ValueError):
+    """An image file cannot be read as a 3D stack."""
+
 
 #: Default memory budget of an :class:`EmbeddingStore`, in megabytes (~250 planes).
 DEFAULT_STORE_MB = 1024.0
@@ -176,3 +232,659 @@ class EmbeddingStore:
         with self._lock:
             self._entries.clear()
             self._nbytes = 0
+
+
+# --------------------------------------------------------------------------- identities
+def model_id_for(model_type: str, checkpoint: str | os.PathLike[str] | None = None) -> str:
+    """The ``model_id`` of :class:`EmbeddingKey` for a model and its weights.
+
+    Published weights are named by their model type (``"vit_b"``; they are
+    verified by hash when downloaded); a checkpoint file by its absolute path,
+    size and modification time, so a file replaced by another gets a new id.
+    The napari widget and ``napari-sam embed`` both name models with this
+    function, so an on-disk cache written by one is found by the other.
+
+    Raises
+    ------
+    EmbeddingCacheError
+        If ``checkpoint`` is given but cannot be found.
+    """
+    if checkpoint is None or not str(checkpoint).strip():
+        return str(model_type)
+    path = Path(checkpoint).expanduser()
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise EmbeddingCacheError(
+            f"The checkpoint file {path} cannot be found ({exc.strerror or exc})."
+        ) from exc
+    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def default_contrast_limits(data: Any) -> tuple[float, float]:
+    """The contrast limits napari gives a new image layer of ``data``.
+
+    uint8 data gets ``(0, 255)``; arrays of up to 10 million values their
+    minimum and maximum; larger ones the minimum and maximum of their first,
+    middle and last planes (of a central 62 × 62 patch when a plane is itself
+    larger than 10 million pixels). NaN is ignored; a constant array gets
+    limits widened to include 0 and 1. The same rule as napari's, written here
+    so that embeddings made without napari (``napari-sam embed``) carry the
+    same key as those the widget makes for a freshly opened stack.
+    """
+    if np.dtype(data.dtype) == np.uint8:
+        return (0.0, 255.0)
+    shape = tuple(int(s) for s in data.shape)
+    size = int(np.prod(shape)) if shape else 1
+    if size > 1e7 and len(shape) >= 3:
+        lead = shape[:-2]
+        planes = [
+            tuple(0 for _ in lead),
+            tuple(s // 2 for s in lead),
+            tuple(s - 1 for s in lead),
+        ]
+        patch: tuple[slice, ...] = ()
+        if shape[-2] * shape[-1] > 1e7 and shape[-2] > 64 and shape[-1] > 64:
+            cy, cx = shape[-2] // 2, shape[-1] // 2
+            patch = (slice(cy - 31, cy + 31), slice(cx - 31, cx + 31))
+        parts = [np.asarray(data[idx + patch]) for idx in planes]
+        values = np.concatenate([p.ravel() for p in parts])
+    else:
+        values = np.asarray(data).ravel()
+    with np.errstate(invalid="ignore"):
+        finite = (
+            values if not np.issubdtype(values.dtype, np.floating) else values[~np.isnan(values)]
+        )
+    if finite.size == 0:
+        return (0.0, 1.0)
+    lo, hi = float(np.min(finite)), float(np.max(finite))
+    if lo == hi:
+        lo, hi = min(lo, 0.0), max(hi, 1.0)
+    return (lo, hi)
+
+
+def default_cache_dir() -> Path:
+    """Where embeddings are kept on disk unless told otherwise.
+
+    ``embeddings/`` in the napari-sam cache folder (``$NAPARI_SAM_CACHE``, or
+    the user's cache folder; see ``napari-sam info``). Not created here.
+    """
+    from .weights import cache_dir
+
+    return cache_dir(create=False) / "embeddings"
+
+
+def default_batch_size(device: Any) -> int:
+    """Planes encoded per forward pass: 4 on a CUDA GPU, 1 elsewhere.
+
+    On a CPU a batch is no faster per plane than single planes, and needs
+    more memory; a GPU is used better with several planes at once.
+    """
+    return 4 if getattr(device, "type", str(device)).startswith("cuda") else 1
+
+
+# --------------------------------------------------------------------------- encoding
+def encode_planes(
+    model: Any,
+    planes: Sequence[np.ndarray],
+    contrast: Sequence[float] | None,
+    rgb: bool = False,
+    autocast: bool = False,
+) -> list[ImageEmbedding]:
+    """Encode several planes of one size in one forward pass of the image encoder.
+
+    Each plane is converted with :func:`napari_sam.image.to_sam_rgb` (the
+    given contrast limits; ``None`` for its robust automatic limits) and
+    resized as :meth:`SamPredictor.set_image <napari_sam.predictor.SamPredictor.set_image>`
+    does; one plane gives exactly the embedding ``set_image`` gives.
+
+    Parameters
+    ----------
+    model : Sam
+    planes : sequence of ndarray
+        2D planes (``(H, W)``, or ``(H, W, C)`` with ``rgb``), all of one shape.
+    contrast : (low, high) or None
+    rgb : bool
+    autocast : bool
+        Run the encoder under ``torch.autocast`` (bfloat16) on a CUDA GPU:
+        faster, slightly less exact. Ignored on other devices.
+
+    Returns
+    -------
+    list of ImageEmbedding
+        float32 features on the model's device, one ``(1, 256, 64, 64)`` per plane.
+    """
+    import torch
+
+    from .image import to_sam_rgb
+    from .predictor import ImageEmbedding
+    from .transforms import ResizeLongestSide
+
+    if not planes:
+        return []
+    shapes = {tuple(np.shape(p)) for p in planes}
+    if len(shapes) != 1:
+        raise ImageFormatError(
+            f"Planes encoded together must have one shape; got {sorted(shapes)}."
+        )
+    device = model.device
+    transform = ResizeLongestSide(model.image_encoder.img_size)
+    tensors = []
+    original_size = (0, 0)
+    for plane in planes:
+        image = to_sam_rgb(plane, contrast, rgb=rgb)
+        original_size = (int(image.shape[0]), int(image.shape[1]))
+        if model.image_format != "RGB":
+            image = image[..., ::-1]
+        resized = transform.apply_image(image)
+        tensors.append(torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous())
+    batch = torch.stack(tensors, dim=0)
+    input_size = (int(batch.shape[-2]), int(batch.shape[-1]))
+    use_amp = autocast and device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    with torch.no_grad(), amp:
+        features = model.image_encoder(model.preprocess(batch))
+    features = features.float()
+    if len(planes) == 1:
+        return [ImageEmbedding(features, original_size, input_size)]
+    return [
+        ImageEmbedding(features[i : i + 1].clone(), original_size, input_size)
+        for i in range(len(planes))
+    ]
+
+
+# --------------------------------------------------------------------------- disk cache
+class DiskCache:
+    """Embeddings on disk: one ``<key digest>.npz`` file per plane in a folder.
+
+    Each file holds the features as float16 (2 MiB per plane instead of 4 MiB
+    as float32; features that would overflow float16 are kept as float32),
+    the image sizes, the full key (as JSON) and a BLAKE2b checksum of all of
+    them. A file is written to a temporary name in the same folder and then
+    renamed (``os.replace``), so a crash or a full disk never leaves a file
+    that looks complete. A file that cannot be read, belongs to another key or
+    fails its checksum (truncated, bytes flipped) is counted in
+    :attr:`corrupted`, deleted, and treated as missing, so the plane is encoded
+    again.
+
+    Parameters
+    ----------
+    root : path
+        The folder (created if needed).
+
+    Raises
+    ------
+    EmbeddingCacheError
+        If the folder cannot be created.
+    """
+
+    SUFFIX = ".npz"
+    FORMAT = 1
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddingCacheError(
+                f"The embedding cache folder {self.root} cannot be created "
+                f"({exc.strerror or exc}); choose a folder you can write to."
+            ) from exc
+        if not self.root.is_dir():
+            raise EmbeddingCacheError(f"The embedding cache path {self.root} is not a folder.")
+        self.corrupted = 0
+        self.reads = 0
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.root)!r})"
+
+    def path(self, key: EmbeddingKey) -> Path:
+        """The file of ``key`` (which may not exist)."""
+        return self.root / f"{key.digest()}{self.SUFFIX}"
+
+    def __contains__(self, key: object) -> bool:
+        """Whether a file exists for ``key`` (not whether it is intact: see :meth:`get`)."""
+        return isinstance(key, EmbeddingKey) and self.path(key).is_file()
+
+    def files(self) -> list[Path]:
+        """The entry files in the folder."""
+        return sorted(p for p in self.root.glob(f"*{self.SUFFIX}") if not p.name.startswith("."))
+
+    def __len__(self) -> int:
+        return len(self.files())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes taken by the entry files."""
+        return sum(p.stat().st_size for p in self.files())
+
+    def get(self, key: EmbeddingKey) -> ImageEmbedding | None:
+        """The embedding stored for ``key`` (float16 features on the CPU), or None.
+
+        None if there is no file, or if the file is damaged (it is then deleted).
+        """
+        path = self.path(key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # any damage (zip CRC, short read, bad header) means "recompute"
+            self._corrupt(path, f"unreadable ({type(exc).__name__}: {exc})")
+            return None
+        problem = _check_entry(arrays, key)
+        if problem:
+            self._corrupt(path, problem)
+            return None
+        import torch
+
+        from .predictor import ImageEmbedding
+
+        self.reads += 1
+        features = torch.from_numpy(np.ascontiguousarray(arrays["features"]))
+        return ImageEmbedding(
+            features,
+            tuple(int(s) for s in arrays["original_size"]),
+            tuple(int(s) for s in arrays["input_size"]),
+        )
+
+    def verify(self, key: EmbeddingKey) -> bool:
+        """Whether an intact file exists for ``key`` (a damaged one is deleted)."""
+        return key in self and self.get(key) is not None
+
+    def put(self, key: EmbeddingKey, embedding: ImageEmbedding) -> Path:
+        """Write an embedding (atomically); return its file.
+
+        Raises
+        ------
+        EmbeddingCacheError
+            If the file cannot be written (e.g. the disk is full).
+        """
+        features = embedding.features.detach().to("cpu").float().numpy()
+        with np.errstate(over="ignore"):
+            half = features.astype(np.float16)
+        if np.isfinite(half).all() or not np.isfinite(features).all():
+            features = half
+        arrays = {
+            "format": np.asarray(self.FORMAT, dtype=np.int64),
+            "key": np.asarray(_key_json(key)),
+            "features": np.ascontiguousarray(features),
+            "original_size": np.asarray(embedding.original_size, dtype=np.int64),
+            "input_size": np.asarray(embedding.input_size, dtype=np.int64),
+        }
+        arrays["checksum"] = np.asarray(_checksum(arrays))
+        path = self.path(key)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=self.SUFFIX, dir=self.root)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            raise EmbeddingCacheError(
+                f"The embedding cache file {path.name} cannot be written in {self.root} "
+                f"({exc.strerror or exc})."
+            ) from exc
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+        self.writes += 1
+        return path
+
+    def discard(self, key: EmbeddingKey) -> bool:
+        """Delete the file of ``key``; return whether there was one."""
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def clear(self) -> int:
+        """Delete every entry (and leftover temporary files); return how many entries."""
+        n = 0
+        for p in self.root.glob(f"*{self.SUFFIX}"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += not p.name.startswith(".")
+        return n
+
+    def _corrupt(self, path: Path, reason: str) -> None:
+        self.corrupted += 1
+        log.warning("napari-sam: damaged embedding cache file %s (%s); recomputing", path, reason)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _key_json(key: EmbeddingKey) -> str:
+    return json.dumps(
+        {
+            "data_hash": key.data_hash,
+            "slice": key.slice,
+            "model_id": key.model_id,
+            "contrast": None if key.contrast is None else list(key.contrast),
+        },
+        sort_keys=True,
+    )
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in ("format", "key", "original_size", "input_size", "features"):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        if arr.dtype.kind == "U":
+            h.update(str(arr).encode())
+        else:
+            h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _check_entry(arrays: dict[str, np.ndarray], key: EmbeddingKey) -> str | None:
+    """Why a loaded entry cannot be used for ``key``, or None if it is intact."""
+    needed = ("format", "key", "features", "original_size", "input_size", "checksum")
+    missing = [n for n in needed if n not in arrays]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        if int(arrays["format"]) != DiskCache.FORMAT:
+            return f"format {int(arrays['format'])}, expected {DiskCache.FORMAT}"
+        if str(arrays["checksum"]) != _checksum(arrays):
+            return "checksum mismatch"
+    except (TypeError, ValueError) as exc:
+        return f"malformed ({exc})"
+    if str(arrays["key"]) != _key_json(key):
+        return "written for another key"
+    features = arrays["features"]
+    if features.ndim != 4 or features.shape[0] != 1 or features.dtype.kind != "f":
+        return f"features of shape {features.shape} and type {features.dtype}"
+    if arrays["original_size"].shape != (2,) or arrays["input_size"].shape != (2,):
+        return "malformed image sizes"
+    return None
+
+
+# --------------------------------------------------------------------------- a stack
+def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a 3D grayscale stack (Z, Y, X) from a TIFF (or ``.npy``) file.
+
+    Axes of length 1 (e.g. a single channel or time point) are dropped.
+
+    Raises
+    ------
+    StackFileError
+        If the file does not exist, cannot be read, or is not a 3D grayscale
+        stack (a 2D image, an RGB image, 4D data).
+    ImageFormatError
+        If its values are not real numbers.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise StackFileError(f"The file {path} does not exist.")
+    if path.is_dir():
+        raise StackFileError(f"{path} is a folder; give a TIFF file holding a 3D stack (Z, Y, X).")
+    axes = ""
+    if path.suffix.lower() == ".npy":
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise StackFileError(f"{path.name} cannot be read as a .npy file ({exc}).") from exc
+    else:
+        try:
+            import tifffile
+        except ImportError as exc:
+            raise StackFileError(
+                "Reading TIFF files needs the tifffile package, which is not installed; "
+                "install it with `pip install tifffile` (napari installs it too)."
+            ) from exc
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes = str(series.axes)
+                data = series.asarray()
+        except Exception as exc:  # tifffile raises many types for a file that is not a TIFF
+            raise StackFileError(
+                f"{path.name} cannot be read as a TIFF file ({type(exc).__name__}: {exc})."
+            ) from exc
+    if "S" in axes and data.shape[axes.index("S")] > 1:
+        raise StackFileError(
+            f"{path.name} is a colour (RGB) image with axes {axes} and shape {data.shape}; "
+            "precomputing embeddings needs a grayscale 3D stack (Z, Y, X)."
+        )
+    shape = tuple(int(s) for s in data.shape)
+    keep = [i for i, s in enumerate(shape) if s != 1 or i >= len(shape) - 2]
+    if len(keep) != len(shape):
+        data = data.reshape(tuple(shape[i] for i in keep))
+    if data.ndim != 3:
+        kind = "a 2D image" if data.ndim == 2 else f"{data.ndim}D data"
+        raise StackFileError(
+            f"{path.name} is {kind} of shape {shape}; precomputing embeddings needs a "
+            "grayscale 3D stack (Z, Y, X)."
+        )
+    from .image import image_layout
+
+    image_layout(data.shape, dtype=data.dtype)
+    return data
+
+
+class StackEmbeddings:
+    """The embeddings of the planes of one 3D stack, for one model and contrast setting.
+
+    :meth:`get` looks a plane up in the memory store, then in the disk cache,
+    and encodes it if neither has it (storing the result in both).
+    :meth:`precompute` encodes every plane that is not cached yet, several per
+    forward pass on a CUDA GPU; run it again after an interruption and it
+    encodes only what is missing.
+
+    Parameters
+    ----------
+    model : Sam
+    stack : array ``(Z, H, W)``
+        Grayscale planes (numpy, or lazy: each plane is read when needed).
+    model_id : str
+        Names the model and its weights (see :func:`model_id_for`).
+    contrast : (low, high), optional
+        Contrast limits for :func:`~napari_sam.image.to_sam_rgb`; default
+        :func:`default_contrast_limits` of the stack (what napari shows).
+    store : EmbeddingStore, optional
+        Memory store; default a new one of :data:`DEFAULT_STORE_MB`.
+    disk : DiskCache, path or None
+        On-disk cache (a folder path makes one); None keeps embeddings in memory only.
+    batch_size : int, optional
+        Planes per forward pass; default :func:`default_batch_size` of the model's device.
+    autocast : bool
+        bfloat16 autocast on a CUDA GPU (see :func:`encode_planes`).
+
+    Attributes
+    ----------
+    encoded : int
+        Planes encoded by this object.
+    forward_passes : int
+        Forward passes of the image encoder run by this object.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        stack: Any,
+        *,
+        model_id: str,
+        contrast: Sequence[float] | None = None,
+        store: EmbeddingStore | None = None,
+        disk: DiskCache | str | os.PathLike[str] | None = None,
+        batch_size: int | None = None,
+        autocast: bool = False,
+    ) -> None:
+        from .image import image_layout
+
+        shape = tuple(int(s) for s in getattr(stack, "shape", ()))
+        layout = image_layout(shape, dtype=getattr(stack, "dtype", None))
+        if not layout.is_stack:
+            raise ImageFormatError(
+                f"A 3D grayscale stack (Z, Y, X) is needed; got an array of shape {shape}."
+            )
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        self.model = model
+        self.stack = stack
+        self.layout = layout
+        self.model_id = str(model_id)
+        if contrast is None:
+            contrast = default_contrast_limits(stack)
+        self.contrast = (float(contrast[0]), float(contrast[1]))
+        self.store = store if store is not None else EmbeddingStore()
+        self.disk = disk if isinstance(disk, DiskCache) or disk is None else DiskCache(disk)
+        self.batch_size = int(batch_size) if batch_size else default_batch_size(model.device)
+        self.autocast = bool(autocast)
+        self.encoded = 0
+        self.forward_passes = 0
+
+    @property
+    def n_slices(self) -> int:
+        return self.layout.n_slices
+
+    def plane(self, z: int) -> np.ndarray:
+        """Plane ``z`` as a numpy array."""
+        from .image import get_plane
+
+        return get_plane(self.stack, self.layout, z)
+
+    def key(self, z: int, plane: np.ndarray | None = None) -> EmbeddingKey:
+        """The key of plane ``z`` (hashes its current pixels)."""
+        if plane is None:
+            plane = self.plane(z)
+        return EmbeddingKey(hash_plane(plane), int(z), self.model_id, self.contrast)
+
+    def cached(self, z: int, key: EmbeddingKey | None = None) -> ImageEmbedding | None:
+        """The embedding of plane ``z`` from memory or disk, or None (nothing is encoded)."""
+        key = key or self.key(z)
+        emb = self.store.get(key)
+        if emb is None and self.disk is not None:
+            emb = self.disk.get(key)
+            if emb is not None:
+                self.store.put(key, emb)
+        return emb
+
+    def get(self, z: int) -> ImageEmbedding:
+        """The embedding of plane ``z``: cached, or encoded now (and cached)."""
+        plane = self.plane(z)
+        key = self.key(z, plane)
+        emb = self.cached(z, key)
+        if emb is None:
+            (emb,) = self._encode([plane])
+            self._keep(key, emb)
+        return emb
+
+    def missing(self, slices: Iterable[int] | None = None) -> list[int]:
+        """The slices that are neither in memory nor intact on disk.
+
+        Disk entries are read and checked; damaged ones are deleted and counted missing.
+        """
+        out = []
+        for z in self._slices(slices):
+            key = self.key(z)
+            if key in self.store:
+                continue
+            if self.disk is not None and self.disk.verify(key):
+                continue
+            out.append(z)
+        return out
+
+    def precompute(
+        self,
+        slices: Iterable[int] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> int:
+        """Encode every slice (or those in ``slices``) that is not cached yet.
+
+        Each batch is stored as soon as it is encoded, so work done before a
+        cancellation or a crash is kept and a later call resumes.
+
+        Parameters
+        ----------
+        slices : iterable of int, optional
+            Default: all slices.
+        progress : callable, optional
+            ``progress(done, total)`` after each batch (and once with 0 at the start);
+            ``total`` counts the slices to encode.
+        should_cancel : callable, optional
+            Checked before each batch; when it returns True the work stops.
+
+        Returns
+        -------
+        int
+            The number of slices encoded.
+
+        Raises
+        ------
+        ComputationCancelledError
+            If ``should_cancel`` returned True (the slices done so far are kept).
+        """
+        todo = []
+        for z in self._slices(slices):
+            key = self.key(z)
+            in_memory = self.store.get(key) if key in self.store else None
+            if self.disk is None:
+                if in_memory is None:
+                    todo.append(z)
+            elif not self.disk.verify(key):
+                if in_memory is None:
+                    todo.append(z)
+                else:  # encoded earlier in this session: keep it on disk too
+                    self.disk.put(key, in_memory)
+        total = len(todo)
+        if progress is not None:
+            progress(0, total)
+        done = 0
+        for start in range(0, total, self.batch_size):
+            if should_cancel is not None and should_cancel():
+                raise ComputationCancelledError(
+                    f"Precomputing embeddings was cancelled after {done} of {total} slices; "
+                    "the slices done so far are kept."
+                )
+            batch = todo[start : start + self.batch_size]
+            planes = [self.plane(z) for z in batch]
+            keys = [self.key(z, p) for z, p in zip(batch, planes)]
+            for key, emb in zip(keys, self._encode(planes)):
+                self._keep(key, emb, memory=self.disk is None)
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+        return total
+
+    def _slices(self, slices: Iterable[int] | None) -> list[int]:
+        if slices is None:
+            return list(range(self.n_slices))
+        out = []
+        for z in slices:
+            z = int(z)
+            if not 0 <= z < self.n_slices:
+                raise ImageFormatError(
+                    f"Slice {z} does not exist; the stack has {self.n_slices} slices."
+                )
+            out.append(z)
+        return out
+
+    def _encode(self, planes: list[np.ndarray]) -> list[ImageEmbedding]:
+        embs = encode_planes(self.model, planes, self.contrast, autocast=self.autocast)
+        self.encoded += len(planes)
+        self.forward_passes += 1
+        return embs
+
+    def _keep(self, key: EmbeddingKey, emb: ImageEmbedding, memory: bool = True) -> None:
+        if memory:
+            self.store.put(key, emb)
+        if self.disk is not None:
+            self.disk.put(key, emb)
+
+
+def propagate(*args: Any, **kwargs: Any) -> Any:
+    """Propagate objects through a stack; see :func:`napari_sam.propagation.propagate`."""
+    from .propagation import propagate as _propagate
+
+    return _propagate(*args, **kwargs)

@@ -386,3 +386,9 @@ def test_chunking_does_not_change_results(toy_model, small_model, monkeypatch):
         inter = np.logical_and(a["segmentation"], b["segmentation"]).sum()
         union = np.logical_or(a["segmentation"], b["segmentation"]).sum()
         assert inter / union > 0.99
+
+
+def test_generate_iter_checks_the_image_at_once(toy_model):
+    gen = SamAutomaticMaskGenerator(toy_model, points_per_side=4)
+    with pytest.raises(ImageFormatError):
+        gen.generate_iter(np.zeros((8, 8), np.uint16))  # no next() needed

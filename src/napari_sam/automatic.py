@@ -293,9 +293,12 @@ class SamAutomaticMaskGenerator:
 
         The records are the generator's return value (``StopIteration.value``;
         napari's ``thread_worker`` emits it as ``returned``). Closing the
-        generator stops the work after the current step.
+        generator stops the work after the current step. A bad image raises
+        :class:`~napari_sam.errors.ImageFormatError` here, before any step.
         """
-        image = _as_rgb_uint8(image)
+        return self._steps(_as_rgb_uint8(image))
+
+    def _steps(self, image: np.ndarray) -> Generator[AmgProgress, None, list[dict[str, Any]]]:
         orig_h, orig_w = image.shape[:2]
         boxes, layers = generate_crop_boxes((orig_h, orig_w), self.crop_n_layers,
                                             self.crop_overlap_ratio)
@@ -389,7 +392,7 @@ class SamAutomaticMaskGenerator:
         cx0, cy0 = int(crop_box[0]), int(crop_box[1])
         crop_edges = [int(v) for v in crop_box]
         image_box = [0, 0, int(orig_size[1]), int(orig_size[0])]
-        per_mask = 4 * (model.img_size**2 + crop_h * crop_w)
+        per_mask = 4 * (predictor.transform.target_length**2 + crop_h * crop_w)
         mask_chunk = max(1, _UPSCALE_BUDGET_BYTES // per_mask)
 
         for idx in _chunks_by_prompt(selected, n_out, mask_chunk):

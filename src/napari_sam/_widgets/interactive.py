@@ -9,7 +9,10 @@ slice is encoded once per model and contrast setting.
 
 Workflow: pick an image; click positive/negative points in "SAM points" or
 draw rectangles in "SAM boxes"; the mask appears in "SAM preview"; commit it
-into the output Labels layer as a new object. Key bindings: :data:`KEYS`.
+into the output Labels layer as a new object. On a 3D stack, the embeddings of
+all slices can be precomputed (optionally kept on disk), and objects are
+propagated through the stack (:mod:`napari_sam.propagation`), computed in a
+worker and written at the end as one undo step. Key bindings: :data:`KEYS`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -40,6 +44,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -47,7 +52,18 @@ from qtpy.QtWidgets import (
 from ..errors import CheckpointError, DownloadCancelledError, ImageFormatError, NapariSamError
 from ..image import ImageLayout, get_plane, image_layout
 from ..predictor import SamPredictor
-from ..volume import EmbeddingKey, EmbeddingStore, hash_plane
+from ..propagation import PropagationResult, PropagationSettings, plan_write, propagate
+from ..volume import (
+    ComputationCancelledError,
+    DiskCache,
+    EmbeddingCacheError,
+    EmbeddingKey,
+    EmbeddingStore,
+    StackEmbeddings,
+    default_cache_dir,
+    hash_plane,
+    model_id_for,
+)
 from .prompts import (
     SlicePrompts,
     current_slice,
@@ -87,6 +103,7 @@ KEYS = {
     "Shift+C": "commit the preview as new object(s)",
     "Shift+X": "clear the prompts and preview of this slice",
     "Shift+M": "show the next of SAM's three candidate masks",
+    "Shift+P": "propagate the preview (or this slice's objects) through the stack",
 }
 
 
@@ -136,12 +153,7 @@ def load_sam(
             )
         path = Path(checkpoint).expanduser()
         sam = weights.load_model("auto", checkpoint=path, device=dev, progress=False)
-        stat = path.stat()
-        return LoadedModel(
-            sam,
-            f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
-            f"{path.name} on {dev}",
-        )
+        return LoadedModel(sam, model_id_for("custom", path), f"{path.name} on {dev}")
     model_type = weights.resolve_model_type(choice, dev)
     sam = weights.load_model(
         model_type,
@@ -176,7 +188,14 @@ def _load_job(factory: ModelFactory, request: tuple, relay: _Relay, cancel: thre
 
 
 @thread_worker(start_thread=False, ignore_errors=True)
-def _encode_job(model: Any, plane: np.ndarray, key: EmbeddingKey, rgb: bool, log: list):
+def _encode_job(
+    model: Any,
+    plane: np.ndarray,
+    key: EmbeddingKey,
+    rgb: bool,
+    log: list,
+    disk: DiskCache | None = None,
+):
     t0 = time.perf_counter()
     try:
         embedding = encode_plane(model, plane, key.contrast, rgb)
@@ -184,13 +203,69 @@ def _encode_job(model: Any, plane: np.ndarray, key: EmbeddingKey, rgb: bool, log
         return _Failed(exc)
     finally:
         log.append((threading.get_ident(), t0, time.perf_counter()))
-    return key, embedding
+    disk_error = None
+    if disk is not None:
+        try:
+            disk.put(key, embedding)
+        except EmbeddingCacheError as exc:
+            disk_error = exc
+    return key, embedding, disk_error
+
+
+@thread_worker(start_thread=False, ignore_errors=True)
+def _precompute_job(embeddings: StackEmbeddings, relay: _Relay, cancel: threading.Event):
+    try:
+        encoded = embeddings.precompute(
+            progress=lambda done, total: relay.job_progress.emit(done, total),
+            should_cancel=cancel.is_set,
+        )
+    except NapariSamError as exc:
+        return _Failed(exc)
+    return encoded
+
+
+@thread_worker(start_thread=False, ignore_errors=True)
+def _propagate_job(
+    model: Any,
+    embeddings: StackEmbeddings,
+    seeds: np.ndarray,
+    k: int,
+    z_range: tuple[int, int],
+    settings: PropagationSettings,
+    relay: _Relay,
+    cancel: threading.Event,
+):
+    try:
+        return propagate(
+            model,
+            embeddings,
+            seeds,
+            k,
+            z_range=z_range,
+            settings=settings,
+            progress=lambda done, total: relay.job_progress.emit(done, total),
+            should_cancel=cancel.is_set,
+        )
+    except NapariSamError as exc:
+        return _Failed(exc)
 
 
 class _Relay(QObject):
-    """Carries download progress from a worker thread to the main thread."""
+    """Carries download and job progress from worker threads to the main thread."""
 
     progress = Signal(object, object)
+    job_progress = Signal(object, object)
+
+
+@dataclass
+class _PropagationJob:
+    """What a running propagation was started from (checked again when it ends)."""
+
+    image: Any
+    labels: Any  # the output Labels layer, or None to create one at the end
+    ids: list[int] | None  # ids of committed objects; None for the preview's (new ids)
+    k: int
+    from_preview: bool
 
 
 # --------------------------------------------------------------------------- layer pickers
@@ -301,6 +376,16 @@ class InteractiveSegmentationWidget(QWidget):
         self._closed = False
         #: (thread id, start, end) of every encoding (perf_counter seconds)
         self.encode_log: list[tuple[int, float, float]] = []
+        # precompute / propagate: one long job at a time, computed in a worker
+        self._job_worker = None
+        self._job_kind: str | None = None
+        self._job: _PropagationJob | None = None
+        self._pending_job: str | None = None  # started once the model has loaded
+        self._cancel_job = threading.Event()
+        self._job_pbar: progress | None = None
+        self._disk: DiskCache | None = None
+        #: the result of the last propagation (per-object masks and why each stopped)
+        self.last_propagation: PropagationResult | None = None
 
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -308,6 +393,7 @@ class InteractiveSegmentationWidget(QWidget):
         self._timer.timeout.connect(self.update_preview)
         self._relay = _Relay()
         self._relay.progress.connect(self._on_download_progress)
+        self._relay.job_progress.connect(self._on_job_progress)
 
         self._build_ui()
         self._connect(self.viewer.layers.events.inserted, self._on_layers_changed)
@@ -413,6 +499,7 @@ class InteractiveSegmentationWidget(QWidget):
         buttons.addWidget(self.undo_button)
         form.addRow(buttons)
         layout.addWidget(box)
+        layout.addWidget(self._build_stack_box())
 
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -427,6 +514,76 @@ class InteractiveSegmentationWidget(QWidget):
         layout.addWidget(help_label)
         layout.addStretch(1)
         self._on_model_choice()
+
+    def _build_stack_box(self) -> QGroupBox:
+        box = QGroupBox("3D stack")
+        form = QFormLayout(box)
+        self.disk_check = QCheckBox("Keep embeddings on disk")
+        self.disk_check.setToolTip(
+            "Save each encoded slice (float16, 2 MB) in this folder, so that a later session, "
+            "or `napari-sam embed`, need not encode the stack again."
+        )
+        self.cache_edit = QLineEdit(str(default_cache_dir()))
+        self.cache_edit.editingFinished.connect(self._on_cache_choice)
+        self.disk_check.toggled.connect(self._on_cache_choice)
+        form.addRow(self.disk_check)
+        form.addRow("Folder", self.cache_edit)
+        self.precompute_button = QPushButton("Precompute embeddings of all slices")
+        self.precompute_button.clicked.connect(self.precompute)
+        form.addRow(self.precompute_button)
+
+        rng = QHBoxLayout()
+        self.z_from_spin = QSpinBox()
+        self.z_to_spin = QSpinBox()
+        rng.addWidget(self.z_from_spin)
+        rng.addWidget(QLabel("to"))
+        rng.addWidget(self.z_to_spin)
+        form.addRow("Slices", rng)
+        self.min_score_spin = QDoubleSpinBox()
+        self.min_score_spin.setRange(0.0, 1.0)
+        self.min_score_spin.setSingleStep(0.05)
+        self.min_score_spin.setValue(PropagationSettings.min_score)
+        self.min_score_spin.setToolTip("Stop where SAM's predicted IoU of the mask is lower.")
+        form.addRow("Min. predicted IoU", self.min_score_spin)
+        self.min_overlap_spin = QDoubleSpinBox()
+        self.min_overlap_spin.setRange(0.0, 1.0)
+        self.min_overlap_spin.setSingleStep(0.05)
+        self.min_overlap_spin.setValue(PropagationSettings.min_overlap)
+        self.min_overlap_spin.setToolTip(
+            "Stop where the mask's IoU with the previous slice's mask is lower."
+        )
+        form.addRow("Min. overlap with previous slice", self.min_overlap_spin)
+        self.min_area_spin = QSpinBox()
+        self.min_area_spin.setRange(0, 10**8)
+        self.min_area_spin.setValue(PropagationSettings.min_area)
+        self.min_area_spin.setToolTip("Stop where the mask has fewer pixels.")
+        form.addRow("Min. area (pixels)", self.min_area_spin)
+        self.ids_edit = QLineEdit()
+        self.ids_edit.setPlaceholderText("all on this slice")
+        self.ids_edit.setToolTip(
+            "Without a preview, propagate these committed objects (e.g. 3, 5) from the "
+            "current slice; empty: every object on the slice."
+        )
+        form.addRow("Object ids", self.ids_edit)
+        self.propagate_button = QPushButton("Propagate  [Shift+P]")
+        self.propagate_button.setToolTip(
+            "Follow the preview's objects (or the committed objects of this slice) up and "
+            "down the stack and write them into the output labels (one undo step)."
+        )
+        self.propagate_button.clicked.connect(self.propagate)
+        self.job_cancel_button = QPushButton("Cancel")
+        self.job_cancel_button.setEnabled(False)
+        self.job_cancel_button.clicked.connect(self.cancel_job)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.propagate_button)
+        buttons.addWidget(self.job_cancel_button)
+        form.addRow(buttons)
+        self.job_bar = QProgressBar()
+        self.job_bar.setVisible(False)
+        form.addRow(self.job_bar)
+        box.setEnabled(False)
+        self.stack_box = box
+        return box
 
     # ------------------------------------------------------------------ helpers
     def _connect(self, emitter: Any, callback: Callable) -> None:
@@ -466,6 +623,7 @@ class InteractiveSegmentationWidget(QWidget):
             self._timer.isActive()
             or self._load_worker is not None
             or self._encode_worker is not None
+            or self._job_worker is not None
         )
 
     @property
@@ -529,6 +687,7 @@ class InteractiveSegmentationWidget(QWidget):
             self._disconnect_layer(self._image)
         self._clear_preview()
         self._image, self._layout = None, None
+        self._update_stack_controls()
         if image is None:
             self._set_status("Open or choose an image layer.")
             return
@@ -546,6 +705,7 @@ class InteractiveSegmentationWidget(QWidget):
             return
         self._rejected = None
         self._image, self._layout = image, layout
+        self._update_stack_controls()
         for name in ("contrast_limits", "data", "scale", "translate", "rotate", "shear", "affine"):
             self._connect(getattr(image.events, name), self._on_image_changed)
         self._select_default_output()
@@ -575,10 +735,22 @@ class InteractiveSegmentationWidget(QWidget):
                 return
             if layout != self._layout:
                 self._layout = layout
+                self._update_stack_controls()
                 if self._preview is not None:
                     self._preview.data = np.zeros(layout.spatial_shape, np.uint8)
                 self._preview_slice = None
         self._schedule()
+
+    def _update_stack_controls(self) -> None:
+        layout = self._layout
+        is_stack = layout is not None and layout.is_stack
+        self.stack_box.setEnabled(is_stack)
+        n = layout.n_slices if is_stack else 1
+        if (self.z_from_spin.maximum(), self.z_to_spin.maximum()) != (n - 1, n - 1):
+            for spin in (self.z_from_spin, self.z_to_spin):
+                spin.setRange(0, n - 1)
+            self.z_from_spin.setValue(0)
+            self.z_to_spin.setValue(n - 1)
 
     def _new_layer_kwargs(self) -> dict:
         """The image's geometry (and physical units) for the layers the widget makes."""
@@ -777,8 +949,13 @@ class InteractiveSegmentationWidget(QWidget):
             return
         self.cancel_button.setEnabled(False)
         self.load_button.setEnabled(True)
+        pending, self._pending_job = self._pending_job, None
         if self._model is not None:
             self._schedule()
+            if pending == "precompute":
+                self.precompute()
+            elif pending == "propagate":
+                self.propagate()
 
     def _on_worker_error(self, exc: BaseException) -> None:
         # napari's worker machinery already shows unexpected errors with their traceback
@@ -809,7 +986,9 @@ class InteractiveSegmentationWidget(QWidget):
     def _start_encode(self, key: EmbeddingKey, plane: np.ndarray) -> None:
         if self._encode_worker is not None:
             return  # when it finishes, the preview is updated and asks again
-        worker = _encode_job(self._model.sam, plane, key, self._layout.rgb, self.encode_log)
+        worker = _encode_job(
+            self._model.sam, plane, key, self._layout.rgb, self.encode_log, self._disk_cache()
+        )
         worker.returned.connect(self._on_encoded)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_encode_finished)
@@ -825,7 +1004,9 @@ class InteractiveSegmentationWidget(QWidget):
             self._report(result.error)
             self._encode_failed = True
             return
-        key, embedding = result
+        key, embedding, disk_error = result
+        if disk_error is not None:
+            self._disk_failed(disk_error)
         if self._model is not None and key.model_id == self._model.model_id:
             self.store.put(key, embedding)
             self._last_embedding = (key, embedding)
@@ -914,6 +1095,12 @@ class InteractiveSegmentationWidget(QWidget):
         embedding = self.store.get(key)
         if embedding is None and self._last_embedding and self._last_embedding[0] == key:
             embedding = self._last_embedding[1]
+        disk = self._disk_cache()
+        if embedding is None and disk is not None:
+            embedding = disk.get(key)  # e.g. precomputed earlier, or by `napari-sam embed`
+            if embedding is not None:
+                self.store.put(key, embedding)
+                self._last_embedding = (key, embedding)
         if embedding is None:
             self._start_encode(key, plane)
             return
@@ -1099,6 +1286,303 @@ class InteractiveSegmentationWidget(QWidget):
         self._prompts = None
         self._warned_outside = 0
 
+    # ------------------------------------------------------------------ 3D stacks
+    def _on_cache_choice(self, *args: Any) -> None:
+        self._disk = None  # made again, for the folder now shown, when next needed
+
+    def _disk_cache(self) -> DiskCache | None:
+        """The on-disk embedding cache the user asked for, or None (memory only)."""
+        if not self.disk_check.isChecked():
+            return None
+        folder = self.cache_edit.text().strip() or str(default_cache_dir())
+        if self._disk is None or str(self._disk.root) != str(Path(folder).expanduser()):
+            try:
+                self._disk = DiskCache(folder)
+            except EmbeddingCacheError as exc:
+                self._disk_failed(exc)
+                return None
+        return self._disk
+
+    def _disk_failed(self, exc: BaseException) -> None:
+        """Report a disk cache failure once and go on in memory only."""
+        self._disk = None
+        self.disk_check.blockSignals(True)
+        self.disk_check.setChecked(False)
+        self.disk_check.blockSignals(False)
+        notifications.show_warning(f"{exc} Embeddings are kept in memory only.")
+
+    def _stack_embeddings(self) -> StackEmbeddings:
+        return StackEmbeddings(
+            self._model.sam,
+            self._image.data,
+            model_id=self._model.model_id,
+            contrast=tuple(float(c) for c in self._image.contrast_limits),
+            store=self.store,
+            disk=self._disk_cache(),
+        )
+
+    def _job_ready(self, what: str) -> bool:
+        """Whether a long job can start now (starting the model load if needed)."""
+        if self._image is None or self._layout is None or not self._layout.is_stack:
+            notifications.show_info(f"{what.capitalize()} works on 3D stacks (Z, Y, X).")
+            return False
+        if self._job_worker is not None:
+            notifications.show_info(
+                "Precomputing or propagation is already running; wait or press Cancel."
+            )
+            return False
+        if self._model is None:
+            if self._failed_request == self._model_request():
+                self._set_status("The model could not be loaded; press “Load model” to retry.")
+                return False
+            self._pending_job = what
+            self.load_model()
+            return False
+        return True
+
+    def precompute(self) -> None:
+        """Encode every slice of the stack that is not cached yet, in a worker."""
+        if not self._job_ready("precompute"):
+            return
+        embeddings = self._stack_embeddings()
+        if embeddings.disk is None:
+            per_slice = 4 * 256 * 64 * 64
+            fits = self.store.max_bytes // per_slice
+            if embeddings.n_slices > fits:
+                notifications.show_warning(
+                    f"Only about {fits} of the {embeddings.n_slices} slices fit in the memory "
+                    "cache; tick “Keep embeddings on disk” to keep them all."
+                )
+        worker = _precompute_job(embeddings, self._relay, self._cancel_job)
+        self._start_job("precompute", worker, f"Encoding the slices of “{self._image.name}”…")
+
+    def propagate(self) -> None:
+        """Propagate the preview's objects, or committed ones, through the stack (Shift+P)."""
+        if self._timer.isActive():
+            self.update_preview()
+        if not self._job_ready("propagate"):
+            return
+        if self._encode_worker is not None or self._load_worker is not None:
+            notifications.show_info("The preview is still being computed; try again in a moment.")
+            return
+        k = self._current_slice()
+        if k is None:
+            notifications.show_info("The current position is outside the stack.")
+            return
+        labels = self.labels_picker.current()
+        if labels is not None and labels.data.shape != self._layout.spatial_shape:
+            notifications.show_error(
+                f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
+                f"image is {self._layout.spatial_shape}; choose another output layer."
+            )
+            return
+        from_preview = bool(self._preview_objects) and self._preview_slice == k
+        ids: list[int] | None = None
+        if from_preview:
+            plane = np.asarray(self._preview.data[k])
+            seeds = [plane == i + 1 for i in range(len(self._preview_objects))]
+            seeds = [m for m in seeds if m.any()]
+        else:
+            if labels is None:
+                notifications.show_info(
+                    "Nothing to propagate: place prompts for a preview, or commit an object "
+                    "on this slice first."
+                )
+                return
+            plane = np.asarray(labels.data[k])
+            try:
+                ids = self._ids_to_propagate(plane, k)
+            except ValueError as exc:
+                notifications.show_error(str(exc))
+                return
+            seeds = [plane == i for i in ids]
+        if not seeds:
+            notifications.show_info(f"Nothing to propagate: there is no object on slice {k}.")
+            return
+        lo, hi = self.z_from_spin.value(), self.z_to_spin.value()
+        if not lo <= k <= hi:
+            notifications.show_error(
+                f"The slice range {lo}–{hi} does not include the current slice {k}; widen it."
+            )
+            return
+        settings = PropagationSettings(
+            min_score=self.min_score_spin.value(),
+            min_overlap=self.min_overlap_spin.value(),
+            min_area=self.min_area_spin.value(),
+        )
+        self._job = _PropagationJob(self._image, labels, ids, k, from_preview)
+        worker = _propagate_job(
+            self._model.sam,
+            self._stack_embeddings(),
+            np.stack(seeds),
+            k,
+            (lo, hi),
+            settings,
+            self._relay,
+            self._cancel_job,
+        )
+        n = len(seeds)
+        self._start_job(
+            "propagate",
+            worker,
+            f"Propagating {n} object{'s' if n > 1 else ''} from slice {k} (slices {lo}–{hi})…",
+        )
+
+    def _ids_to_propagate(self, plane: np.ndarray, k: int) -> list[int]:
+        present = [int(i) for i in np.unique(plane) if i != 0]
+        raw = self.ids_edit.text()
+        words = raw.replace(",", " ").split()
+        if not words:
+            return present
+        try:
+            ids = [int(w) for w in words]
+        except ValueError:
+            raise ValueError(
+                f"Object ids must be whole numbers separated by commas, not “{raw}”."
+            ) from None
+        absent = [i for i in ids if i not in present]
+        if absent:
+            raise ValueError(
+                f"Object{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))} "
+                f"{'are' if len(absent) > 1 else 'is'} not on slice {k}; go to a slice where "
+                "it is, or leave the ids empty for all objects of this slice."
+            )
+        return list(dict.fromkeys(ids))
+
+    def _start_job(self, kind: str, worker: Any, text: str) -> None:
+        self._cancel_job.clear()
+        self._job_kind = kind
+        worker.returned.connect(self._on_job_returned)
+        worker.errored.connect(self._on_worker_error)
+        worker.finished.connect(self._on_job_finished)
+        self._job_worker = worker
+        self._set_status(text)
+        self.job_bar.setRange(0, 0)
+        self.job_bar.setFormat(text)
+        self.job_bar.setVisible(True)
+        self.job_cancel_button.setEnabled(True)
+        self.precompute_button.setEnabled(False)
+        self.propagate_button.setEnabled(False)
+        self._job_pbar = progress(total=0, desc=f"napari-sam: {text}")
+        worker.start()
+
+    def cancel_job(self) -> None:
+        """Stop precomputing or propagation (computed slices of a precomputation are kept)."""
+        if self._job_worker is not None:
+            self._cancel_job.set()
+            self._set_status("Cancelling…")
+
+    def _on_job_progress(self, done: int, total: int) -> None:
+        if self._closed or self._job_worker is None:
+            return
+        unit = "slices encoded" if self._job_kind == "precompute" else "slices"
+        self.job_bar.setRange(0, max(int(total), 1))
+        self.job_bar.setValue(int(done))
+        self.job_bar.setFormat(f"%v / %m {unit}")
+        if self._job_pbar is not None:
+            if self._job_pbar.total != total:
+                self._job_pbar.total = total
+            self._job_pbar.n = done
+            self._job_pbar.refresh()
+
+    def _on_job_returned(self, result: Any) -> None:
+        if self._closed:
+            return
+        if isinstance(result, _Failed):
+            if isinstance(result.error, ComputationCancelledError):
+                notifications.show_info(str(result.error))
+                self._set_status(str(result.error))
+            elif isinstance(result.error, EmbeddingCacheError):
+                self._disk_failed(result.error)
+                self._set_status(str(result.error))
+            else:
+                self._report(result.error)
+            return
+        if self._job_kind == "precompute":
+            n = self._layout.n_slices if self._layout is not None else 0
+            self._set_status(
+                f"Embeddings of all {n} slices are ready ({result} encoded now, "
+                f"{n - result} were cached)."
+            )
+        elif self._job_kind == "propagate":
+            self._write_propagation(result)
+
+    def _on_job_finished(self) -> None:
+        self._job_worker = None
+        self._job_kind = None
+        self._job = None
+        if self._job_pbar is not None:
+            self._job_pbar.close()
+            self._job_pbar = None
+        if self._closed:
+            return
+        self.job_bar.setVisible(False)
+        self.job_cancel_button.setEnabled(False)
+        self.precompute_button.setEnabled(True)
+        self.propagate_button.setEnabled(True)
+
+    def _write_propagation(self, result: PropagationResult) -> None:
+        """Write a finished propagation into the output labels as one undo step."""
+        job = self._job
+        self.last_propagation = result
+        if job is None:
+            return
+        labels = job.labels
+        if labels is not None and labels not in self.viewer.layers:
+            notifications.show_error(
+                f"The labels layer “{labels.name}” was removed during the propagation; "
+                "nothing was written."
+            )
+            return
+        if labels is None:
+            if job.image is not self._image:
+                notifications.show_error(
+                    "The image changed during the propagation; nothing was written."
+                )
+                return
+            labels = self._ensure_labels()
+        if labels.data.shape != result.shape:
+            notifications.show_error(
+                f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
+                f"propagation covers {result.shape}; nothing was written."
+            )
+            return
+        next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
+        plan = plan_write(
+            labels.data,
+            result,
+            job.ids,
+            next_id=next_id,
+            overwrite=self.overwrite_check.isChecked(),
+        )
+        if plan:
+            with labels.block_history():
+                for oid, index in plan:
+                    labels.data_setitem(index, oid, refresh=False)
+            labels.refresh()
+        if job.from_preview:
+            if plan:
+                labels.selected_label = max(oid for oid, _ in plan) + 1
+            if self._preview_slice == job.k:
+                self._remove_slice_prompts()
+                self._clear_preview()
+        ids = job.ids if job.ids is not None else [oid for oid, _ in plan]
+        if not plan:
+            self._set_status(
+                "Propagation found nothing new to write (the objects lie on existing objects; "
+                "tick “Overwrite existing objects” to replace them)."
+            )
+            return
+        zs = np.concatenate([index[0] for _, index in plan])
+        lines = [
+            f"Propagated object{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
+            f"over slices {int(zs.min())}–{int(zs.max())} (Ctrl+Z undoes it)."
+        ]
+        if len(ids) == len(result.objects):
+            lines.append(result.summary(ids))
+        self._set_status("\n".join(lines))
+        notifications.show_info("\n".join(lines))  # the status line changes with the next preview
+
     # ------------------------------------------------------------------ keys and teardown
     def _bind_keys(self) -> None:
         actions = {
@@ -1106,6 +1590,7 @@ class InteractiveSegmentationWidget(QWidget):
             "Shift+C": self.commit,
             "Shift+X": self.clear,
             "Shift+M": self.next_candidate,
+            "Shift+P": self.propagate,
         }
         self._key_actions = actions
         for key, action in actions.items():
@@ -1118,6 +1603,7 @@ class InteractiveSegmentationWidget(QWidget):
         self._closed = True
         self._timer.stop()
         self._cancel_load.set()
+        self._cancel_job.set()
         for emitter, callback in self._connections:
             try:
                 emitter.disconnect(callback)
@@ -1126,12 +1612,13 @@ class InteractiveSegmentationWidget(QWidget):
         self._connections = []
         for key in self._key_actions:
             self.viewer.bind_key(key, None)
-        for worker in (self._load_worker, self._encode_worker):
+        for worker in (self._load_worker, self._encode_worker, self._job_worker):
             if worker is not None:
                 worker.quit()
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        for bar in (self._pbar, self._job_pbar):
+            if bar is not None:
+                bar.close()
+        self._pbar = self._job_pbar = None
 
     def closeEvent(self, event: Any) -> None:
         self.close_session()

@@ -1,8 +1,9 @@
 """Precomputing the embeddings of a 3D stack: throughput, cache sizes, and the float16 error.
 
 For each model (random weights from napari-sam's own builder; nothing is
-downloaded), in its own fresh process, on the synthetic 3D nuclei sample
-(uint16, 192×192 planes; SAM encodes every plane at 1024×1024 whatever its size):
+downloaded; ``small`` is the test suite's small ViT config), in its own fresh
+process, on the synthetic 3D nuclei sample (uint16, 192×192 planes; SAM
+encodes every plane at 1024×1024 whatever its size):
 
 - **throughput**: slices per second of ``StackEmbeddings.precompute`` into
   memory only and into an on-disk cache (float16 files written atomically),
@@ -47,7 +48,12 @@ def worker(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = sam_model_registry[args.model]().to(device).eval()
+    if args.model == "small":  # the test suite's small config (tests/reference.py::SMALL)
+        from napari_sam.model.build import SamConfig, build_sam
+
+        model = build_sam(SamConfig(64, 4, 4, (1, 3))).to(device).eval()
+    else:
+        model = sam_model_registry[args.model]().to(device).eval()
     stack = make_nuclei_3d()[: args.slices]
     n = stack.shape[0]
     out: dict = {"model": args.model, "device": str(device), "slices": n, "runs": []}
@@ -160,7 +166,12 @@ def worker(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["vit_t", "vit_b"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["vit_t", "vit_b"],
+        help="vit_t, vit_b, vit_l, vit_h, or small (the tests' small random config)",
+    )
     parser.add_argument("--slices", type=int, default=8, help="slices of the stack (max 32)")
     parser.add_argument("--repeats", type=int, default=1, help="timed precomputations")
     parser.add_argument("--batch-sizes", default=None, help="e.g. 1,2,4 (default: by device)")

@@ -1,0 +1,61 @@
+"""napari writer contribution: save a Labels layer as a TIFF (see :mod:`napari_sam.io`).
+
+``File > Save Selected Layers…`` with a ``.tif``/``.tiff`` name and "napari SAM"
+as the writer saves the label image compressed (zlib), ImageJ-compatible
+(a 16-bit hyperstack for up to 65535 objects), with the layer's scale as the
+pixel/voxel size and its unit. No napari import here: npe2 calls this
+function with the layer's data and its metadata dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ImageFormatError
+from .io import write_labels_tiff
+
+__all__ = ["write_labels"]
+
+
+def _unit_name(units: Any) -> str | None:
+    """The unit of the last (X) axis as text, from napari's ``units`` (pint units)."""
+    if units is None:
+        return None
+    if isinstance(units, (list, tuple)):
+        if not units:
+            return None
+        units = units[-1]
+    name = str(units).strip()
+    return name or None
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """Write one Labels layer (``data``, ``meta`` as napari passes them) to ``path``.
+
+    Returns
+    -------
+    list of str
+        The written path.
+
+    Raises
+    ------
+    ImageFormatError
+        For a layer that is not 2D or 3D.
+    OutputFileError
+        If the file cannot be written.
+    """
+    if meta.get("multiscale") and isinstance(data, (list, tuple)):
+        data = data[0]
+    ndim = len(getattr(data, "shape", ()))
+    if ndim not in (2, 3):
+        raise ImageFormatError(
+            f"napari-sam saves 2D and 3D label layers as TIFF; “{meta.get('name', 'labels')}” "
+            f"has {ndim} dimensions."
+        )
+    scale = meta.get("scale")
+    scale = tuple(scale)[-ndim:] if scale is not None else None
+    unit = _unit_name(meta.get("units"))
+    if unit == "pixel" and scale is not None and all(s == 1 for s in scale):
+        unit = None
+    written = write_labels_tiff(path, data, scale=scale, unit=unit)
+    return [str(written)]

@@ -1,0 +1,600 @@
+"""Files in and out: images to segment, label images (TIFF) and COCO JSON.
+
+- :func:`read_tiff` reads a 2D (YX), 2D RGB (YXS) or 3D (ZYX, or TYX) TIFF
+  and its pixel size (ImageJ ``spacing``/resolution tags), dropping axes of
+  length 1; anything else is refused with a sentence that says why.
+- :func:`write_labels_tiff` writes an instance label image as a compressed
+  (zlib) TIFF that napari, Fiji/ImageJ and tifffile open: ImageJ format with
+  the voxel size (``spacing`` for Z, X/Y resolution, ``unit``) when the labels
+  fit 16 bits, a plain ``uint32`` TIFF with the same resolution tags otherwise.
+  The file is written under a temporary name in the target folder and renamed
+  into place at the end, so a failure never leaves a partial file.
+- :func:`labels_to_coco` / :class:`CocoWriter` turn label images into a COCO
+  dataset (one COCO image per 2D image or per slice of a stack, one
+  annotation per object, pycocotools compressed RLE).
+
+No napari or torch here; ``tifffile`` and ``pycocotools`` are imported when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageFormatError, NapariSamError
+
+__all__ = [
+    "TIFF_SUFFIXES",
+    "CocoWriter",
+    "InputFileError",
+    "OutputFileError",
+    "TiffImage",
+    "atomic_write",
+    "find_tiffs",
+    "labels_to_coco",
+    "read_tiff",
+    "write_coco",
+    "write_labels_tiff",
+]
+
+#: File name endings read as TIFF.
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+#: napari / pint unit names -> the names ImageJ writes in its metadata.
+_IMAGEJ_UNITS = {
+    "micrometer": "micron",
+    "micron": "micron",
+    "um": "micron",
+    "µm": "micron",
+    "nanometer": "nm",
+    "nm": "nm",
+    "millimeter": "mm",
+    "mm": "mm",
+    "centimeter": "cm",
+    "cm": "cm",
+    "meter": "m",
+    "m": "m",
+    "angstrom": "A",
+    "pixel": "pixel",
+}
+#: ImageJ unit names -> napari (pint) unit names.
+_NAPARI_UNITS = {
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "um": "micrometer",
+    "µm": "micrometer",
+    "\\u00B5m": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "a": "angstrom",
+    "pixel": "pixel",
+    "pixels": "pixel",
+}
+
+
+class InputFileError(NapariSamError, ValueError):
+    """An input file is missing, unreadable or holds no image napari-sam can segment."""
+
+
+class OutputFileError(NapariSamError, OSError):
+    """An output file cannot be written."""
+
+
+# ============================================================================= reading
+@dataclass
+class TiffImage:
+    """An image read by :func:`read_tiff`.
+
+    Attributes
+    ----------
+    data : ndarray
+        ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, or ``(Z, Y, X)``.
+    rgb : bool
+        The last axis holds colour channels.
+    scale : tuple of float
+        Pixel size per spatial axis (``(y, x)`` or ``(z, y, x)``), 1.0 where unknown.
+    unit : str or None
+        Unit of ``scale`` as napari names it (``"micrometer"``), if the file says.
+    axes : str
+        The axes of ``data`` as tifffile names them after dropping length-1 axes.
+    """
+
+    data: np.ndarray
+    rgb: bool
+    scale: tuple[float, ...]
+    unit: str | None
+    axes: str
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape of a matching label image."""
+        return tuple(self.data.shape[:-1] if self.rgb else self.data.shape)
+
+
+def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
+    """Read an image to segment from a TIFF file.
+
+    Accepted: 2D grayscale (YX), 2D RGB(A) (YXS) and 3D grayscale stacks (Z, Y, X; a
+    time series T, Y, X is segmented the same way, one plane after the other).
+    Axes of length 1 (a single channel, time point or slice) are dropped.
+
+    Raises
+    ------
+    InputFileError
+        If the file does not exist, is a folder, cannot be read as a TIFF, or
+        holds another layout (several channels, 4D data, an RGB stack).
+    ImageFormatError
+        If its values are not real numbers.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputFileError(f"The input file {path} does not exist.")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not a TIFF file.")
+    tifffile = _tifffile()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = str(series.axes).upper()
+            data = np.asarray(series.asarray())
+            ij = tif.imagej_metadata or {}
+            shaped = _shaped_metadata(tif)
+            res = _page_resolution(tif.pages[0])
+    except MemoryError:
+        raise
+    except OSError as exc:
+        raise InputFileError(f"{path.name} cannot be read ({exc.strerror or exc}).") from exc
+    except Exception as exc:  # tifffile raises many types for a file that is not a TIFF
+        raise InputFileError(
+            f"{path.name} cannot be read as a TIFF file ({type(exc).__name__}: {exc})."
+        ) from exc
+    if len(axes) != data.ndim:
+        axes = "Q" * data.ndim
+    if data.dtype.kind == "c" or not (
+        np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_
+    ):
+        raise ImageFormatError(
+            f"{path.name} holds values of type {data.dtype}, not real numbers; napari-sam "
+            "segments images of integers or floats."
+        )
+    # drop axes of length 1 (but never Y or X)
+    keep = [i for i, (a, s) in enumerate(zip(axes, data.shape)) if s != 1 or a in "YX"]
+    if len(keep) != data.ndim:
+        data = data.reshape(tuple(data.shape[i] for i in keep))
+        axes = "".join(axes[i] for i in keep)
+    rgb = False
+    if "S" in axes:
+        if data.shape[axes.index("S")] not in (3, 4) or axes[-1] != "S":
+            raise InputFileError(
+                f"{path.name} has {data.shape[axes.index('S')]} samples per pixel (axes "
+                f"{axes}, shape {data.shape}); napari-sam segments grayscale images, RGB "
+                "images and grayscale stacks."
+            )
+        rgb = True
+    elif (
+        axes.startswith("Q")
+        and data.ndim == 3
+        and data.shape[-1] in (3, 4)
+        and min(data.shape[:2]) > 4
+    ):
+        rgb, axes = True, axes[:-1] + "S"  # an untagged (H, W, 3) array
+    if "C" in axes:
+        n = data.shape[axes.index("C")]
+        raise InputFileError(
+            f"{path.name} has {n} channels (axes {axes}, shape {data.shape}); napari-sam "
+            "segments one channel: save the channel to segment as its own TIFF (in Fiji: "
+            "Image > Color > Split Channels)."
+        )
+    spatial = data.ndim - (1 if rgb else 0)
+    if rgb and spatial != 2:
+        raise InputFileError(
+            f"{path.name} is an RGB image with {spatial} spatial axes (axes {axes}, shape "
+            f"{data.shape}); napari-sam segments 2D RGB images, so split the stack first."
+        )
+    if spatial not in (2, 3):
+        raise InputFileError(
+            f"{path.name} has {spatial} axes (axes {axes}, shape {data.shape}); napari-sam "
+            "segments 2D images (Y, X), RGB images (Y, X, colour) and 3D stacks (Z, Y, X). "
+            "Split time points or channels into separate files first."
+        )
+    if min(data.shape[:spatial]) < 1:
+        raise InputFileError(f"{path.name} holds an empty image (shape {data.shape}).")
+
+    sy, sx = res if res is not None else (1.0, 1.0)
+    unit = ij.get("unit") if ij else shaped.get("unit")
+    if spatial == 3:
+        sz = ij.get("spacing") if ij else shaped.get("spacing")
+        scale: tuple[float, ...] = (_positive(sz), _positive(sy), _positive(sx))
+    else:
+        scale = (_positive(sy), _positive(sx))
+    return TiffImage(data=data, rgb=rgb, scale=scale, unit=_napari_unit(unit), axes=axes)
+
+
+def _tifffile() -> Any:
+    try:
+        import tifffile
+    except ImportError as exc:  # napari installs it; a bare napari-sam may not have it
+        raise NapariSamError(
+            "Reading and writing TIFF files needs the tifffile package; install it with "
+            "`pip install tifffile`."
+        ) from exc
+    return tifffile
+
+
+def _shaped_metadata(tif: Any) -> dict:
+    meta = getattr(tif, "shaped_metadata", None)
+    if meta:
+        return dict(meta[0])
+    return {}
+
+
+def _page_resolution(page: Any) -> tuple[float, float] | None:
+    """Pixel size ``(y, x)`` from the X/YResolution tags (pixels per unit), if present."""
+    tags = page.tags
+    out = []
+    for name in ("YResolution", "XResolution"):
+        tag = tags.get(name)
+        if tag is None:
+            return None
+        value = tag.value
+        try:
+            num, den = value if isinstance(value, tuple) else (value, 1)
+            per_unit = float(num) / float(den)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        if not np.isfinite(per_unit) or per_unit <= 0:
+            return None
+        out.append(1.0 / per_unit)
+    return out[0], out[1]
+
+
+def _positive(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return v if np.isfinite(v) and v > 0 else 1.0
+
+
+def _napari_unit(unit: Any) -> str | None:
+    if not unit or not isinstance(unit, str):
+        return None
+    key = unit.strip()
+    return _NAPARI_UNITS.get(key.lower(), _NAPARI_UNITS.get(key, key))
+
+
+def _imagej_unit(unit: Any) -> str | None:
+    if unit is None:
+        return None
+    name = str(unit).strip()
+    if not name:
+        return None
+    mapped = _IMAGEJ_UNITS.get(name.lower(), _IMAGEJ_UNITS.get(name))
+    if mapped is not None:
+        return mapped
+    return name if name.isascii() else None
+
+
+def find_tiffs(folder: str | os.PathLike[str]) -> list[Path]:
+    """The TIFF files directly in ``folder``, sorted by name (hidden files skipped)."""
+    folder = Path(folder)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+# ============================================================================= writing
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Give a temporary path next to ``path`` to write; rename it to ``path`` at the end.
+
+    The folder is created if needed. If the block raises (or is interrupted),
+    the temporary file is removed and ``path`` is left as it was.
+
+    Raises
+    ------
+    OutputFileError
+        If the folder cannot be created or written to, or the rename fails.
+    """
+    path = Path(path).expanduser()
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFileError(
+            f"The output folder {folder} cannot be created ({exc.strerror or exc})."
+        ) from exc
+    if path.is_dir():
+        raise OutputFileError(f"The output {path} is a folder; give a file name.")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputFileError(
+            f"{path} cannot be written: the folder {folder} is not writable "
+            f"({exc.strerror or exc})."
+        ) from exc
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); give it the permissions of a new file
+        umask = os.umask(0)
+        os.umask(umask)
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o666 & ~umask)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputFileError(f"{path} cannot be written ({exc.strerror or exc}).") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _label_dtype(labels: np.ndarray) -> np.dtype:
+    if labels.size == 0:
+        return np.dtype(np.uint16)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0:
+        raise ImageFormatError(f"Label images hold object ids >= 0; this one has the value {lo}.")
+    return np.dtype(np.uint16) if hi <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+
+
+def write_labels_tiff(
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    scale: Sequence[float] | None = None,
+    unit: str | None = None,
+    compression: str | None = "zlib",
+) -> Path:
+    """Write an instance label image as a TIFF, atomically.
+
+    Parameters
+    ----------
+    path : path
+        The ``.tif`` file to write (replaced if it exists).
+    labels : ndarray ``(Y, X)`` or ``(Z, Y, X)`` of non-negative integers
+        Object ids, 0 = background. Stored as ``uint16`` when the largest id
+        fits (ImageJ/Fiji open it as a 16-bit hyperstack), otherwise as
+        ``uint32`` (a plain TIFF; Fiji opens it with Bio-Formats).
+    scale : sequence of float, optional
+        Pixel size per axis (``(y, x)`` or ``(z, y, x)``, napari's layer
+        ``scale``): Z goes to ImageJ's ``spacing``, Y and X to the resolution
+        tags (pixels per unit).
+    unit : str, optional
+        Unit of ``scale`` (napari's ``"micrometer"``, ``"nm"``, ...); ImageJ's ``unit``.
+    compression : str or None
+        tifffile compression (``"zlib"`` needs no extra package).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ImageFormatError
+        If ``labels`` is not a 2D/3D array of non-negative integers, or ``scale``
+        does not match its dimensions.
+    OutputFileError
+        If the file cannot be written.
+    """
+    tifffile = _tifffile()
+    arr = np.asarray(labels)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ImageFormatError(
+            f"A label image holds integer object ids; this one has data type {arr.dtype}."
+        )
+    if arr.ndim not in (2, 3):
+        raise ImageFormatError(
+            f"Label images are saved as 2D (Y, X) or 3D (Z, Y, X) TIFFs; this one has "
+            f"{arr.ndim} axes (shape {arr.shape})."
+        )
+    if scale is None:
+        scale = (1.0,) * arr.ndim
+    scale = tuple(float(s) for s in scale)
+    if len(scale) != arr.ndim or not all(np.isfinite(s) and s > 0 for s in scale):
+        raise ImageFormatError(
+            f"The scale {scale} does not fit a label image of shape {arr.shape} (one positive "
+            "pixel size per axis)."
+        )
+    dtype = _label_dtype(arr)
+    data = np.ascontiguousarray(arr, dtype=dtype)
+    ij_unit = _imagej_unit(unit)
+    axes = "ZYX" if data.ndim == 3 else "YX"
+    kwargs: dict[str, Any] = {
+        "resolution": (1.0 / scale[-1], 1.0 / scale[-2]),
+        "compression": compression,
+    }
+    if dtype == np.uint16:
+        meta: dict[str, Any] = {"axes": axes}
+        if data.ndim == 3:
+            meta["spacing"] = scale[0]
+        if ij_unit:
+            meta["unit"] = ij_unit
+        kwargs.update(imagej=True, metadata=meta)
+    else:
+        meta = {"axes": axes}
+        if data.ndim == 3:
+            meta["spacing"] = scale[0]
+        if ij_unit:
+            meta["unit"] = ij_unit
+        kwargs.update(metadata=meta, resolutionunit="NONE")
+    path = Path(path).expanduser()
+    try:
+        with atomic_write(path) as tmp:
+            tifffile.imwrite(tmp, data, **kwargs)
+    except OutputFileError:
+        raise
+    except OSError as exc:
+        raise OutputFileError(f"{path} cannot be written ({exc.strerror or exc}).") from exc
+    return path
+
+
+# ============================================================================= COCO
+def _rle_encode(mask_f: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(mask_f)
+    counts = rle["counts"]
+    return {
+        "size": [int(s) for s in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
+
+
+def _plane_annotations(
+    plane: np.ndarray, scores: Mapping[int, Mapping[str, float]] | None
+) -> list[dict]:
+    """One COCO annotation (without ids) per object id in ``plane``, in id order."""
+    h, w = plane.shape
+    flat = plane.ravel()
+    where = np.flatnonzero(flat)
+    if where.size == 0:
+        return []
+    ids = flat[where]
+    order = np.argsort(ids, kind="stable")
+    where, ids = where[order], ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], ids.size]
+    buf = np.zeros((h, w), dtype=np.uint8, order="F")
+    out = []
+    for s, e in zip(starts, ends):
+        idx = where[s:e]
+        rows, cols = np.divmod(idx, w)
+        buf[rows, cols] = 1
+        rle = _rle_encode(buf)
+        buf[rows, cols] = 0
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+        label = int(ids[s])
+        ann: dict[str, Any] = {
+            "category_id": 1,
+            "segmentation": rle,
+            "area": int(e - s),
+            "bbox": [float(c0), float(r0), float(c1 - c0 + 1), float(r1 - r0 + 1)],
+            "iscrowd": 0,
+            "label": label,
+        }
+        if scores is not None and label in scores:
+            ann.update({k: float(v) for k, v in scores[label].items()})
+        out.append(ann)
+    return out
+
+
+@dataclass
+class CocoWriter:
+    """Collects label images into one COCO dataset.
+
+    Each 2D image, and each slice of a 3D stack, is a COCO ``image``
+    (``file_name``, ``height``, ``width``, and ``slice`` for a stack); each object
+    of it an ``annotation`` of category 1 (``"object"``) with a pycocotools
+    compressed RLE ``segmentation``, ``area``, ``bbox`` ``[x, y, w, h]``,
+    ``iscrowd`` 0, ``label`` (its id in the label image, the same in every slice
+    when objects are linked through a stack) and, where known, SAM's
+    ``predicted_iou`` and ``stability_score``.
+    """
+
+    category: str = "object"
+    images: list[dict] = field(default_factory=list)
+    annotations: list[dict] = field(default_factory=list)
+
+    def add(
+        self,
+        labels: np.ndarray,
+        file_name: str,
+        *,
+        stack: bool | None = None,
+        scores: Mapping[tuple[int | None, int], Mapping[str, float]] | None = None,
+    ) -> None:
+        """Add a label image (``(Y, X)``, or ``(Z, Y, X)`` with one COCO image per slice).
+
+        ``scores`` maps ``(slice or None, label)`` to extra annotation fields.
+        """
+        arr = np.asarray(labels)
+        if stack is None:
+            stack = arr.ndim == 3
+        if arr.ndim != (3 if stack else 2) or not np.issubdtype(arr.dtype, np.integer):
+            raise ImageFormatError(
+                f"COCO export needs a 2D or 3D integer label image; got {arr.dtype} of shape "
+                f"{arr.shape}."
+            )
+        planes = [(z, arr[z]) for z in range(arr.shape[0])] if stack else [(None, arr)]
+        for z, plane in planes:
+            image_id = len(self.images) + 1
+            image: dict[str, Any] = {
+                "id": image_id,
+                "file_name": file_name,
+                "height": int(plane.shape[0]),
+                "width": int(plane.shape[1]),
+            }
+            if z is not None:
+                image["slice"] = int(z)
+            self.images.append(image)
+            plane_scores = None
+            if scores:
+                plane_scores = {lab: v for (zz, lab), v in scores.items() if zz == z}
+            for ann in _plane_annotations(np.asarray(plane), plane_scores):
+                ann["id"] = len(self.annotations) + 1
+                ann["image_id"] = image_id
+                self.annotations.append(ann)
+
+    def to_dict(self) -> dict:
+        return {
+            "info": {"description": "Instance segmentation by napari-sam (Segment Anything)"},
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": [{"id": 1, "name": self.category, "supercategory": self.category}],
+        }
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the dataset as JSON (atomically); see :func:`write_coco`."""
+        return write_coco(path, self.to_dict())
+
+
+def labels_to_coco(
+    labels: np.ndarray,
+    file_name: str = "image",
+    *,
+    stack: bool | None = None,
+    scores: Mapping[tuple[int | None, int], Mapping[str, float]] | None = None,
+) -> dict:
+    """A COCO dataset dict of one label image (see :class:`CocoWriter`)."""
+    writer = CocoWriter()
+    writer.add(labels, file_name, stack=stack, scores=scores)
+    return writer.to_dict()
+
+
+def write_coco(path: str | os.PathLike[str], coco: Mapping[str, Any]) -> Path:
+    """Write a COCO dict as JSON, atomically.
+
+    Raises
+    ------
+    OutputFileError
+        If the file cannot be written.
+    """
+    path = Path(path).expanduser()
+    text = json.dumps(coco, separators=(",", ":")).encode("utf-8")
+    try:
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(text)
+    except OutputFileError:
+        raise
+    except OSError as exc:
+        raise OutputFileError(f"{path} cannot be written ({exc.strerror or exc}).") from exc
+    return path

@@ -1,0 +1,487 @@
+"""Automatic segmentation of a 2D image or of every slice of a 3D stack.
+
+The logic that the ``napari-sam segment`` command and the napari widget
+"Automatic segmentation (SAM)" share:
+
+1. Each plane is converted to SAM's 8-bit RGB with the given contrast limits
+   (:func:`~napari_sam.image.to_sam_rgb`; by default the limits napari gives a
+   newly opened image, i.e. its minimum and maximum).
+2. :class:`~napari_sam.automatic.SamAutomaticMaskGenerator` proposes masks
+   (settings: :class:`AutoSettings`).
+3. Masks larger than ``max_area_fraction`` of the plane (SAM often proposes the
+   whole background as one "object") and smaller than ``min_area`` pixels are
+   dropped; the rest is painted into a ``uint32`` label plane, larger objects
+   first so that small objects lying on them stay visible
+   (:func:`~napari_sam.labels.records_to_labels`).
+4. In a stack, every slice's objects get their own ids (unique in the stack),
+   or, with ``link_slices``, :func:`link_slices` gives an object the same id in
+   consecutive slices.
+
+Linking rule (:func:`link_slices`)
+----------------------------------
+Slices are visited from the first to the last. Each object of slice ``z`` is
+compared with the objects of slice ``z - 1`` (after their ids were decided) by
+the intersection over union (IoU) of their pixels. All pairs with
+``IoU >= iou_threshold`` are sorted by IoU, highest first, and matched
+greedily, one to one: a pair is taken if neither object is matched yet, and the
+object of slice ``z`` takes the id of its partner. Objects left without a
+partner start a new id. Ids are numbered ``1, 2, ...`` in order of first
+appearance. An object missing from one slice is therefore a new object after
+the gap, and of two objects that split from one, the one overlapping more keeps
+the id.
+
+Progress and cancellation follow :mod:`napari_sam.automatic`:
+:func:`segment_iter` is a generator of :class:`SegmentProgress` (close it to
+stop) whose return value is the :class:`SegmentationResult`; :func:`segment`
+takes ``progress`` / ``should_cancel`` callables.
+
+No napari or Qt here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import NapariSamError
+from .image import ImageLayout, get_plane, image_layout, to_sam_rgb
+
+__all__ = [
+    "AutoSettings",
+    "SegmentProgress",
+    "SegmentationCancelled",
+    "SegmentationResult",
+    "SegmentationSettingsError",
+    "link_slices",
+    "segment",
+    "segment_iter",
+]
+
+
+class SegmentationSettingsError(NapariSamError, ValueError):
+    """A setting of automatic segmentation is out of range."""
+
+
+class SegmentationCancelled(NapariSamError, RuntimeError):
+    """Automatic segmentation was stopped by the caller."""
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """Settings of automatic segmentation.
+
+    The defaults suit fluorescence microscopy (nuclei, cells): slightly more
+    permissive thresholds than SAM's defaults for photographs (0.88 and 0.95),
+    small specks and whole-background masks dropped.
+
+    Attributes
+    ----------
+    points_per_side : int
+        The grid of ``points_per_side**2`` point prompts per plane (and crop).
+        Objects smaller than the grid spacing may be missed; more points find
+        smaller objects and take longer (time grows with the square).
+    pred_iou_thresh : float in [0, 1]
+        Keep masks whose predicted quality (SAM's own IoU estimate) is above this.
+    stability_score_thresh : float in [0, 1]
+        Keep masks that barely change when SAM's mask threshold is moved
+        (stability score at least this).
+    box_nms_thresh : float in [0, 1]
+        Of two masks whose bounding boxes overlap more than this (IoU), keep
+        the better one.
+    crop_n_layers : int >= 0
+        Also run on overlapping crops (layer ``i`` has ``(2**i)**2`` crops):
+        finds smaller objects in large images, multiplies the time.
+    min_area : int >= 0
+        Objects smaller than this (pixels) are dropped; holes and islands
+        smaller than this are removed from each mask.
+    max_area_fraction : float in (0, 1]
+        Masks covering more than this fraction of the plane are dropped.
+    points_per_batch : int
+        Prompts decoded at once (memory vs. speed; no effect on the result).
+    link_slices : bool
+        In a stack, give an object one id through consecutive slices (see
+        :func:`link_slices`).
+    link_iou : float in (0, 1]
+        The IoU an object must share with one in the previous slice to keep its id.
+    """
+
+    points_per_side: int = 32
+    pred_iou_thresh: float = 0.86
+    stability_score_thresh: float = 0.92
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    min_area: int = 25
+    max_area_fraction: float = 0.5
+    points_per_batch: int = 64
+    link_slices: bool = False
+    link_iou: float = 0.3
+
+    def check(self) -> None:
+        """Raise :class:`SegmentationSettingsError` for a value out of range."""
+        _int_at_least("points per side", self.points_per_side, 1)
+        _int_at_least("points per batch", self.points_per_batch, 1)
+        _int_at_least("crop layers", self.crop_n_layers, 0)
+        _int_at_least("minimum object area", self.min_area, 0)
+        for name, value in (
+            ("predicted-IoU threshold", self.pred_iou_thresh),
+            ("stability-score threshold", self.stability_score_thresh),
+            ("box NMS threshold", self.box_nms_thresh),
+        ):
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise SegmentationSettingsError(
+                    f"The {name} must be a number from 0 to 1, not {value!r}."
+                )
+        for name, value in (
+            ("maximum area fraction", self.max_area_fraction),
+            ("slice-linking IoU threshold", self.link_iou),
+        ):
+            if not _is_number(value) or not 0.0 < value <= 1.0:
+                raise SegmentationSettingsError(
+                    f"The {name} must be a number above 0 and at most 1, not {value!r}."
+                )
+
+    def generator_kwargs(self) -> dict[str, Any]:
+        """Arguments for :class:`~napari_sam.automatic.SamAutomaticMaskGenerator`."""
+        return {
+            "points_per_side": int(self.points_per_side),
+            "points_per_batch": int(self.points_per_batch),
+            "pred_iou_thresh": float(self.pred_iou_thresh),
+            "stability_score_thresh": float(self.stability_score_thresh),
+            "box_nms_thresh": float(self.box_nms_thresh),
+            "crop_n_layers": int(self.crop_n_layers),
+            "min_mask_region_area": int(self.min_area),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _int_at_least(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise SegmentationSettingsError(
+            f"The {name} must be a whole number >= {minimum}, not {value!r}."
+        )
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    """Progress of :func:`segment_iter`.
+
+    ``done`` of ``total`` steps (SAM's encodings and decoder batches over all
+    planes); ``plane`` is the position of the current plane in the list of
+    planes (``0 .. n_planes - 1``) and ``slice`` its index in the stack (``None``
+    for a 2D image).
+    """
+
+    done: int
+    total: int
+    plane: int
+    n_planes: int
+    slice: int | None
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`segment_iter` found.
+
+    Attributes
+    ----------
+    labels : ndarray ``uint32``
+        ``(Y, X)`` for a 2D image; ``(Z, Y, X)`` for a stack, with zeros in the
+        slices that were not segmented.
+    slices : list of int or None
+        The segmented slices of a stack (``None`` for a 2D image).
+    scores : dict ``(slice or None, label) -> {"predicted_iou", "stability_score"}``
+        SAM's scores of each object's mask.
+    n_masks : int
+        Masks SAM proposed (before the area filters and overlaps).
+    """
+
+    labels: np.ndarray
+    slices: list[int] | None
+    scores: dict[tuple[int | None, int], dict[str, float]] = field(default_factory=dict)
+    n_masks: int = 0
+
+    @property
+    def n_objects(self) -> int:
+        """Distinct object ids in :attr:`labels`."""
+        ids = np.unique(self.labels)
+        return int(np.count_nonzero(ids))
+
+
+def segment_iter(
+    model: Any,
+    data: Any,
+    *,
+    rgb: bool = False,
+    contrast_limits: Sequence[float] | None = None,
+    settings: AutoSettings | None = None,
+    slices: Sequence[int] | None = None,
+) -> Generator[SegmentProgress, None, SegmentationResult]:
+    """Segment every object of a 2D image or of (some) slices of a 3D stack.
+
+    Parameters
+    ----------
+    model : Sam
+        The SAM model (any device).
+    data : array-like
+        ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, or ``(Z, Y, X)``; numpy, dask or
+        zarr (read one plane at a time).
+    rgb : bool
+        The last axis holds colour channels.
+    contrast_limits : (low, high), optional
+        Mapped to black and white for SAM; default: the limits napari gives a
+        newly opened image (:func:`napari_sam.volume.default_contrast_limits`).
+    settings : AutoSettings, optional
+    slices : sequence of int, optional
+        For a stack, the slices to segment (default: all).
+
+    Returns
+    -------
+    generator
+        Yields :class:`SegmentProgress`; returns :class:`SegmentationResult`.
+        Input errors are raised at the call, before the generator starts.
+
+    Raises
+    ------
+    ImageFormatError, SegmentationSettingsError, MaskGeneratorConfigError
+    """
+    from .automatic import SamAutomaticMaskGenerator
+
+    settings = settings or AutoSettings()
+    settings.check()
+    layout = image_layout(data.shape, rgb=rgb, dtype=data.dtype)
+    if layout.is_stack:
+        if slices is None:
+            planes: list[int | None] = list(range(layout.n_slices))
+        else:
+            planes = [int(z) for z in slices]
+            bad = [z for z in planes if not 0 <= z < layout.n_slices]
+            if bad or not planes:
+                raise SegmentationSettingsError(
+                    f"Slice {bad[0] if bad else '(none)'} does not exist; the stack has "
+                    f"{layout.n_slices} slices (0 to {layout.n_slices - 1})."
+                )
+    else:
+        planes = [None]
+    if contrast_limits is None:
+        from .volume import default_contrast_limits
+
+        contrast_limits = default_contrast_limits(data)
+    contrast = tuple(float(c) for c in contrast_limits)
+    generator = SamAutomaticMaskGenerator(model, **settings.generator_kwargs())
+    return _segment_steps(generator, data, layout, planes, contrast, settings)
+
+
+def _segment_steps(
+    generator: Any,
+    data: Any,
+    layout: ImageLayout,
+    planes: list[int | None],
+    contrast: tuple[float, ...],
+    settings: AutoSettings,
+) -> Generator[SegmentProgress, None, SegmentationResult]:
+    shape = layout.spatial_shape
+    h, w = layout.plane_shape
+    labels = np.zeros(shape, dtype=np.uint32)
+    scores: dict[tuple[int | None, int], dict[str, float]] = {}
+    next_id = 1
+    n_masks = 0
+    per_plane: int | None = None
+    total = 0
+    max_area = settings.max_area_fraction * h * w
+    for i, z in enumerate(planes):
+        image = to_sam_rgb(get_plane(data, layout, z), contrast, rgb=layout.rgb)
+        steps = generator.generate_iter(image)
+        try:
+            while True:
+                event = next(steps)
+                if per_plane is None:
+                    per_plane = event.total
+                    total = per_plane * len(planes)
+                yield SegmentProgress(i * per_plane + event.done, total, i, len(planes), z)
+        except StopIteration as stop:
+            records = stop.value
+        finally:
+            steps.close()
+        n_masks += len(records)
+        records = [r for r in records if r["area"] <= max_area]
+        if records:
+            from .labels import records_to_labels
+
+            plane, ids = records_to_labels(
+                records, (h, w), min_area=settings.min_area, return_ids=True
+            )
+        else:
+            plane, ids = np.zeros((h, w), np.uint32), np.zeros(0, np.int64)
+        n = int(plane.max()) if plane.size else 0
+        if n:
+            plane[plane > 0] += np.uint32(next_id - 1)
+        for rec, lab in zip(records, ids):
+            if lab > 0:
+                scores[(z, int(lab) + next_id - 1)] = {
+                    "predicted_iou": float(rec["predicted_iou"]),
+                    "stability_score": float(rec["stability_score"]),
+                }
+        next_id += n
+        if z is None:
+            labels[...] = plane
+        else:
+            labels[z] = plane
+    if layout.is_stack and settings.link_slices:
+        segmented = sorted(int(z) for z in planes)
+        labels, mapping = link_slices(labels, settings.link_iou, slices=segmented)
+        scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
+    return SegmentationResult(
+        labels=labels,
+        slices=None if not layout.is_stack else [int(z) for z in planes],
+        scores=scores,
+        n_masks=n_masks,
+    )
+
+
+def segment(
+    model: Any,
+    data: Any,
+    *,
+    rgb: bool = False,
+    contrast_limits: Sequence[float] | None = None,
+    settings: AutoSettings | None = None,
+    slices: Sequence[int] | None = None,
+    progress: Callable[[SegmentProgress], Any] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> SegmentationResult:
+    """Like :func:`segment_iter`, run to the end.
+
+    ``progress(event)`` is called with each :class:`SegmentProgress`;
+    when ``should_cancel()`` returns True, the work stops and
+    :class:`SegmentationCancelled` is raised.
+    """
+    steps = segment_iter(
+        model,
+        data,
+        rgb=rgb,
+        contrast_limits=contrast_limits,
+        settings=settings,
+        slices=slices,
+    )
+    try:
+        while True:
+            if should_cancel is not None and should_cancel():
+                steps.close()
+                raise SegmentationCancelled("Automatic segmentation was cancelled.")
+            event = next(steps)
+            if progress is not None:
+                progress(event)
+    except StopIteration as stop:
+        return stop.value
+
+
+# ============================================================================= linking
+def _pair_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids in a, ids in b, overlapping pixels) for every pair of overlapping objects."""
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    aa = a[both].astype(np.int64)
+    bb = b[both].astype(np.int64)
+    base = int(bb.max()) + 1
+    codes, counts = np.unique(aa * base + bb, return_counts=True)
+    return codes // base, codes % base, counts
+
+
+def _areas(plane: np.ndarray) -> dict[int, int]:
+    ids, counts = np.unique(plane[plane > 0], return_counts=True)
+    return {int(i): int(c) for i, c in zip(ids, counts)}
+
+
+def link_slices(
+    labels: np.ndarray,
+    iou_threshold: float = 0.3,
+    *,
+    slices: Sequence[int] | None = None,
+) -> tuple[np.ndarray, dict[tuple[int, int], int]]:
+    """Give objects that continue from one slice to the next the same id.
+
+    Parameters
+    ----------
+    labels : ndarray ``(Z, Y, X)`` of non-negative integers
+        Objects of each slice (an id may be reused in other slices; every
+        ``(slice, id)`` is a separate object here).
+    iou_threshold : float in (0, 1]
+        Least IoU with an object of the previous slice to take its id.
+    slices : sequence of int, optional
+        Only these slices are linked (in increasing order; a slice is compared
+        with the previous one in this list); the others are left at 0.
+
+    Returns
+    -------
+    linked : ndarray ``(Z, Y, X)`` uint32
+        Ids ``1..N`` in order of first appearance (slice, then old id).
+    mapping : dict ``(slice, old id) -> new id``
+
+    The rule (greedy IoU matching against the previous slice) is described in
+    the module docstring.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 3 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise SegmentationSettingsError(
+            f"Linking needs a 3D (Z, Y, X) integer label stack; got {arr.dtype} of shape "
+            f"{arr.shape}."
+        )
+    if not _is_number(iou_threshold) or not 0.0 < iou_threshold <= 1.0:
+        raise SegmentationSettingsError(
+            f"The slice-linking IoU threshold must be above 0 and at most 1, not {iou_threshold!r}."
+        )
+    zs = list(range(arr.shape[0])) if slices is None else sorted(int(z) for z in slices)
+    out = np.zeros(arr.shape, dtype=np.uint32)
+    mapping: dict[tuple[int, int], int] = {}
+    next_id = 1
+    prev_plane: np.ndarray | None = None  # relabelled previous slice
+    prev_areas: dict[int, int] = {}
+    for z in zs:
+        plane = np.asarray(arr[z])
+        areas = _areas(plane)
+        new_of: dict[int, int] = {}
+        if prev_plane is not None and areas and prev_areas:
+            pa, cb, inter = _pair_overlaps(prev_plane, plane)
+            pairs = []
+            for p, c, n in zip(pa.tolist(), cb.tolist(), inter.tolist()):
+                iou = n / (prev_areas[p] + areas[c] - n)
+                if iou >= iou_threshold:
+                    pairs.append((-iou, p, c))
+            pairs.sort()
+            taken: set[int] = set()
+            for _, p, c in pairs:
+                if p in taken or c in new_of:
+                    continue
+                taken.add(p)
+                new_of[c] = p
+        for c in sorted(areas):
+            if c not in new_of:
+                new_of[c] = next_id
+                next_id += 1
+        if areas:
+            lut = np.zeros(max(areas) + 1, dtype=np.uint32)
+            for c, new in new_of.items():
+                lut[c] = new
+                mapping[(z, c)] = new
+            relabelled = lut[plane]
+        else:
+            relabelled = np.zeros(plane.shape, np.uint32)
+        out[z] = relabelled
+        prev_plane, prev_areas = relabelled, {new_of[c]: a for c, a in areas.items()}
+    return out, mapping

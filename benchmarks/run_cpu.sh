@@ -9,6 +9,5 @@ mkdir -p results
 $PY bench_predictor.py --model vit_b --rounds 2 --repeats 2 --click-repeats 20 --json results/predictor_vit_b.json
 $PY bench_vit_t.py --rounds 3 --repeats 5 --json results/vit_t.json
 $PY bench_amg.py --model vit_b --size 512 --points 16 --thresholds default,permissive --rounds 1 --repeats 1 --json results/amg_vit_b.json
-for extra in bench_volume.py bench_cli_segment.py; do
-    if [ -f "$extra" ]; then $PY "$extra" --json "results/${extra%.py}.json"; fi
-done
+$PY bench_volume.py --models vit_t vit_b --slices 8 --json results/volume.json
+$PY bench_cli_segment.py --models vit_t vit_b --slices 4 --json results/cli_segment.json

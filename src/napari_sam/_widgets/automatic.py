@@ -10,8 +10,8 @@ slices, optionally linking objects through the slices
 JSON (:meth:`AutomaticSegmentationWidget.export_coco`); the Labels layer is saved
 as TIFF with ``File > Save Selected Layers…`` (napari-sam's writer).
 
-Model choice and loading are those of the interactive widget
-(:func:`napari_sam._widgets.interactive.load_sam`).
+Model choice and loading are shared with the interactive widget
+(:mod:`napari_sam._widgets.common`, :func:`~napari_sam._widgets.common.load_sam`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -49,13 +48,13 @@ from qtpy.QtWidgets import (
 from ..errors import CheckpointError, DownloadCancelledError, ImageFormatError, NapariSamError
 from ..image import ImageLayout, image_layout
 from ..segment import AutoSettings, SegmentationResult, SegmentProgress, segment_iter
-from .interactive import (
+from .common import (
     CUSTOM_CHECKPOINT,
-    MODEL_CHOICES,
     LoadedModel,
+    ModelChoiceMixin,
     ModelFactory,
-    _device_choices,
-    _LayerPicker,
+    layer_geometry,
+    layer_layout,
     load_sam,
 )
 from .prompts import current_slice, layer_affine
@@ -143,7 +142,7 @@ def _segment_job(
 
 
 # --------------------------------------------------------------------------- widget
-class AutomaticSegmentationWidget(QWidget):
+class AutomaticSegmentationWidget(ModelChoiceMixin, QWidget):
     """Label every object of a 2D image, or of one or all slices of a stack, with SAM.
 
     Parameters
@@ -151,7 +150,7 @@ class AutomaticSegmentationWidget(QWidget):
     napari_viewer : napari.Viewer
     model_factory : callable, optional
         ``factory(choice, checkpoint, device, progress_callback=, should_cancel=)
-        -> LoadedModel`` (default: the interactive widget's :func:`load_sam`).
+        -> LoadedModel`` (default: :func:`napari_sam._widgets.common.load_sam`).
         Tests inject a model with :meth:`set_model` instead.
     """
 
@@ -190,33 +189,7 @@ class AutomaticSegmentationWidget(QWidget):
 
         box = QGroupBox("Image and model")
         form = QFormLayout(box)
-        self.image_picker = _LayerPicker(Image)
-        self.image_picker.combo.currentIndexChanged.connect(self._on_image_choice)
-        form.addRow("Image", self.image_picker.combo)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems(MODEL_CHOICES)
-        self.model_combo.setToolTip(
-            "auto: MobileSAM (vit_t) on a CPU, ViT-B on a GPU. Published weights are "
-            "downloaded once and cached."
-        )
-        self.model_combo.currentIndexChanged.connect(self._on_model_choice)
-        form.addRow("Model", self.model_combo)
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("path to a .pth / .pt checkpoint")
-        self.checkpoint_edit.editingFinished.connect(self._on_model_choice)
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse_checkpoint)
-        self._checkpoint_row = QWidget()
-        row = QHBoxLayout(self._checkpoint_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.checkpoint_edit)
-        row.addWidget(browse)
-        self._checkpoint_label = QLabel("Checkpoint")
-        form.addRow(self._checkpoint_label, self._checkpoint_row)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(_device_choices())
-        self.device_combo.currentIndexChanged.connect(self._on_model_choice)
-        form.addRow("Device", self.device_combo)
+        self._add_image_and_model_rows(form)
         self.model_label = QLabel("Model: not loaded (loads when you run)")
         self.model_label.setWordWrap(True)
         form.addRow(self.model_label)
@@ -404,30 +377,11 @@ class AutomaticSegmentationWidget(QWidget):
                 self._set_status(f"Ready to segment the {kind} “{image.name}”.")
 
     # ------------------------------------------------------------------ model
-    def _model_request(self) -> tuple[str, str | None, str]:
-        choice = self.model_combo.currentText()
-        checkpoint = self.checkpoint_edit.text().strip() or None
-        return (
-            choice,
-            checkpoint if choice == CUSTOM_CHECKPOINT else None,
-            self.device_combo.currentText(),
-        )
-
     def _on_model_choice(self, *args: Any) -> None:
-        custom = self.model_combo.currentText() == CUSTOM_CHECKPOINT
-        self._checkpoint_row.setVisible(custom)
-        self._checkpoint_label.setVisible(custom)
+        self._show_checkpoint_row()
         if self._model is not None and self._model_source != self._model_request():
             self._model = None
             self.model_label.setText("Model: not loaded (loads when you run)")
-
-    def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "SAM checkpoint", "", "PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*)"
-        )
-        if path:
-            self.checkpoint_edit.setText(path)
-            self._on_model_choice()
 
     def set_model(self, sam: Any, model_id: str, description: str | None = None) -> None:
         """Use an already built model (scripting, tests); ``model_id`` names its weights."""
@@ -447,12 +401,7 @@ class AutomaticSegmentationWidget(QWidget):
             notifications.show_warning("Open or choose an image layer to segment.")
             return
         try:
-            if getattr(image, "multiscale", False):
-                raise ImageFormatError(
-                    f"“{image.name}” is a multiscale (pyramid) image, which automatic "
-                    "segmentation does not support; open its full-resolution level as a layer."
-                )
-            layout = image_layout(image.data.shape, rgb=image.rgb, dtype=image.data.dtype)
+            layout = layer_layout(image, "automatic segmentation")
             settings = self.settings()
             settings.check()
         except NapariSamError as exc:
@@ -582,17 +531,7 @@ class AutomaticSegmentationWidget(QWidget):
 
     # ------------------------------------------------------------------ output
     def _new_layer_kwargs(self, image: Image) -> dict:
-        kwargs = {
-            "scale": image.scale,
-            "translate": image.translate,
-            "rotate": image.rotate,
-            "shear": image.shear,
-            "affine": image.affine,
-        }
-        units = getattr(image, "units", None)
-        if units is not None:
-            kwargs["units"] = units
-        return kwargs
+        return layer_geometry(image)
 
     def _find_output(self, image: Image, shape: tuple[int, ...]) -> Labels | None:
         name = f"{image.name}{OUTPUT_SUFFIX}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +34,7 @@ from napari.utils.progress import progress
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -49,7 +47,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import CheckpointError, DownloadCancelledError, ImageFormatError, NapariSamError
+from ..errors import DownloadCancelledError, ImageFormatError, NapariSamError
 from ..image import ImageLayout, get_plane, image_layout
 from ..predictor import SamPredictor
 from ..propagation import PropagationResult, PropagationSettings, plan_write, propagate
@@ -62,7 +60,17 @@ from ..volume import (
     StackEmbeddings,
     default_cache_dir,
     hash_plane,
-    model_id_for,
+)
+from .common import (
+    CUSTOM_CHECKPOINT,
+    MODEL_CHOICES,
+    LoadedModel,
+    ModelChoiceMixin,
+    ModelFactory,
+    _LayerPicker,
+    layer_geometry,
+    layer_layout,
+    load_sam,
 )
 from .prompts import (
     SlicePrompts,
@@ -86,10 +94,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CUSTOM_CHECKPOINT = "custom checkpoint file…"
-#: Model choices offered in the widget ("auto": MobileSAM on a CPU, ViT-B on a GPU).
-MODEL_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h", CUSTOM_CHECKPOINT)
-
 POINTS_NAME = "SAM points"
 BOXES_NAME = "SAM boxes"
 PREVIEW_NAME = "SAM preview"
@@ -107,64 +111,7 @@ KEYS = {
 }
 
 
-# --------------------------------------------------------------------------- model loading
-@dataclass
-class LoadedModel:
-    """A model ready for the widget.
-
-    Attributes
-    ----------
-    sam : Sam
-    model_id : str
-        Names model and weights in embedding keys (see :class:`EmbeddingKey`).
-    description : str
-        Shown to the user, e.g. ``"vit_t on cpu"``.
-    """
-
-    sam: Any
-    model_id: str
-    description: str
-
-
-ModelFactory = Callable[..., LoadedModel]
-
-
-def load_sam(
-    choice: str,
-    checkpoint: str | None,
-    device: str,
-    progress_callback: Callable[[int, int | None], Any] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-) -> LoadedModel:
-    """Load a model the way the widget's controls describe it (runs in a worker).
-
-    ``choice`` is one of :data:`MODEL_CHOICES`; with :data:`CUSTOM_CHECKPOINT`
-    the model type is detected from the file. Published weights are
-    downloaded (hash-checked) on first use.
-    """
-    from .. import weights
-    from ..device import resolve_device
-
-    dev = resolve_device(device)
-    if choice == CUSTOM_CHECKPOINT:
-        if not checkpoint or not str(checkpoint).strip():
-            raise CheckpointError(
-                "Choose a checkpoint file (Browse…) or pick one of the published models."
-            )
-        path = Path(checkpoint).expanduser()
-        sam = weights.load_model("auto", checkpoint=path, device=dev, progress=False)
-        return LoadedModel(sam, model_id_for("custom", path), f"{path.name} on {dev}")
-    model_type = weights.resolve_model_type(choice, dev)
-    sam = weights.load_model(
-        model_type,
-        device=dev,
-        progress=False,
-        progress_callback=progress_callback,
-        should_cancel=should_cancel,
-    )
-    return LoadedModel(sam, model_type, f"{model_type} on {dev}")
-
-
+# --------------------------------------------------------------------------- workers
 @dataclass
 class _Failed:
     """An expected error caught in a worker, reported on the main thread."""
@@ -268,57 +215,8 @@ class _PropagationJob:
     from_preview: bool
 
 
-# --------------------------------------------------------------------------- layer pickers
-class _LayerPicker:
-    """A combo box of the viewer's layers of one type, optionally with a 'create' entry."""
-
-    def __init__(
-        self,
-        layer_type: type,
-        create_text: str | None = None,
-        exclude: Callable[[Any], bool] | None = None,
-    ) -> None:
-        self.combo = QComboBox()
-        self.layer_type = layer_type
-        self.create_text = create_text
-        self.exclude = exclude or (lambda layer: False)
-        self._layers: list[Any] = []
-
-    def refresh(self, layers: Sequence[Any]) -> None:
-        current = self.current()
-        self._layers = [
-            lyr for lyr in layers if isinstance(lyr, self.layer_type) and not self.exclude(lyr)
-        ]
-        self.combo.blockSignals(True)
-        try:
-            self.combo.clear()
-            if self.create_text is not None:
-                self.combo.addItem(self.create_text)
-            for lyr in self._layers:
-                self.combo.addItem(lyr.name)
-            self._select(current)
-        finally:
-            self.combo.blockSignals(False)
-
-    def _select(self, layer: Any) -> None:
-        offset = 0 if self.create_text is None else 1
-        if layer is not None and layer in self._layers:
-            self.combo.setCurrentIndex(self._layers.index(layer) + offset)
-        else:
-            self.combo.setCurrentIndex(0 if self.combo.count() else -1)
-
-    def select(self, layer: Any) -> None:
-        self._select(layer)
-
-    def current(self) -> Any:
-        i = self.combo.currentIndex()
-        if self.create_text is not None:
-            i -= 1
-        return self._layers[i] if 0 <= i < len(self._layers) else None
-
-
 # --------------------------------------------------------------------------- the widget
-class InteractiveSegmentationWidget(QWidget):
+class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
     """Segment objects with SAM from points and boxes, slice by slice.
 
     Parameters
@@ -412,33 +310,7 @@ class InteractiveSegmentationWidget(QWidget):
 
         box = QGroupBox("Image and model")
         form = QFormLayout(box)
-        self.image_picker = _LayerPicker(Image)
-        self.image_picker.combo.currentIndexChanged.connect(self._on_image_choice)
-        form.addRow("Image", self.image_picker.combo)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems(MODEL_CHOICES)
-        self.model_combo.setToolTip(
-            "auto: MobileSAM (vit_t) on a CPU, ViT-B on a GPU. Published weights are "
-            "downloaded once and cached."
-        )
-        self.model_combo.currentIndexChanged.connect(self._on_model_choice)
-        form.addRow("Model", self.model_combo)
-        self.checkpoint_edit = QLineEdit()
-        self.checkpoint_edit.setPlaceholderText("path to a .pth / .pt checkpoint")
-        self.checkpoint_edit.editingFinished.connect(self._on_model_choice)
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse_checkpoint)
-        self._checkpoint_row = QWidget()
-        row = QHBoxLayout(self._checkpoint_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.checkpoint_edit)
-        row.addWidget(browse)
-        self._checkpoint_label = QLabel("Checkpoint")
-        form.addRow(self._checkpoint_label, self._checkpoint_row)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(_device_choices())
-        self.device_combo.currentIndexChanged.connect(self._on_model_choice)
-        form.addRow("Device", self.device_combo)
+        self._add_image_and_model_rows(form)
         buttons = QHBoxLayout()
         self.load_button = QPushButton("Load model")
         self.load_button.clicked.connect(self.load_model)
@@ -692,12 +564,7 @@ class InteractiveSegmentationWidget(QWidget):
             self._set_status("Open or choose an image layer.")
             return
         try:
-            if getattr(image, "multiscale", False):
-                raise ImageFormatError(
-                    f"“{image.name}” is a multiscale (pyramid) image, which interactive "
-                    "segmentation does not support; open its full-resolution level as a layer."
-                )
-            layout = image_layout(image.data.shape, rgb=image.rgb, dtype=image.data.dtype)
+            layout = layer_layout(image, "interactive segmentation")
         except ImageFormatError as exc:
             self._rejected = image
             notifications.show_warning(str(exc))
@@ -754,18 +621,7 @@ class InteractiveSegmentationWidget(QWidget):
 
     def _new_layer_kwargs(self) -> dict:
         """The image's geometry (and physical units) for the layers the widget makes."""
-        img = self._image
-        kwargs = {
-            "scale": img.scale,
-            "translate": img.translate,
-            "rotate": img.rotate,
-            "shear": img.shear,
-            "affine": img.affine,
-        }
-        units = getattr(img, "units", None)
-        if units is not None:
-            kwargs["units"] = units
-        return kwargs
+        return layer_geometry(self._image)
 
     def _add_layer_quietly(self, factory: Callable[[], Any]) -> Any:
         """Add a layer without taking the selection away from the user's layer."""
@@ -854,19 +710,8 @@ class InteractiveSegmentationWidget(QWidget):
         self.negative_check.setChecked(not self.negative_check.isChecked())
 
     # ------------------------------------------------------------------ model
-    def _model_request(self) -> tuple[str, str | None, str]:
-        choice = self.model_combo.currentText()
-        checkpoint = self.checkpoint_edit.text().strip() or None
-        return (
-            choice,
-            checkpoint if choice == CUSTOM_CHECKPOINT else None,
-            self.device_combo.currentText(),
-        )
-
     def _on_model_choice(self, *args: Any) -> None:
-        custom = self.model_combo.currentText() == CUSTOM_CHECKPOINT
-        self._checkpoint_row.setVisible(custom)
-        self._checkpoint_label.setVisible(custom)
+        self._show_checkpoint_row()
         if self._model is not None and self._model_source == self._model_request():
             return
         if self._model is not None:
@@ -875,14 +720,6 @@ class InteractiveSegmentationWidget(QWidget):
             self.model_label.setText("Model: not loaded (loads with the first prompt)")
             self._clear_preview()
             self._schedule()
-
-    def _browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "SAM checkpoint", "", "PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*)"
-        )
-        if path:
-            self.checkpoint_edit.setText(path)
-            self._on_model_choice()
 
     def set_model(self, sam: Any, model_id: str, description: str | None = None) -> None:
         """Use an already built model (scripting, tests); ``model_id`` names its weights."""
@@ -1653,14 +1490,3 @@ def _key_callback(action: Callable[[], None]) -> Callable[[Any], None]:
     callback.__name__ = f"napari_sam_{action.__name__}"
     callback.__doc__ = action.__doc__
     return callback
-
-
-def _device_choices() -> list[str]:
-    from ..device import cuda_available, mps_available
-
-    choices = ["auto", "cpu"]
-    if cuda_available():
-        choices.append("cuda")
-    if mps_available():
-        choices.append("mps")
-    return choices

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -157,3 +159,36 @@ def test_other_model_type_from_file(tmp_path):
     torch.save(state, path)
     with pytest.raises(ModelTypeMismatchError, match="'vit_b' model, not 'vit_l'"):
         sam_model_registry["vit_l"](checkpoint=path)
+
+
+def test_loading_imports_neither_dynamo_nor_triton(small_pair):
+    """Loading a checkpoint must not import torch._dynamo (and with it triton): triton's
+    LLVM crashes a process that already holds a Mesa OpenGL context, as napari does."""
+    import subprocess
+    import sys
+
+    _, _, ckpt = small_pair
+    code = (
+        "import sys, torch\n"
+        "from reference import SMALL\n"
+        "from napari_sam.model.build import build_from_config\n"
+        f"m = build_from_config(SMALL, {str(ckpt)!r})\n"
+        "print(sorted(k for k in ('torch._dynamo', 'triton') if k in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(Path(__file__).parent),
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_checkpoint_build_skips_random_init_only_while_building(small_pair):
+    """The init patch is undone: a later random build is random again."""
+    _, _, ckpt = small_pair
+    build_from_config(SMALL, ckpt)
+    torch.manual_seed(0)
+    a = build_from_config(SMALL).mask_decoder.iou_token.weight
+    assert a.std() > 0.5

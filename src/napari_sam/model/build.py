@@ -8,7 +8,9 @@ published ``.pth`` files. No I/O other than reading the given checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from os import PathLike
@@ -21,7 +23,7 @@ from ..errors import CheckpointError, ModelTypeMismatchError
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .sam import PIXEL_MEAN, PIXEL_STD, Sam
+from .sam import Sam
 from .tiny_vit import TinyViT
 from .transformer import TwoWayTransformer
 
@@ -290,34 +292,65 @@ def build_from_config(
 ) -> Sam:
     """Build a model for ``config``; load ``checkpoint`` if given (strict).
 
-    With a checkpoint, the file is read and checked against the architecture
-    (on the ``meta`` device, allocating nothing) before the model is built;
-    the parameters then take the file's tensors directly instead of being
-    randomly initialised first, which halves peak memory and load time.
+    With a checkpoint, the model is built without random initialisation (its
+    parameters are allocated but never written, so the memory is not touched),
+    checked against the file, and then takes the file's tensors directly
+    (``assign=True``): loading costs about one copy of the weights in memory
+    instead of two, and no time is spent on random numbers.
+
+    The skeleton is deliberately not built on the ``meta`` device: that makes
+    torch import ``torch._dynamo`` and with it ``triton``, which crashes a
+    process that already has an OpenGL context from Mesa (napari under
+    llvmpipe): both bundle LLVM.
     """
     if checkpoint is None:
-        return build_sam(config)
+        with _init_lock:  # never while another thread skips random initialisation
+            return build_sam(config)
     state = read_checkpoint(checkpoint)
-    with torch.device("meta"):
+    with _skip_random_init():
         skeleton = build_sam(config)
     expected = skeleton.state_dict()
     check_state(expected, state, model_type=model_type, source=str(checkpoint))
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     skeleton.load_state_dict(state, strict=True, assign=True)
-    return _materialize_buffers(skeleton)
+    return skeleton.eval()
 
 
-def _materialize_buffers(model: Sam) -> Sam:
-    """Give non-persistent buffers (not stored in checkpoints) real values on the CPU."""
-    model.pixel_mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
-    model.pixel_std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
-    leftovers = [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta]
-    leftovers += [n for n, b in model.named_buffers() if b.is_meta]
-    if leftovers:
-        raise CheckpointError(
-            f"Internal error: tensors {leftovers[:5]} were not loaded from the checkpoint."
-        )
-    return model.eval()
+#: ``torch.nn.init`` functions that fill a tensor with random numbers.
+_RANDOM_INITS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "orthogonal_",
+)
+_init_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _skip_random_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s random fills no-ops while a model is built.
+
+    Every parameter they would fill is overwritten from a checkpoint right
+    after. Serialised with a lock so that two threads building models at once
+    cannot see each other's patch.
+    """
+    with _init_lock:
+        saved = {name: getattr(torch.nn.init, name) for name in _RANDOM_INITS}
+        try:
+            for name in _RANDOM_INITS:
+                setattr(torch.nn.init, name, _keep)
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(torch.nn.init, name, fn)
+
+
+def _keep(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return tensor
 
 
 def _builder(model_type: str) -> Callable[..., Sam]:

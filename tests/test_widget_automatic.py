@@ -23,6 +23,7 @@ from napari_sam.errors import CheckpointError
 from napari_sam.model.build import build_sam
 from napari_sam.segment import AutoSettings, segment
 from reference import SMALL
+from widget_helpers import capture_notifications, dock
 
 SCALE = (2.0, 0.5, 0.7)
 TRANSLATE = (10.0, -3.0, 5.0)
@@ -43,19 +44,11 @@ def stack():
 
 @pytest.fixture
 def notes(monkeypatch):
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(
-            automatic.notifications, f"show_{kind}", lambda msg, k=kind: seen[k].append(msg)
-        )
-    return seen
+    return capture_notifications(monkeypatch, automatic)
 
 
 def make_widget(viewer, model=None, **kwargs):
-    widget = AutomaticSegmentationWidget(viewer, **kwargs)
-    viewer.window.add_dock_widget(widget)
-    if model is not None:
-        widget.set_model(model, "small-random")
+    widget = dock(viewer, AutomaticSegmentationWidget(viewer, **kwargs), model)
     # relaxed thresholds: random weights give noise masks, but masks
     widget.points_spin.setValue(4)
     widget.iou_spin.setValue(0.0)

@@ -25,6 +25,7 @@ from napari_sam.image import to_sam_rgb
 from napari_sam.model.build import build_sam
 from napari_sam.predictor import SamPredictor
 from reference import SMALL
+from widget_helpers import capture_notifications, dock, wait_idle
 
 SCALE = (2.0, 0.5, 0.7)
 TRANSLATE = (10.0, -3.0, 5.0)
@@ -78,24 +79,20 @@ def reference(small_model):
 @pytest.fixture
 def notes(monkeypatch):
     """Capture napari notifications raised by the widget."""
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(
-            interactive.notifications, f"show_{kind}", lambda msg, k=kind: seen[k].append(msg)
-        )
-    return seen
+    return capture_notifications(monkeypatch, interactive)
 
 
 def make_widget(viewer, model=None, **kwargs):
-    widget = InteractiveSegmentationWidget(viewer, debounce_ms=10, **kwargs)
-    viewer.window.add_dock_widget(widget)
-    if model is not None:
-        widget.set_model(model, "small-random")
-    return widget
+    return dock(
+        viewer,
+        InteractiveSegmentationWidget(viewer, debounce_ms=10, **kwargs),
+        model,
+        "small-random",
+    )
 
 
 def settle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
+    wait_idle(qtbot, widget, TIMEOUT)
 
 
 def to_layer(layer, world_points):

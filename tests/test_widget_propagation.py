@@ -23,6 +23,7 @@ from napari_sam._widgets.interactive import InteractiveSegmentationWidget, Loade
 from napari_sam.propagation import PropagationSettings, plan_write
 from napari_sam.volume import DiskCache, StackEmbeddings, propagate
 from volume_models import EncoderCalls, fast_sam
+from widget_helpers import capture_notifications, dock, wait_idle
 
 SCALE = (2.0, 0.5, 0.7)
 TRANSLATE = (10.0, -3.0, 5.0)
@@ -43,24 +44,18 @@ def model():
 
 @pytest.fixture
 def notes(monkeypatch):
-    seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(
-            interactive.notifications, f"show_{kind}", lambda msg, k=kind: seen[k].append(msg)
-        )
-    return seen
+    """Capture napari notifications raised by the widget."""
+    return capture_notifications(monkeypatch, interactive)
 
 
 def make_widget(viewer, model=None, **kwargs):
-    widget = InteractiveSegmentationWidget(viewer, debounce_ms=10, **kwargs)
-    viewer.window.add_dock_widget(widget)
-    if model is not None:
-        widget.set_model(model, "small-fast")
-    return widget
+    return dock(
+        viewer, InteractiveSegmentationWidget(viewer, debounce_ms=10, **kwargs), model, "small-fast"
+    )
 
 
 def settle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT)
+    wait_idle(qtbot, widget, TIMEOUT)
 
 
 def world_of(zrc):

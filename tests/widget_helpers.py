@@ -1,0 +1,28 @@
+"""Helpers shared by the widget tests (napari under Xvfb)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def capture_notifications(monkeypatch, module: ModuleType) -> dict[str, list[str]]:
+    """Record the napari notifications a widget module shows, by kind."""
+    seen: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(
+            module.notifications, f"show_{kind}", lambda msg, k=kind: seen[k].append(msg)
+        )
+    return seen
+
+
+def dock(viewer, widget, model=None, model_name: str = "small-random"):
+    """Dock ``widget`` in the viewer and give it ``model`` (no download)."""
+    viewer.window.add_dock_widget(widget)
+    if model is not None:
+        widget.set_model(model, model_name)
+    return widget
+
+
+def wait_idle(qtbot, widget, timeout: int) -> None:
+    """Process Qt events until the widget's workers are done (no fixed sleeps)."""
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)

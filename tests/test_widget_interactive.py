@@ -319,7 +319,7 @@ def test_encode_errors_are_reported_once_and_a_full_store_still_works(
     widget = make_widget(viewer, small_model, store=EmbeddingStore(max_mb=0))
     real_encode = interactive.encode_plane
 
-    def failing_encode(*args):
+    def failing_encode(*args, **kwargs):
         raise ImageFormatError("This plane cannot be encoded.")
 
     monkeypatch.setattr(interactive, "encode_plane", failing_encode)

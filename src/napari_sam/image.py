@@ -36,6 +36,10 @@ __all__ = [
 #: Percentiles used as contrast limits when none are given.
 ROBUST_PERCENTILES = (0.1, 99.9)
 
+#: A 3D array whose last axis has at most 4 entries and whose other axes have at least
+#: this many is taken for a 2D image with its channels last (Y, X, C), not for a stack.
+_MIN_CHANNELS_LAST_SIZE = 16
+
 _LAYOUT_HELP = "napari-sam segments 2D grayscale (YX), 2D RGB (YXC) and 3D grayscale (ZYX) images"
 
 
@@ -94,7 +98,8 @@ def image_layout(shape: Sequence[int], rgb: bool = False, dtype: object = None) 
     ------
     ImageFormatError
         For any other layout (e.g. 4D, a 3D RGB stack, two channels, an empty
-        image) or a complex / non-numeric dtype.
+        image, a ``(Y, X, C)`` image with 1-4 channels last that is not RGB)
+        or a complex / non-numeric dtype.
     """
     shape = tuple(int(s) for s in shape)
     if dtype is not None:
@@ -122,6 +127,14 @@ def image_layout(shape: Sequence[int], rgb: bool = False, dtype: object = None) 
     elif len(shape) == 2:
         spatial, kind = shape, "2D"
     elif len(shape) == 3:
+        n = shape[-1]
+        if n <= 4 and min(shape[0], shape[1]) >= _MIN_CHANNELS_LAST_SIZE:
+            rgb_hint = " or open it as an RGB image" if n in (3, 4) else ""
+            raise ImageFormatError(
+                f"The last axis of this image has only {n} entr{'y' if n == 1 else 'ies'} "
+                f"(shape {shape}), so it holds channels, not a width; open its channels as "
+                f"separate layers (napari: channel_axis=-1) and segment one of them{rgb_hint}."
+            )
         spatial, kind = shape, "3D"
     else:
         raise ImageFormatError(

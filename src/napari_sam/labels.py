@@ -3,6 +3,11 @@
 :func:`records_to_labels` paints the records of
 :class:`~napari_sam.SamAutomaticMaskGenerator` (or plain binary masks) into a
 ``uint32`` label image for napari's Labels layer, the TIFF writer and the CLI.
+
+:func:`plan_new_objects` decides where new objects go in an existing label
+image (fresh ids, never over other objects unless asked), and
+:func:`dtype_for_ids` / :func:`apply_plan` write them without ever truncating
+an id: a label image whose integer type is too small is promoted first.
 """
 
 from __future__ import annotations
@@ -14,7 +19,20 @@ import numpy as np
 
 from .errors import NapariSamError
 
-__all__ = ["MaskRecordError", "decode_segmentation", "records_to_labels"]
+__all__ = [
+    "MaskRecordError",
+    "apply_plan",
+    "decode_segmentation",
+    "dtype_for_ids",
+    "plan_new_objects",
+    "records_to_labels",
+]
+
+#: One object to write: its id and the index (a tuple of index arrays) of its pixels.
+PlanEntry = tuple[int, tuple[np.ndarray, ...]]
+
+_UNSIGNED = (np.uint8, np.uint16, np.uint32, np.uint64)
+_SIGNED = (np.int8, np.int16, np.int32, np.int64)
 
 
 class MaskRecordError(NapariSamError, ValueError):
@@ -140,3 +158,79 @@ def records_to_labels(
     for rank, i in enumerate(order, start=1):
         ids[i] = new_id[rank]
     return labels, ids
+
+
+# --------------------------------------------------------------------------- writing objects
+def dtype_for_ids(dtype: Any, max_id: int) -> np.dtype:
+    """The integer type a label image needs to hold ids up to ``max_id``.
+
+    ``dtype`` itself if it can hold ``max_id``; otherwise the smallest wider
+    type of the same signedness (unsigned for bool), so that no id is ever
+    truncated. Raises :class:`MaskRecordError` beyond 64 bits.
+    """
+    dt = np.dtype(dtype)
+    max_id = int(max_id)
+    if max_id < 0:
+        raise MaskRecordError(f"Object ids must not be negative, got {max_id}.")
+    if dt.kind in "ui" and max_id <= np.iinfo(dt).max:
+        return dt
+    family = _SIGNED if dt.kind == "i" else _UNSIGNED
+    size = dt.itemsize if dt.kind in "ui" else 1
+    for candidate in family:
+        c = np.dtype(candidate)
+        if c.itemsize >= size and max_id <= np.iinfo(c).max:
+            return c
+    raise MaskRecordError(f"Object id {max_id} does not fit in a 64-bit label image.")
+
+
+def plan_new_objects(
+    labels_plane: np.ndarray,
+    objects_plane: np.ndarray,
+    next_id: int,
+    overwrite: bool = False,
+) -> list[PlanEntry]:
+    """Which pixels of a label plane get which new object id.
+
+    Each object of ``objects_plane`` (ids 1, 2, ... in order; 0 is nothing)
+    gets the next free id, starting at ``next_id``. Unless ``overwrite``,
+    pixels that already belong to an object in ``labels_plane`` are left alone;
+    an object left without pixels is skipped and uses no id.
+
+    Returns
+    -------
+    list of (new_id, index)
+        ``index`` is a tuple of index arrays into ``labels_plane``.
+    """
+    labels_plane = np.asarray(labels_plane)
+    objects_plane = np.asarray(objects_plane)
+    if labels_plane.shape != objects_plane.shape:
+        raise MaskRecordError(
+            f"The masks have shape {objects_plane.shape}, but the labels {labels_plane.shape}."
+        )
+    free = np.ones(labels_plane.shape, dtype=bool) if overwrite else labels_plane == 0
+    plan: list[PlanEntry] = []
+    new_id = int(next_id)
+    for obj in np.unique(objects_plane):
+        if obj == 0:
+            continue
+        index = np.nonzero((objects_plane == obj) & free)
+        if index[0].size == 0:
+            continue
+        plan.append((new_id, index))
+        new_id += 1
+    return plan
+
+
+def apply_plan(labels: np.ndarray, plan: Iterable[PlanEntry]) -> np.ndarray:
+    """Write a plan into a copy of ``labels``, promoted with :func:`dtype_for_ids`.
+
+    The reference implementation of what the napari widgets do to a Labels
+    layer (there, in place and as one undo step).
+    """
+    plan = list(plan)
+    labels = np.asarray(labels)
+    max_id = max((int(oid) for oid, _ in plan), default=0)
+    out = labels.astype(dtype_for_ids(labels.dtype, max_id), copy=True)
+    for oid, index in plan:
+        out[index] = oid
+    return out

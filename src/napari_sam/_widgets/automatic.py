@@ -47,15 +47,18 @@ from qtpy.QtWidgets import (
 
 from ..errors import CheckpointError, DownloadCancelledError, ImageFormatError, NapariSamError
 from ..image import ImageLayout, image_layout
+from ..labels import dtype_for_ids
 from ..segment import AutoSettings, SegmentationResult, SegmentProgress, segment_iter
 from .common import (
     CUSTOM_CHECKPOINT,
+    ClosesWithDockMixin,
     LoadedModel,
     ModelChoiceMixin,
     ModelFactory,
     layer_geometry,
     layer_layout,
     load_sam,
+    relay_worker_warnings,
 )
 from .prompts import current_slice, layer_affine
 
@@ -90,6 +93,7 @@ class _Job:
     """What one run was asked to do (kept to write its result)."""
 
     image: Image
+    data: Any  # the image data the run segments
     layout: ImageLayout
     slice: int | None  # the slice of a current-slice run on a stack
     settings: AutoSettings
@@ -142,7 +146,7 @@ def _segment_job(
 
 
 # --------------------------------------------------------------------------- widget
-class AutomaticSegmentationWidget(ModelChoiceMixin, QWidget):
+class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget):
     """Label every object of a 2D image, or of one or all slices of a stack, with SAM.
 
     Parameters
@@ -432,7 +436,9 @@ class AutomaticSegmentationWidget(ModelChoiceMixin, QWidget):
         contrast = tuple(float(c) for c in image.contrast_limits)
         cancel = threading.Event()
         model = self._model if self._model_source == self._model_request() else None
-        job = _Job(image=image, layout=layout, slice=k, settings=settings, cancel=cancel)
+        job = _Job(
+            image=image, data=image.data, layout=layout, slice=k, settings=settings, cancel=cancel
+        )
         worker = _segment_job(
             self.model_factory,
             self._model_request(),
@@ -449,6 +455,7 @@ class AutomaticSegmentationWidget(ModelChoiceMixin, QWidget):
         worker.errored.connect(self._on_errored)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
+        relay_worker_warnings(worker, self._on_fallback)
         self._job, self._worker = job, worker
         where = f"slice {k} of “{image.name}”" if k is not None else f"“{image.name}”"
         if layout.is_stack and k is None:
@@ -512,6 +519,13 @@ class AutomaticSegmentationWidget(ModelChoiceMixin, QWidget):
         if not self._closed:
             self._report(exc, expected=False)
 
+    def _on_fallback(self, message: str) -> None:
+        """The run had to use less memory (smaller batches, or the CPU): say so."""
+        if self._closed:
+            return
+        notifications.show_warning(message)
+        self._set_status(message)
+
     def _on_aborted(self) -> None:
         if not self._closed:
             self._set_status("Cancelled; no layer was changed.")
@@ -548,9 +562,9 @@ class AutomaticSegmentationWidget(ModelChoiceMixin, QWidget):
             )
             return
         shape = job.layout.spatial_shape
-        if tuple(image.data.shape[: len(shape)]) != shape:
+        if image.data is not job.data or tuple(image.data.shape[: len(shape)]) != shape:
             notifications.show_warning(
-                f"The image “{image.name}” changed shape during the run; the result was dropped."
+                f"The image “{image.name}” changed during the run; the result was dropped."
             )
             return
         layer = self._find_output(image, shape)
@@ -608,8 +622,9 @@ class AutomaticSegmentationWidget(ModelChoiceMixin, QWidget):
         if changed[0].size == 0:
             return
         full = tuple(np.full(changed[0].shape, i) for i in index) + changed
-        if layer.data.dtype != np.uint32 and int(values.max()) > np.iinfo(layer.data.dtype).max:
-            layer.data = layer.data.astype(np.uint32)
+        dtype = dtype_for_ids(layer.data.dtype, int(values.max()))
+        if dtype != layer.data.dtype:  # never truncate an id (values stay, the type widens)
+            layer.data = np.asarray(layer.data).astype(dtype)
         with layer.block_history():
             layer.data_setitem(full, values[changed], refresh=False)
         layer.refresh()

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari.layers import Image
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -24,17 +26,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import CheckpointError, ImageFormatError
+from ..errors import CheckpointError, DeviceFallbackWarning, ImageFormatError
 from ..image import ImageLayout, image_layout
+from ..labels import dtype_for_ids
 from ..volume import model_id_for
 
 __all__ = [
     "CUSTOM_CHECKPOINT",
     "MODEL_CHOICES",
+    "ClosesWithDockMixin",
     "LoadedModel",
     "ModelChoiceMixin",
     "ModelFactory",
     "load_sam",
+    "relay_worker_warnings",
+    "write_objects",
 ]
 
 CUSTOM_CHECKPOINT = "custom checkpoint file…"
@@ -125,6 +131,83 @@ def layer_layout(image: Image, purpose: str) -> ImageLayout:
             "does not support; open its full-resolution level as a layer."
         )
     return image_layout(image.data.shape, rgb=image.rgb, dtype=image.data.dtype)
+
+
+def write_objects(layer: Labels, plan: Sequence[tuple[int, tuple]]) -> str | None:
+    """Write ``(id, index)`` pairs into a Labels layer as ONE undo step.
+
+    If the layer's integer type cannot hold the largest id (e.g. object 256 in
+    a uint8 layer), its data is first promoted to a wider type
+    (:func:`napari_sam.labels.dtype_for_ids`), so no id is ever truncated; the
+    returned sentence says so (None if no promotion was needed).
+    """
+    if not plan:
+        return None
+    max_id = max(int(oid) for oid, _ in plan)
+    old = np.dtype(layer.data.dtype)
+    new = dtype_for_ids(old, max_id)
+    note = None
+    if new != old:
+        # not itself an undo step: the values stay the same, only the type widens
+        layer.data = np.asarray(layer.data).astype(new)
+        note = (
+            f"The labels layer “{layer.name}” was {old}, too small for object id {max_id}; "
+            f"it now uses {new} (no id was changed)."
+        )
+    with layer.block_history():
+        for oid, index in plan:
+            layer.data_setitem(index, int(oid), refresh=False)
+    layer.refresh()
+    return note
+
+
+def relay_worker_warnings(worker: Any, on_fallback: Callable[[str], Any]) -> None:
+    """Show the warnings a worker raises, and fallbacks in the widget's words.
+
+    napari relays a worker's warnings to its notification manager, which shows
+    each distinct warning only once per session. A
+    :class:`~napari_sam.errors.DeviceFallbackWarning` (the work was retried
+    with smaller batches or on the CPU) is shown every time, as its own plain
+    sentence, through ``on_fallback``; other warnings go to napari as before.
+    """
+    relay = getattr(worker, "_relay_warning", None)
+    if relay is not None:
+        try:
+            worker.warned.disconnect(relay)
+        except (TypeError, RuntimeError, ValueError):
+            relay = None
+
+    def handle(args: tuple) -> None:
+        message, category = args[0], args[1]
+        if isinstance(category, type) and issubclass(category, DeviceFallbackWarning):
+            on_fallback(str(message))
+        elif relay is not None:
+            relay(args)
+
+    worker.warned.connect(handle)
+
+
+class ClosesWithDockMixin:
+    """Ends the widget's session when napari takes it out of its dock.
+
+    napari's dock close button (and ``remove_dock_widget``) un-parents the
+    inner widget without closing it, so ``closeEvent`` never runs and the
+    widget would keep its key bindings and layer connections. The widget's
+    ``close_session`` is called then; the user's layers are left as they are.
+    """
+
+    _was_docked = False
+
+    def close_session(self) -> None:
+        raise NotImplementedError
+
+    def event(self, event: Any) -> bool:
+        if event.type() == QEvent.ParentChange:
+            if self.parent() is not None:
+                self._was_docked = True
+            elif self._was_docked:
+                self.close_session()
+        return super().event(event)
 
 
 class _LayerPicker:

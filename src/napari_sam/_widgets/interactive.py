@@ -64,6 +64,7 @@ from ..volume import (
 from .common import (
     CUSTOM_CHECKPOINT,
     MODEL_CHOICES,
+    ClosesWithDockMixin,
     LoadedModel,
     ModelChoiceMixin,
     ModelFactory,
@@ -71,6 +72,8 @@ from .common import (
     layer_geometry,
     layer_layout,
     load_sam,
+    relay_worker_warnings,
+    write_objects,
 )
 from .prompts import (
     SlicePrompts,
@@ -78,7 +81,15 @@ from .prompts import (
     group_objects,
     slice_prompts_from_layers,
 )
-from .session import ObjectMask, compose_preview, encode_plane, plan_commit, predict_objects
+from .session import (
+    EncodingCancelledError,
+    ObjectMask,
+    compose_preview,
+    encode_plane,
+    install_cancel_hooks,
+    plan_commit,
+    predict_objects,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -142,10 +153,13 @@ def _encode_job(
     rgb: bool,
     log: list,
     disk: DiskCache | None = None,
+    cancel: threading.Event | None = None,
 ):
     t0 = time.perf_counter()
     try:
-        embedding = encode_plane(model, plane, key.contrast, rgb)
+        embedding = encode_plane(
+            model, plane, key.contrast, rgb, should_cancel=None if cancel is None else cancel.is_set
+        )
     except NapariSamError as exc:
         return _Failed(exc)
     finally:
@@ -209,6 +223,7 @@ class _PropagationJob:
     """What a running propagation was started from (checked again when it ends)."""
 
     image: Any
+    data: Any  # the image data the propagation was computed from
     labels: Any  # the output Labels layer, or None to create one at the end
     ids: list[int] | None  # ids of committed objects; None for the preview's (new ids)
     k: int
@@ -216,7 +231,7 @@ class _PropagationJob:
 
 
 # --------------------------------------------------------------------------- the widget
-class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
+class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget):
     """Segment objects with SAM from points and boxes, slice by slice.
 
     Parameters
@@ -260,12 +275,16 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
         self._prompts: SlicePrompts | None = None
         self._candidate = 0
         self._warned_outside = 0
+        self._warned_degenerate = 0
+        self._warned_uniform: set[tuple] = set()
+        self._warned_axes: set[tuple] = set()
         self._load_worker = None
         self._load_request: tuple | None = None
         self._failed_request: tuple | None = None  # settings whose model failed to load
         self._cancel_load = threading.Event()
         self._encode_worker = None
         self._encode_failed = False
+        self._cancel_encode = threading.Event()
         # the latest encoded plane, usable even if the store has no room for it
         self._last_embedding: tuple[EmbeddingKey, Any] | None = None
         self._watched: list[Any] = []
@@ -484,6 +503,26 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
             notifications.show_error(f"{type(exc).__name__}: {exc}")
         self._set_status(str(exc))
 
+    def _on_fallback(self, message: str) -> None:
+        """A worker had to use less memory (smaller batches, or the CPU): say so."""
+        if self._closed:
+            return
+        notifications.show_warning(message)
+        self._set_status(message)
+
+    def _no_image(self) -> bool:
+        """Tell the user to choose an image if there is none (True then)."""
+        if self._image is not None and self._layout is not None:
+            return False
+        if self._rejected is not None:
+            notifications.show_warning(
+                f"The image “{self._rejected.name}” cannot be segmented (see the status line); "
+                "choose another image layer."
+            )
+        else:
+            notifications.show_warning("Open an image, or choose one in the Image list, first.")
+        return True
+
     def _schedule(self, event: Any = None) -> None:
         if not self._closed:
             self._timer.start()
@@ -689,6 +728,25 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
             for name in ("scale", "translate", "rotate", "shear", "affine"):
                 self._connect(getattr(layer.events, name), self._schedule)
         self._watched = chosen
+        self._explain_prompt_axes(chosen)
+
+    def _explain_prompt_axes(self, layers: list[Any]) -> None:
+        """Say once how a prompt layer with more axes than the image is used."""
+        if self._image is None or self._layout is None:
+            return
+        d = len(self._layout.spatial_shape)
+        for layer in layers:
+            key = (id(layer), id(self._image), layer.ndim, d)
+            if layer.ndim <= d or key in self._warned_axes:
+                continue
+            self._warned_axes.add(key)
+            what = "points" if isinstance(layer, Points) else "boxes"
+            image = self._image.name
+            notifications.show_info(
+                f"The layer “{layer.name}” has {layer.ndim} axes and the image “{image}” "
+                f"{d}: only the {what} shown at the current position of the other "
+                f"{layer.ndim - d} ax{'is' if layer.ndim - d == 1 else 'es'} are used."
+            )
 
     def _on_prompt_layer_choice(self, index: int = -1) -> None:
         if self._image is not None:
@@ -723,6 +781,7 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
 
     def set_model(self, sam: Any, model_id: str, description: str | None = None) -> None:
         """Use an already built model (scripting, tests); ``model_id`` names its weights."""
+        install_cancel_hooks(sam)  # before any worker uses the model
         self._model = LoadedModel(sam, model_id, description or model_id)
         self._model_source = self._model_request()
         self._predictor = SamPredictor(sam)
@@ -742,6 +801,7 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
         worker.returned.connect(self._on_model_loaded)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_load_finished)
+        relay_worker_warnings(worker, self._on_fallback)
         self._load_worker = worker
         self._busy_start(f"Loading {request[0]} model…")
         self.cancel_button.setEnabled(True)
@@ -749,9 +809,13 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
         worker.start()
 
     def _cancel(self) -> None:
+        """Stop loading the model (a download) or encoding the current plane."""
         self._cancel_load.set()
         if self._load_worker is not None:
             self._set_status("Cancelling the download…")
+        if self._encode_worker is not None:
+            self._cancel_encode.set()
+            self._set_status("Cancelling the encoding…")
 
     def _on_download_progress(self, done: int, total: int | None) -> None:
         if self._closed:
@@ -823,22 +887,61 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
     def _start_encode(self, key: EmbeddingKey, plane: np.ndarray) -> None:
         if self._encode_worker is not None:
             return  # when it finishes, the preview is updated and asks again
+        self._warn_if_uniform(key, plane)
+        self._cancel_encode.clear()
         worker = _encode_job(
-            self._model.sam, plane, key, self._layout.rgb, self.encode_log, self._disk_cache()
+            self._model.sam,
+            plane,
+            key,
+            self._layout.rgb,
+            self.encode_log,
+            self._disk_cache(),
+            self._cancel_encode,
         )
         worker.returned.connect(self._on_encoded)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_encode_finished)
+        relay_worker_warnings(worker, self._on_fallback)
         self._encode_worker = worker
         where = f"slice {key.slice}" if key.slice is not None else "the image"
         self._busy_start(f"Encoding {where} with {self._model.description}…")
+        self.cancel_button.setEnabled(True)
         worker.start()
+
+    def _warn_if_uniform(self, key: EmbeddingKey, plane: np.ndarray) -> None:
+        """Warn (once per plane and contrast) if SAM would see one flat colour."""
+        if key in self._warned_uniform or plane.size == 0:
+            return
+        values = plane[..., :3] if self._layout is not None and self._layout.rgb else plane
+        with np.errstate(invalid="ignore"):
+            finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        lo, hi = key.contrast if key.contrast is not None else (None, None)
+        if finite.size == 0:
+            flat = True
+        else:
+            vmin, vmax = float(finite.min()), float(finite.max())
+            flat = vmin == vmax or (
+                lo is not None and self._layout is not None and not self._layout.rgb
+                and (vmax <= lo or vmin >= hi)
+            )
+        if not flat:
+            return
+        self._warned_uniform.add(key)
+        where = f"Slice {key.slice}" if key.slice is not None else "The image"
+        notifications.show_warning(
+            f"{where} of “{self._image.name}” looks uniform to SAM at these contrast limits, so "
+            "its masks will be meaningless; adjust the contrast limits or choose another slice."
+        )
 
     def _on_encoded(self, result: Any) -> None:
         if self._closed:
             return
         if isinstance(result, _Failed):
-            self._report(result.error)
+            if isinstance(result.error, EncodingCancelledError):
+                notifications.show_info(str(result.error))
+                self._set_status(str(result.error))
+            else:
+                self._report(result.error)
             self._encode_failed = True
             return
         key, embedding, disk_error = result
@@ -853,6 +956,8 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
         self._busy_stop()
         if self._closed:
             return
+        if self._load_worker is None:
+            self.cancel_button.setEnabled(False)
         if self._encode_failed:  # do not retry at once; the next change of prompts will
             self._encode_failed = False
             return
@@ -909,6 +1014,13 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
                 "outside the image and will be ignored."
             )
         self._warned_outside = prompts.n_outside
+        if prompts.n_degenerate > self._warned_degenerate:
+            n = prompts.n_degenerate
+            notifications.show_warning(
+                f"{n} box{'es' if n > 1 else ''} on this slice {'have' if n > 1 else 'has'} no "
+                "area inside the image and will be ignored; draw a box by dragging a rectangle."
+            )
+        self._warned_degenerate = prompts.n_degenerate
         objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
         if not objects:
             self._clear_preview()
@@ -1058,7 +1170,7 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
 
     def commit(self) -> None:
         """Write the preview into the output labels as new objects (key Shift+C)."""
-        if self._image is None or not self._flush():
+        if self._no_image() or not self._flush():
             return
         if not self._preview_objects or self._preview is None:
             notifications.show_info("Nothing to commit: place points or boxes first.")
@@ -1081,11 +1193,15 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
                 "existing objects” to replace them)."
             )
             return
-        with labels.block_history():
-            for new_id, (rows, cols) in plan:
-                index = (np.full(rows.shape, k), rows, cols) if k is not None else (rows, cols)
-                labels.data_setitem(index, new_id, refresh=False)
-        labels.refresh()
+        note = write_objects(
+            labels,
+            [
+                (new_id, (np.full(rows.shape, k), rows, cols) if k is not None else (rows, cols))
+                for new_id, (rows, cols) in plan
+            ],
+        )
+        if note:
+            notifications.show_info(note)
         labels.selected_label = plan[-1][0] + 1
         ids = ", ".join(str(p[0]) for p in plan)
         self._remove_slice_prompts()
@@ -1095,7 +1211,7 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
 
     def clear(self) -> None:
         """Remove the prompts of the current slice and the preview (key Shift+X)."""
-        if self._image is None:
+        if self._no_image():
             return
         if self._timer.isActive():
             self.update_preview()
@@ -1122,6 +1238,7 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
                 layer.remove_selected()
         self._prompts = None
         self._warned_outside = 0
+        self._warned_degenerate = 0
 
     # ------------------------------------------------------------------ 3D stacks
     def _on_cache_choice(self, *args: Any) -> None:
@@ -1160,7 +1277,9 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
 
     def _job_ready(self, what: str) -> bool:
         """Whether a long job can start now (starting the model load if needed)."""
-        if self._image is None or self._layout is None or not self._layout.is_stack:
+        if self._no_image():
+            return False
+        if not self._layout.is_stack:
             notifications.show_info(f"{what.capitalize()} works on 3D stacks (Z, Y, X).")
             return False
         if self._job_worker is not None:
@@ -1247,7 +1366,7 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
             min_overlap=self.min_overlap_spin.value(),
             min_area=self.min_area_spin.value(),
         )
-        self._job = _PropagationJob(self._image, labels, ids, k, from_preview)
+        self._job = _PropagationJob(self._image, self._image.data, labels, ids, k, from_preview)
         worker = _propagate_job(
             self._model.sam,
             self._stack_embeddings(),
@@ -1292,6 +1411,7 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
         worker.returned.connect(self._on_job_returned)
         worker.errored.connect(self._on_worker_error)
         worker.finished.connect(self._on_job_finished)
+        relay_worker_warnings(worker, self._on_fallback)
         self._job_worker = worker
         self._set_status(text)
         self.job_bar.setRange(0, 0)
@@ -1365,6 +1485,12 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
         if job is None:
             return
         labels = job.labels
+        if job.image not in self.viewer.layers or job.image.data is not job.data:
+            notifications.show_error(
+                f"The image “{job.image.name}” was closed or changed during the propagation; "
+                "nothing was written."
+            )
+            return
         if labels is not None and labels not in self.viewer.layers:
             notifications.show_error(
                 f"The labels layer “{labels.name}” was removed during the propagation; "
@@ -1392,11 +1518,9 @@ class InteractiveSegmentationWidget(ModelChoiceMixin, QWidget):
             next_id=next_id,
             overwrite=self.overwrite_check.isChecked(),
         )
-        if plan:
-            with labels.block_history():
-                for oid, index in plan:
-                    labels.data_setitem(index, oid, refresh=False)
-            labels.refresh()
+        note = write_objects(labels, plan)
+        if note:
+            notifications.show_info(note)
         if job.from_preview:
             if plan:
                 labels.selected_label = max(oid for oid, _ in plan) + 1

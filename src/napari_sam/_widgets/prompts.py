@@ -15,7 +15,13 @@ centres at integer coordinates, so no half-pixel shift is needed.
 Layers of different dimensionality are aligned on their trailing axes, as
 napari does. A prompt layer with fewer axes than the image (a 2D Points layer
 over a 3D stack) lies on whatever slice is shown; its missing axes are taken
-from the viewer's current position.
+from the viewer's current position. A prompt layer with more axes than the
+image (a 3D Points layer over a 2D image) counts only the prompts shown at
+the viewer's current position along its extra leading axes, as napari shows them.
+
+Boxes narrower or lower than :data:`MIN_BOX_SIZE` image pixels (a click in
+rectangle mode, a box squashed to a line) are not used: SAM would read them as
+a line. They are counted in :attr:`SlicePrompts.n_degenerate`.
 
 Everything above the "napari edges" section works on plain arrays and
 ``(D+1, D+1)`` homogeneous affine matrices and is tested without napari; the
@@ -31,6 +37,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MIN_BOX_SIZE",
     "ObjectPrompt",
     "SlicePrompts",
     "affine_from_scale_translate",
@@ -46,6 +53,10 @@ __all__ = [
     "slice_prompts",
     "world_to_data",
 ]
+
+
+#: Least width and height, in image pixels, of a box that is used as a prompt.
+MIN_BOX_SIZE = 1.0
 
 
 # --------------------------------------------------------------------------- affines
@@ -254,6 +265,9 @@ class SlicePrompts:
         (what "clear the prompts of this slice" removes).
     n_outside : int
         Prompts on this plane that lie outside the image (ignored).
+    n_degenerate : int
+        Boxes on this plane without area (narrower or lower than
+        :data:`MIN_BOX_SIZE` pixels inside the image; ignored).
     """
 
     points_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
@@ -264,6 +278,7 @@ class SlicePrompts:
     slice_point_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     slice_box_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     n_outside: int = 0
+    n_degenerate: int = 0
 
     @property
     def empty(self) -> bool:
@@ -304,11 +319,15 @@ def slice_prompts(
     """
     out = SlicePrompts()
     n_outside = 0
+    d_image = len(spatial_shape)
     if points is not None and len(points):
         points = np.asarray(points, dtype=float)
         world = data_to_world(points, points_matrix)
         data = world_to_data(world, image_matrix, world_point)
         xy, on_slice, usable = points_to_image(data, spatial_shape, slice_index)
+        here = _at_current_position(points, points_matrix, world_point, d_image)
+        on_slice &= here
+        usable &= here
         labels = (
             np.ones(len(points), dtype=int)
             if point_labels is None
@@ -329,12 +348,53 @@ def slice_prompts(
             for v in shapes
         ]
         boxes, on_slice, usable = boxes_to_image(data, spatial_shape, slice_index)
+        here = np.array(
+            [
+                v is not None
+                and bool(
+                    _at_current_position(
+                        np.asarray(v, dtype=float), shapes_matrix, world_point, d_image
+                    ).all()
+                )
+                for v in shapes
+            ],
+            dtype=bool,
+        )
+        on_slice &= here
+        usable &= here
+        degenerate = usable & (
+            (boxes[:, 2] - boxes[:, 0] < MIN_BOX_SIZE) | (boxes[:, 3] - boxes[:, 1] < MIN_BOX_SIZE)
+        )
+        usable &= ~degenerate
         out.boxes = boxes[usable]
         out.box_index = np.flatnonzero(usable)
         out.slice_box_index = np.flatnonzero(on_slice)
-        n_outside += int((on_slice & ~usable).sum())
+        out.n_degenerate = int(degenerate.sum())
+        n_outside += int((on_slice & ~usable & ~degenerate).sum())
     out.n_outside = n_outside
     return out
+
+
+def _at_current_position(
+    coords: np.ndarray,
+    matrix: np.ndarray | None,
+    world_point: Sequence[float],
+    d_image: int,
+) -> np.ndarray:
+    """Which prompts (``(N, Dp)`` layer data coordinates) are shown at the viewer's position.
+
+    Only a layer with more axes than the image (``Dp > d_image``) has prompts
+    that can be elsewhere: on its extra leading axes, a prompt is shown where
+    its rounded data coordinate equals that of the viewer's position, as napari
+    slices points. All True otherwise.
+    """
+    coords = np.asarray(coords, dtype=float).reshape(len(coords), -1)
+    extra = coords.shape[1] - d_image
+    if extra <= 0 or matrix is None or len(world_point) < coords.shape[1]:
+        return np.ones(len(coords), dtype=bool)
+    current = world_to_data(np.asarray(world_point, dtype=float)[None], matrix)[0]
+    with np.errstate(invalid="ignore"):
+        return np.all(np.round(coords[:, :extra]) == np.round(current[:extra]), axis=1)
 
 
 @dataclass

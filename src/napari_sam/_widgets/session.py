@@ -13,22 +13,67 @@ napari layers and these functions:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from torch import nn
 
+from ..errors import NapariSamError
 from ..image import to_sam_rgb
+from ..labels import plan_new_objects
 from ..predictor import ImageEmbedding, SamPredictor
 from .prompts import ObjectPrompt
 
 __all__ = [
+    "EncodingCancelledError",
     "ObjectMask",
     "compose_preview",
     "encode_plane",
+    "install_cancel_hooks",
     "plan_commit",
     "predict_objects",
 ]
+
+
+# --------------------------------------------------------------------------- cancelling
+#: Per thread, the function that says whether that thread's encoding should stop.
+_CANCEL_CHECKS: dict[int, Callable[[], bool]] = {}
+_CANCEL_LOCK = threading.Lock()
+
+
+class EncodingCancelledError(NapariSamError, RuntimeError):
+    """The user stopped the encoding of a plane."""
+
+
+def _cancel_hook(module: object, inputs: object) -> None:
+    check = _CANCEL_CHECKS.get(threading.get_ident())
+    if check is not None and check():
+        raise EncodingCancelledError(
+            "Encoding cancelled; change the prompts or the slice to encode it again."
+        )
+
+
+def install_cancel_hooks(model: Any) -> None:
+    """Let :func:`encode_plane` stop a running encoding between encoder blocks.
+
+    Adds a forward pre-hook to the image encoder and to each block of its
+    block lists, once per model. Call it on the main thread before the model is
+    used by workers (hooks must not be added while another thread runs the
+    model). A hook does nothing unless the thread running it is inside
+    :func:`encode_plane` with a ``should_cancel`` that returns True.
+    """
+    encoder = getattr(model, "image_encoder", None)
+    if encoder is None or getattr(encoder, "_napari_sam_cancel_hooks", False):
+        return
+    encoder.register_forward_pre_hook(_cancel_hook)
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                block.register_forward_pre_hook(_cancel_hook)
+    encoder._napari_sam_cancel_hooks = True
 
 
 def encode_plane(
@@ -36,10 +81,31 @@ def encode_plane(
     plane: np.ndarray,
     contrast_limits: Sequence[float] | None,
     rgb: bool,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> ImageEmbedding:
-    """Convert a plane with :func:`~napari_sam.image.to_sam_rgb` and encode it."""
+    """Convert a plane with :func:`~napari_sam.image.to_sam_rgb` and encode it.
+
+    With ``should_cancel`` (and :func:`install_cancel_hooks` done on the
+    model), the encoding stops with :class:`EncodingCancelledError` at the
+    next encoder block once ``should_cancel()`` returns True.
+    """
+    image = to_sam_rgb(plane, contrast_limits, rgb=rgb)
     predictor = SamPredictor(model)
-    predictor.set_image(to_sam_rgb(plane, contrast_limits, rgb=rgb))
+    if should_cancel is None:
+        predictor.set_image(image)
+        return predictor.get_embedding()
+    tid = threading.get_ident()
+    with _CANCEL_LOCK:
+        _CANCEL_CHECKS[tid] = should_cancel
+    try:
+        if should_cancel():
+            raise EncodingCancelledError(
+                "Encoding cancelled; change the prompts or the slice to encode it again."
+            )
+        predictor.set_image(image)
+    finally:
+        with _CANCEL_LOCK:
+            _CANCEL_CHECKS.pop(tid, None)
     return predictor.get_embedding()
 
 
@@ -124,23 +190,11 @@ def plan_commit(
     Each object of ``preview_plane`` (ids 1, 2, ... in order) gets the next
     free id, starting at ``next_id``. Unless ``overwrite``, pixels that
     already belong to an object in ``labels_plane`` are left alone; an object
-    left without pixels is skipped and uses no id.
+    left without pixels is skipped and uses no id
+    (:func:`napari_sam.labels.plan_new_objects`).
 
     Returns
     -------
     list of (new_id, (rows, cols))
     """
-    plan = []
-    labels_plane = np.asarray(labels_plane)
-    preview_plane = np.asarray(preview_plane)
-    free = np.ones(labels_plane.shape, dtype=bool) if overwrite else labels_plane == 0
-    new_id = int(next_id)
-    for obj in np.unique(preview_plane):
-        if obj == 0:
-            continue
-        rows, cols = np.nonzero((preview_plane == obj) & free)
-        if rows.size == 0:
-            continue
-        plan.append((new_id, (rows, cols)))
-        new_id += 1
-    return plan
+    return plan_new_objects(labels_plane, preview_plane, next_id, overwrite)  # type: ignore[return-value]

@@ -226,3 +226,58 @@ def test_compose_preview_and_plan_commit():
     # an object entirely covered by existing labels uses no id
     labels[:] = 3
     assert plan_commit(labels, preview, next_id=4) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    image_t=transform(2),
+    points_t=transform(3),
+    rcs=st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 29), st.integers(0, 39)), min_size=1, max_size=6
+    ),
+    current=st.integers(0, 4),
+)
+def test_3d_points_layer_over_a_2d_image_uses_the_shown_position(image_t, points_t, rcs, current):
+    """A prompt layer with an extra leading axis: only prompts napari shows at the viewer's
+    position on that axis count, each on its own image pixel."""
+    shape = (30, 40)
+    zrc = np.array(rcs, float)
+    world_yx = data_to_world(zrc[:, 1:], image_t)
+    world_z = zrc[:, :1] * points_t[0, 0] + points_t[0, 3]
+    in_layer = world_to_data(np.hstack([world_z, world_yx]), points_t)
+    viewer = [current * points_t[0, 0] + points_t[0, 3], 0.0, 0.0]
+    sp = slice_prompts(shape, image_t, None, viewer, points=in_layer, points_matrix=points_t)
+    shown = zrc[:, 0] == current
+    assert sp.point_index.tolist() == np.flatnonzero(shown).tolist()
+    assert sp.slice_point_index.tolist() == np.flatnonzero(shown).tolist()
+    np.testing.assert_allclose(sp.points_xy, zrc[shown][:, [2, 1]], atol=1e-6)
+    assert sp.n_outside == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    image_t=transform(3),
+    k=st.integers(0, 5),
+    corner=st.tuples(st.floats(0, 15), st.floats(0, 25)),
+    size=st.tuples(st.floats(0, 0.99), st.floats(1.0, 8.0)),
+    flip=st.booleans(),
+)
+def test_degenerate_boxes_are_counted_not_used(image_t, k, corner, size, flip):
+    """A box with no area (a click in rectangle mode) is ignored and counted, not sent to SAM."""
+    shape = (6, 20, 30)
+    (r0, c0), (thin, wide) = corner, size
+    h, w = (wide, thin) if flip else (thin, wide)
+    good = np.array([[k, 2, 2], [k, 2, 9], [k, 9, 9], [k, 9, 2]], float)
+    bad = np.array([[k, r0, c0], [k, r0, c0 + w], [k, r0 + h, c0 + w], [k, r0 + h, c0]])
+    world_point = data_to_world(np.array([[k, 0.0, 0.0]]), image_t)[0]
+    sp = slice_prompts(
+        shape,
+        image_t,
+        k,
+        world_point,
+        shapes=[bad, good],  # a Shapes layer with the image's transform
+        shapes_matrix=image_t,
+    )
+    assert sp.box_index.tolist() == [1] and sp.n_degenerate == 1 and sp.n_outside == 0
+    np.testing.assert_allclose(sp.boxes, [[2, 2, 9, 9]], atol=1e-6)
+    assert sp.slice_box_index.tolist() == [0, 1]  # "clear" still removes it

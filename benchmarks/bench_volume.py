@@ -68,6 +68,7 @@ def worker(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         disk = DiskCache(Path(tmp) / "emb")
         for autocast in autocasts:
+            model.precision = "bf16" if autocast else "fp32"
             for bs in batch_sizes:
                 if bs > n:
                     continue
@@ -79,7 +80,6 @@ def worker(args: argparse.Namespace) -> dict:
                         model_id="m",
                         store=EmbeddingStore(),
                         batch_size=bs,
-                        autocast=autocast,
                     ).precompute()
 
                 def to_disk(bs=bs, autocast=autocast):
@@ -91,7 +91,6 @@ def worker(args: argparse.Namespace) -> dict:
                         store=EmbeddingStore(),
                         disk=disk,
                         batch_size=bs,
-                        autocast=autocast,
                     ).precompute()
 
                 mem = measure(to_memory, repeats=args.repeats, warmup=0)
@@ -114,6 +113,7 @@ def worker(args: argparse.Namespace) -> dict:
                     file=sys.stderr,
                 )
 
+        model.precision = "fp32"
         # sizes, read time and the float16 error (float32 embeddings, one plane per pass)
         emb = StackEmbeddings(model, stack, model_id="m", store=EmbeddingStore(), disk=disk)
         disk.clear()

@@ -60,3 +60,15 @@ class UnknownModelTypeError(NapariSamError, ValueError):
 
 class DownloadCancelledError(WeightsDownloadError):
     """A weights download was stopped by the user (cancel button or Ctrl+C)."""
+
+
+class DeviceFallbackWarning(UserWarning):
+    """Work had to be retried with less memory: smaller batches, or on the CPU.
+
+    Raised as a warning (``warnings.warn``), never as an exception: the result
+    is still correct, only slower. The napari widgets show it as a notification.
+    """
+
+
+class OutOfMemoryError(NapariSamError, RuntimeError):
+    """The work does not fit in memory even one item at a time on any device allowed."""

@@ -41,6 +41,95 @@ class ImageEmbedding:
         return self.features.numel() * self.features.element_size()
 
 
+def _encode_with_fallback(
+    model: Sam, images: list[torch.Tensor], batch_size: int, what: str, fallback: bool = True
+) -> list[torch.Tensor]:
+    """Encode resized ``(3, H', W')`` RGB 0–255 tensors, ``batch_size`` per forward pass.
+
+    Returns one ``(1, 256, 64, 64)`` float32 embedding per image. If the GPU
+    runs out of memory the batch is split, and a single image that does not
+    fit moves the model to the CPU (:func:`napari_sam.memory.run_batches`).
+    """
+    from .memory import run_batches
+
+    def encode(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        dev = model.device
+        inputs = torch.stack([model.preprocess(im.to(dev)) for im in batch], dim=0)
+        with torch.no_grad():
+            features = model.encode(inputs)
+        if len(batch) == 1:
+            return [features]
+        return [features[i : i + 1].clone() for i in range(len(batch))]
+
+    if not fallback:
+        return [
+            f
+            for start in range(0, len(images), batch_size)
+            for f in encode(images[start : start + batch_size])
+        ]
+    return run_batches(
+        images,
+        encode,
+        batch_size,
+        what=what,
+        to_cpu=lambda: model.to("cpu"),
+        device=lambda: model.device,
+    )
+
+
+def embed_images(
+    model: Sam,
+    images: list[np.ndarray],
+    batch_size: int | None = None,
+    *,
+    fallback: bool = True,
+) -> list[ImageEmbedding]:
+    """Encode several RGB images, several per forward pass of the image encoder.
+
+    Each result equals what :meth:`SamPredictor.set_image` gives for that
+    image alone (up to floating-point reassociation); the images may differ
+    in size. On a CUDA GPU this is faster per image than one at a time.
+
+    Parameters
+    ----------
+    model : Sam
+    images : list of ndarray ``(H, W, 3)`` uint8
+        RGB pixels.
+    batch_size : int, optional
+        Images per forward pass; default as many as fit in the GPU's free
+        memory (:func:`napari_sam.memory.auto_batch_size`, at most 8), 1 on a CPU.
+    fallback : bool
+        On running out of GPU memory, retry with smaller batches and then on
+        the CPU (warning with :class:`~napari_sam.errors.DeviceFallbackWarning`).
+        ``False`` lets the error propagate, for callers that handle it.
+
+    Returns
+    -------
+    list of ImageEmbedding
+        float32 features on the model's device, in the order of ``images``.
+    """
+    from .memory import auto_batch_size, encoder_bytes_per_image
+
+    transform = ResizeLongestSide(model.image_encoder.img_size)
+    tensors, sizes = [], []
+    for image in images:
+        _check_rgb_uint8(image)
+        if model.image_format != "RGB":
+            image = image[..., ::-1]
+        resized = transform.apply_image(image)
+        tensors.append(torch.as_tensor(resized).permute(2, 0, 1).contiguous())
+        sizes.append(((int(image.shape[0]), int(image.shape[1])), tuple(resized.shape[:2])))
+    if batch_size is None:
+        batch_size = auto_batch_size(model.device, encoder_bytes_per_image(model), maximum=8)
+    features = _encode_with_fallback(
+        model, tensors, int(batch_size), what="images", fallback=fallback
+    )
+    return [
+        ImageEmbedding(f, orig, (int(inp[0]), int(inp[1])))
+        for f, (orig, inp) in zip(features, sizes)
+    ]
+
+
 class SamPredictor:
     """Compute the image embedding once and predict masks for many prompts.
 
@@ -104,8 +193,9 @@ class SamPredictor:
         self.reset_image()
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
-        input_image = self.model.preprocess(transformed_image)
-        self.features = self.model.image_encoder(input_image)
+        (self.features,) = _encode_with_fallback(
+            self.model, [transformed_image[0]], batch_size=1, what="images"
+        )
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:

@@ -314,13 +314,21 @@ def default_cache_dir() -> Path:
     return cache_dir(create=False) / "embeddings"
 
 
-def default_batch_size(device: Any) -> int:
-    """Planes encoded per forward pass: 4 on a CUDA GPU, 1 elsewhere.
+def default_batch_size(device: Any, model: Any = None) -> int:
+    """Planes encoded per forward pass: as many as fit on a CUDA GPU (up to 8), else 1.
 
     On a CPU a batch is no faster per plane than single planes, and needs
-    more memory; a GPU is used better with several planes at once.
+    more memory; a GPU is used better with several planes at once. With
+    ``model`` the GPU batch is bounded by the free memory
+    (:func:`napari_sam.memory.auto_batch_size`); without it, 4.
     """
-    return 4 if getattr(device, "type", str(device)).startswith("cuda") else 1
+    if not getattr(device, "type", str(device)).startswith("cuda"):
+        return 1
+    if model is None:
+        return 4
+    from .memory import auto_batch_size, encoder_bytes_per_image
+
+    return auto_batch_size(device, encoder_bytes_per_image(model), maximum=8)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -329,7 +337,6 @@ def encode_planes(
     planes: Sequence[np.ndarray],
     contrast: Sequence[float] | None,
     rgb: bool = False,
-    autocast: bool = False,
 ) -> list[ImageEmbedding]:
     """Encode several planes of one size in one forward pass of the image encoder.
 
@@ -345,20 +352,21 @@ def encode_planes(
         2D planes (``(H, W)``, or ``(H, W, C)`` with ``rgb``), all of one shape.
     contrast : (low, high) or None
     rgb : bool
-    autocast : bool
-        Run the encoder under ``torch.autocast`` (bfloat16) on a CUDA GPU:
-        faster, slightly less exact. Ignored on other devices.
 
     Returns
     -------
     list of ImageEmbedding
         float32 features on the model's device, one ``(1, 256, 64, 64)`` per plane.
-    """
-    import torch
 
+    Notes
+    -----
+    The encoder runs in the model's precision (``model.precision``: bfloat16
+    autocast on a CUDA GPU by default, see :mod:`napari_sam.model.precision`).
+    An out-of-memory error propagates: :class:`StackEmbeddings` retries it
+    with fewer planes (:func:`napari_sam.memory.run_batches`).
+    """
     from .image import to_sam_rgb
-    from .predictor import ImageEmbedding
-    from .transforms import ResizeLongestSide
+    from .predictor import embed_images
 
     if not planes:
         return []
@@ -367,30 +375,8 @@ def encode_planes(
         raise ImageFormatError(
             f"Planes encoded together must have one shape; got {sorted(shapes)}."
         )
-    device = model.device
-    transform = ResizeLongestSide(model.image_encoder.img_size)
-    tensors = []
-    original_size = (0, 0)
-    for plane in planes:
-        image = to_sam_rgb(plane, contrast, rgb=rgb)
-        original_size = (int(image.shape[0]), int(image.shape[1]))
-        if model.image_format != "RGB":
-            image = image[..., ::-1]
-        resized = transform.apply_image(image)
-        tensors.append(torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous())
-    batch = torch.stack(tensors, dim=0)
-    input_size = (int(batch.shape[-2]), int(batch.shape[-1]))
-    use_amp = autocast and device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-    with torch.no_grad(), amp:
-        features = model.image_encoder(model.preprocess(batch))
-    features = features.float()
-    if len(planes) == 1:
-        return [ImageEmbedding(features, original_size, input_size)]
-    return [
-        ImageEmbedding(features[i : i + 1].clone(), original_size, input_size)
-        for i in range(len(planes))
-    ]
+    images = [to_sam_rgb(plane, contrast, rgb=rgb) for plane in planes]
+    return embed_images(model, images, batch_size=len(images), fallback=False)
 
 
 # --------------------------------------------------------------------------- disk cache
@@ -695,8 +681,6 @@ class StackEmbeddings:
         On-disk cache (a folder path makes one); None keeps embeddings in memory only.
     batch_size : int, optional
         Planes per forward pass; default :func:`default_batch_size` of the model's device.
-    autocast : bool
-        bfloat16 autocast on a CUDA GPU (see :func:`encode_planes`).
 
     Attributes
     ----------
@@ -716,7 +700,6 @@ class StackEmbeddings:
         store: EmbeddingStore | None = None,
         disk: DiskCache | str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
-        autocast: bool = False,
     ) -> None:
         from .image import image_layout
 
@@ -737,8 +720,9 @@ class StackEmbeddings:
         self.contrast = (float(contrast[0]), float(contrast[1]))
         self.store = store if store is not None else EmbeddingStore()
         self.disk = disk if isinstance(disk, DiskCache) or disk is None else DiskCache(disk)
-        self.batch_size = int(batch_size) if batch_size else default_batch_size(model.device)
-        self.autocast = bool(autocast)
+        self.batch_size = (
+            int(batch_size) if batch_size else default_batch_size(model.device, model)
+        )
         self.encoded = 0
         self.forward_passes = 0
 
@@ -756,7 +740,18 @@ class StackEmbeddings:
         """The key of plane ``z`` (hashes its current pixels)."""
         if plane is None:
             plane = self.plane(z)
-        return EmbeddingKey(hash_plane(plane), int(z), self.model_id, self.contrast)
+        return EmbeddingKey(hash_plane(plane), int(z), self._model_tag(), self.contrast)
+
+    def _model_tag(self) -> str:
+        """``model_id``, plus the encoder precision when it is not float32.
+
+        Embeddings computed under bf16/fp16 autocast differ slightly from the
+        float32 ones, so the caches keep them apart.
+        """
+        dtype = getattr(self.model, "encoder_dtype", None)
+        if dtype is None:
+            return self.model_id
+        return f"{self.model_id}@{str(dtype).removeprefix('torch.')}"
 
     def cached(self, z: int, key: EmbeddingKey | None = None) -> ImageEmbedding | None:
         """The embedding of plane ``z`` from memory or disk, or None (nothing is encoded)."""
@@ -840,21 +835,20 @@ class StackEmbeddings:
         total = len(todo)
         if progress is not None:
             progress(0, total)
-        done = 0
-        for start in range(0, total, self.batch_size):
-            if should_cancel is not None and should_cancel():
-                raise ComputationCancelledError(
-                    f"Precomputing embeddings was cancelled after {done} of {total} slices; "
-                    "the slices done so far are kept."
-                )
-            batch = todo[start : start + self.batch_size]
+
+        def encode_and_keep(batch: Sequence[int]) -> list[None]:
             planes = [self.plane(z) for z in batch]
             keys = [self.key(z, p) for z, p in zip(batch, planes)]
-            for key, emb in zip(keys, self._encode(planes)):
+            for key, emb in zip(keys, self._encode_once(planes)):
                 self._keep(key, emb, memory=self.disk is None)
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
+            return [None] * len(batch)
+
+        done = len(self._run(todo, encode_and_keep, on_batch=progress, should_cancel=should_cancel))
+        if done < total:
+            raise ComputationCancelledError(
+                f"Precomputing embeddings was cancelled after {done} of {total} slices; "
+                "the slices done so far are kept."
+            )
         return total
 
     def _slices(self, slices: Iterable[int] | None) -> list[int]:
@@ -871,10 +865,31 @@ class StackEmbeddings:
         return out
 
     def _encode(self, planes: list[np.ndarray]) -> list[ImageEmbedding]:
-        embs = encode_planes(self.model, planes, self.contrast, autocast=self.autocast)
+        """Encode planes in batches; smaller batches, then the CPU, if memory runs out."""
+        return self._run(planes, self._encode_once)
+
+    def _encode_once(self, planes: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        embs = encode_planes(self.model, list(planes), self.contrast)
         self.encoded += len(planes)
         self.forward_passes += 1
         return embs
+
+    def _run(self, items: Sequence[Any], process: Callable[[Sequence[Any]], Any], **kw: Any):
+        from .memory import run_batches
+
+        def shrink(size: int) -> None:
+            self.batch_size = size
+
+        return run_batches(
+            items,
+            process,
+            self.batch_size,
+            what="slices",
+            to_cpu=lambda: self.model.to("cpu"),
+            device=lambda: self.model.device,
+            on_shrink=shrink,
+            **kw,
+        )
 
     def _keep(self, key: EmbeddingKey, emb: ImageEmbedding, memory: bool = True) -> None:
         if memory:

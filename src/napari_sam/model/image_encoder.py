@@ -12,7 +12,10 @@ Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`
 with the relative-position term passed as its additive ``attn_mask``. The mask
 of a global block is ``heads × 4096 × 4096`` values (800 MB in fp32 for
 ViT-B), so it is built and consumed in slices whose size is bounded by
-:data:`ATTN_MASK_BUDGET`; results are identical, peak memory is small.
+:func:`attention_mask_budget` (small on a CPU, large on a GPU); results are
+identical, peak memory is small. Under autocast (the GPU fast path, see
+:mod:`napari_sam.model.precision`) q, k, v and the mask are bf16/fp16 and
+SDPA picks its fused memory-efficient kernel.
 
 Tensors inside the blocks are channels-last: ``(B, H, W, C)``.
 """
@@ -26,9 +29,18 @@ from torch import nn
 from .common import LayerNorm2d, MLPBlock
 
 #: Largest number of mask elements materialised at once by the attention of
-#: one block (4 M fp32 values = 16 MB): small enough to stay in cache-friendly
-#: sizes on a CPU, large enough that the per-call overhead is negligible.
+#: one block on a CPU (4 M fp32 values = 16 MB): small enough to stay in
+#: cache-friendly sizes, large enough that the per-call overhead is negligible.
 ATTN_MASK_BUDGET = 4 * 1024 * 1024
+
+#: The same bound on a GPU (128 M values = 256 MB in bf16): a GPU wants few,
+#: large kernel launches; this lets one call cover ~8 heads of a global block.
+GPU_ATTN_MASK_BUDGET = 128 * 1024 * 1024
+
+
+def attention_mask_budget(device: torch.device) -> int:
+    """Mask elements one attention call may materialise on ``device``."""
+    return ATTN_MASK_BUDGET if device.type == "cpu" else GPU_ATTN_MASK_BUDGET
 
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -85,12 +97,15 @@ def _attention_with_rel_pos(
     n, length, _ = q.shape
     kh, kw = rel_h.shape[-1], rel_w.shape[-1]
     keys = kh * kw
-    if n * length * keys <= ATTN_MASK_BUDGET:
+    # Under autocast q is bf16/fp16 while the bias may not be; SDPA wants one dtype.
+    rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
+    budget = attention_mask_budget(q.device)
+    if n * length * keys <= budget:
         mask = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, length, keys)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    rows = max(1, min(length, ATTN_MASK_BUDGET // keys))
-    group = max(1, ATTN_MASK_BUDGET // (rows * keys))
+    rows = max(1, min(length, budget // keys))
+    group = max(1, budget // (rows * keys))
     out = torch.empty_like(q)
     for i in range(0, n, group):
         sl_n = slice(i, i + group)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mask_decoder import MaskDecoder
+from .precision import autocast_dtype, check_precision, encoder_autocast
 from .prompt_encoder import PromptEncoder
 
 #: Per-channel RGB mean and standard deviation (0–255 scale) SAM was trained with.
@@ -25,6 +26,10 @@ class Sam(nn.Module):
         Logit threshold that turns mask logits into binary masks (0.0).
     image_format : str
         Channel order the model expects (``"RGB"``).
+    precision : str
+        Precision of the image encoder in :meth:`encode`: ``"auto"`` (default:
+        bfloat16 autocast on a CUDA GPU, float32 elsewhere), ``"fp32"``,
+        ``"bf16"`` or ``"fp16"``; see :mod:`napari_sam.model.precision`.
     """
 
     mask_threshold: float = 0.0
@@ -44,6 +49,39 @@ class Sam(nn.Module):
         self.mask_decoder = mask_decoder
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self._precision = "auto"
+
+    @property
+    def precision(self) -> str:
+        """Precision of the image encoder (see the class documentation)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
+
+    @property
+    def encoder_dtype(self) -> torch.dtype | None:
+        """Autocast dtype :meth:`encode` uses on the current device (``None``: float32)."""
+        return autocast_dtype(self._precision, self.device)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings of preprocessed images, in the model's :attr:`precision`.
+
+        Parameters
+        ----------
+        images : Tensor ``(B, 3, img_size, img_size)`` float32
+            Normalised and padded images (see :meth:`preprocess`).
+
+        Returns
+        -------
+        Tensor ``(B, 256, img_size/16, img_size/16)`` float32
+            Whatever the encoder's precision, the embedding is float32 so the
+            decoder always computes masks and IoU scores in float32.
+        """
+        with encoder_autocast(self.encoder_dtype, self.device):
+            features = self.image_encoder(images)
+        return features.float()
 
     @property
     def device(self) -> torch.device:
@@ -84,7 +122,7 @@ class Sam(nn.Module):
             ``(B, C)``, ``low_res_logits`` ``(B, C, 256, 256)``; ``C`` is 3 or 1.
         """
         images = torch.stack([self.preprocess(rec["image"]) for rec in batched_input], dim=0)
-        embeddings = self.image_encoder(images)
+        embeddings = self.encode(images)
         image_pe = self.prompt_encoder.get_dense_pe()
         outputs = []
         for rec, embedding in zip(batched_input, embeddings):

@@ -1,0 +1,121 @@
+"""Numeric precision of the image encoder: the GPU fast path.
+
+The image encoder holds almost all of SAM's arithmetic (about 0.5 TFLOP per
+1024² image for ViT-B). On a GPU it runs under :func:`torch.autocast` in
+bfloat16 (or float16 on GPUs without bfloat16): matrix products and
+convolutions use the tensor cores, while the layer norms, softmax statistics
+and the residual stream stay in float32 (autocast's own rules). The embedding
+it returns is cast back to float32, so the prompt encoder, the mask decoder,
+the IoU head and the mask logits always run in float32.
+
+Precision names
+---------------
+``"auto"``
+    bfloat16 on a CUDA GPU that supports it, float16 on an older CUDA GPU,
+    float32 on the CPU and on Apple MPS (where reduced precision is not faster
+    for this network, or not supported by every kernel it needs).
+``"fp32"``
+    Always float32: bit-for-bit the reference computation.
+``"bf16"``, ``"fp16"``
+    That reduced precision on any device that supports autocast with it (the
+    CPU supports both; used by the tests to check the code path without a GPU).
+
+The environment variable ``NAPARI_SAM_PRECISION`` overrides ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+__all__ = [
+    "PRECISIONS",
+    "autocast_dtype",
+    "check_precision",
+    "encoder_autocast",
+]
+
+#: Precision names accepted by :func:`autocast_dtype` and ``Sam.precision``.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+_ENV = "NAPARI_SAM_PRECISION"
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_ALIASES = {
+    "float32": "fp32",
+    "float": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+}
+
+
+def check_precision(precision: str) -> str:
+    """Normalise a precision name (case, aliases such as ``"bfloat16"``).
+
+    Raises
+    ------
+    ValueError
+        If the name is not one of :data:`PRECISIONS` (or an alias).
+    """
+    if not isinstance(precision, str):
+        raise ValueError(
+            f"The precision must be one of {', '.join(PRECISIONS)}; got {precision!r}."
+        )
+    name = precision.strip().lower()
+    name = _ALIASES.get(name, name)
+    if name not in PRECISIONS:
+        raise ValueError(
+            f"{precision!r} is not a precision napari-sam knows; use one of "
+            f"{', '.join(PRECISIONS)}."
+        )
+    return name
+
+
+def _cuda_bf16_supported(device: torch.device) -> bool:
+    try:
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported())
+    except Exception:  # a driver problem: use fp16, which every CUDA GPU has
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for the image encoder, or ``None`` for plain float32.
+
+    Parameters
+    ----------
+    precision : str
+        One of :data:`PRECISIONS` (see the module documentation).
+    device : torch.device or str
+        Device the encoder runs on.
+
+    Returns
+    -------
+    torch.dtype or None
+        ``torch.bfloat16`` / ``torch.float16`` to autocast to, or ``None``.
+    """
+    name = check_precision(precision)
+    dev = torch.device(device)
+    if name == "auto":
+        override = os.environ.get(_ENV, "").strip()
+        if override:
+            name = check_precision(override)
+    if name == "auto":
+        if dev.type != "cuda":
+            return None
+        return torch.bfloat16 if _cuda_bf16_supported(dev) else torch.float16
+    return _DTYPES[name]
+
+
+@contextlib.contextmanager
+def encoder_autocast(dtype: torch.dtype | None, device: torch.device | str) -> Iterator[None]:
+    """Context in which the encoder runs with ``dtype`` autocast (``None``: no autocast)."""
+    if dtype is None:
+        yield
+        return
+    dev_type = torch.device(device).type
+    with torch.autocast(dev_type, dtype=dtype):
+        yield

@@ -189,3 +189,71 @@ def test_tiny_vit_under_bf16_matches_fp32(image):
     for k in range(3):
         assert _iou(m16[k] > 0, m32[k] > 0) >= 0.98
     np.testing.assert_allclose(iou16, iou32, atol=1e-2)
+
+
+# ------------------------------------------------------------------ load_model and the CLI
+@pytest.fixture(scope="module")
+def vit_t_file(tmp_path_factory):
+    from napari_sam.model.build import sam_model_registry
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "vit_t_random.pth"
+    torch.save(sam_model_registry["vit_t"]().state_dict(), path)
+    return path
+
+
+def test_load_model_precision_and_compile_settings(vit_t_file, monkeypatch):
+    from napari_sam import weights
+    from napari_sam.model.sam import Sam
+
+    compiled = []
+    monkeypatch.setattr(Sam, "compile_encoder", lambda self, **kw: compiled.append(self))
+    monkeypatch.delenv("NAPARI_SAM_COMPILE", raising=False)
+    sam = weights.load_model("vit_t", vit_t_file, device="cpu", precision="BF16")
+    assert sam.precision == "bf16" and sam.encoder_dtype is torch.bfloat16
+    assert compiled == []
+    monkeypatch.setenv("NAPARI_SAM_COMPILE", "1")
+    sam = weights.load_model("vit_t", vit_t_file, device="cpu")
+    assert sam.precision == "auto" and compiled == [sam]
+    sam = weights.load_model("vit_t", vit_t_file, device="cpu", compile=False)
+    assert compiled == [compiled[0]]
+    with pytest.raises(ValueError, match="not a precision"):
+        weights.load_model("vit_t", vit_t_file, device="cpu", precision="int4")
+
+
+def test_compiled_encoder_gives_the_same_embedding(sam, image):
+    """``torch.compile`` in place: same keys, same numbers (eager backend: no compiler here)."""
+    import copy
+
+    twin = copy.deepcopy(sam)
+    twin.precision = "fp32"
+    keys = list(twin.state_dict())
+    twin.compile_encoder(backend="eager")
+    assert twin.encoder_compiled and list(twin.state_dict()) == keys
+    with torch.no_grad():
+        x = twin.preprocess(torch.rand(1, 3, 1024, 683) * 255)
+        torch.testing.assert_close(twin.encode(x), sam.encode(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cli_passes_precision(vit_t_file, tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_sam import cli, weights
+
+    seen = {}
+    real = weights.load_model
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(weights, "load_model", spy)
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "plane.tif"
+    tifffile.imwrite(src, (np.random.default_rng(0).random((48, 40)) * 4000).astype(np.uint16))
+    out = tmp_path / "labels.tif"
+    code = cli.main(["segment", str(src), "-o", str(out), "--model", "vit_t", "--checkpoint",
+                     str(vit_t_file), "--device", "cpu", "--precision", "bf16",
+                     "--points-per-side", "4", "--quiet"])
+    assert code == 0 and out.is_file()
+    assert seen["precision"] == "bf16" and seen["compile"] is None

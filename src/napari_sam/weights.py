@@ -695,6 +695,8 @@ def load_model(
     progress: bool = True,
     progress_callback: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    precision: str = "auto",
+    compile: bool | None = None,
 ) -> nn.Module:
     """Build a SAM model with its weights, on a device, ready for inference.
 
@@ -716,6 +718,16 @@ def load_model(
         Show a text progress bar on stderr while downloading.
     progress_callback, should_cancel : callable, optional
         Passed to :func:`download` (GUI progress and cancellation).
+    precision : str, optional
+        Image-encoder precision, ``"auto"`` (default: bfloat16 autocast on a
+        CUDA GPU, float32 elsewhere), ``"fp32"``, ``"bf16"`` or ``"fp16"``; see
+        :mod:`napari_sam.model.precision`. Masks and IoU scores are always
+        computed in float32.
+    compile : bool, optional
+        Compile the image encoder with ``torch.compile`` (see
+        :meth:`Sam.compile_encoder <napari_sam.model.sam.Sam.compile_encoder>`;
+        slow first call). Default: on if the environment variable
+        ``NAPARI_SAM_COMPILE`` is ``1``, else off.
 
     Returns
     -------
@@ -734,7 +746,9 @@ def load_model(
         If the published checkpoint is missing and cannot be downloaded.
     """
     from napari_sam.device import resolve_device
+    from napari_sam.model.precision import check_precision
 
+    precision = check_precision(precision)
     registry = _sam_model_registry()
     dev = resolve_device(device)
     auto = model_type == "auto"
@@ -764,4 +778,10 @@ def load_model(
         if not (auto and checkpoint is not None and exc.found in registry):
             raise
         sam = registry[exc.found](checkpoint=str(ckpt))
-    return sam.to(dev).eval()
+    sam = sam.to(dev).eval()
+    sam.precision = precision
+    if compile is None:
+        compile = os.environ.get("NAPARI_SAM_COMPILE", "").strip() == "1"
+    if compile:
+        sam.compile_encoder()
+    return sam

@@ -65,6 +65,26 @@ class Sam(nn.Module):
         """Autocast dtype :meth:`encode` uses on the current device (``None``: float32)."""
         return autocast_dtype(self._precision, self.device)
 
+    def compile_encoder(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Compile the image encoder with :func:`torch.compile` (in place; weights untouched).
+
+        Worth it for long GPU runs (stacks, automatic segmentation): the first
+        encoding of each batch size compiles kernels first, which takes tens of
+        seconds to minutes. Off by default; see ``load_model(compile=True)``.
+        The parameter names in ``state_dict()`` do not change.
+
+        Parameters
+        ----------
+        mode : str, optional
+            ``torch.compile`` mode (``None``, ``"max-autotune-no-cudagraphs"``, ...).
+        backend : str
+            ``torch.compile`` backend; ``"inductor"`` (default) generates kernels.
+        """
+        self.image_encoder.compile(mode=mode, backend=backend, dynamic=False)
+        self.encoder_compiled = True
+
+    encoder_compiled: bool = False
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings of preprocessed images, in the model's :attr:`precision`.
 

@@ -630,3 +630,34 @@ def test_closing_the_dock_ends_the_session_and_keeps_the_layers(
     qtbot.waitUntil(lambda: not auto.busy, timeout=TIMEOUT)
     assert "nuclei SAM auto" not in [lyr.name for lyr in viewer.layers]
     assert notes["error"] == []
+
+
+def test_automatic_runs_never_replace_the_users_edits(
+    make_napari_viewer, qtbot, model, stack, notes
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(stack[:2], name="nuclei")
+    before = np.zeros((2, 64, 80), np.uint32)
+    before[0, :4, :4] = 9
+    earlier = viewer.add_labels(before.copy(), name="nuclei SAM auto")  # e.g. a saved result
+    auto = make_auto(viewer, model)
+    auto.run("all slices")
+    qtbot.waitUntil(lambda: not auto.busy, timeout=TIMEOUT)
+    np.testing.assert_array_equal(earlier.data, before)
+    assert "holds objects this widget did not write" in notes["info"][-1]
+    first = auto.output_layer
+    assert first is not earlier and first.data.any()
+
+    auto.run("all slices")  # its own, unedited result: replaced, one undo step
+    qtbot.waitUntil(lambda: not auto.busy, timeout=TIMEOUT)
+    assert auto.output_layer is first and len(notes["info"]) == 1
+
+    first.data_setitem((np.array([1]), np.array([5]), np.array([5])), 77)  # the user's edit
+    edited = first.data.copy()
+    auto.run("current slice")
+    qtbot.waitUntil(lambda: not auto.busy, timeout=TIMEOUT)
+    np.testing.assert_array_equal(first.data, edited)
+    assert auto.output_layer not in (first, earlier) and len(notes["info"]) == 2
+    assert len([lyr for lyr in viewer.layers if "SAM auto" in lyr.name]) == 3
+    assert notes["error"] == []
+    auto.close()

@@ -172,6 +172,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         self._worker = None
         self._job: _Job | None = None
         self._output: Labels | None = None
+        self._output_image: Image | None = None
         # SAM's scores of the objects last written, valid while the layer is unchanged
         self._scores: dict[tuple[int | None, int], dict[str, float]] = {}
         self._scores_digest: tuple[Any, str] | None = None
@@ -548,6 +549,9 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         return layer_geometry(image)
 
     def _find_output(self, image: Image, shape: tuple[int, ...]) -> Labels | None:
+        last = self.output_layer  # the layer the last run on this image wrote, if any
+        if last is not None and self._output_image is image and last.data.shape == shape:
+            return last
         name = f"{image.name}{OUTPUT_SUFFIX}"
         for layer in self.viewer.layers:
             if isinstance(layer, Labels) and layer.name == name and layer.data.shape == shape:
@@ -568,6 +572,14 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
             )
             return
         layer = self._find_output(image, shape)
+        if layer is not None and not self._replaceable(layer):
+            edited = layer
+            layer = None  # a new layer: the user's work in the old one is not touched
+            notifications.show_info(
+                f"“{edited.name}” holds objects this widget did not write (your edits, or an "
+                "earlier session), so the result goes to a new layer; delete or rename layers "
+                "to choose what to keep."
+            )
         scores = dict(result.scores)
         k = job.slice
         if k is not None:  # one slice of a stack: keep the other slices, new ids above theirs
@@ -580,8 +592,8 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
                 plane = np.where(plane > 0, plane + np.uint32(offset), plane).astype(np.uint32)
                 scores = {(z, lab + offset): v for (z, lab), v in scores.items()}
             if layer is not None:
+                kept = self._valid_scores(layer)  # before the write changes the layer
                 self._replace(layer, (k,), plane)
-                kept = self._valid_scores(layer)
                 scores = {**{key: v for key, v in kept.items() if key[0] != k}, **scores}
             else:
                 data = np.zeros(shape, np.uint32)
@@ -591,7 +603,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
             self._replace(layer, (), result.labels)
         else:
             layer = self._add_output(image, result.labels)
-        self._output = layer
+        self._output, self._output_image = layer, image
         self._scores = scores
         self._scores_digest = (layer, _digest(layer.data))
         n = result.n_objects
@@ -604,6 +616,14 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
             f"{n} object{'s' if n != 1 else ''} in {where} → “{layer.name}” "
             f"({result.n_masks} masks proposed)."
         )
+
+    def _replaceable(self, layer: Labels) -> bool:
+        """Whether a run may write into ``layer``: it is empty, or holds exactly what this
+        widget's last run left there (not edited since)."""
+        last = self._scores_digest
+        if last is not None and last[0] is layer and last[1] == _digest(layer.data):
+            return True
+        return not np.any(layer.data)
 
     def _add_output(self, image: Image, data: np.ndarray) -> Labels:
         active = self.viewer.layers.selection.active

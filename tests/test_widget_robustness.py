@@ -376,6 +376,21 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
     settle(qtbot, widget)
     assert notes["error"] == ["This slice does not fit in memory, even on the CPU."]
 
+    # the mask decoder runs on the main thread: its fallbacks are shown the same way
+    real_predict = interactive.predict_objects
+
+    def predict_with_fallback(*args, **kwargs):
+        warnings.warn(FALLBACK, DeviceFallbackWarning, stacklevel=2)
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(interactive, "encode_plane", real_encode)
+    monkeypatch.setattr(interactive, "predict_objects", predict_with_fallback)
+    viewer.dims.set_point(0, 2)
+    widget.points_layer.add([2, 35.0, 45.0])
+    settle(qtbot, widget)
+    assert notes["warning"] == [FALLBACK] * 2 and widget.preview_layer.data[2].any()
+    monkeypatch.setattr(interactive, "predict_objects", real_predict)
+
     # propagation: the same warning, every time it happens (napari would show it once)
     real_propagate = interactive.propagate
 
@@ -390,7 +405,7 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
     for _ in range(2):
         widget.propagate()
         settle(qtbot, widget)
-    assert notes["warning"] == [FALLBACK] * 3
+    assert notes["warning"] == [FALLBACK] * 4
 
     # automatic segmentation
     real_segment = automatic.segment_iter
@@ -403,7 +418,7 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
     auto = make_auto(viewer, model)
     auto.run("current slice")
     qtbot.waitUntil(lambda: not auto.busy, timeout=TIMEOUT)
-    assert notes["warning"] == [FALLBACK] * 4
+    assert notes["warning"] == [FALLBACK] * 5
     assert "nuclei SAM auto" in [lyr.name for lyr in viewer.layers]
 
     def segment_out_of_memory(*args, **kwargs):
@@ -499,6 +514,7 @@ def test_corrupted_disk_cache_is_detected_and_recomputed(
     widget.points_layer.add([1, 30.0, 40.0])
     settle(qtbot, widget)
     assert len(widget.encode_log) == 1 and widget.preview_layer.data[1].any()
+    assert notes["info"][-1].startswith("A damaged file in the embedding cache was deleted")
     (key,) = widget.store.keys()
     assert DiskCache(tmp_path).get(key) is not None  # written again, readable
     assert notes["error"] == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import DownloadCancelledError, ImageFormatError, NapariSamError
+from ..errors import (
+    DeviceFallbackWarning,
+    DownloadCancelledError,
+    ImageFormatError,
+    NapariSamError,
+)
 from ..image import ImageLayout, get_plane, image_layout
 from ..predictor import SamPredictor
 from ..propagation import PropagationResult, PropagationSettings, plan_write, propagate
@@ -1046,7 +1052,13 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
             embedding = self._last_embedding[1]
         disk = self._disk_cache()
         if embedding is None and disk is not None:
+            damaged = disk.corrupted
             embedding = disk.get(key)  # e.g. precomputed earlier, or by `napari-sam embed`
+            if disk.corrupted > damaged:
+                notifications.show_info(
+                    "A damaged file in the embedding cache was deleted; this slice is encoded "
+                    "again."
+                )
             if embedding is not None:
                 self.store.put(key, embedding)
                 self._last_embedding = (key, embedding)
@@ -1054,13 +1066,21 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
             self._start_encode(key, plane)
             return
         try:
-            self._predictor.set_embedding(embedding)
-            results = predict_objects(
-                self._predictor, objects, self.multimask_check.isChecked(), self._candidate
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DeviceFallbackWarning)
+                self._predictor.set_embedding(embedding)
+                results = predict_objects(
+                    self._predictor, objects, self.multimask_check.isChecked(), self._candidate
+                )
         except NapariSamError as exc:
             self._report(exc)
             return
+        finally:
+            for w in caught:  # fallbacks in the widget's words; others as napari shows them
+                if issubclass(w.category, DeviceFallbackWarning):
+                    self._on_fallback(str(w.message))
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self._show_preview(k, results)
 
     def _ensure_preview(self) -> Labels:

@@ -46,6 +46,9 @@ class ToyEncoder(nn.Module):
 class ToyPromptEncoder(nn.Module):
     """Passes the point coordinates (model input frame) through as the 'embedding'."""
 
+    embed_dim = 1  # the shape of ToyEncoder's embedding: (1, 1, 64, 64)
+    image_embedding_size = (64, 64)
+
     def forward(self, points, boxes, masks):
         coords, _ = points
         return coords.float(), torch.zeros(coords.shape[0], 1, 64, 64)
@@ -392,3 +395,72 @@ def test_generate_iter_checks_the_image_at_once(toy_model):
     gen = SamAutomaticMaskGenerator(toy_model, points_per_side=4)
     with pytest.raises(ImageFormatError):
         gen.generate_iter(np.zeros((8, 8), np.uint16))  # no next() needed
+
+
+# ============================================================ GPU path, run on the CPU
+def test_points_per_batch_auto(toy_model, monkeypatch):
+    import napari_sam.memory as memory
+
+    assert SamAutomaticMaskGenerator(toy_model, points_per_batch=None).points_per_batch == 64
+    seen = {}
+
+    def fake(device, bytes_per_item, *, maximum, cpu_default=1):
+        seen.update(maximum=maximum, cpu_default=cpu_default)
+        return 300
+
+    monkeypatch.setattr(memory, "auto_batch_size", fake)
+    gen = SamAutomaticMaskGenerator(toy_model, points_per_side=32, points_per_batch=None)
+    assert gen.points_per_batch == 300 and seen == {"maximum": 1024, "cpu_default": 64}
+    gen = SamAutomaticMaskGenerator(toy_model, points_per_side=8, points_per_batch=None)
+    assert seen["maximum"] == 64  # never more than the grid
+
+
+def test_gpu_chunk_limits_give_the_same_records(toy_model, monkeypatch):
+    """The GPU's limits (whole batch per decoder call, large upscale chunks)."""
+    ref = SamAutomaticMaskGenerator(toy_model, **CONFIGS["crops+small-regions"]).generate(IMAGE)
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "_limits",
+                        lambda self: (2**34, 64, None))
+    gen = SamAutomaticMaskGenerator(toy_model, points_per_batch=None,
+                                    **CONFIGS["crops+small-regions"])
+    _assert_same_records(gen.generate(IMAGE), ref)
+
+
+def test_crops_encoded_ahead_in_batches(toy_model, monkeypatch):
+    ref = SamAutomaticMaskGenerator(toy_model, **CONFIGS["crops+small-regions"]).generate(IMAGE)
+    batches = []
+    handle = toy_model.image_encoder.register_forward_hook(
+        lambda module, args, out: batches.append(int(args[0].shape[0]))
+    )
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "_encodes_ahead", lambda self: True)
+    import napari_sam.memory as memory
+
+    monkeypatch.setattr(memory, "auto_batch_size", lambda *a, **k: 3)  # 3 fit "on the GPU"
+    try:
+        gen = SamAutomaticMaskGenerator(toy_model, **CONFIGS["crops+small-regions"])
+        records = gen.generate(IMAGE)
+    finally:
+        handle.remove()
+    assert batches == [3, 2]  # the image + 4 crops, 3 per forward pass
+    assert gen._crop_embeddings == {}
+    _assert_same_records(records, ref)
+
+
+def test_decoder_out_of_memory_halves_the_batch(toy_model, monkeypatch):
+    from napari_sam.errors import DeviceFallbackWarning
+
+    ref = SamAutomaticMaskGenerator(toy_model, **CONFIGS["relaxed"]).generate(IMAGE)
+    real = SamAutomaticMaskGenerator._process_batch
+    sizes = []
+
+    def tight(self, points, crop_box, orig_size):
+        sizes.append(len(points))
+        if len(points) > 20:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.1 GiB")
+        return real(self, points, crop_box, orig_size)
+
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "_process_batch", tight)
+    gen = SamAutomaticMaskGenerator(toy_model, points_per_batch=64, **CONFIGS["relaxed"])
+    with pytest.warns(DeviceFallbackWarning, match="64 prompts at once"):
+        records = gen.generate(IMAGE)
+    assert gen.points_per_batch == 16 and sizes[:3] == [64, 32, 16]
+    _assert_same_records(records, ref)

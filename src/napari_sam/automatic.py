@@ -83,6 +83,18 @@ _UPSCALE_BUDGET_BYTES = 96 * 2**20
 _PROMPT_CHUNK = 8
 #: Prompts decoded at once on the CPU (the decoder holds ~16 MiB per prompt).
 _CPU_DECODE_CHUNK = 16
+#: On a GPU the same bounds are larger (few large kernels beat many small
+#: ones) and limited by free memory: this share of it for upscaled logits.
+_GPU_UPSCALE_SHARE = 0.25
+_GPU_PROMPT_CHUNK = 64
+#: GPU working memory per prompt of one decoder batch (decoder activations
+#: of 4096 image tokens, the prompt's three low-res masks and their upscaled
+#: logits at 1024²), generous; used when ``points_per_batch=None``.
+_GPU_BYTES_PER_PROMPT = 64 * 2**20
+#: Most prompts per batch with ``points_per_batch=None`` on a GPU.
+_GPU_MAX_POINTS_PER_BATCH = 1024
+#: Default ``points_per_batch`` where free memory cannot be measured (CPU).
+_DEFAULT_POINTS_PER_BATCH = 64
 
 
 class MaskGenerationCancelled(NapariSamError, RuntimeError):
@@ -122,8 +134,11 @@ class SamAutomaticMaskGenerator:
     points_per_side : int or None
         Points sampled along one side of the image; the grid has
         ``points_per_side**2`` points. ``None`` if ``point_grids`` is given.
-    points_per_batch : int
+    points_per_batch : int or None
         Prompts decoded together (more is faster and uses more memory).
+        ``None`` picks it from the device: as many as fit in the free memory
+        of a CUDA GPU (up to 1024, i.e. a whole 32×32 grid in one pass), 64
+        elsewhere. On a GPU an out-of-memory error halves it and retries.
     pred_iou_thresh : float in [0, 1]
         Keep masks whose predicted IoU is above this (0 keeps all).
     stability_score_thresh : float in [0, 1]
@@ -159,7 +174,7 @@ class SamAutomaticMaskGenerator:
         self,
         model: Sam,
         points_per_side: int | None = 32,
-        points_per_batch: int = 64,
+        points_per_batch: int | None = 64,
         pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
         stability_score_offset: float = 1.0,
@@ -172,7 +187,8 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
     ) -> None:
-        _check_int("points_per_batch", points_per_batch, minimum=1)
+        if points_per_batch is not None:
+            _check_int("points_per_batch", points_per_batch, minimum=1)
         _check_int("crop_n_layers", crop_n_layers, minimum=0)
         _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, minimum=1)
         for name, value in (
@@ -225,7 +241,6 @@ class SamAutomaticMaskGenerator:
             import cv2  # noqa: F401
 
         self.predictor = SamPredictor(model)
-        self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
         self.stability_score_thresh = float(stability_score_thresh)
         self.stability_score_offset = float(stability_score_offset)
@@ -235,6 +250,9 @@ class SamAutomaticMaskGenerator:
         self.crop_overlap_ratio = float(crop_overlap_ratio)
         self.crop_n_points_downscale_factor = int(crop_n_points_downscale_factor)
         self.point_grids = grids
+        self.points_per_batch = (
+            self._auto_points_per_batch() if points_per_batch is None else int(points_per_batch)
+        )
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         #: Use the shared-image decoder (falls back to the model's own decoder
@@ -243,6 +261,30 @@ class SamAutomaticMaskGenerator:
         self._fast_decoder = _SharedImageDecoder.supports(model)
         self._fast_checked = False
         self._decoder_state: _SharedImageDecoder | None = None
+        #: Crop embeddings encoded ahead in a batch (GPU), by crop box.
+        self._crop_embeddings: dict[tuple[int, ...], Any] = {}
+
+    def _auto_points_per_batch(self) -> int:
+        from .memory import auto_batch_size
+
+        most = max(len(g) for g in self.point_grids) if self.point_grids else 1
+        return auto_batch_size(
+            self.predictor.device,
+            _GPU_BYTES_PER_PROMPT,
+            maximum=max(1, min(most, _GPU_MAX_POINTS_PER_BATCH)),
+            cpu_default=_DEFAULT_POINTS_PER_BATCH,
+        )
+
+    def _limits(self) -> tuple[int, int, int | None]:
+        """(upscale budget in bytes, prompts per upscale chunk, prompts per decode or None)."""
+        device = self.predictor.device
+        if device.type != "cuda":
+            return _UPSCALE_BUDGET_BYTES, _PROMPT_CHUNK, _CPU_DECODE_CHUNK
+        from .memory import free_memory_bytes
+
+        free = free_memory_bytes(device) or 0
+        budget = max(_UPSCALE_BUDGET_BYTES, int(free * _GPU_UPSCALE_SHARE))
+        return budget, max(_PROMPT_CHUNK, _GPU_PROMPT_CHUNK), None
 
     # ------------------------------------------------------------------ public API
     def generate(
@@ -312,24 +354,28 @@ class SamAutomaticMaskGenerator:
         yield AmgProgress(done, total, "start", 0, len(crops))
 
         data = _MaskStore.empty()
+        self._crop_embeddings = {}
         try:
             for c, (crop_box, layer) in enumerate(crops):
-                self._encode_crop(image, crop_box)
+                self._encode_crop(image, crop_box, [b for b, _ in crops[c:]])
                 done += 1
                 yield AmgProgress(done, total, "encode", c, len(crops))
                 crop_data = _MaskStore.empty()
                 x0, y0, x1, y1 = crop_box
                 points = self.point_grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=float)
-                for start in range(0, len(points), self.points_per_batch):
+                start = 0
+                while start < len(points):
                     batch = points[start : start + self.points_per_batch]
-                    crop_data.extend(self._process_batch(batch, crop_box, (orig_h, orig_w)))
+                    crop_data.extend(self._process_batch_safely(batch, crop_box, (orig_h, orig_w)))
+                    start += len(batch)
                     done += 1
-                    yield AmgProgress(done, total, "batch", c, len(crops))
+                    yield AmgProgress(min(done, total - 1), total, "batch", c, len(crops))
                 self._release_crop()
                 keep = _nms(crop_data.boxes, crop_data.iou, self.box_nms_thresh)
                 data.extend(crop_data.take(keep))
-        finally:  # also when the caller stops early: free the embedding
+        finally:  # also when the caller stops early: free the embeddings
             self._release_crop()
+            self._crop_embeddings = {}
 
         records = self._finish(data, (orig_h, orig_w), n_crops=len(crops))
         yield AmgProgress(total, total, "done", max(len(crops) - 1, 0), len(crops))
@@ -337,10 +383,70 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()
-    def _encode_crop(self, image: np.ndarray, crop_box: Sequence[int]) -> None:
+    def _encode_crop(
+        self, image: np.ndarray, crop_box: Sequence[int], upcoming: Sequence[Sequence[int]] = ()
+    ) -> None:
+        """Make ``crop_box`` the predictor's image.
+
+        On a GPU, crops still to come (``upcoming``, starting with this one)
+        are encoded several per forward pass and kept until their turn.
+        """
+        key = tuple(int(v) for v in crop_box)
+        self._decoder_state = None
+        if key not in self._crop_embeddings and self._encodes_ahead():
+            self._encode_crops_batched(image, upcoming)
+        embedding = self._crop_embeddings.pop(key, None)
+        if embedding is not None:
+            self.predictor.set_embedding(embedding)
+            return
         x0, y0, x1, y1 = crop_box
         self.predictor.set_image(np.ascontiguousarray(image[y0:y1, x0:x1]))
-        self._decoder_state = None
+
+    def _encodes_ahead(self) -> bool:
+        """Encode several crops per forward pass (on a GPU, where it is faster)."""
+        return self.predictor.device.type == "cuda"
+
+    def _encode_crops_batched(self, image: np.ndarray, boxes: Sequence[Sequence[int]]) -> None:
+        from .memory import auto_batch_size, encoder_bytes_per_image
+        from .predictor import embed_images
+
+        model = self.predictor.model
+        n = auto_batch_size(model.device, encoder_bytes_per_image(model), maximum=8)
+        boxes = [tuple(int(v) for v in b) for b in boxes[:n]]
+        crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes]
+        for box, embedding in zip(boxes, embed_images(model, crops, batch_size=len(crops))):
+            self._crop_embeddings[box] = embedding
+
+    def _process_batch_safely(
+        self, points: np.ndarray, crop_box: Sequence[int], orig_size: tuple[int, int]
+    ) -> _MaskStore:
+        """:meth:`_process_batch`; if memory runs out, in smaller batches, then on the CPU."""
+        from .memory import run_batches
+
+        def shrink(size: int) -> None:
+            self.points_per_batch = size
+
+        def to_cpu() -> None:
+            predictor = self.predictor
+            predictor.model.to("cpu")
+            predictor.features = predictor.features.to("cpu")
+            self._decoder_state = None
+            self._crop_embeddings = {}
+
+        parts = run_batches(
+            points,
+            lambda batch: [self._process_batch(batch, crop_box, orig_size)],
+            len(points),
+            what="prompts",
+            per_item=False,
+            to_cpu=to_cpu,
+            device=lambda: self.predictor.device,
+            on_shrink=shrink,
+        )
+        out = _MaskStore.empty()
+        for part in parts:
+            out.extend(part)
+        return out
 
     def _release_crop(self) -> None:
         self.predictor.reset_image()
@@ -356,9 +462,8 @@ class SamAutomaticMaskGenerator:
         prompts (same results, a quarter of the peak memory for 64 points).
         """
         out = _MaskStore.empty()
-        step = len(points)
-        if self.predictor.device.type == "cpu":
-            step = min(step, _CPU_DECODE_CHUNK)
+        decode_chunk = self._limits()[2]
+        step = len(points) if decode_chunk is None else min(len(points), decode_chunk)
         for start in range(0, len(points), step):
             out.extend(self._process_prompts(points[start : start + step], crop_box, orig_size))
         return out
@@ -393,9 +498,10 @@ class SamAutomaticMaskGenerator:
         crop_edges = [int(v) for v in crop_box]
         image_box = [0, 0, int(orig_size[1]), int(orig_size[0])]
         per_mask = 4 * (predictor.transform.target_length**2 + crop_h * crop_w)
-        mask_chunk = max(1, _UPSCALE_BUDGET_BYTES // per_mask)
+        budget, prompt_chunk, _ = self._limits()
+        mask_chunk = max(1, budget // per_mask)
 
-        for idx in _chunks_by_prompt(selected, n_out, mask_chunk):
+        for idx in _chunks_by_prompt(selected, n_out, mask_chunk, prompt_chunk):
             low = low_res_for(idx)  # (k, 256, 256) logits
             logits = model.postprocess_masks(low[None], predictor.input_size, (crop_h, crop_w))[0]
             del low
@@ -661,16 +767,18 @@ def _nms(boxes: np.ndarray, scores: np.ndarray | torch.Tensor, thresh: float) ->
     return batched_nms(boxes_t, scores_t, cats, thresh).numpy()
 
 
-def _chunks_by_prompt(selected: torch.Tensor, n_out: int, max_masks: int):
+def _chunks_by_prompt(
+    selected: torch.Tensor, n_out: int, max_masks: int, max_prompts: int = _PROMPT_CHUNK
+):
     """Split sorted flat mask indices into chunks of at most ``max_masks`` masks
-    that also cover at most ``_PROMPT_CHUNK`` prompts."""
+    that also cover at most ``max_prompts`` prompts."""
     prompts = selected // n_out
     start = 0
     n = selected.numel()
     while start < n:
         stop = min(start + max_masks, n)
         first = int(prompts[start])
-        last_allowed = first + _PROMPT_CHUNK - 1
+        last_allowed = first + max_prompts - 1
         stop = start + int((prompts[start:stop] <= last_allowed).sum())
         yield selected[start:stop]
         start = stop

@@ -153,6 +153,7 @@ def run_batches(
     on_batch: Callable[[int, int], None] | None = None,
     on_shrink: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    per_item: bool = True,
 ) -> list[Any]:
     """``process`` the items batch by batch; on out-of-memory retry smaller, then on the CPU.
 
@@ -183,11 +184,15 @@ def run_batches(
     should_cancel : callable ``() -> bool``, optional
         Polled before each batch; when it returns True the results so far are
         returned (fewer than ``len(items)``).
+    per_item : bool
+        ``process`` returns one result per item (checked). With ``False`` it
+        returns any number of results per batch, which are concatenated.
 
     Returns
     -------
     list
-        One result per processed item, in order.
+        One result per processed item, in order (``per_item=False``: the
+        batches' results, concatenated).
 
     Warns
     -----
@@ -240,7 +245,7 @@ def run_batches(
                 f"There is not enough {memory} to process even one of the {what}; close "
                 "other programs, use a smaller model (vit_t) or a smaller image."
             ) from None
-        if len(out) != len(batch):
+        if per_item and len(out) != len(batch):
             raise RuntimeError(
                 f"Internal error: {len(batch)} {what} gave {len(out)} results."
             )

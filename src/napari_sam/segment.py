@@ -100,8 +100,9 @@ class AutoSettings:
         smaller than this are removed from each mask.
     max_area_fraction : float in (0, 1]
         Masks covering more than this fraction of the plane are dropped.
-    points_per_batch : int
+    points_per_batch : int or None
         Prompts decoded at once (memory vs. speed; no effect on the result).
+        ``None`` (default): as many as fit in a GPU's free memory, 64 on a CPU.
     link_slices : bool
         In a stack, give an object one id through consecutive slices (see
         :func:`link_slices`).
@@ -116,14 +117,15 @@ class AutoSettings:
     crop_n_layers: int = 0
     min_area: int = 25
     max_area_fraction: float = 0.5
-    points_per_batch: int = 64
+    points_per_batch: int | None = None
     link_slices: bool = False
     link_iou: float = 0.3
 
     def check(self) -> None:
         """Raise :class:`SegmentationSettingsError` for a value out of range."""
         _int_at_least("points per side", self.points_per_side, 1)
-        _int_at_least("points per batch", self.points_per_batch, 1)
+        if self.points_per_batch is not None:
+            _int_at_least("points per batch", self.points_per_batch, 1)
         _int_at_least("crop layers", self.crop_n_layers, 0)
         _int_at_least("minimum object area", self.min_area, 0)
         for name, value in (
@@ -148,7 +150,9 @@ class AutoSettings:
         """Arguments for :class:`~napari_sam.automatic.SamAutomaticMaskGenerator`."""
         return {
             "points_per_side": int(self.points_per_side),
-            "points_per_batch": int(self.points_per_batch),
+            "points_per_batch": (
+                None if self.points_per_batch is None else int(self.points_per_batch)
+            ),
             "pred_iou_thresh": float(self.pred_iou_thresh),
             "stability_score_thresh": float(self.stability_score_thresh),
             "box_nms_thresh": float(self.box_nms_thresh),

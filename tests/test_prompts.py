@@ -281,3 +281,37 @@ def test_degenerate_boxes_are_counted_not_used(image_t, k, corner, size, flip):
     assert sp.box_index.tolist() == [1] and sp.n_degenerate == 1 and sp.n_outside == 0
     np.testing.assert_allclose(sp.boxes, [[2, 2, 9, 9]], atol=1e-6)
     assert sp.slice_box_index.tolist() == [0, 1]  # "clear" still removes it
+
+
+def test_encoding_stops_between_encoder_blocks_when_cancelled():
+    import pytest
+    import torch
+
+    from napari_sam._widgets.session import (
+        EncodingCancelledError,
+        encode_plane,
+        install_cancel_hooks,
+    )
+    from volume_models import small_sam
+
+    sam = small_sam()
+    plane = np.random.default_rng(0).integers(0, 4000, (40, 56)).astype(np.uint16)
+    expected = encode_plane(sam, plane, (0, 4000), rgb=False)  # no hooks yet
+    install_cancel_hooks(sam)
+    install_cancel_hooks(sam)  # once per model
+    blocks = sam.image_encoder.blocks
+    assert all(len(b._forward_pre_hooks) == 1 for b in blocks)
+    ran = []
+    for b in blocks:
+        b.register_forward_pre_hook(lambda module, inputs: ran.append(module))
+    with pytest.raises(EncodingCancelledError, match="Encoding cancelled"):
+        encode_plane(sam, plane, (0, 4000), rgb=False, should_cancel=lambda: len(ran) >= 2)
+    assert len(ran) == 2  # stopped before the third block
+    ran.clear()
+    got = encode_plane(sam, plane, (0, 4000), rgb=False, should_cancel=lambda: False)
+    assert len(ran) == len(blocks)
+    torch.testing.assert_close(got.features, expected.features)
+    compiled = small_sam()
+    compiled.encoder_compiled = True
+    install_cancel_hooks(compiled)
+    assert not compiled.image_encoder._forward_pre_hooks

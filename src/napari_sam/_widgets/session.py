@@ -63,10 +63,15 @@ def install_cancel_hooks(model: Any) -> None:
     block lists, once per model. Call it on the main thread before the model is
     used by workers (hooks must not be added while another thread runs the
     model). A hook does nothing unless the thread running it is inside
-    :func:`encode_plane` with a ``should_cancel`` that returns True.
+    :func:`encode_plane` with a ``should_cancel`` that returns True. A model
+    whose encoder was compiled (``Sam.compile_encoder``) gets no hooks (they
+    would be traced into the compiled graph); its encoding is cancelled only
+    before it starts, or its result dropped after.
     """
     encoder = getattr(model, "image_encoder", None)
     if encoder is None or getattr(encoder, "_napari_sam_cancel_hooks", False):
+        return
+    if getattr(model, "encoder_compiled", False):
         return
     encoder.register_forward_pre_hook(_cancel_hook)
     for module in encoder.modules():
@@ -103,6 +108,10 @@ def encode_plane(
                 "Encoding cancelled; change the prompts or the slice to encode it again."
             )
         predictor.set_image(image)
+        if should_cancel():  # cancelled at the very end (or with a compiled encoder)
+            raise EncodingCancelledError(
+                "Encoding cancelled; change the prompts or the slice to encode it again."
+            )
     finally:
         with _CANCEL_LOCK:
             _CANCEL_CHECKS.pop(tid, None)

@@ -131,6 +131,8 @@ def test_unusual_images_are_explained_or_segmented(make_napari_viewer, qtbot, mo
     use_image(widget, viewer.add_image(np.zeros((2, 2, 3, 16, 16), np.uint8), name="5D"))
     assert "5 axes" in notes["warning"][-1] and widget.image_layer is None
     n_warnings = len(notes["warning"])
+    use_image(widget, viewer.layers["two channels"])  # explained once; the status keeps it
+    assert len(notes["warning"]) == n_warnings and "channels" in widget.status_label.text()
 
     # RGBA: the alpha channel is dropped, the plane is segmented
     rgba = rng.integers(0, 255, (48, 64, 4), dtype=np.uint8)
@@ -232,7 +234,7 @@ def test_degenerate_boxes_and_prompt_layers_with_more_axes(make_napari_viewer, q
 
 
 def test_labels_layer_of_another_shape_or_a_too_small_dtype(
-    make_napari_viewer, qtbot, model, notes
+    make_napari_viewer, qtbot, model, notes, monkeypatch
 ):
     viewer = make_napari_viewer()
     plane = np.ascontiguousarray(make_nuclei_3d()[14, 40:104, 16:96])
@@ -259,6 +261,18 @@ def test_labels_layer_of_another_shape_or_a_too_small_dtype(
     small.undo()  # the commit is one undo step
     np.testing.assert_array_equal(small.data, full)
     assert notes["error"][-1].startswith("The labels layer “other shape”")
+
+    # SAM finds nothing at the prompts: said so, nothing written
+    monkeypatch.setattr(
+        interactive,
+        "predict_objects",
+        lambda *a, **k: [interactive.ObjectMask(np.zeros(plane.shape, bool), 0.1, 0, 3)],
+    )
+    widget.points_layer.add([20.0, 20.0])
+    settle(qtbot, widget)
+    widget.commit()
+    assert notes["info"][-1].startswith("Nothing to commit: SAM found no object")
+    np.testing.assert_array_equal(small.data, full)
     widget.close()
 
 

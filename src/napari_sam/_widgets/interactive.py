@@ -284,6 +284,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         self._warned_degenerate = 0
         self._warned_uniform: set[tuple] = set()
         self._warned_axes: set[tuple] = set()
+        self._explained: set[tuple] = set()  # unusable image layers already explained
         self._load_worker = None
         self._load_request: tuple | None = None
         self._failed_request: tuple | None = None  # settings whose model failed to load
@@ -612,7 +613,10 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
             layout = layer_layout(image, "interactive segmentation")
         except ImageFormatError as exc:
             self._rejected = image
-            notifications.show_warning(str(exc))
+            explained = (id(image), tuple(image.data.shape), image.rgb)
+            if explained not in self._explained:  # once per layer, not at every list change
+                self._explained.add(explained)
+                notifications.show_warning(str(exc))
             self._set_status(str(exc))
             return
         self._rejected = None
@@ -933,9 +937,10 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         if not flat:
             return
         self._warned_uniform.add(key)
-        where = f"Slice {key.slice}" if key.slice is not None else "The image"
+        name = self._image.name
+        where = f"Slice {key.slice} of “{name}”" if key.slice is not None else f"The image “{name}”"
         notifications.show_warning(
-            f"{where} of “{self._image.name}” looks uniform to SAM at these contrast limits, so "
+            f"{where} looks uniform to SAM at these contrast limits, so "
             "its masks will be meaningless; adjust the contrast limits or choose another slice."
         )
 
@@ -1207,6 +1212,12 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         labels_plane = np.asarray(labels.data[k] if k is not None else labels.data)
         next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
         plan = plan_commit(labels_plane, preview_plane, next_id, self.overwrite_check.isChecked())
+        if not preview_plane.any():
+            notifications.show_info(
+                "Nothing to commit: SAM found no object at these prompts; move the points, add "
+                "some, or draw a box."
+            )
+            return
         if not plan:
             notifications.show_info(
                 "Nothing new to commit: the preview lies on existing objects (tick “Overwrite "

@@ -367,7 +367,8 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
 ):
     viewer = make_napari_viewer()
     viewer.add_image(stack, name="nuclei")
-    widget = make_widget(viewer, model)
+    widget = make_widget(viewer)
+    widget.set_model(model, "fast", "vit_b on cuda")  # as if loaded on a GPU (weights on cpu)
     real_encode = interactive.encode_plane
 
     def encode_with_fallback(*args, **kwargs):
@@ -380,6 +381,7 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
     settle(qtbot, widget)
     assert notes["warning"] == [FALLBACK]
     assert widget.preview_layer.data[2].any()  # the result still arrives
+    assert widget.model_label.text() == "Model: vit_b on cpu (moved from cuda: out of memory)"
 
     def out_of_memory(*args, **kwargs):
         raise OutOfMemoryError("This slice does not fit in memory, even on the CPU.")

@@ -58,6 +58,7 @@ from .common import (
     layer_geometry,
     layer_layout,
     load_sam,
+    model_label_text,
     relay_worker_warnings,
 )
 from .prompts import current_slice, layer_affine
@@ -526,6 +527,8 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
             return
         notifications.show_warning(message)
         self._set_status(message)
+        if self._model is not None:  # e.g. moved to the CPU: the label says where it is now
+            self.model_label.setText(model_label_text(self._model))
 
     def _on_aborted(self) -> None:
         if not self._closed:

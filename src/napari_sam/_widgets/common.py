@@ -39,6 +39,7 @@ __all__ = [
     "ModelChoiceMixin",
     "ModelFactory",
     "load_sam",
+    "model_label_text",
     "relay_worker_warnings",
     "write_objects",
 ]
@@ -159,6 +160,23 @@ def write_objects(layer: Labels, plan: Sequence[tuple[int, tuple]]) -> str | Non
             layer.data_setitem(index, int(oid), refresh=False)
     layer.refresh()
     return note
+
+
+def model_label_text(model: LoadedModel) -> str:
+    """"Model: …" for the widget, naming the device the model's weights are on now.
+
+    After an out-of-memory fallback the core moves the model to the CPU; the
+    label then says so instead of the device it was loaded on.
+    """
+    text = f"Model: {model.description}"
+    try:
+        device = next(model.sam.parameters()).device.type
+    except (AttributeError, StopIteration, TypeError):
+        return text
+    loaded_on = model.description.rsplit(" on ", 1)
+    if len(loaded_on) == 2 and loaded_on[1].split(":")[0] != device:
+        text = f"Model: {loaded_on[0]} on {device} (moved from {loaded_on[1]}: out of memory)"
+    return text
 
 
 def relay_worker_warnings(worker: Any, on_fallback: Callable[[str], Any]) -> None:

@@ -78,6 +78,7 @@ from .common import (
     layer_geometry,
     layer_layout,
     load_sam,
+    model_label_text,
     relay_worker_warnings,
     write_objects,
 )
@@ -516,6 +517,8 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
             return
         notifications.show_warning(message)
         self._set_status(message)
+        if self._model is not None:  # e.g. moved to the CPU: the label says where it is now
+            self.model_label.setText(model_label_text(self._model))
 
     def _no_image(self) -> bool:
         """Tell the user to choose an image if there is none (True then)."""

@@ -257,3 +257,39 @@ def test_cli_passes_precision(vit_t_file, tmp_path, monkeypatch):
                      "--points-per-side", "4", "--quiet"])
     assert code == 0 and out.is_file()
     assert seen["precision"] == "bf16" and seen["compile"] is None
+
+
+@pytest.mark.parametrize("model_type", ["small", "vit_t"])
+def test_attention_calls_can_use_fused_gpu_kernels(model_type, monkeypatch):
+    """Every SDPA call of the encoders gets 4D q/k/v and a mask of q's dtype.
+
+    PyTorch's fused CUDA kernels (flash, memory-efficient) refuse 3D inputs and
+    masks of another dtype, silently falling back to the unfused kernel that
+    holds the whole attention matrix: this guards the GPU fast path on a CPU.
+    """
+    import torch.nn.functional as F
+
+    from napari_sam.model.build import CONFIGS
+
+    torch.manual_seed(0)
+    sam = build_sam(SMALL if model_type == "small" else CONFIGS["vit_t"]).eval()
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.ndim, k.ndim, v.ndim, q.dtype,
+                      None if attn_mask is None else (attn_mask.ndim, attn_mask.dtype)))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    x = sam.preprocess(torch.rand(1, 3, 1024, 1024) * 255)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        calls.clear()
+        sam.precision = precision
+        with torch.no_grad():
+            sam.encode(x)
+        assert calls, "the encoder did not use SDPA"
+        for q_nd, k_nd, v_nd, q_dtype, mask in calls:
+            assert (q_nd, k_nd, v_nd) == (4, 4, 4)
+            assert q_dtype == dtype
+            assert mask is None or mask == (4, dtype)

@@ -102,7 +102,7 @@ def _attention_with_rel_pos(
     budget = attention_mask_budget(q.device)
     if n * length * keys <= budget:
         mask = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, length, keys)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return _sdpa(q, k, v, mask)
 
     rows = max(1, min(length, budget // keys))
     group = max(1, budget // (rows * keys))
@@ -115,10 +115,23 @@ def _attention_with_rel_pos(
             mask = (h[..., :, None] + rel_w[sl_n, sl_l][..., None, :]).reshape(
                 h.shape[0], h.shape[1], keys
             )
-            out[sl_n, sl_l] = F.scaled_dot_product_attention(
-                q[sl_n, sl_l], k[sl_n], v[sl_n], attn_mask=mask
-            )
+            out[sl_n, sl_l] = _sdpa(q[sl_n, sl_l], k[sl_n], v[sl_n], mask)
     return out
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SDPA on ``(N, L, D)`` tensors, passed as ``(1, N, L, D)``.
+
+    PyTorch's fused CUDA kernels (flash, memory-efficient) only accept 4D
+    inputs; 3D ones silently fall back to the unfused kernel, which holds the
+    whole attention matrix. The extra axis costs nothing on a CPU.
+    """
+    out = F.scaled_dot_product_attention(
+        q[None], k[None], v[None], attn_mask=None if mask is None else mask[None]
+    )
+    return out[0]
 
 
 class Attention(nn.Module):
@@ -175,7 +188,7 @@ class Attention(nn.Module):
             rel_w = torch.einsum("nhwd,wkd->nhwk", grid_q, table_w).reshape(b * heads, h * w, w)
             out = _attention_with_rel_pos(q, k, v, rel_h, rel_w)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = _sdpa(q, k, v)
         out = out.reshape(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, c)
         return self.proj(out)
 

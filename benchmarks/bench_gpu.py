@@ -18,6 +18,8 @@ so that those paths carry signal, copied into ours). Figures:
 - **amg**: seconds per 1024² image of the automatic mask generator
   (``--amg-points`` per side), ours (``points_per_batch=None``) vs the reference
   (its default 64), with SAM's thresholds and with permissive ones.
+- **compile**: first-call seconds (compilation) and then ms/image of the
+  encoder after ``Sam.compile_encoder`` (``--compile-model``, batch 1).
 - **volume**: slices/s encoding a stack with :class:`StackEmbeddings`
   (memory-bounded batches) vs the reference ``set_image`` per slice.
 
@@ -231,6 +233,36 @@ def bench_encoder(model_type, ref, ours, device, batches, repeats, fast_precisio
     return out
 
 
+def bench_compile(model_type, ours, device, repeats, backend="inductor") -> dict:
+    """Warm-up cost and steady-state speed of ``Sam.compile_encoder`` (batch 1)."""
+    import copy
+
+    model = copy.deepcopy(ours)
+    x = torch.rand(1, 3, model.img_size, model.img_size, device=device) * 255
+
+    def run():
+        with torch.no_grad():
+            model.encode(model.preprocess(x))
+
+    t0 = time.perf_counter()
+    model.compile_encoder(backend=backend)
+    run()
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    t = timed(run, device, repeats, warmup=1)
+    out = {
+        "model": model_type,
+        "backend": backend,
+        "precision": _precision_label(model),
+        "first_call_s": warmup_s,
+        "ms_per_image": t["median_s"] * 1000,
+        "times_s": t["times_s"],
+    }
+    print(f"  compile {model_type}: first call {warmup_s:.1f} s, then "
+          f"{out['ms_per_image']:.1f} ms/image", file=sys.stderr)
+    return out
+
+
 def _precision_label(sam) -> str:
     dtype = sam.encoder_dtype
     return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
@@ -289,7 +321,8 @@ def bench_click(model_type, ref, ours, image, device, repeats) -> dict:
     return out
 
 
-def bench_amg(model_type, ref, ours, image, device, points, repeats) -> dict:
+def bench_amg(model_type, ref, ours, image, device, points, repeats,
+              which=("default", "permissive")) -> dict:
     if model_type == "vit_t":
         from mobile_sam import SamAutomaticMaskGenerator as RefAmg
     else:
@@ -302,6 +335,8 @@ def bench_amg(model_type, ref, ours, image, device, points, repeats) -> dict:
     }
     out: dict = {"model": model_type, "points_per_side": points, "size": list(image.shape[:2])}
     for name, kw in settings.items():
+        if name not in which:
+            continue
         for impl in ("reference", "ours"):
             _reset_peak(device)
             if impl == "reference":
@@ -372,12 +407,15 @@ def run(args: argparse.Namespace) -> dict:
         )
         result["accuracy"][model_type] = bench_accuracy(ours, image, args.fast_precision)
         ours.precision = args.fast_precision
+        if model_type == args.compile_model:
+            result["compile"] = bench_compile(model_type, ours, device, args.repeats,
+                                              args.compile_backend)
         if model_type == args.click_model:
             result["click"] = bench_click(model_type, ref, ours, image, device,
                                           args.click_repeats)
         if model_type == args.amg_model:
             result["amg"] = bench_amg(model_type, ref, ours, image, device, args.amg_points,
-                                      args.amg_repeats)
+                                      args.amg_repeats, args.amg_settings.split(","))
         if model_type == args.volume_model:
             result["volume"] = bench_volume(model_type, ref, ours, device, args.volume_slices,
                                             args.size)
@@ -423,7 +461,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--amg-model", default="vit_h")
     parser.add_argument("--amg-points", type=int, default=32)
     parser.add_argument("--amg-repeats", type=int, default=2)
+    parser.add_argument("--amg-settings", default="default,permissive",
+                        help="thresholds: SAM's (default) and/or none (permissive)")
     parser.add_argument("--volume-model", default="vit_b")
+    parser.add_argument("--compile-model", default="vit_b",
+                        help="model whose torch.compile warm-up and speed are measured "
+                        "('none' to skip)")
+    parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--volume-slices", type=int, default=64)
     parser.add_argument("--smoke", action="store_true",
                         help="toy sizes on any device, to test this script")
@@ -433,6 +477,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.models = ["vit_t"]
         args.batches, args.repeats, args.warmup, args.size = "1,2", 1, 0, 256
         args.click_model = args.amg_model = args.volume_model = "vit_t"
+        args.compile_model, args.compile_backend = "vit_t", "eager"  # no compiler needed
+        args.amg_settings = "permissive"
         args.click_repeats, args.amg_points, args.amg_repeats, args.volume_slices = 2, 3, 1, 2
         if args.fast_precision == "auto" and args.device == "cpu":
             args.fast_precision = "bf16"  # exercise the autocast path on the CPU

@@ -142,6 +142,19 @@ def release_cached_memory(device: torch.device | str | None = None) -> None:
             mps.empty_cache()
 
 
+_OUT_OF_MEMORY = object()
+
+
+def _attempt(process: Callable[[Sequence[T]], Sequence[Any]], batch: Sequence[T]) -> Any:
+    """``list(process(batch))``, or :data:`_OUT_OF_MEMORY` if that ran out of memory."""
+    try:
+        return list(process(batch))
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            return _OUT_OF_MEMORY
+        raise
+
+
 def run_batches(
     items: Sequence[T],
     process: Callable[[Sequence[T]], Sequence[Any]],
@@ -209,13 +222,10 @@ def run_batches(
         if should_cancel is not None and should_cancel():
             break
         batch = items[start : start + size]
-        try:
-            out = list(process(batch))
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
+        out = _attempt(process, batch)
+        if out is _OUT_OF_MEMORY:
+            # Outside the ``except`` block: the failed batch's tensors are freed now.
             dev = device() if device is not None else None
-            del exc  # drop the traceback, which holds the failed batch's tensors
             release_cached_memory(dev)
             if len(batch) > 1:
                 size = max(1, len(batch) // 2)
@@ -244,7 +254,7 @@ def run_batches(
             raise OutOfMemoryError(
                 f"There is not enough {memory} to process even one of the {what}; close "
                 "other programs, use a smaller model (vit_t) or a smaller image."
-            ) from None
+            )
         if per_item and len(out) != len(batch):
             raise RuntimeError(
                 f"Internal error: {len(batch)} {what} gave {len(out)} results."

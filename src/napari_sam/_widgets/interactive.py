@@ -343,6 +343,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         self.load_button.clicked.connect(self.load_model)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self._cancel)
+        self.cancel_button.setToolTip("Stop downloading the model, or encoding the current slice.")
         self.cancel_button.setEnabled(False)
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.cancel_button)
@@ -1598,6 +1599,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         self._closed = True
         self._timer.stop()
         self._cancel_load.set()
+        self._cancel_encode.set()
         self._cancel_job.set()
         for emitter, callback in self._connections:
             try:

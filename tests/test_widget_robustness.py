@@ -382,6 +382,11 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
     assert notes["warning"] == [FALLBACK]
     assert widget.preview_layer.data[2].any()  # the result still arrives
     assert widget.model_label.text() == "Model: vit_b on cpu (moved from cuda: out of memory)"
+    # "Load model" loads it again where the user asked (here: the factory's stand-in)
+    widget.model_factory = lambda *a, **k: interactive.LoadedModel(model, "fast", "fast on cpu")
+    widget.load_model()
+    settle(qtbot, widget)
+    assert widget.model_label.text() == "Model: fast on cpu"
 
     def out_of_memory(*args, **kwargs):
         raise OutOfMemoryError("This slice does not fit in memory, even on the CPU.")

@@ -59,6 +59,7 @@ from .common import (
     layer_layout,
     load_sam,
     model_label_text,
+    model_moved,
     relay_worker_warnings,
 )
 from .prompts import current_slice, layer_affine
@@ -438,6 +439,8 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         contrast = tuple(float(c) for c in image.contrast_limits)
         cancel = threading.Event()
         model = self._model if self._model_source == self._model_request() else None
+        if model is not None and model_moved(model):
+            model = None  # moved to the CPU after running out of memory: load it again
         job = _Job(
             image=image, data=image.data, layout=layout, slice=k, settings=settings, cancel=cancel
         )

@@ -40,6 +40,7 @@ __all__ = [
     "ModelFactory",
     "load_sam",
     "model_label_text",
+    "model_moved",
     "relay_worker_warnings",
     "write_objects",
 ]
@@ -162,21 +163,35 @@ def write_objects(layer: Labels, plan: Sequence[tuple[int, tuple]]) -> str | Non
     return note
 
 
+def _devices(model: LoadedModel) -> tuple[str, str] | None:
+    """(device named in the description, device the weights are on now), if both are known."""
+    try:
+        now = next(model.sam.parameters()).device.type
+    except (AttributeError, StopIteration, TypeError):
+        return None
+    parts = model.description.rsplit(" on ", 1)
+    if len(parts) != 2:
+        return None
+    return parts[1].split(":")[0], now
+
+
+def model_moved(model: LoadedModel) -> bool:
+    """Whether the core moved the model off the device it was loaded on (out of memory)."""
+    devices = _devices(model)
+    return devices is not None and devices[0] != devices[1]
+
+
 def model_label_text(model: LoadedModel) -> str:
     """"Model: …" for the widget, naming the device the model's weights are on now.
 
     After an out-of-memory fallback the core moves the model to the CPU; the
     label then says so instead of the device it was loaded on.
     """
-    text = f"Model: {model.description}"
-    try:
-        device = next(model.sam.parameters()).device.type
-    except (AttributeError, StopIteration, TypeError):
-        return text
-    loaded_on = model.description.rsplit(" on ", 1)
-    if len(loaded_on) == 2 and loaded_on[1].split(":")[0] != device:
-        text = f"Model: {loaded_on[0]} on {device} (moved from {loaded_on[1]}: out of memory)"
-    return text
+    if not model_moved(model):
+        return f"Model: {model.description}"
+    name, loaded_on = model.description.rsplit(" on ", 1)
+    now = _devices(model)[1]
+    return f"Model: {name} on {now} (moved from {loaded_on}: out of memory)"
 
 
 def relay_worker_warnings(worker: Any, on_fallback: Callable[[str], Any]) -> None:

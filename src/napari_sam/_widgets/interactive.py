@@ -79,6 +79,7 @@ from .common import (
     layer_layout,
     load_sam,
     model_label_text,
+    model_moved,
     relay_worker_warnings,
     write_objects,
 )
@@ -808,7 +809,9 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         if self._load_worker is not None:
             return
         if self._model is not None and self._model_source == request:
-            return
+            if not model_moved(self._model):
+                return
+            self._model = self._predictor = None  # moved to the CPU: load it again where asked
         self._cancel_load.clear()
         self._load_request = request
         worker = _load_job(self.model_factory, request, self._relay, self._cancel_load)

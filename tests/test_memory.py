@@ -173,3 +173,24 @@ def test_set_image_oom_on_cpu_says_what_to_do():
     with pytest.raises(OutOfMemoryError, match="smaller model"):
         predictor.set_image(np.zeros((32, 32, 3), np.uint8))
     assert not predictor.is_image_set
+
+
+def test_cli_prints_fallback_warnings_as_one_line(tmp_path, monkeypatch, capsys):
+    """``napari-sam embed`` on a "GPU" that fits one slice: a one-line warning, all slices."""
+    import tifffile
+
+    from napari_sam import cli, weights
+
+    sam = fast_sam()
+    sam.image_encoder = _OomAboveEncoder(sam.image_encoder, limit=1)
+    monkeypatch.setattr(weights, "load_model", lambda *a, **k: sam)
+    stack = np.random.default_rng(0).integers(0, 4000, (5, 40, 48), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    out = tmp_path / "emb"
+    code = cli.main(["embed", str(tmp_path / "stack.tif"), "-o", str(out), "--batch-size", "2",
+                     "--quiet", "--device", "cpu", "--model", "vit_t"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "napari-sam: warning: Not enough memory for 2 slices at once; continuing with 1" in err
+    assert "DeviceFallbackWarning" not in err and "warnings.warn" not in err
+    assert len(list(out.rglob("*.npz"))) == 5

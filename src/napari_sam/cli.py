@@ -22,9 +22,11 @@ shown only with ``--debug``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -786,6 +788,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """Show napari-sam's own warnings (e.g. a GPU out-of-memory fallback) as one line."""
+    from napari_sam.errors import DeviceFallbackWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, DeviceFallbackWarning):
+            print(f"{PROG}: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``napari-sam`` command.
 
@@ -812,7 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     debug = bool(getattr(args, "debug", False))
     try:
-        return int(handler(args) or 0)
+        with _plain_warnings():
+            return int(handler(args) or 0)
     except NapariSamError as exc:
         if debug:
             traceback.print_exc()

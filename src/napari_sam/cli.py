@@ -388,7 +388,8 @@ def _run_embed(args: argparse.Namespace) -> int:
     n = stack.shape[0] if slices is None else len(slices)
     print(
         f"{Path(args.input).name}: {n} slice{'s' if n != 1 else ''}, {encoded} encoded, "
-        f"{n - encoded} already cached; model {embeddings.model_id} on {device}, contrast "
+        f"{n - encoded} already cached; model {embeddings.model_id} on {sam.device} "
+        f"({_precision_name(sam)} encoder), contrast "
         f"{contrast[0]:g}–{contrast[1]:g}; {time.perf_counter() - t0:.1f} s",
         file=sys.stderr,
     )
@@ -786,6 +787,12 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS:
         add(subparsers)
     return parser
+
+
+def _precision_name(sam: Any) -> str:
+    """``"float32"``, ``"bfloat16"`` or ``"float16"``: the encoder precision in use."""
+    dtype = getattr(sam, "encoder_dtype", None)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 @contextlib.contextmanager

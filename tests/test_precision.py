@@ -293,3 +293,15 @@ def test_attention_calls_can_use_fused_gpu_kernels(model_type, monkeypatch):
             assert (q_nd, k_nd, v_nd) == (4, 4, 4)
             assert q_dtype == dtype
             assert mask is None or mask == (4, dtype)
+
+
+def test_widget_model_label_names_a_reduced_precision(sam):
+    from napari_sam._widgets.common import LoadedModel, model_label_text
+
+    loaded = LoadedModel(sam, "vit_b", "vit_b on cpu")
+    assert model_label_text(loaded) == "Model: vit_b on cpu"  # fp32: nothing to say
+    sam.precision = "bf16"
+    try:
+        assert model_label_text(loaded) == "Model: vit_b on cpu, bf16 encoder"
+    finally:
+        sam.precision = "auto"

@@ -188,10 +188,22 @@ def model_label_text(model: LoadedModel) -> str:
     label then says so instead of the device it was loaded on.
     """
     if not model_moved(model):
-        return f"Model: {model.description}"
+        return f"Model: {model.description}{_precision_note(model)}"
     name, loaded_on = model.description.rsplit(" on ", 1)
     now = _devices(model)[1]
     return f"Model: {name} on {now} (moved from {loaded_on}: out of memory)"
+
+
+def _precision_note(model: LoadedModel) -> str:
+    """``", bf16 encoder"``-style note when the encoder is not float32 (the GPU fast path)."""
+    try:
+        dtype = model.sam.encoder_dtype
+    except Exception:  # a stand-in model without the attribute: say nothing
+        return ""
+    if dtype is None:
+        return ""
+    short = {"bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).removeprefix("torch."))
+    return f", {short or dtype} encoder"
 
 
 def relay_worker_warnings(worker: Any, on_fallback: Callable[[str], Any]) -> None:

@@ -10,6 +10,7 @@ with the image's geometry, once, as one undo step. Models have random weights
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from napari_sam.errors import CheckpointError
 from napari_sam.model.build import build_sam
 from napari_sam.segment import AutoSettings, segment
 from reference import SMALL
-from widget_helpers import capture_notifications, dock
+from widget_helpers import automatic_widget, capture_notifications
 
 SCALE = (2.0, 0.5, 0.7)
 TRANSLATE = (10.0, -3.0, 5.0)
@@ -47,15 +48,7 @@ def notes(monkeypatch):
     return capture_notifications(monkeypatch, automatic)
 
 
-def make_widget(viewer, model=None, **kwargs):
-    widget = dock(viewer, AutomaticSegmentationWidget(viewer, **kwargs), model)
-    # relaxed thresholds: random weights give noise masks, but masks
-    widget.points_spin.setValue(4)
-    widget.iou_spin.setValue(0.0)
-    widget.stability_spin.setValue(0.0)
-    widget.min_area_spin.setValue(0)
-    widget.max_area_spin.setValue(1.0)
-    return widget
+make_widget = partial(automatic_widget, points=4)
 
 
 def wait(qtbot, widget):

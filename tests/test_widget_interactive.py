@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from napari_sam.image import to_sam_rgb
 from napari_sam.model.build import build_sam
 from napari_sam.predictor import SamPredictor
 from reference import SMALL
-from widget_helpers import capture_notifications, dock, wait_idle
+from widget_helpers import capture_notifications, interactive_widget, wait_idle
 
 SCALE = (2.0, 0.5, 0.7)
 TRANSLATE = (10.0, -3.0, 5.0)
@@ -82,13 +83,7 @@ def notes(monkeypatch):
     return capture_notifications(monkeypatch, interactive)
 
 
-def make_widget(viewer, model=None, **kwargs):
-    return dock(
-        viewer,
-        InteractiveSegmentationWidget(viewer, debounce_ms=10, **kwargs),
-        model,
-        "small-random",
-    )
+make_widget = partial(interactive_widget, model_name="small-random")
 
 
 def settle(qtbot, widget):

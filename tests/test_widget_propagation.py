@@ -13,17 +13,18 @@ fast pooling stand-in (``volume_models.fast_sam``), so encoding takes millisecon
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 
 from napari_sam._sample_data import make_nuclei_3d
 from napari_sam._widgets import interactive
-from napari_sam._widgets.interactive import InteractiveSegmentationWidget, LoadedModel
+from napari_sam._widgets.interactive import LoadedModel
 from napari_sam.propagation import PropagationSettings, plan_write
 from napari_sam.volume import DiskCache, StackEmbeddings, propagate
 from volume_models import EncoderCalls, fast_sam
-from widget_helpers import capture_notifications, dock, wait_idle
+from widget_helpers import capture_notifications, interactive_widget, wait_idle
 
 SCALE = (2.0, 0.5, 0.7)
 TRANSLATE = (10.0, -3.0, 5.0)
@@ -48,10 +49,7 @@ def notes(monkeypatch):
     return capture_notifications(monkeypatch, interactive)
 
 
-def make_widget(viewer, model=None, **kwargs):
-    return dock(
-        viewer, InteractiveSegmentationWidget(viewer, debounce_ms=10, **kwargs), model, "small-fast"
-    )
+make_widget = partial(interactive_widget, model_name="small-fast")
 
 
 def settle(qtbot, widget):

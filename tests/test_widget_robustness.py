@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -20,15 +21,18 @@ import pytest
 from napari_sam import weights
 from napari_sam._sample_data import make_nuclei_3d
 from napari_sam._widgets import automatic, interactive
-from napari_sam._widgets.automatic import AutomaticSegmentationWidget
-from napari_sam._widgets.interactive import InteractiveSegmentationWidget
 from napari_sam.errors import DeviceFallbackWarning, OutOfMemoryError
 from napari_sam.image import to_sam_rgb
 from napari_sam.predictor import SamPredictor
 from napari_sam.propagation import PropagationSettings
 from napari_sam.volume import DiskCache
 from volume_models import fast_sam, small_sam
-from widget_helpers import capture_notifications, dock, wait_idle
+from widget_helpers import (
+    automatic_widget,
+    capture_notifications,
+    interactive_widget,
+    wait_idle,
+)
 
 TIMEOUT = 60_000
 LAX = PropagationSettings(min_score=0.0, min_overlap=0.0, min_area=1)
@@ -52,20 +56,8 @@ def notes(monkeypatch):
     return capture_notifications(monkeypatch, interactive)
 
 
-def make_widget(viewer, model=None, **kwargs):
-    return dock(
-        viewer, InteractiveSegmentationWidget(viewer, debounce_ms=10, **kwargs), model, "fast"
-    )
-
-
-def make_auto(viewer, model=None, **kwargs):
-    widget = dock(viewer, AutomaticSegmentationWidget(viewer, **kwargs), model, "fast")
-    widget.points_spin.setValue(2)
-    widget.iou_spin.setValue(0.0)
-    widget.stability_spin.setValue(0.0)
-    widget.min_area_spin.setValue(0)
-    widget.max_area_spin.setValue(1.0)
-    return widget
+make_widget = partial(interactive_widget, model_name="fast")
+make_auto = partial(automatic_widget, model_name="fast", points=2)
 
 
 def settle(qtbot, widget):

@@ -394,7 +394,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         """Use an already built model (scripting, tests); ``model_id`` names its weights."""
         self._model = LoadedModel(sam, model_id, description or model_id)
         self._model_source = self._model_request()
-        self.model_label.setText(f"Model: {self._model.description}")
+        self.model_label.setText(model_label_text(self._model))
 
     # ------------------------------------------------------------------ run
     def run(self, scope: str | None = None) -> None:
@@ -492,7 +492,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         elif isinstance(event, _ModelReady):
             self._model = event.model
             self._model_source = event.request
-            self.model_label.setText(f"Model: {event.model.description}")
+            self.model_label.setText(model_label_text(event.model))
         elif isinstance(event, SegmentProgress):
             total = max(event.total, 1)
             self.progress_bar.setRange(0, total)
@@ -523,15 +523,6 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         log.error("napari-sam automatic segmentation failed", exc_info=exc)
         if not self._closed:
             self._report(exc, expected=False)
-
-    def _on_fallback(self, message: str) -> None:
-        """The run had to use less memory (smaller batches, or the CPU): say so."""
-        if self._closed:
-            return
-        notifications.show_warning(message)
-        self._set_status(message)
-        if self._model is not None:  # e.g. moved to the CPU: the label says where it is now
-            self.model_label.setText(model_label_text(self._model))
 
     def _on_aborted(self) -> None:
         if not self._closed:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
+from napari.utils import notifications
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QComboBox,
@@ -328,6 +329,18 @@ class ModelChoiceMixin:
     model_combo: QComboBox
     checkpoint_edit: QLineEdit
     device_combo: QComboBox
+
+    def _on_fallback(self, message: str) -> None:
+        """A worker had to use less memory (smaller batches, or the CPU): say so.
+
+        Needs the widget's ``_closed``, ``_set_status``, ``_model`` and ``model_label``.
+        """
+        if self._closed:
+            return
+        notifications.show_warning(message)
+        self._set_status(message)
+        if self._model is not None:  # e.g. moved to the CPU: the label says where it is now
+            self.model_label.setText(model_label_text(self._model))
 
     def _add_image_and_model_rows(self, form: QFormLayout) -> None:
         self.image_picker = _LayerPicker(Image)

@@ -513,15 +513,6 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
             notifications.show_error(f"{type(exc).__name__}: {exc}")
         self._set_status(str(exc))
 
-    def _on_fallback(self, message: str) -> None:
-        """A worker had to use less memory (smaller batches, or the CPU): say so."""
-        if self._closed:
-            return
-        notifications.show_warning(message)
-        self._set_status(message)
-        if self._model is not None:  # e.g. moved to the CPU: the label says where it is now
-            self.model_label.setText(model_label_text(self._model))
-
     def _no_image(self) -> bool:
         """Tell the user to choose an image if there is none (True then)."""
         if self._image is not None and self._layout is not None:
@@ -800,7 +791,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         self._model = LoadedModel(sam, model_id, description or model_id)
         self._model_source = self._model_request()
         self._predictor = SamPredictor(sam)
-        self.model_label.setText(f"Model: {self._model.description}")
+        self.model_label.setText(model_label_text(self._model))
         self._schedule()
 
     def load_model(self) -> None:

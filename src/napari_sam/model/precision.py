@@ -75,11 +75,12 @@ def check_precision(precision: str) -> str:
 
 
 def _cuda_bf16_supported(device: torch.device) -> bool:
+    """Whether the GPU has bfloat16 tensor cores (compute capability 8.0, Ampere, or newer)."""
     try:
-        with torch.cuda.device(device):
-            return bool(torch.cuda.is_bf16_supported())
+        major, _minor = torch.cuda.get_device_capability(device)
     except Exception:  # a driver problem: use fp16, which every CUDA GPU has
         return False
+    return major >= 8
 
 
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:

@@ -464,3 +464,21 @@ def test_decoder_out_of_memory_halves_the_batch(toy_model, monkeypatch):
         records = gen.generate(IMAGE)
     assert gen.points_per_batch == 16 and sizes[:3] == [64, 32, 16]
     _assert_same_records(records, ref)
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 13, 64, 203])
+def test_packbits_rows_equals_numpy(width):
+    from napari_sam.automatic import _packbits_rows
+
+    masks = torch.rand(3, 5, width, generator=torch.Generator().manual_seed(width)) > 0.5
+    packed = _packbits_rows(masks)
+    assert packed.dtype == torch.uint8
+    np.testing.assert_array_equal(packed.numpy(), np.packbits(masks.numpy(), axis=-1))
+
+
+def test_masks_packed_on_the_device_give_the_same_records(toy_model, monkeypatch):
+    """The GPU's transfer (bits packed before the copy, rows unpacked per box)."""
+    ref = SamAutomaticMaskGenerator(toy_model, **CONFIGS["crops+small-regions"]).generate(IMAGE)
+    monkeypatch.setattr(SamAutomaticMaskGenerator, "_packs_on_device", lambda self: True)
+    gen = SamAutomaticMaskGenerator(toy_model, **CONFIGS["crops+small-regions"])
+    _assert_same_records(gen.generate(IMAGE), ref)

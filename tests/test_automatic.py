@@ -25,10 +25,10 @@ from napari_sam.automatic import (
     AmgProgress,
     MaskGenerationCancelled,
     MaskGeneratorConfigError,
-    _SharedImageDecoder,
 )
 from napari_sam.errors import ImageFormatError, NapariSamError
 from napari_sam.model.sam import Sam
+from napari_sam.model.shared_decoder import SharedImageDecoder
 
 RefGenerator = pytest.importorskip("segment_anything").SamAutomaticMaskGenerator
 
@@ -340,23 +340,23 @@ def test_tiny_images(toy_model, shape):
 
 # ============================================================================= decoder choice
 def test_toy_model_uses_generic_decoder(toy_model):
-    assert not _SharedImageDecoder.supports(toy_model)
+    assert not SharedImageDecoder.supports(toy_model)
     assert not SamAutomaticMaskGenerator(toy_model)._fast_decoder
 
 
 def test_small_model_uses_fast_decoder(small_model):
-    assert _SharedImageDecoder.supports(small_model)
+    assert SharedImageDecoder.supports(small_model)
     assert SamAutomaticMaskGenerator(small_model)._fast_decoder
 
 
 def test_fast_decoder_falls_back_when_it_disagrees(small_model, monkeypatch):
-    original = _SharedImageDecoder.decode
+    original = SharedImageDecoder.decode
 
     def broken(self, sparse):
         iou, low_res_for = original(self, sparse)
         return iou + 0.5, low_res_for
 
-    monkeypatch.setattr(_SharedImageDecoder, "decode", broken)
+    monkeypatch.setattr(SharedImageDecoder, "decode", broken)
     gen = SamAutomaticMaskGenerator(small_model, points_per_side=2, pred_iou_thresh=0.0,
                                     stability_score_thresh=0.0)
     with pytest.warns(RuntimeWarning, match="disagrees"):

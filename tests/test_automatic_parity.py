@@ -19,7 +19,7 @@ import torch
 from conftest import smooth_image
 from napari_sam import SamAutomaticMaskGenerator, SamPredictor
 from napari_sam.amg_utils import remove_small_regions
-from napari_sam.automatic import _SharedImageDecoder
+from napari_sam.model.shared_decoder import SharedImageDecoder
 
 RefGenerator = pytest.importorskip("segment_anything").SamAutomaticMaskGenerator
 
@@ -66,7 +66,7 @@ def test_shared_image_decoder_matches_mask_decoder(small_model, n_points):
         image_embeddings=predictor.features, image_pe=pe, sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense, multimask_output=True,
     )
-    fast = _SharedImageDecoder(small_model, predictor.features, pe, dense[:1])
+    fast = SharedImageDecoder(small_model, predictor.features, pe, dense[:1])
     iou, low_res_for = fast.decode(sparse)
     torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
     # Any subset of masks, in any grouping of prompts.

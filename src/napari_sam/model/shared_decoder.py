@@ -1,0 +1,307 @@
+"""SAM's mask decoder for many point prompts on one image embedding.
+
+An algebraic re-arrangement of :class:`~napari_sam.model.mask_decoder.MaskDecoder`
+(same weights, same result up to floating-point rounding) that never copies
+the image embedding per prompt; the automatic mask generator decodes its
+point grid with it. :meth:`SharedImageDecoder.supports` says whether a model
+has the structure it relies on; the automatic mask generator also checks its
+first output against the model's own decoder and falls back to it on any
+disagreement.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sam import Sam
+
+__all__ = ["SharedImageDecoder"]
+
+
+class SharedImageDecoder:
+    """SAM's mask decoder for many point prompts on one image embedding.
+
+    Computes what ``model.mask_decoder(..., multimask_output=True)`` computes
+    (same weights, same operations up to floating-point rounding) without
+    copying the image embedding per prompt:
+
+    - In the first two-way block the image tokens are the same for every
+      prompt, so their key/value projections (token→image attention) and query
+      projection (image→token attention) are computed once.
+    - In later blocks, the attention projections on the image side are folded
+      into the prompt side: with only a handful of tokens per prompt,
+      ``q · (W_k x)`` is computed as ``(W_kᵀ q) · x`` and ``Σ p x W_vᵀ`` as
+      ``(Σ p x) W_vᵀ``, and the output projection is applied to the token
+      values before the attention weights.
+    - The final token→image attention is computed only for the output tokens.
+    - IoU predictions are available before any upscaling, and masks are
+      upscaled (transposed convolutions as matrix products) only for the
+      prompts and outputs asked for.
+    """
+
+    def __init__(
+        self, model: Sam, features: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+    ) -> None:
+        self.dec = model.mask_decoder
+        self.tr = self.dec.transformer
+        src = features + dense  # (1, C, h, w)
+        _, _, h, w = src.shape
+        self.hw = (h, w)
+        self.keys0 = src.flatten(2).transpose(1, 2)  # (1, HW, C)
+        self.key_pe = image_pe.flatten(2).transpose(1, 2)
+        kpe = self.keys0 + self.key_pe
+        first = self.tr.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        self.k0 = t2i.k_proj(kpe)
+        self.v0 = t2i.v_proj(self.keys0)
+        self.q0 = i2t.q_proj(kpe)
+
+    # -------------------------------------------------------------- structure check
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether ``model`` has the structure of SAM's mask decoder."""
+        try:
+            dec = model.mask_decoder
+            tr = dec.transformer
+            attns = [tr.final_attn_token_to_image]
+            for layer in tr.layers:
+                attns += [layer.self_attn, layer.cross_attn_token_to_image,
+                          layer.cross_attn_image_to_token]
+                for name in ("norm1", "norm2", "norm3", "norm4", "mlp"):
+                    if not isinstance(getattr(layer, name), nn.Module):
+                        return False
+                if not isinstance(layer.skip_first_layer_pe, bool):
+                    return False
+            for a in attns:
+                if not all(
+                    isinstance(getattr(a, p), nn.Linear)
+                    for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+                ):
+                    return False
+                if a.q_proj.out_features % int(a.num_heads):
+                    return False
+            up = dec.output_upscaling
+            if len(up) != 5 or not isinstance(tr.norm_final_attn, nn.Module):
+                return False
+            for conv in (up[0], up[3]):
+                if not (
+                    type(conv) is nn.ConvTranspose2d
+                    and tuple(conv.kernel_size) == (2, 2)
+                    and tuple(conv.stride) == (2, 2)
+                    and tuple(conv.padding) == (0, 0)
+                    and tuple(conv.output_padding) == (0, 0)
+                    and tuple(conv.dilation) == (1, 1)
+                    and conv.groups == 1
+                    and conv.bias is not None
+                ):
+                    return False
+            ln = up[1]
+            if ln.weight.shape != (up[0].out_channels,) or not isinstance(ln.eps, float):
+                return False
+            return (
+                len(tr.layers) >= 1
+                and len(dec.output_hypernetworks_mlps) == dec.num_mask_tokens
+                and dec.mask_tokens.weight.shape[0] == dec.num_mask_tokens
+                and isinstance(dec.iou_prediction_head, nn.Module)
+            )
+        except (AttributeError, TypeError, IndexError):
+            return False
+
+    # -------------------------------------------------------------- decoding
+    def decode(self, sparse: torch.Tensor):
+        """IoU predictions ``(B, 3)`` and a function flat-mask-indices -> low-res logits."""
+        dec, tr = self.dec, self.tr
+        b = sparse.shape[0]
+        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            [out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype), sparse], dim=1
+        )
+        query_pe = queries = tokens
+        keys = kpe = None
+        for i, layer in enumerate(tr.layers):
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(queries, queries, queries)
+            else:
+                q = queries + query_pe
+                queries = queries + layer.self_attn(q, q, queries)
+            queries = layer.norm1(queries)
+            q = queries + query_pe
+            if i == 0:
+                attn = _t2i_shared(layer.cross_attn_token_to_image, q, self.k0, self.v0)
+            else:
+                kpe = keys + self.key_pe
+                attn = _t2i_folded(layer.cross_attn_token_to_image, q, kpe, keys)
+            queries = layer.norm2(queries + attn)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            q = queries + query_pe
+            attn_module = layer.cross_attn_image_to_token
+            if i == 0:
+                keys = _i2t_shared(attn_module, self.q0, q, queries, residual=self.keys0)
+            else:
+                keys = _i2t_folded(attn_module, kpe, q, queries, residual=keys)
+            del kpe
+            keys = layer.norm4(keys)
+        n_tok = 1 + dec.num_mask_tokens
+        q = (queries + query_pe)[:, :n_tok]
+        kpe = keys + self.key_pe
+        final = _t2i_folded(tr.final_attn_token_to_image, q, kpe, keys)
+        del kpe
+        queries = tr.norm_final_attn(queries[:, :n_tok] + final)
+
+        iou = dec.iou_prediction_head(queries[:, 0])[:, 1:]  # multimask outputs
+        hyper = torch.stack(
+            [dec.output_hypernetworks_mlps[j](queries[:, 1 + j]) for j in range(1, n_tok - 1)],
+            dim=1,
+        )  # (B, 3, C/8)
+        n_out = hyper.shape[1]
+
+        def low_res_for(idx: torch.Tensor) -> torch.Tensor:
+            idx = idx.to(keys.device)
+            prompts = idx // n_out
+            uniq, inverse = torch.unique(prompts, return_inverse=True)
+            first, last = int(uniq[0]), int(uniq[-1])
+            if last - first + 1 == len(uniq):  # consecutive prompts: no gather
+                logits = self.upscale(keys[first : last + 1], hyper[first : last + 1])
+            else:
+                logits = self.upscale(keys[uniq], hyper[uniq])  # (P, 3, 4h, 4w)
+            return logits[inverse, idx % n_out]
+
+        return iou, low_res_for
+
+    def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(P, M, 4h, 4w)`` from image tokens ``(P, HW, C)`` and
+        hypernetwork weights ``(P, M, C/8)``."""
+        up = self.dec.output_upscaling
+        conv1, norm, act1, conv2, act2 = up[0], up[1], up[2], up[3], up[4]
+        p, hw, c = keys.shape
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        # A 2×2 stride-2 transposed convolution maps each pixel to a 2×2 block:
+        # a matrix product per pixel, outputs ordered (di, dj, channel).
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
+        y = torch.addmm(conv1.bias.repeat(4), keys.reshape(p * hw, c), w1)
+        y = F.layer_norm(y.view(p * hw * 4, c1), (c1,), norm.weight, norm.bias, norm.eps)
+        y = act1(y)
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        y = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # (P*HW*4, 4*C2)
+        m = hyper.shape[1]
+        logits = torch.bmm(y.view(p, hw * 16, c2), hyper.transpose(1, 2))  # (P, HW*16, M)
+        h, w = self.hw
+        logits = logits.view(p, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return logits.reshape(p, m, 4 * h, 4 * w)
+
+
+def _heads(attn: nn.Module) -> tuple[int, int]:
+    n = int(attn.num_heads)
+    return n, attn.q_proj.out_features // n
+
+
+def _t2i_shared(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Token→image attention with projected image keys/values shared by all prompts."""
+    b, nq, _ = q.shape
+    nh, d = _heads(attn)
+    qh = attn.q_proj(q).reshape(b * nq, nh, d).transpose(0, 1).unsqueeze(0)
+    kh = k[0].reshape(-1, nh, d).transpose(0, 1).unsqueeze(0)
+    vh = v[0].reshape(-1, nh, d).transpose(0, 1).unsqueeze(0)
+    out = F.scaled_dot_product_attention(qh, kh, vh)  # (1, nh, B*Nq, d)
+    out = out[0].transpose(0, 1).reshape(b, nq, nh * d)
+    return attn.out_proj(out)
+
+
+def _t2i_folded(attn: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch.Tensor):
+    """Token→image attention on per-prompt image tokens ``(B, HW, C)``.
+
+    The key projection is folded into the queries (its bias adds the same
+    value to every logit of a query and cancels in the softmax) and the value
+    projection is applied after the attention-weighted sum (weights sum to 1).
+    """
+    b, nq, _ = q.shape
+    c = keys.shape[-1]
+    nh, d = _heads(attn)
+    qh = attn.q_proj(q).reshape(b, nq, nh, d)
+    wk = attn.k_proj.weight.reshape(nh, d, c)
+    qk = torch.einsum("bthd,hdc->bhtc", qh, wk).reshape(b, nh * nq, c)
+    logits = torch.bmm(qk, kpe.transpose(1, 2)).mul_(d**-0.5)  # (B, nh*Nq, HW)
+    weights = torch.softmax(logits, dim=-1)
+    del logits
+    mixed = torch.bmm(weights, keys).reshape(b, nh, nq, c)
+    wv = attn.v_proj.weight.reshape(nh, d, c)
+    out = torch.einsum("bhtc,hdc->bthd", mixed, wv)
+    if attn.v_proj.bias is not None:
+        out = out + attn.v_proj.bias.reshape(nh, d)
+    return attn.out_proj(out.reshape(b, nq, nh * d))
+
+
+def _i2t_shared(
+    attn: nn.Module,
+    q_img: torch.Tensor,
+    q_tok: torch.Tensor,
+    v_tok: torch.Tensor,
+    residual: torch.Tensor,
+) -> torch.Tensor:
+    """``residual +`` image→token attention whose projected image queries
+    ``(1, HW, Ci)`` are shared by all prompts."""
+    b, nq, _ = q_tok.shape
+    nh, d = _heads(attn)
+    hw = q_img.shape[1]
+    k = attn.k_proj(q_tok).reshape(b, nq, nh, d)
+    qh = q_img[0].reshape(hw, nh, d).transpose(0, 1)  # (nh, HW, d)
+    kt = k.permute(2, 3, 0, 1).reshape(nh, d, b * nq)
+    logits = torch.bmm(qh, kt).mul_(d**-0.5)  # (nh, HW, B*Nq)
+    logits = logits.view(nh, hw, b, nq).permute(2, 1, 0, 3).contiguous()  # (B, HW, nh, Nq)
+    weights = _softmax_last_(logits).view(b, hw, nh * nq)
+    return _weighted_token_values(attn, weights, v_tok, residual)
+
+
+def _i2t_folded(
+    attn: nn.Module,
+    kpe: torch.Tensor,
+    q_tok: torch.Tensor,
+    v_tok: torch.Tensor,
+    residual: torch.Tensor,
+) -> torch.Tensor:
+    """``residual +`` image→token attention on per-prompt image tokens; the
+    query projection is folded into the token keys."""
+    b, nq, _ = q_tok.shape
+    nh, d = _heads(attn)
+    hw, c = kpe.shape[1:]
+    k = attn.k_proj(q_tok).reshape(b, nq, nh, d)
+    wq = attn.q_proj.weight.reshape(nh, d, c)
+    folded = torch.einsum("hdc,bthd->bcht", wq, k).reshape(b, c, nh * nq)
+    if attn.q_proj.bias is not None:
+        bias = torch.einsum("hd,bthd->bht", attn.q_proj.bias.reshape(nh, d), k)
+        logits = torch.baddbmm(bias.reshape(b, 1, nh * nq), kpe, folded)
+    else:
+        logits = torch.bmm(kpe, folded)
+    logits.mul_(d**-0.5)
+    weights = _softmax_last_(logits.view(b, hw, nh, nq)).view(b, hw, nh * nq)
+    return _weighted_token_values(attn, weights, v_tok, residual)
+
+
+def _softmax_last_(x: torch.Tensor) -> torch.Tensor:
+    """In-place softmax over a short last axis (faster than ``torch.softmax`` there)."""
+    x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=-1, keepdim=True))
+
+
+def _weighted_token_values(
+    attn: nn.Module, weights: torch.Tensor, v_tok: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """``residual + out_proj(attention · values)``, with the output projection
+    applied to the (few) token values first.
+
+    ``weights`` is ``(B, HW, heads * Nq)``; each head's weights sum to 1, so the
+    output bias is spread evenly over the heads' projected values.
+    """
+    b, nq, _ = v_tok.shape
+    nh, d = _heads(attn)
+    v = attn.v_proj(v_tok).reshape(b, nq, nh, d)
+    c = attn.out_proj.out_features
+    wo = attn.out_proj.weight.reshape(c, nh, d)
+    projected = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, nh * nq, c)
+    if attn.out_proj.bias is not None:
+        projected = projected + attn.out_proj.bias / nh
+    return torch.baddbmm(residual, weights, projected)
+
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 
 # torchvision (needed by the reference packages) imports triton; importing triton after
 # a napari viewer has created an OpenGL context segfaults. Import it first, whatever
@@ -17,6 +18,21 @@ import torch
 from reference import SMALL, build_pair
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the internet: connections beyond the loopback interface fail."""
+    original = socket.socket.connect
+
+    def guarded(sock: socket.socket, address: object) -> object:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0] if isinstance(address, tuple) else address
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                raise AssertionError(f"test tried to reach {address!r}")
+        return original(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
 @pytest.fixture(scope="session")

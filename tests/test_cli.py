@@ -33,21 +33,6 @@ PAYLOAD = b"not really a SAM checkpoint\n" * 100
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(autouse=True)
-def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refuse connections to anything but the loopback interface."""
-    original = socket.socket.connect
-
-    def guarded(sock: socket.socket, address: object) -> object:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            host = address[0] if isinstance(address, tuple) else address
-            if host not in ("127.0.0.1", "::1", "localhost"):
-                raise AssertionError(f"test tried to reach {address!r}")
-        return original(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-
-
 @pytest.fixture
 def cache(monkeypatch, tmp_path) -> Path:
     path = tmp_path / "cache"

@@ -56,21 +56,6 @@ CHUNK = 1000
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refuse connections to anything but the loopback interface."""
-    original = socket.socket.connect
-
-    def guarded(sock: socket.socket, address: object) -> object:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            host = address[0] if isinstance(address, tuple) else address
-            if host not in ("127.0.0.1", "::1", "localhost"):
-                raise AssertionError(f"test tried to reach {address!r}")
-        return original(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-
-
 class _Handler(BaseHTTPRequestHandler):
     """Serves ``files``; ``/truncated/<name>`` stops halfway, ``/nolength/<name>``
     sends no Content-Length."""

@@ -388,3 +388,41 @@ def test_plan_write_never_overwrites_other_objects_and_keeps_ids():
     )
     plan = plan_write(labels, covered, next_id=10)
     assert [oid for oid, _ in plan] == [10]
+
+
+def test_objects_decoded_in_smaller_batches_after_out_of_memory(
+    model, stack, by_hand_embeddings, seeds, monkeypatch
+):
+    """All objects of a slice are decoded together; a GPU out-of-memory splits the batch."""
+    import torch
+
+    from napari_sam.errors import DeviceFallbackWarning
+
+    settings = PropagationSettings(min_score=0.0, min_overlap=0.0, min_area=1)
+
+    def run():
+        embeddings = StackEmbeddings(model, stack, model_id="small", store=EmbeddingStore())
+        for z, emb in by_hand_embeddings.items():
+            embeddings.store.put(embeddings.key(z), emb)
+        return propagate(model, embeddings, seeds, 3, z_range=(2, 4), settings=settings)
+
+    expected = run()
+    assert len(seeds) > 1
+    real = SamPredictor.predict_torch
+    sizes = []
+
+    def tight(self, coords, labels, boxes=None, **kwargs):
+        n = len(boxes) if boxes is not None else len(coords)
+        sizes.append(n)
+        if n > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+        return real(self, coords, labels, boxes=boxes, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "predict_torch", tight)
+    with pytest.warns(DeviceFallbackWarning, match="objects at once"):
+        got = run()
+    assert max(sizes) == len(seeds) and 1 in sizes
+    for a, b in zip(got.objects, expected.objects):
+        assert a.slices == b.slices
+        for z in a.slices:
+            np.testing.assert_array_equal(a.masks[z], b.masks[z])

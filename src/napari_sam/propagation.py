@@ -448,10 +448,37 @@ class SamSlicePredictor:
         self.embeddings = embeddings
 
     def __call__(self, z: int, prompts: list[MaskPrompt]) -> tuple[np.ndarray, np.ndarray, Any]:
-        import torch
+        from .memory import run_batches
 
         p = self.predictor
         p.set_embedding(self.embeddings.get(z))
+        if not prompts:
+            h, w = p.original_size
+            low = p.model.prompt_encoder.mask_input_size
+            return (np.zeros((0, h, w), bool), np.zeros(0, np.float32),
+                    np.zeros((0, 1, *low), np.float32))
+
+        def to_cpu() -> None:
+            p.model.to("cpu")
+            p.features = p.features.to("cpu")
+
+        # All objects in one batch; if the GPU runs out of memory, fewer at a time.
+        parts = run_batches(
+            prompts,
+            lambda chunk: [self._decode(chunk)],
+            len(prompts),
+            what="objects",
+            per_item=False,
+            to_cpu=to_cpu,
+            device=lambda: p.device,
+        )
+        masks, iou, low_res = (np.concatenate(arrays) for arrays in zip(*parts))
+        return masks, iou, low_res
+
+    def _decode(self, prompts: Sequence[MaskPrompt]) -> tuple[np.ndarray, np.ndarray, Any]:
+        import torch
+
+        p = self.predictor
         size = p.original_size
         dev = p.device
         boxes = coords = labels = mask_input = None

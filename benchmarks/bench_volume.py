@@ -39,19 +39,24 @@ from common import machine_info, markdown_table, measure, run_worker, write_json
 
 def worker(args: argparse.Namespace) -> dict:
     from napari_sam import sam_model_registry
-    from napari_sam._sample_data import make_nuclei_3d
-    from napari_sam.device import resolve_device
-    from napari_sam.predictor import ImageEmbedding, SamPredictor
-    from napari_sam.volume import DiskCache, EmbeddingStore, StackEmbeddings, encode_planes
+    from napari_sam.predictors.predictor import ImageEmbedding, SamPredictor
+    from napari_sam.runtime.device import resolve_device
+    from napari_sam.workflows.embeddings import (
+        DiskCache,
+        EmbeddingStore,
+        StackEmbeddings,
+        encode_planes,
+    )
+    from napari_sam.workflows.samples import make_nuclei_3d
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     if args.model == "small":  # the test suite's small config (tests/reference.py::SMALL)
-        from napari_sam.model.build import SamConfig, build_sam
+        from napari_sam.model.build import SamConfig, build_model
 
-        model = build_sam(SamConfig(64, 4, 4, (1, 3))).to(device).eval()
+        model = build_model(SamConfig(64, 4, 4, (1, 3))).to(device).eval()
     else:
         model = sam_model_registry[args.model]().to(device).eval()
     stack = make_nuclei_3d()[: args.slices]

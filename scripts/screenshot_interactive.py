@@ -52,7 +52,7 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     import torch
     from qtpy.QtWidgets import QApplication
 
-    from napari_sam.model.build import sam_model_registry
+    from napari_sam.predictors.build_sam import sam_model_registry
 
     torch.manual_seed(1)
     sam = sam_model_registry["vit_t"]().eval()  # random weights

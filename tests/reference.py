@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from napari_sam.model.build import SamConfig, build_from_config
+from napari_sam.model.build import SamConfig
+from napari_sam.runtime.checkpoints import build_from_config
 
 #: A narrow, shallow encoder (fast on a CPU) with windowed and global blocks;
 #: prompt encoder and mask decoder have their published sizes.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from napari_sam.amg_utils import (
+from napari_sam.predictors.amg_utils import (
     area_from_rle,
     batched_nms,
     box_area,
@@ -227,7 +227,7 @@ def test_nms_matches_torchvision_with_ties(n):
 
 def test_nms_block_boundary(monkeypatch):
     """Suppression across row blocks of the overlap matrix."""
-    import napari_sam.amg_utils as amg
+    import napari_sam.predictors.amg_utils as amg
 
     tv = pytest.importorskip("torchvision.ops")
     boxes, scores, cats = _random_boxes(300, seed=11)

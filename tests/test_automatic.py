@@ -20,15 +20,11 @@ from torch import nn
 
 from conftest import smooth_image
 from napari_sam import SamAutomaticMaskGenerator
-from napari_sam.amg_utils import rle_to_mask
-from napari_sam.automatic import (
-    AmgProgress,
-    MaskGenerationCancelled,
-    MaskGeneratorConfigError,
-)
-from napari_sam.errors import ImageFormatError, NapariSamError
-from napari_sam.model.sam import Sam
-from napari_sam.model.shared_decoder import SharedImageDecoder
+from napari_sam.errors import Cancelled, ImageFormatError, NapariSamError, SettingsError
+from napari_sam.model.sam.sam import Sam
+from napari_sam.model.sam.shared_decoder import SharedImageDecoder
+from napari_sam.predictors.amg_utils import rle_to_mask
+from napari_sam.predictors.automatic import AmgProgress
 
 RefGenerator = pytest.importorskip("segment_anything").SamAutomaticMaskGenerator
 
@@ -199,7 +195,7 @@ def test_record_types(toy_model):
 
 
 def test_explicit_point_grids_equal_points_per_side(toy_model):
-    from napari_sam.amg_utils import build_point_grid
+    from napari_sam.predictors.amg_utils import build_point_grid
 
     a = SamAutomaticMaskGenerator(toy_model, **CONFIGS["relaxed"]).generate(IMAGE)
     kwargs = dict(CONFIGS["relaxed"], points_per_side=None, point_grids=[build_point_grid(12)])
@@ -221,7 +217,7 @@ def test_progress_callback_and_generator(toy_model):
                                     crop_n_points_downscale_factor=2, **{
                                         k: v for k, v in CONFIGS["relaxed"].items()})
     calls = []
-    records = gen.generate(IMAGE, progress=lambda done, total: calls.append((done, total)))
+    records = gen.generate(IMAGE, progress=lambda e: calls.append((e.done, e.total)))
     # 5 crops; 144 points in batches of 50 -> 3 batches; 36 per crop -> 1 batch each.
     total = 5 + 3 + 4 + 1
     assert calls[0] == (0, total) and calls[-1] == (total, total)
@@ -234,7 +230,8 @@ def test_progress_callback_and_generator(toy_model):
         while True:
             events.append(next(steps))
     assert all(isinstance(e, AmgProgress) for e in events)
-    assert [e.stage for e in events][:2] == ["start", "encode"] and events[-1].stage == "done"
+    assert [e.stage for e in events][:2] == ["starting", "encoding"]
+    assert events[-1].stage == "post-processing"
     assert {e.n_crops for e in events} == {5}
     _assert_same_records(stop.value.value, records)  # the generator's return value
 
@@ -247,7 +244,7 @@ def test_cancel(toy_model):
         polls.append(1)
         return len(polls) > 3
 
-    with pytest.raises(MaskGenerationCancelled) as err:
+    with pytest.raises(Cancelled) as err:
         gen.generate(IMAGE, should_cancel=should_cancel)
     assert isinstance(err.value, NapariSamError) and isinstance(err.value, RuntimeError)
     assert len(polls) == 4
@@ -294,7 +291,7 @@ def test_generator_close_stops_work(toy_model):
     ],
 )
 def test_bad_arguments(toy_model, kwargs, match):
-    with pytest.raises(MaskGeneratorConfigError, match=match) as err:
+    with pytest.raises(SettingsError, match=match) as err:
         SamAutomaticMaskGenerator(toy_model, **kwargs)
     assert isinstance(err.value, ValueError)
 
@@ -368,7 +365,7 @@ def test_fast_decoder_falls_back_when_it_disagrees(small_model, monkeypatch):
 def test_chunking_does_not_change_results(toy_model, small_model, monkeypatch):
     """Tiny memory budgets (one mask per upscaling step, one prompt per decoder
     call) give the same records as the defaults."""
-    import napari_sam.automatic as automatic
+    import napari_sam.predictors.automatic as automatic
 
     toy_kwargs = dict(CONFIGS["crops+small-regions"], points_per_side=8)
     small_kwargs = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
@@ -399,7 +396,7 @@ def test_generate_iter_checks_the_image_at_once(toy_model):
 
 # ============================================================ GPU path, run on the CPU
 def test_points_per_batch_auto(toy_model, monkeypatch):
-    import napari_sam.memory as memory
+    import napari_sam.runtime.memory as memory
 
     assert SamAutomaticMaskGenerator(toy_model, points_per_batch=None).points_per_batch == 64
     seen = {}
@@ -432,7 +429,7 @@ def test_crops_encoded_ahead_in_batches(toy_model, monkeypatch):
         lambda module, args, out: batches.append(int(args[0].shape[0]))
     )
     monkeypatch.setattr(SamAutomaticMaskGenerator, "_encodes_ahead", lambda self: True)
-    import napari_sam.memory as memory
+    import napari_sam.runtime.memory as memory
 
     monkeypatch.setattr(memory, "auto_batch_size", lambda *a, **k: 3)  # 3 fit "on the GPU"
     try:
@@ -468,7 +465,7 @@ def test_decoder_out_of_memory_halves_the_batch(toy_model, monkeypatch):
 
 @pytest.mark.parametrize("width", [1, 7, 8, 13, 64, 203])
 def test_packbits_rows_equals_numpy(width):
-    from napari_sam.automatic import _packbits_rows
+    from napari_sam.predictors.automatic import _packbits_rows
 
     masks = torch.rand(3, 5, width, generator=torch.Generator().manual_seed(width)) > 0.5
     packed = _packbits_rows(masks)

@@ -18,8 +18,8 @@ import torch
 
 from conftest import smooth_image
 from napari_sam import SamAutomaticMaskGenerator, SamPredictor
-from napari_sam.amg_utils import remove_small_regions
-from napari_sam.model.shared_decoder import SharedImageDecoder
+from napari_sam.model.sam.shared_decoder import SharedImageDecoder
+from napari_sam.predictors.amg_utils import remove_small_regions
 
 RefGenerator = pytest.importorskip("segment_anything").SamAutomaticMaskGenerator
 

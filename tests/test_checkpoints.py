@@ -9,14 +9,8 @@ import torch
 
 from napari_sam import sam_model_registry
 from napari_sam.errors import CheckpointError, ModelTypeMismatchError
-from napari_sam.model.build import (
-    CONFIGS,
-    build_from_config,
-    build_sam,
-    check_state,
-    detect_model_type,
-    read_checkpoint,
-)
+from napari_sam.model.build import CONFIGS, build_model, check_state, detect_model_type
+from napari_sam.runtime.checkpoints import build_from_config, read_checkpoint
 from reference import SMALL
 
 
@@ -44,7 +38,7 @@ def test_registry_keys_and_default():
 def test_random_init_like_reference():
     """Without a checkpoint: eval mode, zero position embeddings, real random weights."""
     torch.manual_seed(0)
-    model = build_sam(SMALL)
+    model = build_model(SMALL)
     assert not model.training
     assert torch.count_nonzero(model.image_encoder.pos_embed) == 0
     assert torch.count_nonzero(model.image_encoder.blocks[0].attn.rel_pos_h) == 0
@@ -142,8 +136,8 @@ def test_small_checkpoint_into_vit_b_lists_shapes(small_pair):
 )
 def test_other_model_type_is_named(have, want):
     with torch.device("meta"):
-        state = build_sam(CONFIGS[have]).state_dict()
-        expected = build_sam(CONFIGS[want]).state_dict()
+        state = build_model(CONFIGS[have]).state_dict()
+        expected = build_model(CONFIGS[want]).state_dict()
     with pytest.raises(ModelTypeMismatchError) as info:
         check_state(expected, state, model_type=want, source="x.pth")
     assert info.value.found == have and info.value.expected == want
@@ -153,7 +147,7 @@ def test_other_model_type_is_named(have, want):
 def test_other_model_type_from_file(tmp_path):
     """A real vit_b-shaped file given to the vit_l builder fails before building vit_l."""
     with torch.device("meta"):
-        shapes = build_sam(CONFIGS["vit_b"]).state_dict()
+        shapes = build_model(CONFIGS["vit_b"]).state_dict()
     state = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in shapes.items()}
     path = tmp_path / "sam_vit_b.pth"
     torch.save(state, path)
@@ -171,7 +165,7 @@ def test_loading_imports_neither_dynamo_nor_triton(small_pair):
     code = (
         "import sys, torch\n"
         "from reference import SMALL\n"
-        "from napari_sam.model.build import build_from_config\n"
+        "from napari_sam.runtime.checkpoints import build_from_config\n"
         f"m = build_from_config(SMALL, {str(ckpt)!r})\n"
         "print(sorted(k for k in ('torch._dynamo', 'triton') if k in sys.modules))\n"
     )

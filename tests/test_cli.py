@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from napari_sam import cli, weights
-from napari_sam.weights import CHECKPOINTS, CheckpointInfo
+from napari_sam import cli
+from napari_sam.runtime import weights
+from napari_sam.runtime.weights import CHECKPOINTS, CheckpointInfo
 
 
 def constant(value):
@@ -123,10 +124,12 @@ def test_info_shows_auto_device(cache, capsys, monkeypatch):
 
 
 def test_info_survives_missing_model_code(cache, capsys, monkeypatch):
-    def broken():
+    from napari_sam.runtime import loader
+
+    def broken(*args):
         raise ImportError("no model yet")
 
-    monkeypatch.setattr(weights, "_sam_model_registry", broken)
+    monkeypatch.setattr(loader, "resolve_model_type", broken)
     assert cli.main(["info"]) == 0
     assert "Auto model type: unknown" in capsys.readouterr().out
 
@@ -150,7 +153,7 @@ def test_info_runs_as_module(tmp_path):
 
 def test_core_modules_import_neither_gui_nor_torch():
     code = (
-        "import sys, napari_sam.cli, napari_sam.weights, napari_sam.device\n"
+        "import sys, napari_sam.cli, napari_sam.runtime.weights, napari_sam.runtime.device\n"
         "heavy = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', "
         "'magicgui', 'vispy', 'torch') if m in sys.modules]\n"
         "print(heavy)\n"

@@ -20,8 +20,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from napari_sam import cli, sam_model_registry
-from napari_sam._sample_data import make_nuclei_2d, make_nuclei_3d
-from napari_sam.io import read_tiff
+from napari_sam.workflows.io import read_tiff
+from napari_sam.workflows.samples import make_nuclei_2d, make_nuclei_3d
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RELAXED = [

@@ -1,12 +1,12 @@
-"""Tests of napari_sam.device: device choice with monkeypatched availability."""
+"""Tests of napari_sam.runtime.device: device choice with monkeypatched availability."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from napari_sam.device import describe_devices, resolve_device
 from napari_sam.errors import DeviceError
+from napari_sam.runtime.device import describe_devices, resolve_device
 
 
 def constant(value):

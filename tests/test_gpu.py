@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.model.build import CONFIGS, build_sam
-from napari_sam.predictor import SamPredictor, embed_images
+from napari_sam.model.build import CONFIGS, build_model
+from napari_sam.predictors.predictor import SamPredictor, embed_images
 from reference import SMALL, perturb_
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -30,7 +30,7 @@ def test_encoder_runs_on_fused_attention_kernels_only(config):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     torch.manual_seed(0)
-    sam = build_sam(SMALL if config == "small" else CONFIGS["vit_t"]).cuda().eval()
+    sam = build_model(SMALL if config == "small" else CONFIGS["vit_t"]).cuda().eval()
     sam.precision = "auto"
     assert sam.encoder_dtype in (torch.bfloat16, torch.float16)
     x = sam.preprocess(torch.rand(2, 3, 1024, 1024, device="cuda") * 255)
@@ -43,7 +43,7 @@ def test_encoder_runs_on_fused_attention_kernels_only(config):
 
 def test_bf16_masks_match_fp32_on_the_gpu():
     torch.manual_seed(0)
-    sam = build_sam(SMALL).eval()
+    sam = build_model(SMALL).eval()
     perturb_(sam, 0)
     sam = sam.cuda()
     image = _image()
@@ -64,7 +64,7 @@ def test_bf16_masks_match_fp32_on_the_gpu():
 
 def test_batched_encoding_on_the_gpu_equals_single():
     torch.manual_seed(0)
-    sam = build_sam(SMALL).cuda().eval()
+    sam = build_model(SMALL).cuda().eval()
     sam.precision = "fp32"
     image = _image()
     images = [image, np.ascontiguousarray(image[:200, :150])]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from napari_sam.errors import ImageFormatError
-from napari_sam.image import get_plane, image_layout, robust_limits, to_sam_rgb
+from napari_sam.workflows.image import get_plane, image_layout, robust_limits, to_sam_rgb
 
 
 def test_uint16_with_contrast_limits_is_linear_and_clipped():

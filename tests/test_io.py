@@ -1,4 +1,4 @@
-"""TIFF in/out and COCO export (napari_sam.io, napari_sam._writer); no model, no viewer."""
+"""TIFF in/out and COCO export (workflows.io, _widgets.writer); no model, no viewer."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import tifffile
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from napari_sam import io
-from napari_sam._writer import write_labels
+from napari_sam._widgets.writer import write_labels
 from napari_sam.errors import ImageFormatError
+from napari_sam.workflows import io
 
 
 @pytest.fixture

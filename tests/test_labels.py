@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.amg_utils import mask_to_coco_rle, mask_to_rle
 from napari_sam.errors import NapariSamError
-from napari_sam.labels import MaskRecordError, decode_segmentation, records_to_labels
+from napari_sam.predictors.amg_utils import mask_to_coco_rle, mask_to_rle
+from napari_sam.workflows.labels import MaskRecordError, decode_segmentation, records_to_labels
 
 
 def _disk(shape, cy, cx, r):
@@ -91,7 +91,7 @@ def test_bad_records():
 def test_labels_from_generator_records():
     """Records straight from the automatic mask generator (toy model)."""
     from napari_sam import SamAutomaticMaskGenerator
-    from napari_sam.model.sam import Sam
+    from napari_sam.model.sam.sam import Sam
     from test_automatic import CONFIGS, IMAGE, ToyDecoder, ToyEncoder, ToyPromptEncoder
 
     model = Sam(ToyEncoder(), ToyPromptEncoder(), ToyDecoder()).eval()

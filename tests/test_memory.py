@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam import memory
 from napari_sam.errors import DeviceFallbackWarning, OutOfMemoryError
-from napari_sam.memory import (
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime import memory
+from napari_sam.runtime.memory import (
     auto_batch_size,
     encoder_bytes_per_image,
     is_out_of_memory,
     run_batches,
 )
-from napari_sam.predictor import SamPredictor
-from napari_sam.volume import EmbeddingStore, StackEmbeddings, encode_planes
+from napari_sam.workflows.embeddings import EmbeddingStore, StackEmbeddings, encode_planes
 from volume_models import fast_sam
 
 OOM = torch.OutOfMemoryError
@@ -127,10 +127,10 @@ def test_auto_batch_size(monkeypatch):
 
 
 def test_encoder_memory_estimate_grows_with_the_model():
-    from napari_sam.model.build import CONFIGS, build_sam
+    from napari_sam.model.build import CONFIGS, build_model
 
     with torch.device("meta"):
-        sizes = {k: encoder_bytes_per_image(build_sam(CONFIGS[k])) for k in ("vit_b", "vit_h")}
+        sizes = {k: encoder_bytes_per_image(build_model(CONFIGS[k])) for k in ("vit_b", "vit_h")}
     assert 2**30 < sizes["vit_b"] < sizes["vit_h"] < 4 * 2**30
 
 
@@ -179,11 +179,12 @@ def test_cli_prints_fallback_warnings_as_one_line(tmp_path, monkeypatch, capsys)
     """``napari-sam embed`` on a "GPU" that fits one slice: a one-line warning, all slices."""
     import tifffile
 
-    from napari_sam import cli, weights
+    from napari_sam import cli
+    from napari_sam.runtime import loader
 
     sam = fast_sam()
     sam.image_encoder = _OomAboveEncoder(sam.image_encoder, limit=1)
-    monkeypatch.setattr(weights, "load_model", lambda *a, **k: sam)
+    monkeypatch.setattr(loader, "load", lambda *a, **k: loader.LoadedModel.wrap(sam, "vit_t"))
     stack = np.random.default_rng(0).integers(0, 4000, (5, 40, 48), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     out = tmp_path / "emb"

@@ -16,11 +16,11 @@ import pytest
 import torch
 from mobile_sam import SamPredictor as RefPredictor
 
-import napari_sam.model.tiny_vit as tiny_vit
+import napari_sam.model.sam.tiny_vit as tiny_vit
 from conftest import smooth_image
 from napari_sam import SamPredictor, sam_model_registry
 from napari_sam.errors import ModelTypeMismatchError
-from napari_sam.model.build import CONFIGS, build_sam, check_state, detect_model_type
+from napari_sam.model.build import CONFIGS, build_model, check_state, detect_model_type
 from reference import build_mobilesam_pair
 from test_parity_predictor import assert_masks_match
 
@@ -99,7 +99,7 @@ def test_vit_t_checkpoint_into_vit_b_names_vit_t(mobilesam_pair):
 
 def test_vit_b_checkpoint_into_vit_t_names_vit_b(tmp_path):
     with torch.device("meta"):
-        shapes = build_sam(CONFIGS["vit_b"]).state_dict()
+        shapes = build_model(CONFIGS["vit_b"]).state_dict()
     # Full vit_b key set and shapes; each tensor is one broadcast value (a tiny file).
     state = {k: torch.zeros((), dtype=torch.float16).expand(v.shape) for k, v in shapes.items()}
     path = tmp_path / "sam_vit_b.pth"
@@ -112,8 +112,8 @@ def test_vit_b_checkpoint_into_vit_t_names_vit_b(tmp_path):
 
 def test_vit_t_and_vit_b_are_told_apart_from_shapes():
     with torch.device("meta"):
-        vit_t = build_sam(CONFIGS["vit_t"]).state_dict()
-        vit_b = build_sam(CONFIGS["vit_b"]).state_dict()
+        vit_t = build_model(CONFIGS["vit_t"]).state_dict()
+        vit_b = build_model(CONFIGS["vit_b"]).state_dict()
     assert detect_model_type(vit_t) == "vit_t"
     assert detect_model_type(vit_b) == "vit_b"
     with pytest.raises(ModelTypeMismatchError) as info:
@@ -122,7 +122,7 @@ def test_vit_t_and_vit_b_are_told_apart_from_shapes():
 
 
 def test_auto_model_type_is_vit_t_on_cpu():
-    from napari_sam.weights import resolve_model_type
+    from napari_sam.runtime.loader import resolve_model_type
 
     assert resolve_model_type("auto", "cpu") == "vit_t"
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.model.build import build_sam
+from napari_sam.model.build import build_model
 from napari_sam.model.precision import PRECISIONS, autocast_dtype, check_precision
-from napari_sam.predictor import SamPredictor, embed_images
-from napari_sam.volume import EmbeddingStore, StackEmbeddings
+from napari_sam.predictors.predictor import SamPredictor, embed_images
+from napari_sam.workflows.embeddings import EmbeddingStore, StackEmbeddings
 from reference import SMALL, perturb_
 
 POINT = np.array([[200.0, 150.0]])
@@ -24,7 +24,7 @@ LABEL = np.array([1])
 @pytest.fixture(scope="module")
 def sam():
     torch.manual_seed(0)
-    model = build_sam(SMALL).eval()
+    model = build_model(SMALL).eval()
     perturb_(model, 0)
     return model
 
@@ -82,11 +82,6 @@ def test_auto_precision_per_device(monkeypatch):
     assert autocast_dtype("auto", "cuda") is torch.bfloat16
     monkeypatch.setattr(precision, "_cuda_bf16_supported", lambda device: False)
     assert autocast_dtype("auto", "cuda:0") is torch.float16
-    monkeypatch.setenv("NAPARI_SAM_PRECISION", "fp32")
-    assert autocast_dtype("auto", "cuda") is None
-    monkeypatch.setenv("NAPARI_SAM_PRECISION", "bf16")
-    assert autocast_dtype("auto", "cpu") is torch.bfloat16
-    # an explicit choice wins over the environment
     assert autocast_dtype("fp16", "cpu") is torch.float16
 
 
@@ -180,7 +175,7 @@ def test_tiny_vit_under_bf16_matches_fp32(image):
     from reference import perturb_tiny_vit_
 
     torch.manual_seed(0)
-    sam = build_sam(CONFIGS["vit_t"]).eval()
+    sam = build_model(CONFIGS["vit_t"]).eval()
     perturb_tiny_vit_(sam.image_encoder, 0)
     f32, m32, iou32, _ = _predict(sam, image, "fp32")
     f16, m16, iou16, _ = _predict(sam, image, "bf16")
@@ -194,7 +189,7 @@ def test_tiny_vit_under_bf16_matches_fp32(image):
 # ------------------------------------------------------------------ load_model and the CLI
 @pytest.fixture(scope="module")
 def vit_t_file(tmp_path_factory):
-    from napari_sam.model.build import sam_model_registry
+    from napari_sam.predictors.build_sam import sam_model_registry
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "vit_t_random.pth"
@@ -203,22 +198,32 @@ def vit_t_file(tmp_path_factory):
 
 
 def test_load_model_precision_and_compile_settings(vit_t_file, monkeypatch):
-    from napari_sam import weights
-    from napari_sam.model.sam import Sam
+    from napari_sam.model.sam.sam import Sam
+    from napari_sam.runtime import loader
 
     compiled = []
     monkeypatch.setattr(Sam, "compile_encoder", lambda self, **kw: compiled.append(self))
     monkeypatch.delenv("NAPARI_SAM_COMPILE", raising=False)
-    sam = weights.load_model("vit_t", vit_t_file, device="cpu", precision="BF16")
+    monkeypatch.delenv("NAPARI_SAM_PRECISION", raising=False)
+    sam = loader.load_model("vit_t", vit_t_file, device="cpu", precision="BF16")
     assert sam.precision == "bf16" and sam.encoder_dtype is torch.bfloat16
     assert compiled == []
     monkeypatch.setenv("NAPARI_SAM_COMPILE", "1")
-    sam = weights.load_model("vit_t", vit_t_file, device="cpu")
+    sam = loader.load_model("vit_t", vit_t_file, device="cpu")
     assert sam.precision == "auto" and compiled == [sam]
-    sam = weights.load_model("vit_t", vit_t_file, device="cpu", compile=False)
+    sam = loader.load_model("vit_t", vit_t_file, device="cpu", compile=False)
     assert compiled == [compiled[0]]
     with pytest.raises(ValueError, match="not a precision"):
-        weights.load_model("vit_t", vit_t_file, device="cpu", precision="int4")
+        loader.load_model("vit_t", vit_t_file, device="cpu", precision="int4")
+    # NAPARI_SAM_PRECISION says what "auto" means; an explicit choice wins over it
+    monkeypatch.setenv("NAPARI_SAM_PRECISION", "bf16")
+    assert loader.load_model("vit_t", vit_t_file, device="cpu").precision == "bf16"
+    assert loader.load_model("vit_t", vit_t_file, device="cpu", precision="fp32").precision == (
+        "fp32"
+    )
+    monkeypatch.setenv("NAPARI_SAM_PRECISION", "int4")
+    with pytest.raises(ValueError, match="not a precision"):
+        loader.load_model("vit_t", vit_t_file, device="cpu")
 
 
 def test_compiled_encoder_gives_the_same_embedding(sam, image):
@@ -238,16 +243,17 @@ def test_compiled_encoder_gives_the_same_embedding(sam, image):
 def test_cli_passes_precision(vit_t_file, tmp_path, monkeypatch):
     import tifffile
 
-    from napari_sam import cli, weights
+    from napari_sam import cli
+    from napari_sam.runtime import loader
 
     seen = {}
-    real = weights.load_model
+    real = loader.load
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(weights, "load_model", spy)
+    monkeypatch.setattr(loader, "load", spy)
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "plane.tif"
     tifffile.imwrite(src, (np.random.default_rng(0).random((48, 40)) * 4000).astype(np.uint16))
@@ -272,7 +278,7 @@ def test_attention_calls_can_use_fused_gpu_kernels(model_type, monkeypatch):
     from napari_sam.model.build import CONFIGS
 
     torch.manual_seed(0)
-    sam = build_sam(SMALL if model_type == "small" else CONFIGS["vit_t"]).eval()
+    sam = build_model(SMALL if model_type == "small" else CONFIGS["vit_t"]).eval()
     calls = []
     real = F.scaled_dot_product_attention
 
@@ -296,9 +302,10 @@ def test_attention_calls_can_use_fused_gpu_kernels(model_type, monkeypatch):
 
 
 def test_widget_model_label_names_a_reduced_precision(sam):
-    from napari_sam._widgets.common import LoadedModel, model_label_text
+    from napari_sam._widgets.common import model_label_text
+    from napari_sam.runtime.loader import LoadedModel
 
-    loaded = LoadedModel(sam, "vit_b", "vit_b on cpu")
+    loaded = LoadedModel.wrap(sam, "vit_b")
     assert model_label_text(loaded) == "Model: vit_b on cpu"  # fp32: nothing to say
     sam.precision = "bf16"
     try:

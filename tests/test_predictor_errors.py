@@ -133,7 +133,7 @@ def test_embedding_roundtrip(small_model):
 
 
 def test_set_embedding_of_wrong_shape(small_model):
-    from napari_sam.predictor import ImageEmbedding
+    from napari_sam.predictors.predictor import ImageEmbedding
 
     with pytest.raises(ImageFormatError, match="another model"):
         SamPredictor(small_model).set_embedding(

@@ -9,7 +9,8 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from napari_sam._widgets.prompts import (
+from napari_sam.workflows.interactive import compose_preview, plan_commit
+from napari_sam.workflows.prompts import (
     affine_from_scale_translate,
     apply_affine,
     boxes_to_image,
@@ -21,7 +22,6 @@ from napari_sam._widgets.prompts import (
     slice_prompts,
     world_to_data,
 )
-from napari_sam._widgets.session import compose_preview, plan_commit
 
 scales = st.floats(0.05, 20.0)
 translates = st.floats(-500.0, 500.0)
@@ -287,11 +287,8 @@ def test_encoding_stops_between_encoder_blocks_when_cancelled():
     import pytest
     import torch
 
-    from napari_sam._widgets.session import (
-        EncodingCancelledError,
-        encode_plane,
-        install_cancel_hooks,
-    )
+    from napari_sam.errors import Cancelled
+    from napari_sam.workflows.interactive import encode_plane, install_cancel_hooks
     from volume_models import small_sam
 
     sam = small_sam()
@@ -304,7 +301,7 @@ def test_encoding_stops_between_encoder_blocks_when_cancelled():
     ran = []
     for b in blocks:
         b.register_forward_pre_hook(lambda module, inputs: ran.append(module))
-    with pytest.raises(EncodingCancelledError, match="Encoding cancelled"):
+    with pytest.raises(Cancelled, match="Encoding cancelled"):
         encode_plane(sam, plane, (0, 4000), rgb=False, should_cancel=lambda: len(ran) >= 2)
     assert len(ran) == 2  # stopped before the third block
     ran.clear()

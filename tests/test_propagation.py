@@ -17,11 +17,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_sam._sample_data import make_nuclei_3d
-from napari_sam.image import to_sam_rgb
-from napari_sam.predictor import SamPredictor
-from napari_sam.propagation import (
-    PropagationError,
+from napari_sam.errors import Cancelled, PropagationError
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.workflows.embeddings import (
+    EmbeddingStore,
+    StackEmbeddings,
+    default_contrast_limits,
+)
+from napari_sam.workflows.image import to_sam_rgb
+from napari_sam.workflows.propagation import (
     PropagationResult,
     PropagationSettings,
     TrackedObject,
@@ -30,16 +34,11 @@ from napari_sam.propagation import (
     mask_iou,
     plan_write,
     prompt_from_mask,
+    propagate,
     propagate_masks,
     stop_reason,
 )
-from napari_sam.volume import (
-    ComputationCancelledError,
-    EmbeddingStore,
-    StackEmbeddings,
-    default_contrast_limits,
-    propagate,
-)
+from napari_sam.workflows.samples import make_nuclei_3d
 from volume_models import EncoderCalls, small_sam
 
 
@@ -154,7 +153,7 @@ def test_walk_ends_objects_where_the_volume_says():
         5,
         12,
         settings=PropagationSettings(min_area=5, min_score=0.5, min_overlap=0.3),
-        progress=lambda done, total: seen.append((done, total)),
+        progress=lambda e: seen.append((e.done, e.total)),
     )
     one, two, three = result.objects
     assert one.slices == list(range(2, 9))
@@ -201,7 +200,7 @@ def test_walk_cancel_and_input_checks():
         calls.append(1)
         return len(calls) > 2
 
-    with pytest.raises(ComputationCancelledError, match="nothing was changed"):
+    with pytest.raises(Cancelled, match="nothing was changed"):
         propagate_masks(GroundTruthPredictor(vol), seeds, 5, 12, should_cancel=cancel)
     gt = GroundTruthPredictor(vol)
     for kwargs, match in [

@@ -1,7 +1,7 @@
 """Masks -> labels without losing data, and bad image layouts explained (no napari here).
 
 Property-based tests of the writer the widgets use to put new objects into a
-label image (:func:`napari_sam.labels.plan_new_objects`, :func:`apply_plan`,
+label image (:func:`napari_sam.workflows.labels.plan_new_objects`, :func:`apply_plan`,
 :func:`dtype_for_ids`): every new object gets an id no other object has, no
 pixel of an existing object changes unless overwriting was asked for, and an
 integer type too small for the new ids is widened, never wrapped around.
@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from napari_sam.errors import ImageFormatError
-from napari_sam.image import image_layout
-from napari_sam.labels import MaskRecordError, apply_plan, dtype_for_ids, plan_new_objects
+from napari_sam.workflows.image import image_layout
+from napari_sam.workflows.labels import MaskRecordError, apply_plan, dtype_for_ids, plan_new_objects
 
 DTYPES = [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64, np.uint64]
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam._sample_data import (
+from napari_sam._widgets.sample_data import nuclei_2d, nuclei_3d
+from napari_sam.workflows.samples import (
     NUCLEI_2D_SHAPE,
     NUCLEI_3D_SCALE,
     NUCLEI_3D_SHAPE,
     make_nuclei_2d,
     make_nuclei_3d,
-    nuclei_2d,
-    nuclei_3d,
 )
 
 

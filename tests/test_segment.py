@@ -1,4 +1,4 @@
-"""Headless automatic segmentation (napari_sam.segment): slice linking and the pipeline.
+"""Headless automatic segmentation (napari_sam.workflows.segment): slice linking and the pipeline.
 
 Linking is checked on hand-made label slices whose answer is known; the
 pipeline against SamAutomaticMaskGenerator + records_to_labels called by hand.
@@ -11,19 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam._sample_data import make_nuclei_3d
-from napari_sam.automatic import SamAutomaticMaskGenerator
-from napari_sam.image import to_sam_rgb
-from napari_sam.labels import records_to_labels
-from napari_sam.model.build import build_sam
-from napari_sam.segment import (
-    AutoSettings,
-    SegmentationCancelled,
-    SegmentationSettingsError,
-    link_slices,
-    segment,
-    segment_iter,
-)
+from napari_sam.errors import Cancelled, SettingsError
+from napari_sam.model.build import build_model
+from napari_sam.predictors.automatic import SamAutomaticMaskGenerator
+from napari_sam.workflows.image import to_sam_rgb
+from napari_sam.workflows.labels import records_to_labels
+from napari_sam.workflows.samples import make_nuclei_3d
+from napari_sam.workflows.segment import AutoSettings, link_slices, segment, segment_iter
 from reference import SMALL
 
 #: Thresholds at which random weights still give masks (they are noise, but masks).
@@ -117,7 +111,7 @@ def test_link_slices_only_the_given_slices():
      (np.zeros((2, 4, 4), np.uint8), 1.5), (np.zeros((2, 4, 4), np.float32), 0.3)],
 )  # fmt: skip
 def test_link_slices_rejects_bad_input(labels, threshold):
-    with pytest.raises(SegmentationSettingsError):
+    with pytest.raises(SettingsError):
         link_slices(labels, threshold)
 
 
@@ -130,7 +124,7 @@ def test_link_slices_rejects_bad_input(labels, threshold):
 )  # fmt: skip
 def test_settings_out_of_range(change):
     settings = AutoSettings(**change)
-    with pytest.raises(SegmentationSettingsError) as info:
+    with pytest.raises(SettingsError) as info:
         settings.check()
     assert "\n" not in str(info.value)
 
@@ -139,7 +133,7 @@ def test_settings_out_of_range(change):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_sam(SMALL).eval()
+    return build_model(SMALL).eval()
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +186,12 @@ def test_cancel_and_bad_input(model, stack):
         calls.append(1)
         return len(calls) > 3
 
-    with pytest.raises(SegmentationCancelled):
+    with pytest.raises(Cancelled):
         segment(model, stack, settings=RELAXED, should_cancel=stop_after_three)
     # input errors come at the call, before any work
     from napari_sam.errors import ImageFormatError
 
     with pytest.raises(ImageFormatError):
         segment_iter(model, np.zeros((2, 3, 8, 8)), settings=RELAXED)
-    with pytest.raises(SegmentationSettingsError):
+    with pytest.raises(SettingsError):
         segment_iter(model, stack, settings=RELAXED, slices=[3])

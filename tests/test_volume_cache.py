@@ -13,22 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam._sample_data import make_nuclei_3d
-from napari_sam.image import to_sam_rgb
-from napari_sam.predictor import ImageEmbedding, SamPredictor
-from napari_sam.volume import (
-    ComputationCancelledError,
+from napari_sam.errors import Cancelled, CheckpointError, EmbeddingCacheError, InputFileError
+from napari_sam.predictors.predictor import ImageEmbedding, SamPredictor
+from napari_sam.runtime.loader import model_id_for
+from napari_sam.workflows.embeddings import (
     DiskCache,
-    EmbeddingCacheError,
     EmbeddingKey,
     EmbeddingStore,
     StackEmbeddings,
-    StackFileError,
     default_contrast_limits,
     encode_planes,
-    model_id_for,
-    read_stack,
 )
+from napari_sam.workflows.image import to_sam_rgb
+from napari_sam.workflows.io import read_stack
+from napari_sam.workflows.samples import make_nuclei_3d
 from volume_models import EncoderCalls, fast_sam, small_sam
 
 
@@ -233,13 +231,13 @@ def test_corrupted_entry_is_recomputed_by_precompute_and_get(tmp_path, fast, sta
 def test_partial_precompute_resumes_with_only_the_missing_slices(tmp_path, fast, stack):
     seen = []
 
-    def progress(done, total):
-        seen.append((done, total))
+    def progress(event):
+        seen.append((event.done, event.total))
 
     emb = StackEmbeddings(fast, stack, model_id="m", disk=tmp_path, batch_size=2)
     calls = EncoderCalls(fast)
     try:
-        with pytest.raises(ComputationCancelledError, match="after 2 of 5 slices"):
+        with pytest.raises(Cancelled, match="after 2 of 5 slices"):
             emb.precompute(progress=progress, should_cancel=lambda: len(seen) > 1)
         assert calls.batches == [2] and seen == [(0, 5), (2, 5)]
         assert len(emb.disk) == 2
@@ -348,7 +346,7 @@ def test_read_stack(tmp_path):
         ("bad.tif", "cannot be read as a TIFF"),
         (".", "folder"),
     ]:
-        with pytest.raises(StackFileError, match=match):
+        with pytest.raises(InputFileError, match=match):
             read_stack(tmp_path / name)
 
 
@@ -360,5 +358,5 @@ def test_model_id_for(tmp_path):
     assert a.startswith(f"file:{ckpt.resolve()}:3:")
     ckpt.write_bytes(b"1234")
     assert model_id_for("vit_b", ckpt) != a
-    with pytest.raises(EmbeddingCacheError, match="cannot be found"):
+    with pytest.raises(CheckpointError, match="cannot be found"):
         model_id_for("vit_b", tmp_path / "nope.pth")

@@ -16,14 +16,14 @@ import tifffile
 import torch
 
 from napari_sam import cli
-from napari_sam._sample_data import make_nuclei_3d
-from napari_sam.volume import (
+from napari_sam.runtime.loader import model_id_for
+from napari_sam.workflows.embeddings import (
     DiskCache,
     StackEmbeddings,
     default_contrast_limits,
     encode_planes,
-    model_id_for,
 )
+from napari_sam.workflows.samples import make_nuclei_3d
 from volume_models import EncoderCalls, fast_sam
 
 
@@ -41,11 +41,11 @@ def tif(tmp_path, stack):
 
 @pytest.fixture
 def fast_model(monkeypatch, tmp_path):
-    """Registers model type ``fast_test`` (any checkpoint file gives the same fast model)."""
-    from napari_sam.model import build
+    """Any checkpoint file gives the same fast model (as ``vit_t``)."""
+    from napari_sam.runtime import loader
 
     model = fast_sam()
-    monkeypatch.setitem(build.sam_model_registry, "fast_test", lambda checkpoint=None: model)
+    monkeypatch.setattr(loader, "build_from_config", lambda *a, **k: model)
     ckpt = tmp_path / "fast.pth"
     ckpt.write_bytes(b"weights")
     return model, ckpt
@@ -63,7 +63,7 @@ def test_embed_writes_the_keys_the_widget_uses_and_resumes(
     model, ckpt = fast_model
     out_dir = tmp_path / "cache"
     calls = EncoderCalls(model)
-    code, out, err = run(capsys, tif, "--model", "fast_test", "--checkpoint", ckpt, "-o", out_dir)
+    code, out, err = run(capsys, tif, "--model", "vit_t", "--checkpoint", ckpt, "-o", out_dir)
     assert code == 0, err
     assert out.strip() == str(out_dir)
     assert "stack.tif: 5 slices, 5 encoded, 0 already cached" in err
@@ -73,7 +73,7 @@ def test_embed_writes_the_keys_the_widget_uses_and_resumes(
     later = StackEmbeddings(
         model,
         stack,
-        model_id=model_id_for("fast_test", ckpt),
+        model_id=model_id_for("vit_t", ckpt),
         contrast=default_contrast_limits(stack),
         disk=out_dir,
     )
@@ -85,13 +85,13 @@ def test_embed_writes_the_keys_the_widget_uses_and_resumes(
     # run again: nothing to do; other contrast limits or slices: only those
     calls.reset()
     code, out, err = run(
-        capsys, tif, "--model", "fast_test", "--checkpoint", ckpt, "-o", out_dir, "--quiet"
+        capsys, tif, "--model", "vit_t", "--checkpoint", ckpt, "-o", out_dir, "--quiet"
     )
     assert code == 0 and "0 encoded, 5 already cached" in err and calls.planes == 0
     assert err.count("\n") == 1  # --quiet: no progress bar, just the summary
     code, out, err = run(
         capsys,
-        *(tif, "--model", "fast_test", "--checkpoint", ckpt, "-o", out_dir),
+        *(tif, "--model", "vit_t", "--checkpoint", ckpt, "-o", out_dir),
         *("--contrast", "0", "1000", "--slices", "1:3", "--batch-size", "2", "--quiet"),
     )
     assert code == 0 and "2 slices, 2 encoded" in err and calls.batches == [2]
@@ -103,7 +103,7 @@ def test_embed_writes_the_keys_the_widget_uses_and_resumes(
     [
         (["missing.tif"], "does not exist"),
         (["{plane}"], "is a 2D image"),
-        (["{tif}", "--model", "vit_q"], "'vit_q' is not a SAM model type"),
+        (["{tif}", "--model", "vit_q"], "'vit_q' is not a model napari-sam knows"),
         (["{tif}", "--contrast", "10", "5"], "LOW <= HIGH"),
         (["{tif}", "--slices", "a:b"], "START:STOP"),
         (["{tif}", "--slices", "7:9"], "selects no slice"),
@@ -134,7 +134,7 @@ def test_embed_bad_input_is_one_line_and_exit_1(capsys, tmp_path, tif, stack, ar
 def test_embed_command_with_a_random_vit_t_checkpoint(tmp_path, stack):
     """The installed command, end to end, with MobileSAM weights from a file."""
     from napari_sam import sam_model_registry
-    from napari_sam.weights import load_model
+    from napari_sam.runtime.loader import load_model
 
     torch.manual_seed(0)
     ckpt = tmp_path / "random_vit_t.pt"

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.predictor import ImageEmbedding
-from napari_sam.volume import EmbeddingKey, EmbeddingStore, hash_plane
+from napari_sam.predictors.predictor import ImageEmbedding
+from napari_sam.runtime.files import content_hash as hash_plane
+from napari_sam.workflows.embeddings import EmbeddingKey, EmbeddingStore
 
 MB = 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Tests of napari_sam.weights: checkpoint table, cache, download, loading.
+"""Tests of napari_sam.runtime.weights: checkpoint table, cache, download, loading.
 
 Everything is served from the local disk (``file://``) or from an HTTP server
 on 127.0.0.1; a guard fails any test that tries to reach another host.
@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
-import sys
 import threading
-import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,17 +18,17 @@ from typing import ClassVar
 import pytest
 import torch
 
-from napari_sam import weights
 from napari_sam.errors import (
+    Cancelled,
     CheckpointError,
     DeviceError,
-    DownloadCancelledError,
     ModelTypeMismatchError,
     NapariSamError,
     UnknownModelTypeError,
     WeightsDownloadError,
 )
-from napari_sam.weights import CHECKPOINTS, CheckpointInfo
+from napari_sam.runtime import config, loader, weights
+from napari_sam.runtime.weights import CHECKPOINTS, CheckpointInfo
 
 
 def constant(value):
@@ -195,9 +193,9 @@ def test_checkpoint_info_lookup_and_alias():
 def test_cache_dir_honours_environment(monkeypatch, tmp_path):
     target = tmp_path / "my cache" / "napari-sam"
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(target))
-    assert weights.cache_dir(create=False) == target
+    assert config.cache_dir(create=False) == target
     assert not target.exists()
-    assert weights.cache_dir() == target
+    assert config.cache_dir() == target
     assert target.is_dir()
 
 
@@ -205,7 +203,7 @@ def test_cache_dir_expands_user(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("USERPROFILE", str(tmp_path))
     monkeypatch.setenv("NAPARI_SAM_CACHE", "~/sam-weights")
-    assert weights.cache_dir() == tmp_path / "sam-weights"
+    assert config.cache_dir() == tmp_path / "sam-weights"
 
 
 @pytest.mark.parametrize("value", [None, "", "   "])
@@ -223,7 +221,7 @@ def test_cache_dir_default_uses_platformdirs(monkeypatch, tmp_path, value):
         monkeypatch.delenv("NAPARI_SAM_CACHE", raising=False)
     else:
         monkeypatch.setenv("NAPARI_SAM_CACHE", value)
-    assert weights.cache_dir() == tmp_path / "platform" / "napari-sam"
+    assert config.cache_dir() == tmp_path / "platform" / "napari-sam"
     assert calls == ["napari-sam"]
     assert (tmp_path / "platform" / "napari-sam").is_dir()
 
@@ -233,7 +231,7 @@ def test_cache_dir_that_cannot_be_created(monkeypatch, tmp_path):
     blocker.write_text("not a folder")
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(blocker / "sub"))
     with pytest.raises(WeightsDownloadError, match="NAPARI_SAM_CACHE"):
-        weights.cache_dir()
+        config.cache_dir()
 
 
 # --------------------------------------------------------------------------- download: success
@@ -249,7 +247,7 @@ def test_download_from_file_url(source_file, dest):
         sha256=PAYLOAD_SHA256,
         progress=False,
         chunk_size=CHUNK,
-        progress_callback=lambda done, total: calls.append((done, total)),
+        progress_callback=lambda e: calls.append((e.done, e.total)),
     )
     assert result == dest
     assert dest.read_bytes() == PAYLOAD
@@ -296,7 +294,7 @@ def test_progress_callback_gets_none_when_size_unknown(server, dest):
         f"{server}/nolength/weights.pth",
         dest,
         progress=False,
-        progress_callback=lambda done, total: totals.add(total),
+        progress_callback=lambda e: totals.add(e.total),
     )
     assert totals == {None}
 
@@ -343,7 +341,7 @@ def test_connection_refused(closed_port_url, dest):
     with pytest.raises(WeightsDownloadError, match=r"refused|could not be reached") as info:
         weights.download(closed_port_url, dest, progress=False, timeout=5)
     assert_failed_cleanly(info.value, closed_port_url, dest)
-    assert not isinstance(info.value, DownloadCancelledError)
+    assert not isinstance(info.value, Cancelled)
 
 
 @pytest.mark.parametrize("expected_size", [None, len(PAYLOAD)])
@@ -383,9 +381,9 @@ def test_should_cancel_stops_and_cleans_up(where, source_file, server, dest):
         seen.extend(p.name for p in leftovers(dest))
         return asked >= 3  # after two chunks
 
-    with pytest.raises(DownloadCancelledError, match="cancelled") as info:
+    with pytest.raises(Cancelled, match="cancelled") as info:
         weights.download(url, dest, progress=False, chunk_size=CHUNK, should_cancel=should_cancel)
-    assert isinstance(info.value, WeightsDownloadError)
+    assert not isinstance(info.value, WeightsDownloadError)  # a cancel is no failure
     assert_failed_cleanly(info.value, url, dest)
     # the partial data really was in a temporary file next to dest
     assert seen and all(name.startswith("weights.pth.part-") for name in seen)
@@ -394,11 +392,11 @@ def test_should_cancel_stops_and_cleans_up(where, source_file, server, dest):
 def test_keyboard_interrupt_cleans_up(server, dest):
     url = f"{server}/weights.pth"
 
-    def interrupt(done: int, total: int | None) -> None:
-        if done > 0:
+    def interrupt(event) -> None:
+        if event.done > 0:
             raise KeyboardInterrupt
 
-    with pytest.raises(DownloadCancelledError, match="interrupted") as info:
+    with pytest.raises(Cancelled, match="interrupted") as info:
         weights.download(url, dest, progress=False, chunk_size=CHUNK, progress_callback=interrupt)
     assert isinstance(info.value.__cause__, KeyboardInterrupt)
     assert_failed_cleanly(info.value, url, dest)
@@ -494,26 +492,25 @@ def test_checkpoint_path_alias_and_unknown(monkeypatch, local_checkpoint, cache)
 
 
 class FakeBuilder:
-    """Stands in for ``sam_model_registry[...]``: records calls, returns a small module."""
+    """Stands in for ``build_from_config``: records calls, returns a small module."""
 
-    def __init__(self, name: str, fail: BaseException | None = None) -> None:
-        self.name = name
-        self.fail = fail
+    def __init__(self) -> None:
+        self.fail: dict[str, BaseException] = {}
         self.calls: list[dict[str, object]] = []
 
-    def __call__(self, checkpoint: str | None = None) -> torch.nn.Module:
-        self.calls.append({"checkpoint": checkpoint})
-        if self.fail is not None:
-            raise self.fail
+    def __call__(self, config, checkpoint=None, *, model_type="custom") -> torch.nn.Module:
+        self.calls.append({"model_type": model_type, "checkpoint": str(checkpoint)})
+        if model_type in self.fail:
+            raise self.fail[model_type]
         module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
-        module.built_as = self.name  # type: ignore[attr-defined]
+        module.built_as = model_type  # type: ignore[attr-defined]
         return module
 
 
 @pytest.fixture
-def registry(monkeypatch) -> dict[str, FakeBuilder]:
-    fake = {name: FakeBuilder(name) for name in ("vit_h", "vit_l", "vit_b", "default")}
-    monkeypatch.setattr(weights, "_sam_model_registry", lambda: fake)
+def builder(monkeypatch) -> FakeBuilder:
+    fake = FakeBuilder()
+    monkeypatch.setattr(loader, "build_from_config", fake)
     return fake
 
 
@@ -523,63 +520,73 @@ def cpu_only(monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.mps, "is_available", constant(False))
 
 
-def test_load_model_downloads_and_returns_eval_model(registry, local_checkpoint, cache, cpu_only):
-    sam = weights.load_model("vit_b", progress=False)
+def test_load_model_downloads_and_returns_eval_model(builder, local_checkpoint, cache, cpu_only):
+    sam = loader.load_model("vit_b", progress=False)
     assert sam.built_as == "vit_b"
     assert sam.training is False
     assert all(not m.training for m in sam.modules())
     assert next(sam.parameters()).device == torch.device("cpu")
-    assert registry["vit_b"].calls == [{"checkpoint": str(cache / "sam_vit_b_test.pth")}]
+    assert builder.calls == [
+        {"model_type": "vit_b", "checkpoint": str(cache / "sam_vit_b_test.pth")}
+    ]
 
 
-def test_load_model_with_explicit_checkpoint(registry, monkeypatch, tmp_path, cache, cpu_only):
+def test_load_knows_the_model_its_weights_and_its_device(builder, local_checkpoint, cpu_only):
+    loaded = loader.load("vit_b", progress=False)
+    assert (loaded.model_type, loaded.model_id, loaded.name) == ("vit_b", "vit_b", "vit_b")
+    assert loaded.device == loaded.loaded_on == torch.device("cpu") and not loaded.moved
+    assert loaded.describe() == "vit_b on cpu"
+
+
+def test_load_model_with_explicit_checkpoint(builder, monkeypatch, tmp_path, cache, cpu_only):
     broken = CheckpointInfo("vit_l", "x.pth", "file:///no/such/file.pth", 10)
     monkeypatch.setitem(CHECKPOINTS, "vit_l", broken)  # must not be used
     ckpt = tmp_path / "my weights.pth"
     ckpt.write_bytes(b"weights")
-    sam = weights.load_model("vit_l", ckpt, device="cpu")
-    assert sam.built_as == "vit_l"
-    assert registry["vit_l"].calls == [{"checkpoint": str(ckpt)}]
+    loaded = loader.load("vit_l", ckpt, device="cpu")
+    assert loaded.sam.built_as == "vit_l"
+    assert loaded.name == "my weights.pth" and loaded.model_id.startswith("file:")
+    assert builder.calls == [{"model_type": "vit_l", "checkpoint": str(ckpt)}]
     assert not cache.exists()
 
 
-def test_load_model_empty_checkpoint_means_published(registry, local_checkpoint, cache, cpu_only):
-    weights.load_model("vit_b", "  ", progress=False)
-    assert registry["vit_b"].calls == [{"checkpoint": str(cache / "sam_vit_b_test.pth")}]
+def test_load_model_empty_checkpoint_means_published(builder, local_checkpoint, cache, cpu_only):
+    loader.load_model("vit_b", "  ", progress=False)
+    assert builder.calls == [
+        {"model_type": "vit_b", "checkpoint": str(cache / "sam_vit_b_test.pth")}
+    ]
 
 
-def test_load_model_missing_checkpoint_file(registry, tmp_path, cpu_only):
+def test_load_model_missing_checkpoint_file(builder, tmp_path, cpu_only):
     missing = tmp_path / "missing.pth"
     with pytest.raises(CheckpointError, match=re.escape(str(missing))):
-        weights.load_model("vit_b", str(missing))
-    assert registry["vit_b"].calls == []
+        loader.load_model("vit_b", str(missing))
+    assert builder.calls == []
 
 
-def test_load_model_offline_without_download(registry, local_checkpoint, cache, cpu_only):
+def test_load_model_offline_without_download(builder, local_checkpoint, cache, cpu_only):
     with pytest.raises(WeightsDownloadError, match="not downloaded yet"):
-        weights.load_model("vit_b", download=False)
-    assert registry["vit_b"].calls == []
+        loader.load_model("vit_b", download=False)
+    assert builder.calls == []
 
 
-def test_load_model_unknown_type(registry, cpu_only):
+def test_load_model_unknown_type(builder, cpu_only):
     with pytest.raises(UnknownModelTypeError, match="vit_z"):
-        weights.load_model("vit_z")
+        loader.load_model("vit_z")
 
 
-def test_load_model_unavailable_device(registry, tmp_path, cpu_only):
+def test_load_model_unavailable_device(builder, tmp_path, cpu_only):
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"w")
     with pytest.raises(DeviceError, match="CUDA"):
-        weights.load_model("vit_b", ckpt, device="cuda")
-    assert registry["vit_b"].calls == []
+        loader.load_model("vit_b", ckpt, device="cuda")
+    assert builder.calls == []
 
 
-def test_load_model_auto_on_cpu_prefers_mobile_sam(registry, monkeypatch, tmp_path, cpu_only):
+def test_load_model_auto_on_cpu_prefers_mobile_sam(builder, tmp_path, cpu_only):
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"w")
-    assert weights.load_model("auto", ckpt).built_as == "vit_b"  # no vit_t in the registry
-    registry["vit_t"] = FakeBuilder("vit_t")
-    assert weights.load_model("auto", ckpt).built_as == "vit_t"
+    assert loader.load_model("auto", ckpt).built_as == "vit_t"
 
 
 @pytest.mark.parametrize(("cuda", "mps"), [(True, False), (False, True)])
@@ -587,44 +594,36 @@ def test_auto_model_type_on_gpu_is_vit_b(monkeypatch, cuda, mps):
     monkeypatch.setattr(torch.cuda, "is_available", constant(cuda))
     monkeypatch.setattr(torch.cuda, "device_count", constant(int(cuda)))
     monkeypatch.setattr(torch.backends.mps, "is_available", constant(mps))
-    fake = {"vit_b": None, "vit_t": None, "vit_h": None}
-    assert weights.resolve_model_type("auto", "auto", registry=fake) == "vit_b"
-    assert weights.resolve_model_type("auto", "cpu", registry=fake) == "vit_t"
-    assert weights.resolve_model_type("vit_h", "auto", registry=fake) == "vit_h"
+    assert loader.resolve_model_type("auto", "auto") == "vit_b"
+    assert loader.resolve_model_type("auto", "cpu") == "vit_t"
+    assert loader.resolve_model_type("vit_h", "auto") == "vit_h"
+    assert loader.resolve_model_type("default", "auto") == "vit_h"
 
 
-def test_auto_with_checkpoint_of_another_type(registry, tmp_path, cpu_only):
+def test_auto_with_checkpoint_of_another_type(builder, tmp_path, cpu_only):
     ckpt = tmp_path / "w.pth"
     ckpt.write_bytes(b"w")
-    registry["vit_b"].fail = ModelTypeMismatchError("holds vit_h weights", "vit_b", "vit_h")
-    assert weights.load_model("auto", ckpt).built_as == "vit_h"
+    builder.fail["vit_t"] = ModelTypeMismatchError("holds vit_h weights", "vit_t", "vit_h")
+    loaded = loader.load("auto", ckpt)
+    assert loaded.sam.built_as == loaded.model_type == "vit_h"
     # an explicit model type is never second-guessed
     with pytest.raises(ModelTypeMismatchError):
-        weights.load_model("vit_b", ckpt)
-
-
-def test_registry_is_imported_lazily_from_model_build(monkeypatch):
-    fake_registry = {"vit_b": FakeBuilder("vit_b")}
-    module = types.ModuleType("napari_sam.model.build")
-    module.sam_model_registry = fake_registry  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "napari_sam.model.build", module)
-    assert weights._sam_model_registry() is fake_registry
+        loader.load_model("vit_t", ckpt)
 
 
 def test_errors_are_napari_sam_errors():
-    for cls in (WeightsDownloadError, DownloadCancelledError, UnknownModelTypeError):
+    for cls in (WeightsDownloadError, Cancelled, UnknownModelTypeError):
         assert issubclass(cls, NapariSamError)
 
 
-# --------------------------------------------------------------------------- real registry
-# These use napari_sam.model.build as shipped, but never build a full-size model: the
-# builder checks a checkpoint's keys and shapes before allocating any weights.
+# --------------------------------------------------------------------------- real builder
+# These use the real builder, but never build a full-size model: the builder checks a
+# checkpoint's keys and shapes before allocating any weights.
 
 
-def test_every_registry_model_type_has_a_published_checkpoint():
-    registry = weights._sam_model_registry()
-    assert {"vit_h", "vit_l", "vit_b", "default"} <= set(registry)
-    for model_type in registry:
+def test_every_model_type_has_a_published_checkpoint():
+    assert {"vit_h", "vit_l", "vit_b", "vit_t", "default"} <= set(loader.model_names())
+    for model_type in loader.model_names():
         assert weights.checkpoint_info(model_type).filename
 
 
@@ -632,7 +631,7 @@ def test_real_builder_rejects_a_broken_checkpoint(tmp_path, cpu_only):
     ckpt = tmp_path / "interrupted.pth"
     ckpt.write_bytes(PAYLOAD)  # not a PyTorch file
     with pytest.raises(CheckpointError, match="could not be read"):
-        weights.load_model("vit_b", ckpt, device="cpu")
+        loader.load_model("vit_b", ckpt, device="cpu")
 
 
 def _fake_state_of(model_type: str) -> dict[str, torch.Tensor]:
@@ -650,10 +649,10 @@ def test_real_builder_auto_switches_to_the_checkpoint_model_type(tmp_path, cpu_o
     torch.save(_fake_state_of("vit_l"), ckpt)
     # explicit type: the mismatch is reported as is
     with pytest.raises(ModelTypeMismatchError) as info:
-        weights.load_model("vit_b", ckpt, device="cpu")
+        loader.load_model("vit_b", ckpt, device="cpu")
     assert (info.value.expected, info.value.found) == ("vit_b", "vit_l")
-    # "auto" picks vit_b on this CPU (no vit_t yet), then follows the file to vit_l, which
+    # "auto" picks vit_t on this CPU, then follows the file to vit_l, which
     # then complains about the missing keys of this deliberately incomplete file
     with pytest.raises(CheckpointError, match="'vit_l' model") as info:
-        weights.load_model("auto", ckpt, device="cpu")
+        loader.load_model("auto", ckpt, device="cpu")
     assert not isinstance(info.value, ModelTypeMismatchError)

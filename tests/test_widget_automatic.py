@@ -1,6 +1,6 @@
 """The automatic segmentation widget in a real napari viewer (run under Xvfb).
 
-Each expected label image is computed by calling napari_sam.segment directly
+Each expected label image is computed by calling napari_sam.workflows.segment directly
 on the same data with the layer's contrast limits: the widget must pick the
 right image, slice and settings, and write the result into "<image> SAM auto"
 with the image's geometry, once, as one undo step. Models have random weights
@@ -17,12 +17,12 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from napari_sam._sample_data import make_nuclei_3d
 from napari_sam._widgets import automatic
 from napari_sam._widgets.automatic import AutomaticSegmentationWidget
 from napari_sam.errors import CheckpointError
-from napari_sam.model.build import build_sam
-from napari_sam.segment import AutoSettings, segment
+from napari_sam.model.build import build_model
+from napari_sam.workflows.samples import make_nuclei_3d
+from napari_sam.workflows.segment import AutoSettings, segment
 from reference import SMALL
 from widget_helpers import automatic_widget, capture_notifications
 
@@ -34,7 +34,7 @@ TIMEOUT = 120_000
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    return build_sam(SMALL).eval()
+    return build_model(SMALL).eval()
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,15 @@ import pytest
 import torch
 from qtpy.QtCore import QTimer
 
-from napari_sam._sample_data import make_nuclei_3d
-from napari_sam._widgets import interactive
+from napari_sam._widgets import common, interactive
 from napari_sam._widgets.interactive import InteractiveSegmentationWidget
 from napari_sam.errors import WeightsDownloadError
-from napari_sam.image import to_sam_rgb
-from napari_sam.model.build import build_sam
-from napari_sam.predictor import SamPredictor
+from napari_sam.model.build import build_model
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.runtime.progress import Progress
+from napari_sam.workflows.image import to_sam_rgb
+from napari_sam.workflows.samples import make_nuclei_3d
 from reference import SMALL
 from widget_helpers import capture_notifications, interactive_widget, wait_idle
 
@@ -69,7 +71,7 @@ def small_model():
     its OpenGL context crashes the process (triton's LLVM vs. Mesa's).
     """
     torch.manual_seed(0)
-    return build_sam(SMALL).eval()
+    return build_model(SMALL).eval()
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +309,7 @@ def test_encode_errors_are_reported_once_and_a_full_store_still_works(
     make_napari_viewer, qtbot, small_model, stack, monkeypatch, notes
 ):
     from napari_sam.errors import ImageFormatError
-    from napari_sam.volume import EmbeddingStore
+    from napari_sam.workflows.embeddings import EmbeddingStore
 
     viewer = make_napari_viewer()
     viewer.add_image(stack[2])
@@ -391,18 +393,17 @@ def test_widget_follows_the_image_layers(make_napari_viewer, notes):
 def test_model_loads_in_a_worker_and_errors_become_notifications(
     make_napari_viewer, qtbot, small_model, stack, monkeypatch, notes
 ):
-    from napari_sam import weights
 
     calls = []
 
-    def fake_load_model(model_type, checkpoint=None, device="auto", **kwargs):
+    def fake_load(model_type, checkpoint=None, device="auto", **kwargs):
         calls.append((model_type, threading.get_ident()))
-        kwargs["progress_callback"](50, 100)
+        kwargs["progress_callback"](Progress(50, 100))
         if model_type == "vit_l":
             raise WeightsDownloadError("Could not download sam_vit_l_0b3195.pth: no network.")
-        return small_model
+        return LoadedModel.wrap(small_model, model_type)
 
-    monkeypatch.setattr(weights, "load_model", fake_load_model)
+    monkeypatch.setattr(common, "load", fake_load)
     viewer = make_napari_viewer()
     viewer.add_image(stack[1])
     widget = make_widget(viewer)

@@ -2,7 +2,7 @@
 
 Precomputing embeddings (progress, cancel, resume, disk cache) and propagating
 objects through a stack: the labels written must be exactly what
-``napari_sam.volume.propagate`` computes (itself checked against the rule
+``napari_sam.workflows.propagation.propagate`` computes (itself checked against the rule
 applied by hand in test_propagation.py), with the same id on every slice,
 never over other objects, as ONE undo step, and nothing at all when cancelled.
 
@@ -18,11 +18,11 @@ from functools import partial
 import numpy as np
 import pytest
 
-from napari_sam._sample_data import make_nuclei_3d
 from napari_sam._widgets import interactive
-from napari_sam._widgets.interactive import LoadedModel
-from napari_sam.propagation import PropagationSettings, plan_write
-from napari_sam.volume import DiskCache, StackEmbeddings, propagate
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.workflows.embeddings import DiskCache, StackEmbeddings
+from napari_sam.workflows.propagation import PropagationSettings, plan_write, propagate
+from napari_sam.workflows.samples import make_nuclei_3d
 from volume_models import EncoderCalls, fast_sam
 from widget_helpers import capture_notifications, interactive_widget, wait_idle
 
@@ -204,7 +204,7 @@ def test_precompute_with_disk_cache_progress_cancel_and_resume(
     image = viewer.add_image(stack, name="nuclei")
     # no model yet: precompute loads it first (through the widget's model factory)
     widget = make_widget(
-        viewer, model_factory=lambda *a, **k: LoadedModel(model, "small-fast", "fast model")
+        viewer, model_factory=lambda *a, **k: LoadedModel.wrap(model, "small-fast", "fast model")
     )
     widget.disk_check.setChecked(True)
     widget.cache_edit.setText(str(tmp_path))

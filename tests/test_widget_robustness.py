@@ -17,15 +17,17 @@ from functools import partial
 
 import numpy as np
 import pytest
+import torch
 
-from napari_sam import weights
-from napari_sam._sample_data import make_nuclei_3d
 from napari_sam._widgets import automatic, interactive
 from napari_sam.errors import DeviceFallbackWarning, OutOfMemoryError
-from napari_sam.image import to_sam_rgb
-from napari_sam.predictor import SamPredictor
-from napari_sam.propagation import PropagationSettings
-from napari_sam.volume import DiskCache
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime import weights
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.workflows.embeddings import DiskCache
+from napari_sam.workflows.image import to_sam_rgb
+from napari_sam.workflows.propagation import PropagationSettings
+from napari_sam.workflows.samples import make_nuclei_3d
 from volume_models import fast_sam, small_sam
 from widget_helpers import (
     automatic_widget,
@@ -360,7 +362,8 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
     viewer = make_napari_viewer()
     viewer.add_image(stack, name="nuclei")
     widget = make_widget(viewer)
-    widget.set_model(model, "fast", "vit_b on cuda")  # as if loaded on a GPU (weights on cpu)
+    # as if loaded on a GPU (its weights are on the CPU: moved there after running out of memory)
+    widget.set_model(LoadedModel(model, "vit_b", "fast", "vit_b", torch.device("cuda")))
     real_encode = interactive.encode_plane
 
     def encode_with_fallback(*args, **kwargs):
@@ -375,7 +378,7 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(
     assert widget.preview_layer.data[2].any()  # the result still arrives
     assert widget.model_label.text() == "Model: vit_b on cpu (moved from cuda: out of memory)"
     # "Load model" loads it again where the user asked (here: the factory's stand-in)
-    widget.model_factory = lambda *a, **k: interactive.LoadedModel(model, "fast", "fast on cpu")
+    widget.model_factory = lambda *a, **k: LoadedModel.wrap(model, "fast")
     widget.load_model()
     settle(qtbot, widget)
     assert widget.model_label.text() == "Model: fast on cpu"
@@ -483,9 +486,9 @@ def test_model_missing_offline_or_download_interrupted(
     real_download = weights._download_file
 
     def slow_download(*args, progress_callback=None, **kwargs):
-        def slow(done, total):
+        def slow(event):
             time.sleep(0.02)
-            progress_callback(done, total)
+            progress_callback(event)
 
         return real_download(*args, progress_callback=slow, chunk_size=4096, **kwargs)
 

@@ -1,6 +1,6 @@
 """Models for the 3D tests: the small random SAM, and one with a fast stand-in encoder.
 
-``fast_sam()`` is a real :class:`~napari_sam.model.sam.Sam` (prompt encoder and
+``fast_sam()`` is a real :class:`~napari_sam.model.sam.sam.Sam` (prompt encoder and
 mask decoder of the small test config, random weights) whose image encoder is
 replaced by an average pooling and a fixed 1×1 convolution: it maps a plane to
 a (1, 256, 64, 64) embedding in milliseconds, deterministically and depending
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.model.build import build_sam
+from napari_sam.model.build import build_model
 from reference import SMALL
 
 
@@ -38,7 +38,7 @@ class PoolEncoder(nn.Module):
 def small_sam(seed: int = 0):
     """The small test architecture with seeded random weights (real ViT encoder)."""
     torch.manual_seed(seed)
-    return build_sam(SMALL).eval()
+    return build_model(SMALL).eval()
 
 
 def fast_sam(seed: int = 0):

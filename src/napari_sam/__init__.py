@@ -16,16 +16,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "sam_model_registry": "napari_sam.model.build",
-    "build_sam_vit_h": "napari_sam.model.build",
-    "build_sam_vit_l": "napari_sam.model.build",
-    "build_sam_vit_b": "napari_sam.model.build",
-    "build_sam": "napari_sam.model.build",
-    "Sam": "napari_sam.model.sam",
-    "SamPredictor": "napari_sam.predictor",
-    "SamAutomaticMaskGenerator": "napari_sam.automatic",
-    "ResizeLongestSide": "napari_sam.transforms",
-    "load_model": "napari_sam.weights",
+    "sam_model_registry": "napari_sam.predictors.build_sam",
+    "build_sam_vit_h": "napari_sam.predictors.build_sam",
+    "build_sam_vit_l": "napari_sam.predictors.build_sam",
+    "build_sam_vit_b": "napari_sam.predictors.build_sam",
+    "build_sam": "napari_sam.predictors.build_sam",
+    "Sam": "napari_sam.model.sam.sam",
+    "SamPredictor": "napari_sam.predictors.predictor",
+    "SamAutomaticMaskGenerator": "napari_sam.predictors.automatic",
+    "ResizeLongestSide": "napari_sam.predictors.transforms",
+    "load_model": "napari_sam.runtime.loader",
+    "load": "napari_sam.runtime.loader",
+    "LoadedModel": "napari_sam.runtime.loader",
+    "StackEmbeddings": "napari_sam.workflows.embeddings",
+    "propagate": "napari_sam.workflows.propagation",
+    "segment": "napari_sam.workflows.segment",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

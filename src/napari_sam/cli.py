@@ -30,7 +30,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_sam.errors import NapariSamError
+from napari_sam.errors import (
+    DeviceFallbackWarning,
+    ImageFormatError,
+    InputFileError,
+    NapariSamError,
+    OutputFileError,
+)
 
 __all__ = ["SUBCOMMANDS", "add_subcommand", "build_parser", "main"]
 
@@ -120,11 +126,11 @@ def _add_info(subparsers: Any) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    import os
     import platform
 
-    from napari_sam import weights
-    from napari_sam.device import describe_devices
+    from napari_sam.runtime import config, weights
+    from napari_sam.runtime.device import describe_devices
+    from napari_sam.runtime.loader import resolve_model_type
 
     devices = describe_devices()
     lines = [
@@ -144,7 +150,7 @@ def _run_info(args: argparse.Namespace) -> int:
     lines.append(f"MPS (Apple GPU): {'available' if devices['mps_available'] else 'not available'}")
     lines.append(f"Auto device: {devices['auto']}")
     try:
-        auto_model = weights.resolve_model_type("auto", devices["auto"])
+        auto_model = resolve_model_type("auto", devices["auto"])
     except Exception as exc:  # diagnostics must not fail because the model code is broken
         auto_model = f"unknown (the model code cannot be imported: {exc})"
     lines.append(f"Auto model type: {auto_model}")
@@ -157,8 +163,8 @@ def _run_info(args: argparse.Namespace) -> int:
     except Exception as exc:
         lines.append(f"Image-encoder precision: unknown ({exc})")
 
-    folder = weights.cache_dir(create=False)
-    origin = f"set by {weights.CACHE_ENV}" if os.environ.get(weights.CACHE_ENV, "").strip() else ""
+    folder = config.cache_dir(create=False)
+    origin = config.cache_dir_origin()
     exists = "" if folder.is_dir() else "does not exist yet"
     notes = "; ".join(note for note in (origin, exists) if note)
     lines.append(f"Cache folder: {folder}" + (f" ({notes})" if notes else ""))
@@ -190,7 +196,7 @@ def _cache_state(path: Any, info: Any) -> str:
 
 
 def _add_download(subparsers: Any) -> None:
-    from napari_sam.weights import CHECKPOINTS, MODEL_TYPE_ALIASES
+    from napari_sam.runtime.weights import CHECKPOINTS, MODEL_TYPE_ALIASES
 
     choices = [*CHECKPOINTS, *MODEL_TYPE_ALIASES, "all"]
     parser = add_subcommand(
@@ -218,7 +224,7 @@ def _add_download(subparsers: Any) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from napari_sam import weights
+    from napari_sam.runtime import config, weights
 
     wanted: list[str] = []
     for name in args.model_types:
@@ -236,7 +242,7 @@ def _run_download(args: argparse.Namespace) -> int:
         else:
             path = weights.download(
                 info.url,
-                weights.cache_dir() / info.filename,
+                config.cache_dir() / info.filename,
                 expected_size=info.size_bytes,
                 md5=info.md5,
                 sha256=info.sha256,
@@ -305,7 +311,6 @@ def _add_embed(subparsers: Any) -> None:
 
 
 def _parse_slices(text: str | None, n: int) -> list[int] | None:
-    from napari_sam.volume import StackFileError
 
     if text is None:
         return None
@@ -319,10 +324,10 @@ def _parse_slices(text: str | None, n: int) -> list[int] | None:
     elif len(parts) == 2 and values:
         start, stop = values
     else:
-        raise StackFileError(f"--slices must look like START:STOP (e.g. 10:20), not {text!r}.")
+        raise InputFileError(f"--slices must look like START:STOP (e.g. 10:20), not {text!r}.")
     chosen = list(range(n))[slice(start, stop)]
     if not chosen:
-        raise StackFileError(f"--slices {text} selects no slice of a stack of {n} slices.")
+        raise InputFileError(f"--slices {text} selects no slice of a stack of {n} slices.")
     return chosen
 
 
@@ -332,12 +337,13 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from napari_sam import volume, weights
-    from napari_sam.device import resolve_device
-    from napari_sam.errors import ImageFormatError
+    from napari_sam.runtime.device import resolve_device
+    from napari_sam.runtime.loader import load
+    from napari_sam.workflows import embeddings as volume
+    from napari_sam.workflows import io
 
     t0 = time.perf_counter()
-    stack = volume.read_stack(args.input)
+    stack = io.read_stack(args.input)
     slices = _parse_slices(args.slices, stack.shape[0])
     if args.contrast is not None:
         low, high = args.contrast
@@ -353,19 +359,19 @@ def _run_embed(args: argparse.Namespace) -> int:
     folder = args.output if args.output else volume.default_cache_dir()
     disk = volume.DiskCache(folder)
     device = resolve_device(args.device)
-    model_type = weights.resolve_model_type(args.model, device)
-    sam = weights.load_model(
-        model_type if args.checkpoint is None else args.model,
+    loaded = load(
+        args.model,
         args.checkpoint,
         device=device,
         progress=not args.quiet,
         precision=args.precision,
         compile=args.compile or None,
     )
+    sam = loaded.sam
     embeddings = volume.StackEmbeddings(
         sam,
         stack,
-        model_id=volume.model_id_for(model_type, args.checkpoint),
+        model_id=loaded.model_id,
         contrast=contrast,
         store=volume.EmbeddingStore(max_mb=0),
         disk=disk,
@@ -375,14 +381,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         total=0, unit="slice", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
     )
 
-    def report(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-            bar.refresh()
-        bar.update(done - bar.n)
-
     try:
-        encoded = embeddings.precompute(slices, progress=report)
+        encoded = embeddings.precompute(slices, progress=_bar_updater(bar))
     finally:
         bar.close()
     n = stack.shape[0] if slices is None else len(slices)
@@ -427,7 +427,7 @@ leaves no half-written output file.
 
 
 def _add_segment(subparsers: Any) -> None:
-    from napari_sam.segment import AutoSettings
+    from napari_sam.workflows.segment import AutoSettings
 
     d = AutoSettings()
     parser = add_subcommand(
@@ -568,7 +568,7 @@ def _add_segment(subparsers: Any) -> None:
 
 def _segment_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
     """(input file, output file) pairs; raises for missing inputs and clashing outputs."""
-    from napari_sam import io
+    from napari_sam.workflows import io
 
     files: list[Path] = []
     folder_given = False
@@ -632,7 +632,6 @@ def _check_writable(folder: Path) -> None:
     """
     import tempfile
 
-    from napari_sam.io import OutputFileError
 
     existing = folder
     while not existing.exists() and existing.parent != existing:
@@ -654,10 +653,10 @@ def _run_segment(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from napari_sam import io, weights
-    from napari_sam.device import resolve_device
-    from napari_sam.errors import ImageFormatError
-    from napari_sam.segment import AutoSettings, segment
+    from napari_sam.runtime.device import resolve_device
+    from napari_sam.runtime.loader import load
+    from napari_sam.workflows import io
+    from napari_sam.workflows.segment import AutoSettings, segment
 
     settings = AutoSettings(
         points_per_side=args.points_per_side,
@@ -706,23 +705,17 @@ def _run_segment(args: argparse.Namespace) -> int:
             fail(src, exc)
             continue
         if sam is None:  # after the first input was read: a bad input fails fast
-            model_type = weights.resolve_model_type(args.model, device)
-            sam = weights.load_model(
-                model_type if args.checkpoint is None else args.model,
+            sam = load(
+                args.model,
                 args.checkpoint,
                 device=device,
                 progress=not args.quiet,
                 precision=args.precision,
                 compile=args.compile or None,
-            )
+            ).sam
         bar = tqdm(
             total=0, desc=src.name, unit="step", file=sys.stderr, disable=args.quiet, leave=False
         )
-
-        def report(event: Any, bar: Any = bar) -> None:
-            if bar.total != event.total:
-                bar.total = event.total
-            bar.update(event.done - bar.n)
 
         try:
             result = segment(
@@ -731,7 +724,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                 rgb=image.rgb,
                 contrast_limits=contrast,
                 settings=settings,
-                progress=report,
+                progress=_bar_updater(bar),
             )
             io.write_labels_tiff(dst, result.labels, scale=image.scale, unit=image.unit)
         except NapariSamError as exc:
@@ -789,6 +782,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bar_updater(bar: Any) -> Callable[[Any], None]:
+    """A progress callback (:class:`~napari_sam.runtime.progress.Progress`) driving a tqdm bar."""
+
+    def update(event: Any) -> None:
+        if event.total is not None and bar.total != event.total:
+            bar.total = event.total
+            bar.refresh()
+        bar.update(event.done - bar.n)
+
+    return update
+
+
 def _precision_name(sam: Any) -> str:
     """``"float32"``, ``"bfloat16"`` or ``"float16"``: the encoder precision in use."""
     dtype = getattr(sam, "encoder_dtype", None)
@@ -798,7 +803,6 @@ def _precision_name(sam: Any) -> str:
 @contextlib.contextmanager
 def _plain_warnings() -> Iterator[None]:
     """Show napari-sam's own warnings (e.g. a GPU out-of-memory fallback) as one line."""
-    from napari_sam.errors import DeviceFallbackWarning
 
     original = warnings.showwarning
 

@@ -1,18 +1,48 @@
-"""Exceptions raised by napari-sam.
+"""Every exception napari-sam raises, under one base class.
 
-Every exception carries one plain sentence a biologist can act on. They derive
-from the built-in exception a Python user would expect (``ValueError`` for bad
-input, ``RuntimeError`` for a wrong state or a failed operation), so code
-written against Meta's ``segment_anything`` that catches those keeps working.
+Each carries one plain sentence a biologist can act on. They derive from the
+built-in exception a Python user would expect (``ValueError`` for bad input,
+``RuntimeError`` for a wrong state or a failed operation, ``OSError`` for
+files), so code written against Meta's ``segment_anything`` that catches those
+keeps working. :class:`Cancelled` is the one exception for work the user
+stopped (Cancel button, Ctrl+C): whatever was finished before is kept.
+
+This module imports nothing from the package (it is the bottom layer).
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "Cancelled",
+    "CheckpointError",
+    "DeviceError",
+    "DeviceFallbackWarning",
+    "EmbeddingCacheError",
+    "ImageFormatError",
+    "ImageNotSetError",
+    "InputFileError",
+    "MaskRecordError",
+    "ModelTypeMismatchError",
+    "NapariSamError",
+    "OutOfMemoryError",
+    "OutputFileError",
+    "PromptError",
+    "PropagationError",
+    "SettingsError",
+    "UnknownModelTypeError",
+    "WeightsDownloadError",
+]
 
 
 class NapariSamError(Exception):
     """Base class of all napari-sam errors."""
 
 
+class Cancelled(NapariSamError, RuntimeError):
+    """The user stopped the work (a download, an encoding, a long job); what was done is kept."""
+
+
+# --------------------------------------------------------------------------- input
 class ImageFormatError(NapariSamError, ValueError):
     """The image has a shape, dtype or channel count the operation cannot use."""
 
@@ -21,16 +51,42 @@ class PromptError(NapariSamError, ValueError):
     """Point, box or mask prompts are malformed (shape, length, NaN, order)."""
 
 
+class SettingsError(NapariSamError, ValueError):
+    """A setting (automatic segmentation, mask generator) is out of range or inconsistent."""
+
+
+class PropagationError(NapariSamError, ValueError):
+    """Propagation was asked for with inputs it cannot use (empty seed, slice out of range)."""
+
+
+class MaskRecordError(NapariSamError, ValueError):
+    """A mask record (or mask) cannot be read, or does not fit the label image."""
+
+
 class ImageNotSetError(NapariSamError, RuntimeError):
     """A prediction was requested before an image was encoded."""
 
 
+# --------------------------------------------------------------------------- files
+class InputFileError(NapariSamError, ValueError):
+    """An input file is missing, unreadable or holds no image napari-sam can segment."""
+
+
+class OutputFileError(NapariSamError, OSError):
+    """An output file cannot be written."""
+
+
+class EmbeddingCacheError(NapariSamError, OSError):
+    """The on-disk embedding cache cannot be created, read or written."""
+
+
+# --------------------------------------------------------------------------- models
 class CheckpointError(NapariSamError, RuntimeError):
     """A checkpoint file cannot be read or does not fit the model."""
 
 
 class ModelTypeMismatchError(CheckpointError):
-    """The checkpoint holds the weights of another SAM model type.
+    """The checkpoint holds the weights of another model type.
 
     Attributes
     ----------
@@ -46,20 +102,21 @@ class ModelTypeMismatchError(CheckpointError):
         self.found = found
 
 
+class UnknownModelTypeError(NapariSamError, ValueError):
+    """The model name is not one napari-sam knows (e.g. a typo in ``"vit_b"``)."""
+
+
 class WeightsDownloadError(NapariSamError, RuntimeError):
     """Model weights could not be downloaded or failed verification."""
 
 
+# --------------------------------------------------------------------------- devices
 class DeviceError(NapariSamError, RuntimeError):
     """The requested compute device is not available on this machine."""
 
 
-class UnknownModelTypeError(NapariSamError, ValueError):
-    """The model type name is not one napari-sam knows (e.g. a typo in ``"vit_b"``)."""
-
-
-class DownloadCancelledError(WeightsDownloadError):
-    """A weights download was stopped by the user (cancel button or Ctrl+C)."""
+class OutOfMemoryError(NapariSamError, RuntimeError):
+    """The work does not fit in memory even one item at a time on any device allowed."""
 
 
 class DeviceFallbackWarning(UserWarning):
@@ -68,7 +125,3 @@ class DeviceFallbackWarning(UserWarning):
     Raised as a warning (``warnings.warn``), never as an exception: the result
     is still correct, only slower. The napari widgets show it as a notification.
     """
-
-
-class OutOfMemoryError(NapariSamError, RuntimeError):
-    """The work does not fit in memory even one item at a time on any device allowed."""

@@ -1,12 +1,12 @@
 """The "Automatic segmentation (SAM)" widget: label every object of an image or stack.
 
-The widget reads the chosen image layer, runs :func:`napari_sam.segment.segment_iter`
+The widget reads the chosen image layer, runs :func:`napari_sam.workflows.segment.segment_iter`
 (SAM's automatic mask generator, plane by plane) in a ``thread_worker`` with a
 progress bar and a Cancel button, and writes the result into the Labels layer
 "<image> SAM auto" on the main thread, as one undo step. A cancelled or failed
 run leaves the layer untouched. On a stack it segments the current slice or all
 slices, optionally linking objects through the slices
-(:func:`napari_sam.segment.link_slices`). The result can be exported as COCO
+(:func:`napari_sam.workflows.segment.link_slices`). The result can be exported as COCO
 JSON (:meth:`AutomaticSegmentationWidget.export_coco`); the Labels layer is saved
 as TIFF with ``File > Save Selected Layers…`` (napari-sam's writer).
 
@@ -16,7 +16,6 @@ Model choice and loading are shared with the interactive widget
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -45,14 +44,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import CheckpointError, DownloadCancelledError, ImageFormatError, NapariSamError
-from ..image import ImageLayout, image_layout
-from ..labels import dtype_for_ids
-from ..segment import AutoSettings, SegmentationResult, SegmentProgress, segment_iter
-from .common import (
+from napari_sam._widgets.common import (
     CUSTOM_CHECKPOINT,
     ClosesWithDockMixin,
-    LoadedModel,
     ModelChoiceMixin,
     ModelFactory,
     layer_geometry,
@@ -62,7 +56,18 @@ from .common import (
     model_moved,
     relay_worker_warnings,
 )
-from .prompts import current_slice, layer_affine
+from napari_sam.errors import Cancelled, CheckpointError, ImageFormatError, NapariSamError
+from napari_sam.runtime.files import content_hash
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.workflows.image import ImageLayout, image_layout
+from napari_sam.workflows.labels import dtype_for_ids
+from napari_sam.workflows.prompts import current_slice, layer_affine
+from napari_sam.workflows.segment import (
+    AutoSettings,
+    SegmentationResult,
+    SegmentProgress,
+    segment_iter,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -319,7 +324,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         self.status_label.setText(text)
 
     def _report(self, exc: BaseException, expected: bool = True) -> None:
-        if isinstance(exc, DownloadCancelledError):
+        if isinstance(exc, Cancelled):
             notifications.show_info(str(exc))
         elif expected and isinstance(exc, NapariSamError):
             notifications.show_error(str(exc))
@@ -390,9 +395,17 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
             self._model = None
             self.model_label.setText("Model: not loaded (loads when you run)")
 
-    def set_model(self, sam: Any, model_id: str, description: str | None = None) -> None:
-        """Use an already built model (scripting, tests); ``model_id`` names its weights."""
-        self._model = LoadedModel(sam, model_id, description or model_id)
+    def set_model(
+        self, sam: Any, model_id: str | None = None, description: str | None = None
+    ) -> None:
+        """Use a :class:`LoadedModel`, or an already built model (scripting, tests) whose
+        weights ``model_id`` names."""
+        if isinstance(sam, LoadedModel):
+            loaded = sam
+        else:
+            loaded = LoadedModel.wrap(sam, model_id, description)
+        sam = loaded.sam
+        self._model = loaded
         self._model_source = self._model_request()
         self.model_label.setText(model_label_text(self._model))
 
@@ -602,7 +615,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
             layer = self._add_output(image, result.labels)
         self._output, self._output_image = layer, image
         self._scores = scores
-        self._scores_digest = (layer, _digest(layer.data))
+        self._scores_digest = (layer, content_hash(layer.data))
         n = result.n_objects
         where = f"slice {k}" if k is not None else "the image"
         if job.layout.is_stack and k is None:
@@ -618,7 +631,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         """Whether a run may write into ``layer``: it is empty, or holds exactly what this
         widget's last run left there (not edited since)."""
         last = self._scores_digest
-        if last is not None and last[0] is layer and last[1] == _digest(layer.data):
+        if last is not None and last[0] is layer and last[1] == content_hash(layer.data):
             return True
         return not np.any(layer.data)
 
@@ -649,7 +662,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
     def _valid_scores(self, layer: Labels) -> dict:
         if self._scores_digest is None or self._scores_digest[0] is not layer:
             return {}
-        if self._scores_digest[1] != _digest(layer.data):
+        if self._scores_digest[1] != content_hash(layer.data):
             return {}  # edited since: the scores may describe other masks
         return self._scores
 
@@ -660,7 +673,7 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
         Without ``path``, a file dialog asks for one. SAM's scores are included
         while the layer is unchanged since the run. Returns the written path.
         """
-        from ..io import CocoWriter
+        from napari_sam.workflows.io import CocoWriter
 
         layer = self.output_layer
         if layer is None:
@@ -722,11 +735,6 @@ class AutomaticSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidget
     def closeEvent(self, event: Any) -> None:
         self.close_session()
         super().closeEvent(event)
-
-
-def _digest(data: Any) -> str:
-    arr = np.ascontiguousarray(np.asarray(data))
-    return hashlib.blake2b(arr.view(np.uint8).ravel(), digest_size=16).hexdigest()
 
 
 def _int_spin(value: int, low: int, high: int, tip: str) -> QSpinBox:

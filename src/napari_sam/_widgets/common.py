@@ -8,7 +8,6 @@ picker, and :func:`load_sam`, which loads the model those controls describe.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import CheckpointError, DeviceFallbackWarning, ImageFormatError
-from ..image import ImageLayout, image_layout
-from ..labels import dtype_for_ids
-from ..volume import model_id_for
+from napari_sam.errors import CheckpointError, DeviceFallbackWarning, ImageFormatError
+from napari_sam.runtime.loader import LoadedModel, load
+from napari_sam.workflows.image import ImageLayout, image_layout
+from napari_sam.workflows.labels import dtype_for_ids
 
 __all__ = [
     "CUSTOM_CHECKPOINT",
     "MODEL_CHOICES",
     "ClosesWithDockMixin",
-    "LoadedModel",
     "ModelChoiceMixin",
     "ModelFactory",
     "load_sam",
@@ -52,24 +50,6 @@ MODEL_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h", CUSTOM_CHECKPOINT)
 
 
 # --------------------------------------------------------------------------- model loading
-@dataclass
-class LoadedModel:
-    """A model ready for the widget.
-
-    Attributes
-    ----------
-    sam : Sam
-    model_id : str
-        Names model and weights in embedding keys (see :class:`EmbeddingKey`).
-    description : str
-        Shown to the user, e.g. ``"vit_t on cpu"``.
-    """
-
-    sam: Any
-    model_id: str
-    description: str
-
-
 ModelFactory = Callable[..., LoadedModel]
 
 
@@ -77,36 +57,28 @@ def load_sam(
     choice: str,
     checkpoint: str | None,
     device: str,
-    progress_callback: Callable[[int, int | None], Any] | None = None,
+    progress_callback: Callable[[Any], Any] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> LoadedModel:
-    """Load a model the way the widget's controls describe it (runs in a worker).
+    """Load the model the widget's controls describe (runs in a worker).
 
     ``choice`` is one of :data:`MODEL_CHOICES`; with :data:`CUSTOM_CHECKPOINT`
-    the model type is detected from the file. Published weights are
-    downloaded (hash-checked) on first use.
+    the model type is detected from the file.
     """
-    from .. import weights
-    from ..device import resolve_device
-
-    dev = resolve_device(device)
     if choice == CUSTOM_CHECKPOINT:
         if not checkpoint or not str(checkpoint).strip():
             raise CheckpointError(
                 "Choose a checkpoint file (Browse…) or pick one of the published models."
             )
-        path = Path(checkpoint).expanduser()
-        sam = weights.load_model("auto", checkpoint=path, device=dev, progress=False)
-        return LoadedModel(sam, model_id_for("custom", path), f"{path.name} on {dev}")
-    model_type = weights.resolve_model_type(choice, dev)
-    sam = weights.load_model(
-        model_type,
-        device=dev,
+        return load("auto", Path(checkpoint).expanduser(), device, progress=False)
+    return load(
+        choice,
+        None,
+        device,
         progress=False,
         progress_callback=progress_callback,
         should_cancel=should_cancel,
     )
-    return LoadedModel(sam, model_type, f"{model_type} on {dev}")
 
 
 # --------------------------------------------------------------------------- layers
@@ -141,7 +113,7 @@ def write_objects(layer: Labels, plan: Sequence[tuple[int, tuple]]) -> str | Non
 
     If the layer's integer type cannot hold the largest id (e.g. object 256 in
     a uint8 layer), its data is first promoted to a wider type
-    (:func:`napari_sam.labels.dtype_for_ids`), so no id is ever truncated; the
+    (:func:`napari_sam.workflows.labels.dtype_for_ids`), so no id is ever truncated; the
     returned sentence says so (None if no promotion was needed).
     """
     if not plan:
@@ -164,47 +136,14 @@ def write_objects(layer: Labels, plan: Sequence[tuple[int, tuple]]) -> str | Non
     return note
 
 
-def _devices(model: LoadedModel) -> tuple[str, str] | None:
-    """(device named in the description, device the weights are on now), if both are known."""
-    try:
-        now = next(model.sam.parameters()).device.type
-    except (AttributeError, StopIteration, TypeError):
-        return None
-    parts = model.description.rsplit(" on ", 1)
-    if len(parts) != 2:
-        return None
-    return parts[1].split(":")[0], now
-
-
 def model_moved(model: LoadedModel) -> bool:
     """Whether the core moved the model off the device it was loaded on (out of memory)."""
-    devices = _devices(model)
-    return devices is not None and devices[0] != devices[1]
+    return model.moved
 
 
 def model_label_text(model: LoadedModel) -> str:
-    """"Model: …" for the widget, naming the device the model's weights are on now.
-
-    After an out-of-memory fallback the core moves the model to the CPU; the
-    label then says so instead of the device it was loaded on.
-    """
-    if not model_moved(model):
-        return f"Model: {model.description}{_precision_note(model)}"
-    name, loaded_on = model.description.rsplit(" on ", 1)
-    now = _devices(model)[1]
-    return f"Model: {name} on {now} (moved from {loaded_on}: out of memory)"
-
-
-def _precision_note(model: LoadedModel) -> str:
-    """``", bf16 encoder"``-style note when the encoder is not float32 (the GPU fast path)."""
-    try:
-        dtype = model.sam.encoder_dtype
-    except Exception:  # a stand-in model without the attribute: say nothing
-        return ""
-    if dtype is None:
-        return ""
-    short = {"bfloat16": "bf16", "float16": "fp16"}.get(str(dtype).removeprefix("torch."))
-    return f", {short or dtype} encoder"
+    """"Model: …" for the widget, naming the device the model's weights are on now."""
+    return f"Model: {model.describe()}"
 
 
 def relay_worker_warnings(worker: Any, on_fallback: Callable[[str], Any]) -> None:
@@ -305,7 +244,7 @@ class _LayerPicker:
 
 
 def _device_choices() -> list[str]:
-    from ..device import cuda_available, mps_available
+    from napari_sam.runtime.device import cuda_available, mps_available
 
     choices = ["auto", "cpu"]
     if cuda_available():

@@ -1,17 +1,17 @@
 """Interactive point/box segmentation of 2D images and slices of 3D stacks.
 
 The widget is thin: it reads napari layers, hands arrays to the pure logic in
-:mod:`napari_sam._widgets.prompts` and :mod:`napari_sam._widgets.session`,
+:mod:`napari_sam.workflows.prompts` and :mod:`napari_sam.workflows.interactive`,
 and writes the results back into layers, always on the main thread. Model
 loading and image encoding run in ``napari.qt.threading`` workers; encoded
-planes are kept in an :class:`~napari_sam.volume.EmbeddingStore`, so each
+planes are kept in an :class:`~napari_sam.workflows.embeddings.EmbeddingStore`, so each
 slice is encoded once per model and contrast setting.
 
 Workflow: pick an image; click positive/negative points in "SAM points" or
 draw rectangles in "SAM boxes"; the mask appears in "SAM preview"; commit it
 into the output Labels layer as a new object. On a 3D stack, the embeddings of
 all slices can be precomputed (optionally kept on disk), and objects are
-propagated through the stack (:mod:`napari_sam.propagation`), computed in a
+propagated through the stack (:mod:`napari_sam.workflows.propagation`), computed in a
 worker and written at the end as one undo step. Key bindings: :data:`KEYS`.
 """
 
@@ -48,30 +48,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..errors import (
-    DeviceFallbackWarning,
-    DownloadCancelledError,
-    ImageFormatError,
-    NapariSamError,
-)
-from ..image import ImageLayout, get_plane, image_layout
-from ..predictor import SamPredictor
-from ..propagation import PropagationResult, PropagationSettings, plan_write, propagate
-from ..volume import (
-    ComputationCancelledError,
-    DiskCache,
-    EmbeddingCacheError,
-    EmbeddingKey,
-    EmbeddingStore,
-    StackEmbeddings,
-    default_cache_dir,
-    hash_plane,
-)
-from .common import (
+from napari_sam._widgets.common import (
     CUSTOM_CHECKPOINT,
     MODEL_CHOICES,
     ClosesWithDockMixin,
-    LoadedModel,
     ModelChoiceMixin,
     ModelFactory,
     _LayerPicker,
@@ -83,20 +63,43 @@ from .common import (
     relay_worker_warnings,
     write_objects,
 )
-from .prompts import (
-    SlicePrompts,
-    current_slice,
-    group_objects,
-    slice_prompts_from_layers,
+from napari_sam.errors import (
+    Cancelled,
+    DeviceFallbackWarning,
+    EmbeddingCacheError,
+    ImageFormatError,
+    NapariSamError,
 )
-from .session import (
-    EncodingCancelledError,
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime.files import content_hash
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.workflows.embeddings import (
+    DiskCache,
+    EmbeddingKey,
+    EmbeddingStore,
+    StackEmbeddings,
+    default_cache_dir,
+)
+from napari_sam.workflows.image import ImageLayout, get_plane, image_layout
+from napari_sam.workflows.interactive import (
     ObjectMask,
     compose_preview,
     encode_plane,
     install_cancel_hooks,
     plan_commit,
     predict_objects,
+)
+from napari_sam.workflows.prompts import (
+    SlicePrompts,
+    current_slice,
+    group_objects,
+    slice_prompts_from_layers,
+)
+from napari_sam.workflows.propagation import (
+    PropagationResult,
+    PropagationSettings,
+    plan_write,
+    propagate,
 )
 
 if TYPE_CHECKING:
@@ -146,7 +149,7 @@ def _load_job(factory: ModelFactory, request: tuple, relay: _Relay, cancel: thre
             choice,
             checkpoint,
             device,
-            progress_callback=lambda done, total: relay.progress.emit(done, total),
+            progress_callback=lambda event: relay.progress.emit(event.done, event.total),
             should_cancel=cancel.is_set,
         )
     except NapariSamError as exc:
@@ -185,7 +188,7 @@ def _encode_job(
 def _precompute_job(embeddings: StackEmbeddings, relay: _Relay, cancel: threading.Event):
     try:
         encoded = embeddings.precompute(
-            progress=lambda done, total: relay.job_progress.emit(done, total),
+            progress=lambda event: relay.job_progress.emit(event.done, event.total),
             should_cancel=cancel.is_set,
         )
     except NapariSamError as exc:
@@ -212,7 +215,7 @@ def _propagate_job(
             k,
             z_range=z_range,
             settings=settings,
-            progress=lambda done, total: relay.job_progress.emit(done, total),
+            progress=lambda event: relay.job_progress.emit(event.done, event.total),
             should_cancel=cancel.is_set,
         )
     except NapariSamError as exc:
@@ -505,7 +508,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
 
     def _report(self, exc: BaseException) -> None:
         """Show an exception as a napari notification (its one sentence)."""
-        if isinstance(exc, DownloadCancelledError):
+        if isinstance(exc, Cancelled):
             notifications.show_info(str(exc))
         elif isinstance(exc, NapariSamError):
             notifications.show_error(str(exc))
@@ -785,10 +788,18 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
             self._clear_preview()
             self._schedule()
 
-    def set_model(self, sam: Any, model_id: str, description: str | None = None) -> None:
-        """Use an already built model (scripting, tests); ``model_id`` names its weights."""
+    def set_model(
+        self, sam: Any, model_id: str | None = None, description: str | None = None
+    ) -> None:
+        """Use a :class:`LoadedModel`, or an already built model (scripting, tests) whose
+        weights ``model_id`` names."""
+        if isinstance(sam, LoadedModel):
+            loaded = sam
+        else:
+            loaded = LoadedModel.wrap(sam, model_id, description)
+        sam = loaded.sam
         install_cancel_hooks(sam)  # before any worker uses the model
-        self._model = LoadedModel(sam, model_id, description or model_id)
+        self._model = loaded
         self._model_source = self._model_request()
         self._predictor = SamPredictor(sam)
         self.model_label.setText(model_label_text(self._model))
@@ -848,7 +859,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         self._failed_request = None
         if self._load_request != self._model_request():
             return  # the user chose another model meanwhile
-        self.set_model(result.sam, result.model_id, result.description)
+        self.set_model(result)
         self._model_source = self._load_request
 
     def _on_load_finished(self) -> None:
@@ -912,7 +923,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         relay_worker_warnings(worker, self._on_fallback)
         self._encode_worker = worker
         where = f"slice {key.slice}" if key.slice is not None else "the image"
-        self._busy_start(f"Encoding {where} with {self._model.description}…")
+        self._busy_start(f"Encoding {where} with {self._model.name}…")
         self.cancel_button.setEnabled(True)
         worker.start()
 
@@ -946,7 +957,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         if self._closed:
             return
         if isinstance(result, _Failed):
-            if isinstance(result.error, EncodingCancelledError):
+            if isinstance(result.error, Cancelled):
                 notifications.show_info(str(result.error))
                 self._set_status(str(result.error))
             else:
@@ -974,7 +985,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
 
     # ------------------------------------------------------------------ prediction
     def _current_slice(self) -> int | None:
-        from .prompts import layer_affine
+        from napari_sam.workflows.prompts import layer_affine
 
         return current_slice(
             layer_affine(self._image), self._layout.spatial_shape, self.viewer.dims.point
@@ -1045,7 +1056,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
             return
         plane = get_plane(self._image.data, layout, k)
         key = EmbeddingKey(
-            data_hash=hash_plane(plane),
+            data_hash=content_hash(plane),
             slice=k,
             model_id=self._model.model_id,
             contrast=tuple(float(c) for c in self._image.contrast_limits),
@@ -1475,7 +1486,7 @@ class InteractiveSegmentationWidget(ClosesWithDockMixin, ModelChoiceMixin, QWidg
         if self._closed:
             return
         if isinstance(result, _Failed):
-            if isinstance(result.error, ComputationCancelledError):
+            if isinstance(result.error, Cancelled):
                 notifications.show_info(str(result.error))
                 self._set_status(str(result.error))
             elif isinstance(result.error, EmbeddingCacheError):
@@ -1626,7 +1637,7 @@ def _ensure_label_feature(points: Points) -> None:
         and {POSITIVE, NEGATIVE} <= set(label.cat.categories)
     ):
         return
-    from .prompts import labels_from_feature
+    from napari_sam.workflows.prompts import labels_from_feature
 
     values = labels_from_feature(None if label is None else label.to_numpy(), len(points.data))
     points.features = features.assign(

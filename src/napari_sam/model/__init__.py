@@ -1,6 +1,10 @@
-"""The SAM network in pure PyTorch: no I/O, no napari."""
+"""The networks in pure PyTorch: no file or network I/O, no napari.
 
-from .build import CONFIGS, SamConfig, build_sam, sam_model_registry
-from .sam import Sam
+- :mod:`napari_sam.model.sam`: SAM 1 (ViT image encoder, MobileSAM's TinyViT,
+  prompt encoder, mask decoder) and the shared-image decoder used by automatic
+  mask generation;
+- :mod:`napari_sam.model.build`: configurations and the builder;
+- :mod:`napari_sam.model.precision`: the encoder's numeric precision.
 
-__all__ = ["CONFIGS", "Sam", "SamConfig", "build_sam", "sam_model_registry"]
+Nothing above this package is imported here (arrows point down only).
+"""

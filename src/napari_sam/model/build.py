@@ -1,31 +1,31 @@
-"""Model configurations, the builder and checkpoint loading.
+"""SAM model configurations, the builder, and fitting a state dict to a model.
 
-``sam_model_registry[model_type](checkpoint=None)`` builds a :class:`Sam` with
-random weights (initialised as the published implementation does) or loads a
-checkpoint file with ``strict=True``. Parameter names equal the keys of the
-published ``.pth`` files. No I/O other than reading the given checkpoint.
+:func:`build_model` builds a :class:`Sam` for a configuration with random
+weights (initialised as the published implementation does);
+:func:`model_from_state` builds one that takes the tensors of a state dict
+(checked with strict keys and shapes first). Parameter names equal the keys of
+the published ``.pth`` files. No I/O here: files are read by
+:mod:`napari_sam.runtime.checkpoints`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from os import PathLike
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ModelTypeMismatchError
-from .image_encoder import ImageEncoderViT
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
-from .sam import Sam
-from .tiny_vit import TinyViT
-from .transformer import TwoWayTransformer
+from napari_sam.errors import CheckpointError, ModelTypeMismatchError
+from napari_sam.model.sam.image_encoder import ImageEncoderViT
+from napari_sam.model.sam.mask_decoder import MaskDecoder
+from napari_sam.model.sam.prompt_encoder import PromptEncoder
+from napari_sam.model.sam.sam import Sam
+from napari_sam.model.sam.tiny_vit import TinyViT
+from napari_sam.model.sam.transformer import TwoWayTransformer
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ CONFIGS: dict[str, SamConfig | TinyViTConfig] = {
 }
 
 
-def build_sam(config: SamConfig | TinyViTConfig) -> Sam:
+def build_model(config: SamConfig | TinyViTConfig) -> Sam:
     """Build a :class:`Sam` with random weights for ``config`` (eval mode, CPU)."""
     grid = config.img_size // config.patch_size
     if isinstance(config, TinyViTConfig):
@@ -146,66 +146,6 @@ def _assemble(
         iou_head_hidden_dim=256,
     )
     return Sam(image_encoder, prompt_encoder, mask_decoder).eval()
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-#: Wrapper keys under which training frameworks nest the actual state dict.
-_WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
-#: Key prefixes added by DataParallel, Lightning modules or fine-tuning wrappers.
-_PREFIXES = ("module.", "sam.", "model.")
-
-
-def read_checkpoint(path: str | PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat SAM state dict (tensors on the CPU).
-
-    Accepts a plain state dict, one wrapped in ``{"model": ...}``,
-    ``{"state_dict": ...}`` or ``{"model_state": ...}``, and keys prefixed with
-    ``module.``, ``sam.`` or ``model.``. Files are read with
-    ``weights_only=True``: no code in the file is executed.
-
-    Raises
-    ------
-    CheckpointError
-        The file is missing, truncated, not a PyTorch file, or holds no state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The checkpoint file {path} does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as exc:  # the unpickler raises many types on a damaged file
-        raise CheckpointError(
-            f"The checkpoint file {path} could not be read; it is probably incomplete "
-            f"(an interrupted download) or not a PyTorch weights file ({type(exc).__name__})."
-        ) from exc
-    for _ in range(3):  # wrappers can nest, e.g. {"model": {"state_dict": ...}}
-        if not isinstance(obj, Mapping):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if (
-        not isinstance(obj, Mapping)
-        or not obj
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
-        raise CheckpointError(
-            f"The file {path} does not contain SAM model weights (expected a state dict "
-            "mapping parameter names to tensors)."
-        )
-    state = dict(obj)
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    return state
 
 
 def detect_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -284,33 +224,36 @@ def _preview(items: list[str], n: int = 5) -> str:
     return shown + (f", … ({len(items) - n} more)" if len(items) > n else "")
 
 
-def build_from_config(
+def random_model(config: SamConfig | TinyViTConfig) -> Sam:
+    """:func:`build_model`, safe while another thread builds a model from a state dict."""
+    with _init_lock:  # never while another thread skips random initialisation
+        return build_model(config)
+
+
+def model_from_state(
     config: SamConfig | TinyViTConfig,
-    checkpoint: str | PathLike | None = None,
+    state: Mapping[str, torch.Tensor],
     *,
     model_type: str = "custom",
+    source: str = "state dict",
 ) -> Sam:
-    """Build a model for ``config``; load ``checkpoint`` if given (strict).
+    """Build a model for ``config`` that takes the tensors of ``state`` (strict keys).
 
-    With a checkpoint, the model is built without random initialisation (its
-    parameters are allocated but never written, so the memory is not touched),
-    checked against the file, and then takes the file's tensors directly
-    (``assign=True``): loading costs about one copy of the weights in memory
-    instead of two, and no time is spent on random numbers.
+    The model is built without random initialisation (its parameters are
+    allocated but never written, so the memory is not touched), checked
+    against ``state`` (:func:`check_state`; ``source`` names the file in the
+    messages), and then takes the tensors directly (``assign=True``): loading
+    costs about one copy of the weights in memory instead of two.
 
     The skeleton is deliberately not built on the ``meta`` device: that makes
     torch import ``torch._dynamo`` and with it ``triton``, which crashes a
     process that already has an OpenGL context from Mesa (napari under
     llvmpipe): both bundle LLVM.
     """
-    if checkpoint is None:
-        with _init_lock:  # never while another thread skips random initialisation
-            return build_sam(config)
-    state = read_checkpoint(checkpoint)
     with _skip_random_init():
-        skeleton = build_sam(config)
+        skeleton = build_model(config)
     expected = skeleton.state_dict()
-    check_state(expected, state, model_type=model_type, source=str(checkpoint))
+    check_state(expected, state, model_type=model_type, source=source)
     state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     skeleton.load_state_dict(state, strict=True, assign=True)
     return skeleton.eval()
@@ -351,30 +294,3 @@ def _skip_random_init() -> Iterator[None]:
 
 def _keep(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
     return tensor
-
-
-def _builder(model_type: str) -> Callable[..., Sam]:
-    def build(checkpoint: str | PathLike | None = None) -> Sam:
-        return build_from_config(CONFIGS[model_type], checkpoint, model_type=model_type)
-
-    build.__name__ = f"build_sam_{model_type}"
-    build.__doc__ = (
-        f"Build SAM '{model_type}': random weights, or the weights in ``checkpoint`` "
-        "(loaded with strict=True)."
-    )
-    return build
-
-
-build_sam_vit_h = _builder("vit_h")
-build_sam_vit_l = _builder("vit_l")
-build_sam_vit_b = _builder("vit_b")
-build_sam_vit_t = _builder("vit_t")
-
-#: Model type -> builder, as in ``segment_anything``.
-sam_model_registry: dict[str, Callable[..., Sam]] = {
-    "default": build_sam_vit_h,
-    "vit_h": build_sam_vit_h,
-    "vit_l": build_sam_vit_l,
-    "vit_b": build_sam_vit_b,
-    "vit_t": build_sam_vit_t,
-}

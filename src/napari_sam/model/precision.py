@@ -20,13 +20,14 @@ Precision names
     That reduced precision on any device that supports autocast with it (the
     CPU supports both; used by the tests to check the code path without a GPU).
 
-The environment variable ``NAPARI_SAM_PRECISION`` overrides ``"auto"``.
+Which precision "auto" becomes for models built by the package's loaders
+(``NAPARI_SAM_PRECISION``) is decided in :mod:`napari_sam.runtime.config`;
+this module does no I/O and reads no environment.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
@@ -41,7 +42,6 @@ __all__ = [
 #: Precision names accepted by :func:`autocast_dtype` and ``Sam.precision``.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-_ENV = "NAPARI_SAM_PRECISION"
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ALIASES = {
     "float32": "fp32",
@@ -100,10 +100,6 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     """
     name = check_precision(precision)
     dev = torch.device(device)
-    if name == "auto":
-        override = os.environ.get(_ENV, "").strip()
-        if override:
-            name = check_precision(override)
     if name == "auto":
         if dev.type != "cuda":
             return None

@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..errors import NapariSamError
-from ..image import to_sam_rgb
-from ..labels import plan_new_objects
-from ..predictor import ImageEmbedding, SamPredictor
-from .prompts import ObjectPrompt
+from napari_sam.errors import Cancelled
+from napari_sam.predictors.predictor import ImageEmbedding, SamPredictor
+from napari_sam.workflows.image import to_sam_rgb
+from napari_sam.workflows.labels import plan_new_objects
+from napari_sam.workflows.prompts import ObjectPrompt
 
 __all__ = [
-    "EncodingCancelledError",
     "ObjectMask",
     "compose_preview",
     "encode_plane",
@@ -44,14 +43,10 @@ _CANCEL_CHECKS: dict[int, Callable[[], bool]] = {}
 _CANCEL_LOCK = threading.Lock()
 
 
-class EncodingCancelledError(NapariSamError, RuntimeError):
-    """The user stopped the encoding of a plane."""
-
-
 def _cancel_hook(module: object, inputs: object) -> None:
     check = _CANCEL_CHECKS.get(threading.get_ident())
     if check is not None and check():
-        raise EncodingCancelledError(
+        raise Cancelled(
             "Encoding cancelled; change the prompts or the slice to encode it again."
         )
 
@@ -88,10 +83,10 @@ def encode_plane(
     rgb: bool,
     should_cancel: Callable[[], bool] | None = None,
 ) -> ImageEmbedding:
-    """Convert a plane with :func:`~napari_sam.image.to_sam_rgb` and encode it.
+    """Convert a plane with :func:`~napari_sam.workflows.image.to_sam_rgb` and encode it.
 
     With ``should_cancel`` (and :func:`install_cancel_hooks` done on the
-    model), the encoding stops with :class:`EncodingCancelledError` at the
+    model), the encoding stops with :class:`Cancelled` at the
     next encoder block once ``should_cancel()`` returns True.
     """
     image = to_sam_rgb(plane, contrast_limits, rgb=rgb)
@@ -104,12 +99,12 @@ def encode_plane(
         _CANCEL_CHECKS[tid] = should_cancel
     try:
         if should_cancel():
-            raise EncodingCancelledError(
+            raise Cancelled(
                 "Encoding cancelled; change the prompts or the slice to encode it again."
             )
         predictor.set_image(image)
         if should_cancel():  # cancelled at the very end (or with a compiled encoder)
-            raise EncodingCancelledError(
+            raise Cancelled(
                 "Encoding cancelled; change the prompts or the slice to encode it again."
             )
     finally:
@@ -200,7 +195,7 @@ def plan_commit(
     free id, starting at ``next_id``. Unless ``overwrite``, pixels that
     already belong to an object in ``labels_plane`` are left alone; an object
     left without pixels is skipped and uses no id
-    (:func:`napari_sam.labels.plan_new_objects`).
+    (:func:`napari_sam.workflows.labels.plan_new_objects`).
 
     Returns
     -------

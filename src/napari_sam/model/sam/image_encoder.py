@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from napari_sam.model.sam.common import LayerNorm2d, MLPBlock
 
 #: Largest number of mask elements materialised at once by the attention of
 #: one block on a CPU (4 M fp32 values = 16 MB): small enough to stay in

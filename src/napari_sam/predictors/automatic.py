@@ -35,21 +35,24 @@ a generator that yields :class:`AmgProgress` after each step (suitable for
 napari's ``thread_worker``: stop by closing the generator) and returns the
 records; :meth:`~SamAutomaticMaskGenerator.generate` takes optional
 ``progress(done, total)`` and ``should_cancel()`` callables and raises
-:class:`MaskGenerationCancelled` when asked to stop.
+:class:`Cancelled` when asked to stop.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .amg_utils import (
+from napari_sam.errors import ImageFormatError, SettingsError
+from napari_sam.model.sam.sam import Sam
+from napari_sam.model.sam.shared_decoder import SharedImageDecoder
+from napari_sam.predictors.amg_utils import (
     batched_nms,
     box_area,
     box_xyxy_to_xywh,
@@ -62,15 +65,11 @@ from .amg_utils import (
     remove_small_regions_cropped,
     stability_score,
 )
-from .errors import ImageFormatError, NapariSamError
-from .model.sam import Sam
-from .model.shared_decoder import SharedImageDecoder
-from .predictor import SamPredictor
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
 
 __all__ = [
     "AmgProgress",
-    "MaskGenerationCancelled",
-    "MaskGeneratorConfigError",
     "SamAutomaticMaskGenerator",
 ]
 
@@ -96,29 +95,19 @@ _GPU_MAX_POINTS_PER_BATCH = 1024
 _DEFAULT_POINTS_PER_BATCH = 64
 
 
-class MaskGenerationCancelled(NapariSamError, RuntimeError):
-    """Automatic mask generation was stopped by the caller (``should_cancel`` returned True)."""
-
-
-class MaskGeneratorConfigError(NapariSamError, ValueError):
-    """A :class:`SamAutomaticMaskGenerator` argument is out of range or inconsistent."""
-
-
 @dataclass(frozen=True)
-class AmgProgress:
+class AmgProgress(Progress):
     """Progress of :meth:`SamAutomaticMaskGenerator.generate_iter`.
 
     ``done`` of ``total`` steps are finished. Steps are: one image encoding per
     crop, one decoder batch of ``points_per_batch`` prompts, and a final
-    post-processing step. ``stage`` is ``"start"``, ``"encode"``, ``"batch"``
-    or ``"done"``; ``crop`` is the index of the current crop out of ``n_crops``.
+    post-processing step. ``stage`` is ``"starting"``, ``"encoding"``,
+    ``"decoding prompts"`` or ``"post-processing"``; ``crop`` is the index of
+    the current crop out of ``n_crops``.
     """
 
-    done: int
-    total: int
-    stage: str
-    crop: int
-    n_crops: int
+    crop: int = 0
+    n_crops: int = 1
 
 
 class SamAutomaticMaskGenerator:
@@ -164,7 +153,7 @@ class SamAutomaticMaskGenerator:
 
     Raises
     ------
-    MaskGeneratorConfigError
+    SettingsError
         An argument is out of range, or ``points_per_side`` and ``point_grids``
         are both given or both ``None``.
     """
@@ -201,29 +190,29 @@ class SamAutomaticMaskGenerator:
         if not _is_real(stability_score_offset) or not (
             0 <= stability_score_offset < math.inf
         ):
-            raise MaskGeneratorConfigError(
+            raise SettingsError(
                 f"stability_score_offset must be a finite number >= 0, got "
                 f"{stability_score_offset!r}."
             )
         if not _is_real(min_mask_region_area) or not (0 <= min_mask_region_area < math.inf):
-            raise MaskGeneratorConfigError(
+            raise SettingsError(
                 f"min_mask_region_area must be a number of pixels >= 0, got "
                 f"{min_mask_region_area!r}."
             )
         if output_mode not in OUTPUT_MODES:
-            raise MaskGeneratorConfigError(
+            raise SettingsError(
                 f"output_mode must be one of {', '.join(map(repr, OUTPUT_MODES))}; "
                 f"got {output_mode!r}."
             )
         if (points_per_side is None) == (point_grids is None):
-            raise MaskGeneratorConfigError(
+            raise SettingsError(
                 "Give exactly one of points_per_side and point_grids (set the other to None)."
             )
         if points_per_side is not None:
             _check_int("points_per_side", points_per_side, minimum=1)
             for layer in range(crop_n_layers + 1):
                 if int(points_per_side / crop_n_points_downscale_factor**layer) < 1:
-                    raise MaskGeneratorConfigError(
+                    raise SettingsError(
                         f"Crop layer {layer} would get no points: points_per_side="
                         f"{points_per_side} divided by crop_n_points_downscale_factor="
                         f"{crop_n_points_downscale_factor} to the power {layer} is below 1. "
@@ -264,7 +253,7 @@ class SamAutomaticMaskGenerator:
         self._crop_embeddings: dict[tuple[int, ...], Any] = {}
 
     def _auto_points_per_batch(self) -> int:
-        from .memory import auto_batch_size
+        from napari_sam.runtime.memory import auto_batch_size
 
         most = max(len(g) for g in self.point_grids) if self.point_grids else 1
         return auto_batch_size(
@@ -279,7 +268,7 @@ class SamAutomaticMaskGenerator:
         device = self.predictor.device
         if device.type != "cuda":
             return _UPSCALE_BUDGET_BYTES, _PROMPT_CHUNK, _CPU_DECODE_CHUNK
-        from .memory import free_memory_bytes
+        from napari_sam.runtime.memory import free_memory_bytes
 
         free = free_memory_bytes(device) or 0
         budget = max(_UPSCALE_BUDGET_BYTES, int(free * _GPU_UPSCALE_SHARE))
@@ -289,8 +278,8 @@ class SamAutomaticMaskGenerator:
     def generate(
         self,
         image: np.ndarray,
-        progress: Callable[[int, int], Any] | None = None,
-        should_cancel: Callable[[], bool] | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
     ) -> list[dict[str, Any]]:
         """Segment everything in ``image``.
 
@@ -300,12 +289,12 @@ class SamAutomaticMaskGenerator:
             RGB image. A grayscale uint8 image ``(H, W)`` or ``(H, W, 1)`` is
             repeated into three channels. Other dtypes (uint16, float) must be
             converted with their contrast limits first
-            (``napari_sam.image.to_sam_rgb``).
-        progress : callable ``(done, total)``, optional
-            Called after each step (see :class:`AmgProgress`).
+            (``napari_sam.workflows.image.to_sam_rgb``).
+        progress : callable, optional
+            Called with an :class:`AmgProgress` after each step.
         should_cancel : callable ``() -> bool``, optional
             Polled before each step; when it returns True, generation stops
-            and :class:`MaskGenerationCancelled` is raised.
+            and :class:`Cancelled` is raised.
 
         Returns
         -------
@@ -315,17 +304,12 @@ class SamAutomaticMaskGenerator:
             (``[x, y, w, h]``), ``predicted_iou``, ``point_coords``
             (``[[x, y]]``), ``stability_score``, ``crop_box`` (``[x, y, w, h]``).
         """
-        steps = self.generate_iter(image)
-        try:
-            while True:
-                if should_cancel is not None and should_cancel():
-                    steps.close()
-                    raise MaskGenerationCancelled("Automatic mask generation was cancelled.")
-                event = next(steps)
-                if progress is not None:
-                    progress(event.done, event.total)
-        except StopIteration as stop:
-            return stop.value
+        return drive(
+            self.generate_iter(image),
+            progress,
+            should_cancel,
+            cancelled="Automatic mask generation was cancelled.",
+        )
 
     def generate_iter(
         self, image: np.ndarray
@@ -350,7 +334,7 @@ class SamAutomaticMaskGenerator:
         ]
         total = len(crops) + sum(n_batches) + 1
         done = 0
-        yield AmgProgress(done, total, "start", 0, len(crops))
+        yield AmgProgress(done, total, "starting", "steps", 0, len(crops))
 
         data = _MaskStore.empty()
         self._crop_embeddings = {}
@@ -358,7 +342,7 @@ class SamAutomaticMaskGenerator:
             for c, (crop_box, layer) in enumerate(crops):
                 self._encode_crop(image, crop_box, [b for b, _ in crops[c:]])
                 done += 1
-                yield AmgProgress(done, total, "encode", c, len(crops))
+                yield AmgProgress(done, total, "encoding", "steps", c, len(crops))
                 crop_data = _MaskStore.empty()
                 x0, y0, x1, y1 = crop_box
                 points = self.point_grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=float)
@@ -368,7 +352,9 @@ class SamAutomaticMaskGenerator:
                     crop_data.extend(self._process_batch_safely(batch, crop_box, (orig_h, orig_w)))
                     start += len(batch)
                     done += 1
-                    yield AmgProgress(min(done, total - 1), total, "batch", c, len(crops))
+                    yield AmgProgress(
+                        min(done, total - 1), total, "decoding prompts", "steps", c, len(crops)
+                    )
                 self._release_crop()
                 keep = _nms(crop_data.boxes, crop_data.iou, self.box_nms_thresh)
                 data.extend(crop_data.take(keep))
@@ -377,7 +363,9 @@ class SamAutomaticMaskGenerator:
             self._crop_embeddings = {}
 
         records = self._finish(data, (orig_h, orig_w), n_crops=len(crops))
-        yield AmgProgress(total, total, "done", max(len(crops) - 1, 0), len(crops))
+        yield AmgProgress(
+            total, total, "post-processing", "steps", max(len(crops) - 1, 0), len(crops)
+        )
         return records
 
     # ------------------------------------------------------------------ steps
@@ -406,8 +394,8 @@ class SamAutomaticMaskGenerator:
         return self.predictor.device.type == "cuda"
 
     def _encode_crops_batched(self, image: np.ndarray, boxes: Sequence[Sequence[int]]) -> None:
-        from .memory import auto_batch_size, encoder_bytes_per_image
-        from .predictor import embed_images
+        from napari_sam.predictors.predictor import embed_images
+        from napari_sam.runtime.memory import auto_batch_size, encoder_bytes_per_image
 
         model = self.predictor.model
         n = auto_batch_size(model.device, encoder_bytes_per_image(model), maximum=8)
@@ -420,7 +408,7 @@ class SamAutomaticMaskGenerator:
         self, points: np.ndarray, crop_box: Sequence[int], orig_size: tuple[int, int]
     ) -> _MaskStore:
         """:meth:`_process_batch`; if memory runs out, in smaller batches, then on the CPU."""
-        from .memory import run_batches
+        from napari_sam.runtime.memory import run_batches
 
         def shrink(size: int) -> None:
             self.points_per_batch = size
@@ -835,7 +823,7 @@ def _as_rgb_uint8(image: object) -> np.ndarray:
     if image.dtype != np.uint8:
         raise ImageFormatError(
             f"Automatic mask generation needs an 8-bit RGB image (uint8, 0-255); got "
-            f"{image.dtype}. Convert it with napari_sam.image.to_sam_rgb, which applies "
+            f"{image.dtype}. Convert it with napari_sam.workflows.image.to_sam_rgb, which applies "
             "contrast limits."
         )
     if image.ndim == 3 and image.shape[2] == 1:
@@ -846,7 +834,7 @@ def _as_rgb_uint8(image: object) -> np.ndarray:
         raise ImageFormatError(
             f"The image must be RGB (H, W, 3) or grayscale (H, W); got shape {image.shape}. "
             "Drop an alpha channel with image[..., :3]; convert stacks and multichannel "
-            "images with napari_sam.image.to_sam_rgb."
+            "images with napari_sam.workflows.image.to_sam_rgb."
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageFormatError(f"The image is empty (shape {image.shape}).")
@@ -861,24 +849,24 @@ def _is_real(value: object) -> bool:
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise MaskGeneratorConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        raise SettingsError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def _check_fraction(name: str, value: object, upper_open: bool) -> None:
     ok = _is_real(value) and 0.0 <= value and (value < 1.0 if upper_open else value <= 1.0)
     if not ok:
         interval = "[0, 1)" if upper_open else "[0, 1]"
-        raise MaskGeneratorConfigError(f"{name} must be a number in {interval}, got {value!r}.")
+        raise SettingsError(f"{name} must be a number in {interval}, got {value!r}.")
 
 
 def _check_point_grids(point_grids: object, crop_n_layers: int) -> list[np.ndarray]:
     if not isinstance(point_grids, (list, tuple)):
-        raise MaskGeneratorConfigError(
+        raise SettingsError(
             "point_grids must be a list with one (N, 2) array of (x, y) points in [0, 1] per "
             f"crop layer; got {type(point_grids).__name__}."
         )
     if len(point_grids) < crop_n_layers + 1:
-        raise MaskGeneratorConfigError(
+        raise SettingsError(
             f"point_grids has {len(point_grids)} grid(s) but crop_n_layers={crop_n_layers} "
             f"needs {crop_n_layers + 1} (one per crop layer)."
         )
@@ -886,11 +874,11 @@ def _check_point_grids(point_grids: object, crop_n_layers: int) -> list[np.ndarr
     for i, grid in enumerate(point_grids):
         g = np.asarray(grid, dtype=float)
         if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
-            raise MaskGeneratorConfigError(
+            raise SettingsError(
                 f"point_grids[{i}] must have shape (N, 2) with N >= 1, got {g.shape}."
             )
         if not np.isfinite(g).all() or g.min() < 0 or g.max() > 1:
-            raise MaskGeneratorConfigError(
+            raise SettingsError(
                 f"point_grids[{i}] must hold (x, y) points scaled to [0, 1]."
             )
         grids.append(g)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLPBlock
+from napari_sam.model.sam.common import MLPBlock
 
 
 class Attention(nn.Module):

@@ -1,4 +1,4 @@
-"""napari writer contribution: save a Labels layer as a TIFF (see :mod:`napari_sam.io`).
+"""napari writer contribution: save a Labels layer as a TIFF (see :mod:`napari_sam.workflows.io`).
 
 ``File > Save Selected Layers…`` with a ``.tif``/``.tiff`` name and "napari SAM"
 as the writer saves the label image compressed (zlib), ImageJ-compatible
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ImageFormatError
-from .io import write_labels_tiff
+from napari_sam.errors import ImageFormatError
+from napari_sam.workflows.io import write_labels_tiff
 
 __all__ = ["write_labels"]
 

@@ -1,6 +1,6 @@
 """SAM's mask decoder for many point prompts on one image embedding.
 
-An algebraic re-arrangement of :class:`~napari_sam.model.mask_decoder.MaskDecoder`
+An algebraic re-arrangement of :class:`~napari_sam.model.sam.mask_decoder.MaskDecoder`
 (same weights, same result up to floating-point rounding) that never copies
 the image embedding per prompt; the automatic mask generator decodes its
 point grid with it. :meth:`SharedImageDecoder.supports` says whether a model
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sam import Sam
+from napari_sam.model.sam.sam import Sam
 
 __all__ = ["SharedImageDecoder"]
 

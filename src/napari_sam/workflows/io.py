@@ -18,28 +18,25 @@ No napari or torch here; ``tifffile`` and ``pycocotools`` are imported when used
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ImageFormatError, NapariSamError
+from napari_sam.errors import ImageFormatError, InputFileError, NapariSamError, OutputFileError
+from napari_sam.runtime.files import atomic_write
 
 __all__ = [
     "TIFF_SUFFIXES",
     "CocoWriter",
-    "InputFileError",
-    "OutputFileError",
     "TiffImage",
-    "atomic_write",
     "find_tiffs",
     "labels_to_coco",
+    "read_stack",
     "read_tiff",
     "write_coco",
     "write_labels_tiff",
@@ -80,14 +77,6 @@ _NAPARI_UNITS = {
     "pixel": "pixel",
     "pixels": "pixel",
 }
-
-
-class InputFileError(NapariSamError, ValueError):
-    """An input file is missing, unreadable or holds no image napari-sam can segment."""
-
-
-class OutputFileError(NapariSamError, OSError):
-    """An output file cannot be written."""
 
 
 # ============================================================================= reading
@@ -141,6 +130,12 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
         raise InputFileError(f"The input file {path} does not exist.")
     if path.is_dir():
         raise InputFileError(f"{path} is a folder, not a TIFF file.")
+    if path.suffix.lower() == ".npy":
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputFileError(f"{path.name} cannot be read as a .npy file ({exc}).") from exc
+        return _checked_image(path, data, "Q" * data.ndim, {}, {}, None)
     tifffile = _tifffile()
     try:
         with tifffile.TiffFile(path) as tif:
@@ -158,6 +153,13 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
         raise InputFileError(
             f"{path.name} cannot be read as a TIFF file ({type(exc).__name__}: {exc})."
         ) from exc
+    return _checked_image(path, data, axes, ij, shaped, res)
+
+
+def _checked_image(
+    path: Path, data: Any, axes: str, ij: dict, shaped: dict, res: tuple[float, float] | None
+) -> TiffImage:
+    """The image in ``data`` (axes as tifffile names them) if napari-sam can segment it."""
     if len(axes) != data.ndim:
         axes = "Q" * data.ndim
     if data.dtype.kind == "c" or not (
@@ -203,7 +205,8 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
         )
     if spatial not in (2, 3):
         raise InputFileError(
-            f"{path.name} has {spatial} axes (axes {axes}, shape {data.shape}); napari-sam "
+            f"{path.name} has {spatial} axes ({spatial}D data: axes {axes}, shape {data.shape}); "
+            "napari-sam "
             "segments 2D images (Y, X), RGB images (Y, X, colour) and 3D stacks (Z, Y, X). "
             "Split time points or channels into separate files first."
         )
@@ -218,6 +221,31 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
     else:
         scale = (_positive(sy), _positive(sx))
     return TiffImage(data=data, rgb=rgb, scale=scale, unit=_napari_unit(unit), axes=axes)
+
+
+def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a 3D grayscale stack (Z, Y, X) from a TIFF (or ``.npy``) file with :func:`read_tiff`.
+
+    Raises
+    ------
+    InputFileError
+        If the file cannot be read, or holds a 2D image, an RGB image or 4D data.
+    ImageFormatError
+        If its values are not real numbers.
+    """
+    image = read_tiff(path)
+    name = Path(path).name
+    if image.rgb:
+        raise InputFileError(
+            f"{name} is a colour (RGB) image of shape {image.data.shape}; precomputing "
+            "embeddings needs a grayscale 3D stack (Z, Y, X)."
+        )
+    if image.data.ndim != 3:
+        raise InputFileError(
+            f"{name} is a 2D image of shape {image.data.shape}; precomputing embeddings "
+            "needs a grayscale 3D stack (Z, Y, X)."
+        )
+    return image.data
 
 
 def _tifffile() -> Any:
@@ -296,56 +324,6 @@ def find_tiffs(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 # ============================================================================= writing
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Give a temporary path next to ``path`` to write; rename it to ``path`` at the end.
-
-    The folder is created if needed. If the block raises (or is interrupted),
-    the temporary file is removed and ``path`` is left as it was.
-
-    Raises
-    ------
-    OutputFileError
-        If the folder cannot be created or written to, or the rename fails.
-    """
-    path = Path(path).expanduser()
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputFileError(
-            f"The output folder {folder} cannot be created ({exc.strerror or exc})."
-        ) from exc
-    if path.is_dir():
-        raise OutputFileError(f"The output {path} is a folder; give a file name.")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputFileError(
-            f"{path} cannot be written: the folder {folder} is not writable "
-            f"({exc.strerror or exc})."
-        ) from exc
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); give it the permissions of a new file
-        umask = os.umask(0)
-        os.umask(umask)
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o666 & ~umask)
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise OutputFileError(f"{path} cannot be written ({exc.strerror or exc}).") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def _label_dtype(labels: np.ndarray) -> np.dtype:
     if labels.size == 0:
         return np.dtype(np.uint16)

@@ -1,22 +1,15 @@
-"""Known SAM checkpoints, the weights cache, verified downloads and model loading.
+"""The catalogue of published weights, the weights cache and verified downloads.
 
-:func:`load_model` is the single entry point the napari widgets and the
-``napari-sam`` command use to get a ready :class:`Sam` model::
-
-    sam = load_model("vit_b")                       # downloads once, then cached
-    sam = load_model("vit_b", "sam_vit_b_01ec64.pth", device="cpu")
-    sam = load_model("auto")                        # vit_t on CPU, vit_b on a GPU
-
-Checkpoints are stored in :func:`cache_dir` (``$NAPARI_SAM_CACHE`` if set,
+Models are loaded with :func:`napari_sam.runtime.loader.load`, which asks this
+module for the file. Checkpoints are stored in
+:func:`napari_sam.runtime.config.cache_dir` (``$NAPARI_SAM_CACHE`` if set,
 otherwise the user's cache folder) under their published file names. A
 download is written to a temporary file next to its destination, checked
 (byte size, and MD5 and/or SHA-256 where :data:`CHECKPOINTS` records them) and
 only then renamed into place, so an interrupted or corrupt download never
 leaves a file that looks usable.
 
-Nothing here imports ``torch`` at module level; the network code in
-:mod:`napari_sam.model` is imported only when a model is built or a model
-type is resolved.
+Nothing here imports ``torch``.
 """
 
 from __future__ import annotations
@@ -31,39 +24,30 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_sam.errors import (
-    CheckpointError,
-    DownloadCancelledError,
-    ModelTypeMismatchError,
+    Cancelled,
     UnknownModelTypeError,
     WeightsDownloadError,
 )
+from napari_sam.runtime.config import cache_dir
+from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
 
 if TYPE_CHECKING:
-    import torch
-    from torch import nn
+    pass
 
 __all__ = [
-    "CACHE_ENV",
     "CHECKPOINTS",
     "MODEL_TYPE_ALIASES",
     "CheckpointInfo",
-    "cache_dir",
     "checkpoint_info",
     "checkpoint_path",
     "download",
     "is_cached",
-    "load_model",
-    "resolve_model_type",
 ]
-
-#: Environment variable that overrides the cache folder.
-CACHE_ENV = "NAPARI_SAM_CACHE"
 
 #: Bytes read per step while downloading.
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -74,8 +58,6 @@ DEFAULT_TIMEOUT = 60.0
 #: Model type names that are other names for a checkpoint of :data:`CHECKPOINTS`.
 MODEL_TYPE_ALIASES: dict[str, str] = {"default": "vit_h"}
 
-ProgressCallback = Callable[[int, "int | None"], Any]
-CancelCheck = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -176,44 +158,6 @@ CHECKPOINTS: dict[str, CheckpointInfo] = {
 # --------------------------------------------------------------------------- cache
 
 
-def cache_dir(*, create: bool = True) -> Path:
-    """Folder where napari-sam keeps downloaded checkpoints.
-
-    Parameters
-    ----------
-    create : bool, optional
-        Create the folder (and its parents) if it does not exist yet.
-
-    Returns
-    -------
-    pathlib.Path
-        ``$NAPARI_SAM_CACHE`` if that environment variable is set and not
-        empty, otherwise ``platformdirs.user_cache_dir("napari-sam")``
-        (e.g. ``~/.cache/napari-sam`` on Linux).
-
-    Raises
-    ------
-    WeightsDownloadError
-        If the folder cannot be created.
-    """
-    override = os.environ.get(CACHE_ENV, "").strip()
-    if override:
-        path = Path(override).expanduser()
-    else:
-        import platformdirs
-
-        path = Path(platformdirs.user_cache_dir("napari-sam", appauthor=False))
-    if create:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WeightsDownloadError(
-                f"The napari-sam cache folder {path} cannot be created ({exc.strerror or exc}); "
-                f"set {CACHE_ENV} to a folder you can write to."
-            ) from exc
-    return path
-
-
 def checkpoint_info(model_type: str) -> CheckpointInfo:
     """Look up the published checkpoint of a model type.
 
@@ -298,7 +242,7 @@ def checkpoint_path(
     progress : bool, optional
         Show a text progress bar on stderr while downloading.
     progress_callback : callable, optional
-        ``progress_callback(done_bytes, total_bytes)``, see :func:`download`.
+        called with :class:`~napari_sam.runtime.progress.Progress` events, see :func:`download`.
     should_cancel : callable, optional
         ``should_cancel() -> bool``, see :func:`download`.
 
@@ -428,12 +372,12 @@ def download(
         Bytes read per step; also how often ``should_cancel`` and
         ``progress_callback`` are called.
     progress_callback : callable, optional
-        Called as ``progress_callback(done_bytes, total_bytes)`` after each
+        Called with a :class:`~napari_sam.runtime.progress.Progress` (bytes) after each
         step (and once before the first), ``total_bytes`` being ``None`` when
         the size is unknown. For GUI progress bars.
     should_cancel : callable, optional
         Called before each step; returning ``True`` stops the download with
-        :class:`~napari_sam.errors.DownloadCancelledError`.
+        :class:`~napari_sam.errors.Cancelled`.
     timeout : float, optional
         Seconds to wait for the server before giving up.
 
@@ -446,7 +390,7 @@ def download(
     ------
     WeightsDownloadError
         If the download fails or the file does not verify.
-    DownloadCancelledError
+    Cancelled
         (a subclass) if ``should_cancel`` returned ``True`` or the user pressed Ctrl+C.
     """
     dest = Path(dest)
@@ -511,7 +455,7 @@ def download(
         os.replace(tmp, dest)
         tmp = None
         return dest
-    except DownloadCancelledError:
+    except Cancelled:
         raise
     except _VerificationError as exc:
         raise WeightsDownloadError(
@@ -519,7 +463,7 @@ def download(
             f"or {_manual_hint(dest)}."
         ) from None
     except KeyboardInterrupt as exc:
-        raise DownloadCancelledError(
+        raise Cancelled(
             f"The download of {url} was interrupted and the partial file deleted; run it "
             f"again, or {_manual_hint(dest)}."
         ) from exc
@@ -605,11 +549,10 @@ def _stream(
         dynamic_ncols=True,
         leave=True,
     ) as bar:
-        if progress_callback is not None:
-            progress_callback(0, total)
+        notify(progress_callback, 0, total, f"downloading {dest.name}", "bytes")
         while True:
             if should_cancel is not None and should_cancel():
-                raise DownloadCancelledError(
+                raise Cancelled(
                     f"The download of {url} was cancelled and the partial file deleted; "
                     f"start it again later, or {_manual_hint(dest)}."
                 )
@@ -621,167 +564,5 @@ def _stream(
                 hasher.update(chunk)
             done += len(chunk)
             bar.update(len(chunk))
-            if progress_callback is not None:
-                progress_callback(done, total)
+            notify(progress_callback, done, total, f"downloading {dest.name}", "bytes")
     return _Received(size=done, digests={k: h.hexdigest() for k, h in hashers.items()})
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _sam_model_registry() -> Mapping[str, Callable[..., Any]]:
-    """Import ``sam_model_registry`` lazily (it imports torch and the network code)."""
-    from napari_sam.model.build import sam_model_registry
-
-    return sam_model_registry
-
-
-def resolve_model_type(
-    model_type: str = "auto",
-    device: str | torch.device | None = "auto",
-    *,
-    registry: Mapping[str, Any] | None = None,
-) -> str:
-    """Turn ``"auto"`` into a concrete model type for a device; check other names.
-
-    ``"auto"`` means ``"vit_b"`` on a GPU (CUDA or MPS) and the much faster
-    MobileSAM ``"vit_t"`` on a CPU, if this installation can build it
-    (otherwise ``"vit_b"``).
-
-    Parameters
-    ----------
-    model_type : str, optional
-        ``"auto"`` or a key of the model registry.
-    device : str, torch.device or None, optional
-        The device the model will run on (see :func:`napari_sam.device.resolve_device`).
-    registry : mapping, optional
-        The model registry to check against; default ``napari_sam.model.build.sam_model_registry``.
-
-    Returns
-    -------
-    str
-        A key of the registry.
-
-    Raises
-    ------
-    UnknownModelTypeError
-        If ``model_type`` is not ``"auto"`` and not in the registry.
-    DeviceError
-        If ``device`` is not usable here.
-    """
-    if registry is None:
-        registry = _sam_model_registry()
-    if model_type != "auto":
-        if model_type not in registry:
-            known = ", ".join(sorted(registry))
-            raise UnknownModelTypeError(
-                f"{model_type!r} is not a SAM model type; choose 'auto' or one of {known}."
-            )
-        return model_type
-    from napari_sam.device import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cpu" and "vit_t" in registry and "vit_t" in CHECKPOINTS:
-        return "vit_t"
-    return "vit_b"
-
-
-def load_model(
-    model_type: str = "vit_b",
-    checkpoint: str | os.PathLike[str] | None = None,
-    device: str | torch.device | None = "auto",
-    *,
-    download: bool = True,
-    progress: bool = True,
-    progress_callback: ProgressCallback | None = None,
-    should_cancel: CancelCheck | None = None,
-    precision: str = "auto",
-    compile: bool | None = None,
-) -> nn.Module:
-    """Build a SAM model with its weights, on a device, ready for inference.
-
-    Parameters
-    ----------
-    model_type : str, optional
-        ``"vit_b"`` (default), ``"vit_l"``, ``"vit_h"``, ``"vit_t"`` (MobileSAM),
-        ``"default"`` (= ViT-H) or ``"auto"`` (see :func:`resolve_model_type`).
-    checkpoint : str or os.PathLike, optional
-        A local checkpoint file. If omitted (or empty), the published checkpoint
-        of ``model_type`` is taken from the cache (and downloaded if missing).
-        With ``model_type="auto"`` and a checkpoint whose weights belong to
-        another model type, that type is used instead.
-    device : str, torch.device or None, optional
-        ``"auto"`` (CUDA > MPS > CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    download : bool, optional
-        Allow downloading a missing published checkpoint.
-    progress : bool, optional
-        Show a text progress bar on stderr while downloading.
-    progress_callback, should_cancel : callable, optional
-        Passed to :func:`download` (GUI progress and cancellation).
-    precision : str, optional
-        Image-encoder precision, ``"auto"`` (default: bfloat16 autocast on a
-        CUDA GPU, float32 elsewhere), ``"fp32"``, ``"bf16"`` or ``"fp16"``; see
-        :mod:`napari_sam.model.precision`. Masks and IoU scores are always
-        computed in float32.
-    compile : bool, optional
-        Compile the image encoder with ``torch.compile`` (see
-        :meth:`Sam.compile_encoder <napari_sam.model.sam.Sam.compile_encoder>`;
-        slow first call). Default: on if the environment variable
-        ``NAPARI_SAM_COMPILE`` is ``1``, else off.
-
-    Returns
-    -------
-    Sam
-        The model, in eval mode, on the resolved device.
-
-    Raises
-    ------
-    UnknownModelTypeError
-        If ``model_type`` is not known.
-    DeviceError
-        If ``device`` is not usable on this machine.
-    CheckpointError
-        If the checkpoint file does not exist or does not fit the model.
-    WeightsDownloadError
-        If the published checkpoint is missing and cannot be downloaded.
-    """
-    from napari_sam.device import resolve_device
-    from napari_sam.model.precision import check_precision
-
-    precision = check_precision(precision)
-    registry = _sam_model_registry()
-    dev = resolve_device(device)
-    auto = model_type == "auto"
-    resolved = resolve_model_type(model_type, dev, registry=registry)
-
-    if checkpoint is not None and not str(checkpoint).strip():
-        checkpoint = None  # an empty path field in a GUI means "the published weights"
-    if checkpoint is None:
-        ckpt = checkpoint_path(
-            resolved,
-            download=download,
-            progress=progress,
-            progress_callback=progress_callback,
-            should_cancel=should_cancel,
-        )
-    else:
-        ckpt = Path(checkpoint).expanduser()
-        if not ckpt.is_file():
-            raise CheckpointError(
-                f"The checkpoint file {ckpt} does not exist; check the path, or leave the "
-                "checkpoint empty to use the published weights."
-            )
-
-    try:
-        sam = registry[resolved](checkpoint=str(ckpt))
-    except ModelTypeMismatchError as exc:
-        if not (auto and checkpoint is not None and exc.found in registry):
-            raise
-        sam = registry[exc.found](checkpoint=str(ckpt))
-    sam = sam.to(dev).eval()
-    sam.precision = precision
-    if compile is None:
-        compile = os.environ.get("NAPARI_SAM_COMPILE", "").strip() == "1"
-    if compile:
-        sam.compile_encoder()
-    return sam

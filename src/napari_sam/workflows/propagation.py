@@ -17,7 +17,7 @@ prompted from the mask accepted for it on the previous slice of the walk:
 
 SAM predicts one mask per object (``multimask_output=False``: box and point
 together are not ambiguous); all objects of a slice are predicted in one
-batch (:meth:`~napari_sam.predictor.SamPredictor.predict_torch`). The new mask
+batch (:meth:`~napari_sam.predictors.predictor.SamPredictor.predict_torch`). The new mask
 is accepted unless :func:`stop_reason` says the object has ended there: the
 mask is empty or smaller than ``min_area`` pixels, SAM's predicted IoU is
 below ``min_score``, or its IoU with the previous slice's mask is below
@@ -49,23 +49,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import NapariSamError
-from .volume import (
-    CancelCheck,
-    ComputationCancelledError,
+from napari_sam.errors import Cancelled, PropagationError
+from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
+from napari_sam.workflows.embeddings import (
     DiskCache,
     EmbeddingStore,
-    ProgressCallback,
     StackEmbeddings,
 )
 
 if TYPE_CHECKING:
-    from .predictor import SamPredictor
+    from napari_sam.predictors.predictor import SamPredictor
 
 __all__ = [
     "STOP_REASONS",
     "MaskPrompt",
-    "PropagationError",
     "PropagationResult",
     "PropagationSettings",
     "SamSlicePredictor",
@@ -89,10 +86,6 @@ STOP_REASONS = {
     "low_overlap": "the mask overlaps the previous slice's too little",
     "range_end": "the end of the allowed slice range",
 }
-
-
-class PropagationError(NapariSamError, ValueError):
-    """Propagation was asked for with inputs it cannot use (empty seed, slice out of range)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +189,7 @@ class MaskPrompt:
 def prompt_from_mask(
     mask: np.ndarray, settings: PropagationSettings, logits: np.ndarray | None = None
 ) -> MaskPrompt:
-    """The prompts :data:`the rule <napari_sam.propagation>` derives from a previous mask."""
+    """The prompts the rule of this module derives from a previous mask."""
     return MaskPrompt(
         box=mask_box(mask, settings.box_margin) if settings.use_box else None,
         point=interior_point(mask) if settings.use_point else None,
@@ -375,14 +368,15 @@ def propagate_masks(
         First and last slice (inclusive) the objects may extend to; default all.
     settings : PropagationSettings, optional
     progress : callable, optional
-        ``progress(done, total)`` in slices visited (``total`` = slices in the range
-        other than ``z``; slices skipped after all objects stopped count as done).
+        called with a :class:`~napari_sam.runtime.progress.Progress` in slices visited
+        (``total`` = slices in the range other than ``z``; slices skipped after all
+        objects stopped count as done).
     should_cancel : callable, optional
         Checked before each slice.
 
     Raises
     ------
-    ComputationCancelledError
+    Cancelled
         If ``should_cancel`` returned True.
     PropagationError
         For empty seeds or slices outside the stack.
@@ -394,8 +388,7 @@ def propagate_masks(
     objects = [TrackedObject(masks={z: seeds[i].copy()}) for i in range(seeds.shape[0])]
     total = hi - lo
     done = 0
-    if progress is not None:
-        progress(0, total)
+    notify(progress, 0, total, "propagating", "slices")
     for direction in (1, -1):
         end = hi if direction > 0 else lo
         previous: dict[int, tuple[np.ndarray, Any]] = {
@@ -405,7 +398,7 @@ def propagate_masks(
         zc = z + direction
         while active and (zc - end) * direction <= 0:
             if should_cancel is not None and should_cancel():
-                raise ComputationCancelledError("Propagation was cancelled; nothing was changed.")
+                raise Cancelled("Propagation was cancelled; nothing was changed.")
             prompts = [prompt_from_mask(previous[i][0], settings, previous[i][1]) for i in active]
             pred_masks, scores, logits = predict(zc, prompts)
             still = []
@@ -422,16 +415,14 @@ def propagate_masks(
                 still.append(i)
             active = still
             done += 1
-            if progress is not None:
-                progress(done, total)
+            notify(progress, done, total, f"propagating: slice {zc}", "slices")
             zc += direction
         for i in active:
             objects[i].stops[direction] = Stop(None, "range_end")
         skipped = (end - zc) * direction + 1
         if skipped > 0:
             done += skipped
-            if progress is not None:
-                progress(done, total)
+            notify(progress, done, total, "propagating", "slices")
     shape = (int(n_slices), int(seeds.shape[1]), int(seeds.shape[2]))
     return PropagationResult(z=z, shape=shape, z_range=(lo, hi), objects=objects)
 
@@ -448,7 +439,7 @@ class SamSlicePredictor:
         self.embeddings = embeddings
 
     def __call__(self, z: int, prompts: list[MaskPrompt]) -> tuple[np.ndarray, np.ndarray, Any]:
-        from .memory import run_batches
+        from napari_sam.runtime.memory import run_batches
 
         p = self.predictor
         p.set_embedding(self.embeddings.get(z))
@@ -554,7 +545,7 @@ def propagate(
         ``result.objects[i].masks[z]`` is object ``i``'s mask on slice ``z``;
         ``result.label_volume()`` composes them.
     """
-    from .predictor import SamPredictor
+    from napari_sam.predictors.predictor import SamPredictor
 
     predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
     if isinstance(stack, StackEmbeddings):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d
+from napari_sam.model.sam.common import MLP, LayerNorm2d
 
 
 class MaskDecoder(nn.Module):
@@ -16,7 +16,7 @@ class MaskDecoder(nn.Module):
     transformer_dim : int
         Channel width of the image embedding and prompt tokens (256).
     transformer : nn.Module
-        A :class:`~napari_sam.model.transformer.TwoWayTransformer` (or the
+        A :class:`~napari_sam.model.sam.transformer.TwoWayTransformer` (or the
         equivalent), called as ``transformer(image, image_pe, tokens)``.
     num_multimask_outputs : int
         Number of masks in multimask mode (3); one more token is used for the

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mask_decoder import MaskDecoder
-from .precision import autocast_dtype, check_precision, encoder_autocast
-from .prompt_encoder import PromptEncoder
+from napari_sam.model.precision import autocast_dtype, check_precision, encoder_autocast
+from napari_sam.model.sam.mask_decoder import MaskDecoder
+from napari_sam.model.sam.prompt_encoder import PromptEncoder
 
 #: Per-channel RGB mean and standard deviation (0–255 scale) SAM was trained with.
 PIXEL_MEAN = (123.675, 116.28, 103.53)

@@ -4,15 +4,15 @@ The logic that the ``napari-sam segment`` command and the napari widget
 "Automatic segmentation (SAM)" share:
 
 1. Each plane is converted to SAM's 8-bit RGB with the given contrast limits
-   (:func:`~napari_sam.image.to_sam_rgb`; by default the limits napari gives a
+   (:func:`~napari_sam.workflows.image.to_sam_rgb`; by default the limits napari gives a
    newly opened image, i.e. its minimum and maximum).
-2. :class:`~napari_sam.automatic.SamAutomaticMaskGenerator` proposes masks
+2. :class:`~napari_sam.predictors.automatic.SamAutomaticMaskGenerator` proposes masks
    (settings: :class:`AutoSettings`).
 3. Masks larger than ``max_area_fraction`` of the plane (SAM often proposes the
    whole background as one "object") and smaller than ``min_area`` pixels are
    dropped; the rest is painted into a ``uint32`` label plane, larger objects
    first so that small objects lying on them stay visible
-   (:func:`~napari_sam.labels.records_to_labels`).
+   (:func:`~napari_sam.workflows.labels.records_to_labels`).
 4. In a stack, every slice's objects get their own ids (unique in the stack),
    or, with ``link_slices``, :func:`link_slices` gives an object the same id in
    consecutive slices.
@@ -30,7 +30,7 @@ appearance. An object missing from one slice is therefore a new object after
 the gap, and of two objects that split from one, the one overlapping more keeps
 the id.
 
-Progress and cancellation follow :mod:`napari_sam.automatic`:
+Progress and cancellation follow :mod:`napari_sam.predictors.automatic`:
 :func:`segment_iter` is a generator of :class:`SegmentProgress` (close it to
 stop) whose return value is the :class:`SegmentationResult`; :func:`segment`
 takes ``progress`` / ``should_cancel`` callables.
@@ -41,33 +41,24 @@ No napari or Qt here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import NapariSamError
-from .image import ImageLayout, get_plane, image_layout, to_sam_rgb
+from napari_sam.errors import SettingsError
+from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
+from napari_sam.workflows.image import ImageLayout, get_plane, image_layout, to_sam_rgb
 
 __all__ = [
     "AutoSettings",
     "SegmentProgress",
-    "SegmentationCancelled",
     "SegmentationResult",
-    "SegmentationSettingsError",
     "link_slices",
     "segment",
     "segment_iter",
 ]
-
-
-class SegmentationSettingsError(NapariSamError, ValueError):
-    """A setting of automatic segmentation is out of range."""
-
-
-class SegmentationCancelled(NapariSamError, RuntimeError):
-    """Automatic segmentation was stopped by the caller."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +113,7 @@ class AutoSettings:
     link_iou: float = 0.3
 
     def check(self) -> None:
-        """Raise :class:`SegmentationSettingsError` for a value out of range."""
+        """Raise :class:`SettingsError` for a value out of range."""
         _int_at_least("points per side", self.points_per_side, 1)
         if self.points_per_batch is not None:
             _int_at_least("points per batch", self.points_per_batch, 1)
@@ -134,7 +125,7 @@ class AutoSettings:
             ("box NMS threshold", self.box_nms_thresh),
         ):
             if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise SegmentationSettingsError(
+                raise SettingsError(
                     f"The {name} must be a number from 0 to 1, not {value!r}."
                 )
         for name, value in (
@@ -142,12 +133,12 @@ class AutoSettings:
             ("slice-linking IoU threshold", self.link_iou),
         ):
             if not _is_number(value) or not 0.0 < value <= 1.0:
-                raise SegmentationSettingsError(
+                raise SettingsError(
                     f"The {name} must be a number above 0 and at most 1, not {value!r}."
                 )
 
     def generator_kwargs(self) -> dict[str, Any]:
-        """Arguments for :class:`~napari_sam.automatic.SamAutomaticMaskGenerator`."""
+        """Arguments for :class:`~napari_sam.predictors.automatic.SamAutomaticMaskGenerator`."""
         return {
             "points_per_side": int(self.points_per_side),
             "points_per_batch": (
@@ -174,26 +165,25 @@ def _is_number(value: object) -> bool:
 
 def _int_at_least(name: str, value: object, minimum: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise SegmentationSettingsError(
+        raise SettingsError(
             f"The {name} must be a whole number >= {minimum}, not {value!r}."
         )
 
 
 @dataclass(frozen=True)
-class SegmentProgress:
+class SegmentProgress(Progress):
     """Progress of :func:`segment_iter`.
 
     ``done`` of ``total`` steps (SAM's encodings and decoder batches over all
-    planes); ``plane`` is the position of the current plane in the list of
-    planes (``0 .. n_planes - 1``) and ``slice`` its index in the stack (``None``
-    for a 2D image).
+    planes); ``stage`` says what runs now (``"slice 3: decoding prompts"``);
+    ``plane`` is the position of the current plane in the list of planes
+    (``0 .. n_planes - 1``) and ``slice`` its index in the stack (``None`` for
+    a 2D image).
     """
 
-    done: int
-    total: int
-    plane: int
-    n_planes: int
-    slice: int | None
+    plane: int = 0
+    n_planes: int = 1
+    slice: int | None = None
 
 
 @dataclass
@@ -247,7 +237,7 @@ def segment_iter(
         The last axis holds colour channels.
     contrast_limits : (low, high), optional
         Mapped to black and white for SAM; default: the limits napari gives a
-        newly opened image (:func:`napari_sam.volume.default_contrast_limits`).
+        newly opened image (:func:`napari_sam.workflows.embeddings.default_contrast_limits`).
     settings : AutoSettings, optional
     slices : sequence of int, optional
         For a stack, the slices to segment (default: all).
@@ -260,9 +250,9 @@ def segment_iter(
 
     Raises
     ------
-    ImageFormatError, SegmentationSettingsError, MaskGeneratorConfigError
+    ImageFormatError, SettingsError, SettingsError
     """
-    from .automatic import SamAutomaticMaskGenerator
+    from napari_sam.predictors.automatic import SamAutomaticMaskGenerator
 
     settings = settings or AutoSettings()
     settings.check()
@@ -274,14 +264,14 @@ def segment_iter(
             planes = [int(z) for z in slices]
             bad = [z for z in planes if not 0 <= z < layout.n_slices]
             if bad or not planes:
-                raise SegmentationSettingsError(
+                raise SettingsError(
                     f"Slice {bad[0] if bad else '(none)'} does not exist; the stack has "
                     f"{layout.n_slices} slices (0 to {layout.n_slices - 1})."
                 )
     else:
         planes = [None]
     if contrast_limits is None:
-        from .volume import default_contrast_limits
+        from napari_sam.workflows.embeddings import default_contrast_limits
 
         contrast_limits = default_contrast_limits(data)
     contrast = tuple(float(c) for c in contrast_limits)
@@ -315,7 +305,9 @@ def _segment_steps(
                 if per_plane is None:
                     per_plane = event.total
                     total = per_plane * len(planes)
-                yield SegmentProgress(i * per_plane + event.done, total, i, len(planes), z)
+                stage = event.stage if z is None else f"slice {z}: {event.stage}"
+                done = i * per_plane + event.done
+                yield SegmentProgress(done, total, stage, "steps", i, len(planes), z)
         except StopIteration as stop:
             records = stop.value
         finally:
@@ -323,7 +315,7 @@ def _segment_steps(
         n_masks += len(records)
         records = [r for r in records if r["area"] <= max_area]
         if records:
-            from .labels import records_to_labels
+            from napari_sam.workflows.labels import records_to_labels
 
             plane, ids = records_to_labels(
                 records, (h, w), min_area=settings.min_area, return_ids=True
@@ -345,6 +337,7 @@ def _segment_steps(
         else:
             labels[z] = plane
     if layout.is_stack and settings.link_slices:
+        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
         segmented = sorted(int(z) for z in planes)
         labels, mapping = link_slices(labels, settings.link_iou, slices=segmented)
         scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
@@ -364,14 +357,14 @@ def segment(
     contrast_limits: Sequence[float] | None = None,
     settings: AutoSettings | None = None,
     slices: Sequence[int] | None = None,
-    progress: Callable[[SegmentProgress], Any] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
 ) -> SegmentationResult:
     """Like :func:`segment_iter`, run to the end.
 
     ``progress(event)`` is called with each :class:`SegmentProgress`;
     when ``should_cancel()`` returns True, the work stops and
-    :class:`SegmentationCancelled` is raised.
+    :class:`Cancelled` is raised.
     """
     steps = segment_iter(
         model,
@@ -381,16 +374,7 @@ def segment(
         settings=settings,
         slices=slices,
     )
-    try:
-        while True:
-            if should_cancel is not None and should_cancel():
-                steps.close()
-                raise SegmentationCancelled("Automatic segmentation was cancelled.")
-            event = next(steps)
-            if progress is not None:
-                progress(event)
-    except StopIteration as stop:
-        return stop.value
+    return drive(steps, progress, should_cancel, cancelled="Automatic segmentation was cancelled.")
 
 
 # ============================================================================= linking
@@ -442,12 +426,12 @@ def link_slices(
     """
     arr = np.asarray(labels)
     if arr.ndim != 3 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise SegmentationSettingsError(
+        raise SettingsError(
             f"Linking needs a 3D (Z, Y, X) integer label stack; got {arr.dtype} of shape "
             f"{arr.shape}."
         )
     if not _is_number(iou_threshold) or not 0.0 < iou_threshold <= 1.0:
-        raise SegmentationSettingsError(
+        raise SettingsError(
             f"The slice-linking IoU threshold must be above 0 and at most 1, not {iou_threshold!r}."
         )
     zs = list(range(arr.shape[0])) if slices is None else sorted(int(z) for z in slices)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .errors import DeviceFallbackWarning, OutOfMemoryError
+from napari_sam.errors import DeviceFallbackWarning, OutOfMemoryError
 
 __all__ = [
     "auto_batch_size",

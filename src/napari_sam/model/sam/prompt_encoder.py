@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from napari_sam.model.sam.common import LayerNorm2d
 
 #: Point labels understood by the prompt encoder.
 LABEL_PADDING = -1

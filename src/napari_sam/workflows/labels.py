@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NapariSamError
+from napari_sam.errors import MaskRecordError
 
 __all__ = [
-    "MaskRecordError",
     "apply_plan",
     "decode_segmentation",
     "dtype_for_ids",
@@ -33,10 +32,6 @@ PlanEntry = tuple[int, tuple[np.ndarray, ...]]
 
 _UNSIGNED = (np.uint8, np.uint16, np.uint32, np.uint64)
 _SIGNED = (np.int8, np.int16, np.int32, np.int64)
-
-
-class MaskRecordError(NapariSamError, ValueError):
-    """A mask record (or mask) cannot be read, or does not fit the label image."""
 
 
 def decode_segmentation(segmentation: Any) -> np.ndarray:
@@ -61,7 +56,7 @@ def decode_segmentation(segmentation: Any) -> np.ndarray:
                 "counts": counts.encode("utf-8") if isinstance(counts, str) else counts,
             }
             return mask_utils.decode(rle).astype(bool)
-        from .amg_utils import rle_to_mask
+        from napari_sam.predictors.amg_utils import rle_to_mask
 
         try:
             return rle_to_mask(segmentation)

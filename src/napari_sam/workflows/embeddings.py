@@ -2,7 +2,7 @@
 
 Encoding a plane is the expensive step of SAM (seconds on a CPU); predicting a
 mask from prompts is cheap. This module keeps encoded planes
-(:class:`~napari_sam.predictor.ImageEmbedding`) so that a stack is encoded once:
+(:class:`~napari_sam.predictors.predictor.ImageEmbedding`) so that a stack is encoded once:
 
 - :class:`EmbeddingStore`: in memory, least recently used first out, within a
   budget in megabytes.
@@ -18,8 +18,8 @@ mask from prompts is cheap. This module keeps encoded planes
 Entries are keyed by :class:`EmbeddingKey`: the content hash of the plane, its
 slice index, the model and the contrast limits used to convert it to RGB. A
 changed image, a different model or new contrast limits therefore never reuse a
-stale embedding. Objects are propagated through a stack with
-:func:`propagate` (see :mod:`napari_sam.propagation`).
+stale embedding. Objects are propagated through a stack by
+:mod:`napari_sam.workflows.propagation`, which uses this module.
 
 This module imports neither torch nor napari at import time.
 """
@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,61 +40,36 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ImageFormatError, NapariSamError
+from napari_sam.errors import (
+    Cancelled,
+    EmbeddingCacheError,
+    ImageFormatError,
+)
+from napari_sam.runtime.config import cache_dir
+from napari_sam.runtime.files import atomic_write, content_hash
+from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
 
 if TYPE_CHECKING:
-    from .predictor import ImageEmbedding
+    from napari_sam.predictors.predictor import ImageEmbedding
 
 __all__ = [
     "DEFAULT_STORE_MB",
-    "ComputationCancelledError",
     "DiskCache",
-    "EmbeddingCacheError",
     "EmbeddingKey",
     "EmbeddingStore",
     "StackEmbeddings",
-    "StackFileError",
     "default_batch_size",
     "default_cache_dir",
     "default_contrast_limits",
     "encode_planes",
-    "hash_plane",
-    "model_id_for",
-    "propagate",
-    "read_stack",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Called with (done, total) as work proceeds.
-ProgressCallback = Callable[[int, int], Any]
-#: Returns True when the caller wants the work to stop.
-CancelCheck = Callable[[], bool]
-
-
-class ComputationCancelledError(NapariSamError, RuntimeError):
-    """A long computation (precomputing embeddings, propagation) was stopped by the user."""
-
-
-class EmbeddingCacheError(NapariSamError, OSError):
-    """The on-disk embedding cache cannot be created, read or written."""
-
-
-class StackFileError(NapariSamError, ValueError):
-    """An image file cannot be read as a 3D stack."""
 
 
 #: Default memory budget of an :class:`EmbeddingStore`, in megabytes (~250 planes).
 DEFAULT_STORE_MB = 1024.0
-
-
-def hash_plane(plane: np.ndarray) -> str:
-    """Content hash (BLAKE2b, 128 bit, hex) of an array, including its shape and dtype."""
-    arr = np.ascontiguousarray(plane)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
-    h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,7 +79,8 @@ class EmbeddingKey:
     Attributes
     ----------
     data_hash : str
-        :func:`hash_plane` of the raw plane that was encoded (before contrast
+        :func:`~napari_sam.runtime.files.content_hash` of the raw plane that was encoded
+        (before contrast
         conversion): an edited slice gets a new hash.
     slice : int or None
         Index of the plane along Z in its stack; ``None`` for a 2D image.
@@ -113,7 +88,7 @@ class EmbeddingKey:
         Names the model and its weights (e.g. ``"vit_b"`` for the published
         checkpoint, or a checkpoint file with its size and modification time).
     contrast : (float, float) or None
-        Contrast limits given to :func:`napari_sam.image.to_sam_rgb`; ``None``
+        Contrast limits given to :func:`napari_sam.workflows.image.to_sam_rgb`; ``None``
         for its automatic (robust) limits.
     """
 
@@ -149,7 +124,7 @@ class EmbeddingStore:
     Notes
     -----
     Features are kept on the CPU (a GPU model gets them back through
-    :meth:`~napari_sam.predictor.SamPredictor.set_embedding`, which moves them
+    :meth:`~napari_sam.predictors.predictor.SamPredictor.set_embedding`, which moves them
     to its device), so the budget is host memory.
     """
 
@@ -235,32 +210,6 @@ class EmbeddingStore:
 
 
 # --------------------------------------------------------------------------- identities
-def model_id_for(model_type: str, checkpoint: str | os.PathLike[str] | None = None) -> str:
-    """The ``model_id`` of :class:`EmbeddingKey` for a model and its weights.
-
-    Published weights are named by their model type (``"vit_b"``; they are
-    verified by hash when downloaded); a checkpoint file by its absolute path,
-    size and modification time, so a file replaced by another gets a new id.
-    The napari widget and ``napari-sam embed`` both name models with this
-    function, so an on-disk cache written by one is found by the other.
-
-    Raises
-    ------
-    EmbeddingCacheError
-        If ``checkpoint`` is given but cannot be found.
-    """
-    if checkpoint is None or not str(checkpoint).strip():
-        return str(model_type)
-    path = Path(checkpoint).expanduser()
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise EmbeddingCacheError(
-            f"The checkpoint file {path} cannot be found ({exc.strerror or exc})."
-        ) from exc
-    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def default_contrast_limits(data: Any) -> tuple[float, float]:
     """The contrast limits napari gives a new image layer of ``data``.
 
@@ -309,8 +258,6 @@ def default_cache_dir() -> Path:
     ``embeddings/`` in the napari-sam cache folder (``$NAPARI_SAM_CACHE``, or
     the user's cache folder; see ``napari-sam info``). Not created here.
     """
-    from .weights import cache_dir
-
     return cache_dir(create=False) / "embeddings"
 
 
@@ -320,13 +267,13 @@ def default_batch_size(device: Any, model: Any = None) -> int:
     On a CPU a batch is no faster per plane than single planes, and needs
     more memory; a GPU is used better with several planes at once. With
     ``model`` the GPU batch is bounded by the free memory
-    (:func:`napari_sam.memory.auto_batch_size`); without it, 4.
+    (:func:`napari_sam.runtime.memory.auto_batch_size`); without it, 4.
     """
     if not getattr(device, "type", str(device)).startswith("cuda"):
         return 1
     if model is None:
         return 4
-    from .memory import auto_batch_size, encoder_bytes_per_image
+    from napari_sam.runtime.memory import auto_batch_size, encoder_bytes_per_image
 
     return auto_batch_size(device, encoder_bytes_per_image(model), maximum=8)
 
@@ -340,10 +287,10 @@ def encode_planes(
 ) -> list[ImageEmbedding]:
     """Encode several planes in one forward pass of the image encoder.
 
-    Each plane is converted with :func:`napari_sam.image.to_sam_rgb` (the
+    Each plane is converted with :func:`napari_sam.workflows.image.to_sam_rgb` (the
     given contrast limits; ``None`` for its robust automatic limits) and
-    resized as :meth:`SamPredictor.set_image <napari_sam.predictor.SamPredictor.set_image>`
-    does; one plane gives exactly the embedding ``set_image`` gives.
+    resized as ``SamPredictor.set_image`` does; one plane gives exactly the
+    embedding ``set_image`` gives.
 
     Parameters
     ----------
@@ -363,10 +310,10 @@ def encode_planes(
     The encoder runs in the model's precision (``model.precision``: bfloat16
     autocast on a CUDA GPU by default, see :mod:`napari_sam.model.precision`).
     An out-of-memory error propagates: :class:`StackEmbeddings` retries it
-    with fewer planes (:func:`napari_sam.memory.run_batches`).
+    with fewer planes (:func:`napari_sam.runtime.memory.run_batches`).
     """
-    from .image import to_sam_rgb
-    from .predictor import embed_images
+    from napari_sam.predictors.predictor import embed_images
+    from napari_sam.workflows.image import to_sam_rgb
 
     if not planes:
         return []
@@ -460,7 +407,7 @@ class DiskCache:
             return None
         import torch
 
-        from .predictor import ImageEmbedding
+        from napari_sam.predictors.predictor import ImageEmbedding
 
         self.reads += 1
         features = torch.from_numpy(np.ascontiguousarray(arrays["features"]))
@@ -496,24 +443,14 @@ class DiskCache:
         }
         arrays["checksum"] = np.asarray(_checksum(arrays))
         path = self.path(key)
-        tmp = None
+        what = f"The embedding cache file {path.name} in {self.root}"
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=self.SUFFIX, dir=self.root)
-            with os.fdopen(fd, "wb") as f:
+            with atomic_write(path, error=EmbeddingCacheError, what=what) as tmp, open(
+                tmp, "wb"
+            ) as f:
                 np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            raise EmbeddingCacheError(
-                f"The embedding cache file {path.name} cannot be written in {self.root} "
-                f"({exc.strerror or exc})."
-            ) from exc
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
+        except OSError as exc:  # e.g. the disk is full while writing
+            raise EmbeddingCacheError(f"{what} cannot be written ({exc.strerror or exc}).") from exc
         self.writes += 1
         return path
 
@@ -589,68 +526,6 @@ def _check_entry(arrays: dict[str, np.ndarray], key: EmbeddingKey) -> str | None
 
 
 # --------------------------------------------------------------------------- a stack
-def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a 3D grayscale stack (Z, Y, X) from a TIFF (or ``.npy``) file.
-
-    Axes of length 1 (e.g. a single channel or time point) are dropped.
-
-    Raises
-    ------
-    StackFileError
-        If the file does not exist, cannot be read, or is not a 3D grayscale
-        stack (a 2D image, an RGB image, 4D data).
-    ImageFormatError
-        If its values are not real numbers.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise StackFileError(f"The file {path} does not exist.")
-    if path.is_dir():
-        raise StackFileError(f"{path} is a folder; give a TIFF file holding a 3D stack (Z, Y, X).")
-    axes = ""
-    if path.suffix.lower() == ".npy":
-        try:
-            data = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise StackFileError(f"{path.name} cannot be read as a .npy file ({exc}).") from exc
-    else:
-        try:
-            import tifffile
-        except ImportError as exc:
-            raise StackFileError(
-                "Reading TIFF files needs the tifffile package, which is not installed; "
-                "install it with `pip install tifffile` (napari installs it too)."
-            ) from exc
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                axes = str(series.axes)
-                data = series.asarray()
-        except Exception as exc:  # tifffile raises many types for a file that is not a TIFF
-            raise StackFileError(
-                f"{path.name} cannot be read as a TIFF file ({type(exc).__name__}: {exc})."
-            ) from exc
-    if "S" in axes and data.shape[axes.index("S")] > 1:
-        raise StackFileError(
-            f"{path.name} is a colour (RGB) image with axes {axes} and shape {data.shape}; "
-            "precomputing embeddings needs a grayscale 3D stack (Z, Y, X)."
-        )
-    shape = tuple(int(s) for s in data.shape)
-    keep = [i for i, s in enumerate(shape) if s != 1 or i >= len(shape) - 2]
-    if len(keep) != len(shape):
-        data = data.reshape(tuple(shape[i] for i in keep))
-    if data.ndim != 3:
-        kind = "a 2D image" if data.ndim == 2 else f"{data.ndim}D data"
-        raise StackFileError(
-            f"{path.name} is {kind} of shape {shape}; precomputing embeddings needs a "
-            "grayscale 3D stack (Z, Y, X)."
-        )
-    from .image import image_layout
-
-    image_layout(data.shape, dtype=data.dtype)
-    return data
-
-
 class StackEmbeddings:
     """The embeddings of the planes of one 3D stack, for one model and contrast setting.
 
@@ -668,7 +543,7 @@ class StackEmbeddings:
     model_id : str
         Names the model and its weights (see :func:`model_id_for`).
     contrast : (low, high), optional
-        Contrast limits for :func:`~napari_sam.image.to_sam_rgb`; default
+        Contrast limits for :func:`~napari_sam.workflows.image.to_sam_rgb`; default
         :func:`default_contrast_limits` of the stack (what napari shows).
     store : EmbeddingStore, optional
         Memory store; default a new one of :data:`DEFAULT_STORE_MB`.
@@ -696,7 +571,7 @@ class StackEmbeddings:
         disk: DiskCache | str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
     ) -> None:
-        from .image import image_layout
+        from napari_sam.workflows.image import image_layout
 
         shape = tuple(int(s) for s in getattr(stack, "shape", ()))
         layout = image_layout(shape, dtype=getattr(stack, "dtype", None))
@@ -727,7 +602,7 @@ class StackEmbeddings:
 
     def plane(self, z: int) -> np.ndarray:
         """Plane ``z`` as a numpy array."""
-        from .image import get_plane
+        from napari_sam.workflows.image import get_plane
 
         return get_plane(self.stack, self.layout, z)
 
@@ -735,7 +610,7 @@ class StackEmbeddings:
         """The key of plane ``z`` (hashes its current pixels)."""
         if plane is None:
             plane = self.plane(z)
-        return EmbeddingKey(hash_plane(plane), int(z), self._model_tag(), self.contrast)
+        return EmbeddingKey(content_hash(plane), int(z), self._model_tag(), self.contrast)
 
     def _model_tag(self) -> str:
         """``model_id``, plus the encoder precision when it is not float32.
@@ -800,7 +675,8 @@ class StackEmbeddings:
         slices : iterable of int, optional
             Default: all slices.
         progress : callable, optional
-            ``progress(done, total)`` after each batch (and once with 0 at the start);
+            called with a :class:`~napari_sam.runtime.progress.Progress` after each batch
+            (and once with 0 at the start);
             ``total`` counts the slices to encode.
         should_cancel : callable, optional
             Checked before each batch; when it returns True the work stops.
@@ -812,7 +688,7 @@ class StackEmbeddings:
 
         Raises
         ------
-        ComputationCancelledError
+        Cancelled
             If ``should_cancel`` returned True (the slices done so far are kept).
         """
         todo = []
@@ -828,8 +704,7 @@ class StackEmbeddings:
                 else:  # encoded earlier in this session: keep it on disk too
                     self.disk.put(key, in_memory)
         total = len(todo)
-        if progress is not None:
-            progress(0, total)
+        notify(progress, 0, total, "encoding slices", "slices")
 
         def encode_and_keep(batch: Sequence[int]) -> list[None]:
             planes = [self.plane(z) for z in batch]
@@ -838,9 +713,12 @@ class StackEmbeddings:
                 self._keep(key, emb, memory=self.disk is None)
             return [None] * len(batch)
 
-        done = len(self._run(todo, encode_and_keep, on_batch=progress, should_cancel=should_cancel))
+        def on_batch(done: int, total: int) -> None:
+            notify(progress, done, total, "encoding slices", "slices")
+
+        done = len(self._run(todo, encode_and_keep, on_batch=on_batch, should_cancel=should_cancel))
         if done < total:
-            raise ComputationCancelledError(
+            raise Cancelled(
                 f"Precomputing embeddings was cancelled after {done} of {total} slices; "
                 "the slices done so far are kept."
             )
@@ -870,7 +748,7 @@ class StackEmbeddings:
         return embs
 
     def _run(self, items: Sequence[Any], process: Callable[[Sequence[Any]], Any], **kw: Any):
-        from .memory import run_batches
+        from napari_sam.runtime.memory import run_batches
 
         def shrink(size: int) -> None:
             self.batch_size = size
@@ -891,10 +769,3 @@ class StackEmbeddings:
             self.store.put(key, emb)
         if self.disk is not None:
             self.disk.put(key, emb)
-
-
-def propagate(*args: Any, **kwargs: Any) -> Any:
-    """Propagate objects through a stack; see :func:`napari_sam.propagation.propagate`."""
-    from .propagation import propagate as _propagate
-
-    return _propagate(*args, **kwargs)

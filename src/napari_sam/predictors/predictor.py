@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ImageFormatError, ImageNotSetError, PromptError
-from .model.sam import Sam
-from .transforms import ResizeLongestSide
+from napari_sam.errors import ImageFormatError, ImageNotSetError, PromptError
+from napari_sam.model.sam.sam import Sam
+from napari_sam.predictors.transforms import ResizeLongestSide
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,9 @@ def _encode_with_fallback(
 
     Returns one ``(1, 256, 64, 64)`` float32 embedding per image. If the GPU
     runs out of memory the batch is split, and a single image that does not
-    fit moves the model to the CPU (:func:`napari_sam.memory.run_batches`).
+    fit moves the model to the CPU (:func:`napari_sam.runtime.memory.run_batches`).
     """
-    from .memory import run_batches
+    from napari_sam.runtime.memory import run_batches
 
     def encode(batch: list[torch.Tensor]) -> list[torch.Tensor]:
         dev = model.device
@@ -108,7 +108,7 @@ def embed_images(
         RGB pixels.
     batch_size : int, optional
         Images per forward pass; default as many as fit in the GPU's free
-        memory (:func:`napari_sam.memory.auto_batch_size`, at most 8), 1 on a CPU.
+        memory (:func:`napari_sam.runtime.memory.auto_batch_size`, at most 8), 1 on a CPU.
     fallback : bool
         On running out of GPU memory, retry with smaller batches and then on
         the CPU (warning with :class:`~napari_sam.errors.DeviceFallbackWarning`).
@@ -119,7 +119,7 @@ def embed_images(
     list of ImageEmbedding
         float32 features on the model's device, in the order of ``images``.
     """
-    from .memory import auto_batch_size, encoder_bytes_per_image
+    from napari_sam.runtime.memory import auto_batch_size, encoder_bytes_per_image
 
     transform = ResizeLongestSide(model.image_encoder.img_size)
     tensors = [_input_tensor(transform, image, "RGB", model.image_format) for image in images]
@@ -159,7 +159,7 @@ class SamPredictor:
         image : ndarray ``(H, W, 3)`` uint8
             RGB (or BGR, see ``image_format``) pixels, 0–255. Grayscale,
             16-bit or float microscopy images are converted by
-            :mod:`napari_sam.image`, not here.
+            :mod:`napari_sam.workflows.image`, not here.
         image_format : {"RGB", "BGR"}
             Channel order of ``image``.
         """
@@ -363,12 +363,12 @@ def _check_rgb_uint8(image: object) -> None:
         raise ImageFormatError(
             f"The image must be RGB with shape (H, W, 3); got shape {image.shape}. "
             "Convert grayscale or multichannel microscopy images with "
-            "napari_sam.image.to_sam_rgb first."
+            "napari_sam.workflows.image.to_sam_rgb first."
         )
     if image.dtype != np.uint8:
         raise ImageFormatError(
             f"The image must be 8-bit (uint8, 0-255); got {image.dtype}. Convert it with "
-            "napari_sam.image.to_sam_rgb, which applies contrast limits."
+            "napari_sam.workflows.image.to_sam_rgb, which applies contrast limits."
         )
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageFormatError(f"The image is empty (shape {image.shape}).")

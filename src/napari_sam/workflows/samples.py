@@ -1,6 +1,7 @@
 """Synthetic fluorescence samples (generated here, nothing is downloaded).
 
-Two napari sample-data entries (``File > Open Sample > napari SAM``):
+Two generators, shown in napari as sample data (``File > Open Sample > napari SAM``,
+see :mod:`napari_sam._widgets.sample_data`) and used by tests and benchmarks:
 
 - ``nuclei_2d``: ``(256, 256)`` uint16, ~30 stained nuclei: textured ellipses
   with soft edges and bright nucleoli on a dim, uneven background, with
@@ -15,18 +16,15 @@ The generators are deterministic (seeded) and take well under a second. No napar
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 __all__ = [
+    "NUCLEI_2D_SCALE",
     "NUCLEI_2D_SHAPE",
     "NUCLEI_3D_SCALE",
     "NUCLEI_3D_SHAPE",
     "make_nuclei_2d",
     "make_nuclei_3d",
-    "nuclei_2d",
-    "nuclei_3d",
 ]
 
 NUCLEI_2D_SHAPE = (256, 256)
@@ -147,34 +145,3 @@ def make_nuclei_3d(
     zz = np.arange(z)[:, None, None]
     background = 100 + 30 * np.exp(-((zz - z / 2) ** 2) / (z * z / 4)) * np.ones(shape)
     return _finish(img, g, background)
-
-
-def _contrast(data: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(data, (0.5, 99.8))
-    return [float(lo), float(hi)]
-
-
-def nuclei_2d() -> list[tuple[Any, dict, str]]:
-    """npe2 sample data: 2D fluorescent nuclei, uint16."""
-    data = make_nuclei_2d()
-    meta = {
-        "name": "nuclei 2D (synthetic)",
-        "scale": NUCLEI_2D_SCALE,
-        "units": ("µm", "µm"),
-        "colormap": "gray",
-        "contrast_limits": _contrast(data),
-    }
-    return [(data, meta, "image")]
-
-
-def nuclei_3d() -> list[tuple[Any, dict, str]]:
-    """npe2 sample data: 3D (ZYX) fluorescent nuclei, uint16, anisotropic voxels."""
-    data = make_nuclei_3d()
-    meta = {
-        "name": "nuclei 3D (synthetic)",
-        "scale": NUCLEI_3D_SCALE,
-        "units": ("µm", "µm", "µm"),
-        "colormap": "gray",
-        "contrast_limits": _contrast(data),
-    }
-    return [(data, meta, "image")]

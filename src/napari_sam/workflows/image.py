@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ImageFormatError
+from napari_sam.errors import ImageFormatError
 
 __all__ = [
     "ROBUST_PERCENTILES",

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from napari_sam.model.sam.common import LayerNorm2d
 
 #: Approximate upper bound in bytes on one temporary tensor of the strip-wise
 #: and chunked computations (CPU, no autograd). 8 MiB keeps the working set of

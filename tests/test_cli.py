@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from napari_sam import cli
+from napari_sam.cli import common
 from napari_sam.runtime import weights
 from napari_sam.runtime.weights import CHECKPOINTS, CheckpointInfo
 
@@ -265,7 +266,7 @@ def test_help_and_version(capsys):
 
 def test_subcommands_are_extensible(capsys):
     def add_hello(subparsers):
-        parser = cli.add_subcommand(subparsers, "hello", help="say hello")
+        parser = common.add_subcommand(subparsers, "hello", help="say hello")
         parser.add_argument("name")
         parser.set_defaults(handler=lambda args: print(f"hello {args.name}") or 0)
 
@@ -278,5 +279,5 @@ def test_subcommands_are_extensible(capsys):
 
 
 def test_package_version_is_text():
-    version = cli.package_version()
+    version = common.package_version()
     assert isinstance(version, str) and version

@@ -1,0 +1,164 @@
+"""``napari-sam embed``: precompute the embeddings of a 3D stack into a disk cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from napari_sam.cli.common import (
+    add_speed_options,
+    add_subcommand,
+    bar_updater,
+    precision_name,
+)
+from napari_sam.errors import (
+    ImageFormatError,
+    InputFileError,
+)
+
+
+def add(subparsers: Any) -> None:
+    parser = add_subcommand(
+        subparsers,
+        "embed",
+        help="precompute the SAM embeddings of a 3D stack into a cache folder",
+        description=(
+            "Encode every slice of a 3D stack (a TIFF file, Z Y X) with SAM's image encoder\n"
+            "and keep the embeddings in a cache folder (float16, one checksummed file per\n"
+            "slice). Slices already in the folder are skipped, so an interrupted run resumes.\n"
+            "The napari widget finds these embeddings when its disk cache points at the same\n"
+            "folder and the model and contrast limits match (by default the stack's minimum\n"
+            "and maximum, which napari shows for a newly opened stack)."
+        ),
+    )
+    parser.add_argument("input", metavar="INPUT", help="3D TIFF stack (Z, Y, X); .npy also works")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="CACHE_DIR",
+        default=None,
+        help="cache folder (default: the embeddings folder of the napari-sam cache)",
+    )
+    parser.add_argument(
+        "--model",
+        default="auto",
+        metavar="MODEL_TYPE",
+        help="auto (default: vit_t on a CPU, vit_b on a GPU), vit_t, vit_b, vit_l or vit_h",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, metavar="PATH", help="weights file (default: published)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    add_speed_options(parser)
+    parser.add_argument(
+        "--contrast",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="contrast limits for SAM's 8-bit input (default: the stack's min and max)",
+    )
+    parser.add_argument(
+        "--slices", default=None, metavar="START:STOP", help="only these slices (e.g. 10:20)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="slices per forward pass (default: 4 on a CUDA GPU, 1 otherwise)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not show a progress bar")
+    parser.set_defaults(handler=_run_embed)
+
+
+def _parse_slices(text: str | None, n: int) -> list[int] | None:
+
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        values = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        values = []
+    if len(parts) == 1 and values and values[0] is not None:
+        start, stop = values[0], values[0] + 1
+    elif len(parts) == 2 and values:
+        start, stop = values
+    else:
+        raise InputFileError(f"--slices must look like START:STOP (e.g. 10:20), not {text!r}.")
+    chosen = list(range(n))[slice(start, stop)]
+    if not chosen:
+        raise InputFileError(f"--slices {text} selects no slice of a stack of {n} slices.")
+    return chosen
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    import math
+    import time
+
+    from tqdm import tqdm
+
+    from napari_sam.runtime.device import resolve_device
+    from napari_sam.runtime.loader import load
+    from napari_sam.workflows import embeddings as volume
+    from napari_sam.workflows import io
+
+    t0 = time.perf_counter()
+    stack = io.read_stack(args.input)
+    slices = _parse_slices(args.slices, stack.shape[0])
+    if args.contrast is not None:
+        low, high = args.contrast
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ImageFormatError(
+                f"--contrast needs two finite numbers LOW <= HIGH, got {low:g} {high:g}."
+            )
+        contrast = (low, high)
+    else:
+        contrast = volume.default_contrast_limits(stack)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ImageFormatError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    folder = args.output if args.output else volume.default_cache_dir()
+    disk = volume.DiskCache(folder)
+    device = resolve_device(args.device)
+    loaded = load(
+        args.model,
+        args.checkpoint,
+        device=device,
+        progress=not args.quiet,
+        precision=args.precision,
+        compile=args.compile or None,
+    )
+    sam = loaded.sam
+    embeddings = volume.StackEmbeddings(
+        sam,
+        stack,
+        model_id=loaded.model_id,
+        contrast=contrast,
+        store=volume.EmbeddingStore(max_mb=0),
+        disk=disk,
+        batch_size=args.batch_size,
+    )
+    bar = tqdm(
+        total=0, unit="slice", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
+    )
+
+    try:
+        encoded = embeddings.precompute(slices, progress=bar_updater(bar))
+    finally:
+        bar.close()
+    n = stack.shape[0] if slices is None else len(slices)
+    print(
+        f"{Path(args.input).name}: {n} slice{'s' if n != 1 else ''}, {encoded} encoded, "
+        f"{n - encoded} already cached; model {embeddings.model_id} on {sam.device} "
+        f"({precision_name(sam)} encoder), contrast "
+        f"{contrast[0]:g}–{contrast[1]:g}; {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    print(disk.root)
+    return 0
+
+
+# --------------------------------------------------------------------------- segment

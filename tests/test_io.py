@@ -119,7 +119,7 @@ def test_napari_writer_and_napari_reader(tmp_path, labels3d):
 
     PluginManager.instance().discover()
     layer = Labels(labels3d, scale=(2.0, 0.5, 0.25), units=("micrometer",) * 3, name="cells")
-    written = layer.save(str(tmp_path / "cells.tif"), plugin="napari-sam")
+    written = layer.save(str(tmp_path / "cells.tif"), plugin="napari-sam-microscopy")
     assert written == [str(tmp_path / "cells.tif")]
     back = io.read_tiff(written[0])
     np.testing.assert_array_equal(back.data, labels3d)

@@ -44,7 +44,7 @@ def test_layer_data_tuples():
 )
 def test_samples_open_in_napari(make_napari_viewer, key, shape, scale):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-sam", key)
+    viewer.open_sample("napari-sam-microscopy", key)
     (layer,) = viewer.layers
     assert layer.data.shape == shape and layer.data.dtype == np.uint16
     np.testing.assert_allclose(layer.scale, scale)
@@ -56,13 +56,12 @@ def test_manifest_lists_widget_menu_and_samples():
 
     pm = PluginManager.instance()
     pm.discover()
-    manifest = pm.get_manifest("napari-sam")
+    manifest = pm.get_manifest("napari-sam-microscopy")
     ids = {c.id for c in manifest.contributions.commands}
-    assert "napari-sam.segment_interactively" in ids
+    assert "napari-sam-microscopy.segment_interactively" in ids
     assert {s.key for s in manifest.contributions.sample_data} >= {"nuclei_2d", "nuclei_3d"}
     menu = manifest.contributions.menus["napari/layers/segment"]
-    assert any(item.command == "napari-sam.segment_interactively" for item in menu)
-    (widget,) = [
-        w for w in manifest.contributions.widgets if w.command == "napari-sam.segment_interactively"
-    ]
+    assert any(item.command == "napari-sam-microscopy.segment_interactively" for item in menu)
+    command = "napari-sam-microscopy.segment_interactively"
+    (widget,) = [w for w in manifest.contributions.widgets if w.command == command]
     assert widget.display_name == "Interactive segmentation (SAM)"

@@ -193,6 +193,8 @@ def test_expected_errors_are_notifications(make_napari_viewer, qtbot, stack, not
 def test_widget_from_the_plugin_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Automatic segmentation (SAM)")
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-sam-microscopy", "Automatic segmentation (SAM)"
+    )
     assert isinstance(widget, AutomaticSegmentationWidget)
     assert widget.image_layer is viewer.layers["img"]

@@ -425,7 +425,9 @@ def test_model_loads_in_a_worker_and_errors_become_notifications(
 def test_widget_opens_from_the_plugin_menu(make_napari_viewer, qtbot, small_model, stack):
     viewer = make_napari_viewer()
     viewer.add_image(stack[:3], name="stack")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Interactive segmentation (SAM)")
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-sam-microscopy", "Interactive segmentation (SAM)"
+    )
     assert isinstance(widget, InteractiveSegmentationWidget) and widget.viewer == viewer
     assert widget.image_layer.name == "stack"
     assert {"SAM points", "SAM boxes"} <= {layer.name for layer in viewer.layers}

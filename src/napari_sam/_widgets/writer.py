@@ -1,6 +1,6 @@
 """napari writer contribution: save a Labels layer as a TIFF (see :mod:`napari_sam.workflows.io`).
 
-``File > Save Selected Layers…`` with a ``.tif``/``.tiff`` name and "napari SAM"
+``File > Save Selected Layers…`` with a ``.tif``/``.tiff`` name and "SAM for microscopy"
 as the writer saves the label image compressed (zlib), ImageJ-compatible
 (a 16-bit hyperstack for up to 65535 objects), with the layer's scale as the
 pixel/voxel size and its unit. No napari import here: npe2 calls this

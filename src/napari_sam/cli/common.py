@@ -52,7 +52,7 @@ def package_version() -> str:
     from importlib import metadata
 
     try:
-        return metadata.version("napari-sam")
+        return metadata.version("napari-sam-microscopy")
     except metadata.PackageNotFoundError:
         package = sys.modules.get("napari_sam")
         return str(getattr(package, "__version__", "unknown"))

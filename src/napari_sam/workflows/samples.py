@@ -1,6 +1,6 @@
 """Synthetic fluorescence samples (generated here, nothing is downloaded).
 
-Two generators, shown in napari as sample data (``File > Open Sample > napari SAM``,
+Two generators, shown in napari as sample data (``File > Open Sample > SAM for microscopy``,
 see :mod:`napari_sam._widgets.sample_data`) and used by tests and benchmarks:
 
 - ``nuclei_2d``: ``(256, 256)`` uint16, ~30 stained nuclei: textured ellipses

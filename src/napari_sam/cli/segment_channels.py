@@ -127,10 +127,24 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
 
 
 def read_input(path: Path, options: ChannelOptions) -> Any:
-    """Read one INPUT: as channels first when --channels is given."""
-    from napari_sam.workflows import io
+    """Read one INPUT: as channels first when --channels is given (checked against the file).
 
-    return io.read_tiff(path, channels=options.channels is not None)
+    Raises
+    ------
+    InputFileError
+        If the file cannot be read or has no such channel.
+    """
+    from napari_sam.errors import InputFileError
+    from napari_sam.workflows import io
+    from napari_sam.workflows.channels import check_channels
+
+    image = io.read_tiff(path, channels=options.channels is not None)
+    if options.channels is not None:
+        try:
+            check_channels(options.channels, image.data.shape[0])
+        except ImageFormatError as exc:
+            raise InputFileError(f"{path.name}: {exc}") from exc
+    return image
 
 
 def segment_input(

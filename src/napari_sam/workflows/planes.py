@@ -385,9 +385,8 @@ def plane_geometry(
         if set(shown) != plane_axes:
             raise ImageFormatError(
                 f"The viewer shows axes {shown} of this image as the plane; napari-sam segments "
-                f"the plane of its last two axes {tuple(sorted(plane_axes))} (rows and columns): "
-                "reset the axis order (napari: View > Axes > Reset axes order, or the "
-                "transpose buttons)."
+                f"the plane of its last two axes {tuple(sorted(plane_axes))} (rows and columns), "
+                "so show those with the viewer's roll and transpose buttons."
             )
     elif (
         not rgb

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.errors import SettingsError
+from napari_sam.errors import ImageFormatError, SettingsError
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback
 from napari_sam.workflows.planes import ImagePlanes
 from napari_sam.workflows.segment import (
@@ -84,7 +84,7 @@ def segment_planes(
         todo = (
             list(g.indices()) if indices is None else [g.check_index(i) for i in indices]
         )
-    except Exception as exc:  # ImageFormatError for a bad plane
+    except ImageFormatError as exc:  # a plane outside the image
         raise SettingsError(str(exc)) from exc
     if not todo:
         raise SettingsError("No plane to segment was given.")

@@ -120,7 +120,7 @@ def test_napari_writer_and_napari_reader(tmp_path, labels3d):
     PluginManager.instance().discover()
     layer = Labels(labels3d, scale=(2.0, 0.5, 0.25), units=("micrometer",) * 3, name="cells")
     written = layer.save(str(tmp_path / "cells.tif"), plugin="napari-sam-microscopy")
-    assert written == [str(tmp_path / "cells.tif")]
+    assert written == [str(tmp_path / "cells.tif"), str(tmp_path / "cells.csv")]  # + objects
     back = io.read_tiff(written[0])
     np.testing.assert_array_equal(back.data, labels3d)
     assert back.scale == pytest.approx((2.0, 0.5, 0.25)) and back.unit == "micrometer"

@@ -3,8 +3,12 @@
 ``File > Save Selected Layers…`` with a ``.tif``/``.tiff`` name and "SAM for microscopy"
 as the writer saves the label image compressed (zlib), ImageJ-compatible
 (a 16-bit hyperstack for up to 65535 objects), with the layer's scale as the
-pixel/voxel size and its unit. No napari import here: npe2 calls this
-function with the layer's data and its metadata dict.
+pixel/voxel size and its unit, and writes the layer's object table
+(:func:`napari_sam.workflows.tables.object_table`: one row per object, sizes and
+centres in the layer's units, SAM's scores and method from the layer's
+``features``) as a CSV file beside it (``cells_labels.tif`` ->
+``cells_labels.csv``). No napari import here: npe2 calls this function with
+the layer's data and its metadata dict.
 """
 
 from __future__ import annotations
@@ -13,6 +17,12 @@ from typing import Any
 
 from napari_sam.errors import ImageFormatError
 from napari_sam.workflows.io import write_labels_tiff
+from napari_sam.workflows.tables import (
+    merge_sam_columns,
+    object_table,
+    table_path_for,
+    write_object_table,
+)
 
 __all__ = ["write_labels"]
 
@@ -35,7 +45,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     Returns
     -------
     list of str
-        The written path.
+        The written label TIFF and the object table CSV beside it.
 
     Raises
     ------
@@ -58,4 +68,9 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     if unit == "pixel" and scale is not None and all(s == 1 for s in scale):
         unit = None
     written = write_labels_tiff(path, data, scale=scale, unit=unit)
-    return [str(written)]
+    translate = meta.get("translate")
+    translate = tuple(translate)[-ndim:] if translate is not None else None
+    table = object_table(data, scale=scale, translate=translate, unit=unit)
+    table = merge_sam_columns(table, meta.get("features"))
+    csv = write_object_table(table_path_for(written), table)
+    return [str(written), str(csv)]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_sam.cli import segment_channels
 from napari_sam.cli.common import (
     PROG,
     add_speed_options,
@@ -16,7 +17,6 @@ from napari_sam.cli.common import (
     check_writable,
 )
 from napari_sam.errors import (
-    ImageFormatError,
     NapariSamError,
 )
 
@@ -40,6 +40,8 @@ examples:
   napari-sam segment stack.tif -o stack_labels.tif --link-slices --coco stack.json
   napari-sam segment images/ -o labels/ --model vit_b --device cuda
   napari-sam segment nuclei.tif -o out.tif --model vit_b --checkpoint my_sam.pth
+  napari-sam segment cells.tif -o cells_labels.tif --channels 1 2 --contrast 100 2000 50 900 \
+      --table objects.csv
 
 exit status: 0 done; 1 failed (one line says why; --debug shows the details);
 2 wrong command line; 130 interrupted (Ctrl+C). A failed or interrupted run
@@ -159,15 +161,6 @@ def add(subparsers: Any) -> None:
         help=f"drop masks covering more than the fraction X of the image, such as the "
         f"background (default {d.max_area_fraction}; 1 keeps all)",
     )
-    group.add_argument(
-        "--contrast",
-        nargs=2,
-        type=float,
-        default=None,
-        metavar=("LOW", "HIGH"),
-        help="show SAM the intensities LOW (black) to HIGH (white) (default: the image's "
-        "minimum and maximum)",
-    )
 
     group = parser.add_argument_group("3D stacks")
     group.add_argument(
@@ -184,6 +177,7 @@ def add(subparsers: Any) -> None:
         help=f"with --link-slices: the overlap (intersection over union, 0-1) an object "
         f"needs with one in the previous slice to keep its number (default {d.link_iou})",
     )
+    segment_channels.add_options(parser)  # --channels, --contrast, --table
     parser.set_defaults(handler=_run_segment)
 
 
@@ -226,11 +220,7 @@ def _segment_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]
             raise io.OutputFileError(
                 f"{len(unique)} inputs need an output folder, but {out} is a file."
             )
-        jobs = []
-        for path in unique:
-            stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-            stem = stem[:-4] if stem.lower().endswith(".ome") else stem
-            jobs.append((path, out / f"{stem}_labels.tif"))
+        jobs = [(path, io.labels_path_for(path, out)) for path in unique]
     seen: dict[Path, Path] = {}
     for src, dst in jobs:
         key = dst.resolve()
@@ -246,7 +236,6 @@ def _segment_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    import math
     import time
 
     from tqdm import tqdm
@@ -268,25 +257,23 @@ def _run_segment(args: argparse.Namespace) -> int:
         link_iou=args.link_iou,
     )
     settings.check()
-    contrast = None
-    if args.contrast is not None:
-        low, high = args.contrast
-        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-            raise ImageFormatError(
-                f"--contrast needs two finite numbers LOW <= HIGH, got {low:g} {high:g}."
-            )
-        contrast = (low, high)
+    extra = segment_channels.check_options(args)
+    contrast = extra.single_contrast
     jobs = _segment_jobs(args.inputs, args.output)
     coco_path = Path(args.coco).expanduser() if args.coco else None
     if coco_path is not None and coco_path.is_dir():
         raise io.OutputFileError(f"--coco {coco_path} is a folder; give a .json file name.")
-    for folder in {dst.parent for _, dst in jobs} | ({coco_path.parent} if coco_path else set()):
+    extra_folders = {extra.table.parent} if extra.table else set()
+    for folder in {dst.parent for _, dst in jobs} | (
+        {coco_path.parent} if coco_path else set()
+    ) | extra_folders:
         check_writable(folder)
     device = resolve_device(args.device)
 
     single = len(jobs) == 1
     sam = None
     coco = io.CocoWriter() if coco_path is not None else None
+    tables = segment_channels.TableWriter(extra.table) if extra.table else None
     failed: list[str] = []
 
     def fail(src: Path, exc: NapariSamError) -> None:
@@ -298,7 +285,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     for src, dst in jobs:
         t0 = time.perf_counter()
         try:
-            image = io.read_tiff(src)
+            image = segment_channels.read_input(src, extra)
         except NapariSamError as exc:
             fail(src, exc)
             continue
@@ -316,14 +303,19 @@ def _run_segment(args: argparse.Namespace) -> int:
         )
 
         try:
-            result = segment(
-                sam,
-                image.data,
-                rgb=image.rgb,
-                contrast_limits=contrast,
-                settings=settings,
-                progress=bar_updater(bar),
-            )
+            if extra.channels is not None:
+                result = segment_channels.segment_input(
+                    sam, image, extra, settings, bar_updater(bar)
+                )
+            else:
+                result = segment(
+                    sam,
+                    image.data,
+                    rgb=image.rgb,
+                    contrast_limits=contrast,
+                    settings=settings,
+                    progress=bar_updater(bar),
+                )
             io.write_labels_tiff(dst, result.labels, scale=image.scale, unit=image.unit)
         except NapariSamError as exc:
             fail(src, exc)
@@ -332,6 +324,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             bar.close()
         if coco is not None:
             coco.add(result.labels, src.name, stack=result.slices is not None, scores=result.scores)
+        if tables is not None:
+            tables.add(result.labels, src.name, image, result.scores, "automatic")
         planes = "" if result.slices is None else f" in {len(result.slices)} slices"
         print(
             f"{src.name}: {result.n_objects} object{'s' if result.n_objects != 1 else ''}"
@@ -342,6 +336,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     if coco is not None and len(failed) < len(jobs):
         coco.write(coco_path)
         print(coco_path)
+    if tables is not None and tables.tables:
+        print(tables.write())
     if failed:
         raise NapariSamError(
             f"{len(failed)} of {len(jobs)} inputs could not be segmented: {', '.join(failed)}."

@@ -62,6 +62,7 @@ __all__ = [
     "default_cache_dir",
     "default_contrast_limits",
     "encode_planes",
+    "model_tag",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,35 +81,82 @@ class EmbeddingKey:
     ----------
     data_hash : str
         :func:`~napari_sam.runtime.files.content_hash` of the raw plane that was encoded
-        (before contrast
-        conversion): an edited slice gets a new hash.
-    slice : int or None
-        Index of the plane along Z in its stack; ``None`` for a 2D image.
+        (before contrast conversion; for a channel choice, of the chosen channels'
+        planes stacked in order): an edited plane gets a new hash.
+    slice : int, tuple of int, or None
+        Where the plane lies in its image: ``None`` for a 2D image, the index
+        along Z for a 3D stack (an int, as in format 1 of :class:`DiskCache`),
+        and the full leading index (e.g. ``(t, z)``) for images with two or
+        more leading axes. A tuple is normalised: ``()`` becomes ``None`` and
+        ``(z,)`` becomes ``z``, so a stack plane has one key however its index
+        was written. :attr:`index` gives it back as a tuple.
     model_id : str
         Names the model and its weights (e.g. ``"vit_b"`` for the published
         checkpoint, or a checkpoint file with its size and modification time).
-    contrast : (float, float) or None
-        Contrast limits given to :func:`napari_sam.workflows.image.to_sam_rgb`; ``None``
-        for its automatic (robust) limits.
+    contrast : tuple of float or None
+        Contrast limits given to :func:`napari_sam.workflows.image.to_sam_rgb`:
+        ``(low, high)``, or with :attr:`channels` one pair per chosen channel,
+        flattened ``(low0, high0, low1, high1, ...)``; ``None`` for automatic
+        (robust) limits.
+    channels : tuple of int or None
+        The channels mapped to SAM's red, green and blue inputs
+        (:mod:`napari_sam.workflows.channels`); ``None`` for a grayscale or RGB
+        image. Keys without channels are written exactly as before this field
+        existed, so existing cache files stay valid.
     """
 
     data_hash: str
-    slice: int | None
+    slice: int | tuple[int, ...] | None
     model_id: str
-    contrast: tuple[float, float] | None
+    contrast: tuple[float, ...] | None
+    channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.contrast is not None:
-            lo, hi = self.contrast
-            object.__setattr__(self, "contrast", (float(lo), float(hi)))
-        if self.slice is not None:
-            object.__setattr__(self, "slice", int(self.slice))
+            values = tuple(float(v) for v in np.asarray(self.contrast, dtype=float).ravel())
+            if len(values) < 2 or len(values) % 2:
+                raise ValueError(
+                    f"contrast must hold (low, high) pairs, got {len(values)} numbers."
+                )
+            object.__setattr__(self, "contrast", values)
+        object.__setattr__(self, "slice", _normalise_index(self.slice))
+        if self.channels is not None:
+            channels = tuple(int(c) for c in self.channels)
+            if self.contrast is not None and len(self.contrast) != 2 * len(channels):
+                raise ValueError(
+                    f"contrast must hold one (low, high) pair per channel: {len(channels)} "
+                    f"channels, {len(self.contrast)} numbers."
+                )
+            object.__setattr__(self, "channels", channels)
+
+    @property
+    def index(self) -> tuple[int, ...]:
+        """:attr:`slice` as a tuple: ``()`` for a 2D image, ``(z,)``, ``(t, z)``, ..."""
+        if self.slice is None:
+            return ()
+        if isinstance(self.slice, tuple):
+            return self.slice
+        return (self.slice,)
 
     def digest(self) -> str:
         """A stable hex name for this key (e.g. a file name in an on-disk cache)."""
-        contrast = "auto" if self.contrast is None else f"{self.contrast[0]!r},{self.contrast[1]!r}"
+        contrast = "auto" if self.contrast is None else ",".join(repr(v) for v in self.contrast)
         text = f"{self.data_hash}|{self.slice}|{self.model_id}|{contrast}"
+        if self.channels is not None:
+            text += f"|channels={','.join(str(c) for c in self.channels)}"
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _normalise_index(value: Any) -> int | tuple[int, ...] | None:
+    """``None``/``()`` -> None, ``z``/``(z,)`` -> int, longer sequences -> tuple of int."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list, np.ndarray)):
+        items = tuple(int(v) for v in np.asarray(value).ravel())
+        if not items:
+            return None
+        return items[0] if len(items) == 1 else items
+    return int(value)
 
 
 class EmbeddingStore:
@@ -276,6 +324,19 @@ def default_batch_size(device: Any, model: Any = None) -> int:
     from napari_sam.runtime.memory import auto_batch_size, encoder_bytes_per_image
 
     return auto_batch_size(device, encoder_bytes_per_image(model), maximum=8)
+
+
+def model_tag(model: Any, model_id: str) -> str:
+    """The model name in embedding keys: ``model_id``, plus ``@<dtype>`` when the encoder
+    does not run in float32 (e.g. ``"vit_b@bfloat16"``).
+
+    Embeddings computed under bf16/fp16 autocast differ slightly from the
+    float32 ones, so the caches keep them apart.
+    """
+    dtype = getattr(model, "encoder_dtype", None)
+    if dtype is None:
+        return str(model_id)
+    return f"{model_id}@{str(dtype).removeprefix('torch.')}"
 
 
 # --------------------------------------------------------------------------- encoding
@@ -479,15 +540,15 @@ class DiskCache:
 
 
 def _key_json(key: EmbeddingKey) -> str:
-    return json.dumps(
-        {
-            "data_hash": key.data_hash,
-            "slice": key.slice,
-            "model_id": key.model_id,
-            "contrast": None if key.contrast is None else list(key.contrast),
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, Any] = {
+        "data_hash": key.data_hash,
+        "slice": list(key.slice) if isinstance(key.slice, tuple) else key.slice,
+        "model_id": key.model_id,
+        "contrast": None if key.contrast is None else list(key.contrast),
+    }
+    if key.channels is not None:  # absent for grayscale/RGB keys: format-1 files stay valid
+        fields["channels"] = list(key.channels)
+    return json.dumps(fields, sort_keys=True)
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -613,15 +674,8 @@ class StackEmbeddings:
         return EmbeddingKey(content_hash(plane), int(z), self._model_tag(), self.contrast)
 
     def _model_tag(self) -> str:
-        """``model_id``, plus the encoder precision when it is not float32.
-
-        Embeddings computed under bf16/fp16 autocast differ slightly from the
-        float32 ones, so the caches keep them apart.
-        """
-        dtype = getattr(self.model, "encoder_dtype", None)
-        if dtype is None:
-            return self.model_id
-        return f"{self.model_id}@{str(dtype).removeprefix('torch.')}"
+        """``model_id``, plus the encoder precision when it is not float32 (:func:`model_tag`)."""
+        return model_tag(self.model, self.model_id)
 
     def cached(self, z: int, key: EmbeddingKey | None = None) -> ImageEmbedding | None:
         """The embedding of plane ``z`` from memory or disk, or None (nothing is encoded)."""

@@ -9,13 +9,22 @@ napari layers and these functions:
 - :func:`compose_preview` paints those masks into a preview label plane,
 - :func:`plan_commit` decides which pixels of the output labels get which
   new object id.
+
+One click = one cell: :func:`group_clicks` makes every positive point outside
+any box its own object (the rule for negative points and for clicks on
+labelled objects is documented there), and :func:`predict_objects_batched`
+predicts all objects that have the same kind of prompt in one batched call of
+SAM's prompt encoder and mask decoder: every single-click object in one call.
+:class:`PredictionCache` keeps masks whose prompts did not change, so adding
+a click re-predicts only the new object.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,16 +33,21 @@ from torch import nn
 from napari_sam.errors import Cancelled
 from napari_sam.predictors.predictor import ImageEmbedding, SamPredictor
 from napari_sam.workflows.image import to_sam_rgb
-from napari_sam.workflows.labels import plan_new_objects
+from napari_sam.workflows.labels import dtype_for_ids, plan_new_objects
 from napari_sam.workflows.prompts import ObjectPrompt
 
 __all__ = [
+    "STABILITY_OFFSET",
+    "ClickObjects",
     "ObjectMask",
+    "PredictionCache",
     "compose_preview",
     "encode_plane",
+    "group_clicks",
     "install_cancel_hooks",
     "plan_commit",
     "predict_objects",
+    "predict_objects_batched",
 ]
 
 
@@ -126,12 +140,17 @@ class ObjectMask:
         Rank of the shown mask among the candidates (0 = best score).
     n_candidates : int
         1, or 3 with multimask output.
+    stability : float or None
+        SAM's stability score of the shown mask (IoU of the mask thresholded at
+        ``±`` :data:`STABILITY_OFFSET` around the mask threshold), where computed
+        (:func:`predict_objects_batched`); None otherwise.
     """
 
     mask: np.ndarray
     score: float
     candidate: int
     n_candidates: int
+    stability: float | None = None
 
 
 def predict_objects(
@@ -175,11 +194,20 @@ def compose_preview(
     """Label plane with object ``i + 1`` where ``masks[i]`` is set.
 
     Where masks overlap, the earlier object keeps the pixel (as a commit
-    without overwriting would).
+    without overwriting would). ``dtype`` is widened when it cannot hold
+    ``len(masks)`` ids (e.g. more than 255 clicks in a uint8 preview).
     """
+    dtype = dtype_for_ids(dtype, len(masks))
     out = np.zeros(tuple(plane_shape), dtype=dtype)
     for i, mask in enumerate(masks):
-        out[np.asarray(mask, dtype=bool) & (out == 0)] = i + 1
+        mask = np.asarray(mask, dtype=bool)
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            continue
+        cols = np.flatnonzero(mask.any(axis=0))
+        window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        part = out[window]
+        part[mask[window] & (part == 0)] = i + 1
     return out
 
 
@@ -202,3 +230,340 @@ def plan_commit(
     list of (new_id, (rows, cols))
     """
     return plan_new_objects(labels_plane, preview_plane, next_id, overwrite)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- one click = one cell
+#: Offset around the mask threshold for the stability score (as SAM's automatic generator).
+STABILITY_OFFSET = 1.0
+
+
+@dataclass
+class ClickObjects:
+    """The objects of a plane in one-click-per-cell mode (:func:`group_clicks`).
+
+    Attributes
+    ----------
+    objects : list of ObjectPrompt
+        Box objects first (in box order, as :func:`~napari_sam.workflows.prompts.group_objects`
+        makes them), then one object per used click, in the order of the points.
+    point_object : ndarray ``(N,)`` int
+        For each given point, the index in ``objects`` of the object it
+        prompts, or -1 (an ignored click or an unassigned negative point).
+    clicks : ndarray ``(K,)`` int
+        The point index of the click behind each click object
+        (``objects[n_boxes + k]`` comes from point ``clicks[k]``).
+    n_boxes : int
+        Number of box objects at the start of ``objects``.
+    ignored : ndarray ``(M,)`` int
+        Positive points outside any box that lie on a labelled pixel: no object.
+    ignored_labels : ndarray ``(M,)``
+        The label under each ignored point (to tell the user which object).
+    unassigned : ndarray int
+        Negative points outside any box with no click object to refine.
+    """
+
+    objects: list[ObjectPrompt]
+    point_object: np.ndarray
+    clicks: np.ndarray
+    n_boxes: int
+    ignored: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    ignored_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    unassigned: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+
+def _pixel_of(points_xy: np.ndarray, plane_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of the pixels under SAM ``(x, y)`` points (centres at integers)."""
+    h, w = int(plane_shape[0]), int(plane_shape[1])
+    rows = np.clip(np.floor(points_xy[:, 1] + 0.5), 0, h - 1).astype(np.intp)
+    cols = np.clip(np.floor(points_xy[:, 0] + 0.5), 0, w - 1).astype(np.intp)
+    return rows, cols
+
+
+def group_clicks(
+    points_xy: np.ndarray,
+    point_labels: np.ndarray,
+    boxes: np.ndarray | None = None,
+    labels_plane: np.ndarray | None = None,
+) -> ClickObjects:
+    """Split the prompts of a plane into objects, one per click ("one click = one cell").
+
+    The rule:
+
+    - Boxes and the points inside them are grouped exactly as in
+      :func:`~napari_sam.workflows.prompts.group_objects`: each box is one
+      object with the points inside it (a point inside several boxes belongs
+      to the smallest).
+    - Every **positive point outside all boxes** is its own object, unless the
+      pixel under it (``labels_plane[round(y), round(x)]``, halves rounded
+      up) already belongs to an object: that click is *ignored* (listed in
+      :attr:`ClickObjects.ignored` with the label it hit) and makes no object.
+    - Every **negative point outside all boxes** refines the *nearest* click
+      object: the one whose positive point has the smallest Euclidean
+      distance, in pixels of the plane, to the negative point; at equal
+      distance, the click that comes first in the points' order. The object
+      is then prompted with its positive point followed by its negative
+      points in the points' order. With no click object at all, negative
+      points are *unassigned* and unused. Ignored clicks are not candidates.
+
+    Parameters
+    ----------
+    points_xy : ndarray ``(N, 2)``
+        SAM ``(x, y)`` of the plane's usable points.
+    point_labels : ndarray ``(N,)``
+        1 positive, 0 negative.
+    boxes : ndarray ``(K, 4)``, optional
+        ``x0, y0, x1, y1`` of the plane's usable boxes.
+    labels_plane : ndarray ``(H, W)``, optional
+        The committed labels of the plane; without it no click is ignored.
+
+    Returns
+    -------
+    ClickObjects
+    """
+    points_xy = np.asarray(points_xy, dtype=float).reshape(-1, 2)
+    point_labels = np.asarray(point_labels, dtype=int).reshape(-1)
+    boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, dtype=float).reshape(-1, 4)
+    n = len(points_xy)
+    owner = np.full(n, -1)
+    if len(boxes) and n:
+        x, y = points_xy[:, 0:1], points_xy[:, 1:2]
+        inside = (
+            (x >= boxes[None, :, 0])
+            & (x <= boxes[None, :, 2])
+            & (y >= boxes[None, :, 1])
+            & (y <= boxes[None, :, 3])
+        )
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        owner = np.where(inside.any(axis=1), np.argmin(np.where(inside, area, np.inf), axis=1), -1)
+    point_object = np.full(n, -1)
+    objects: list[ObjectPrompt] = []
+    for b, box in enumerate(boxes):
+        sel = owner == b
+        obj = ObjectPrompt(box=box.copy())
+        if sel.any():
+            obj.point_coords = points_xy[sel]
+            obj.point_labels = point_labels[sel]
+        point_object[sel] = b
+        objects.append(obj)
+
+    free = owner == -1
+    positives = np.flatnonzero(free & (point_labels == 1))
+    negatives = np.flatnonzero(free & (point_labels != 1))
+    ignored = np.zeros(0, dtype=int)
+    ignored_labels = np.zeros(0, dtype=np.int64)
+    if labels_plane is not None and positives.size:
+        labels_plane = np.asarray(labels_plane)
+        rows, cols = _pixel_of(points_xy[positives], labels_plane.shape)
+        under = labels_plane[rows, cols]
+        hit = under != 0
+        ignored, ignored_labels = positives[hit], under[hit].astype(np.int64)
+        positives = positives[~hit]
+
+    unassigned = np.zeros(0, dtype=int)
+    refinements: dict[int, list[int]] = {int(p): [] for p in positives}
+    if negatives.size and positives.size:
+        diff = points_xy[negatives][:, None, :] - points_xy[positives][None, :, :]
+        dist = np.hypot(diff[..., 0], diff[..., 1])
+        nearest = np.argmin(dist, axis=1)  # first minimum = lower point index (positives sorted)
+        for neg, k in zip(negatives, nearest):
+            refinements[int(positives[k])].append(int(neg))
+    elif negatives.size:
+        unassigned = negatives
+
+    for p in positives:
+        members = [int(p), *refinements[int(p)]]
+        point_object[members] = len(objects)
+        objects.append(
+            ObjectPrompt(point_coords=points_xy[members], point_labels=point_labels[members])
+        )
+    return ClickObjects(
+        objects=objects,
+        point_object=point_object,
+        clicks=positives.astype(int),
+        n_boxes=len(boxes),
+        ignored=ignored.astype(int),
+        ignored_labels=ignored_labels,
+        unassigned=unassigned.astype(int),
+    )
+
+
+def _prompt_signature(obj: ObjectPrompt) -> tuple[int, bool]:
+    """Objects with the same signature can share one decoder call."""
+    n = 0 if obj.point_coords is None else len(obj.point_coords)
+    return n, obj.box is not None
+
+
+class PredictionCache:
+    """Masks already predicted, by embedding and prompts, so unchanged objects are not redone.
+
+    Entries are keyed by the caller's embedding key (e.g. an
+    :class:`~napari_sam.workflows.embeddings.EmbeddingKey`), the exact prompt
+    values, ``multimask`` and ``candidate``; least recently used first out
+    beyond ``max_mb`` megabytes of masks. Not thread-safe: use it from one
+    thread (the one that predicts).
+    """
+
+    def __init__(self, max_mb: float = 256.0) -> None:
+        self._max = int(max_mb * 1024 * 1024)
+        self._entries: OrderedDict[Hashable, ObjectMask] = OrderedDict()
+        self._nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def entry_key(
+        embedding_key: Hashable, obj: ObjectPrompt, multimask: bool, candidate: int
+    ) -> Hashable:
+        def raw(a: Any) -> bytes | None:
+            return None if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes()
+
+        return (
+            embedding_key,
+            raw(obj.point_coords),
+            raw(obj.point_labels),
+            raw(obj.box),
+            bool(multimask),
+            int(candidate),
+        )
+
+    def get(self, key: Hashable) -> ObjectMask | None:
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return found
+
+    def put(self, key: Hashable, value: ObjectMask) -> None:
+        size = int(value.mask.nbytes)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._nbytes -= int(old.mask.nbytes)
+        if size > self._max:
+            return
+        while self._entries and self._nbytes + size > self._max:
+            _, dropped = self._entries.popitem(last=False)
+            self._nbytes -= int(dropped.mask.nbytes)
+        self._entries[key] = value
+        self._nbytes += size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: Pixels of full-resolution logits upsampled at once (bounds the memory of a big batch).
+_UPSAMPLE_PIXELS = 2**25
+
+
+def predict_objects_batched(
+    predictor: SamPredictor,
+    objects: Sequence[ObjectPrompt],
+    multimask: bool = True,
+    candidate: int = 0,
+    *,
+    cache: PredictionCache | None = None,
+    cache_key: Hashable | None = None,
+) -> list[ObjectMask]:
+    """Predict each object's mask on the predictor's current embedding, in batches.
+
+    Same result as :func:`predict_objects` (the same candidate rule: with
+    ``multimask`` the mask at rank ``candidate`` of SAM's three by predicted
+    IoU), but objects with the same kind of prompt, i.e. the same number of
+    points and a box or none, go through SAM's prompt encoder and mask
+    decoder in **one** batched call: all single-click objects of a plane
+    together. Only the chosen candidate of each object is upsampled to the
+    image size. Each mask also gets its stability score.
+
+    With ``cache`` and ``cache_key`` (naming the embedding, e.g. its
+    :class:`~napari_sam.workflows.embeddings.EmbeddingKey`), objects whose
+    prompts were predicted before on that embedding are taken from the cache
+    and only the others are predicted.
+
+    Returns
+    -------
+    list of ObjectMask
+        In the order of ``objects``.
+    """
+    import torch
+
+    results: list[ObjectMask | None] = [None] * len(objects)
+    keys: list[Hashable | None] = [None] * len(objects)
+    todo: dict[tuple[int, bool], list[int]] = {}
+    for i, obj in enumerate(objects):
+        if obj.point_coords is None and obj.box is None:
+            raise ValueError(f"Object {i} has neither points nor a box.")
+        if cache is not None and cache_key is not None:
+            keys[i] = PredictionCache.entry_key(cache_key, obj, multimask, candidate)
+            found = cache.get(keys[i])
+            if found is not None:
+                results[i] = found
+                continue
+        todo.setdefault(_prompt_signature(obj), []).append(i)
+    if not todo:
+        return results  # type: ignore[return-value]
+
+    predictor._require_image()
+    model = predictor.model
+    device = predictor.device
+    size = predictor.original_size
+    for (n_points, has_box), members in todo.items():
+        coords_t = labels_t = box_t = None
+        if n_points:
+            coords = np.stack([np.asarray(objects[i].point_coords, float) for i in members])
+            labels = np.stack([np.asarray(objects[i].point_labels, int) for i in members])
+            coords = predictor.transform.apply_coords(coords, size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)
+            labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)
+        if has_box:
+            boxes = np.stack([np.asarray(objects[i].box, float).reshape(4) for i in members])
+            boxes = predictor.transform.apply_boxes(boxes, size)
+            box_t = torch.as_tensor(boxes, dtype=torch.float, device=device)
+        points = (coords_t, labels_t) if coords_t is not None else None
+        with torch.no_grad():
+            sparse, dense = model.prompt_encoder(points=points, boxes=box_t, masks=None)
+            low_res, iou = model.mask_decoder(
+                image_embeddings=predictor.features,
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        scores = iou.detach().float().cpu().numpy()
+        n_cand = scores.shape[1]
+        ranks = np.empty(len(members), dtype=int)
+        picks = np.empty(len(members), dtype=int)
+        for j in range(len(members)):
+            order = np.argsort(-scores[j], kind="stable")
+            ranks[j] = int(candidate) % n_cand
+            picks[j] = int(order[ranks[j]])
+        chosen = low_res[torch.arange(len(members)), torch.as_tensor(picks)][:, None]
+        step = max(1, _UPSAMPLE_PIXELS // max(1, int(size[0]) * int(size[1])))
+        for start in range(0, len(members), step):
+            part = slice(start, start + step)
+            with torch.no_grad():
+                logits = model.postprocess_masks(chosen[part], predictor.input_size, size)[:, 0]
+                masks = (logits > model.mask_threshold).cpu().numpy()
+                stab = _stability(logits, model.mask_threshold)
+            for j, i in enumerate(members[part], start=start):
+                result = ObjectMask(
+                    mask=masks[j - start],
+                    score=float(scores[j, picks[j]]),
+                    candidate=int(ranks[j]),
+                    n_candidates=n_cand,
+                    stability=float(stab[j - start]),
+                )
+                results[i] = result
+                if cache is not None and keys[i] is not None:
+                    cache.put(keys[i], result)
+    return results  # type: ignore[return-value]
+
+
+def _stability(logits: Any, threshold: float) -> np.ndarray:
+    from napari_sam.predictors.amg_utils import stability_score
+
+    return stability_score(logits.float(), threshold, STABILITY_OFFSET).cpu().numpy()

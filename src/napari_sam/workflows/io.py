@@ -35,6 +35,7 @@ __all__ = [
     "CocoWriter",
     "TiffImage",
     "find_tiffs",
+    "labels_path_for",
     "labels_to_coco",
     "read_stack",
     "read_tiff",
@@ -96,6 +97,8 @@ class TiffImage:
         Unit of ``scale`` as napari names it (``"micrometer"``), if the file says.
     axes : str
         The axes of ``data`` as tifffile names them after dropping length-1 axes.
+    channel_axis : int or None
+        The axis of ``data`` holding channels (0, when read with ``channels=True``).
     """
 
     data: np.ndarray
@@ -103,19 +106,28 @@ class TiffImage:
     scale: tuple[float, ...]
     unit: str | None
     axes: str
+    channel_axis: int | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape of a matching label image."""
+        if self.channel_axis is not None:
+            return tuple(s for i, s in enumerate(self.data.shape) if i != self.channel_axis)
         return tuple(self.data.shape[:-1] if self.rgb else self.data.shape)
 
 
-def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
+def read_tiff(path: str | os.PathLike[str], *, channels: bool = False) -> TiffImage:
     """Read an image to segment from a TIFF file.
 
     Accepted: 2D grayscale (YX), 2D RGB(A) (YXS) and 3D grayscale stacks (Z, Y, X; a
     time series T, Y, X is segmented the same way, one plane after the other).
     Axes of length 1 (a single channel, time point or slice) are dropped.
+
+    With ``channels=True`` the image is read as channels first, ``(C, Y, X)`` or
+    ``(C, Z, Y, X)`` (``channel_axis=0``): the file's channel axis (``C``, or
+    the samples of an RGB image) is moved to the front; a file that names no
+    channel axis has its first axis taken as channels when it has three
+    axes or more, and one channel otherwise.
 
     Raises
     ------
@@ -135,7 +147,7 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
             data = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InputFileError(f"{path.name} cannot be read as a .npy file ({exc}).") from exc
-        return _checked_image(path, data, "Q" * data.ndim, {}, {}, None)
+        return _checked_image(path, data, "Q" * data.ndim, {}, {}, None, channels)
     tifffile = _tifffile()
     try:
         with tifffile.TiffFile(path) as tif:
@@ -153,11 +165,17 @@ def read_tiff(path: str | os.PathLike[str]) -> TiffImage:
         raise InputFileError(
             f"{path.name} cannot be read as a TIFF file ({type(exc).__name__}: {exc})."
         ) from exc
-    return _checked_image(path, data, axes, ij, shaped, res)
+    return _checked_image(path, data, axes, ij, shaped, res, channels)
 
 
 def _checked_image(
-    path: Path, data: Any, axes: str, ij: dict, shaped: dict, res: tuple[float, float] | None
+    path: Path,
+    data: Any,
+    axes: str,
+    ij: dict,
+    shaped: dict,
+    res: tuple[float, float] | None,
+    channels: bool = False,
 ) -> TiffImage:
     """The image in ``data`` (axes as tifffile names them) if napari-sam can segment it."""
     if len(axes) != data.ndim:
@@ -174,6 +192,8 @@ def _checked_image(
     if len(keep) != data.ndim:
         data = data.reshape(tuple(data.shape[i] for i in keep))
         axes = "".join(axes[i] for i in keep)
+    if channels:
+        return _channels_first(path, data, axes, ij, shaped, res)
     rgb = False
     if "S" in axes:
         if data.shape[axes.index("S")] not in (3, 4) or axes[-1] != "S":
@@ -221,6 +241,41 @@ def _checked_image(
     else:
         scale = (_positive(sy), _positive(sx))
     return TiffImage(data=data, rgb=rgb, scale=scale, unit=_napari_unit(unit), axes=axes)
+
+
+def _channels_first(
+    path: Path, data: Any, axes: str, ij: dict, shaped: dict, res: tuple[float, float] | None
+) -> TiffImage:
+    """The image of ``_checked_image`` with its channels as axis 0 (see ``read_tiff``)."""
+    if "C" in axes:
+        c = axes.index("C")
+    elif "S" in axes:
+        c = axes.index("S")
+    elif data.ndim >= 3 and axes[0] not in "ZTYX":
+        c = 0
+    else:
+        data, axes, c = data[None], "C" + axes, 0
+    data = np.moveaxis(data, c, 0)
+    axes = "C" + axes[:c] + axes[c + 1 :]
+    spatial = data.ndim - 1
+    if spatial not in (2, 3):
+        raise InputFileError(
+            f"{path.name} has {spatial} axes besides its channels (axes {axes}, shape "
+            f"{data.shape}); napari-sam segments channels of 2D images (C, Y, X) and of 3D "
+            "stacks (C, Z, Y, X)."
+        )
+    if min(data.shape) < 1:
+        raise InputFileError(f"{path.name} holds an empty image (shape {data.shape}).")
+    sy, sx = res if res is not None else (1.0, 1.0)
+    unit = ij.get("unit") if ij else shaped.get("unit")
+    if spatial == 3:
+        sz = ij.get("spacing") if ij else shaped.get("spacing")
+        scale: tuple[float, ...] = (_positive(sz), _positive(sy), _positive(sx))
+    else:
+        scale = (_positive(sy), _positive(sx))
+    return TiffImage(
+        data=data, rgb=False, scale=scale, unit=_napari_unit(unit), axes=axes, channel_axis=0
+    )
 
 
 def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
@@ -321,6 +376,20 @@ def find_tiffs(folder: str | os.PathLike[str]) -> list[Path]:
         for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES and not p.name.startswith(".")
     )
+
+
+def labels_path_for(image: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """Where the labels of ``image`` go in ``folder``: ``<name>_labels.tif``.
+
+    ``<name>`` is the file name without its suffix (and without ``.ome``):
+    ``cells.tif`` and ``cells.ome.tiff`` both give ``cells_labels.tif``. The
+    ``napari-sam segment`` folder mode and the image series of the widgets
+    name their outputs with this function.
+    """
+    path = Path(image)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    stem = stem[:-4] if stem.lower().endswith(".ome") else stem
+    return Path(folder) / f"{stem}_labels.tif"
 
 
 # ============================================================================= writing

@@ -1,0 +1,202 @@
+"""``napari-sam segment`` options for channels, contrast and the object table.
+
+``--channels C [C ...]`` maps 1–3 channels of a multichannel TIFF (counted
+from 0, as napari's channel slider) to SAM's red, green and blue inputs;
+``--contrast LOW HIGH [LOW HIGH ...]`` gives the display range of the image, or
+one range per chosen channel; ``--table objects.csv`` writes the object table
+(:func:`napari_sam.workflows.tables.object_table`) of every labelled image into
+one CSV file (with an ``image`` column naming the input file).
+
+Kept apart from :mod:`napari_sam.cli.segment` so that the two change independently;
+``segment`` calls :func:`add_options`, :func:`check_options`,
+:func:`read_input`, :func:`segment_input` and :class:`TableWriter`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari_sam.errors import ImageFormatError, OutputFileError
+
+__all__ = [
+    "ChannelOptions",
+    "TableWriter",
+    "add_options",
+    "check_options",
+    "read_input",
+    "segment_input",
+]
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Add the group "channels, contrast and object table" to ``segment``'s parser."""
+    group = parser.add_argument_group(
+        "channels, contrast and object table",
+        "SAM sees one RGB image: choose up to three channels of a multichannel TIFF\n"
+        "for its red, green and blue inputs, each shown with its own contrast.",
+    )
+    group.add_argument(
+        "--channels",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="C",
+        help="the channels (counted from 0, as napari's channel slider) given to SAM as red, "
+        "green and blue: one channel is shown in gray, two as red and green; the input is "
+        "read as (C, Y, X) or (C, Z, Y, X) with its channel axis (or, if the file names none, "
+        "its first axis) as channels",
+    )
+    group.add_argument(
+        "--contrast",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="LOW HIGH",
+        help="show SAM the intensities LOW (black) to HIGH (white); with --channels, one LOW "
+        "HIGH pair per chosen channel, in the same order (default: each image's or "
+        "channel's minimum and maximum, as napari shows it)",
+    )
+    group.add_argument(
+        "--table",
+        metavar="CSV",
+        default=None,
+        help="also write the object table (one row per object: label, slices, size and centre "
+        "in the image's units, mean intensity, SAM's scores) of all inputs to this CSV file",
+    )
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """The checked options: channels (or None), contrast pairs (or None), table path."""
+
+    channels: tuple[int, ...] | None
+    contrast: tuple[tuple[float, float], ...] | None
+    table: Path | None
+
+    @property
+    def single_contrast(self) -> tuple[float, float] | None:
+        """The one contrast pair of an image without --channels."""
+        return None if self.contrast is None else self.contrast[0]
+
+
+def check_options(args: argparse.Namespace) -> ChannelOptions:
+    """Check --channels, --contrast and --table before any work starts.
+
+    Raises
+    ------
+    ImageFormatError
+        For a contrast that is not LOW HIGH pairs with LOW <= HIGH, one per
+        chosen channel, or more than three channels.
+    OutputFileError
+        For a --table path that is a folder or not a .csv file.
+    """
+    channels = None if args.channels is None else tuple(int(c) for c in args.channels)
+    if channels is not None and not 1 <= len(channels) <= 3:
+        raise ImageFormatError(
+            f"--channels takes 1 to 3 channels (SAM's red, green and blue), got {len(channels)}."
+        )
+    contrast = None
+    if args.contrast is not None:
+        values = list(args.contrast)
+        need = 1 if channels is None else len(channels)
+        if len(values) != 2 * need:
+            what = "one LOW HIGH pair" if channels is None else (
+                f"one LOW HIGH pair per chosen channel ({need} pairs)"
+            )
+            raise ImageFormatError(f"--contrast needs {what}; got {len(values)} numbers.")
+        pairs = []
+        for lo, hi in zip(values[::2], values[1::2]):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ImageFormatError(
+                    f"--contrast needs two finite numbers LOW <= HIGH, got {lo:g} {hi:g}."
+                )
+            pairs.append((lo, hi))
+        contrast = tuple(pairs)
+    table = None
+    if args.table:
+        table = Path(args.table).expanduser()
+        if table.is_dir():
+            raise OutputFileError(f"--table {table} is a folder; give a .csv file name.")
+        if table.suffix.lower() != ".csv":
+            raise OutputFileError(f"--table {table} must be a .csv file name.")
+    return ChannelOptions(channels, contrast, table)
+
+
+def read_input(path: Path, options: ChannelOptions) -> Any:
+    """Read one INPUT: as channels first when --channels is given (checked against the file).
+
+    Raises
+    ------
+    InputFileError
+        If the file cannot be read or has no such channel.
+    """
+    from napari_sam.errors import InputFileError
+    from napari_sam.workflows import io
+    from napari_sam.workflows.channels import check_channels
+
+    image = io.read_tiff(path, channels=options.channels is not None)
+    if options.channels is not None:
+        try:
+            check_channels(options.channels, image.data.shape[0])
+        except ImageFormatError as exc:
+            raise InputFileError(f"{path.name}: {exc}") from exc
+    return image
+
+
+def segment_input(
+    sam: Any, image: Any, options: ChannelOptions, settings: Any, progress: Any
+) -> Any:
+    """Segment a channels-first image read by :func:`read_input` (with --channels).
+
+    Returns a :class:`~napari_sam.workflows.segment.SegmentationResult`.
+    """
+    from napari_sam.workflows.planes import ImagePlanes
+    from napari_sam.workflows.segment_planes import segment_planes
+
+    planes = ImagePlanes(
+        image.data, channel_axis=0, channels=options.channels, contrast=options.contrast
+    )
+    return segment_planes(sam, planes, settings=settings, progress=progress)
+
+
+class TableWriter:
+    """Collects the object tables of the inputs and writes them as one CSV (--table)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tables: list[Any] = []
+
+    def add(self, labels: Any, name: str, image: Any, scores: Any, method: str) -> None:
+        """Add the objects of ``labels`` (the result for input ``name``, read as ``image``)."""
+        from napari_sam.workflows.tables import object_table
+
+        if image.channel_axis is not None:
+            intensity: Any = [image.data[c] for c in range(image.data.shape[0])]
+            names: Any = [f"ch{c}" for c in range(image.data.shape[0])]
+        elif image.rgb:
+            intensity = [image.data[..., c] for c in range(3)]
+            names = ["red", "green", "blue"]
+        else:
+            intensity, names = image.data, None
+        table = object_table(
+            labels,
+            scale=image.scale,
+            unit=image.unit,
+            intensity=intensity,
+            channel_names=names,
+            scores=scores,
+            method=method,
+        )
+        table.insert(0, "image", name)
+        self.tables.append(table)
+
+    def write(self) -> Path:
+        import pandas as pd
+
+        from napari_sam.workflows.tables import write_object_table
+
+        return write_object_table(self.path, pd.concat(self.tables, ignore_index=True))

@@ -1,0 +1,129 @@
+"""Automatic segmentation of every plane of an :class:`~napari_sam.workflows.planes.ImagePlanes`.
+
+:func:`segment_planes` runs :func:`~napari_sam.workflows.segment.segment` on
+each plane exactly as SAM sees it through an
+:class:`~napari_sam.workflows.planes.ImagePlanes` (its contrast limits and its
+1–3 channels mapped to red, green and blue), for images with any number of
+leading axes. Object ids are numbered on through the planes (1, 2, ... in the
+first plane, then on); with one leading axis (a stack) and
+``settings.link_slices``, objects that continue from one slice to the next get
+one id (:func:`~napari_sam.workflows.segment.link_slices`), as for a grayscale stack.
+
+Planes are read one at a time (lazy arrays are never read whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from napari_sam.errors import ImageFormatError, SettingsError
+from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback
+from napari_sam.workflows.planes import ImagePlanes
+from napari_sam.workflows.segment import (
+    AutoSettings,
+    SegmentationResult,
+    link_slices,
+    segment,
+)
+
+__all__ = ["segment_planes"]
+
+
+def segment_planes(
+    model: Any,
+    planes: ImagePlanes,
+    *,
+    settings: AutoSettings | None = None,
+    indices: Sequence[Sequence[int] | int] | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> SegmentationResult:
+    """Label every object of (some) planes of an image, as SAM sees them through ``planes``.
+
+    Parameters
+    ----------
+    model : Sam
+    planes : ImagePlanes
+        The image, its contrast limits and channel choice.
+    settings : AutoSettings, optional
+    indices : sequence of leading indices, optional
+        The planes to segment (default all, in C order).
+    progress, should_cancel : callable, optional
+        As for :func:`~napari_sam.workflows.segment.segment`; ``done`` and
+        ``total`` count SAM's steps over all planes.
+
+    Returns
+    -------
+    SegmentationResult
+        ``labels`` of the image's label shape (uint32; unsegmented planes 0);
+        ``slices`` the segmented positions along the one leading axis of a
+        stack (None otherwise); ``scores`` keyed by ``(position, label)`` where
+        the position is ``None`` (2D), an int (stack) or the full index.
+
+    Raises
+    ------
+    SettingsError
+        For linking asked on an image with more than one leading axis, or a
+        plane outside the image.
+    Cancelled
+        If ``should_cancel`` returned True.
+    """
+    settings = settings or AutoSettings()
+    settings.check()
+    g = planes.geometry
+    if settings.link_slices and g.n_leading > 1:
+        raise SettingsError(
+            "Linking objects across slices works along the one leading axis of a stack; this "
+            f"image has {g.n_leading} leading axes (shape {g.shape})."
+        )
+    try:
+        todo = (
+            list(g.indices()) if indices is None else [g.check_index(i) for i in indices]
+        )
+    except ImageFormatError as exc:  # a plane outside the image
+        raise SettingsError(str(exc)) from exc
+    if not todo:
+        raise SettingsError("No plane to segment was given.")
+    per_plane = replace(settings, link_slices=False)
+    labels = g.new_labels(np.uint32)
+    scores: dict[tuple[Any, int], dict[str, float]] = {}
+    next_id = 1
+    n_masks = 0
+    n = len(todo)
+    for i, index in enumerate(todo):
+        where: Any = None if not index else (index[0] if len(index) == 1 else index)
+
+        def report(event: Progress, i: int = i, where: Any = where) -> None:
+            if progress is None or event.total is None:
+                return
+            stage = event.stage if where is None else f"plane {where}: {event.stage}"
+            progress(Progress(i * event.total + event.done, n * event.total, stage, "steps"))
+
+        result = segment(
+            model,
+            planes.sam_image(index),
+            rgb=True,
+            contrast_limits=(0.0, 255.0),
+            settings=per_plane,
+            progress=report,
+            should_cancel=should_cancel,
+        )
+        plane = result.labels
+        count = int(plane.max()) if plane.size else 0
+        if count:
+            plane = plane.copy()
+            plane[plane > 0] += np.uint32(next_id - 1)
+        for (_, lab), values in result.scores.items():
+            scores[(where, int(lab) + next_id - 1)] = dict(values)
+        next_id += count
+        n_masks += result.n_masks
+        labels[g.labels_slicer(index)] = plane
+    slices = [int(index[0]) for index in todo] if g.n_leading == 1 else None
+    if settings.link_slices and g.n_leading == 1:
+        labels, mapping = link_slices(labels, settings.link_iou, slices=slices)
+        scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
+    return SegmentationResult(labels=labels, slices=slices, scores=scores, n_masks=n_masks)

@@ -1,0 +1,132 @@
+"""``napari-sam segment --channels ... --contrast ... --table ...`` (cli.segment_channels).
+
+Two-channel TIFFs cut from the real nuclei sample (uint16); MobileSAM with
+random weights from a local file (relaxed thresholds so that masks appear);
+nothing is downloaded. The labels equal the library's
+:func:`segment_planes` on the same channels, and the CSV equals scikit-image
+measurements of the written label file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from skimage.measure import regionprops_table
+
+from bio_samples import sample
+from napari_sam import cli, sam_model_registry
+from napari_sam.workflows.io import read_tiff
+from napari_sam.workflows.planes import ImagePlanes
+from napari_sam.workflows.segment import AutoSettings
+from napari_sam.workflows.segment_planes import segment_planes
+
+RELAXED = [
+    "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+    "--min-area", "0", "--max-area", "1", "--quiet",
+]  # fmt: skip
+SETTINGS = AutoSettings(
+    points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, min_area=0,
+    max_area_fraction=1,
+)  # fmt: skip
+CONTRAST = [(100.0, 30000.0), (0.0, 20000.0)]
+
+
+@pytest.fixture(scope="module")
+def vit_t(tmp_path_factory):
+    torch.manual_seed(0)
+    model = sam_model_registry["vit_t"]()
+    path = tmp_path_factory.mktemp("ckpt") / "vit_t_random.pth"
+    torch.save(model.state_dict(), path)
+    return path, sam_model_registry["vit_t"](checkpoint=str(path)).eval()
+
+
+@pytest.fixture
+def model_args(vit_t, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    return ["--model", "vit_t", "--checkpoint", str(vit_t[0]), "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cyx():
+    nuclei = np.asarray(sample("nuclei.tif"))
+    return np.ascontiguousarray(np.stack([nuclei[30], nuclei[31]])[:, 60:124, 40:120])
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_two_channels_with_their_contrasts_and_a_table(tmp_path, capsys, model_args, vit_t, cyx):
+    src = tmp_path / "cells.tif"
+    tifffile.imwrite(src, cyx, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "CYX", "unit": "um"})  # fmt: skip
+    dst, csv = tmp_path / "cells_labels.tif", tmp_path / "objects.csv"
+    argv = ["segment", str(src), "-o", str(dst), "--channels", "1", "0",
+            "--contrast", "100", "30000", "0", "20000", "--table", str(csv)]  # fmt: skip
+    code, out, err = run([*argv, *model_args, *RELAXED], capsys)
+    assert code == 0, err
+    assert out.split() == [str(dst), str(csv)]
+    labels = read_tiff(dst)
+    assert labels.data.shape == (64, 80) and labels.data.max() >= 1
+    # the same as the library on the same channels (channel 1 red, channel 0 green)
+    planes = ImagePlanes(cyx, channel_axis=0, channels=[1, 0], contrast=CONTRAST)
+    expected = segment_planes(vit_t[1], planes, settings=SETTINGS)
+    np.testing.assert_array_equal(labels.data, expected.labels)
+
+    table = pd.read_csv(csv)
+    ref = regionprops_table(
+        labels.data, intensity_image=np.moveaxis(cyx, 0, -1), spacing=labels.scale,
+        properties=["label", "area", "centroid", "intensity_mean"],
+    )  # fmt: skip
+    assert (table["image"] == "cells.tif").all() and (table["method"] == "automatic").all()
+    np.testing.assert_array_equal(table["label"], ref["label"])
+    np.testing.assert_allclose(table["area"], ref["area"])
+    np.testing.assert_allclose(table["centroid_x"], ref["centroid-1"])
+    np.testing.assert_allclose(table["mean_intensity_ch0"], ref["intensity_mean-0"])
+    np.testing.assert_allclose(table["mean_intensity_ch1"], ref["intensity_mean-1"])
+    assert table["predicted_iou"].notna().all() and (table["unit"] == "micrometer").all()
+
+
+def test_channel_stack_linked(tmp_path, capsys, model_args):
+    nuclei = np.asarray(sample("nuclei.tif"))
+    czyx = np.ascontiguousarray(np.stack([nuclei[29:32], nuclei[32:35]])[:, :, 60:124, 40:120])
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, np.moveaxis(czyx, 0, 1), imagej=True,
+                     metadata={"axes": "ZCYX", "spacing": 2.0})  # fmt: skip
+    dst = tmp_path / "stack_labels.tif"
+    argv = ["segment", str(src), "-o", str(dst), "--channels", "0", "--link-slices"]
+    code, _, err = run([*argv, *model_args, *RELAXED], capsys)
+    assert code == 0, err
+    labels = read_tiff(dst)
+    assert labels.data.shape == (3, 64, 80) and labels.scale[0] == pytest.approx(2.0)
+    assert labels.data.max() >= 1
+    # linked: ids are numbered in order of first appearance, so slice 0 holds 1..n
+    first = np.unique(labels.data[0])
+    np.testing.assert_array_equal(first[first > 0], np.arange(1, len(first[first > 0]) + 1))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--channels", "0", "5"], "cells.tif: Channel 5 does not exist: the image has 2 channels"),
+        (["--channels", "0", "1", "--contrast", "1", "2"], "one LOW HIGH pair per chosen channel"),
+        (["--contrast", "5", "1"], "two finite numbers LOW <= HIGH, got 5 1"),
+        (["--channels", "0", "1", "0", "1"], "1 to 3 channels"),
+        (["--table", "objects.txt"], "must be a .csv file name"),
+    ],
+)
+def test_bad_channel_options_fail_in_one_sentence_and_write_nothing(
+    tmp_path, capsys, model_args, cyx, extra, message
+):
+    src = tmp_path / "cells.tif"
+    tifffile.imwrite(src, cyx, imagej=True, metadata={"axes": "CYX"})
+    dst = tmp_path / "out.tif"
+    code, _, err = run(["segment", str(src), "-o", str(dst), *extra, *model_args], capsys)
+    assert code == 1
+    assert message in err and "Traceback" not in err
+    assert not dst.exists()

@@ -226,7 +226,7 @@ def read_tiff(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage:
     Accepted: 2D grayscale (YX), 2D RGB(A) (YXS) and 3D grayscale stacks (Z, Y, X; a
     time series T, Y, X is segmented the same way, one plane after the other).
     Axes of length 1 (a single channel, time point or slice) are dropped.
-    With ``lazy``, the pixels are read only when :attr:`TiffImage.data` (a dask
+    With ``lazy``, the pixels are read only when :attr:`TiffImage.data` (a zarr
     array) is indexed, one TIFF page or tile at a time.
 
     With ``channels=True`` the image is read as channels first, ``(C, Y, X)`` or
@@ -275,12 +275,10 @@ def read_tiff(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage:
 
 
 def _lazy_tiff(path: Path) -> Any:
-    """The first series of a TIFF as a dask array reading pages on demand."""
-    import dask.array as da
-
+    """The first series of a TIFF as a zarr array reading pages on demand."""
     zarr = zarr_io._zarr()
     store = _tifffile().imread(path, aszarr=True, series=0, level=0)
-    return da.from_zarr(zarr.open_array(store, mode="r"))
+    return zarr.open_array(store, mode="r")
 
 
 def _checked_image(
@@ -305,7 +303,10 @@ def _checked_image(
     # drop axes of length 1 (but never Y or X)
     keep = [i for i, (a, s) in enumerate(zip(axes, data.shape)) if s != 1 or a in "YX"]
     if len(keep) != data.ndim:
-        data = data.reshape(tuple(data.shape[i] for i in keep))
+        if isinstance(data, np.ndarray):
+            data = data.reshape(tuple(data.shape[i] for i in keep))
+        else:  # a lazy (zarr) array: drop the axes without reading it
+            data = zarr_io.LazyArray(data, keep)
         axes = "".join(axes[i] for i in keep)
     if channels:
         return _channels_first(path, data, axes, ij, shaped, res)

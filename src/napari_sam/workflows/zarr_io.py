@@ -5,8 +5,11 @@ Reading (:func:`open_zarr_image`): a plain zarr array, or an OME-Zarr image
 attributes under ``"ome"``). For OME-Zarr the full-resolution level (the
 first dataset of the first multiscale) is read; its axes names become
 tifffile-style letters (``t z y x c`` -> ``T Z Y X C``) and its ``scale``
-transformation and axis units the pixel size. The data is returned as a lazy
-dask array: nothing is read until a plane is asked for.
+transformation and axis units the pixel size. The data is returned as the
+zarr array itself: nothing is read until a plane is asked for.
+:class:`LazyArray` drops axes of length 1 from such an array without reading
+it (a plain array, not a dask array: reading it never involves a dask
+scheduler, which matters inside the tasks of a Dask cluster).
 
 Writing (:class:`LabelsZarr`): an OME-Zarr label image (NGFF 0.4, zarr v2
 format, ``/`` chunk separator, one resolution level ``"0"``, ``uint32``
@@ -17,7 +20,7 @@ write different slices in parallel without touching each other's chunks.
 :func:`write_labels_zarr` writes a whole in-memory label image; the folder is
 built under a temporary name and renamed into place when complete.
 
-No napari or torch here; ``zarr`` and ``dask`` are imported when used.
+No napari, torch or dask here; ``zarr`` is imported when used.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from napari_sam.runtime.files import replace_dir, temporary_dir
 __all__ = [
     "ZARR_SUFFIXES",
     "LabelsZarr",
+    "LazyArray",
     "ZarrSource",
     "is_zarr",
     "open_zarr_image",
@@ -79,8 +83,8 @@ class ZarrSource:
 
     Attributes
     ----------
-    data : dask array
-        The full-resolution image, lazy.
+    data : zarr array
+        The full-resolution image (read when indexed).
     axes : str
         One tifffile-style letter per axis of ``data`` (``Q`` where unknown).
     scale : dict of str to float
@@ -133,12 +137,55 @@ def open_zarr_image(path: str | os.PathLike[str]) -> ZarrSource:
                     f"{name}/{arrays[0] if arrays else 'data'})."
                 )
             array = node[arrays[0]]
-    import dask.array as da
+    if len(axes) != array.ndim:
+        axes = "Q" * array.ndim
+    return ZarrSource(data=array, axes=axes, scale=scale, unit=unit)
 
-    data = da.from_zarr(array)
-    if len(axes) != data.ndim:
-        axes = "Q" * data.ndim
-    return ZarrSource(data=data, axes=axes, scale=scale, unit=unit)
+
+class LazyArray:
+    """An array-like over a lazily read array (zarr) with some length-1 axes left out.
+
+    Indexing with integers and slices (and ``...``) reads only what is asked
+    for and returns a numpy array; ``np.asarray`` reads everything.
+
+    Parameters
+    ----------
+    array : array-like
+        Has ``shape``, ``dtype`` and numpy-style ``__getitem__`` (a zarr array).
+    keep : sequence of int
+        The axes of ``array`` that remain; every other axis must have length 1.
+    """
+
+    def __init__(self, array: Any, keep: Sequence[int]) -> None:
+        self.array = array
+        self.keep = tuple(int(k) for k in keep)
+        dropped = [i for i in range(array.ndim) if i not in self.keep]
+        if any(array.shape[i] != 1 for i in dropped):
+            raise ValueError("only axes of length 1 can be left out")
+        self.shape = tuple(int(array.shape[i]) for i in self.keep)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            fill = (slice(None),) * (self.ndim - len(key) + 1)
+            key = key[:i] + fill + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim:
+            raise IndexError(f"too many indices for an array of shape {self.shape}")
+        full: list[Any] = [0] * self.array.ndim
+        for axis, k in zip(self.keep, key):
+            full[axis] = k
+        return np.asarray(self.array[tuple(full)])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
 
 
 def _multiscale_level0(

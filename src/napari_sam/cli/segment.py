@@ -224,22 +224,10 @@ def add(subparsers: Any) -> None:
 
 
 
-def _model_identity(model: str, checkpoint: str | None) -> str:
-    """The model part of the recipe identity (never fails: a bad path is reported later)."""
-    if not checkpoint:
-        return model
-    path = Path(checkpoint).expanduser()
-    try:
-        st = path.stat()
-    except OSError:
-        return f"file:{path.resolve()}"
-    return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-
 def _recipe(args: argparse.Namespace) -> Any:
     import math
 
-    from napari_sam.workflows.batch import Recipe
+    from napari_sam.workflows.batch import Recipe, model_identity
     from napari_sam.workflows.segment import AutoSettings
 
     settings = AutoSettings(
@@ -272,7 +260,7 @@ def _recipe(args: argparse.Namespace) -> Any:
         settings=settings,
         contrast=contrast,
         options=options,
-        model=_model_identity(args.model, args.checkpoint),
+        model=model_identity(args.model, args.checkpoint),
         precision=args.precision,
     )
 

@@ -90,6 +90,7 @@ def open_cluster(
         cluster = LocalCluster(
             n_workers=n,
             threads_per_worker=1,
+            host="127.0.0.1",
             processes=True,
             memory_limit=memory_limit,
             dashboard_address="127.0.0.1:0",

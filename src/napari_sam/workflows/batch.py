@@ -51,6 +51,7 @@ __all__ = [
     "SliceResult",
     "coco_planes",
     "file_stamp",
+    "model_identity",
     "plan_jobs",
     "segment_file",
     "segment_slice",
@@ -164,10 +165,11 @@ def plan_jobs(
             unique.append(path)
     out_text = str(output)
     out = Path(output).expanduser()
+    is_folder = out.is_dir() and not zarr_io.is_zarr(out)  # an earlier zarr output is a file
     if (
         len(unique) == 1
         and not folder_given
-        and not out.is_dir()
+        and not is_folder
         and not out_text.endswith(("/", "\\"))
     ):
         if out.suffix.lower() not in io.LABEL_SUFFIXES:
@@ -177,7 +179,7 @@ def plan_jobs(
             )
         jobs = [SegmentJob(unique[0], out)]
     else:
-        if out.exists() and not out.is_dir():
+        if out.exists() and not is_folder:
             raise OutputFileError(
                 f"{len(unique)} inputs need an output folder, but {out} is a file."
             )
@@ -259,6 +261,19 @@ class Recipe:
             default=str,
         )
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def model_identity(model: str, checkpoint: str | os.PathLike[str] | None = None) -> str:
+    """The model part of a :class:`Recipe`: its name, or the checkpoint file with its size
+    and date (never fails: a missing file is reported when the model is loaded)."""
+    if not checkpoint:
+        return str(model)
+    path = Path(checkpoint).expanduser()
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{model}:file:{path.resolve()}"
+    return f"{model}:file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 # ============================================================================= manifest

@@ -253,6 +253,32 @@ def _metadata(ndim: int, scale: Sequence[float], unit: str | None, name: str) ->
     }
 
 
+def _create_v2(zarr: Any, path: Path, shape: tuple[int, ...], attrs: dict) -> Any:
+    """A zarr v2 group at ``path`` with ``attrs`` and an all-zero uint32 array ``"0"``
+    (``/`` chunk separator), with zarr-python 3 or 2."""
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        group = zarr.open_group(str(path), mode="w", zarr_format=2)
+        group.attrs.update(attrs)
+        return group.create_array(
+            "0",
+            shape=shape,
+            chunks=chunk_shape(shape),
+            dtype="uint32",
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+    group = zarr.open_group(str(path), mode="w")
+    group.attrs.update(attrs)
+    return group.create_dataset(
+        "0",
+        shape=shape,
+        chunks=chunk_shape(shape),
+        dtype="uint32",
+        fill_value=0,
+        dimension_separator="/",
+    )
+
+
 def chunk_shape(shape: Sequence[int]) -> tuple[int, ...]:
     """Chunks of a label volume: one slice deep, at most :data:`CHUNK_SIDE` wide."""
     plane = tuple(min(int(s), CHUNK_SIDE) for s in shape[-2:])
@@ -306,16 +332,7 @@ class LabelsZarr:
         try:
             if path.exists():
                 shutil.rmtree(path)
-            group = zarr.open_group(str(path), mode="w", zarr_format=2)
-            group.attrs.update(_metadata(len(shape), scale, unit, path.name))
-            array = group.create_array(
-                "0",
-                shape=shape,
-                chunks=chunk_shape(shape),
-                dtype="uint32",
-                fill_value=0,
-                chunk_key_encoding={"name": "v2", "separator": "/"},
-            )
+            array = _create_v2(zarr, path, shape, _metadata(len(shape), scale, unit, path.name))
         except OSError as exc:
             raise OutputFileError(f"{path} cannot be written ({exc.strerror or exc}).") from exc
         return cls(path, array)

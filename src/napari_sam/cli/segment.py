@@ -351,10 +351,19 @@ def _run_segment(args: argparse.Namespace) -> int:
     report = _Report(plan, args.quiet)
     coco = io.CocoWriter() if coco_path is not None else None
     planes: dict[int, Any] = {}
-    if args.workers is not None or args.scheduler:
-        _run_on_cluster(args, plan, recipe, report, planes, coco is not None)
-    else:
-        _run_here(args, plan, recipe, report, planes, coco is not None)
+    try:
+        if args.workers is not None or args.scheduler:
+            _run_on_cluster(args, plan, recipe, report, planes, coco is not None)
+        else:
+            _run_here(args, plan, recipe, report, planes, coco is not None)
+    except KeyboardInterrupt:
+        if len(jobs) > 1 or args.workers is not None or args.scheduler:
+            print(
+                f"{PROG}: {len(report.done)} output(s) finished before the interruption are "
+                "kept; the same command continues where this one stopped.",
+                file=sys.stderr,
+            )
+        raise
     if coco is not None and report.done + report.kept:
         for index, _job in enumerate(jobs):
             for z, shape, anns in planes.get(index, []):

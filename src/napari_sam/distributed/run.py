@@ -416,11 +416,16 @@ class _Runner:
         return self.outcomes
 
     def cancel(self) -> None:
+        """Cancel every task of the run; drop the work of unfinished whole-file jobs (only
+        a stack's finished slices are worth keeping for the next run)."""
         futures = [f for f, *_ in self.pending.values()]
+        unfinished = {i for _, i, kind, _ in self.pending.values() if kind == "file"}
         self.pending.clear()
         if futures:
             with contextlib.suppress(Exception):
                 self.client.cancel(futures, force=True)
+        for index in unfinished:
+            JobWork(self.jobs[index]).remove()
 
 
 def run_batch(

@@ -474,7 +474,7 @@ def _run_on_cluster(
     index_of = {job: i for i, job in enumerate(plan.jobs)}
     with open_cluster(args.scheduler, args.workers) as client:
         link = dashboard_link(client)
-        n_workers = len(client.scheduler_info().get("workers", {}))
+        n_workers = len(client.nthreads())
         where = f"{args.scheduler}" if args.scheduler else "this machine"
         print(
             f"{PROG}: Dask cluster on {where}, {n_workers} worker{'s' if n_workers != 1 else ''}; "

@@ -217,12 +217,16 @@ class _Runner:
             self._finish(Outcome(job, "finished before", n, coco=coco), index)
             return
         try:
-            image = io.read_image(job.source, lazy=True)
+            # a file that may hold a stack is opened here (lazily: its metadata) to plan its
+            # tasks; PNG / JPEG / BMP images are always 2D and read by their task alone
+            image = None
+            if self.split_stacks and job.source.suffix.lower() not in io.PILLOW_SUFFIXES:
+                image = io.read_image(job.source, lazy=True)
             work = JobWork(job)
             if self.force:
                 work.remove()
             kept = work.prepare(self.identity)
-            stack = self.split_stacks and not image.rgb and image.data.ndim == 3
+            stack = image is not None and not image.rgb and image.data.ndim == 3
             if stack and image.data.shape[0] > 1:
                 self._start_stack(index, job, work, image, kept)
             else:
@@ -428,6 +432,18 @@ class _Runner:
             JobWork(self.jobs[index]).remove()
 
 
+def _registered(client: Any, name: str) -> bool:
+    """Whether the scheduler already hands the worker plugin ``name`` to its workers."""
+
+    def has(dask_scheduler: Any, name: str) -> bool:
+        return name in getattr(dask_scheduler, "worker_plugins", {})
+
+    try:
+        return bool(client.run_on_scheduler(has, name=name))
+    except Exception:  # an older scheduler: register (at worst, models load again)
+        return False
+
+
 def run_batch(
     client: Any,
     jobs: Sequence[SegmentJob],
@@ -484,7 +500,8 @@ def run_batch(
         finished slices are kept for the next run.
     """
     plugin = ModelPlugin(spec, torch_threads)
-    client.register_plugin(plugin, name=plugin.name)
+    if not _registered(client, plugin.name):  # registering again would reload every model
+        client.register_plugin(plugin, name=plugin.name)
     runner = _Runner(
         client,
         spec,

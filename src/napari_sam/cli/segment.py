@@ -223,7 +223,6 @@ def add(subparsers: Any) -> None:
     parser.set_defaults(handler=_run_segment)
 
 
-
 def _recipe(args: argparse.Namespace) -> Any:
     import math
 
@@ -268,9 +267,8 @@ def _recipe(args: argparse.Namespace) -> Any:
 class _Report:
     """The lines of a run: one per finished input, and the summary at the end."""
 
-    def __init__(self, plan: Any, quiet: bool) -> None:
+    def __init__(self, plan: Any) -> None:
         self.plan = plan
-        self.quiet = quiet
         self.new_folders = {Path(p) for p in plan.new_folders}
         self.announced: set[Path] = set()
         self.done: list[Any] = []
@@ -298,15 +296,17 @@ class _Report:
 
     def kept_before(self, job: Any, n_objects: int) -> None:
         self.kept.append(job)
+        objects = f"{n_objects} object{'s' if n_objects != 1 else ''}, "
         self._write(
-            f"{job.name}: already segmented with these settings -> {job.output} (kept; "
-            "--force segments it again)"
+            f"{job.name}: already segmented with these settings -> {job.output} ({objects}"
+            "kept; --force segments it again)"
         )
         print(job.output, flush=True)
 
     def fail(self, job: Any, reason: str) -> None:
         self.failed.append((job, reason))
-        self._write(f"{PROG}: error: {reason}")
+        if len(self.plan.jobs) > 1:  # one input: its error is the run's last line
+            self._write(f"{PROG}: error: {reason}")
 
     def summary(self) -> None:
         """The end summary: counts, every input that failed and every entry skipped."""
@@ -348,7 +348,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     folders = {job.output.parent for job in jobs} | ({coco_path.parent} if coco_path else set())
     for folder in folders:
         check_writable(folder)
-    report = _Report(plan, args.quiet)
+    report = _Report(plan)
     coco = io.CocoWriter() if coco_path is not None else None
     planes: dict[int, Any] = {}
     try:
@@ -398,7 +398,7 @@ def _run_here(
 
     device = resolve_device(args.device)
     identity = recipe.identity()
-    single = len(plan.jobs) == 1
+    single = len(plan.jobs) == 1 and not plan.skipped  # its error is the only line
     sam = None
     try:
         for index, job in enumerate(plan.jobs):

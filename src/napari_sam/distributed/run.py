@@ -340,7 +340,11 @@ class _Runner:
             if future.status == "cancelled":
                 return
             self._count(index)
-            self._task_failed(index, future.exception())
+            try:
+                exc = future.exception()
+            except Exception as lost:  # a future whose data was lost with its worker
+                exc = lost
+            self._task_failed(index, exc)
             return
         result = future.result()
         self._count(index)

@@ -199,6 +199,7 @@ def add(subparsers: Any) -> None:
         help=f"with --link-slices: the overlap (intersection over union, 0-1) an object "
         f"needs with one in the previous slice to keep its number (default {d.link_iou})",
     )
+    segment_channels.add_options(parser)  # --channels, --contrast, --table
 
     group = parser.add_argument_group(
         "Dask cluster (many files, huge stacks)",
@@ -224,8 +225,6 @@ def add(subparsers: Any) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> Any:
-    import math
-
     from napari_sam.workflows.batch import Recipe, model_identity
     from napari_sam.workflows.segment import AutoSettings
 
@@ -241,14 +240,7 @@ def _recipe(args: argparse.Namespace) -> Any:
         link_iou=args.link_iou,
     )
     settings.check()
-    contrast = None
-    if args.contrast is not None:
-        low, high = args.contrast
-        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-            raise ImageFormatError(
-                f"--contrast needs two finite numbers LOW <= HIGH, got {low:g} {high:g}."
-            )
-        contrast = (float(low), float(high))
+    extra = segment_channels.check_options(args)  # --channels, --contrast, --table
     # options of other segmentation modes (e.g. --mode) go to segment() as keywords
     options = tuple(
         (name, getattr(args, name))
@@ -257,7 +249,9 @@ def _recipe(args: argparse.Namespace) -> Any:
     )
     return Recipe(
         settings=settings,
-        contrast=contrast,
+        contrast=extra.single_contrast if extra.channels is None else None,
+        channels=extra.channels,
+        channel_contrast=extra.contrast if extra.channels is not None else None,
         options=options,
         model=model_identity(args.model, args.checkpoint),
         precision=args.precision,
@@ -340,22 +334,30 @@ def _run_segment(args: argparse.Namespace) -> int:
         )
     if args.workers is not None and args.workers < 1:
         raise NapariSamError(f"--workers needs at least 1 worker, not {args.workers}.")
+    table_path = Path(args.table).expanduser() if args.table else None
+    if (args.workers is not None or args.scheduler) and (table_path or recipe.channels):
+        raise NapariSamError(
+            "--channels and --table run in one process for now; leave out --workers and "
+            "--scheduler."
+        )
     plan = plan_jobs(args.inputs, args.output, output_format=args.output_format)
     coco_path = Path(args.coco).expanduser() if args.coco else None
     if coco_path is not None and coco_path.is_dir():
         raise io.OutputFileError(f"--coco {coco_path} is a folder; give a .json file name.")
     jobs = plan.jobs
     folders = {job.output.parent for job in jobs} | ({coco_path.parent} if coco_path else set())
+    folders |= {table_path.parent} if table_path else set()
     for folder in folders:
         check_writable(folder)
     report = _Report(plan)
     coco = io.CocoWriter() if coco_path is not None else None
+    tables = segment_channels.TableWriter(table_path) if table_path else None
     planes: dict[int, Any] = {}
     try:
         if args.workers is not None or args.scheduler:
             _run_on_cluster(args, plan, recipe, report, planes, coco is not None)
         else:
-            _run_here(args, plan, recipe, report, planes, coco is not None)
+            _run_here(args, plan, recipe, report, planes, coco is not None, tables)
     except KeyboardInterrupt:
         if len(jobs) > 1 or args.workers is not None or args.scheduler:
             print(
@@ -370,6 +372,8 @@ def _run_segment(args: argparse.Namespace) -> int:
                 coco.add_plane(jobs[index].name, z, shape, anns)
         coco.write(coco_path)
         print(coco_path)
+    if tables is not None and tables.tables:
+        print(tables.write())
     report.summary()
     if report.failed:
         if len(jobs) == 1:
@@ -388,8 +392,13 @@ def _run_here(
     report: _Report,
     planes: dict[int, Any],
     coco: bool,
+    tables: Any = None,
 ) -> None:
-    """Today's single-process path: one input after the other, one model in this process."""
+    """Today's single-process path: one input after the other, one model in this process.
+
+    With ``tables`` (--table) every input is segmented again: the object table
+    needs the labels and the image of each.
+    """
     from tqdm import tqdm
 
     from napari_sam.runtime.device import resolve_device
@@ -403,12 +412,13 @@ def _run_here(
     try:
         for index, job in enumerate(plan.jobs):
             manifest = Manifest(job.output.parent)
-            if not args.force and manifest.finished(job, identity, coco=coco):
+            redo = args.force or tables is not None
+            if not redo and manifest.finished(job, identity, coco=coco):
                 report.kept_before(job, manifest.n_objects(job) or 0)
                 planes[index] = manifest.coco(job) if coco else []
                 continue
             try:
-                image = open_input(job.source)
+                image = open_input(job.source, recipe)
             except NapariSamError as exc:
                 if single:
                     raise
@@ -429,8 +439,9 @@ def _run_here(
             )  # fmt: skip
             try:
                 result = segment_file(
-                    sam, job, recipe, image=image, coco=coco, progress=bar_updater(bar)
-                )
+                    sam, job, recipe, image=image, coco=coco, keep_labels=tables is not None,
+                    progress=bar_updater(bar),
+                )  # fmt: skip
             except NapariSamError as exc:
                 if single:
                     raise
@@ -440,6 +451,8 @@ def _run_here(
                 bar.close()
             manifest.record(job, identity, result.coco, result.n_objects)
             planes[index] = result.coco or []
+            if tables is not None:
+                tables.add(result.labels, job.name, image, result.scores, "automatic")
             report.finished(job, result.n_objects, result.n_slices, result.seconds)
     finally:
         for folder in {job.output.parent for job in plan.jobs}:

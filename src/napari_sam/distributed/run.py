@@ -220,7 +220,8 @@ class _Runner:
             # a file that may hold a stack is opened here (lazily: its metadata) to plan its
             # tasks; PNG / JPEG / BMP images are always 2D and read by their task alone
             image = None
-            if self.split_stacks and job.source.suffix.lower() not in io.PILLOW_SUFFIXES:
+            split = self.split_stacks and self.recipe.channels is None
+            if split and job.source.suffix.lower() not in io.PILLOW_SUFFIXES:
                 image = io.read_image(job.source, lazy=True)
             work = JobWork(job)
             if self.force:

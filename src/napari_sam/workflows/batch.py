@@ -188,9 +188,10 @@ def plan_jobs(
             zarr_out = output_format == "zarr" or (
                 output_format == "auto" and zarr_io.is_zarr(path)
             )
-            jobs.append(
-                SegmentJob(path, out / f"{_stem(path)}_labels{'.zarr' if zarr_out else '.tif'}")
+            target = (
+                out / f"{_stem(path)}_labels.zarr" if zarr_out else io.labels_path_for(path, out)
             )
+            jobs.append(SegmentJob(path, target))
     outputs = {job.output.resolve(): job for job in jobs}
     kept: list[SegmentJob] = []
     for job in jobs:
@@ -234,6 +235,11 @@ class Recipe:
         The model's identity (type, or checkpoint path with its size and date).
     precision : str
         Image-encoder precision asked for.
+    channels : tuple of int, optional
+        Channels of a multichannel input given to SAM as red, green, blue (the
+        input is read channels first; see :mod:`napari_sam.workflows.channels`).
+    channel_contrast : tuple of (low, high), optional
+        One contrast pair per chosen channel.
     """
 
     settings: AutoSettings = field(default_factory=AutoSettings)
@@ -241,6 +247,8 @@ class Recipe:
     options: tuple[tuple[str, Any], ...] = ()
     model: str = ""
     precision: str = "auto"
+    channels: tuple[int, ...] | None = None
+    channel_contrast: tuple[tuple[float, float], ...] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         """The extra keyword arguments for ``segment()``."""
@@ -256,6 +264,10 @@ class Recipe:
                 "options": [[k, v] for k, v in self.options],
                 "model": self.model,
                 "precision": self.precision,
+                "channels": None if self.channels is None else list(self.channels),
+                "channel_contrast": None
+                if self.channel_contrast is None
+                else [list(map(float, c)) for c in self.channel_contrast],
             },
             sort_keys=True,
             default=str,
@@ -384,16 +396,38 @@ class FileResult:
     coco : list of (slice or None, (height, width), annotations) or None
         COCO annotations of every plane (:func:`coco_planes`), when asked for.
     seconds : float
+    labels, scores : optional
+        The label image and SAM's scores, when asked for (``keep_labels``).
     """
 
     n_objects: int
     n_slices: int | None
     coco: list[tuple[int | None, tuple[int, int], list[dict]]] | None = None
     seconds: float = 0.0
+    labels: np.ndarray | None = None
+    scores: dict | None = None
 
 
-def open_input(path: Path) -> io.TiffImage:
-    """Read an input; zarr folders and files over :data:`LAZY_BYTES` lazily."""
+def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
+    """Read an input; zarr folders and files over :data:`LAZY_BYTES` lazily.
+
+    With the recipe's ``channels``, a TIFF (or ``.npy``) is read channels first
+    and the channels are checked against it.
+
+    Raises
+    ------
+    InputFileError
+    """
+    if recipe is not None and recipe.channels is not None:
+        from napari_sam.errors import ImageFormatError
+        from napari_sam.workflows.channels import check_channels
+
+        image = io.read_tiff(path, channels=True)
+        try:
+            check_channels(recipe.channels, image.data.shape[0])
+        except ImageFormatError as exc:
+            raise InputFileError(f"{path.name}: {exc}") from exc
+        return image
     try:
         lazy = path.is_file() and path.stat().st_size > LAZY_BYTES
     except OSError:
@@ -423,6 +457,7 @@ def segment_file(
     image: io.TiffImage | None = None,
     output: Path | None = None,
     coco: bool = False,
+    keep_labels: bool = False,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
 ) -> FileResult:
@@ -437,26 +472,39 @@ def segment_file(
     InputFileError, ImageFormatError, SettingsError, OutputFileError, Cancelled
     """
     t0 = time.perf_counter()
-    image = open_input(job.source) if image is None else image
-    result = segment(
-        model,
-        image.data,
-        rgb=image.rgb,
-        contrast_limits=recipe.contrast,
-        settings=recipe.settings,
-        progress=progress,
-        should_cancel=should_cancel,
-        **recipe.kwargs(),
-    )
+    image = open_input(job.source, recipe) if image is None else image
+    if recipe.channels is not None:
+        from napari_sam.workflows.planes import ImagePlanes
+        from napari_sam.workflows.segment_planes import segment_planes
+
+        planes = ImagePlanes(
+            image.data, channel_axis=0, channels=recipe.channels, contrast=recipe.channel_contrast
+        )
+        result = segment_planes(
+            model, planes, settings=recipe.settings, progress=progress, should_cancel=should_cancel
+        )
+    else:
+        result = segment(
+            model,
+            image.data,
+            rgb=image.rgb,
+            contrast_limits=recipe.contrast,
+            settings=recipe.settings,
+            progress=progress,
+            should_cancel=should_cancel,
+            **recipe.kwargs(),
+        )
     io.write_labels(output or job.output, result.labels, scale=image.scale, unit=image.unit)
-    planes = None
+    coco_data = None
     if coco:
-        planes = coco_planes(result.labels, result.scores, stack=result.slices is not None)
+        coco_data = coco_planes(result.labels, result.scores, stack=result.slices is not None)
     return FileResult(
         n_objects=result.n_objects,
         n_slices=None if result.slices is None else len(result.slices),
-        coco=planes,
+        coco=coco_data,
         seconds=time.perf_counter() - t0,
+        labels=result.labels if keep_labels else None,
+        scores=result.scores if keep_labels else None,
     )
 
 

@@ -220,7 +220,9 @@ def _read_zarr(path: Path) -> TiffImage:
     return image
 
 
-def read_tiff(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage:
+def read_tiff(
+    path: str | os.PathLike[str], *, channels: bool = False, lazy: bool = False
+) -> TiffImage:
     """Read an image to segment from a TIFF file.
 
     Accepted: 2D grayscale (YX), 2D RGB(A) (YXS) and 3D grayscale stacks (Z, Y, X; a
@@ -259,7 +261,8 @@ def read_tiff(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = str(series.axes).upper()
-            data = _lazy_tiff(path) if lazy else np.asarray(series.asarray())
+            lazy_read = lazy and not channels  # channels are moved to the front in memory
+            data = _lazy_tiff(path) if lazy_read else np.asarray(series.asarray())
             ij = tif.imagej_metadata or {}
             shaped = _shaped_metadata(tif)
             res = _page_resolution(tif.pages[0])

@@ -203,8 +203,8 @@ def add(subparsers: Any) -> None:
 
     group = parser.add_argument_group(
         "Dask cluster (many files, huge stacks)",
-        "Without these options everything runs in this process. Inputs and outputs must be "
-        "on a file system the workers see under the same paths.",
+        "Without these options everything runs in this process. Inputs and outputs must\n"
+        "be on a file system the workers see under the same paths.",
     )
     group.add_argument(
         "--workers",

@@ -65,7 +65,8 @@ def run(argv, capsys):
 
 
 def files_in(folder):
-    return sorted(p.name for p in Path(folder).iterdir())
+    """The entries of a folder, besides napari-sam's resume records (``.napari-sam/``)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name != ".napari-sam")
 
 
 # --------------------------------------------------------------------------- it works

@@ -15,9 +15,9 @@ import pytest
 import tifffile
 
 from bio_samples import sample
-from napari_sam.cli.segment import _segment_jobs
 from napari_sam.errors import InputFileError
 from napari_sam.workflows import io
+from napari_sam.workflows.batch import plan_jobs
 from napari_sam.workflows.embeddings import EmbeddingStore, model_tag
 from napari_sam.workflows.planes import ImagePlanes
 from napari_sam.workflows.series import ImageSeries, list_images, precompute_embedding
@@ -46,7 +46,7 @@ def test_three_images_round_trip(folder, tmp_path):
     assert [p.name for p in series.images] == ["a_skin.ome.tif", "b_plane.tif", "c_stack.tiff"]
     assert series.images == list_images(folder)
     # the names napari-sam segment writes for the same folder
-    cli_names = {src: dst for src, dst in _segment_jobs([str(folder)], str(out))}
+    cli_names = {job.source: job.output for job in plan_jobs([str(folder)], str(out)).jobs}
     for i, path in enumerate(series.images):
         assert series.labels_path(i) == cli_names[path]
 

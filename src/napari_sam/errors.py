@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "Cancelled",
     "CheckpointError",
+    "ClusterError",
     "DeviceError",
     "DeviceFallbackWarning",
     "EmbeddingCacheError",
@@ -117,6 +118,10 @@ class DeviceError(NapariSamError, RuntimeError):
 
 class OutOfMemoryError(NapariSamError, RuntimeError):
     """The work does not fit in memory even one item at a time on any device allowed."""
+
+
+class ClusterError(NapariSamError, RuntimeError):
+    """A Dask cluster cannot be reached or started, or lost the work it was given."""
 
 
 class DeviceFallbackWarning(UserWarning):

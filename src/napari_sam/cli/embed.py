@@ -20,6 +20,8 @@ from napari_sam.errors import (
 
 
 def add(subparsers: Any) -> None:
+    from napari_sam.workflows.embeddings import BATCH_SIZE_RULE
+
     parser = add_subcommand(
         subparsers,
         "embed",
@@ -68,7 +70,7 @@ def add(subparsers: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="slices per forward pass (default: 4 on a CUDA GPU, 1 otherwise)",
+        help=f"slices per forward pass (default: {BATCH_SIZE_RULE})",
     )
     parser.add_argument("--quiet", action="store_true", help="do not show a progress bar")
     parser.set_defaults(handler=_run_embed)

@@ -1,10 +1,10 @@
-"""``napari-sam segment``: label every object of images and stacks (TIFF in, TIFF out)."""
+"""``napari-sam segment``: label every object of images and stacks, in one process or on a
+Dask cluster (``--workers N`` / ``--scheduler ADDRESS``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,15 @@ generator and save them as a label image: a TIFF of the same height and width
 (and number of slices) as the input, where the background is 0 and each object
 has its own number (1, 2, 3, ...). Fiji, napari and most analysis tools open it.
 
-INPUT is a TIFF file: a 2D grayscale image (Y X), a 2D colour image (Y X RGB)
-or a 3D stack (Z Y X; also a time series T Y X), 8/16-bit or float. A stack is
-segmented slice by slice. The output keeps the input's pixel size (voxel size).
-Several INPUTs, or a folder of TIFFs, are written into the OUTPUT folder as
-<name>_labels.tif.
+INPUT is an image file: TIFF, PNG, JPEG, BMP, .npy, or a zarr / OME-Zarr
+folder; a 2D grayscale image (Y X), a 2D colour image (Y X RGB) or a 3D stack
+(Z Y X; also a time series T Y X), 8/16-bit or float. A stack is segmented
+slice by slice. The output keeps the input's pixel size (voxel size).
+Several INPUTs, or a folder of images, are written into the OUTPUT folder as
+<name>_labels.tif (<name>_labels.zarr for zarr inputs). Files a folder holds
+besides images are listed at the end with the reason they were skipped.
+An output already finished by an earlier run with the same settings is kept
+(skipped); --force segments it again.
 
 SAM sees the image with the contrast napari shows for a newly opened image
 (its minimum to its maximum) unless --contrast is given.
@@ -40,12 +44,13 @@ examples:
   napari-sam segment stack.tif -o stack_labels.tif --link-slices --coco stack.json
   napari-sam segment images/ -o labels/ --model vit_b --device cuda
   napari-sam segment nuclei.tif -o out.tif --model vit_b --checkpoint my_sam.pth
-  napari-sam segment cells.tif -o cells_labels.tif --channels 1 2 --contrast 100 2000 50 900 \
-      --table objects.csv
+  napari-sam segment images/ -o labels/ --workers 2          # local Dask cluster
+  napari-sam segment volume.ome.zarr -o labels.zarr --scheduler tcp://node1:8786
 
-exit status: 0 done; 1 failed (one line says why; --debug shows the details);
-2 wrong command line; 130 interrupted (Ctrl+C). A failed or interrupted run
-leaves no half-written output file.
+exit status: 0 done; 1 failed (one line says why; --debug shows the details;
+with several inputs: some input failed, the others were segmented); 2 wrong
+command line; 130 interrupted (Ctrl+C). A failed or interrupted run leaves no
+half-written output.
 """
 
 
@@ -56,18 +61,35 @@ def add(subparsers: Any) -> None:
     parser = add_subcommand(
         subparsers,
         "segment",
-        help="label every object in a 2D image or 3D stack (TIFF in, label TIFF out)",
+        help="label every object in 2D images or 3D stacks (label TIFF or OME-Zarr out)",
         description=_SEGMENT_DESCRIPTION,
     )
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="TIFF file(s), or a folder of TIFF files"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image file(s) (TIFF, PNG, JPEG, BMP, .npy, zarr), or a folder of them",
     )
     parser.add_argument(
         "-o",
         "--output",
         required=True,
         metavar="OUTPUT",
-        help="label TIFF to write (one INPUT), or a folder (several INPUTs or a folder)",
+        help="label file to write (.tif, or .zarr for OME-Zarr) for one INPUT, or a folder "
+        "(several INPUTs or a folder)",
+    )
+    parser.add_argument(
+        "--output-format",
+        default="auto",
+        choices=["auto", "tif", "zarr"],
+        help="label files written into an OUTPUT folder: tif, zarr (OME-Zarr), or auto "
+        "(default: zarr for zarr inputs, tif otherwise)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="segment again inputs whose output an earlier run finished with the same "
+        "settings (default: keep those outputs and skip them)",
     )
     parser.add_argument(
         "--coco",
@@ -178,72 +200,33 @@ def add(subparsers: Any) -> None:
         f"needs with one in the previous slice to keep its number (default {d.link_iou})",
     )
     segment_channels.add_options(parser)  # --channels, --contrast, --table
+
+    group = parser.add_argument_group(
+        "Dask cluster (many files, huge stacks)",
+        "Without these options everything runs in this process. Inputs and outputs must\n"
+        "be on a file system the workers see under the same paths.",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start a Dask cluster of N worker processes on this machine (each loads the "
+        "model once; the CPU cores are shared among them)",
+    )
+    group.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster: its scheduler's address (tcp://host:8786) or "
+        "scheduler file (.json); see docs/distributed.md for SLURM",
+    )
     parser.set_defaults(handler=_run_segment)
 
 
-def _segment_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
-    """(input file, output file) pairs; raises for missing inputs and clashing outputs."""
-    from napari_sam.workflows import io
-
-    files: list[Path] = []
-    folder_given = False
-    for text in inputs:
-        path = Path(text).expanduser()
-        if path.is_dir():
-            folder_given = True
-            found = io.find_tiffs(path)
-            if not found:
-                raise io.InputFileError(f"The folder {path} holds no .tif or .tiff files.")
-            files.extend(found)
-        elif not path.exists():
-            raise io.InputFileError(f"The input file {path} does not exist.")
-        else:
-            files.append(path)
-    unique: list[Path] = []
-    for path in files:
-        if path.resolve() not in {p.resolve() for p in unique}:
-            unique.append(path)
-    out = Path(output).expanduser()
-    if (
-        len(unique) == 1
-        and not folder_given
-        and not out.is_dir()
-        and not output.endswith(("/", "\\"))
-    ):
-        if out.suffix.lower() not in io.TIFF_SUFFIXES:
-            raise io.OutputFileError(
-                f"The output {out} must be a .tif file name (or an existing folder)."
-            )
-        jobs = [(unique[0], out)]
-    else:
-        if out.exists() and not out.is_dir():
-            raise io.OutputFileError(
-                f"{len(unique)} inputs need an output folder, but {out} is a file."
-            )
-        jobs = [(path, io.labels_path_for(path, out)) for path in unique]
-    seen: dict[Path, Path] = {}
-    for src, dst in jobs:
-        key = dst.resolve()
-        if key == src.resolve():
-            raise io.OutputFileError(f"The output {dst} is the input file; choose another name.")
-        if key in seen:
-            raise io.OutputFileError(
-                f"{seen[key].name} and {src.name} would both be written to {dst}; segment "
-                "them into different folders."
-            )
-        seen[key] = src
-    return jobs
-
-
-def _run_segment(args: argparse.Namespace) -> int:
-    import time
-
-    from tqdm import tqdm
-
-    from napari_sam.runtime.device import resolve_device
-    from napari_sam.runtime.loader import load
-    from napari_sam.workflows import io
-    from napari_sam.workflows.segment import AutoSettings, segment
+def _recipe(args: argparse.Namespace) -> Any:
+    from napari_sam.workflows.batch import Recipe, model_identity
+    from napari_sam.workflows.segment import AutoSettings
 
     settings = AutoSettings(
         points_per_side=args.points_per_side,
@@ -257,92 +240,285 @@ def _run_segment(args: argparse.Namespace) -> int:
         link_iou=args.link_iou,
     )
     settings.check()
-    extra = segment_channels.check_options(args)
-    contrast = extra.single_contrast
-    jobs = _segment_jobs(args.inputs, args.output)
+    extra = segment_channels.check_options(args)  # --channels, --contrast, --table
+    # options of other segmentation modes (e.g. --mode) go to segment() as keywords
+    options = tuple(
+        (name, getattr(args, name))
+        for name in ("mode",)
+        if getattr(args, name, None) is not None
+    )
+    return Recipe(
+        settings=settings,
+        contrast=extra.single_contrast if extra.channels is None else None,
+        channels=extra.channels,
+        channel_contrast=extra.contrast if extra.channels is not None else None,
+        options=options,
+        model=model_identity(args.model, args.checkpoint),
+        precision=args.precision,
+    )
+
+
+class _Report:
+    """The lines of a run: one per finished input, and the summary at the end."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        self.new_folders = {Path(p) for p in plan.new_folders}
+        self.announced: set[Path] = set()
+        self.done: list[Any] = []
+        self.kept: list[Any] = []
+        self.failed: list[tuple[Any, str]] = []
+
+    def _write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+
+    def finished(self, job: Any, n_objects: int, n_slices: int | None, seconds: float) -> None:
+        self.done.append(job)
+        planes = "" if n_slices is None else f" in {n_slices} slices"
+        folder = job.output.parent
+        note = ""
+        if folder in self.new_folders and folder not in self.announced:
+            self.announced.add(folder)
+            note = f"; created the folder {folder}"
+        self._write(
+            f"{job.name}: {n_objects} object{'s' if n_objects != 1 else ''}{planes} -> "
+            f"{job.output} ({seconds:.1f} s{note})"
+        )
+        print(job.output, flush=True)
+
+    def kept_before(self, job: Any, n_objects: int) -> None:
+        self.kept.append(job)
+        objects = f"{n_objects} object{'s' if n_objects != 1 else ''}, "
+        self._write(
+            f"{job.name}: already segmented with these settings -> {job.output} ({objects}"
+            "kept; --force segments it again)"
+        )
+        print(job.output, flush=True)
+
+    def fail(self, job: Any, reason: str) -> None:
+        self.failed.append((job, reason))
+        if len(self.plan.jobs) > 1:  # one input: its error is the run's last line
+            self._write(f"{PROG}: error: {reason}")
+
+    def summary(self) -> None:
+        """The end summary: counts, every input that failed and every entry skipped."""
+        n_jobs = len(self.plan.jobs)
+        skipped = self.plan.skipped
+        if n_jobs == 1 and not skipped and not self.kept:
+            return
+        parts = [f"{len(self.done)} segmented"]
+        if self.kept:
+            parts.append(f"{len(self.kept)} kept from an earlier run")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        if skipped:
+            parts.append(f"{len(skipped)} skipped")
+        lines = [f"{PROG}: {n_jobs} input{'s' if n_jobs != 1 else ''}: {', '.join(parts)}."]
+        lines += [f"  failed:  {job.source}: {reason}" for job, reason in self.failed]
+        lines += [f"  skipped: {path}: {reason}." for path, reason in skipped]
+        for line in lines:
+            print(line, file=sys.stderr)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from napari_sam.workflows import io
+    from napari_sam.workflows.batch import plan_jobs
+
+    recipe = _recipe(args)
+    if args.workers is not None and args.scheduler:
+        raise NapariSamError(
+            "Give either --workers (a cluster on this machine) or --scheduler (an existing "
+            "cluster), not both."
+        )
+    if args.workers is not None and args.workers < 1:
+        raise NapariSamError(f"--workers needs at least 1 worker, not {args.workers}.")
+    table_path = Path(args.table).expanduser() if args.table else None
+    if (args.workers is not None or args.scheduler) and (table_path or recipe.channels):
+        raise NapariSamError(
+            "--channels and --table run in one process for now; leave out --workers and "
+            "--scheduler."
+        )
+    plan = plan_jobs(args.inputs, args.output, output_format=args.output_format)
     coco_path = Path(args.coco).expanduser() if args.coco else None
     if coco_path is not None and coco_path.is_dir():
         raise io.OutputFileError(f"--coco {coco_path} is a folder; give a .json file name.")
-    extra_folders = {extra.table.parent} if extra.table else set()
-    for folder in {dst.parent for _, dst in jobs} | (
-        {coco_path.parent} if coco_path else set()
-    ) | extra_folders:
+    jobs = plan.jobs
+    folders = {job.output.parent for job in jobs} | ({coco_path.parent} if coco_path else set())
+    folders |= {table_path.parent} if table_path else set()
+    for folder in folders:
         check_writable(folder)
-    device = resolve_device(args.device)
-
-    single = len(jobs) == 1
-    sam = None
+    report = _Report(plan)
     coco = io.CocoWriter() if coco_path is not None else None
-    tables = segment_channels.TableWriter(extra.table) if extra.table else None
-    failed: list[str] = []
-
-    def fail(src: Path, exc: NapariSamError) -> None:
-        if single:
-            raise exc
-        failed.append(src.name)
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-
-    for src, dst in jobs:
-        t0 = time.perf_counter()
-        try:
-            image = segment_channels.read_input(src, extra)
-        except NapariSamError as exc:
-            fail(src, exc)
-            continue
-        if sam is None:  # after the first input was read: a bad input fails fast
-            sam = load(
-                args.model,
-                args.checkpoint,
-                device=device,
-                progress=not args.quiet,
-                precision=args.precision,
-                compile=args.compile or None,
-            ).sam
-        bar = tqdm(
-            total=0, desc=src.name, unit="step", file=sys.stderr, disable=args.quiet, leave=False
-        )
-
-        try:
-            if extra.channels is not None:
-                result = segment_channels.segment_input(
-                    sam, image, extra, settings, bar_updater(bar)
-                )
-            else:
-                result = segment(
-                    sam,
-                    image.data,
-                    rgb=image.rgb,
-                    contrast_limits=contrast,
-                    settings=settings,
-                    progress=bar_updater(bar),
-                )
-            io.write_labels_tiff(dst, result.labels, scale=image.scale, unit=image.unit)
-        except NapariSamError as exc:
-            fail(src, exc)
-            continue
-        finally:
-            bar.close()
-        if coco is not None:
-            coco.add(result.labels, src.name, stack=result.slices is not None, scores=result.scores)
-        if tables is not None:
-            tables.add(result.labels, src.name, image, result.scores, "automatic")
-        planes = "" if result.slices is None else f" in {len(result.slices)} slices"
-        print(
-            f"{src.name}: {result.n_objects} object{'s' if result.n_objects != 1 else ''}"
-            f"{planes} -> {dst} ({time.perf_counter() - t0:.1f} s)",
-            file=sys.stderr,
-        )
-        print(dst)
-    if coco is not None and len(failed) < len(jobs):
+    tables = segment_channels.TableWriter(table_path) if table_path else None
+    planes: dict[int, Any] = {}
+    try:
+        if args.workers is not None or args.scheduler:
+            _run_on_cluster(args, plan, recipe, report, planes, coco is not None)
+        else:
+            _run_here(args, plan, recipe, report, planes, coco is not None, tables)
+    except KeyboardInterrupt:
+        if len(jobs) > 1 or args.workers is not None or args.scheduler:
+            print(
+                f"{PROG}: {len(report.done)} output(s) finished before the interruption are "
+                "kept; the same command continues where this one stopped.",
+                file=sys.stderr,
+            )
+        raise
+    if coco is not None and report.done + report.kept:
+        for index, _job in enumerate(jobs):
+            for z, shape, anns in planes.get(index, []):
+                coco.add_plane(jobs[index].name, z, shape, anns)
         coco.write(coco_path)
         print(coco_path)
     if tables is not None and tables.tables:
         print(tables.write())
-    if failed:
+    report.summary()
+    if report.failed:
+        if len(jobs) == 1:
+            raise NapariSamError(report.failed[0][1])
+        names = ", ".join(job.name for job, _ in report.failed)
         raise NapariSamError(
-            f"{len(failed)} of {len(jobs)} inputs could not be segmented: {', '.join(failed)}."
+            f"{len(report.failed)} of {len(jobs)} inputs could not be segmented: {names}."
         )
     return 0
 
 
-#: Functions that each add one subcommand; extend this list to add commands.
+def _run_here(
+    args: argparse.Namespace,
+    plan: Any,
+    recipe: Any,
+    report: _Report,
+    planes: dict[int, Any],
+    coco: bool,
+    tables: Any = None,
+) -> None:
+    """Today's single-process path: one input after the other, one model in this process.
+
+    With ``tables`` (--table) every input is segmented again: the object table
+    needs the labels and the image of each.
+    """
+    from tqdm import tqdm
+
+    from napari_sam.runtime.device import resolve_device
+    from napari_sam.runtime.loader import load
+    from napari_sam.workflows.batch import Manifest, open_input, segment_file, tidy
+
+    device = resolve_device(args.device)
+    identity = recipe.identity()
+    single = len(plan.jobs) == 1 and not plan.skipped  # its error is the only line
+    sam = None
+    try:
+        for index, job in enumerate(plan.jobs):
+            manifest = Manifest(job.output.parent)
+            redo = args.force or tables is not None
+            if not redo and manifest.finished(job, identity, coco=coco):
+                report.kept_before(job, manifest.n_objects(job) or 0)
+                planes[index] = manifest.coco(job) if coco else []
+                continue
+            try:
+                image = open_input(job.source, recipe)
+            except NapariSamError as exc:
+                if single:
+                    raise
+                report.fail(job, str(exc))
+                continue
+            if sam is None:  # after the first input was read: a bad input fails fast
+                sam = load(
+                    args.model,
+                    args.checkpoint,
+                    device=device,
+                    progress=not args.quiet,
+                    precision=args.precision,
+                    compile=args.compile or None,
+                ).sam
+            bar = tqdm(
+                total=0, desc=job.name, unit="step", file=sys.stderr, disable=args.quiet,
+                leave=False,
+            )  # fmt: skip
+            try:
+                result = segment_file(
+                    sam, job, recipe, image=image, coco=coco, keep_labels=tables is not None,
+                    progress=bar_updater(bar),
+                )  # fmt: skip
+            except NapariSamError as exc:
+                if single:
+                    raise
+                report.fail(job, str(exc))
+                continue
+            finally:
+                bar.close()
+            manifest.record(job, identity, result.coco, result.n_objects)
+            planes[index] = result.coco or []
+            if tables is not None:
+                tables.add(result.labels, job.name, image, result.scores, "automatic")
+            report.finished(job, result.n_objects, result.n_slices, result.seconds)
+    finally:
+        for folder in {job.output.parent for job in plan.jobs}:
+            tidy(folder, folder in report.new_folders)
+
+
+def _run_on_cluster(
+    args: argparse.Namespace,
+    plan: Any,
+    recipe: Any,
+    report: _Report,
+    planes: dict[int, Any],
+    coco: bool,
+) -> None:
+    """The Dask path: a local cluster (``--workers``) or an existing one (``--scheduler``)."""
+    from tqdm import tqdm
+
+    from napari_sam.distributed import ModelSpec, dashboard_link, open_cluster, run_batch
+    from napari_sam.distributed.cluster import local_torch_threads
+    from napari_sam.runtime.weights import CHECKPOINTS, checkpoint_path
+
+    spec = ModelSpec(
+        model=args.model,
+        checkpoint=str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
+        device=args.device,
+        precision=args.precision,
+        compile=bool(args.compile),
+    )
+    if spec.checkpoint is None and args.model in CHECKPOINTS:
+        # download once here, not once per worker (a shared cache serves them all)
+        checkpoint_path(args.model, progress=not args.quiet)
+    index_of = {job: i for i, job in enumerate(plan.jobs)}
+    with open_cluster(args.scheduler, args.workers) as client:
+        link = dashboard_link(client)
+        n_workers = len(client.nthreads())
+        where = f"{args.scheduler}" if args.scheduler else "this machine"
+        print(
+            f"{PROG}: Dask cluster on {where}, {n_workers} worker{'s' if n_workers != 1 else ''}; "
+            + (f"dashboard: {link}" if link else "no dashboard (install bokeh to get one)"),
+            file=sys.stderr,
+        )
+        bar = tqdm(total=0, desc="segmenting", unit="task", file=sys.stderr, disable=args.quiet)
+
+        def on_outcome(outcome: Any) -> None:
+            job = outcome.job
+            if outcome.status == "failed":
+                report.fail(job, outcome.reason)
+                return
+            planes[index_of[job]] = outcome.coco or []
+            if outcome.status == "done":
+                report.finished(job, outcome.n_objects, outcome.n_slices, outcome.seconds)
+            else:
+                report.kept_before(job, outcome.n_objects)
+
+        try:
+            run_batch(
+                client,
+                plan.jobs,
+                spec,
+                recipe,
+                coco=coco,
+                force=args.force,
+                torch_threads=local_torch_threads(args.workers) if args.workers else None,
+                new_folders=plan.new_folders,
+                progress=bar_updater(bar),
+                on_outcome=on_outcome,
+            )
+        finally:
+            bar.close()

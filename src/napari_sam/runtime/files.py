@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,14 @@ import numpy as np
 
 from napari_sam.errors import NapariSamError, OutputFileError
 
-__all__ = ["atomic_write", "content_hash", "new_file_mode"]
+__all__ = [
+    "atomic_write",
+    "content_hash",
+    "new_dir_mode",
+    "new_file_mode",
+    "replace_dir",
+    "temporary_dir",
+]
 
 
 def new_file_mode() -> int:
@@ -29,6 +37,13 @@ def new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def new_dir_mode() -> int:
+    """The permission bits a newly created folder gets under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 @contextlib.contextmanager
@@ -103,3 +118,70 @@ def content_hash(array: object) -> str:
     h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
     h.update(memoryview(arr).cast("B"))
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def temporary_dir(
+    path: str | os.PathLike[str], *, error: type[NapariSamError] = OutputFileError
+) -> Iterator[Path]:
+    """A new hidden folder next to ``path`` to build a folder output in (zarr).
+
+    It gets the permissions of a new folder under the umask. If the block
+    raises (or is interrupted), the folder and everything in it is removed;
+    on success it is removed too unless the block moved it away
+    (:func:`replace_dir`).
+    """
+    path = Path(path).expanduser()
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=folder))
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, new_dir_mode())
+    except OSError as exc:
+        raise error(
+            f"{path} cannot be written: the folder {folder} is not writable "
+            f"({exc.strerror or exc})."
+        ) from exc
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(
+    tmp: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    error: type[NapariSamError] = OutputFileError,
+) -> None:
+    """Move the complete folder ``tmp`` to ``path``, replacing what is there.
+
+    A folder cannot replace another in one atomic step: an existing ``path``
+    is first renamed aside, ``tmp`` renamed into place, then the old copy
+    deleted; if the second rename fails, the old copy is put back. ``path``
+    therefore always names either the old or the new complete output.
+    """
+    tmp, path = Path(tmp), Path(path).expanduser()
+    old: Path | None = None
+    try:
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old.rmdir()
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old is not None:
+                os.replace(old, path)
+                old = None
+            raise
+    except OSError as exc:
+        raise error(f"{path} cannot be written ({exc.strerror or exc}).") from exc
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                old.unlink()

@@ -34,6 +34,7 @@ from napari_sam.errors import (
     WeightsDownloadError,
 )
 from napari_sam.runtime.config import cache_dir
+from napari_sam.runtime.files import new_file_mode
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
 
 if TYPE_CHECKING:
@@ -452,6 +453,9 @@ def download(
                     f"its {name} checksum is {actual} instead of {expected} "
                     "(the file is corrupt or not the published one)"
                 )
+        # mkstemp makes the file private (0600); a lab sharing one cache needs the umask's mode
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, new_file_mode())
         os.replace(tmp, dest)
         tmp = None
         return dest

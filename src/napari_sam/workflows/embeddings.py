@@ -53,7 +53,9 @@ if TYPE_CHECKING:
     from napari_sam.predictors.predictor import ImageEmbedding
 
 __all__ = [
+    "BATCH_SIZE_RULE",
     "DEFAULT_STORE_MB",
+    "MAX_AUTO_BATCH",
     "DiskCache",
     "EmbeddingKey",
     "EmbeddingStore",
@@ -309,6 +311,16 @@ def default_cache_dir() -> Path:
     return cache_dir(create=False) / "embeddings"
 
 
+#: Most planes encoded in one forward pass on a GPU when the batch is sized automatically.
+MAX_AUTO_BATCH = 8
+#: The rule of :func:`default_batch_size` in words: the one text that ``napari-sam embed
+#: --help`` and the docs give (a test checks that they agree).
+BATCH_SIZE_RULE = (
+    f"as many slices as fit in the GPU's free memory, up to {MAX_AUTO_BATCH}, on a CUDA GPU; "
+    "1 otherwise"
+)
+
+
 def default_batch_size(device: Any, model: Any = None) -> int:
     """Planes encoded per forward pass: as many as fit on a CUDA GPU (up to 8), else 1.
 
@@ -323,7 +335,7 @@ def default_batch_size(device: Any, model: Any = None) -> int:
         return 4
     from napari_sam.runtime.memory import auto_batch_size, encoder_bytes_per_image
 
-    return auto_batch_size(device, encoder_bytes_per_image(model), maximum=8)
+    return auto_batch_size(device, encoder_bytes_per_image(model), maximum=MAX_AUTO_BATCH)
 
 
 def model_tag(model: Any, model_id: str) -> str:

@@ -1,5 +1,11 @@
-"""Files in and out: images to segment, label images (TIFF) and COCO JSON.
+"""Files in and out: images to segment, label images (TIFF, OME-Zarr) and COCO JSON.
 
+- :func:`read_image` reads any image napari-sam segments: TIFF and ``.npy``
+  (:func:`read_tiff`), PNG / JPEG / BMP (Pillow) and zarr / OME-Zarr folders
+  (:mod:`~napari_sam.workflows.zarr_io`, always lazy); ``lazy=True`` reads TIFF
+  planes only when asked for (a huge stack is never loaded whole).
+  :func:`find_images` lists the images of a folder and every entry it skips,
+  with the reason.
 - :func:`read_tiff` reads a 2D (YX), 2D RGB (YXS) or 3D (ZYX, or TYX) TIFF
   and its pixel size (ImageJ ``spacing``/resolution tags), dropping axes of
   length 1; anything else is refused with a sentence that says why.
@@ -9,11 +15,13 @@
   fit 16 bits, a plain ``uint32`` TIFF with the same resolution tags otherwise.
   The file is written under a temporary name in the target folder and renamed
   into place at the end, so a failure never leaves a partial file.
+  :func:`write_labels` picks TIFF or OME-Zarr from the file name.
 - :func:`labels_to_coco` / :class:`CocoWriter` turn label images into a COCO
   dataset (one COCO image per 2D image or per slice of a stack, one
   annotation per object, pycocotools compressed RLE).
 
-No napari or torch here; ``tifffile`` and ``pycocotools`` are imported when used.
+No napari or torch here; ``tifffile``, ``PIL``, ``zarr`` and ``pycocotools`` are
+imported when used.
 """
 
 from __future__ import annotations
@@ -29,22 +37,37 @@ import numpy as np
 
 from napari_sam.errors import ImageFormatError, InputFileError, NapariSamError, OutputFileError
 from napari_sam.runtime.files import atomic_write
+from napari_sam.workflows import zarr_io
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "LABEL_SUFFIXES",
+    "PILLOW_SUFFIXES",
     "TIFF_SUFFIXES",
     "CocoWriter",
+    "FolderContents",
     "TiffImage",
+    "find_images",
     "find_tiffs",
     "labels_path_for",
     "labels_to_coco",
+    "plane_annotations",
+    "read_image",
     "read_stack",
     "read_tiff",
     "write_coco",
+    "write_labels",
     "write_labels_tiff",
 ]
 
 #: File name endings read as TIFF.
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: File name endings read with Pillow (common in histology and public training sets).
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+#: Every file name ending :func:`read_image` reads (zarr folders end in ``.zarr``).
+IMAGE_SUFFIXES = (*TIFF_SUFFIXES, *PILLOW_SUFFIXES, ".npy", *zarr_io.ZARR_SUFFIXES)
+#: File name endings a label image can be written to (TIFF, or an OME-Zarr folder).
+LABEL_SUFFIXES = (*TIFF_SUFFIXES, *zarr_io.ZARR_SUFFIXES)
 
 #: napari / pint unit names -> the names ImageJ writes in its metadata.
 _IMAGEJ_UNITS = {
@@ -116,12 +139,97 @@ class TiffImage:
         return tuple(self.data.shape[:-1] if self.rgb else self.data.shape)
 
 
-def read_tiff(path: str | os.PathLike[str], *, channels: bool = False) -> TiffImage:
+def read_image(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage:
+    """Read an image to segment: TIFF, ``.npy``, PNG, JPEG, BMP, or a zarr / OME-Zarr folder.
+
+    The layouts accepted are those of :func:`read_tiff`. PNG, JPEG and BMP
+    files are 2D grayscale (8 or 16 bit) or colour images; palette images become
+    RGB, a grey image with transparency loses its alpha channel; their pixel
+    size is unknown (1). Zarr data is always read lazily, TIFF data with
+    ``lazy=True`` (one plane at a time, when :attr:`TiffImage.data` is indexed).
+
+    Raises
+    ------
+    InputFileError
+        If the file does not exist, cannot be read, is of a kind napari-sam does
+        not read, or holds another layout.
+    ImageFormatError
+        If its values are not real numbers.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputFileError(f"The input file {path} does not exist.")
+    if path.is_dir():
+        if zarr_io.is_zarr(path):
+            return _read_zarr(path)
+        raise InputFileError(
+            f"{path} is a folder, not an image file (a zarr folder holds zarr metadata)."
+        )
+    suffix = path.suffix.lower()
+    if suffix in PILLOW_SUFFIXES:
+        return _read_pillow(path)
+    if suffix not in (*TIFF_SUFFIXES, ".npy"):
+        raise InputFileError(
+            f"{path.name} is not an image napari-sam reads ({suffix or 'no extension'}); "
+            f"it reads {_readable_kinds()}."
+        )
+    return read_tiff(path, lazy=lazy)
+
+
+def _readable_kinds() -> str:
+    return ", ".join(IMAGE_SUFFIXES[:-1]) + f" files and {IMAGE_SUFFIXES[-1]} folders"
+
+
+def _read_pillow(path: Path) -> TiffImage:
+    from PIL import Image, UnidentifiedImageError
+
+    kind = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), path.suffix[1:].upper())
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the user's own slide scan is no decompression bomb
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("1", "L", "I", "F", "RGB", "RGBA") or mode.startswith("I;16"):
+                data = np.asarray(im)
+            elif mode == "LA":
+                data = np.asarray(im.convert("L"))
+            else:  # palette, CMYK, YCbCr, ...
+                data = np.asarray(im.convert("RGBA" if mode in ("PA", "RGBa") else "RGB"))
+    except MemoryError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputFileError(
+            f"{path.name} cannot be read as a {kind} image ({type(exc).__name__}: {exc})."
+        ) from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("="))
+    axes = "YXS" if data.ndim == 3 else "YX"
+    return _checked_image(path, data, axes, {}, {}, None)
+
+
+def _read_zarr(path: Path) -> TiffImage:
+    source = zarr_io.open_zarr_image(path)
+    image = _checked_image(path, source.data, source.axes, {}, {}, None)
+    spatial = "ZYX"[-len(image.spatial_shape):]
+    scale = tuple(source.scale.get(a, 1.0) for a in spatial)
+    image.scale = tuple(_positive(s) for s in scale)
+    image.unit = _napari_unit(source.unit)
+    return image
+
+
+def read_tiff(
+    path: str | os.PathLike[str], *, channels: bool = False, lazy: bool = False
+) -> TiffImage:
     """Read an image to segment from a TIFF file.
 
     Accepted: 2D grayscale (YX), 2D RGB(A) (YXS) and 3D grayscale stacks (Z, Y, X; a
     time series T, Y, X is segmented the same way, one plane after the other).
     Axes of length 1 (a single channel, time point or slice) are dropped.
+    With ``lazy``, the pixels are read only when :attr:`TiffImage.data` (a zarr
+    array) is indexed, one TIFF page or tile at a time.
 
     With ``channels=True`` the image is read as channels first, ``(C, Y, X)`` or
     ``(C, Z, Y, X)`` (``channel_axis=0``): the file's channel axis (``C``, or
@@ -153,7 +261,8 @@ def read_tiff(path: str | os.PathLike[str], *, channels: bool = False) -> TiffIm
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = str(series.axes).upper()
-            data = np.asarray(series.asarray())
+            lazy_read = lazy and not channels  # channels are moved to the front in memory
+            data = _lazy_tiff(path) if lazy_read else np.asarray(series.asarray())
             ij = tif.imagej_metadata or {}
             shaped = _shaped_metadata(tif)
             res = _page_resolution(tif.pages[0])
@@ -166,6 +275,13 @@ def read_tiff(path: str | os.PathLike[str], *, channels: bool = False) -> TiffIm
             f"{path.name} cannot be read as a TIFF file ({type(exc).__name__}: {exc})."
         ) from exc
     return _checked_image(path, data, axes, ij, shaped, res, channels)
+
+
+def _lazy_tiff(path: Path) -> Any:
+    """The first series of a TIFF as a zarr array reading pages on demand."""
+    zarr = zarr_io._zarr()
+    store = _tifffile().imread(path, aszarr=True, series=0, level=0)
+    return zarr.open_array(store, mode="r")
 
 
 def _checked_image(
@@ -190,7 +306,10 @@ def _checked_image(
     # drop axes of length 1 (but never Y or X)
     keep = [i for i, (a, s) in enumerate(zip(axes, data.shape)) if s != 1 or a in "YX"]
     if len(keep) != data.ndim:
-        data = data.reshape(tuple(data.shape[i] for i in keep))
+        if isinstance(data, np.ndarray):
+            data = data.reshape(tuple(data.shape[i] for i in keep))
+        else:  # a lazy (zarr) array: drop the axes without reading it
+            data = zarr_io.LazyArray(data, keep)
         axes = "".join(axes[i] for i in keep)
     if channels:
         return _channels_first(path, data, axes, ij, shaped, res)
@@ -368,6 +487,57 @@ def _imagej_unit(unit: Any) -> str | None:
     return name if name.isascii() else None
 
 
+@dataclass
+class FolderContents:
+    """What :func:`find_images` found in a folder.
+
+    Attributes
+    ----------
+    images : list of Path
+        Image files (and zarr folders) to segment, sorted by name.
+    skipped : list of (Path, str)
+        Every other entry, with the reason in one sentence.
+    """
+
+    images: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+#: Entries of an input folder that napari-sam itself made (resume records).
+_OWN_ENTRIES = (".napari-sam",)
+
+
+def find_images(folder: str | os.PathLike[str]) -> FolderContents:
+    """The images directly in ``folder`` (by file name ending), and every entry skipped.
+
+    Images are files ending in one of :data:`IMAGE_SUFFIXES` and zarr folders.
+    Subfolders are not searched; hidden files, other files and plain folders
+    are listed in :attr:`FolderContents.skipped` with the reason, so that a
+    batch run can say what it left out.
+    """
+    folder = Path(folder)
+    images: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for p in sorted(folder.iterdir()):
+        if p.name in _OWN_ENTRIES:
+            continue
+        if p.name.startswith("."):
+            skipped.append((p, "a hidden file"))
+        elif p.is_dir():
+            if zarr_io.is_zarr(p):
+                images.append(p)
+            else:
+                skipped.append((p, "a folder (folders inside an input folder are not searched)"))
+        elif p.suffix.lower() in IMAGE_SUFFIXES and p.suffix.lower() not in zarr_io.ZARR_SUFFIXES:
+            images.append(p)
+        else:
+            skipped.append(
+                (p, f"not an image napari-sam reads ({p.suffix or 'no extension'}); it reads "
+                    f"{_readable_kinds()}")
+            )
+    return FolderContents(images, skipped)
+
+
 def find_tiffs(folder: str | os.PathLike[str]) -> list[Path]:
     """The TIFF files directly in ``folder``, sorted by name (hidden files skipped)."""
     folder = Path(folder)
@@ -494,6 +664,21 @@ def write_labels_tiff(
     return path
 
 
+def write_labels(
+    path: str | os.PathLike[str],
+    labels: np.ndarray,
+    scale: Sequence[float] | None = None,
+    unit: str | None = None,
+) -> Path:
+    """Write a label image, atomically: OME-Zarr if ``path`` ends in ``.zarr``, else TIFF.
+
+    See :func:`write_labels_tiff` and :func:`~napari_sam.workflows.zarr_io.write_labels_zarr`.
+    """
+    if Path(path).suffix.lower() in zarr_io.ZARR_SUFFIXES:
+        return zarr_io.write_labels_zarr(path, labels, scale=scale, unit=unit)
+    return write_labels_tiff(path, labels, scale=scale, unit=unit)
+
+
 # ============================================================================= COCO
 def _rle_encode(mask_f: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
@@ -506,10 +691,13 @@ def _rle_encode(mask_f: np.ndarray) -> dict:
     }
 
 
-def _plane_annotations(
-    plane: np.ndarray, scores: Mapping[int, Mapping[str, float]] | None
+def plane_annotations(
+    plane: np.ndarray, scores: Mapping[int, Mapping[str, float]] | None = None
 ) -> list[dict]:
-    """One COCO annotation (without ids) per object id in ``plane``, in id order."""
+    """One COCO annotation (without ids) per object id in a ``(H, W)`` label plane, in id order.
+
+    ``scores`` maps an object id to extra fields (``predicted_iou``, ...).
+    """
     h, w = plane.shape
     flat = plane.ravel()
     where = np.flatnonzero(flat)
@@ -583,23 +771,32 @@ class CocoWriter:
             )
         planes = [(z, arr[z]) for z in range(arr.shape[0])] if stack else [(None, arr)]
         for z, plane in planes:
-            image_id = len(self.images) + 1
-            image: dict[str, Any] = {
-                "id": image_id,
-                "file_name": file_name,
-                "height": int(plane.shape[0]),
-                "width": int(plane.shape[1]),
-            }
-            if z is not None:
-                image["slice"] = int(z)
-            self.images.append(image)
             plane_scores = None
             if scores:
                 plane_scores = {lab: v for (zz, lab), v in scores.items() if zz == z}
-            for ann in _plane_annotations(np.asarray(plane), plane_scores):
-                ann["id"] = len(self.annotations) + 1
-                ann["image_id"] = image_id
-                self.annotations.append(ann)
+            anns = plane_annotations(np.asarray(plane), plane_scores)
+            self.add_plane(file_name, z, plane.shape, anns)
+
+    def add_plane(
+        self, file_name: str, z: int | None, shape: Sequence[int], annotations: Sequence[dict]
+    ) -> None:
+        """Add one COCO image (a 2D image, or slice ``z`` of a stack) with its annotations
+        (as :func:`plane_annotations` makes them; ids are given here)."""
+        image_id = len(self.images) + 1
+        image: dict[str, Any] = {
+            "id": image_id,
+            "file_name": file_name,
+            "height": int(shape[0]),
+            "width": int(shape[1]),
+        }
+        if z is not None:
+            image["slice"] = int(z)
+        self.images.append(image)
+        for ann in annotations:
+            ann = dict(ann)
+            ann["id"] = len(self.annotations) + 1
+            ann["image_id"] = image_id
+            self.annotations.append(ann)
 
     def to_dict(self) -> dict:
         return {

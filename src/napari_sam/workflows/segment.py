@@ -50,6 +50,7 @@ import numpy as np
 from napari_sam.errors import SettingsError
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
 from napari_sam.workflows.image import ImageLayout, get_plane, image_layout, to_sam_rgb
+from napari_sam.workflows.linking import SliceLinker, overlap_pairs, plane_areas
 
 __all__ = [
     "AutoSettings",
@@ -378,24 +379,6 @@ def segment(
 
 
 # ============================================================================= linking
-def _pair_overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids in a, ids in b, overlapping pixels) for every pair of overlapping objects."""
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    aa = a[both].astype(np.int64)
-    bb = b[both].astype(np.int64)
-    base = int(bb.max()) + 1
-    codes, counts = np.unique(aa * base + bb, return_counts=True)
-    return codes // base, codes % base, counts
-
-
-def _areas(plane: np.ndarray) -> dict[int, int]:
-    ids, counts = np.unique(plane[plane > 0], return_counts=True)
-    return {int(i): int(c) for i, c in zip(ids, counts)}
-
-
 def link_slices(
     labels: np.ndarray,
     iou_threshold: float = 0.3,
@@ -437,39 +420,19 @@ def link_slices(
     zs = list(range(arr.shape[0])) if slices is None else sorted(int(z) for z in slices)
     out = np.zeros(arr.shape, dtype=np.uint32)
     mapping: dict[tuple[int, int], int] = {}
-    next_id = 1
-    prev_plane: np.ndarray | None = None  # relabelled previous slice
+    linker = SliceLinker()
+    prev: np.ndarray | None = None
     prev_areas: dict[int, int] = {}
     for z in zs:
         plane = np.asarray(arr[z])
-        areas = _areas(plane)
-        new_of: dict[int, int] = {}
-        if prev_plane is not None and areas and prev_areas:
-            pa, cb, inter = _pair_overlaps(prev_plane, plane)
-            pairs = []
-            for p, c, n in zip(pa.tolist(), cb.tolist(), inter.tolist()):
-                iou = n / (prev_areas[p] + areas[c] - n)
-                if iou >= iou_threshold:
-                    pairs.append((-iou, p, c))
-            pairs.sort()
-            taken: set[int] = set()
-            for _, p, c in pairs:
-                if p in taken or c in new_of:
-                    continue
-                taken.add(p)
-                new_of[c] = p
-        for c in sorted(areas):
-            if c not in new_of:
-                new_of[c] = next_id
-                next_id += 1
+        areas = plane_areas(plane)
+        pairs = [] if prev is None else overlap_pairs(prev, plane, iou_threshold, prev_areas, areas)
+        new_of = linker.add(areas, pairs)
         if areas:
             lut = np.zeros(max(areas) + 1, dtype=np.uint32)
             for c, new in new_of.items():
                 lut[c] = new
                 mapping[(z, c)] = new
-            relabelled = lut[plane]
-        else:
-            relabelled = np.zeros(plane.shape, np.uint32)
-        out[z] = relabelled
-        prev_plane, prev_areas = relabelled, {new_of[c]: a for c, a in areas.items()}
+            out[z] = lut[plane]
+        prev, prev_areas = plane, areas
     return out, mapping

@@ -1,0 +1,530 @@
+"""A batch of segmentation jobs on a Dask cluster.
+
+:func:`run_batch` turns jobs (:func:`napari_sam.workflows.batch.plan_jobs`)
+into tasks and follows them to the end:
+
+- a 2D image (or, with ``split_stacks=False``, any file) is one task
+  (:func:`~napari_sam.distributed.tasks.file_task`);
+- a stack is one task per slice (each slice segmented exactly as the
+  whole-stack segmentation does it, into a raw volume in the work folder),
+  then, with slice linking, one task per slice computing its overlaps with
+  the previous slice, the cheap id assignment on the client
+  (:class:`~napari_sam.workflows.linking.SliceLinker`), and one task per slice
+  writing its final ids (into the OME-Zarr output, or back to the client
+  for a TIFF). The result equals the single-process result.
+
+Outputs appear under their final names only when complete (one rename by the
+client). Finished outputs (same input and recipe: the
+:class:`~napari_sam.workflows.batch.Manifest`) and finished slices (markers)
+are skipped by a rerun. A file that fails is reported in the
+:class:`BatchReport` and the others go on; a failure of the model itself
+(missing weights, wrong device) stops the run. A worker that dies mid-task
+has its tasks retried on the others by Dask (up to
+``distributed.scheduler.allowed-failures`` times); every task is
+deterministic, so the outputs are the same. Ctrl+C (or ``should_cancel``)
+cancels every task of the run on the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sam.distributed import tasks
+from napari_sam.distributed.work import JobWork, tidy
+from napari_sam.distributed.worker import ModelPlugin, ModelSpec, load_stats
+from napari_sam.errors import (
+    Cancelled,
+    CheckpointError,
+    DeviceError,
+    NapariSamError,
+    OutputFileError,
+    UnknownModelTypeError,
+    WeightsDownloadError,
+)
+from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback
+from napari_sam.workflows import io
+from napari_sam.workflows.batch import FileResult, Manifest, Recipe, SegmentJob
+from napari_sam.workflows.embeddings import default_contrast_limits
+from napari_sam.workflows.linking import SliceLinker, offset_luts
+from napari_sam.workflows.zarr_io import LabelsZarr, finish_labels_zarr
+
+__all__ = ["BatchReport", "Outcome", "run_batch"]
+
+#: Failures of the model or the device: no file can succeed, so the run stops.
+FATAL = (CheckpointError, UnknownModelTypeError, DeviceError, WeightsDownloadError)
+
+CocoPlanes = list[tuple[int | None, tuple[int, int], list[dict]]]
+
+
+@dataclass
+class Outcome:
+    """What became of one job.
+
+    Attributes
+    ----------
+    job : SegmentJob
+    status : {"done", "finished before", "failed"}
+        ``"finished before"``: a complete output of the same input and recipe
+        was there already (skipped).
+    n_objects : int
+    n_slices : int or None
+    reason : str
+        Why it failed (one sentence).
+    seconds : float
+        From its first task's submission to its output's rename.
+    coco : list or None
+        COCO annotations per plane (:func:`~napari_sam.workflows.batch.coco_planes`).
+    resumed_slices : int
+        Slices finished by an earlier run and not segmented again.
+    """
+
+    job: SegmentJob
+    status: str
+    n_objects: int = 0
+    n_slices: int | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    coco: CocoPlanes | None = None
+    resumed_slices: int = 0
+
+
+@dataclass
+class BatchReport:
+    """Outcomes of all jobs (in job order) and the workers' model loads."""
+
+    outcomes: list[Outcome]
+    model_loads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+@dataclass
+class _Stack:
+    index: int
+    job: SegmentJob
+    work: JobWork
+    shape: tuple[int, int, int]
+    scale: tuple[float, ...]
+    unit: str | None
+    contrast: tuple[float, float]
+    t0: float
+    markers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    overlaps: dict[int, tuple[list[int], list]] = field(default_factory=dict)
+    luts: dict[int, dict[int, int]] = field(default_factory=dict)
+    relabelled: dict[int, tuple[list[dict] | None, list[int]]] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    resumed: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.shape[0]
+
+
+class _Runner:
+    def __init__(
+        self,
+        client: Any,
+        spec: ModelSpec,
+        recipe: Recipe,
+        *,
+        coco: bool,
+        split_stacks: bool,
+        force: bool,
+        progress: ProgressCallback | None,
+        should_cancel: CancelCheck | None,
+        on_outcome: Callable[[Outcome], Any] | None,
+    ) -> None:
+        from distributed import as_completed
+
+        self.client = client
+        self.spec = spec
+        self.recipe = recipe
+        self.identity = recipe.identity()
+        self.coco = coco
+        self.split_stacks = split_stacks
+        self.force = force
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.on_outcome = on_outcome
+        self.token = uuid.uuid4().hex[:8]
+        self.ac = as_completed()
+        self.pending: dict[str, tuple[Any, int, str, int]] = {}
+        self.outcomes: dict[int, Outcome] = {}
+        self.stacks: dict[int, _Stack] = {}
+        self.t0: dict[int, float] = {}
+        self.jobs: list[SegmentJob] = []
+        self.total = 0
+        self.done = 0
+        self.remaining: dict[int, int] = {}  # tasks a job still has to run
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _notify(self, stage: str) -> None:
+        if self.progress is not None:
+            self.progress(Progress(self.done, self.total, stage, "tasks"))
+
+    def _expect(self, index: int, n: int) -> None:
+        self.total += n
+        self.remaining[index] = self.remaining.get(index, 0) + n
+
+    def _count(self, index: int, n: int = 1) -> None:
+        self.done += n
+        self.remaining[index] = self.remaining.get(index, 0) - n
+
+    def _submit(self, index: int, kind: str, z: int, fn: Callable, *args: Any) -> None:
+        key = f"napari-sam-{kind}-{self.token}-{index}-{z}"
+        future = self.client.submit(fn, *args, key=key, pure=False)
+        self.pending[key] = (future, index, kind, z)
+        self.ac.add(future)
+
+    def _finish(self, outcome: Outcome, index: int) -> None:
+        self.outcomes[index] = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def _fail(self, index: int, reason: str) -> None:
+        if index in self.outcomes:
+            return
+        for key, (future, i, _, _) in list(self.pending.items()):
+            if i == index:
+                future.cancel()
+                del self.pending[key]
+        left = self.remaining.get(index, 0)
+        if left > 0:
+            self._count(index, left)
+        stack = self.stacks.pop(index, None)
+        if stack is None:  # a whole-file job: nothing worth resuming
+            JobWork(self.jobs[index]).remove()
+        self._finish(Outcome(self.jobs[index], "failed", reason=reason), index)
+
+    # ----------------------------------------------------------------- start
+    def start(self, index: int, job: SegmentJob) -> None:
+        self.t0[index] = time.perf_counter()
+        manifest = Manifest(job.output.parent)
+        if not self.force and manifest.finished(job, self.identity, coco=self.coco):
+            coco = manifest.coco(job) if self.coco else None
+            n = manifest.n_objects(job) or 0
+            self._finish(Outcome(job, "finished before", n, coco=coco), index)
+            return
+        try:
+            # a file that may hold a stack is opened here (lazily: its metadata) to plan its
+            # tasks; PNG / JPEG / BMP images are always 2D and read by their task alone
+            image = None
+            split = self.split_stacks and self.recipe.channels is None
+            if split and job.source.suffix.lower() not in io.PILLOW_SUFFIXES:
+                image = io.read_image(job.source, lazy=True)
+            work = JobWork(job)
+            if self.force:
+                work.remove()
+            kept = work.prepare(self.identity)
+            stack = image is not None and not image.rgb and image.data.ndim == 3
+            if stack and image.data.shape[0] > 1:
+                self._start_stack(index, job, work, image, kept)
+            else:
+                self._expect(index, 1)
+                self._submit(
+                    index, "file", 0, tasks.file_task,
+                    self.spec, job, self.recipe, str(work.file_output), self.coco,
+                )  # fmt: skip
+        except NapariSamError as exc:
+            self._fail(index, str(exc))
+
+    def _start_stack(
+        self, index: int, job: SegmentJob, work: JobWork, image: io.TiffImage, kept: bool
+    ) -> None:
+        contrast = self.recipe.contrast or default_contrast_limits(image.data)
+        shape = tuple(int(s) for s in image.data.shape)
+        st = _Stack(
+            index, job, work, shape, image.scale, image.unit,
+            (float(contrast[0]), float(contrast[1])), self.t0[index],
+        )  # fmt: skip
+        self.stacks[index] = st
+        phases = 3 if self.recipe.settings.link_slices else 2
+        self._expect(index, phases * st.n)
+        if kept and work.raw.is_dir():
+            st.markers = {z: m for z, m in work.finished_slices().items() if 0 <= z < st.n}
+        else:
+            LabelsZarr.create(work.raw, shape)
+        st.resumed = len(st.markers)
+        self._count(index, st.resumed)
+        for z in range(st.n):
+            if z not in st.markers:
+                self._submit(
+                    index, "slice", z, tasks.slice_task,
+                    self.spec, job, self.recipe, st.contrast, z, str(work.raw),
+                    str(work.marker(z)),
+                )  # fmt: skip
+        if len(st.markers) == st.n:
+            self._after_slices(st)
+
+    # ----------------------------------------------------------------- phases
+    def _after_slices(self, st: _Stack) -> None:
+        if self.recipe.settings.link_slices:
+            for z in range(st.n):
+                self._submit(
+                    st.index, "overlap", z, tasks.overlap_task,
+                    str(st.work.raw), z - 1 if z else None, z, self.recipe.settings.link_iou,
+                )  # fmt: skip
+            return
+        counts = [int(st.markers[z]["n"]) for z in range(st.n)]
+        for z, offset in enumerate(offset_luts(counts)):
+            st.luts[z] = {k: k + offset for k in range(1, counts[z] + 1)}
+        self._relabel(st)
+
+    def _after_overlaps(self, st: _Stack) -> None:
+        linker = SliceLinker()
+        for z in range(st.n):
+            ids, pairs = st.overlaps[z]
+            st.luts[z] = linker.add(ids, pairs)
+        self._relabel(st)
+
+    def _relabel(self, st: _Stack) -> None:
+        if st.job.is_zarr:
+            LabelsZarr.create(st.work.labels, st.shape, scale=st.scale, unit=st.unit)
+            target: str | None = str(st.work.labels)
+        else:
+            st.labels = np.zeros(st.shape, dtype=np.uint32)
+            target = None
+        for z in range(st.n):
+            scores = st.markers[z]["scores"] if self.coco else None
+            self._submit(
+                st.index, "relabel", z, tasks.relabel_task,
+                str(st.work.raw), z, st.luts[z], target, scores,
+            )  # fmt: skip
+
+    def _finish_stack(self, st: _Stack) -> None:
+        job = st.job
+        if job.is_zarr:
+            finish_labels_zarr(st.work.labels, job.output)
+        else:
+            io.write_labels_tiff(job.output, st.labels, scale=st.scale, unit=st.unit)
+        ids: set[int] = set()
+        for _, present in st.relabelled.values():
+            ids.update(present)
+        coco = None
+        if self.coco:
+            coco = [(z, st.shape[1:], st.relabelled[z][0] or []) for z in range(st.n)]
+        self._done(st.index, len(ids), st.n, coco, st.resumed)
+        del self.stacks[st.index]
+
+    def _done(
+        self, index: int, n_objects: int, n_slices: int | None, coco: CocoPlanes | None,
+        resumed: int = 0,
+    ) -> None:
+        job = self.jobs[index]
+        Manifest(job.output.parent).record(job, self.identity, coco, n_objects)
+        JobWork(job).remove()
+        seconds = time.perf_counter() - self.t0[index]
+        self._finish(
+            Outcome(job, "done", n_objects, n_slices, seconds=seconds, coco=coco,
+                    resumed_slices=resumed),
+            index,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------- events
+    def handle(self, future: Any) -> None:
+        entry = self.pending.pop(future.key, None)
+        if entry is None:  # cancelled with its job
+            return
+        _, index, kind, z = entry
+        if future.status != "finished":
+            if future.status == "cancelled":
+                return
+            self._count(index)
+            try:
+                exc = future.exception()
+            except Exception as lost:  # a future whose data was lost with its worker
+                exc = lost
+            self._task_failed(index, exc)
+            return
+        result = future.result()
+        self._count(index)
+        try:
+            self._dispatch(index, kind, z, result)
+        except NapariSamError as exc:
+            self._fail(index, str(exc))
+
+    def _task_failed(self, index: int, exc: BaseException) -> None:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, FATAL):
+            raise exc
+        if isinstance(exc, KilledWorker):
+            reason = (
+                f"{self.jobs[index].name}: the workers segmenting it stopped several times "
+                "(out of memory, or killed); see the workers' logs."
+            )
+        elif isinstance(exc, NapariSamError):
+            reason = str(exc)
+        else:
+            reason = f"{self.jobs[index].name}: unexpected error ({type(exc).__name__}: {exc})."
+        self._fail(index, reason)
+
+    def _dispatch(self, index: int, kind: str, z: int, result: Any) -> None:
+        if kind == "file":
+            self._finish_file(index, result)
+            return
+        st = self.stacks.get(index)
+        if st is None:
+            return
+        if kind == "slice":
+            st.markers[z] = result
+            if len(st.markers) == st.n:
+                self._after_slices(st)
+        elif kind == "overlap":
+            st.overlaps[z] = result
+            if len(st.overlaps) == st.n:
+                self._after_overlaps(st)
+        elif kind == "relabel":
+            plane, anns, ids = result
+            if plane is not None and st.labels is not None:
+                st.labels[z] = plane
+            st.relabelled[z] = (anns, ids)
+            if len(st.relabelled) == st.n:
+                self._finish_stack(st)
+
+    def _finish_file(self, index: int, result: FileResult) -> None:
+        job = self.jobs[index]
+        work = JobWork(job)
+        if job.is_zarr:
+            finish_labels_zarr(work.file_output, job.output)
+        else:
+            try:
+                os.replace(work.file_output, job.output)
+            except OSError as exc:
+                raise OutputFileError(
+                    f"{job.output} cannot be written ({exc.strerror or exc})."
+                ) from exc
+        self._done(index, result.n_objects, result.n_slices, result.coco)
+
+    # ----------------------------------------------------------------- run
+    def run(self, jobs: Sequence[SegmentJob]) -> dict[int, Outcome]:
+        self.jobs = list(jobs)
+        try:
+            for index, job in enumerate(self.jobs):
+                self.start(index, job)
+            self._notify("segmenting")
+            for future in self.ac:
+                if self.should_cancel is not None and self.should_cancel():
+                    raise Cancelled("The batch segmentation was cancelled.")
+                self.handle(future)
+                self._notify("segmenting")
+        except BaseException:
+            self.cancel()
+            raise
+        return self.outcomes
+
+    def cancel(self) -> None:
+        """Cancel every task of the run; drop the work of unfinished whole-file jobs (only
+        a stack's finished slices are worth keeping for the next run)."""
+        futures = [f for f, *_ in self.pending.values()]
+        unfinished = {i for _, i, kind, _ in self.pending.values() if kind == "file"}
+        self.pending.clear()
+        if futures:
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures, force=True)
+        for index in unfinished:
+            JobWork(self.jobs[index]).remove()
+
+
+def _registered(client: Any, name: str) -> bool:
+    """Whether the scheduler already hands the worker plugin ``name`` to its workers."""
+
+    def has(dask_scheduler: Any, name: str) -> bool:
+        return name in getattr(dask_scheduler, "worker_plugins", {})
+
+    try:
+        return bool(client.run_on_scheduler(has, name=name))
+    except Exception:  # an older scheduler: register (at worst, models load again)
+        return False
+
+
+def run_batch(
+    client: Any,
+    jobs: Sequence[SegmentJob],
+    spec: ModelSpec,
+    recipe: Recipe,
+    *,
+    coco: bool = False,
+    split_stacks: bool = True,
+    force: bool = False,
+    torch_threads: int | None = None,
+    new_folders: Sequence[Path] = (),
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    on_outcome: Callable[[Outcome], Any] | None = None,
+) -> BatchReport:
+    """Segment ``jobs`` on the cluster of ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    jobs : sequence of SegmentJob
+    spec : ModelSpec
+        The model every worker loads once (:class:`~napari_sam.distributed.worker.ModelPlugin`).
+    recipe : Recipe
+        Settings, contrast and options of the segmentation.
+    coco : bool
+        Return each output's COCO annotations (in :attr:`Outcome.coco`).
+    split_stacks : bool
+        One task per slice of a stack (default), or one per file (for modes
+        that must see the whole stack).
+    force : bool
+        Segment again even where a finished output of the same recipe exists.
+    torch_threads : int, optional
+        Torch threads per worker (a local cluster splits the cores).
+    new_folders : sequence of Path
+        Output folders this run creates: removed again at the end if empty.
+    progress : callable, optional
+        Called with :class:`~napari_sam.runtime.progress.Progress` (tasks done of all).
+    should_cancel : callable, optional
+        Polled after each finished task; True cancels the run (:class:`Cancelled`).
+    on_outcome : callable, optional
+        Called with each :class:`Outcome` as soon as it is known.
+
+    Returns
+    -------
+    BatchReport
+
+    Raises
+    ------
+    CheckpointError, UnknownModelTypeError, DeviceError, WeightsDownloadError
+        When the model cannot be loaded on a worker (the run stops).
+    Cancelled, KeyboardInterrupt
+        The run's tasks are cancelled on the cluster; finished outputs and
+        finished slices are kept for the next run.
+    """
+    plugin = ModelPlugin(spec, torch_threads)
+    if not _registered(client, plugin.name):  # registering again would reload every model
+        client.register_plugin(plugin, name=plugin.name)
+    runner = _Runner(
+        client,
+        spec,
+        recipe,
+        coco=coco,
+        split_stacks=split_stacks,
+        force=force,
+        progress=progress,
+        should_cancel=should_cancel,
+        on_outcome=on_outcome,
+    )
+    try:
+        outcomes = runner.run(jobs)
+    finally:
+        created = {Path(p) for p in new_folders}
+        for folder in {job.output.parent for job in jobs}:
+            tidy(folder, folder in created)
+    loads: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(Exception):
+        loads = client.run(load_stats, name=plugin.name)
+    return BatchReport([outcomes[i] for i in range(len(jobs))], loads)

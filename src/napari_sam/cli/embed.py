@@ -13,6 +13,7 @@ from napari_sam.cli.common import (
     bar_updater,
     precision_name,
 )
+from napari_sam.cli.tile_options import add_tiling_options, tiling_from_args
 from napari_sam.errors import (
     ImageFormatError,
     InputFileError,
@@ -32,7 +33,9 @@ def add(subparsers: Any) -> None:
             "slice). Slices already in the folder are skipped, so an interrupted run resumes.\n"
             "The napari widget finds these embeddings when its disk cache points at the same\n"
             "folder and the model and contrast limits match (by default the stack's minimum\n"
-            "and maximum, which napari shows for a newly opened stack)."
+            "and maximum, which napari shows for a newly opened stack).\n"
+            "Large planes are tiled (see the tiling options): every tile of every plane is\n"
+            "encoded, and a tiled 2D image (Y X or Y X RGB) is accepted too."
         ),
     )
     parser.add_argument("input", metavar="INPUT", help="3D TIFF stack (Z, Y, X); .npy also works")
@@ -73,6 +76,7 @@ def add(subparsers: Any) -> None:
         help=f"slices per forward pass (default: {BATCH_SIZE_RULE})",
     )
     parser.add_argument("--quiet", action="store_true", help="do not show a progress bar")
+    add_tiling_options(parser)
     parser.set_defaults(handler=_run_embed)
 
 
@@ -106,11 +110,16 @@ def _run_embed(args: argparse.Namespace) -> int:
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows import embeddings as volume
-    from napari_sam.workflows import io
 
     t0 = time.perf_counter()
-    stack = io.read_stack(args.input)
-    slices = _parse_slices(args.slices, stack.shape[0])
+    tiling = tiling_from_args(args)
+    stack, rgb, grid = _read_for_embedding(args.input, tiling)
+    if stack.ndim == 2 or rgb:
+        if args.slices is not None:
+            raise InputFileError(f"--slices needs a 3D stack; {Path(args.input).name} is 2D.")
+        slices = None
+    else:
+        slices = _parse_slices(args.slices, stack.shape[0])
     if args.contrast is not None:
         low, high = args.contrast
         if not (math.isfinite(low) and math.isfinite(high) and low <= high):
@@ -134,6 +143,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         compile=args.compile or None,
     )
     sam = loaded.sam
+    if grid is not None:
+        return _embed_tiled(args, t0, loaded, stack, rgb, tiling, contrast, disk, slices)
     embeddings = volume.StackEmbeddings(
         sam,
         stack,
@@ -157,6 +168,82 @@ def _run_embed(args: argparse.Namespace) -> int:
         f"{n - encoded} already cached; model {embeddings.model_id} on {sam.device} "
         f"({precision_name(sam)} encoder), contrast "
         f"{contrast[0]:g}–{contrast[1]:g}; {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    print(disk.root)
+    return 0
+
+
+def _read_for_embedding(path: str, tiling: Any) -> tuple[Any, bool, Any]:
+    """(data, rgb, tile grid or None): a stack, or a 2D image whose planes are tiled."""
+    from napari_sam.workflows import io
+    from napari_sam.workflows.image import image_layout
+
+    try:
+        stack = io.read_stack(path)
+    except InputFileError:
+        if tiling.mode == "off":
+            raise
+        image = io.read_tiff(path)
+        layout = image_layout(image.data.shape, rgb=image.rgb, dtype=image.data.dtype)
+        grid = tiling.grid(layout.plane_shape)
+        if grid is None:  # a 2D image that is not tiled: the stack's message stands
+            raise
+        return image.data, image.rgb, grid
+    return stack, False, tiling.grid(stack.shape[1:])
+
+
+def _embed_tiled(
+    args: argparse.Namespace,
+    t0: float,
+    loaded: Any,
+    data: Any,
+    rgb: bool,
+    tiling: Any,
+    contrast: Any,
+    disk: Any,
+    slices: list[int] | None,
+) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from napari_sam.workflows import embeddings as volume
+    from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
+
+    sam = loaded.sam
+    tiles = TiledEmbeddings(
+        sam,
+        data,
+        model_id=loaded.model_id,
+        tiling=tiling,
+        rgb=rgb,
+        contrast=contrast,
+        store=volume.EmbeddingStore(max_mb=0),
+        disk=disk,
+        batch_size=args.batch_size,
+    )
+    bar = tqdm(
+        total=0, unit="tile", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
+    )
+    try:
+        encoded = tiles.precompute(slices, progress=bar_updater(bar))
+    finally:
+        bar.close()
+    n_planes = len(tiles.slices) if slices is None else len(slices)
+    n = n_planes * len(tiles.grid)
+    (th, tw), (hy, hx) = tiles.grid.tile_shape, tiles.grid.halo
+    planes = f"{n_planes} slice{'s' if n_planes != 1 else ''} x " if tiles.layout.is_stack else ""
+    print(
+        f"{Path(args.input).name}: {planes}{len(tiles.grid)} tiles ({th}x{tw}, halo {hy}x{hx}), "
+        f"{encoded} encoded, {n - encoded} already cached; model {tiles.model_id} on "
+        f"{sam.device} ({precision_name(sam)} encoder), "
+        + (
+            "min-max per tile"
+            if tiles.contrast is None
+            else f"contrast {tiles.contrast[0]:g}–{tiles.contrast[1]:g}"
+        )
+        + f"; {time.perf_counter() - t0:.1f} s",
         file=sys.stderr,
     )
     print(disk.root)

@@ -16,6 +16,7 @@ from napari_sam.cli.common import (
     bar_updater,
     check_writable,
 )
+from napari_sam.cli.tile_options import add_tiling_options, tiling_options
 from napari_sam.errors import (
     NapariSamError,
 )
@@ -46,6 +47,7 @@ examples:
   napari-sam segment nuclei.tif -o out.tif --model vit_b --checkpoint my_sam.pth
   napari-sam segment images/ -o labels/ --workers 2          # local Dask cluster
   napari-sam segment volume.ome.zarr -o labels.zarr --scheduler tcp://node1:8786
+  napari-sam segment slide.tif -o slide_labels.tif --tile-shape 768 768 --halo 128 128
 
 exit status: 0 done; 1 failed (one line says why; --debug shows the details;
 with several inputs: some input failed, the others were segmented); 2 wrong
@@ -221,6 +223,7 @@ def add(subparsers: Any) -> None:
         help="run on an existing Dask cluster: its scheduler's address (tcp://host:8786) or "
         "scheduler file (.json); see docs/distributed.md for SLURM",
     )
+    add_tiling_options(parser)
     parser.set_defaults(handler=_run_segment)
 
 
@@ -247,6 +250,7 @@ def _recipe(args: argparse.Namespace) -> Any:
         for name in ("mode",)
         if getattr(args, name, None) is not None
     )
+    options += tiling_options(args)  # --tile-shape, --halo, --no-tiling
     return Recipe(
         settings=settings,
         contrast=extra.single_contrast if extra.channels is None else None,

@@ -51,6 +51,8 @@ from napari_sam.errors import SettingsError
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
 from napari_sam.workflows.image import ImageLayout, get_plane, image_layout, to_sam_rgb
 from napari_sam.workflows.linking import SliceLinker, overlap_pairs, plane_areas
+from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
+from napari_sam.workflows.tiling import Tiling
 
 __all__ = [
     "AutoSettings",
@@ -224,6 +226,7 @@ def segment_iter(
     contrast_limits: Sequence[float] | None = None,
     settings: AutoSettings | None = None,
     slices: Sequence[int] | None = None,
+    tiling: Tiling | TiledEmbeddings | str | None = "auto",
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment every object of a 2D image or of (some) slices of a 3D stack.
 
@@ -242,6 +245,15 @@ def segment_iter(
     settings : AutoSettings, optional
     slices : sequence of int, optional
         For a stack, the slices to segment (default: all).
+    tiling : Tiling, "auto", "on", "off", None or TiledEmbeddings
+        Large planes are segmented tile by tile (default ``"auto"``: planes
+        whose longest side exceeds 2048 pixels; see
+        :mod:`napari_sam.workflows.tiling` and
+        :mod:`napari_sam.workflows.tiled_automatic`). ``points_per_side`` is
+        then per tile, and ``max_area_fraction`` relative to a tile's window.
+        A :class:`~napari_sam.workflows.tiled_embeddings.TiledEmbeddings` of
+        ``data`` (e.g. the interactive session's) is used with its tiles,
+        caches and contrast (``contrast_limits`` is then ignored).
 
     Returns
     -------
@@ -276,6 +288,22 @@ def segment_iter(
 
         contrast_limits = default_contrast_limits(data)
     contrast = tuple(float(c) for c in contrast_limits)
+    if not isinstance(tiling, TiledEmbeddings) and Tiling.coerce(tiling).grid(
+        layout.plane_shape
+    ) is not None:
+        from napari_sam.workflows.embeddings import EmbeddingStore
+
+        tiling = TiledEmbeddings(
+            model, data, model_id="automatic", tiling=tiling, rgb=layout.rgb,
+            contrast=(contrast[0], contrast[1]), store=EmbeddingStore(max_mb=0),
+        )
+    if isinstance(tiling, TiledEmbeddings) and tiling.is_tiled:
+        if settings.crop_n_layers > 0:
+            raise SettingsError(
+                "Crop layers cannot be combined with tiling (tiles already show SAM the image "
+                "at full resolution); set crop layers to 0 or turn tiling off."
+            )
+        return _tiled_segment_steps(tiling, layout, planes, settings)
     generator = SamAutomaticMaskGenerator(model, **settings.generator_kwargs())
     return _segment_steps(generator, data, layout, planes, contrast, settings)
 
@@ -350,6 +378,65 @@ def _segment_steps(
     )
 
 
+def _tiled_segment_steps(
+    embeddings: TiledEmbeddings,
+    layout: ImageLayout,
+    planes: list[int | None],
+    settings: AutoSettings,
+) -> Generator[SegmentProgress, None, SegmentationResult]:
+    """:func:`_segment_steps` for tiled planes (:func:`~.tiled_automatic.tiled_amg_plane`)."""
+    from napari_sam.workflows.tiled_automatic import tiled_amg_plane
+
+    labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
+    scores: dict[tuple[int | None, int], dict[str, float]] = {}
+    next_id, n_masks, per_plane, total = 1, 0, None, 0
+    for i, z in enumerate(planes):
+        steps = tiled_amg_plane(
+            embeddings, z, settings.generator_kwargs(),
+            max_area_fraction=settings.max_area_fraction, min_area=settings.min_area,
+        )
+        try:
+            while True:
+                event = next(steps)
+                if per_plane is None:
+                    per_plane = event.total
+                    total = per_plane * len(planes)
+                stage = event.stage if z is None else f"slice {z}: {event.stage}"
+                yield SegmentProgress(
+                    i * per_plane + event.done, total, stage, "steps", i, len(planes), z
+                )
+        except StopIteration as stop:
+            found = stop.value
+        finally:
+            steps.close()
+        n_masks += found.n_masks
+        plane = found.labels
+        n = len(found.predicted_iou)
+        if n:
+            plane[plane > 0] += np.uint32(next_id - 1)
+        for k in range(n):
+            scores[(z, next_id + k)] = {
+                "predicted_iou": float(found.predicted_iou[k]),
+                "stability_score": float(found.stability_score[k]),
+            }
+        next_id += n
+        if z is None:
+            labels[...] = plane
+        else:
+            labels[z] = plane
+    if layout.is_stack and settings.link_slices:
+        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
+        segmented = sorted(int(z) for z in planes)
+        labels, mapping = link_slices(labels, settings.link_iou, slices=segmented)
+        scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
+    return SegmentationResult(
+        labels=labels,
+        slices=None if not layout.is_stack else [int(z) for z in planes],
+        scores=scores,
+        n_masks=n_masks,
+    )
+
+
 def segment(
     model: Any,
     data: Any,
@@ -358,6 +445,7 @@ def segment(
     contrast_limits: Sequence[float] | None = None,
     settings: AutoSettings | None = None,
     slices: Sequence[int] | None = None,
+    tiling: Tiling | TiledEmbeddings | str | None = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
 ) -> SegmentationResult:
@@ -374,6 +462,7 @@ def segment(
         contrast_limits=contrast_limits,
         settings=settings,
         slices=slices,
+        tiling=tiling,
     )
     return drive(steps, progress, should_cancel, cancelled="Automatic segmentation was cancelled.")
 

@@ -40,7 +40,10 @@ decoder of its neighbour unless it lies in the neighbour's halo, and masks of
 the same object predicted from different contexts disagree along their
 overlap, which would leave seams or notches exactly at tile borders. One
 window, one prediction, no seam; the cost is one extra encoding, only for
-objects larger than the halo.
+objects larger than the halo. A window of an object's own spans at most four
+tiles' outer windows along each axis (4096 pixels with the default tiles; SAM
+sees it shrunk fourfold), and only the mask shown is brought to the window's
+full resolution (:func:`predict_chosen`).
 
 Masks are returned as :class:`TiledMask` (the window's mask and where the
 window lies, in image row/column coordinates); :func:`compose_tiled_preview`
@@ -63,7 +66,7 @@ import numpy as np
 from napari_sam.errors import Cancelled, PropagationError
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
 from napari_sam.workflows.embeddings import DiskCache, EmbeddingStore
-from napari_sam.workflows.interactive import ObjectMask, predict_objects
+from napari_sam.workflows.interactive import ObjectMask
 from napari_sam.workflows.prompts import ObjectPrompt
 from napari_sam.workflows.propagation import (
     MaskPrompt,
@@ -82,6 +85,7 @@ __all__ = [
     "TiledSlicePredictor",
     "compose_tiled_preview",
     "cut_sides",
+    "predict_chosen",
     "propagate_tiled",
     "route_object",
     "window_around",
@@ -91,6 +95,9 @@ __all__ = [
 MAX_GROW = 2
 #: Window corners are snapped to multiples of this many pixels (cache reuse).
 SNAP = 32
+#: A window of an object's own is at most this many tiles' outer windows along each axis
+#: (SAM then sees it shrunk this much; an object larger than that stays cut).
+MAX_WINDOW_FACTOR = 4
 #: A mask filling this fraction of its window is not grown (SAM found no boundary).
 FULL_WINDOW_FRACTION = 0.9
 
@@ -145,14 +152,16 @@ def object_extent(obj: ObjectPrompt) -> Window:
 def window_around(region: Window, grid: TileGrid, margin: Sequence[int] | None = None) -> Window:
     """A window holding ``region`` plus ``margin`` (default the halo) on each side.
 
-    At least as large as a tile's outer window, centred on the region, moved
-    inside the plane and snapped outwards to multiples of :data:`SNAP` pixels.
+    At least as large as a tile's outer window and at most
+    :data:`MAX_WINDOW_FACTOR` times as large along each axis, centred on the
+    region, moved inside the plane and snapped outwards to multiples of
+    :data:`SNAP` pixels.
     """
     h, w = grid.plane_shape
     my, mx = (max(16, grid.halo[0]), max(16, grid.halo[1])) if margin is None else margin
     min_h, min_w = grid.max_outer_shape
-    want_h = max(region.y1 - region.y0 + 2 * int(my), min_h)
-    want_w = max(region.x1 - region.x0 + 2 * int(mx), min_w)
+    want_h = min(max(region.y1 - region.y0 + 2 * int(my), min_h), MAX_WINDOW_FACTOR * min_h)
+    want_w = min(max(region.x1 - region.x0 + 2 * int(mx), min_w), MAX_WINDOW_FACTOR * min_w)
     cy = (region.y0 + region.y1) / 2.0
     cx = (region.x0 + region.x1) / 2.0
     y0 = int(np.floor(cy - want_h / 2.0))
@@ -330,6 +339,52 @@ def compose_tiled_preview(
 
 
 # --------------------------------------------------------------------------- prediction
+def predict_chosen(
+    predictor: Any, objects: Sequence[ObjectPrompt], multimask: bool = True, candidate: int = 0
+) -> list[ObjectMask]:
+    """:func:`~napari_sam.workflows.interactive.predict_objects`, upscaling only the shown mask.
+
+    The same masks and scores (bilinear upscaling treats each candidate on
+    its own), but only the candidate at rank ``candidate`` is brought to the
+    window's full resolution: a third of the float memory for a large window.
+    """
+    import torch
+
+    model = predictor.model
+    size = predictor.original_size
+    dev = predictor.device
+    results = []
+    for obj in objects:
+        points = boxes = None
+        if obj.point_coords is not None:
+            xy = predictor.transform.apply_coords(np.asarray(obj.point_coords, float), size)
+            points = (
+                torch.as_tensor(xy, dtype=torch.float, device=dev)[None],
+                torch.as_tensor(np.asarray(obj.point_labels), dtype=torch.int, device=dev)[None],
+            )
+        if obj.box is not None:
+            box = predictor.transform.apply_boxes(np.asarray(obj.box, float).reshape(1, 4), size)
+            boxes = torch.as_tensor(box, dtype=torch.float, device=dev)[None, :]
+        with torch.no_grad():
+            sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+            low_res, iou = model.mask_decoder(
+                image_embeddings=predictor.features,
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            scores = iou[0].detach().float().cpu().numpy()
+            order = np.argsort(-scores, kind="stable")
+            rank = int(candidate) % len(order)
+            i = int(order[rank])
+            logits = model.postprocess_masks(low_res[:, i : i + 1], predictor.input_size, size)
+            mask = (logits[0, 0] > model.mask_threshold).cpu().numpy()
+        results.append(ObjectMask(mask=mask, score=float(scores[i]), candidate=rank,
+                                  n_candidates=len(order)))
+    return results
+
+
 class TiledPromptPredictor:
     """Predict objects from prompts on the tiled planes of an image.
 
@@ -390,7 +445,7 @@ class TiledPromptPredictor:
         """
         embedding = self.embeddings.get(z, window, should_cancel)
         self.predictor.set_embedding(embedding)
-        return predict_objects(self.predictor, objects, multimask=multimask, candidate=candidate)
+        return predict_chosen(self.predictor, objects, multimask=multimask, candidate=candidate)
 
     def predict(
         self,

@@ -427,28 +427,33 @@ class Tiling:
 
 
 # --------------------------------------------------------------------------- tile -> SAM input
+#: Rows converted at once for large windows (bounds the float copies to a strip).
+_STRIP_ROWS = 256
+
+
 def minmax_to_uint8(pixels: np.ndarray, rgb: bool = False) -> np.ndarray:
     """micro-sam's conversion of one tile to SAM's ``(h, w, 3)`` uint8 input.
 
     Each channel is min–max normalised on its own in float32
     (``x -= min; x /= max + 1e-7; uint8(x * 255)``, truncated), grayscale
     repeated into three channels, an RGBA tile's alpha dropped; values that
-    are not finite become 0.
+    are not finite become 0. Large windows are converted in strips of rows
+    (the same values; float copies never exceed one strip).
     """
     arr = np.asarray(pixels)
-    if rgb:
-        arr = arr[..., :3]
-    else:
-        arr = arr[..., None]
-    x = arr.astype(np.float32)
-    x -= x.min(axis=(0, 1))[None, None]
-    x /= x.max(axis=(0, 1))[None, None] + np.float32(1e-7)
-    x *= np.float32(255)
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    out = x.astype(np.uint8)
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return np.ascontiguousarray(out)
+    arr = arr[..., :3] if rgb else arr[..., None]
+    lo = arr.min(axis=(0, 1)).astype(np.float32)
+    # max over pixels of float32(x - lo) is float32(max - lo): rounding is monotonic
+    span = arr.max(axis=(0, 1)).astype(np.float32) - lo + np.float32(1e-7)
+    out = np.empty((*arr.shape[:2], 3), dtype=np.uint8)
+    for r in range(0, arr.shape[0], _STRIP_ROWS):
+        x = arr[r : r + _STRIP_ROWS].astype(np.float32)
+        x -= lo
+        x /= span
+        x *= np.float32(255)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        out[r : r + _STRIP_ROWS] = x.astype(np.uint8)
+    return out
 
 
 def tile_to_sam_rgb(
@@ -460,8 +465,15 @@ def tile_to_sam_rgb(
     """One tile (or window) of a plane as SAM's ``(h, w, 3)`` uint8 RGB input.
 
     ``"contrast"``: :func:`~napari_sam.workflows.image.to_sam_rgb` with the
-    image's contrast limits; ``"minmax"``: :func:`minmax_to_uint8`.
+    image's contrast limits (strip by strip, so a large window is never
+    converted to floats as a whole); ``"minmax"``: :func:`minmax_to_uint8`.
     """
     if normalization == "minmax":
         return minmax_to_uint8(pixels, rgb=rgb)
-    return to_sam_rgb(pixels, contrast, rgb=rgb)
+    arr = np.asarray(pixels)
+    if arr.shape[0] <= _STRIP_ROWS or contrast is None:
+        return to_sam_rgb(arr, contrast, rgb=rgb)
+    out = np.empty((*arr.shape[:2], 3), dtype=np.uint8)
+    for r in range(0, arr.shape[0], _STRIP_ROWS):
+        out[r : r + _STRIP_ROWS] = to_sam_rgb(arr[r : r + _STRIP_ROWS], contrast, rgb=rgb)
+    return out

@@ -112,7 +112,7 @@ def oracle_generator(truth, **kwargs):
             comps, _ = ndimage.label(window > 0)
             out = _MaskStore.empty()
             for x, y in points:
-                lab = comps[int(round(y)), int(round(x))]
+                lab = comps[round(y), round(x)]
                 if lab == 0:
                     continue
                 mask = comps == lab
@@ -224,8 +224,8 @@ def test_segment_runs_sam_tile_by_tile(scene):
     assert any("tile 4 of 4" in e.stage for e in events)
     # a tiled stack, linked
     stack = np.stack([image, image])
-    linked = segment(sam, stack, settings=AutoSettings(**{**relaxed.as_dict(), "link_slices": True}),
-                     tiling=TILES)
+    linking = AutoSettings(**{**relaxed.as_dict(), "link_slices": True})
+    linked = segment(sam, stack, settings=linking, tiling=TILES)
     assert linked.slices == [0, 1] and linked.labels.shape == stack.shape
     # the tiles of an interactive session are reused
     session = TiledEmbeddings(sam, image, model_id="m", tiling=TILES)

@@ -54,7 +54,7 @@ def test_segment_tiles_a_large_tiff_by_itself(fast_model, large_tif, tmp_path, c
     model, args = fast_model
     calls = EncoderCalls(model)
     dst = tmp_path / "labels.tif"
-    code, out, err = run(capsys, "segment", large_tif, "-o", dst, *args, *RELAXED)
+    code, _, err = run(capsys, "segment", large_tif, "-o", dst, *args, *RELAXED)
     assert code == 0, err
     assert calls.planes == 3 * 2  # 768-pixel tiles: 3 rows x 2 columns
     assert read_tiff(dst).data.shape == (2100, 1300)
@@ -81,8 +81,8 @@ def test_segment_tiles_a_large_tiff_by_itself(fast_model, large_tif, tmp_path, c
 )
 def test_bad_tiling_options_are_one_line(fast_model, large_tif, tmp_path, capsys, flags, message):
     _, args = fast_model
-    code, out, err = run(capsys, "segment", large_tif, "-o", tmp_path / "x.tif", *args, *RELAXED,
-                         *flags)
+    code, _, err = run(capsys, "segment", large_tif, "-o", tmp_path / "x.tif", *args, *RELAXED,
+                       *flags)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("napari-sam: error: ") and message in lines[0]

@@ -118,7 +118,7 @@ def test_store_budget_is_respected(sam, plane):
     assert len(store) == 2 and store.nbytes <= store.max_bytes
 
 
-def test_cancel_during_precompute_keeps_finished_tiles_and_writes_nothing_half(sam, plane, tmp_path):
+def test_cancel_during_precompute_keeps_finished_tiles_and_nothing_half(sam, plane, tmp_path):
     disk = DiskCache(tmp_path / "cache")
     tiled = TiledEmbeddings(sam, plane, model_id="m", tiling=TILES, disk=disk, batch_size=1)
     events = []
@@ -176,7 +176,8 @@ def test_lazy_images_are_read_tile_by_tile(sam):
         assert z == 1
         assert (ys.stop - ys.start) * (xs.stop - xs.start) <= 640 * 640  # one outer window
     # dask works the same way
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
+
     tiled_dask = TiledEmbeddings(sam, da.from_array(stack, chunks=(1, 256, 256)), model_id="m",
                                  tiling=TILES, contrast=limits)
     a = tiled_dask.get(0, tiled_dask.grid.tile(3))

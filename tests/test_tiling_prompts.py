@@ -46,7 +46,8 @@ GRID = TileGrid((1200, 1000), (512, 512), (64, 64))
 
 
 def click(x, y, label=1):
-    return ObjectPrompt(point_coords=np.array([[float(x), float(y)]]), point_labels=np.array([label]))
+    xy = np.array([[float(x), float(y)]])
+    return ObjectPrompt(point_coords=xy, point_labels=np.array([label]))
 
 
 # --------------------------------------------------------------------------- routing

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from napari_sam.errors import PropagationError
 from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.workflows.embeddings import DiskCache
 from napari_sam.workflows.interactive import ObjectMask, compose_preview, predict_objects
 from napari_sam.workflows.prompts import ObjectPrompt
 from napari_sam.workflows.propagation import PropagationSettings, propagate_masks
@@ -292,3 +293,31 @@ def test_an_8192_plane_segments_with_bounded_memory():
     assert nbytes <= max_bytes
     assert largest <= 4096 * 4096
     assert growth_mb < 256, f"peak memory grew by {growth_mb:.0f} MiB"
+
+
+# --------------------------------------------------------------------------- a session
+def test_a_session_on_a_3000_by_2500_plane(tmp_path):
+    """What the widgets do, without napari: click by a border, commit, automatic run."""
+    from napari_sam.workflows.interactive import plan_commit
+    from napari_sam.workflows.labels import apply_plan
+    from napari_sam.workflows.segment import AutoSettings, segment
+
+    sam = fast_sam()
+    plane = np.random.default_rng(2).integers(100, 3000, (3000, 2500)).astype(np.uint16)
+    tiles = TiledEmbeddings(sam, plane, model_id="m", disk=tmp_path / "cache")
+    assert tiles.is_tiled and len(tiles.grid) == 4 * 4  # tiled by itself (> 2048 pixels)
+    predictor = TiledPromptPredictor(sam, tiles, max_grow=0)
+    obj = click(767, 1540)  # one pixel left of the border between tiles 8 and 9
+    assert predictor.windows_to_encode(None, [obj]) == [tiles.grid.tile(8).outer]
+    masks = predictor.predict(None, [obj])
+    preview = compose_tiled_preview(masks, plane.shape)
+    assert set(np.unique(preview)) == {0, 1}  # one object
+    labels = np.zeros(plane.shape, np.uint32)
+    labels = apply_plan(labels, plan_commit(labels, preview, next_id=1))
+    assert set(np.unique(labels)) == {0, 1}
+    assert tiles.encoded == 1 and len(DiskCache(tmp_path / "cache")) == 1
+    relaxed = AutoSettings(points_per_side=1, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    calls = EncoderCalls(sam)
+    result = segment(sam, plane, settings=relaxed, tiling=tiles)
+    assert calls.planes == 15  # the clicked tile is cached
+    assert result.labels.shape == plane.shape

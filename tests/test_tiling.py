@@ -126,7 +126,9 @@ def test_tile_larger_than_the_image_is_one_sentence():
 
 
 # --------------------------------------------------------------------------- tile -> SAM input
-@pytest.mark.parametrize("kind", ["uint16", "float", "uint8-rgb", "rgba", "constant"])
+@pytest.mark.parametrize(
+    "kind", ["uint16", "float", "uint8-rgb", "rgba", "two-channels", "constant", "tall"]
+)
 def test_minmax_matches_micro_sam(kind):
     """The micro-sam compatible normalization is micro-sam's ``_to_image``, bit for bit."""
     from micro_sam.util import _to_image
@@ -140,6 +142,10 @@ def test_minmax_matches_micro_sam(kind):
         tile, rgb = g.integers(10, 200, (40, 30, 3)).astype(np.uint8), True
     elif kind == "rgba":
         tile, rgb = g.integers(0, 4000, (40, 30, 4)).astype(np.uint16), True
+    elif kind == "two-channels":
+        tile, rgb = g.integers(0, 4000, (40, 30, 2)).astype(np.uint16), True
+    elif kind == "tall":  # converted in several strips of rows
+        tile, rgb = g.normal(100.0, 30.0, (700, 90)).astype(np.float32), False
     else:
         tile, rgb = np.full((20, 20), 7, np.uint16), False
     with warnings.catch_warnings():  # micro-sam warns that it drops the alpha channel
@@ -154,9 +160,9 @@ def test_minmax_matches_micro_sam(kind):
 
 def test_contrast_tiles_are_crops_of_the_whole_plane_conversion():
     """With the image's contrast limits, a tile is exactly the crop of the untiled input."""
-    plane = make_nuclei_2d(shape=(300, 260), n=12)
+    plane = make_nuclei_2d(shape=(700, 260), n=12)
     limits = (float(plane.min()), float(plane.max()))
     whole = to_sam_rgb(plane, limits)
-    for t in TileGrid(plane.shape, (128, 128), (16, 16)):
+    for t in TileGrid(plane.shape, (512, 128), (16, 16)):  # tall tiles: several strips
         tile = tile_to_sam_rgb(plane[t.outer.slices], limits)
         np.testing.assert_array_equal(tile, whole[t.outer.slices])

@@ -219,3 +219,28 @@ def test_tile_embeddings_equal_micro_sams(small_pair):
         means.append(want.mean(axis=(0, 2, 3)))
     # the tiles' embeddings differ (the comparison is not of one repeated answer)
     assert np.ptp(np.stack(means), axis=0).max() > 1e-3
+
+
+# --------------------------------------------------------------------------- nD and channels
+def test_images_with_more_axes_and_channels_are_tiled_plane_by_plane(sam):
+    from napari_sam.workflows.planes import ImagePlanes
+
+    g = np.random.default_rng(4)
+    movie = g.integers(0, 4000, (2, 3, 700, 600)).astype(np.uint16)  # (T, Z, Y, X)
+    tiled = TiledEmbeddings(sam, movie, model_id="m", tiling=TILES)
+    assert tiled.shape == movie.shape and len(tiled.slices) == 6 and tiled.slices[4] == (1, 1)
+    tile = tiled.grid.tile(3)
+    key = tiled.key((1, 2), tile)
+    assert key.slice == (1, 2) and key.data_hash == content_hash(movie[1, 2][tile.outer.slices])
+    # a channel axis with two channels chosen: each tile shows SAM exactly its crop of the plane
+    cells = g.integers(0, 3000, (700, 3, 600)).astype(np.uint16)  # (Y, C, X)
+    planes = ImagePlanes(cells, channel_axis=1, channels=[2, 0],
+                         contrast=[(0, 2500), (100, 3000)])
+    tiled = TiledEmbeddings(sam, planes, model_id="m", tiling=TILES)
+    whole = planes.sam_image(None)
+    for t in tiled.grid:
+        np.testing.assert_array_equal(tiled.sam_input(None, t), whole[t.outer.slices])
+    assert tiled.key(None, tile).channels == (2, 0)
+    assert tiled.key(None, tile).contrast == (0.0, 2500.0, 100.0, 3000.0)
+    with pytest.raises(Exception, match="brings its own channels"):
+        TiledEmbeddings(sam, planes, model_id="m", rgb=True)

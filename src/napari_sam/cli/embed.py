@@ -233,7 +233,7 @@ def _embed_tiled(
     n_planes = len(tiles.slices) if slices is None else len(slices)
     n = n_planes * len(tiles.grid)
     (th, tw), (hy, hx) = tiles.grid.tile_shape, tiles.grid.halo
-    planes = f"{n_planes} slice{'s' if n_planes != 1 else ''} x " if tiles.layout.is_stack else ""
+    planes = f"{n_planes} slice{'s' if n_planes != 1 else ''} x " if tiles.is_stack else ""
     print(
         f"{Path(args.input).name}: {planes}{len(tiles.grid)} tiles ({th}x{tw}, halo {hy}x{hx}), "
         f"{encoded} encoded, {n - encoded} already cached; model {tiles.model_id} on "

@@ -297,9 +297,9 @@ def segment_iter(
             model, data, model_id="automatic", tiling=tiling, rgb=layout.rgb,
             contrast=(contrast[0], contrast[1]), store=EmbeddingStore(max_mb=0),
         )
-    if isinstance(tiling, TiledEmbeddings) and tiling.layout.spatial_shape != layout.spatial_shape:
+    if isinstance(tiling, TiledEmbeddings) and tiling.shape != layout.spatial_shape:
         raise SettingsError(
-            f"The tile embeddings were made for an image of shape {tiling.layout.spatial_shape}, "
+            f"The tile embeddings were made for an image of shape {tiling.shape}, "
             f"not {layout.spatial_shape}; make them for this image."
         )
     if isinstance(tiling, TiledEmbeddings) and tiling.is_tiled:

@@ -37,28 +37,28 @@ import numpy as np
 from napari_sam.errors import Cancelled, ImageFormatError
 from napari_sam.runtime.files import content_hash
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
+from napari_sam.workflows.channels import channels_to_rgb
 from napari_sam.workflows.embeddings import (
     DiskCache,
     EmbeddingKey,
     EmbeddingStore,
     default_batch_size,
-    default_contrast_limits,
+    model_tag,
 )
-from napari_sam.workflows.image import image_layout
-from napari_sam.workflows.tiling import Tile, TileGrid, Tiling, Window, tile_to_sam_rgb
+from napari_sam.workflows.planes import ImagePlanes
+from napari_sam.workflows.tiling import (
+    Tile,
+    TileGrid,
+    Tiling,
+    Window,
+    minmax_to_uint8,
+    tile_to_sam_rgb,
+)
 
 if TYPE_CHECKING:
     from napari_sam.predictors.predictor import ImageEmbedding
 
-__all__ = ["TiledEmbeddings", "model_tag"]
-
-
-def model_tag(model: Any, model_id: str) -> str:
-    """``model_id``, plus the encoder precision when it is not float32 (as StackEmbeddings)."""
-    dtype = getattr(model, "encoder_dtype", None)
-    if dtype is None:
-        return str(model_id)
-    return f"{model_id}@{str(dtype).removeprefix('torch.')}"
+__all__ = ["TiledEmbeddings"]
 
 
 class TiledEmbeddings:
@@ -67,8 +67,12 @@ class TiledEmbeddings:
     Parameters
     ----------
     model : Sam
-    data : array ``(H, W)``, ``(H, W, 3|4)`` with ``rgb``, or ``(Z, H, W)``
-        numpy, dask or zarr; only the windows needed are read.
+    data : array or ImagePlanes
+        ``(H, W)``, ``(H, W, 3|4)`` with ``rgb``, ``(Z, H, W)``, any number of
+        leading axes (T, Z, ...), numpy, dask or zarr; only the windows needed
+        are read. An :class:`~napari_sam.workflows.planes.ImagePlanes` brings
+        its own channels and contrast limits (then ``rgb``, ``contrast``,
+        ``channel_axis`` and ``channels`` are not given).
     model_id : str
         Names the model and its weights (cache keys; see
         :meth:`~napari_sam.runtime.loader.LoadedModel.model_id`).
@@ -79,10 +83,13 @@ class TiledEmbeddings:
         untiled embedding).
     rgb : bool
         The last axis of ``data`` holds colour channels.
-    contrast : (low, high), optional
+    contrast : (low, high), or one pair per chosen channel, optional
         Contrast limits for the ``"contrast"`` normalization; default
         :func:`~napari_sam.workflows.embeddings.default_contrast_limits` of
-        ``data`` (what napari shows). Ignored with ``"minmax"``.
+        ``data`` (what napari shows). Not used with ``"minmax"``.
+    channel_axis, channels : optional
+        A multichannel image's channel axis and the 1–3 channels shown to SAM
+        (:class:`~napari_sam.workflows.planes.ImagePlanes`).
     store : EmbeddingStore, optional
         Memory store (its budget bounds the memory of all tiles); default a new one.
     disk : DiskCache, path or None
@@ -91,8 +98,14 @@ class TiledEmbeddings:
         Tiles per forward pass in :meth:`precompute` (default: 1 on a CPU,
         what fits on a CUDA GPU).
 
+    Planes are named as in :class:`~napari_sam.workflows.planes.ImagePlanes`:
+    ``None`` (or ``()``) for a 2D image, ``z`` for a stack, the full leading
+    index ``(t, z)`` for more leading axes.
+
     Attributes
     ----------
+    planes : ImagePlanes
+        The image as SAM sees it (channels, contrast limits).
     grid : TileGrid
         The tiles of every plane.
     encoded : int
@@ -109,14 +122,25 @@ class TiledEmbeddings:
         model_id: str,
         tiling: Tiling | TileGrid | str | None = "auto",
         rgb: bool = False,
-        contrast: Sequence[float] | None = None,
+        contrast: Any = None,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
         store: EmbeddingStore | None = None,
         disk: DiskCache | str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
     ) -> None:
-        shape = tuple(int(s) for s in getattr(data, "shape", ()))
-        self.layout = image_layout(shape, rgb=rgb, dtype=getattr(data, "dtype", None))
-        plane_shape = self.layout.plane_shape
+        if isinstance(data, ImagePlanes):
+            if rgb or contrast is not None or channel_axis is not None or channels is not None:
+                raise ImageFormatError(
+                    "An ImagePlanes brings its own channels and contrast limits; do not give "
+                    "rgb, contrast, channel_axis or channels with it."
+                )
+            self.planes = data
+        else:
+            self.planes = ImagePlanes(
+                data, rgb=rgb, contrast=contrast, channel_axis=channel_axis, channels=channels
+            )
+        plane_shape = self.planes.geometry.plane_shape
         if isinstance(tiling, TileGrid):
             if tuple(tiling.plane_shape) != plane_shape:
                 raise ImageFormatError(
@@ -133,15 +157,7 @@ class TiledEmbeddings:
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         self.model = model
-        self.data = data
-        self.rgb = bool(rgb)
         self.model_id = str(model_id)
-        if self.normalization == "minmax":
-            self.contrast: tuple[float, float] | None = None
-        else:
-            if contrast is None:
-                contrast = default_contrast_limits(data)
-            self.contrast = (float(contrast[0]), float(contrast[1]))
         self.store = store if store is not None else EmbeddingStore()
         self.disk = disk if isinstance(disk, DiskCache) or disk is None else DiskCache(disk)
         self.batch_size = int(batch_size) if batch_size else default_batch_size(model.device, model)
@@ -155,35 +171,57 @@ class TiledEmbeddings:
         return len(self.grid) > 1
 
     @property
-    def plane_shape(self) -> tuple[int, int]:
-        return self.layout.plane_shape
+    def shape(self) -> tuple[int, ...]:
+        """The label shape ``(*leading, H, W)``."""
+        return self.planes.geometry.shape
 
     @property
-    def slices(self) -> list[int | None]:
-        """The plane indices: ``[0 .. Z-1]`` for a stack, ``[None]`` for a 2D image."""
-        return list(range(self.layout.n_slices)) if self.layout.is_stack else [None]
+    def plane_shape(self) -> tuple[int, int]:
+        return self.planes.geometry.plane_shape
 
-    def _check_slice(self, z: int | None) -> int | None:
-        if self.layout.is_stack:
-            if z is None or not 0 <= int(z) < self.layout.n_slices:
-                raise ImageFormatError(
-                    f"Slice {z} does not exist; the stack has {self.layout.n_slices} slices."
-                )
-            return int(z)
-        return None
+    @property
+    def is_stack(self) -> bool:
+        """One leading axis (a 3D stack or a time series)."""
+        return self.planes.geometry.n_leading == 1
 
-    def pixels(self, z: int | None, window: Window | Tile) -> np.ndarray:
-        """The raw pixels of ``window`` of plane ``z`` (only these are read)."""
+    @property
+    def contrast(self) -> tuple[float, ...] | None:
+        """The contrast limits in the cache keys (None with ``"minmax"``)."""
+        return None if self.normalization == "minmax" else self.planes.contrast
+
+    @property
+    def slices(self) -> list[Any]:
+        """Every plane: ``[None]`` for a 2D image, ``[0 .. Z-1]`` for a stack, else index tuples."""
+        return [_plain(index) for index in self.planes.geometry.indices()]
+
+    def _index(self, z: Any) -> tuple[int, ...]:
+        return self.planes.geometry.check_index(z)
+
+    def pixels(self, z: Any, window: Window | Tile) -> np.ndarray:
+        """The raw pixels of ``window`` of plane ``z`` (only these are read).
+
+        ``(h, w)`` (grayscale), ``(h, w, 3|4)`` (RGB) or ``(k, h, w)`` (the
+        chosen channels, in slot order).
+        """
         if isinstance(window, Tile):
             window = window.outer
-        z = self._check_slice(z)
-        ys, xs = window.slices
-        index = (ys, xs) if z is None else (z, ys, xs)
-        return np.asarray(self.data[index])
+        index = (*self._index(z), *window.slices)
+        planes = self.planes
+        if planes.channels is None:
+            return np.asarray(planes.data[index])
+        return np.stack([np.asarray(planes.channel_data(c)[index]) for c in planes.channels])
 
-    def sam_input(self, z: int | None, window: Window | Tile) -> np.ndarray:
+    def sam_input(self, z: Any, window: Window | Tile) -> np.ndarray:
         """``window`` of plane ``z`` as SAM's ``(h, w, 3)`` uint8 input."""
-        return tile_to_sam_rgb(self.pixels(z, window), self.contrast, self.rgb, self.normalization)
+        return self._to_rgb(self.pixels(z, window))
+
+    def _to_rgb(self, raw: np.ndarray) -> np.ndarray:
+        planes = self.planes
+        if planes.channels is None:
+            return tile_to_sam_rgb(raw, planes.contrasts[0], planes.rgb, self.normalization)
+        if self.normalization == "minmax":
+            return minmax_to_uint8(np.moveaxis(raw, 0, -1), rgb=True)
+        return channels_to_rgb(list(raw), planes.contrasts)
 
     # ------------------------------------------------------------------ keys and lookups
     def key(
@@ -196,7 +234,11 @@ class TiledEmbeddings:
         if self.normalization == "minmax":
             digest = f"{digest}/minmax"
         return EmbeddingKey(
-            digest, self._check_slice(z), model_tag(self.model, self.model_id), self.contrast
+            digest,
+            self._index(z),
+            model_tag(self.model, self.model_id),
+            self.contrast,
+            self.planes.channels,
         )
 
     def cached(
@@ -235,7 +277,7 @@ class TiledEmbeddings:
         key = self.key(z, window, pixels)
         emb = self.cached(z, window, key)
         if emb is None:
-            image = tile_to_sam_rgb(pixels, self.contrast, self.rgb, self.normalization)
+            image = self._to_rgb(pixels)
             emb = encode_plane(self.model, image, (0.0, 255.0), True, should_cancel)
             self.encoded += 1
             self.forward_passes += 1
@@ -326,9 +368,7 @@ class TiledEmbeddings:
 
             pixels = [self.pixels(z, tile) for z, tile in batch]
             keys = [self.key(z, tile, p) for (z, tile), p in zip(batch, pixels)]
-            images = [
-                tile_to_sam_rgb(p, self.contrast, self.rgb, self.normalization) for p in pixels
-            ]
+            images = [self._to_rgb(p) for p in pixels]
             embeddings = embed_images(self.model, images, batch_size=len(images), fallback=False)
             self.encoded += len(batch)
             self.forward_passes += 1
@@ -350,10 +390,10 @@ class TiledEmbeddings:
         return total
 
     # ------------------------------------------------------------------ internals
-    def _slices(self, slices: Iterable[int | None] | None) -> list[int | None]:
+    def _slices(self, slices: Iterable[Any] | None) -> list[Any]:
         if slices is None:
             return self.slices
-        return [self._check_slice(z) for z in slices]
+        return [_plain(self._index(z)) for z in slices]
 
     def _run(self, items: Sequence[Any], process: Callable[[Sequence[Any]], Any], **kw: Any):
         from napari_sam.runtime.memory import run_batches
@@ -377,3 +417,10 @@ class TiledEmbeddings:
             self.store.put(key, emb)
         if self.disk is not None:
             self.disk.put(key, emb)
+
+
+def _plain(index: tuple[int, ...]) -> Any:
+    """A plane index as users write it: None (2D), z (a stack) or the tuple."""
+    if not index:
+        return None
+    return index[0] if len(index) == 1 else index

@@ -43,7 +43,8 @@ window, one prediction, no seam; the cost is one extra encoding, only for
 objects larger than the halo. A window of an object's own spans at most four
 tiles' outer windows along each axis (4096 pixels with the default tiles; SAM
 sees it shrunk fourfold), and only the mask shown is brought to the window's
-full resolution (:func:`predict_chosen`).
+full resolution
+(:func:`~napari_sam.workflows.interactive.predict_objects_batched`).
 
 Masks are returned as :class:`TiledMask` (the window's mask and where the
 window lies, in image row/column coordinates); :func:`compose_tiled_preview`
@@ -57,7 +58,7 @@ is made.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ import numpy as np
 from napari_sam.errors import Cancelled, PropagationError
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
 from napari_sam.workflows.embeddings import DiskCache, EmbeddingStore
-from napari_sam.workflows.interactive import ObjectMask
+from napari_sam.workflows.interactive import ObjectMask, PredictionCache, predict_objects_batched
 from napari_sam.workflows.prompts import ObjectPrompt
 from napari_sam.workflows.propagation import (
     MaskPrompt,
@@ -85,7 +86,6 @@ __all__ = [
     "TiledSlicePredictor",
     "compose_tiled_preview",
     "cut_sides",
-    "predict_chosen",
     "propagate_tiled",
     "route_object",
     "window_around",
@@ -246,6 +246,8 @@ class TiledMask:
         The tile whose embedding was used, or None for a window of the object's own.
     grown : int
         How many times the window was grown because the mask was cut at its edge.
+    stability : float or None
+        SAM's stability score of the mask.
     """
 
     mask: np.ndarray
@@ -255,6 +257,7 @@ class TiledMask:
     n_candidates: int = 1
     tile: int | None = None
     grown: int = 0
+    stability: float | None = None
 
     def full(self, plane_shape: Sequence[int]) -> np.ndarray:
         """The mask as a ``(H, W)`` bool plane (allocates a full plane)."""
@@ -339,52 +342,6 @@ def compose_tiled_preview(
 
 
 # --------------------------------------------------------------------------- prediction
-def predict_chosen(
-    predictor: Any, objects: Sequence[ObjectPrompt], multimask: bool = True, candidate: int = 0
-) -> list[ObjectMask]:
-    """:func:`~napari_sam.workflows.interactive.predict_objects`, upscaling only the shown mask.
-
-    The same masks and scores (bilinear upscaling treats each candidate on
-    its own), but only the candidate at rank ``candidate`` is brought to the
-    window's full resolution: a third of the float memory for a large window.
-    """
-    import torch
-
-    model = predictor.model
-    size = predictor.original_size
-    dev = predictor.device
-    results = []
-    for obj in objects:
-        points = boxes = None
-        if obj.point_coords is not None:
-            xy = predictor.transform.apply_coords(np.asarray(obj.point_coords, float), size)
-            points = (
-                torch.as_tensor(xy, dtype=torch.float, device=dev)[None],
-                torch.as_tensor(np.asarray(obj.point_labels), dtype=torch.int, device=dev)[None],
-            )
-        if obj.box is not None:
-            box = predictor.transform.apply_boxes(np.asarray(obj.box, float).reshape(1, 4), size)
-            boxes = torch.as_tensor(box, dtype=torch.float, device=dev)[None, :]
-        with torch.no_grad():
-            sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-            low_res, iou = model.mask_decoder(
-                image_embeddings=predictor.features,
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-            scores = iou[0].detach().float().cpu().numpy()
-            order = np.argsort(-scores, kind="stable")
-            rank = int(candidate) % len(order)
-            i = int(order[rank])
-            logits = model.postprocess_masks(low_res[:, i : i + 1], predictor.input_size, size)
-            mask = (logits[0, 0] > model.mask_threshold).cpu().numpy()
-        results.append(ObjectMask(mask=mask, score=float(scores[i]), candidate=rank,
-                                  n_candidates=len(order)))
-    return results
-
-
 class TiledPromptPredictor:
     """Predict objects from prompts on the tiled planes of an image.
 
@@ -396,18 +353,28 @@ class TiledPromptPredictor:
         The tiles, caches and contrast of the image.
     max_grow : int
         How often a cut object's window may be grown (:data:`MAX_GROW`).
+    cache : PredictionCache, optional
+        Masks already predicted, by window embedding and prompts: objects whose
+        prompts did not change since the last prediction are not decoded again.
 
     Use :meth:`windows_to_encode` on the main thread to know what a prediction
     will encode (e.g. to say "encoding 2 tiles"), and :meth:`predict` in a
     worker thread.
     """
 
-    def __init__(self, model: Any, embeddings: TiledEmbeddings, max_grow: int = MAX_GROW) -> None:
+    def __init__(
+        self,
+        model: Any,
+        embeddings: TiledEmbeddings,
+        max_grow: int = MAX_GROW,
+        cache: PredictionCache | None = None,
+    ) -> None:
         from napari_sam.predictors.predictor import SamPredictor
 
         self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
         self.embeddings = embeddings
         self.max_grow = int(max_grow)
+        self.cache = cache
 
     @property
     def grid(self) -> TileGrid:
@@ -441,11 +408,17 @@ class TiledPromptPredictor:
     ) -> list[ObjectMask]:
         """SAM's masks for ``objects`` (prompts in window coordinates) in one window.
 
-        The window's embedding is taken from the caches or encoded now.
+        The window's embedding is taken from the caches or encoded now; the
+        objects are decoded together
+        (:func:`~napari_sam.workflows.interactive.predict_objects_batched`).
         """
         embedding = self.embeddings.get(z, window, should_cancel)
         self.predictor.set_embedding(embedding)
-        return predict_chosen(self.predictor, objects, multimask=multimask, candidate=candidate)
+        key = self.embeddings.key(z, window) if self.cache is not None else None
+        return predict_objects_batched(
+            self.predictor, objects, multimask=multimask, candidate=candidate,
+            cache=self.cache, cache_key=key,
+        )
 
     def predict(
         self,
@@ -500,6 +473,7 @@ class TiledPromptPredictor:
                         mask=m.mask, window=window, score=m.score, candidate=m.candidate,
                         n_candidates=m.n_candidates,
                         tile=None if tile is None else tile.index, grown=grown[i],
+                        stability=m.stability,
                     )
                 done += 1
             if step == self.max_grow:
@@ -534,10 +508,21 @@ class TiledSlicePredictor:
     when cut); one mask per object (no multimask). Low-resolution logits are
     specific to a tile, so none are returned (the ``use_mask`` prompt is not
     available on tiled stacks).
+
+    ``index_of`` maps the walk's slice number to the plane's index in
+    ``embeddings`` for images with more leading axes (e.g. ``lambda k: (t, k)``
+    to walk along z at time point ``t``); by default the slice number is the index.
     """
 
-    def __init__(self, model: Any, embeddings: TiledEmbeddings, max_grow: int = MAX_GROW) -> None:
+    def __init__(
+        self,
+        model: Any,
+        embeddings: TiledEmbeddings,
+        max_grow: int = MAX_GROW,
+        index_of: Callable[[int], Any] | None = None,
+    ) -> None:
         self.tiled = TiledPromptPredictor(model, embeddings, max_grow=max_grow)
+        self.index_of = index_of
 
     def __call__(self, z: int, prompts: list[MaskPrompt]) -> tuple[np.ndarray, np.ndarray, Any]:
         h, w = self.tiled.embeddings.plane_shape
@@ -548,7 +533,8 @@ class TiledSlicePredictor:
                 obj.point_coords = np.asarray(pr.point, dtype=float).reshape(1, 2)
                 obj.point_labels = np.ones(1, dtype=int)
             objects.append(obj)
-        results = self.tiled.predict(z, objects, multimask=False)
+        index = z if self.index_of is None else self.index_of(z)
+        results = self.tiled.predict(index, objects, multimask=False)
         masks = np.zeros((len(results), h, w), dtype=bool)
         for j, res in enumerate(results):
             masks[j][res.window.slices] = res.mask
@@ -607,7 +593,7 @@ def propagate_tiled(
             store=store,
             disk=disk,
         )
-    if not embeddings.layout.is_stack:
+    if not embeddings.is_stack:
         raise PropagationError("Propagation needs a 3D stack (Z, Y, X).")
     seeds = np.asarray(masks)
     if seeds.ndim in (2, 3) and seeds.shape[-2:] != embeddings.plane_shape:
@@ -619,7 +605,7 @@ def propagate_tiled(
         TiledSlicePredictor(model, embeddings),
         masks,
         z,
-        embeddings.layout.n_slices,
+        embeddings.shape[0],
         z_range=z_range,
         settings=settings,
         progress=progress,

@@ -436,23 +436,27 @@ def minmax_to_uint8(pixels: np.ndarray, rgb: bool = False) -> np.ndarray:
 
     Each channel is min–max normalised on its own in float32
     (``x -= min; x /= max + 1e-7; uint8(x * 255)``, truncated), grayscale
-    repeated into three channels, an RGBA tile's alpha dropped; values that
-    are not finite become 0. Large windows are converted in strips of rows
-    (the same values; float copies never exceed one strip).
+    repeated into three channels, an RGBA tile's alpha dropped; with ``rgb``,
+    ``(h, w, k)`` channels-last pixels of 1 (repeated) or 2 (blue left 0)
+    channels are accepted too. Values that are not finite become 0. Large
+    windows are converted in strips of rows (the same values; float copies
+    never exceed one strip).
     """
     arr = np.asarray(pixels)
     arr = arr[..., :3] if rgb else arr[..., None]
+    k = arr.shape[-1]
     lo = arr.min(axis=(0, 1)).astype(np.float32)
     # max over pixels of float32(x - lo) is float32(max - lo): rounding is monotonic
     span = arr.max(axis=(0, 1)).astype(np.float32) - lo + np.float32(1e-7)
-    out = np.empty((*arr.shape[:2], 3), dtype=np.uint8)
+    out = np.zeros((*arr.shape[:2], 3), dtype=np.uint8)
     for r in range(0, arr.shape[0], _STRIP_ROWS):
         x = arr[r : r + _STRIP_ROWS].astype(np.float32)
         x -= lo
         x /= span
         x *= np.float32(255)
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        out[r : r + _STRIP_ROWS] = x.astype(np.uint8)
+        # one channel fills all three slots; two leave blue at 0 (micro-sam's rule)
+        out[r : r + _STRIP_ROWS, :, : 2 if k == 2 else 3] = x.astype(np.uint8)
     return out
 
 

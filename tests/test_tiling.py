@@ -84,6 +84,15 @@ def test_auto_tiles_only_planes_above_the_threshold():
     assert Tiling.coerce(True).mode == "on"
 
 
+def test_settings_round_trip_as_json():
+    import json
+
+    tiling = Tiling.on((512, 640), (32, 64), normalization="minmax")
+    assert Tiling.coerce(json.loads(json.dumps(tiling.as_dict()))) == tiling
+    with pytest.raises(SettingsError, match="Unknown tiling setting: tile"):
+        Tiling.coerce({"tile": 512})
+
+
 def test_on_tiles_any_plane_larger_than_a_tile():
     on = Tiling.on((256, 256), (32, 32))
     assert len(on.grid((300, 200))) == 2  # taller than a tile: two tiles

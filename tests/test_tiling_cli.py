@@ -114,3 +114,28 @@ def test_embed_precomputes_every_tile_and_resumes(fast_model, large_tif, tmp_pat
     tifffile.imwrite(small, stack[0])
     code, _, err = run(capsys, "embed", small, "-o", tmp_path / "emb3", *args, "--quiet")
     assert code == 1 and "needs a grayscale 3D stack" in err
+
+
+def test_tiling_options_travel_in_batch_recipes(fast_model, large_tif):
+    """The options become JSON in the recipe (manifests, cluster workers) and reach segment()."""
+    import argparse
+    import json
+
+    from napari_sam.cli.tile_options import tiling_options
+    from napari_sam.workflows.batch import Recipe
+    from napari_sam.workflows.segment import AutoSettings, segment
+    from napari_sam.workflows.tiling import Tiling
+
+    model, _ = fast_model
+    default = argparse.Namespace(tile_shape=None, halo=None, no_tiling=False)
+    assert tiling_options(default) == ()
+    asked = argparse.Namespace(tile_shape=[1024, 1024], halo=[64, 64], no_tiling=False)
+    options = tiling_options(asked)
+    assert json.loads(json.dumps(options[0][1])) == options[0][1]
+    recipe = Recipe(settings=AutoSettings(points_per_side=1), options=options)
+    assert recipe.identity() != Recipe(settings=AutoSettings(points_per_side=1)).identity()
+    assert Tiling.coerce(recipe.kwargs()["tiling"]) == Tiling.on((1024, 1024), (64, 64))
+    calls = EncoderCalls(model)
+    plane = read_tiff(large_tif).data
+    segment(model, plane, settings=recipe.settings, **recipe.kwargs())
+    assert calls.planes == 3 * 2

@@ -24,6 +24,7 @@ __all__ = [
     "MaskRecordError",
     "ModelTypeMismatchError",
     "NapariSamError",
+    "NoDecoderError",
     "OutOfMemoryError",
     "OutputFileError",
     "PromptError",
@@ -108,6 +109,10 @@ class UnknownModelTypeError(NapariSamError, ValueError):
 
 class WeightsDownloadError(NapariSamError, RuntimeError):
     """Model weights could not be downloaded or failed verification."""
+
+
+class NoDecoderError(NapariSamError, ValueError):
+    """Automatic instance segmentation (AIS) was asked of a model without an instance decoder."""
 
 
 # --------------------------------------------------------------------------- devices

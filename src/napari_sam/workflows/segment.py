@@ -1,5 +1,16 @@
 """Automatic segmentation of a 2D image or of every slice of a 3D stack.
 
+Two modes (``mode=``):
+
+- ``"amg"``: SAM's automatic mask generator, prompted with a grid of points
+  (steps 1-3 below); works with every SAM model.
+- ``"ais"``: automatic instance segmentation with micro-sam's instance decoder
+  (:mod:`napari_sam.workflows.ais`): one encoder and one decoder pass per plane,
+  then a seeded watershed; needs a model with a decoder (micro-sam's models).
+- ``"auto"`` (default): ``"ais"`` when the model has a decoder, else ``"amg"``.
+
+Step 4 (ids per slice, linking) is the same for both.
+
 The logic that the ``napari-sam segment`` command and the napari widget
 "Automatic segmentation (SAM)" share:
 
@@ -49,16 +60,57 @@ import numpy as np
 
 from napari_sam.errors import SettingsError
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
+from napari_sam.workflows.ais import (
+    STAGES,
+    AISSettings,
+    decoder_of,
+    no_decoder_error,
+    segment_plane_steps,
+)
 from napari_sam.workflows.image import ImageLayout, get_plane, image_layout, to_sam_rgb
 
 __all__ = [
+    "MODES",
+    "AISSettings",
     "AutoSettings",
     "SegmentProgress",
     "SegmentationResult",
     "link_slices",
+    "resolve_mode",
     "segment",
     "segment_iter",
 ]
+
+#: Automatic segmentation modes: ``"auto"`` (AIS if the model has a decoder, else the
+#: grid), ``"ais"`` (instance decoder), ``"amg"`` (grid of point prompts).
+MODES = ("auto", "ais", "amg")
+
+
+def resolve_mode(mode: str, model: Any = None, decoder: Any = None) -> str:
+    """``"ais"`` or ``"amg"``: what ``mode`` means for a model (and decoder).
+
+    ``model`` may be a :class:`~napari_sam.runtime.loader.LoadedModel` (its
+    ``decoder`` counts) or a bare SAM with ``decoder`` given separately.
+
+    Raises
+    ------
+    SettingsError
+        For an unknown mode.
+    NoDecoderError
+        For ``"ais"`` with a model that has no instance decoder (the sentence names
+        the models that have one).
+    """
+    name = mode.strip().lower() if isinstance(mode, str) else mode
+    if name not in MODES:
+        raise SettingsError(
+            f"The automatic segmentation mode must be one of {', '.join(MODES)}, not {mode!r}."
+        )
+    has_decoder = decoder_of(model, decoder) is not None
+    if name == "auto":
+        return "ais" if has_decoder else "amg"
+    if name == "ais" and not has_decoder:
+        raise no_decoder_error(getattr(model, "name", None))
+    return name
 
 
 @dataclass(frozen=True)
@@ -198,15 +250,19 @@ class SegmentationResult:
     slices : list of int or None
         The segmented slices of a stack (``None`` for a 2D image).
     scores : dict ``(slice or None, label) -> {"predicted_iou", "stability_score"}``
-        SAM's scores of each object's mask.
+        SAM's scores of each object's mask (grid mode; empty for AIS).
     n_masks : int
-        Masks SAM proposed (before the area filters and overlaps).
+        Masks SAM proposed (before the area filters and overlaps); for AIS, the
+        objects the watershed found before the size filter.
+    mode : str
+        ``"amg"`` (grid of point prompts) or ``"ais"`` (instance decoder).
     """
 
     labels: np.ndarray
     slices: list[int] | None
     scores: dict[tuple[int | None, int], dict[str, float]] = field(default_factory=dict)
     n_masks: int = 0
+    mode: str = "amg"
 
     @property
     def n_objects(self) -> int:
@@ -223,13 +279,20 @@ def segment_iter(
     contrast_limits: Sequence[float] | None = None,
     settings: AutoSettings | None = None,
     slices: Sequence[int] | None = None,
+    mode: str = "auto",
+    ais_settings: AISSettings | None = None,
+    decoder: Any = None,
+    store: Any = None,
+    disk: Any = None,
+    model_id: str | None = None,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment every object of a 2D image or of (some) slices of a 3D stack.
 
     Parameters
     ----------
-    model : Sam
-        The SAM model (any device).
+    model : Sam or LoadedModel
+        The SAM model (any device); a :class:`~napari_sam.runtime.loader.LoadedModel`
+        brings its instance decoder and its weights' identity (``model_id``).
     data : array-like
         ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, or ``(Z, Y, X)``; numpy, dask or
         zarr (read one plane at a time).
@@ -239,8 +302,19 @@ def segment_iter(
         Mapped to black and white for SAM; default: the limits napari gives a
         newly opened image (:func:`napari_sam.workflows.embeddings.default_contrast_limits`).
     settings : AutoSettings, optional
+        Grid-mode settings; ``link_slices`` and ``link_iou`` apply to both modes.
     slices : sequence of int, optional
         For a stack, the slices to segment (default: all).
+    mode : ``"auto"``, ``"ais"`` or ``"amg"``
+        See :func:`resolve_mode` (``"auto"``: AIS when there is a decoder).
+    ais_settings : AISSettings, optional
+        AIS post-processing (micro-sam's defaults).
+    decoder : InstanceDecoder, optional
+        The instance decoder, for a bare SAM ``model``.
+    store, disk : EmbeddingStore, DiskCache, optional
+        AIS looks embeddings up there first and keeps new ones (needs ``model_id``).
+    model_id : str, optional
+        The weights' identity for the cache keys (default: the LoadedModel's).
 
     Returns
     -------
@@ -250,12 +324,19 @@ def segment_iter(
 
     Raises
     ------
-    ImageFormatError, SettingsError, SettingsError
+    ImageFormatError, SettingsError, NoDecoderError
     """
     from napari_sam.predictors.automatic import SamAutomaticMaskGenerator
 
     settings = settings or AutoSettings()
     settings.check()
+    mode = resolve_mode(mode, model, decoder)
+    ais_settings = ais_settings or AISSettings()
+    if mode == "ais":
+        ais_settings.check()
+    sam = getattr(model, "sam", model)
+    if model_id is None:
+        model_id = getattr(model, "model_id", None)
     layout = image_layout(data.shape, rgb=rgb, dtype=data.dtype)
     if layout.is_stack:
         if slices is None:
@@ -275,8 +356,68 @@ def segment_iter(
 
         contrast_limits = default_contrast_limits(data)
     contrast = tuple(float(c) for c in contrast_limits)
-    generator = SamAutomaticMaskGenerator(model, **settings.generator_kwargs())
+    if mode == "ais":
+        cache = {"model_id": model_id, "store": store, "disk": disk}
+        return _ais_steps(
+            sam, decoder_of(model, decoder), data, layout, planes, contrast, settings,
+            ais_settings, cache,
+        )
+    generator = SamAutomaticMaskGenerator(sam, **settings.generator_kwargs())
     return _segment_steps(generator, data, layout, planes, contrast, settings)
+
+
+def _ais_steps(
+    sam: Any,
+    decoder: Any,
+    data: Any,
+    layout: ImageLayout,
+    planes: list[int | None],
+    contrast: tuple[float, ...],
+    settings: AutoSettings,
+    ais: AISSettings,
+    cache: dict[str, Any],
+) -> Generator[SegmentProgress, None, SegmentationResult]:
+    labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
+    next_id = 1
+    n_found = 0
+    per_plane = len(STAGES)
+    total = per_plane * len(planes)
+    for i, z in enumerate(planes):
+        steps = segment_plane_steps(
+            sam, decoder, get_plane(data, layout, z), contrast, ais, rgb=layout.rgb, slice=z,
+            **cache,
+        )
+        try:
+            j = 0
+            while True:
+                stage = next(steps)
+                stage = stage if z is None else f"slice {z}: {stage}"
+                yield SegmentProgress(i * per_plane + j, total, stage, "steps", i, len(planes), z)
+                j += 1
+        except StopIteration as stop:
+            plane, found = stop.value
+        finally:
+            steps.close()
+        n_found += found
+        n = int(plane.max()) if plane.size else 0
+        if n:
+            plane[plane > 0] += np.uint32(next_id - 1)
+        next_id += n
+        if z is None:
+            labels[...] = plane
+        else:
+            labels[z] = plane
+    scores: dict[tuple[int | None, int], dict[str, float]] = {}
+    if layout.is_stack and settings.link_slices:
+        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
+        labels, _ = link_slices(labels, settings.link_iou, slices=sorted(int(z) for z in planes))
+    return SegmentationResult(
+        labels=labels,
+        slices=None if not layout.is_stack else [int(z) for z in planes],
+        scores=scores,
+        n_masks=n_found,
+        mode="ais",
+    )
 
 
 def _segment_steps(
@@ -359,6 +500,12 @@ def segment(
     slices: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    mode: str = "auto",
+    ais_settings: AISSettings | None = None,
+    decoder: Any = None,
+    store: Any = None,
+    disk: Any = None,
+    model_id: str | None = None,
 ) -> SegmentationResult:
     """Like :func:`segment_iter`, run to the end.
 
@@ -373,6 +520,12 @@ def segment(
         contrast_limits=contrast_limits,
         settings=settings,
         slices=slices,
+        mode=mode,
+        ais_settings=ais_settings,
+        decoder=decoder,
+        store=store,
+        disk=disk,
+        model_id=model_id,
     )
     return drive(steps, progress, should_cancel, cancelled="Automatic segmentation was cancelled.")
 

@@ -21,8 +21,8 @@ from napari_sam.errors import (
 )
 
 _SEGMENT_DESCRIPTION = """\
-Find every object (cells, nuclei, ...) in an image with SAM's automatic mask
-generator and save them as a label image: a TIFF of the same height and width
+Find every object (cells, nuclei, ...) in an image and save them as a label
+image: a TIFF of the same height and width
 (and number of slices) as the input, where the background is 0 and each object
 has its own number (1, 2, 3, ...). Fiji, napari and most analysis tools open it.
 
@@ -35,8 +35,15 @@ Several INPUTs, or a folder of TIFFs, are written into the OUTPUT folder as
 SAM sees the image with the contrast napari shows for a newly opened image
 (its minimum to its maximum) unless --contrast is given.
 
+Two ways to find objects (--mode): "ais", micro-sam's automatic instance
+segmentation (a decoder on SAM's image features, then a watershed: one pass per
+image, seconds on a CPU; needs a model with a decoder, e.g. --model vit_b_lm),
+or "amg", SAM's automatic mask generator (a grid of point prompts; any model).
+The default "auto" takes AIS when the model has a decoder, the grid otherwise.
+
 examples:
   napari-sam segment cells.tif -o cells_labels.tif
+  napari-sam segment cells.tif -o cells_labels.tif --model vit_b_lm      (AIS)
   napari-sam segment stack.tif -o stack_labels.tif --link-slices --coco stack.json
   napari-sam segment images/ -o labels/ --model vit_b --device cuda
   napari-sam segment nuclei.tif -o out.tif --model vit_b --checkpoint my_sam.pth
@@ -50,9 +57,13 @@ leaves no half-written output file.
 
 
 def add(subparsers: Any) -> None:
-    from napari_sam.workflows.segment import AutoSettings
+    from napari_sam.runtime.weights import CHECKPOINTS
+    from napari_sam.workflows.ais import AISSettings
+    from napari_sam.workflows.segment import MODES, AutoSettings
 
     d = AutoSettings()
+    a = AISSettings()
+    micro_sam = [name for name, info in CHECKPOINTS.items() if info.decoder is not None]
     parser = add_subcommand(
         subparsers,
         "segment",
@@ -82,9 +93,11 @@ def add(subparsers: Any) -> None:
     group.add_argument(
         "--model",
         default="auto",
-        choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h"],
+        choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h", *micro_sam],
+        metavar="MODEL",
         help="SAM model: vit_t (MobileSAM, fastest), vit_b, vit_l, vit_h (largest, most "
-        "accurate); auto (default) = vit_t on a CPU, vit_b on a GPU",
+        "accurate); auto (default) = vit_t on a CPU, vit_b on a GPU; or one of micro-sam's "
+        f"models for microscopy, which have an AIS decoder: {', '.join(micro_sam)}",
     )
     group.add_argument(
         "--checkpoint",
@@ -100,9 +113,51 @@ def add(subparsers: Any) -> None:
         help="auto (default: GPU if there is one), cpu, cuda, cuda:N or mps",
     )
     add_speed_options(group)
+    group.add_argument(
+        "--mode",
+        default="auto",
+        choices=list(MODES),
+        help="ais: micro-sam's instance decoder + watershed (needs a model with a decoder); "
+        "amg: SAM's grid of point prompts; auto (default): ais if the model has a decoder",
+    )
+    group.add_argument(
+        "--decoder",
+        metavar="PATH",
+        default=None,
+        help="an AIS decoder file (micro-sam's *_decoder.pt) for a model of the same size",
+    )
 
     group = parser.add_argument_group(
-        "what counts as an object",
+        "AIS (--mode ais)",
+        "micro-sam's defaults; lower distance thresholds split touching objects less often.",
+    )
+    group.add_argument(
+        "--center-distance-thresh",
+        type=float,
+        default=a.center_distance_threshold,
+        metavar="X",
+        help=f"seeds where the predicted distance to the object centre is below X "
+        f"(0-1, default {a.center_distance_threshold})",
+    )
+    group.add_argument(
+        "--boundary-distance-thresh",
+        type=float,
+        default=a.boundary_distance_threshold,
+        metavar="X",
+        help=f"... and the predicted distance map to the boundary is below X "
+        f"(0-1, default {a.boundary_distance_threshold})",
+    )
+    group.add_argument(
+        "--foreground-thresh",
+        type=float,
+        default=a.foreground_threshold,
+        metavar="X",
+        help=f"pixels with a foreground probability above X belong to objects "
+        f"(0-1, default {a.foreground_threshold})",
+    )
+
+    group = parser.add_argument_group(
+        "what counts as an object (grid mode)",
         "Lower thresholds give more (and poorer) objects; higher ones fewer, cleaner ones.",
     )
     group.add_argument(
@@ -148,10 +203,10 @@ def add(subparsers: Any) -> None:
     group.add_argument(
         "--min-area",
         type=int,
-        default=d.min_area,
+        default=None,
         metavar="N",
-        help=f"drop objects smaller than N pixels, and fill holes smaller than that "
-        f"(default {d.min_area})",
+        help=f"drop objects smaller than N pixels (grid mode: also fill holes smaller than "
+        f"that); default {d.min_area} for the grid, {a.min_size} for AIS (micro-sam's)",
     )
     group.add_argument(
         "--max-area",
@@ -243,15 +298,23 @@ def _run_segment(args: argparse.Namespace) -> int:
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows import io
-    from napari_sam.workflows.segment import AutoSettings, segment
+    from napari_sam.workflows.ais import AISSettings
+    from napari_sam.workflows.segment import AutoSettings, resolve_mode, segment
 
+    ais_settings = AISSettings(
+        center_distance_threshold=args.center_distance_thresh,
+        boundary_distance_threshold=args.boundary_distance_thresh,
+        foreground_threshold=args.foreground_thresh,
+        min_size=AISSettings().min_size if args.min_area is None else args.min_area,
+    )
+    ais_settings.check()
     settings = AutoSettings(
         points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
         box_nms_thresh=args.box_nms_thresh,
         crop_n_layers=args.crop_layers,
-        min_area=args.min_area,
+        min_area=AutoSettings().min_area if args.min_area is None else args.min_area,
         max_area_fraction=args.max_area,
         link_slices=args.link_slices,
         link_iou=args.link_iou,
@@ -271,7 +334,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     single = len(jobs) == 1
-    sam = None
+    model = None
     coco = io.CocoWriter() if coco_path is not None else None
     tables = segment_channels.TableWriter(extra.table) if extra.table else None
     failed: list[str] = []
@@ -289,15 +352,17 @@ def _run_segment(args: argparse.Namespace) -> int:
         except NapariSamError as exc:
             fail(src, exc)
             continue
-        if sam is None:  # after the first input was read: a bad input fails fast
-            sam = load(
+        if model is None:  # after the first input was read: a bad input fails fast
+            model = load(
                 args.model,
                 args.checkpoint,
                 device=device,
                 progress=not args.quiet,
                 precision=args.precision,
                 compile=args.compile or None,
-            ).sam
+                decoder=args.decoder,
+            )
+            resolve_mode(args.mode, model)  # AIS without a decoder: fail before any work
         bar = tqdm(
             total=0, desc=src.name, unit="step", file=sys.stderr, disable=args.quiet, leave=False
         )
@@ -305,16 +370,19 @@ def _run_segment(args: argparse.Namespace) -> int:
         try:
             if extra.channels is not None:
                 result = segment_channels.segment_input(
-                    sam, image, extra, settings, bar_updater(bar)
+                    model, image, extra, settings, bar_updater(bar),
+                    mode=args.mode, ais_settings=ais_settings,
                 )
             else:
                 result = segment(
-                    sam,
+                    model,
                     image.data,
                     rgb=image.rgb,
                     contrast_limits=contrast,
                     settings=settings,
                     progress=bar_updater(bar),
+                    mode=args.mode,
+                    ais_settings=ais_settings,
                 )
             io.write_labels_tiff(dst, result.labels, scale=image.scale, unit=image.unit)
         except NapariSamError as exc:
@@ -329,7 +397,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         planes = "" if result.slices is None else f" in {len(result.slices)} slices"
         print(
             f"{src.name}: {result.n_objects} object{'s' if result.n_objects != 1 else ''}"
-            f"{planes} -> {dst} ({time.perf_counter() - t0:.1f} s)",
+            f"{planes} ({result.mode.upper()}) -> {dst} ({time.perf_counter() - t0:.1f} s)",
             file=sys.stderr,
         )
         print(dst)

@@ -78,6 +78,7 @@ __all__ = [
     "link_slices",
     "resolve_mode",
     "segment",
+    "segment_instances",
     "segment_iter",
 ]
 
@@ -528,6 +529,27 @@ def segment(
         model_id=model_id,
     )
     return drive(steps, progress, should_cancel, cancelled="Automatic segmentation was cancelled.")
+
+
+def segment_instances(model: Any, data: Any, **kwargs: Any) -> SegmentationResult:
+    """Automatic instance segmentation (AIS) of a 2D image or of each slice of a stack.
+
+    :func:`segment` with ``mode="ais"``: ``model`` is a
+    :class:`~napari_sam.runtime.loader.LoadedModel` with a decoder (e.g.
+    ``napari_sam.load("vit_b_lm")``), or a SAM with ``decoder=``; the other
+    keyword arguments are :func:`segment`'s (``ais_settings``, ``contrast_limits``,
+    ``slices``, ``settings`` for slice linking, ``store``/``disk``, ``progress``,
+    ``should_cancel``)::
+
+        model = napari_sam.load("vit_b_lm")
+        result = napari_sam.segment_instances(model, stack)   # result.labels: (Z, Y, X) uint32
+
+    Raises
+    ------
+    NoDecoderError
+        If the model has no instance decoder.
+    """
+    return segment(model, data, mode="ais", **kwargs)
 
 
 # ============================================================================= linking

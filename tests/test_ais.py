@@ -296,3 +296,18 @@ def test_top_level_names(loaded, plane):
         assert name in dir(napari_sam) and getattr(napari_sam, name) is not None
     result = napari_sam.segment_instances(loaded, plane, ais_settings=napari_sam.AISSettings())
     assert result.mode == "ais" and result.n_objects == 3
+
+
+def test_planes_of_a_channel_image_use_ais(loaded, plane):
+    """``segment_planes`` (channel choices, nD images) passes the mode through."""
+    from napari_sam.workflows.planes import ImagePlanes
+    from napari_sam.workflows.segment_planes import segment_planes
+
+    image = np.stack([plane, plane[::-1]])  # (C, Y, X): two channels
+    planes = ImagePlanes(image, channel_axis=0, channels=[0, 1])
+    result = segment_planes(loaded, planes, mode="ais")
+    assert result.mode == "ais" and result.n_objects == 3
+    grid = segment_planes(loaded, planes, mode="amg",
+                          settings=AutoSettings(points_per_side=2, min_area=0))
+    assert grid.mode == "amg"
+    assert loaded.decoder.calls == 1

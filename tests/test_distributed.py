@@ -31,6 +31,7 @@ from napari_sam.distributed.cluster import local_torch_threads
 from napari_sam.errors import Cancelled
 from napari_sam.runtime.loader import load
 from napari_sam.workflows import io
+from napari_sam.workflows.ais import AISSettings
 from napari_sam.workflows.batch import (
     Recipe,
     SegmentJob,
@@ -185,7 +186,12 @@ def test_zarr_volume_on_an_in_process_cluster_cancel_resume_and_scheduler_option
     stack = np.ascontiguousarray(_sample("nuclei.tif")[28:31, 96:160, 96:160])
     src = io.write_labels(tmp_path / "volume.zarr", stack.astype(np.uint32), scale=(2, 0.5, 0.5))
     job = SegmentJob(src, tmp_path / "out" / "volume_labels.zarr")
-    recipe = Recipe(SETTINGS, model=model_identity("vit_t", checkpoint))  # as the CLI says it
+    # as the CLI says it: a checkpoint file may bring an AIS decoder, so its recipe names the
+    # AIS thresholds too (here AIS does not run: the file has no decoder)
+    recipe = Recipe(
+        SETTINGS, model=model_identity("vit_t", checkpoint),
+        options=(("mode", "auto"), ("ais_settings", AISSettings().as_dict())),
+    )  # fmt: skip
     ref_path = tmp_path / "ref" / "volume_labels.zarr"
     sam = load("vit_t", checkpoint, device="cpu").sam
     segment_file(sam, SegmentJob(src, ref_path), recipe)

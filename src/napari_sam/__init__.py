@@ -31,6 +31,12 @@ _LAZY = {
     "StackEmbeddings": "napari_sam.workflows.embeddings",
     "propagate": "napari_sam.workflows.propagation",
     "segment": "napari_sam.workflows.segment",
+    "AutoSettings": "napari_sam.workflows.segment",
+    "segment_instances": "napari_sam.workflows.segment",
+    "AISSettings": "napari_sam.workflows.ais",
+    "instance_maps": "napari_sam.workflows.ais",
+    "instances_from_maps": "napari_sam.workflows.ais",
+    "InstanceDecoder": "napari_sam.model.decoders.instance",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

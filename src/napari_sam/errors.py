@@ -25,6 +25,7 @@ __all__ = [
     "MaskRecordError",
     "ModelTypeMismatchError",
     "NapariSamError",
+    "NoDecoderError",
     "OutOfMemoryError",
     "OutputFileError",
     "PromptError",
@@ -109,6 +110,10 @@ class UnknownModelTypeError(NapariSamError, ValueError):
 
 class WeightsDownloadError(NapariSamError, RuntimeError):
     """Model weights could not be downloaded or failed verification."""
+
+
+class NoDecoderError(NapariSamError, ValueError):
+    """Automatic instance segmentation (AIS) was asked of a model without an instance decoder."""
 
 
 # --------------------------------------------------------------------------- devices

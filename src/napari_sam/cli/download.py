@@ -18,7 +18,7 @@ def add(subparsers: Any) -> None:
     parser = add_subcommand(
         subparsers,
         "download",
-        help="download SAM weights into the cache",
+        help="download SAM weights (and micro-sam's AIS decoders) into the cache",
         description=(
             "Download published SAM checkpoints into the napari-sam cache folder\n"
             "(see `napari-sam info`), check their size and checksum, and print\n"
@@ -52,19 +52,26 @@ def _run_download(args: argparse.Namespace) -> int:
 
     for key in wanted:
         info = weights.checkpoint_info(key)
-        if weights.is_cached(key) and not args.force:
-            path = weights.checkpoint_path(key, download=False)
-            print(f"{key}: already downloaded", file=sys.stderr)
-        else:
-            path = weights.download(
-                info.url,
-                config.cache_dir() / info.filename,
-                expected_size=info.size_bytes,
-                md5=info.md5,
-                sha256=info.sha256,
-                progress=not args.quiet,
-            )
-        print(path)
+        # a micro-sam model: its instance decoder (AIS) is a second file
+        for item in [info] if info.decoder is None else [info, info.decoder]:
+            what = key if item is info else f"{key} decoder"
+            dest = config.cache_dir(create=False) / item.filename
+            if not args.force and dest.is_file() and (
+                item.size_bytes is None or dest.stat().st_size == item.size_bytes
+            ):
+                path = dest
+                print(f"{what}: already downloaded", file=sys.stderr)
+            else:
+                path = weights.download(
+                    item.url,
+                    config.cache_dir() / item.filename,
+                    expected_size=item.size_bytes,
+                    md5=item.md5,
+                    sha256=item.sha256,
+                    xxh128=item.xxh128,
+                    progress=not args.quiet,
+                )
+            print(path)
     return 0
 
 

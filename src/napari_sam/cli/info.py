@@ -16,7 +16,8 @@ def add(subparsers: Any) -> None:
     parser = add_subcommand(
         subparsers,
         "info",
-        help="show versions, compute devices, the cache folder and the known checkpoints",
+        help="show versions, compute devices, the cache folder and the known models "
+        "(and which have an AIS decoder)",
     )
     parser.set_defaults(handler=_run_info)
 
@@ -64,11 +65,19 @@ def _run_info(args: argparse.Namespace) -> int:
     exists = "" if folder.is_dir() else "does not exist yet"
     notes = "; ".join(note for note in (origin, exists) if note)
     lines.append(f"Cache folder: {folder}" + (f" ({notes})" if notes else ""))
-    lines.append("Checkpoints:")
+    lines.append("Checkpoints (AIS: with micro-sam's instance decoder for automatic instance")
+    lines.append("segmentation; its file is cached next to the model's):")
+    width = max(len(key) for key in weights.CHECKPOINTS)
+    fwidth = max(len(info.filename) for info in weights.CHECKPOINTS.values())
     for key, info in weights.CHECKPOINTS.items():
+        state = _cache_state(folder / info.filename, info)
+        if info.decoder is not None:
+            decoder_state = _cache_state(folder / info.decoder.filename, info.decoder)
+            if decoder_state != state:
+                state = f"model {state}, decoder {decoder_state}"
         lines.append(
-            f"  {key:<6} {info.filename:<22} {_format_mb(info.size_bytes):>10}  "
-            f"{_cache_state(folder / info.filename, info)}"
+            f"  {key:<{width}} {info.filename:<{fwidth}} {_format_mb(info.size_bytes):>10}  "
+            f"{'AIS' if info.decoder is not None else '   '}  {state}"
         )
     print("\n".join(lines))
     return 0

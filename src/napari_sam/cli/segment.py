@@ -22,8 +22,8 @@ from napari_sam.errors import (
 )
 
 _SEGMENT_DESCRIPTION = """\
-Find every object (cells, nuclei, ...) in an image with SAM's automatic mask
-generator and save them as a label image: a TIFF of the same height and width
+Find every object (cells, nuclei, ...) in an image and save them as a label
+image: a TIFF of the same height and width
 (and number of slices) as the input, where the background is 0 and each object
 has its own number (1, 2, 3, ...). Fiji, napari and most analysis tools open it.
 
@@ -40,8 +40,15 @@ An output already finished by an earlier run with the same settings is kept
 SAM sees the image with the contrast napari shows for a newly opened image
 (its minimum to its maximum) unless --contrast is given.
 
+Two ways to find objects (--mode): "ais", micro-sam's automatic instance
+segmentation (a decoder on SAM's image features, then a watershed: one pass per
+image, seconds on a CPU; needs a model with a decoder, e.g. --model vit_b_lm),
+or "amg", SAM's automatic mask generator (a grid of point prompts; any model).
+The default "auto" takes AIS when the model has a decoder, the grid otherwise.
+
 examples:
   napari-sam segment cells.tif -o cells_labels.tif
+  napari-sam segment cells.tif -o cells_labels.tif --model vit_b_lm      (AIS)
   napari-sam segment stack.tif -o stack_labels.tif --link-slices --coco stack.json
   napari-sam segment images/ -o labels/ --model vit_b --device cuda
   napari-sam segment nuclei.tif -o out.tif --model vit_b --checkpoint my_sam.pth
@@ -57,9 +64,13 @@ half-written output.
 
 
 def add(subparsers: Any) -> None:
-    from napari_sam.workflows.segment import AutoSettings
+    from napari_sam.runtime.weights import CHECKPOINTS
+    from napari_sam.workflows.ais import AISSettings
+    from napari_sam.workflows.segment import MODES, AutoSettings
 
     d = AutoSettings()
+    a = AISSettings()
+    micro_sam = [name for name, info in CHECKPOINTS.items() if info.decoder is not None]
     parser = add_subcommand(
         subparsers,
         "segment",
@@ -106,9 +117,11 @@ def add(subparsers: Any) -> None:
     group.add_argument(
         "--model",
         default="auto",
-        choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h"],
+        choices=["auto", "vit_t", "vit_b", "vit_l", "vit_h", *micro_sam],
+        metavar="MODEL",
         help="SAM model: vit_t (MobileSAM, fastest), vit_b, vit_l, vit_h (largest, most "
-        "accurate); auto (default) = vit_t on a CPU, vit_b on a GPU",
+        "accurate); auto (default) = vit_t on a CPU, vit_b on a GPU; or one of micro-sam's "
+        f"models for microscopy, which have an AIS decoder: {', '.join(micro_sam)}",
     )
     group.add_argument(
         "--checkpoint",
@@ -124,9 +137,51 @@ def add(subparsers: Any) -> None:
         help="auto (default: GPU if there is one), cpu, cuda, cuda:N or mps",
     )
     add_speed_options(group)
+    group.add_argument(
+        "--mode",
+        default="auto",
+        choices=list(MODES),
+        help="ais: micro-sam's instance decoder + watershed (needs a model with a decoder); "
+        "amg: SAM's grid of point prompts; auto (default): ais if the model has a decoder",
+    )
+    group.add_argument(
+        "--decoder",
+        metavar="PATH",
+        default=None,
+        help="an AIS decoder file (micro-sam's *_decoder.pt) for a model of the same size",
+    )
 
     group = parser.add_argument_group(
-        "what counts as an object",
+        "AIS (--mode ais)",
+        "micro-sam's defaults; lower distance thresholds split touching objects less often.",
+    )
+    group.add_argument(
+        "--center-distance-thresh",
+        type=float,
+        default=a.center_distance_threshold,
+        metavar="X",
+        help=f"seeds where the predicted distance to the object centre is below X "
+        f"(0-1, default {a.center_distance_threshold})",
+    )
+    group.add_argument(
+        "--boundary-distance-thresh",
+        type=float,
+        default=a.boundary_distance_threshold,
+        metavar="X",
+        help=f"... and the predicted distance map to the boundary is below X "
+        f"(0-1, default {a.boundary_distance_threshold})",
+    )
+    group.add_argument(
+        "--foreground-thresh",
+        type=float,
+        default=a.foreground_threshold,
+        metavar="X",
+        help=f"pixels with a foreground probability above X belong to objects "
+        f"(0-1, default {a.foreground_threshold})",
+    )
+
+    group = parser.add_argument_group(
+        "what counts as an object (grid mode)",
         "Lower thresholds give more (and poorer) objects; higher ones fewer, cleaner ones.",
     )
     group.add_argument(
@@ -172,10 +227,10 @@ def add(subparsers: Any) -> None:
     group.add_argument(
         "--min-area",
         type=int,
-        default=d.min_area,
+        default=None,
         metavar="N",
-        help=f"drop objects smaller than N pixels, and fill holes smaller than that "
-        f"(default {d.min_area})",
+        help=f"drop objects smaller than N pixels (grid mode: also fill holes smaller than "
+        f"that); default {d.min_area} for the grid, {a.min_size} for AIS (micro-sam's)",
     )
     group.add_argument(
         "--max-area",
@@ -227,17 +282,37 @@ def add(subparsers: Any) -> None:
     parser.set_defaults(handler=_run_segment)
 
 
+def _may_use_ais(args: argparse.Namespace) -> bool:
+    """Whether this run may segment with AIS (before the model is loaded)."""
+    from napari_sam.runtime.weights import CHECKPOINTS
+
+    if args.mode != "auto":
+        return args.mode == "ais"
+    if args.decoder or args.checkpoint:  # a local file may bring its decoder
+        return True
+    info = CHECKPOINTS.get(args.model)
+    return info is not None and info.decoder is not None
+
+
 def _recipe(args: argparse.Namespace) -> Any:
+    from napari_sam.workflows.ais import AISSettings
     from napari_sam.workflows.batch import Recipe, model_identity
     from napari_sam.workflows.segment import AutoSettings
 
+    ais_settings = AISSettings(
+        center_distance_threshold=args.center_distance_thresh,
+        boundary_distance_threshold=args.boundary_distance_thresh,
+        foreground_threshold=args.foreground_thresh,
+        min_size=AISSettings().min_size if args.min_area is None else args.min_area,
+    )
+    ais_settings.check()
     settings = AutoSettings(
         points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
         box_nms_thresh=args.box_nms_thresh,
         crop_n_layers=args.crop_layers,
-        min_area=args.min_area,
+        min_area=AutoSettings().min_area if args.min_area is None else args.min_area,
         max_area_fraction=args.max_area,
         link_slices=args.link_slices,
         link_iou=args.link_iou,
@@ -250,14 +325,19 @@ def _recipe(args: argparse.Namespace) -> Any:
         for name in ("mode",)
         if getattr(args, name, None) is not None
     )
+    if _may_use_ais(args):  # AIS thresholds are part of the recipe only where AIS can run
+        options += (("ais_settings", ais_settings.as_dict()),)
     options += tiling_options(args)  # --tile-shape, --halo, --no-tiling
+    model = model_identity(args.model, args.checkpoint)
+    if args.decoder:
+        model += " decoder=" + model_identity("decoder", args.decoder)
     return Recipe(
         settings=settings,
         contrast=extra.single_contrast if extra.channels is None else None,
         channels=extra.channels,
         channel_contrast=extra.contrast if extra.channels is not None else None,
         options=options,
-        model=model_identity(args.model, args.checkpoint),
+        model=model,
         precision=args.precision,
     )
 
@@ -278,7 +358,9 @@ class _Report:
 
         tqdm.write(line, file=sys.stderr)
 
-    def finished(self, job: Any, n_objects: int, n_slices: int | None, seconds: float) -> None:
+    def finished(
+        self, job: Any, n_objects: int, n_slices: int | None, seconds: float, mode: str = ""
+    ) -> None:
         self.done.append(job)
         planes = "" if n_slices is None else f" in {n_slices} slices"
         folder = job.output.parent
@@ -287,7 +369,8 @@ class _Report:
             self.announced.add(folder)
             note = f"; created the folder {folder}"
         self._write(
-            f"{job.name}: {n_objects} object{'s' if n_objects != 1 else ''}{planes} -> "
+            f"{job.name}: {n_objects} object{'s' if n_objects != 1 else ''}{planes}"
+            f"{f' ({mode.upper()})' if mode else ''} -> "
             f"{job.output} ({seconds:.1f} s{note})"
         )
         print(job.output, flush=True)
@@ -408,11 +491,12 @@ def _run_here(
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows.batch import Manifest, open_input, segment_file, tidy
+    from napari_sam.workflows.segment import resolve_mode
 
     device = resolve_device(args.device)
     identity = recipe.identity()
     single = len(plan.jobs) == 1 and not plan.skipped  # its error is the only line
-    sam = None
+    model = None
     try:
         for index, job in enumerate(plan.jobs):
             manifest = Manifest(job.output.parent)
@@ -428,22 +512,24 @@ def _run_here(
                     raise
                 report.fail(job, str(exc))
                 continue
-            if sam is None:  # after the first input was read: a bad input fails fast
-                sam = load(
+            if model is None:  # after the first input was read: a bad input fails fast
+                model = load(
                     args.model,
                     args.checkpoint,
                     device=device,
                     progress=not args.quiet,
                     precision=args.precision,
                     compile=args.compile or None,
-                ).sam
+                    decoder=args.decoder,
+                )
+                resolve_mode(args.mode, model)  # AIS without a decoder: fail before any work
             bar = tqdm(
                 total=0, desc=job.name, unit="step", file=sys.stderr, disable=args.quiet,
                 leave=False,
             )  # fmt: skip
             try:
                 result = segment_file(
-                    sam, job, recipe, image=image, coco=coco, keep_labels=tables is not None,
+                    model, job, recipe, image=image, coco=coco, keep_labels=tables is not None,
                     progress=bar_updater(bar),
                 )  # fmt: skip
             except NapariSamError as exc:
@@ -457,7 +543,7 @@ def _run_here(
             planes[index] = result.coco or []
             if tables is not None:
                 tables.add(result.labels, job.name, image, result.scores, "automatic")
-            report.finished(job, result.n_objects, result.n_slices, result.seconds)
+            report.finished(job, result.n_objects, result.n_slices, result.seconds, result.mode)
     finally:
         for folder in {job.output.parent for job in plan.jobs}:
             tidy(folder, folder in report.new_folders)
@@ -484,6 +570,7 @@ def _run_on_cluster(
         device=args.device,
         precision=args.precision,
         compile=bool(args.compile),
+        decoder=str(Path(args.decoder).expanduser().resolve()) if args.decoder else None,
     )
     if spec.checkpoint is None and args.model in CHECKPOINTS:
         # download once here, not once per worker (a shared cache serves them all)

@@ -148,10 +148,12 @@ def read_input(path: Path, options: ChannelOptions) -> Any:
 
 
 def segment_input(
-    sam: Any, image: Any, options: ChannelOptions, settings: Any, progress: Any
+    sam: Any, image: Any, options: ChannelOptions, settings: Any, progress: Any, **kwargs: Any
 ) -> Any:
     """Segment a channels-first image read by :func:`read_input` (with --channels).
 
+    ``kwargs`` (``mode``, ``ais_settings``) go to
+    :func:`~napari_sam.workflows.segment_planes.segment_planes`.
     Returns a :class:`~napari_sam.workflows.segment.SegmentationResult`.
     """
     from napari_sam.workflows.planes import ImagePlanes
@@ -160,7 +162,7 @@ def segment_input(
     planes = ImagePlanes(
         image.data, channel_axis=0, channels=options.channels, contrast=options.contrast
     )
-    return segment_planes(sam, planes, settings=settings, progress=progress)
+    return segment_planes(sam, planes, settings=settings, progress=progress, **kwargs)
 
 
 class TableWriter:

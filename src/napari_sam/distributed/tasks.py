@@ -29,7 +29,7 @@ def file_task(
     spec: ModelSpec, job: batch.SegmentJob, recipe: batch.Recipe, output: str, coco: bool
 ) -> batch.FileResult:
     """Segment a whole file into ``output`` (in the work folder)."""
-    model = worker_model(spec).sam
+    model = worker_model(spec)  # the LoadedModel: its AIS decoder and weights' identity
     return batch.segment_file(model, job, recipe, output=Path(output), coco=coco)
 
 
@@ -43,7 +43,7 @@ def slice_task(
     marker: str,
 ) -> dict[str, Any]:
     """Segment slice ``z`` into the raw volume, then write its marker; return the marker."""
-    model = worker_model(spec).sam
+    model = worker_model(spec)
     image = io.read_image(job.source, lazy=True)
     result = batch.segment_slice(model, image, z, recipe, contrast)
     LabelsZarr.open(raw).write(z, result.labels)

@@ -31,6 +31,7 @@ class ModelSpec:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    decoder: str | None = None  # an AIS decoder file
 
     def load(self, device: str | None = None) -> Any:
         """Load the model (a :class:`~napari_sam.runtime.loader.LoadedModel`) on ``device``."""
@@ -43,6 +44,7 @@ class ModelSpec:
             progress=False,
             precision=self.precision,
             compile=self.compile or None,
+            decoder=self.decoder,
         )
 
     def plugin_name(self) -> str:

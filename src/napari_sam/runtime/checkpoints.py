@@ -3,6 +3,9 @@
 :func:`read_checkpoint` reads a ``.pth`` / ``.pt`` file (``weights_only``, no
 code executed) into a flat state dict; :func:`build_from_config` builds a model
 from a configuration and, when given, a checkpoint file (strict keys).
+:func:`read_decoder_state` and :func:`read_decoder_file` find micro-sam's
+instance decoder: in an exported model (``{"model_state": ..., "decoder_state":
+...}``) or in a decoder file of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from napari_sam.model.build import (
 )
 from napari_sam.model.sam.sam import Sam
 
-__all__ = ["build_from_config", "read_checkpoint"]
+__all__ = ["build_from_config", "read_checkpoint", "read_decoder_file", "read_decoder_state"]
+
+#: The key of the decoder's state dict in a micro-sam export.
+DECODER_KEY = "decoder_state"
 
 #: Wrapper keys under which training frameworks nest the actual state dict.
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "model_state_dict")
@@ -102,3 +108,90 @@ def build_from_config(
         return random_model(config)
     state = read_checkpoint(checkpoint)
     return model_from_state(config, state, model_type=model_type, source=str(checkpoint))
+
+
+# --------------------------------------------------------------------------- decoders
+def _load_lazily(path: Path) -> object:
+    """``torch.load`` memory-mapped (only the tensors used are read), or plainly for
+    files in the legacy format; ``weights_only``: no code is executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except MemoryError:
+        raise
+    except Exception:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _tensor_dict(obj: object) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping) and obj and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        return dict(obj)
+    return None
+
+
+def read_decoder_state(path: str | PathLike) -> dict[str, torch.Tensor] | None:
+    """The ``"decoder_state"`` stored in a model file next to the SAM weights, or None.
+
+    For a checkpoint that was already read successfully as SAM weights: a file
+    without a decoder, or one that cannot be read again, gives None. Memory-mapped:
+    the SAM tensors are not read again.
+    """
+    try:
+        obj = _load_lazily(Path(path))
+    except MemoryError:
+        raise
+    except Exception:
+        return None
+    if isinstance(obj, Mapping):
+        return _tensor_dict(obj.get(DECODER_KEY))
+    return None
+
+
+def read_decoder_file(
+    path: str | PathLike,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """Read an instance-decoder file: ``(decoder state, SAM state or None)``.
+
+    Accepts a plain decoder state dict (micro-sam's ``*_decoder.pt``) or a
+    model export ``{"model_state": ..., "decoder_state": ...}`` (then the SAM
+    state is returned too, to check which encoder the decoder belongs to).
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, unreadable (incomplete, not a PyTorch file) or holds no
+        decoder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"The decoder file {path} does not exist.")
+    try:
+        obj = _load_lazily(path)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"The decoder file {path} could not be read; it is probably incomplete (an "
+            f"interrupted download) or not a PyTorch weights file ({type(exc).__name__})."
+        ) from exc
+    if isinstance(obj, Mapping) and DECODER_KEY in obj:
+        decoder = _tensor_dict(obj[DECODER_KEY])
+        sam = None
+        for key in _WRAPPER_KEYS:
+            sam = sam or _tensor_dict(obj.get(key))
+        if sam is not None:
+            sam = {k.removeprefix("sam."): v for k, v in sam.items()}
+    else:
+        decoder, sam = _tensor_dict(obj), None
+        if decoder is not None and any(k.startswith("image_encoder.") for k in decoder):
+            raise CheckpointError(
+                f"The file {path} holds SAM weights but no instance decoder; give the "
+                "decoder file (e.g. vit_b_decoder.pt) or a model exported with its decoder."
+            )
+    if decoder is None:
+        raise CheckpointError(
+            f"The file {path} does not contain an instance decoder (expected a state dict "
+            "mapping parameter names to tensors)."
+        )
+    return decoder, sam

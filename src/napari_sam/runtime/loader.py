@@ -11,6 +11,12 @@ model may have moved to the CPU). :func:`load_model` returns the bare
     sam = load_model("vit_b")                       # downloads once, then cached
     sam = load_model("vit_b", "sam_vit_b_01ec64.pth", device="cpu")
     sam = load_model("auto")                        # vit_t on CPU, vit_b on a GPU
+
+micro-sam's fine-tuned models (``"vit_b_lm"``, ``"vit_l_em_organelles"``, ...)
+load the same way, together with their instance decoder for automatic instance
+segmentation (:attr:`LoadedModel.decoder`); a local file exported by micro-sam as
+``{"model_state": ..., "decoder_state": ...}`` brings its decoder too, and
+``decoder=path`` adds a decoder file to any model of the same encoder size.
 """
 
 from __future__ import annotations
@@ -23,17 +29,23 @@ from typing import Any
 import torch
 
 from napari_sam.errors import CheckpointError, ModelTypeMismatchError, UnknownModelTypeError
-from napari_sam.model.build import CONFIGS
+from napari_sam.model.build import CONFIGS, detect_model_type
+from napari_sam.model.decoders.instance import InstanceDecoder, decoder_from_state
 from napari_sam.model.precision import check_precision
 from napari_sam.model.sam.sam import Sam
-from napari_sam.runtime import config
-from napari_sam.runtime.checkpoints import build_from_config
+from napari_sam.runtime import config, weights
+from napari_sam.runtime.checkpoints import (
+    build_from_config,
+    read_decoder_file,
+    read_decoder_state,
+)
 from napari_sam.runtime.device import resolve_device
 from napari_sam.runtime.weights import CHECKPOINTS, MODEL_TYPE_ALIASES, checkpoint_path
 
 __all__ = [
     "AUTO",
     "LoadedModel",
+    "architecture_of",
     "load",
     "load_model",
     "model_id_for",
@@ -46,8 +58,22 @@ AUTO = "auto"
 
 
 def model_names() -> list[str]:
-    """Every model name :func:`load` accepts besides ``"auto"`` (aliases included)."""
-    return sorted(set(CONFIGS) | set(MODEL_TYPE_ALIASES))
+    """Every model name :func:`load` accepts besides ``"auto"`` (aliases, micro-sam's models)."""
+    return sorted(set(CONFIGS) | set(MODEL_TYPE_ALIASES) | set(CHECKPOINTS))
+
+
+def architecture_of(name: str) -> str:
+    """The architecture (a key of ``CONFIGS``) of a model name: ``"vit_b_lm"`` -> ``"vit_b"``."""
+    name = MODEL_TYPE_ALIASES.get(name, name)
+    if name in CONFIGS:
+        return name
+    info = CHECKPOINTS.get(name)
+    if info is not None and info.arch in CONFIGS:
+        return info.arch
+    known = ", ".join(model_names())
+    raise UnknownModelTypeError(
+        f"{name!r} is not a model napari-sam knows; choose 'auto' or one of {known}."
+    )
 
 
 def resolve_model_type(model_type: str = AUTO, device: str | torch.device | None = "auto") -> str:
@@ -55,7 +81,8 @@ def resolve_model_type(model_type: str = AUTO, device: str | torch.device | None
 
     ``"auto"`` means ``"vit_b"`` on a GPU (CUDA or MPS) and the much faster
     MobileSAM ``"vit_t"`` on a CPU. Aliases (``"default"`` = ``"vit_h"``) are
-    resolved.
+    resolved. micro-sam's names (``"vit_b_lm"``) are returned as they are
+    (:func:`architecture_of` gives their architecture).
 
     Raises
     ------
@@ -66,11 +93,12 @@ def resolve_model_type(model_type: str = AUTO, device: str | torch.device | None
     """
     if model_type != AUTO:
         name = MODEL_TYPE_ALIASES.get(model_type, model_type)
-        if name not in CONFIGS:
+        if not isinstance(name, str) or (name not in CONFIGS and name not in CHECKPOINTS):
             known = ", ".join(model_names())
             raise UnknownModelTypeError(
                 f"{model_type!r} is not a model napari-sam knows; choose 'auto' or one of {known}."
             )
+        architecture_of(name)
         return name
     dev = resolve_device(device)
     if dev.type == "cpu" and "vit_t" in CHECKPOINTS:
@@ -118,6 +146,9 @@ class LoadedModel:
         Shown to the user: the model type, or the checkpoint's file name.
     loaded_on : torch.device
         The device it was loaded on.
+    decoder : InstanceDecoder or None
+        The instance decoder for automatic instance segmentation (AIS), if the
+        model has one (micro-sam's models, or a file exported with its decoder).
     """
 
     sam: Any
@@ -125,6 +156,12 @@ class LoadedModel:
     model_id: str
     name: str
     loaded_on: torch.device
+    decoder: InstanceDecoder | None = None
+
+    @property
+    def has_decoder(self) -> bool:
+        """Whether automatic instance segmentation (AIS) is possible with this model."""
+        return self.decoder is not None
 
     @property
     def device(self) -> torch.device:
@@ -149,6 +186,8 @@ class LoadedModel:
         """One line for the user, e.g. ``"vit_t on cpu, bf16 encoder"``."""
         short = {"bfloat16": "bf16", "float16": "fp16"}.get(self.encoder_precision)
         note = f", {short} encoder" if short else ""
+        if self.decoder is not None:
+            note += ", AIS decoder"
         if self.moved:
             return (
                 f"{self.name} on {self.device.type} (moved from {self.loaded_on.type}: "
@@ -177,6 +216,7 @@ def load(
     progress: bool = True,
     progress_callback: Any = None,
     should_cancel: Any = None,
+    decoder: str | os.PathLike[str] | bool | None = None,
 ) -> LoadedModel:
     """Load a model with its weights on a device, ready for inference.
 
@@ -184,7 +224,9 @@ def load(
     ----------
     model : str
         ``"auto"`` (MobileSAM on a CPU, ViT-B on a GPU), ``"vit_b"``, ``"vit_l"``,
-        ``"vit_h"``, ``"vit_t"`` or ``"default"`` (= ViT-H).
+        ``"vit_h"``, ``"vit_t"``, ``"default"`` (= ViT-H), or one of micro-sam's
+        fine-tuned models (``"vit_b_lm"``, ``"vit_b_em_organelles"``, ... see
+        ``napari-sam info``), which come with an instance decoder.
     checkpoint : path, optional
         A local checkpoint file. If omitted (or empty), the published weights
         of ``model`` are taken from the cache (downloaded if missing). With
@@ -206,27 +248,41 @@ def load(
     progress_callback, should_cancel : callable, optional
         Download progress (:class:`~napari_sam.runtime.progress.Progress` events)
         and cancellation (see :func:`napari_sam.runtime.weights.download`).
+    decoder : path, bool or None
+        The instance decoder for automatic instance segmentation. ``None``
+        (default): the published model's decoder (downloaded with it), or the
+        ``"decoder_state"`` a local checkpoint holds, if any. A path: that
+        decoder file (micro-sam's ``*_decoder.pt``, or an export holding
+        ``"decoder_state"``), which must belong to the same encoder size.
+        ``False``: no decoder.
 
     Raises
     ------
-    UnknownModelTypeError, DeviceError, CheckpointError, WeightsDownloadError, Cancelled
+    UnknownModelTypeError, DeviceError, CheckpointError, ModelTypeMismatchError,
+    WeightsDownloadError, Cancelled
+        Every check (files, keys, encoder sizes) happens here, before any image is
+        processed; a damaged cached decoder file is deleted (the next load downloads it
+        again).
     """
     precision = check_precision(precision or "auto")
     if precision == "auto":  # NAPARI_SAM_PRECISION says what "auto" means
         precision = check_precision(config.default_precision())
     dev = resolve_device(device)
-    model_type = resolve_model_type(model, dev)
+    published = resolve_model_type(model, dev)
+    model_type = architecture_of(published)
     if checkpoint is not None and not str(checkpoint).strip():
         checkpoint = None  # an empty path field in a GUI means "the published weights"
+    if isinstance(decoder, (str, os.PathLike)) and not str(decoder).strip():
+        decoder = None
+    fetch = {
+        "download": download,
+        "progress": progress,
+        "progress_callback": progress_callback,
+        "should_cancel": should_cancel,
+    }
     if checkpoint is None:
-        path = checkpoint_path(
-            model_type,
-            download=download,
-            progress=progress,
-            progress_callback=progress_callback,
-            should_cancel=should_cancel,
-        )
-        name = model_type
+        path = checkpoint_path(published, **fetch)
+        name = published
     else:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
@@ -242,13 +298,72 @@ def load(
             raise
         model_type = exc.found
         sam = build_from_config(CONFIGS[model_type], path, model_type=model_type)
+    instance_decoder = None
+    if decoder is not False:
+        instance_decoder = _load_decoder(
+            published if checkpoint is None else None,
+            model_type,
+            None if checkpoint is None else path,
+            None if decoder is None or decoder is True else Path(decoder).expanduser(),
+            fetch,
+        )
     sam = sam.to(dev).eval()
     sam.precision = precision
     sam.model_type = model_type
     if compile if compile is not None else config.compile_by_default():
         sam.compile_encoder()
-    model_id = model_id_for(model_type, None if checkpoint is None else path)
-    return LoadedModel(sam, model_type, model_id, name, dev)
+    if instance_decoder is not None:
+        instance_decoder = instance_decoder.to(dev).eval()
+    model_id = model_id_for(published, None if checkpoint is None else path)
+    return LoadedModel(sam, model_type, model_id, name, dev, instance_decoder)
+
+
+def _load_decoder(
+    published: str | None,
+    architecture: str,
+    checkpoint: Path | None,
+    decoder_file: Path | None,
+    fetch: dict[str, Any],
+) -> InstanceDecoder | None:
+    """The instance decoder for a model being loaded (see :func:`load`), checked; or None."""
+    if decoder_file is not None:
+        state, sam_state = read_decoder_file(decoder_file)
+        source = str(decoder_file)
+        found = detect_model_type(sam_state) if sam_state else None
+        if found is None:
+            entry = weights.published_decoder(decoder_file)
+            found = None if entry is None else entry.arch
+        if found is not None and found != architecture:
+            raise ModelTypeMismatchError(
+                f"The decoder {decoder_file} was trained with a '{found}' encoder, not with "
+                f"this '{architecture}' model; choose a '{found}' model or a "
+                f"'{architecture}' decoder.",
+                expected=architecture,
+                found=found,
+            )
+    elif checkpoint is not None:
+        state = read_decoder_state(checkpoint)
+        if state is None:
+            return None
+        source = str(checkpoint)
+    elif published is not None and CHECKPOINTS.get(published, None) is not None:
+        path = weights.decoder_path(published, **fetch)
+        if path is None:
+            return None
+        source = str(path)
+        try:
+            state, _ = read_decoder_file(path)
+        except CheckpointError as exc:
+            weights.discard_cached(published, decoder=True)
+            raise CheckpointError(
+                f"The cached decoder file {path} is damaged or incomplete and was deleted; "
+                "load the model again to download it anew."
+            ) from exc
+    else:
+        return None
+    instance_decoder = decoder_from_state(state, source=source)
+    instance_decoder.encoder = architecture
+    return instance_decoder
 
 
 def load_model(

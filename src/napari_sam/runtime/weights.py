@@ -5,9 +5,14 @@ module for the file. Checkpoints are stored in
 :func:`napari_sam.runtime.config.cache_dir` (``$NAPARI_SAM_CACHE`` if set,
 otherwise the user's cache folder) under their published file names. A
 download is written to a temporary file next to its destination, checked
-(byte size, and MD5 and/or SHA-256 where :data:`CHECKPOINTS` records them) and
-only then renamed into place, so an interrupted or corrupt download never
-leaves a file that looks usable.
+(byte size, and MD5, SHA-256 and/or xxHash-128 where :data:`CHECKPOINTS`
+records them) and only then renamed into place, so an interrupted or corrupt
+download never leaves a file that looks usable.
+
+Besides Meta's SAM and MobileSAM, the catalogue names micro-sam's fine-tuned
+models (``vit_b_lm``, ``vit_l_em_organelles``, ...): each has an encoder file
+(a SAM state dict of its :attr:`CheckpointInfo.architecture`) and a
+:attr:`CheckpointInfo.decoder` file for automatic instance segmentation.
 
 Nothing here imports ``torch``.
 """
@@ -46,8 +51,13 @@ __all__ = [
     "CheckpointInfo",
     "checkpoint_info",
     "checkpoint_path",
+    "decoder_path",
+    "discard_cached",
     "download",
+    "file_xxh128",
     "is_cached",
+    "models_with_decoder",
+    "published_decoder",
 ]
 
 #: Bytes read per step while downloading.
@@ -81,6 +91,13 @@ class CheckpointInfo:
         Hex SHA-256 digest of the file, if known.
     description : str
         A short human-readable name for menus and ``napari-sam info``.
+    architecture : str or None
+        The network the file holds (a key of ``napari_sam.model.build.CONFIGS``),
+        when it differs from ``model_type`` (micro-sam's ``"vit_b_lm"`` is a ``"vit_b"``).
+    xxh128 : str or None
+        Hex xxHash-128 digest of the file, if known (micro-sam's registry records these).
+    decoder : CheckpointInfo or None
+        The instance-segmentation decoder published with the model (micro-sam), if any.
     """
 
     model_type: str
@@ -90,11 +107,19 @@ class CheckpointInfo:
     md5: str | None = None
     sha256: str | None = None
     description: str = ""
+    architecture: str | None = None
+    xxh128: str | None = None
+    decoder: CheckpointInfo | None = None
 
     @property
     def size_mb(self) -> float | None:
         """Size in megabytes (10**6 bytes), or ``None`` if unknown."""
         return None if self.size_bytes is None else self.size_bytes / 1e6
+
+    @property
+    def arch(self) -> str:
+        """The network architecture: :attr:`architecture`, or else :attr:`model_type`."""
+        return self.architecture or self.model_type
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -156,6 +181,94 @@ CHECKPOINTS: dict[str, CheckpointInfo] = {
 }
 
 
+# micro-sam's fine-tuned models (computational-cell-analytics/micro-sam, micro_sam/util.py,
+# ``models()``, version 1.8.14: the pooch registry ``"xxh128:<hex>"`` and the URLs, for the
+# encoder key ``<name>`` and the decoder key ``<name>_decoder``). Byte sizes are not
+# published there, so files are checked by their xxHash-128 digest only. The files are
+# cached as ``<name>.pt`` and ``<name>_decoder.pt``: several are published under the same
+# file name (``vit_b.pt``) for different models.
+_BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
+_OWNCLOUD = "https://owncloud.gwdg.de/index.php/s/"
+_MICRO_SAM: tuple[tuple[str, str, str, str, str, str, str], ...] = (
+    # name, architecture, what it is for, encoder URL, encoder xxh128, decoder URL, decoder xxh128
+    (
+        "vit_t_lm", "vit_t", "light microscopy (cells, nuclei)",
+        _BIOIMAGEIO + "faithful-chicken/1.1/files/vit_t.pt", "72ec5074774761a6e5c05a08942f981e",
+        _BIOIMAGEIO + "faithful-chicken/1.1/files/vit_t_decoder.pt",
+        "3e914a5f397b0312cdd36813031f8823",
+    ),
+    (
+        "vit_b_lm", "vit_b", "light microscopy (cells, nuclei)",
+        _BIOIMAGEIO + "diplomatic-bug/1.2/files/vit_b.pt", "fe9252a29f3f4ea53c15a06de471e186",
+        _BIOIMAGEIO + "diplomatic-bug/1.2/files/vit_b_decoder.pt",
+        "708b15ac620e235f90bb38612c4929ba",
+    ),
+    (
+        "vit_l_lm", "vit_l", "light microscopy (cells, nuclei)",
+        _BIOIMAGEIO + "idealistic-rat/1.2/files/vit_l.pt", "017f20677997d628426dec80a8018f9d",
+        _BIOIMAGEIO + "idealistic-rat/1.2/files/vit_l_decoder.pt",
+        "2faeafa03819dfe03e7c46a44aaac64a",
+    ),
+    (
+        "vit_t_em_organelles", "vit_t", "electron microscopy (mitochondria, nuclei, organelles)",
+        _BIOIMAGEIO + "greedy-whale/1/files/vit_t.pt", "253474720c497cce605e57c9b1d18fd9",
+        _BIOIMAGEIO + "greedy-whale/1/files/vit_t_decoder.pt",
+        "8f897c7bb93174a4d1638827c4dd6f44",
+    ),
+    (
+        "vit_b_em_organelles", "vit_b", "electron microscopy (mitochondria, nuclei, organelles)",
+        _BIOIMAGEIO + "noisy-ox/1.2/files/vit_b.pt", "f3bf2ed83d691456bae2c3f9a05fb438",
+        _BIOIMAGEIO + "noisy-ox/1.2/files/vit_b_decoder.pt",
+        "bb6398956a6b0132c26b631c14f95ce2",
+    ),
+    (
+        "vit_l_em_organelles", "vit_l", "electron microscopy (mitochondria, nuclei, organelles)",
+        _BIOIMAGEIO + "humorous-crab/1.2/files/vit_l.pt", "810b084b6e51acdbf760a993d8619f2d",
+        _BIOIMAGEIO + "humorous-crab/1.2/files/vit_l_decoder.pt",
+        "334877640bfdaaabce533e3252a17294",
+    ),
+    (
+        "vit_b_histopathology", "vit_b", "histopathology (H&E nuclei)",
+        _OWNCLOUD + "sBB4H8CTmIoBZsQ/download", "ffd1a2cd84570458b257bd95fdd8f974",
+        _OWNCLOUD + "KO9AWqynI7SFOBj/download", "6a66194dcb6e36199cbee2214ecf7213",
+    ),
+    (
+        "vit_l_histopathology", "vit_l", "histopathology (H&E nuclei)",
+        _OWNCLOUD + "IZgnn1cpBq2PHod/download", "b591833c89754271023e901281dee3f2",
+        _OWNCLOUD + "oIs6VSmkOp7XrKF/download", "46aab7765d4400e039772d5a50b55c04",
+    ),
+    (
+        "vit_h_histopathology", "vit_h", "histopathology (H&E nuclei)",
+        _OWNCLOUD + "L7AcvVz7DoWJ2RZ/download", "bd1856dafc156a43fb3aa705f1a6e92e",
+        _OWNCLOUD + "1qAKxy5H0jgwZvM/download", "3ed9f87e46ad5e16935bd8d722c8dc47",
+    ),
+    (
+        "vit_b_medical_imaging", "vit_b", "medical imaging (CT, MRI, ultrasound ...)",
+        _OWNCLOUD + "f5Ol4FrjPQWfjUF/download", "40169f1e3c03a4b67bff58249c176d92",
+        _OWNCLOUD + "ahd3ZhZl2e0RIwz/download", "9e498b12f526f119b96c88be76e3b2ed",
+    ),
+)
+for _name, _arch, _use, _url, _xxh, _dec_url, _dec_xxh in _MICRO_SAM:
+    CHECKPOINTS[_name] = CheckpointInfo(
+        model_type=_name,
+        filename=f"{_name}.pt",
+        url=_url,
+        size_bytes=None,
+        description=f"micro-sam ViT-{_arch[-1].upper()} for {_use}, with an AIS decoder",
+        architecture=_arch,
+        xxh128=_xxh,
+        decoder=CheckpointInfo(
+            model_type=_name,
+            filename=f"{_name}_decoder.pt",
+            url=_dec_url,
+            size_bytes=None,
+            description=f"instance decoder of {_name}",
+            architecture=_arch,
+            xxh128=_dec_xxh,
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -204,7 +317,9 @@ def _has_expected_size(path: Path, info: CheckpointInfo) -> bool:
 
 
 def is_cached(model_type: str) -> bool:
-    """Whether the checkpoint of ``model_type`` is in the cache with the right size.
+    """Whether the files of ``model_type`` are in the cache with the right size.
+
+    For a model with a :attr:`~CheckpointInfo.decoder`, both files must be there.
 
     Parameters
     ----------
@@ -216,7 +331,34 @@ def is_cached(model_type: str) -> bool:
     bool
     """
     info = checkpoint_info(model_type)
-    return _has_expected_size(_cached_file(info), info)
+    return all(_has_expected_size(_cached_file(f), f) for f in _files_of(info))
+
+
+def _files_of(info: CheckpointInfo) -> list[CheckpointInfo]:
+    return [info] if info.decoder is None else [info, info.decoder]
+
+
+def models_with_decoder() -> list[str]:
+    """The names in :data:`CHECKPOINTS` whose models come with an instance decoder (AIS)."""
+    return [name for name, info in CHECKPOINTS.items() if info.decoder is not None]
+
+
+def discard_cached(model_type: str, *, decoder: bool = False) -> bool:
+    """Delete the cached file of ``model_type`` (its decoder file with ``decoder``).
+
+    For a cached file that turned out to be damaged: the next use downloads it
+    again. Returns whether a file was deleted.
+    """
+    info = checkpoint_info(model_type)
+    target = info.decoder if decoder else info
+    if target is None:
+        return False
+    path = _cached_file(target)
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def checkpoint_path(
@@ -261,6 +403,52 @@ def checkpoint_path(
         downloaded; the message says where to put a manually downloaded copy.
     """
     info = checkpoint_info(model_type)
+    return _fetch(
+        info,
+        download=download,
+        progress=progress,
+        progress_callback=progress_callback,
+        should_cancel=should_cancel,
+    )
+
+
+def decoder_path(
+    model_type: str,
+    *,
+    download: bool = True,
+    progress: bool = True,
+    progress_callback: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> Path | None:
+    """Path of the cached instance decoder of ``model_type``, downloading it if needed.
+
+    Like :func:`checkpoint_path`, for the :attr:`~CheckpointInfo.decoder` file;
+    ``None`` for a model published without a decoder.
+
+    Raises
+    ------
+    UnknownModelTypeError, WeightsDownloadError, Cancelled
+    """
+    info = checkpoint_info(model_type).decoder
+    if info is None:
+        return None
+    return _fetch(
+        info,
+        download=download,
+        progress=progress,
+        progress_callback=progress_callback,
+        should_cancel=should_cancel,
+    )
+
+
+def _fetch(
+    info: CheckpointInfo,
+    *,
+    download: bool,
+    progress: bool,
+    progress_callback: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+) -> Path:
     dest = _cached_file(info)
     if _has_expected_size(dest, info):
         return dest
@@ -272,8 +460,9 @@ def checkpoint_path(
                 f"(an incomplete download?); delete it, or replace it with the file from "
                 f"{info.url}."
             )
+        what = "decoder" if info.filename.endswith("_decoder.pt") else "weights"
         raise WeightsDownloadError(
-            f"The {info.model_type} weights are not downloaded yet; download {info.url} "
+            f"The {info.model_type} {what} are not downloaded yet; download {info.url} "
             f"and save it as {dest} (or allow napari-sam to download it)."
         )
     cache_dir(create=True)
@@ -283,6 +472,7 @@ def checkpoint_path(
         expected_size=info.size_bytes,
         md5=info.md5,
         sha256=info.sha256,
+        xxh128=info.xxh128,
         progress=progress,
         progress_callback=progress_callback,
         should_cancel=should_cancel,
@@ -341,6 +531,7 @@ def download(
     sha256: str | None = None,
     progress: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    xxh128: str | None = None,
     progress_callback: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -365,8 +556,9 @@ def download(
     expected_size : int, optional
         Exact size in bytes. Checked against the server's ``Content-Length``
         before downloading and against the received data afterwards.
-    md5, sha256 : str, optional
-        Expected hex digests (case does not matter). Each one given is checked.
+    md5, sha256, xxh128 : str, optional
+        Expected hex digests (case does not matter; an ``"xxh128:"`` prefix, as
+        micro-sam's registry writes it, is allowed). Each one given is checked.
     progress : bool, optional
         Show a ``tqdm`` progress bar on stderr.
     chunk_size : int, optional
@@ -397,6 +589,7 @@ def download(
     dest = Path(dest)
     md5 = None if md5 is None else md5.strip().lower()
     sha256 = None if sha256 is None else sha256.strip().lower()
+    xxh128 = None if xxh128 is None else xxh128.strip().lower().removeprefix("xxh128:")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive number of bytes, not {chunk_size}.")
     scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -430,7 +623,7 @@ def download(
                     chunk_size=chunk_size,
                     progress_callback=progress_callback,
                     should_cancel=should_cancel,
-                    hashers=_hashers(md5, sha256),
+                    hashers=_hashers(md5, sha256, xxh128),
                     url=url,
                     dest=dest,
                 )
@@ -444,7 +637,7 @@ def download(
                 if done.size < expected_size
                 else f"{done.size} bytes arrived but the file should have {expected_size}"
             )
-        for name, expected in (("MD5", md5), ("SHA-256", sha256)):
+        for name, expected in (("MD5", md5), ("SHA-256", sha256), ("xxHash-128", xxh128)):
             if expected is None:
                 continue
             actual = done.digests[name]
@@ -517,13 +710,41 @@ def _content_length(response: Any) -> int | None:
     return length if length >= 0 else None
 
 
-def _hashers(md5: str | None, sha256: str | None) -> dict[str, Any]:
+def _hashers(md5: str | None, sha256: str | None, xxh128: str | None = None) -> dict[str, Any]:
     hashers: dict[str, Any] = {}
     if md5 is not None:
         hashers["MD5"] = hashlib.md5(usedforsecurity=False)
     if sha256 is not None:
         hashers["SHA-256"] = hashlib.sha256()
+    if xxh128 is not None:
+        import xxhash
+
+        hashers["xxHash-128"] = xxhash.xxh128()
     return hashers
+
+
+def file_xxh128(path: str | os.PathLike[str], chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
+    """Hex xxHash-128 digest of a file (micro-sam names its files by it; fast: GB/s)."""
+    import xxhash
+
+    hasher = xxhash.xxh128()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def published_decoder(path: str | os.PathLike[str]) -> CheckpointInfo | None:
+    """The catalogue's decoder entry whose published file ``path`` is (by its xxHash-128), or None.
+
+    Tells which encoder architecture a decoder file was trained with
+    (:attr:`CheckpointInfo.arch`) when the file itself cannot.
+    """
+    decoders = [i.decoder for i in CHECKPOINTS.values() if i.decoder and i.decoder.xxh128]
+    if not decoders:
+        return None
+    digest = file_xxh128(path)
+    return next((d for d in decoders if d.xxh128 == digest), None)
 
 
 def _stream(

@@ -398,6 +398,9 @@ class FileResult:
     seconds : float
     labels, scores : optional
         The label image and SAM's scores, when asked for (``keep_labels``).
+    mode : str
+        How the objects were found: ``"ais"`` or ``"amg"`` (see
+        :func:`~napari_sam.workflows.segment.resolve_mode`).
     """
 
     n_objects: int
@@ -406,6 +409,7 @@ class FileResult:
     seconds: float = 0.0
     labels: np.ndarray | None = None
     scores: dict | None = None
+    mode: str = "amg"
 
 
 def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
@@ -480,9 +484,11 @@ def segment_file(
         planes = ImagePlanes(
             image.data, channel_axis=0, channels=recipe.channels, contrast=recipe.channel_contrast
         )
+        modes = {k: v for k, v in recipe.kwargs().items() if k in ("mode", "ais_settings")}
         result = segment_planes(
-            model, planes, settings=recipe.settings, progress=progress, should_cancel=should_cancel
-        )
+            model, planes, settings=recipe.settings, progress=progress,
+            should_cancel=should_cancel, **modes,
+        )  # fmt: skip
     else:
         result = segment(
             model,
@@ -505,6 +511,7 @@ def segment_file(
         seconds=time.perf_counter() - t0,
         labels=result.labels if keep_labels else None,
         scores=result.scores if keep_labels else None,
+        mode=result.mode,
     )
 
 

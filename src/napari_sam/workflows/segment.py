@@ -1,5 +1,16 @@
 """Automatic segmentation of a 2D image or of every slice of a 3D stack.
 
+Two modes (``mode=``):
+
+- ``"amg"``: SAM's automatic mask generator, prompted with a grid of points
+  (steps 1-3 below); works with every SAM model.
+- ``"ais"``: automatic instance segmentation with micro-sam's instance decoder
+  (:mod:`napari_sam.workflows.ais`): one encoder and one decoder pass per plane,
+  then a seeded watershed; needs a model with a decoder (micro-sam's models).
+- ``"auto"`` (default): ``"ais"`` when the model has a decoder, else ``"amg"``.
+
+Step 4 (ids per slice, linking) is the same for both.
+
 The logic that the ``napari-sam segment`` command and the napari widget
 "Automatic segmentation (SAM)" share:
 
@@ -41,7 +52,7 @@ No napari or Qt here.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,19 +60,61 @@ import numpy as np
 
 from napari_sam.errors import SettingsError
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
+from napari_sam.workflows.ais import (
+    STAGES,
+    AISSettings,
+    decoder_of,
+    no_decoder_error,
+    segment_plane_steps,
+)
 from napari_sam.workflows.image import ImageLayout, get_plane, image_layout, to_sam_rgb
 from napari_sam.workflows.linking import SliceLinker, overlap_pairs, plane_areas
 from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
 from napari_sam.workflows.tiling import Tiling
 
 __all__ = [
+    "MODES",
+    "AISSettings",
     "AutoSettings",
     "SegmentProgress",
     "SegmentationResult",
     "link_slices",
+    "resolve_mode",
     "segment",
+    "segment_instances",
     "segment_iter",
 ]
+
+#: Automatic segmentation modes: ``"auto"`` (AIS if the model has a decoder, else the
+#: grid), ``"ais"`` (instance decoder), ``"amg"`` (grid of point prompts).
+MODES = ("auto", "ais", "amg")
+
+
+def resolve_mode(mode: str, model: Any = None, decoder: Any = None) -> str:
+    """``"ais"`` or ``"amg"``: what ``mode`` means for a model (and decoder).
+
+    ``model`` may be a :class:`~napari_sam.runtime.loader.LoadedModel` (its
+    ``decoder`` counts) or a bare SAM with ``decoder`` given separately.
+
+    Raises
+    ------
+    SettingsError
+        For an unknown mode.
+    NoDecoderError
+        For ``"ais"`` with a model that has no instance decoder (the sentence names
+        the models that have one).
+    """
+    name = mode.strip().lower() if isinstance(mode, str) else mode
+    if name not in MODES:
+        raise SettingsError(
+            f"The automatic segmentation mode must be one of {', '.join(MODES)}, not {mode!r}."
+        )
+    has_decoder = decoder_of(model, decoder) is not None
+    if name == "auto":
+        return "ais" if has_decoder else "amg"
+    if name == "ais" and not has_decoder:
+        raise no_decoder_error(getattr(model, "name", None))
+    return name
 
 
 @dataclass(frozen=True)
@@ -201,15 +254,19 @@ class SegmentationResult:
     slices : list of int or None
         The segmented slices of a stack (``None`` for a 2D image).
     scores : dict ``(slice or None, label) -> {"predicted_iou", "stability_score"}``
-        SAM's scores of each object's mask.
+        SAM's scores of each object's mask (grid mode; empty for AIS).
     n_masks : int
-        Masks SAM proposed (before the area filters and overlaps).
+        Masks SAM proposed (before the area filters and overlaps); for AIS, the
+        objects the watershed found before the size filter.
+    mode : str
+        ``"amg"`` (grid of point prompts) or ``"ais"`` (instance decoder).
     """
 
     labels: np.ndarray
     slices: list[int] | None
     scores: dict[tuple[int | None, int], dict[str, float]] = field(default_factory=dict)
     n_masks: int = 0
+    mode: str = "amg"
 
     @property
     def n_objects(self) -> int:
@@ -227,13 +284,20 @@ def segment_iter(
     settings: AutoSettings | None = None,
     slices: Sequence[int] | None = None,
     tiling: Tiling | TiledEmbeddings | str | None = "auto",
+    mode: str = "auto",
+    ais_settings: AISSettings | None = None,
+    decoder: Any = None,
+    store: Any = None,
+    disk: Any = None,
+    model_id: str | None = None,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment every object of a 2D image or of (some) slices of a 3D stack.
 
     Parameters
     ----------
-    model : Sam
-        The SAM model (any device).
+    model : Sam or LoadedModel
+        The SAM model (any device); a :class:`~napari_sam.runtime.loader.LoadedModel`
+        brings its instance decoder and its weights' identity (``model_id``).
     data : array-like
         ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, or ``(Z, Y, X)``; numpy, dask or
         zarr (read one plane at a time).
@@ -243,6 +307,7 @@ def segment_iter(
         Mapped to black and white for SAM; default: the limits napari gives a
         newly opened image (:func:`napari_sam.workflows.embeddings.default_contrast_limits`).
     settings : AutoSettings, optional
+        Grid-mode settings; ``link_slices`` and ``link_iou`` apply to both modes.
     slices : sequence of int, optional
         For a stack, the slices to segment (default: all).
     tiling : Tiling, "auto", "on", "off", None or TiledEmbeddings
@@ -253,7 +318,19 @@ def segment_iter(
         then per tile, and ``max_area_fraction`` relative to a tile's window.
         A :class:`~napari_sam.workflows.tiled_embeddings.TiledEmbeddings` of
         ``data`` (e.g. the interactive session's) is used with its tiles,
-        caches and contrast (``contrast_limits`` is then ignored).
+        caches and contrast (``contrast_limits`` is then ignored). AIS on
+        tiled planes stitches each tile's decoder maps (inner regions) and
+        runs one watershed over the whole plane, so border objects are whole.
+    mode : ``"auto"``, ``"ais"`` or ``"amg"``
+        See :func:`resolve_mode` (``"auto"``: AIS when there is a decoder).
+    ais_settings : AISSettings, optional
+        AIS post-processing (micro-sam's defaults).
+    decoder : InstanceDecoder, optional
+        The instance decoder, for a bare SAM ``model``.
+    store, disk : EmbeddingStore, DiskCache, optional
+        AIS looks embeddings up there first and keeps new ones (needs ``model_id``).
+    model_id : str, optional
+        The weights' identity for the cache keys (default: the LoadedModel's).
 
     Returns
     -------
@@ -263,12 +340,21 @@ def segment_iter(
 
     Raises
     ------
-    ImageFormatError, SettingsError, SettingsError
+    ImageFormatError, SettingsError, NoDecoderError
     """
     from napari_sam.predictors.automatic import SamAutomaticMaskGenerator
 
     settings = settings or AutoSettings()
     settings.check()
+    mode = resolve_mode(mode, model, decoder)
+    if isinstance(ais_settings, Mapping):  # e.g. from a batch recipe (JSON)
+        ais_settings = AISSettings(**ais_settings)
+    ais_settings = ais_settings or AISSettings()
+    if mode == "ais":
+        ais_settings.check()
+    sam = getattr(model, "sam", model)
+    if model_id is None:
+        model_id = getattr(model, "model_id", None)
     layout = image_layout(data.shape, rgb=rgb, dtype=data.dtype)
     if layout.is_stack:
         if slices is None:
@@ -294,23 +380,159 @@ def segment_iter(
         from napari_sam.workflows.embeddings import EmbeddingStore
 
         tiling = TiledEmbeddings(
-            model, data, model_id="automatic", tiling=tiling, rgb=layout.rgb,
-            contrast=(contrast[0], contrast[1]), store=EmbeddingStore(max_mb=0),
+            sam, data, model_id=model_id or "automatic", tiling=tiling, rgb=layout.rgb,
+            contrast=(contrast[0], contrast[1]),
+            store=store if store is not None else EmbeddingStore(max_mb=0),
+            disk=disk if model_id is not None else None,
         )
     if isinstance(tiling, TiledEmbeddings) and tiling.shape != layout.spatial_shape:
         raise SettingsError(
             f"The tile embeddings were made for an image of shape {tiling.shape}, "
             f"not {layout.spatial_shape}; make them for this image."
         )
-    if isinstance(tiling, TiledEmbeddings) and tiling.is_tiled:
+    tiled = isinstance(tiling, TiledEmbeddings) and tiling.is_tiled
+    if mode == "ais":
+        if tiled:
+            return _tiled_ais_steps(
+                tiling, decoder_of(model, decoder), layout, planes, settings, ais_settings
+            )
+        cache = {"model_id": model_id, "store": store, "disk": disk}
+        return _ais_steps(
+            sam, decoder_of(model, decoder), data, layout, planes, contrast, settings,
+            ais_settings, cache,
+        )
+    if tiled:
         if settings.crop_n_layers > 0:
             raise SettingsError(
                 "Crop layers cannot be combined with tiling (tiles already show SAM the image "
                 "at full resolution); set crop layers to 0 or turn tiling off."
             )
         return _tiled_segment_steps(tiling, layout, planes, settings)
-    generator = SamAutomaticMaskGenerator(model, **settings.generator_kwargs())
+    generator = SamAutomaticMaskGenerator(sam, **settings.generator_kwargs())
     return _segment_steps(generator, data, layout, planes, contrast, settings)
+
+
+def _ais_steps(
+    sam: Any,
+    decoder: Any,
+    data: Any,
+    layout: ImageLayout,
+    planes: list[int | None],
+    contrast: tuple[float, ...],
+    settings: AutoSettings,
+    ais: AISSettings,
+    cache: dict[str, Any],
+) -> Generator[SegmentProgress, None, SegmentationResult]:
+    labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
+    next_id = 1
+    n_found = 0
+    per_plane = len(STAGES)
+    total = per_plane * len(planes)
+    for i, z in enumerate(planes):
+        steps = segment_plane_steps(
+            sam, decoder, get_plane(data, layout, z), contrast, ais, rgb=layout.rgb, slice=z,
+            **cache,
+        )
+        try:
+            j = 0
+            while True:
+                stage = next(steps)
+                stage = stage if z is None else f"slice {z}: {stage}"
+                yield SegmentProgress(i * per_plane + j, total, stage, "steps", i, len(planes), z)
+                j += 1
+        except StopIteration as stop:
+            plane, found = stop.value
+        finally:
+            steps.close()
+        n_found += found
+        n = int(plane.max()) if plane.size else 0
+        if n:
+            plane[plane > 0] += np.uint32(next_id - 1)
+        next_id += n
+        if z is None:
+            labels[...] = plane
+        else:
+            labels[z] = plane
+    scores: dict[tuple[int | None, int], dict[str, float]] = {}
+    if layout.is_stack and settings.link_slices:
+        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
+        labels, _ = link_slices(labels, settings.link_iou, slices=sorted(int(z) for z in planes))
+    return SegmentationResult(
+        labels=labels,
+        slices=None if not layout.is_stack else [int(z) for z in planes],
+        scores=scores,
+        n_masks=n_found,
+        mode="ais",
+    )
+
+
+def _tiled_ais_steps(
+    embeddings: TiledEmbeddings,
+    decoder: Any,
+    layout: ImageLayout,
+    planes: list[int | None],
+    settings: AutoSettings,
+    ais: AISSettings,
+) -> Generator[SegmentProgress, None, SegmentationResult]:
+    """:func:`_ais_steps` for tiled planes.
+
+    Each tile's embedding (from ``embeddings``: cached, or encoded now) goes
+    through the instance decoder over the tile's outer window; the inner
+    regions are stitched into full-plane maps
+    (:func:`~napari_sam.workflows.tiled_automatic.stitch_tile_maps_iter`) and
+    one seeded watershed runs over the whole plane, so an object on a tile
+    border is one object. Progress counts tiles, plus one step per plane for
+    the watershed.
+    """
+    from napari_sam.workflows.ais import instance_maps, instances_from_maps
+    from napari_sam.workflows.tiled_automatic import stitch_tile_maps_iter
+
+    labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
+    n_tiles = len(embeddings.grid)
+    per_plane = n_tiles + 1
+    total = per_plane * len(planes)
+    next_id, n_found = 1, 0
+    for i, z in enumerate(planes):
+        def produce(tile: Any, z: int | None = z) -> np.ndarray:
+            return instance_maps(decoder, embeddings.get(z, tile))
+
+        steps = stitch_tile_maps_iter(embeddings.grid, produce)
+        prefix = "" if z is None else f"slice {z}: "
+        try:
+            while True:
+                event = next(steps)
+                yield SegmentProgress(
+                    i * per_plane + event.done, total, f"{prefix}decoding tiles", "steps",
+                    i, len(planes), z,
+                )
+        except StopIteration as stop:
+            maps = stop.value
+        finally:
+            steps.close()
+        yield SegmentProgress(
+            i * per_plane + n_tiles, total, f"{prefix}watershed", "steps", i, len(planes), z
+        )
+        plane, found = instances_from_maps(maps[0], maps[1], maps[2], ais)
+        del maps
+        n_found += found
+        n = int(plane.max()) if plane.size else 0
+        if n:
+            plane[plane > 0] += np.uint32(next_id - 1)
+        next_id += n
+        if z is None:
+            labels[...] = plane
+        else:
+            labels[z] = plane
+    if layout.is_stack and settings.link_slices:
+        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
+        labels, _ = link_slices(labels, settings.link_iou, slices=sorted(int(z) for z in planes))
+    return SegmentationResult(
+        labels=labels,
+        slices=None if not layout.is_stack else [int(z) for z in planes],
+        scores={},
+        n_masks=n_found,
+        mode="ais",
+    )
 
 
 def _segment_steps(
@@ -453,6 +675,12 @@ def segment(
     tiling: Tiling | TiledEmbeddings | str | None = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    mode: str = "auto",
+    ais_settings: AISSettings | None = None,
+    decoder: Any = None,
+    store: Any = None,
+    disk: Any = None,
+    model_id: str | None = None,
 ) -> SegmentationResult:
     """Like :func:`segment_iter`, run to the end.
 
@@ -468,8 +696,35 @@ def segment(
         settings=settings,
         slices=slices,
         tiling=tiling,
+        mode=mode,
+        ais_settings=ais_settings,
+        decoder=decoder,
+        store=store,
+        disk=disk,
+        model_id=model_id,
     )
     return drive(steps, progress, should_cancel, cancelled="Automatic segmentation was cancelled.")
+
+
+def segment_instances(model: Any, data: Any, **kwargs: Any) -> SegmentationResult:
+    """Automatic instance segmentation (AIS) of a 2D image or of each slice of a stack.
+
+    :func:`segment` with ``mode="ais"``: ``model`` is a
+    :class:`~napari_sam.runtime.loader.LoadedModel` with a decoder (e.g.
+    ``napari_sam.load("vit_b_lm")``), or a SAM with ``decoder=``; the other
+    keyword arguments are :func:`segment`'s (``ais_settings``, ``contrast_limits``,
+    ``slices``, ``settings`` for slice linking, ``store``/``disk``, ``progress``,
+    ``should_cancel``)::
+
+        model = napari_sam.load("vit_b_lm")
+        result = napari_sam.segment_instances(model, stack)   # result.labels: (Z, Y, X) uint32
+
+    Raises
+    ------
+    NoDecoderError
+        If the model has no instance decoder.
+    """
+    return segment(model, data, mode="ais", **kwargs)
 
 
 # ============================================================================= linking

@@ -41,6 +41,8 @@ def segment_planes(
     indices: Sequence[Sequence[int] | int] | None = None,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    mode: str = "auto",
+    ais_settings: Any = None,
 ) -> SegmentationResult:
     """Label every object of (some) planes of an image, as SAM sees them through ``planes``.
 
@@ -55,6 +57,9 @@ def segment_planes(
     progress, should_cancel : callable, optional
         As for :func:`~napari_sam.workflows.segment.segment`; ``done`` and
         ``total`` count SAM's steps over all planes.
+    mode, ais_settings : optional
+        As for :func:`~napari_sam.workflows.segment.segment` (``model`` may be a
+        ``LoadedModel`` with an instance decoder).
 
     Returns
     -------
@@ -111,6 +116,8 @@ def segment_planes(
             settings=per_plane,
             progress=report,
             should_cancel=should_cancel,
+            mode=mode,
+            ais_settings=ais_settings,
         )
         plane = result.labels
         count = int(plane.max()) if plane.size else 0
@@ -126,4 +133,6 @@ def segment_planes(
     if settings.link_slices and g.n_leading == 1:
         labels, mapping = link_slices(labels, settings.link_iou, slices=slices)
         scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
-    return SegmentationResult(labels=labels, slices=slices, scores=scores, n_masks=n_masks)
+    return SegmentationResult(
+        labels=labels, slices=slices, scores=scores, n_masks=n_masks, mode=result.mode
+    )

@@ -14,8 +14,8 @@ upscaling are computed in bfloat16, which halves their memory traffic and
 runs the matrix products on bf16 instructions; everything on the prompt-token
 side (self-attention, MLPs, layer norms of the tokens, the IoU head and the
 hypernetworks) stays float32, and so do the IoU predictions returned.
-Attention logits over the image tokens are computed in bfloat16 and their
-softmax in float32.
+Attention logits over the image tokens are rounded to bfloat16 once; their
+softmax is computed in float32. Mask logits are returned in float32.
 """
 
 from __future__ import annotations
@@ -155,7 +155,10 @@ class SharedImageDecoder:
 
     # -------------------------------------------------------------- decoding
     def decode(self, sparse: torch.Tensor):
-        """IoU predictions ``(B, 3)`` and a function flat-mask-indices -> low-res logits."""
+        """IoU predictions ``(B, 3)`` and a function flat-mask-indices -> low-res logits.
+
+        Both are float32 whatever the decoder's dtype.
+        """
         dec, tr = self.dec, self.tr
         b = sparse.shape[0]
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
@@ -210,7 +213,7 @@ class SharedImageDecoder:
                 logits = self.upscale(keys[first : last + 1], hyper[first : last + 1])
             else:
                 logits = self.upscale(keys[uniq], hyper[uniq])  # (P, 3, 4h, 4w)
-            return logits[inverse, idx % n_out]
+            return logits[inverse, idx % n_out].float()
 
         return iou, low_res_for
 
@@ -276,7 +279,7 @@ def _t2i_folded(attn: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch
     wk = attn.k_proj.weight.reshape(nh, d, c)
     qk = torch.einsum("bthd,hdc->bhtc", qh, wk).reshape(b, nh * nq, c) * d**-0.5
     logits = torch.bmm(qk.to(kpe.dtype), kpe.transpose(1, 2))  # (B, nh*Nq, HW)
-    weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(keys.dtype)
+    weights = torch.softmax(logits, dim=-1)  # bf16 in: computed in float32, rounded once
     del logits
     mixed = torch.bmm(weights, keys).reshape(b, nh, nq, c).to(q.dtype)
     wv = attn.v_proj.weight.reshape(nh, d, c)
@@ -334,12 +337,12 @@ def _i2t_folded(
 def _softmax_last_(x: torch.Tensor) -> torch.Tensor:
     """In-place softmax over a short last axis (faster than ``torch.softmax`` there).
 
-    A float32 ``x`` is updated in place; a reduced-precision one is computed in
-    float32 and rounded once (``exp`` and the sum of a few terms in bf16 would
-    round at every step).
+    A float32 ``x`` is updated in place; a reduced-precision one goes through
+    ``torch.softmax``, which computes in float32 and rounds once (``exp`` and
+    the sum of a few terms in bf16 would round at every step).
     """
     if x.dtype != torch.float32:
-        return torch.softmax(x, dim=-1, dtype=torch.float32).to(x.dtype)
+        return torch.softmax(x, dim=-1)
     x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
     return x.div_(x.sum(dim=-1, keepdim=True))
 

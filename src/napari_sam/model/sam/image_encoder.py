@@ -261,15 +261,18 @@ def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[
 def window_unpartition(
     tiles: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
 ) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: tiles back to a ``(B, H, W, C)`` grid."""
+    """Inverse of :func:`window_partition`: tiles back to a ``(B, H, W, C)`` grid.
+
+    The result is a view that drops the padding (not contiguous when there was
+    padding): its one consumer, the residual addition, reads it as it is,
+    which saves a copy of the whole grid.
+    """
     hp, wp = padded_hw
     h, w = hw
     b = tiles.shape[0] // ((hp // window) * (wp // window))
     x = tiles.view(b, hp // window, wp // window, window, window, -1)
     x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    if hp > h or wp > w:
-        x = x[:, :h, :w, :].contiguous()
-    return x
+    return x[:, :h, :w, :] if hp > h or wp > w else x
 
 
 class Block(nn.Module):

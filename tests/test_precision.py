@@ -210,7 +210,8 @@ def test_load_model_precision_and_compile_settings(vit_t_file, monkeypatch):
     assert compiled == []
     monkeypatch.setenv("NAPARI_SAM_COMPILE", "1")
     sam = loader.load_model("vit_t", vit_t_file, device="cpu")
-    assert sam.precision == "auto" and compiled == [sam]
+    # "auto" on a CPU is resolved by the loader (tests/test_precision_cpu.py)
+    assert sam.precision in ("bf16", "fp32") and compiled == [sam]
     sam = loader.load_model("vit_t", vit_t_file, device="cpu", compile=False)
     assert compiled == [compiled[0]]
     with pytest.raises(ValueError, match="not a precision"):

@@ -36,8 +36,9 @@ def add_speed_options(parser: Any) -> None:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="image-encoder precision: auto (default) = bf16 on a CUDA GPU, fp32 elsewhere; "
-        "masks are always computed in fp32",
+        help="image-encoder precision: auto (default) = bf16 on a CUDA GPU and on CPUs with "
+        "fast bf16 (AMX, AVX-512 BF16; see napari-sam info), fp32 elsewhere; masks and "
+        "scores are always float32",
     )
     parser.add_argument(
         "--compile",

@@ -51,14 +51,7 @@ def _run_info(args: argparse.Namespace) -> int:
     except Exception as exc:  # diagnostics must not fail because the model code is broken
         auto_model = f"unknown (the model code cannot be imported: {exc})"
     lines.append(f"Auto model type: {auto_model}")
-    try:
-        from napari_sam.model.precision import autocast_dtype
-
-        dtype = autocast_dtype("auto", devices["auto"])
-        precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
-        lines.append(f"Image-encoder precision (auto): {precision}; masks in float32")
-    except Exception as exc:
-        lines.append(f"Image-encoder precision: unknown ({exc})")
+    lines.append(_precision_line(devices["auto"]))
 
     folder = config.cache_dir(create=False)
     origin = config.cache_dir_origin()
@@ -81,6 +74,28 @@ def _run_info(args: argparse.Namespace) -> int:
         )
     print("\n".join(lines))
     return 0
+
+
+def _precision_line(device: Any) -> str:
+    """Which precision "auto" gives the image encoder on ``device``, and why."""
+    from napari_sam.runtime import config
+
+    try:
+        from napari_sam.runtime.precision import resolve_auto
+
+        choice = resolve_auto(device)
+    except Exception as exc:  # diagnostics must not fail
+        return f"Image-encoder precision: unknown ({exc})"
+    override = config.default_precision()
+    note = (
+        f"; {config.PRECISION_ENV}={override} overrides it"
+        if override.strip().lower() != "auto" else ""
+    )
+    return (
+        f"Image-encoder precision (auto) on {device}: {choice.dtype} "
+        f"({choice.reason.removeprefix('auto: ')}){note}; "
+        "masks and scores in float32"
+    )
 
 
 def _format_mb(size: int | None) -> str:

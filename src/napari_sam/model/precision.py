@@ -1,42 +1,68 @@
-"""Numeric precision of the image encoder: the GPU fast path.
+"""Numeric precision of the image encoder: the GPU and CPU fast paths.
 
-The image encoder holds almost all of SAM's arithmetic (about 0.5 TFLOP per
-1024² image for ViT-B). On a GPU it runs under :func:`torch.autocast` in
-bfloat16 (or float16 on GPUs without bfloat16): matrix products and
-convolutions use the tensor cores, while the layer norms, softmax statistics
-and the residual stream stay in float32 (autocast's own rules). The embedding
-it returns is cast back to float32, so the prompt encoder, the mask decoder,
-the IoU head and the mask logits always run in float32.
+The image encoder holds almost all of SAM's arithmetic (about 0.97 TFLOP per
+1024² image for ViT-B). It can run under :func:`torch.autocast` in bfloat16
+(or float16): matrix products, convolutions and attention use reduced
+precision, while layer norms, softmax statistics and the residual stream stay
+in float32 (autocast's rules, and the encoders keep their residual streams in
+float32). The embedding it returns is cast back to float32, so the prompt
+encoder, the interactive mask decoder, the IoU head and the mask logits always
+run in float32.
+
+Reduced precision pays where the hardware multiplies bfloat16 faster than
+float32: NVIDIA GPUs with tensor cores, and CPUs with bfloat16 matrix
+instructions (Intel AMX; AVX-512 BF16 on Intel Cooper Lake and AMD Zen 4 and
+newer; Arm BF16). :func:`cpu_bf16_isa` reads those from what PyTorch detects
+(``torch.cpu.get_capabilities()``), and :func:`measure_cpu_bf16_speedup`
+times one encoder-sized matrix product in both precisions, because an
+instruction set alone does not say that PyTorch's kernels use it well.
 
 Precision names
 ---------------
 ``"auto"``
-    bfloat16 on a CUDA GPU that supports it, float16 on an older CUDA GPU,
-    float32 on the CPU and on Apple MPS (where reduced precision is not faster
-    for this network, or not supported by every kernel it needs).
+    On a :class:`~napari_sam.model.sam.sam.Sam` itself: bfloat16 on a CUDA GPU
+    that supports it, float16 on an older CUDA GPU, float32 on the CPU and on
+    Apple MPS. The model loader (:func:`napari_sam.runtime.loader.load`, used by
+    the CLI and the plugin) resolves "auto" for the machine: on a CPU it
+    becomes ``"bf16"`` where :func:`assess_cpu_bf16` finds bfloat16 fast, and
+    ``"fp32"`` elsewhere. A bare model built with ``sam_model_registry``
+    therefore computes on the CPU exactly as ``segment_anything`` does unless
+    asked otherwise.
 ``"fp32"``
-    Always float32: bit-for-bit the reference computation.
+    Always float32: the reference computation.
 ``"bf16"``, ``"fp16"``
     That reduced precision on any device that supports autocast with it (the
-    CPU supports both; used by the tests to check the code path without a GPU).
+    CPU supports both; on a CPU without bfloat16 instructions bf16 is
+    emulated and slower than fp32, but gives the same numbers).
 
 Which precision "auto" becomes for models built by the package's loaders
-(``NAPARI_SAM_PRECISION``) is decided in :mod:`napari_sam.runtime.config`;
-this module does no I/O and reads no environment.
+(``NAPARI_SAM_PRECISION``, the measured CPU speed-up remembered on disk) is
+decided in :mod:`napari_sam.runtime`; this module does no I/O and reads no
+environment.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
+    "MIN_CPU_BF16_SPEEDUP",
     "PRECISIONS",
+    "CpuBf16",
+    "assess_cpu_bf16",
     "autocast_dtype",
     "check_precision",
+    "cpu_bf16_isa",
     "encoder_autocast",
+    "measure_cpu_bf16_speedup",
+    "precision_tag",
 ]
 
 #: Precision names accepted by :func:`autocast_dtype` and ``Sam.precision``.
@@ -116,3 +142,160 @@ def encoder_autocast(dtype: torch.dtype | None, device: torch.device | str) -> I
     dev_type = torch.device(device).type
     with torch.autocast(dev_type, dtype=dtype):
         yield
+
+
+def precision_tag(model_id: str, dtype: torch.dtype | None) -> str:
+    """The name embedding caches give a model's embeddings: ``model_id``, plus
+    ``"@bfloat16"`` / ``"@float16"`` when the encoder runs in reduced precision.
+
+    Embeddings computed in bf16/fp16 differ slightly from float32 ones, so caches
+    must keep them apart (``"vit_b"`` vs ``"vit_b@bfloat16"``).
+    """
+    if dtype is None or dtype == torch.float32:
+        return model_id
+    return f"{model_id}@{str(dtype).removeprefix('torch.')}"
+
+
+# --------------------------------------------------------------------------- CPU bf16
+#: bfloat16 must multiply at least this many times faster than float32 (measured
+#: by :func:`measure_cpu_bf16_speedup`) for "auto" to pick it on a CPU. Matrix
+#: products are ~75 % of the encoders' time; the rest (attention softmax,
+#: norms) gains less, so a smaller margin would not make the encoder faster.
+MIN_CPU_BF16_SPEEDUP = 1.3
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """Whether this CPU runs the image encoder faster in bfloat16, and why.
+
+    Attributes
+    ----------
+    fast : bool
+        True: "auto" means bf16 on this CPU.
+    isa : str or None
+        The bfloat16 instructions PyTorch found: ``"AMX"``, ``"AVX-512 BF16"``,
+        ``"Arm BF16"``, or ``None``.
+    speedup : float or None
+        Measured bf16 / fp32 throughput of an encoder-sized matrix product
+        (``None``: not measured).
+    reason : str
+        Why, in a few words for the user (shown by ``napari-sam info`` and the
+        plugin's model line).
+    """
+
+    fast: bool
+    isa: str | None
+    speedup: float | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fast": self.fast, "isa": self.isa, "speedup": self.speedup,
+                "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CpuBf16:
+        speedup = data.get("speedup")
+        isa = data.get("isa")
+        return cls(bool(data["fast"]), None if isa is None else str(isa),
+                   None if speedup is None else float(speedup), str(data["reason"]))
+
+
+def _capabilities() -> Mapping[str, Any]:
+    """``torch.cpu.get_capabilities()`` (PyTorch >= 2.7), else what older builds expose."""
+    get = getattr(getattr(torch, "cpu", None), "get_capabilities", None)
+    if get is not None:
+        try:
+            return dict(get())
+        except Exception:  # cpuinfo failed to initialise: say nothing
+            return {}
+    caps: dict[str, Any] = {}
+    for key, name in (("amx_bf16", "_is_amx_tile_supported"),
+                      ("avx512_bf16", "_is_avx512_bf16_supported")):
+        probe = getattr(torch.cpu, name, None)
+        if probe is not None:
+            try:
+                caps[key] = bool(probe())
+            except Exception:
+                pass
+    return caps
+
+
+def cpu_bf16_isa(capabilities: Mapping[str, Any] | None = None) -> str | None:
+    """The bfloat16 matrix instructions of this CPU, as PyTorch detects them.
+
+    Parameters
+    ----------
+    capabilities : mapping, optional
+        ``torch.cpu.get_capabilities()``-style flags (default: this CPU's).
+
+    Returns
+    -------
+    str or None
+        ``"AMX"`` (``amx_bf16``), ``"AVX-512 BF16"`` (``avx512_bf16``),
+        ``"Arm BF16"`` (``bf16`` / ``sve_bf16`` on arm64), or ``None`` (e.g. an
+        AVX2-only CPU: bfloat16 would be emulated, slower than float32).
+    """
+    caps = _capabilities() if capabilities is None else capabilities
+    if caps.get("amx_bf16") or caps.get("amx_tile"):
+        return "AMX"
+    if caps.get("avx512_bf16"):
+        return "AVX-512 BF16"
+    if caps.get("sve_bf16") or caps.get("bf16"):
+        return "Arm BF16"
+    return None
+
+
+def measure_cpu_bf16_speedup(repeats: int = 5, tokens: int = 1024, width: int = 768) -> float:
+    """How many times faster a bfloat16 matrix product runs than a float32 one here.
+
+    Times ``F.linear`` of ``tokens × width`` activations with a ``width × width``
+    weight (ViT-B's attention projection on a quarter of its tokens, ~1.2
+    GFLOP) in both precisions, interleaved ``repeats`` times after a warm-up
+    (the first bf16 call compiles oneDNN's kernels), with the threads PyTorch
+    uses now. Best times are compared, so a busy machine slows both alike.
+    Takes ~0.1 s on a 2-core CPU.
+
+    Returns
+    -------
+    float
+        fp32 time / bf16 time (> 1: bf16 is faster).
+    """
+    gen = torch.Generator().manual_seed(0)
+    x32 = torch.randn(tokens, width, generator=gen)
+    w32 = torch.randn(width, width, generator=gen)
+    x16, w16 = x32.bfloat16(), w32.bfloat16()
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    with torch.inference_mode():
+        F.linear(x32, w32)
+        F.linear(x16, w16)
+        for _ in range(max(1, repeats)):
+            for dtype, (x, w) in ((torch.float32, (x32, w32)), (torch.bfloat16, (x16, w16))):
+                start = time.perf_counter()
+                F.linear(x, w)
+                best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+
+
+def assess_cpu_bf16(
+    *, measure: bool = True, capabilities: Mapping[str, Any] | None = None
+) -> CpuBf16:
+    """Decide whether "auto" should run the image encoder in bfloat16 on this CPU.
+
+    A CPU without bfloat16 instructions (:func:`cpu_bf16_isa` is ``None``) keeps
+    float32 without measuring. Otherwise one matrix product is timed in both
+    precisions (:func:`measure_cpu_bf16_speedup`) and bf16 is chosen if it is at
+    least :data:`MIN_CPU_BF16_SPEEDUP` times faster. With ``measure=False`` the
+    instruction set alone decides. Callers remember the result
+    (:mod:`napari_sam.runtime.precision` per process and on disk).
+    """
+    isa = cpu_bf16_isa(capabilities)
+    if isa is None:
+        return CpuBf16(False, None, None, "this CPU has no bf16 matrix instructions")
+    if not measure:
+        return CpuBf16(True, isa, None, f"{isa}")
+    speedup = measure_cpu_bf16_speedup()
+    if speedup >= MIN_CPU_BF16_SPEEDUP:
+        return CpuBf16(True, isa, speedup,
+                       f"{isa}: bf16 matrix products {speedup:.1f}× faster than fp32")
+    return CpuBf16(False, isa, speedup,
+                   f"{isa}, but bf16 matrix products only {speedup:.1f}× as fast as fp32")

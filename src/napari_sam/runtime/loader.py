@@ -2,11 +2,13 @@
 
 :func:`load` resolves the model name and device, finds (or downloads, hash
 checked) the weights, builds the network with strict keys, moves it to the
-device, sets the encoder precision and returns a :class:`LoadedModel`, which
+device, sets the encoder precision ("auto" resolved for the machine, see
+:mod:`napari_sam.runtime.precision`) and returns a :class:`LoadedModel`, which
 knows its name, its weights' identity (for embedding caches), the device it
 was loaded on and the device it is on now (after an out-of-memory fallback the
-model may have moved to the CPU). :func:`load_model` returns the bare
-:class:`~napari_sam.model.sam.sam.Sam` for ``segment_anything``-style code::
+model may have moved to the CPU), and which precision its encoder uses and why.
+:func:`load_model` returns the bare :class:`~napari_sam.model.sam.sam.Sam` for
+``segment_anything``-style code::
 
     sam = load_model("vit_b")                       # downloads once, then cached
     sam = load_model("vit_b", "sam_vit_b_01ec64.pth", device="cpu")
@@ -31,7 +33,7 @@ import torch
 from napari_sam.errors import CheckpointError, ModelTypeMismatchError, UnknownModelTypeError
 from napari_sam.model.build import CONFIGS, detect_model_type
 from napari_sam.model.decoders.instance import InstanceDecoder, decoder_from_state
-from napari_sam.model.precision import check_precision
+from napari_sam.model.precision import check_precision, precision_tag
 from napari_sam.model.sam.sam import Sam
 from napari_sam.runtime import config, weights
 from napari_sam.runtime.checkpoints import (
@@ -40,6 +42,7 @@ from napari_sam.runtime.checkpoints import (
     read_decoder_state,
 )
 from napari_sam.runtime.device import resolve_device
+from napari_sam.runtime.precision import PrecisionChoice, resolve_auto
 from napari_sam.runtime.weights import CHECKPOINTS, MODEL_TYPE_ALIASES, checkpoint_path
 
 __all__ = [
@@ -149,6 +152,9 @@ class LoadedModel:
     decoder : InstanceDecoder or None
         The instance decoder for automatic instance segmentation (AIS), if the
         model has one (micro-sam's models, or a file exported with its decoder).
+    precision_choice : PrecisionChoice, optional
+        What "auto" (or ``NAPARI_SAM_PRECISION``) resolved the encoder precision
+        to at load time, and why; ``None`` when the caller chose it.
     """
 
     sam: Any
@@ -157,6 +163,7 @@ class LoadedModel:
     name: str
     loaded_on: torch.device
     decoder: InstanceDecoder | None = None
+    precision_choice: PrecisionChoice | None = None
 
     @property
     def has_decoder(self) -> bool:
@@ -182,10 +189,32 @@ class LoadedModel:
         dtype = getattr(self.sam, "encoder_dtype", None)
         return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
+    @property
+    def embedding_id(self) -> str:
+        """The model's name in embedding keys: :attr:`model_id`, plus the encoder
+        precision when it is not float32 (``"vit_b@bfloat16"``), so caches never
+        mix bf16 and fp32 embeddings (the same tag as
+        :class:`~napari_sam.workflows.embeddings.StackEmbeddings` uses)."""
+        return precision_tag(self.model_id, getattr(self.sam, "encoder_dtype", None))
+
+    def precision_note(self) -> str:
+        """``", bf16 encoder (auto: …)"``, ``", fp32 encoder (auto: …)"`` or ``""``.
+
+        A reduced precision is always named; float32 only when "auto" chose it
+        with a reason worth telling (a CPU that could have used bf16 or cannot).
+        The reason is given while the encoder still uses what was chosen.
+        """
+        dtype = self.encoder_precision
+        short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+        choice = self.precision_choice
+        reason = choice.reason if choice is not None and choice.dtype == dtype else ""
+        if dtype == "float32" and not reason:
+            return ""
+        return f", {short} encoder" + (f" ({reason})" if reason else "")
+
     def describe(self) -> str:
-        """One line for the user, e.g. ``"vit_t on cpu, bf16 encoder"``."""
-        short = {"bfloat16": "bf16", "float16": "fp16"}.get(self.encoder_precision)
-        note = f", {short} encoder" if short else ""
+        """One line for the user, e.g. ``"vit_t on cpu, bf16 encoder (auto: AVX-512 BF16: …)"``."""
+        note = self.precision_note()
         if self.decoder is not None:
             note += ", AIS decoder"
         if self.moved:
@@ -236,7 +265,10 @@ def load(
     precision : str, optional
         Image-encoder precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``
         (see :mod:`napari_sam.model.precision`); "auto" (default) is what
-        :func:`napari_sam.runtime.config.default_precision` says. Masks and scores
+        :func:`napari_sam.runtime.config.default_precision` says, and otherwise
+        bf16 on GPUs with bf16 tensor cores and on CPUs whose bf16 matrix
+        products are measured to be fast, fp32 elsewhere
+        (:func:`napari_sam.runtime.precision.resolve_auto`). Masks and scores
         are always float32.
     compile : bool, optional
         Compile the image encoder with ``torch.compile`` (slow first call);
@@ -265,6 +297,7 @@ def load(
         again).
     """
     precision = check_precision(precision or "auto")
+    from_env = precision == "auto" and config.default_precision().strip().lower() != "auto"
     if precision == "auto":  # NAPARI_SAM_PRECISION says what "auto" means
         precision = check_precision(config.default_precision())
     dev = resolve_device(device)
@@ -308,14 +341,22 @@ def load(
             fetch,
         )
     sam = sam.to(dev).eval()
+    choice = None
+    if precision == "auto" and hasattr(sam, "encoder_dtype"):
+        choice = resolve_auto(dev)  # on a CPU: "bf16" where measured fast, else "fp32"
+        precision = choice.precision
     sam.precision = precision
+    if from_env and hasattr(sam, "encoder_dtype"):
+        dtype = sam.encoder_dtype
+        name = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+        choice = PrecisionChoice(precision, name, f"set by {config.PRECISION_ENV}")
     sam.model_type = model_type
     if compile if compile is not None else config.compile_by_default():
         sam.compile_encoder()
     if instance_decoder is not None:
         instance_decoder = instance_decoder.to(dev).eval()
     model_id = model_id_for(published, None if checkpoint is None else path)
-    return LoadedModel(sam, model_type, model_id, name, dev, instance_decoder)
+    return LoadedModel(sam, model_type, model_id, name, dev, instance_decoder, choice)
 
 
 def _load_decoder(

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.model.sam.common import LayerNorm2d, MLPBlock
+from napari_sam.model.sam.common import LayerNorm2d, MLPBlock, float32_region
 
 #: Largest number of mask elements materialised at once by the attention of
 #: one block on a CPU (4 M fp32 values = 16 MB): small enough to stay in
@@ -74,7 +74,38 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
     return table[index]
 
 
-def _attention_with_rel_pos(
+def _onehot_keys(kh: int, kw: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(kh + kw, kh * kw)`` matrix ``E`` with ``[rel_h | rel_w] @ E`` = the bias mask.
+
+    Key ``j`` sits in key row ``j // kw`` and key column ``j % kw``; column ``j`` of
+    ``E`` has a one in row ``j // kw`` and in row ``kh + j % kw``.
+    """
+    keys = torch.arange(kh * kw, device=device)
+    e = torch.zeros(kh + kw, kh * kw, dtype=dtype, device=device)
+    e[keys // kw, keys] = 1
+    e[kh + keys % kw, keys] = 1
+    return e
+
+
+def _bias_mask(rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write the additive mask ``rel_h[..., i, kh] + rel_w[..., i, kw]`` into ``out``.
+
+    ``rel_h``, ``rel_w``: ``(..., L, Kh)``, ``(..., L, Kw)``; ``out``: ``(..., L, Kh * Kw)``
+    of their dtype. A wide grid (global attention) is a broadcast addition; a
+    narrow one (14×14 windows, where broadcasting over 14 elements is slow) is a
+    small matrix product with one-hot key positions, which is exact (each
+    output is the sum of two terms) and ~6× faster on a CPU.
+    """
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    if kw >= 32:
+        torch.add(rel_h[..., :, None], rel_w[..., None, :], out=out.unflatten(-1, (kh, kw)))
+    else:
+        e = _onehot_keys(kh, kw, rel_h.dtype, rel_h.device)
+        torch.matmul(torch.cat([rel_h, rel_w], dim=-1), e, out=out)
+    return out
+
+
+def attention_with_rel_pos(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -85,53 +116,50 @@ def _attention_with_rel_pos(
 
     Parameters
     ----------
-    q, k, v : Tensor, shape ``(N, L, D)``
-        ``N`` = batch × heads, ``L`` = number of tokens.
-    rel_h, rel_w : Tensor, shapes ``(N, L, Kh)`` and ``(N, L, Kw)``
+    q, k, v : Tensor, shape ``(B, heads, L, D)``
+        May be strided views (e.g. of one fused ``qkv`` projection) as long as
+        the last axis is contiguous. ``L`` = number of tokens.
+    rel_h, rel_w : Tensor, shapes ``(B, heads, L, Kh)`` and ``(B, heads, L, Kw)``
         Per-query bias towards each key row / key column; ``Kh * Kw == L``.
 
     Returns
     -------
-    Tensor, shape ``(N, L, D)``
+    Tensor, shape ``(B, heads, L, D)``
+        When sliced (see below), a transposed view of a ``(B, L, heads, D)``
+        tensor, so that merging the heads back into channels is free.
+
+    Notes
+    -----
+    The mask has the dtype of ``q`` (bf16 under autocast: built, read and
+    added in bf16, no float32 round trip) and is materialised in slices of at
+    most :func:`attention_mask_budget` elements, all written into one buffer.
     """
-    n, length, _ = q.shape
+    b, heads, length, d = q.shape
     kh, kw = rel_h.shape[-1], rel_w.shape[-1]
     keys = kh * kw
-    # Under autocast q is bf16/fp16 while the bias may not be; SDPA wants one dtype.
-    rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
+    if rel_h.dtype != q.dtype:  # SDPA wants one dtype
+        rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
     budget = attention_mask_budget(q.device)
-    if n * length * keys <= budget:
-        mask = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, length, keys)
-        return _sdpa(q, k, v, mask)
+    if b * heads * length * keys <= budget:
+        mask = _bias_mask(rel_h, rel_w, q.new_empty(b, heads, length, keys))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     rows = max(1, min(length, budget // keys))
-    group = max(1, budget // (rows * keys))
-    out = torch.empty_like(q)
-    for i in range(0, n, group):
-        sl_n = slice(i, i + group)
-        for s in range(0, length, rows):
-            sl_l = slice(s, s + rows)
-            h = rel_h[sl_n, sl_l]
-            mask = (h[..., :, None] + rel_w[sl_n, sl_l][..., None, :]).reshape(
-                h.shape[0], h.shape[1], keys
-            )
-            out[sl_n, sl_l] = _sdpa(q[sl_n, sl_l], k[sl_n], v[sl_n], mask)
+    group = max(1, min(heads, budget // (rows * keys)))
+    out = q.new_empty(b, length, heads, d).transpose(1, 2)
+    buffer = q.new_empty(group * rows * keys)
+    for i in range(b):
+        for h0 in range(0, heads, group):
+            hs = slice(h0, min(h0 + group, heads))
+            for r0 in range(0, length, rows):
+                rs = slice(r0, min(r0 + rows, length))
+                n = (hs.stop - hs.start) * (rs.stop - rs.start) * keys
+                mask = buffer[:n].view(1, hs.stop - hs.start, rs.stop - rs.start, keys)
+                _bias_mask(rel_h[i : i + 1, hs, rs], rel_w[i : i + 1, hs, rs], mask)
+                out[i : i + 1, hs, rs] = F.scaled_dot_product_attention(
+                    q[i : i + 1, hs, rs], k[i : i + 1, hs], v[i : i + 1, hs], attn_mask=mask
+                )
     return out
-
-
-def _sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """SDPA on ``(N, L, D)`` tensors, passed as ``(1, N, L, D)``.
-
-    PyTorch's fused CUDA kernels (flash, memory-efficient) only accept 4D
-    inputs; 3D ones silently fall back to the unfused kernel, which holds the
-    whole attention matrix. The extra axis costs nothing on a CPU.
-    """
-    out = F.scaled_dot_product_attention(
-        q[None], k[None], v[None], attn_mask=None if mask is None else mask[None]
-    )
-    return out[0]
 
 
 class Attention(nn.Module):
@@ -175,22 +203,37 @@ class Attention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attend over ``x`` of shape ``(B, H, W, C)``; returns the same shape."""
+        """Attend over ``x`` of shape ``(B, H, W, C)``; returns the same shape.
+
+        q, k and v stay strided views of the one ``qkv`` projection
+        ``(B, H·W, 3, heads, D)``: SDPA reads them in place (4D, so that the
+        fused GPU kernels accept them too).
+        """
         b, h, w, c = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, b * heads, h * w, c // heads).unbind(0)
+        qkv = self.qkv(x).view(b, h * w, 3, heads, c // heads)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, heads, L, D) views
         if self.use_rel_pos:
-            table_h = relative_position_table(h, h, self.rel_pos_h)  # (h, h, D)
-            table_w = relative_position_table(w, w, self.rel_pos_w)  # (w, w, D)
-            grid_q = q.reshape(b * heads, h, w, -1)
-            rel_h = torch.einsum("nhwd,hkd->nhwk", grid_q, table_h).reshape(b * heads, h * w, h)
-            rel_w = torch.einsum("nhwd,wkd->nhwk", grid_q, table_w).reshape(b * heads, h * w, w)
-            out = _attention_with_rel_pos(q, k, v, rel_h, rel_w)
+            rel_h, rel_w = self.rel_pos_terms(q, h, w)
+            out = attention_with_rel_pos(q, k, v, rel_h, rel_w)
         else:
-            out = _sdpa(q, k, v)
-        out = out.reshape(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, c)
-        return self.proj(out)
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
+
+    def rel_pos_terms(self, q: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative-position terms of queries ``q`` ``(B, heads, H·W, D)`` on an ``H × W`` grid.
+
+        Returns ``rel_h`` ``(B, heads, H·W, H)`` and ``rel_w`` ``(B, heads, H·W, W)``:
+        ``q · R_h[qh - kh]`` for every key row and ``q · R_w[qw - kw]`` for every
+        key column, in ``q``'s dtype (bf16 under autocast).
+        """
+        b, heads, _, d = q.shape
+        table_h = relative_position_table(h, h, self.rel_pos_h).to(q.dtype)  # (h, h, D)
+        table_w = relative_position_table(w, w, self.rel_pos_w).to(q.dtype)  # (w, w, D)
+        grid_q = q.reshape(b * heads, h, w, d)
+        rel_h = torch.einsum("nhwd,hkd->nhwk", grid_q, table_h)
+        rel_w = torch.einsum("nhwd,wkd->nhwk", grid_q, table_w)
+        return rel_h.reshape(b, heads, h * w, h), rel_w.reshape(b, heads, h * w, w)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -218,15 +261,18 @@ def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[
 def window_unpartition(
     tiles: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
 ) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: tiles back to a ``(B, H, W, C)`` grid."""
+    """Inverse of :func:`window_partition`: tiles back to a ``(B, H, W, C)`` grid.
+
+    The result is a view that drops the padding (not contiguous when there was
+    padding): its one consumer, the residual addition, reads it as it is,
+    which saves a copy of the whole grid.
+    """
     hp, wp = padded_hw
     h, w = hw
     b = tiles.shape[0] // ((hp // window) * (wp // window))
     x = tiles.view(b, hp // window, wp // window, window, window, -1)
     x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    if hp > h or wp > w:
-        x = x[:, :h, :w, :].contiguous()
-    return x
+    return x[:, :h, :w, :] if hp > h or wp > w else x
 
 
 class Block(nn.Module):
@@ -268,8 +314,10 @@ class Block(nn.Module):
             x = window_unpartition(x, self.window_size, padded_hw, hw)
         else:
             x = self.attn(x)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x = shortcut + x  # float32 residual stream (also under autocast)
+        if torch.is_grad_enabled():
+            return x + self.mlp(self.norm2(x))
+        return x.add_(self.mlp(self.norm2(x)))  # x is ours: no new 12 MB buffer
 
 
 class PatchEmbed(nn.Module):
@@ -356,4 +404,5 @@ class ImageEncoderViT(nn.Module):
             x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        with float32_region(x):  # the embedding is never rounded to bf16
+            return self.neck(x.permute(0, 3, 1, 2).float())

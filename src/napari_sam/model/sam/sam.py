@@ -192,9 +192,12 @@ class Sam(nn.Module):
         size = self.img_size
         masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(
-            masks, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False
-        )
+        target = tuple(int(s) for s in original_size)
+        if tuple(masks.shape[-2:]) == target:
+            # A bilinear resize to the same size (align_corners=False) is the
+            # identity, exactly: skip it (a 1024² image, or a 1024² crop).
+            return masks.contiguous()
+        return F.interpolate(masks, target, mode="bilinear", align_corners=False)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``(3, H, W)`` RGB 0–255 pixels and pad to ``img_size`` (bottom/right)."""

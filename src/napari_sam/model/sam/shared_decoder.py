@@ -7,6 +7,15 @@ point grid with it. :meth:`SharedImageDecoder.supports` says whether a model
 has the structure it relies on; the automatic mask generator also checks its
 first output against the model's own decoder and falls back to it on any
 disagreement.
+
+Precision: with ``dtype=torch.bfloat16`` the per-prompt image tokens (the
+decoder's bulk: ``4096 × 256`` values per prompt, updated twice) and the mask
+upscaling are computed in bfloat16, which halves their memory traffic and
+runs the matrix products on bf16 instructions; everything on the prompt-token
+side (self-attention, MLPs, layer norms of the tokens, the IoU head and the
+hypernetworks) stays float32, and so do the IoU predictions returned.
+Attention logits over the image tokens are rounded to bfloat16 once; their
+softmax is computed in float32. Mask logits are returned in float32.
 """
 
 from __future__ import annotations
@@ -39,24 +48,59 @@ class SharedImageDecoder:
     - IoU predictions are available before any upscaling, and masks are
       upscaled (transposed convolutions as matrix products) only for the
       prompts and outputs asked for.
+
+    Parameters
+    ----------
+    model : Sam
+    features : Tensor ``(1, C, h, w)``
+        The image embedding (float32).
+    image_pe : Tensor ``(1, C, h, w)``
+        Dense positional encoding of the embedding grid.
+    dense : Tensor ``(1, C, h, w)``
+        Dense prompt embedding (the "no mask" embedding for point prompts).
+    dtype : torch.dtype, optional
+        Arithmetic of the image-token side and the upscaling (see the module
+        documentation); default the features' dtype (float32).
     """
 
     def __init__(
-        self, model: Sam, features: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+        self,
+        model: Sam,
+        features: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense: torch.Tensor,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.dec = model.mask_decoder
         self.tr = self.dec.transformer
+        self.dtype = features.dtype if dtype is None else dtype
         src = features + dense  # (1, C, h, w)
         _, _, h, w = src.shape
         self.hw = (h, w)
-        self.keys0 = src.flatten(2).transpose(1, 2)  # (1, HW, C)
-        self.key_pe = image_pe.flatten(2).transpose(1, 2)
-        kpe = self.keys0 + self.key_pe
+        keys0 = src.flatten(2).transpose(1, 2)  # (1, HW, C)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        kpe = keys0 + key_pe
         first = self.tr.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        self.k0 = t2i.k_proj(kpe)
-        self.v0 = t2i.v_proj(self.keys0)
-        self.q0 = i2t.q_proj(kpe)
+        # Shared projections in float32, then kept in the decoder's dtype.
+        cast = self._image_side
+        self.k0 = cast(t2i.k_proj(kpe))
+        self.v0 = cast(t2i.v_proj(keys0))
+        self.q0 = cast(i2t.q_proj(kpe))
+        self.keys0, self.key_pe = cast(keys0), cast(key_pe)
+        up = self.dec.output_upscaling
+        conv1, conv2 = up[0], up[3]
+        c, c1, c2 = conv1.in_channels, conv1.out_channels, conv2.out_channels
+        # A 2×2 stride-2 transposed convolution maps each pixel to a 2×2 block:
+        # a matrix product per pixel, outputs ordered (di, dj, channel).
+        self._w1 = cast(conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1))
+        self._b1 = cast(conv1.bias.repeat(4))
+        self._w2 = cast(conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2))
+        self._b2 = cast(conv2.bias.repeat(4))
+
+    def _image_side(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in the decoder's image-side dtype, contiguous."""
+        return t.to(self.dtype).contiguous()
 
     # -------------------------------------------------------------- structure check
     @staticmethod
@@ -111,7 +155,10 @@ class SharedImageDecoder:
 
     # -------------------------------------------------------------- decoding
     def decode(self, sparse: torch.Tensor):
-        """IoU predictions ``(B, 3)`` and a function flat-mask-indices -> low-res logits."""
+        """IoU predictions ``(B, 3)`` and a function flat-mask-indices -> low-res logits.
+
+        Both are float32 whatever the decoder's dtype.
+        """
         dec, tr = self.dec, self.tr
         b = sparse.shape[0]
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
@@ -166,27 +213,23 @@ class SharedImageDecoder:
                 logits = self.upscale(keys[first : last + 1], hyper[first : last + 1])
             else:
                 logits = self.upscale(keys[uniq], hyper[uniq])  # (P, 3, 4h, 4w)
-            return logits[inverse, idx % n_out]
+            return logits[inverse, idx % n_out].float()
 
         return iou, low_res_for
 
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Mask logits ``(P, M, 4h, 4w)`` from image tokens ``(P, HW, C)`` and
-        hypernetwork weights ``(P, M, C/8)``."""
+        hypernetwork weights ``(P, M, C/8)``, in the decoder's dtype."""
         up = self.dec.output_upscaling
         conv1, norm, act1, conv2, act2 = up[0], up[1], up[2], up[3], up[4]
         p, hw, c = keys.shape
         c1, c2 = conv1.out_channels, conv2.out_channels
-        # A 2×2 stride-2 transposed convolution maps each pixel to a 2×2 block:
-        # a matrix product per pixel, outputs ordered (di, dj, channel).
-        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
-        y = torch.addmm(conv1.bias.repeat(4), keys.reshape(p * hw, c), w1)
+        y = torch.addmm(self._b1, keys.reshape(p * hw, c), self._w1)
         y = F.layer_norm(y.view(p * hw * 4, c1), (c1,), norm.weight, norm.bias, norm.eps)
-        y = act1(y)
-        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        y = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # (P*HW*4, 4*C2)
+        y = _act_(act1, y)
+        y = _act_(act2, torch.addmm(self._b2, y, self._w2))  # (P*HW*4, 4*C2)
         m = hyper.shape[1]
-        logits = torch.bmm(y.view(p, hw * 16, c2), hyper.transpose(1, 2))  # (P, HW*16, M)
+        logits = torch.bmm(y.view(p, hw * 16, c2), hyper.transpose(1, 2).to(y.dtype))
         h, w = self.hw
         logits = logits.view(p, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return logits.reshape(p, m, 4 * h, 4 * w)
@@ -197,16 +240,29 @@ def _heads(attn: nn.Module) -> tuple[int, int]:
     return n, attn.q_proj.out_features // n
 
 
+def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place for GELU/ReLU (``x`` is a temporary of the upscaling)."""
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    if isinstance(act, nn.ReLU):
+        return x.relu_()
+    return act(x)
+
+
 def _t2i_shared(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """Token→image attention with projected image keys/values shared by all prompts."""
+    """Token→image attention with projected image keys/values shared by all prompts.
+
+    ``q``: float32 tokens ``(B, Nq, C)``; ``k``, ``v``: ``(1, HW, Ci)`` in the
+    image-side dtype. Returns float32 ``(B, Nq, C)``.
+    """
     b, nq, _ = q.shape
     nh, d = _heads(attn)
-    qh = attn.q_proj(q).reshape(b * nq, nh, d).transpose(0, 1).unsqueeze(0)
+    qh = attn.q_proj(q).reshape(b * nq, nh, d).transpose(0, 1).unsqueeze(0).to(k.dtype)
     kh = k[0].reshape(-1, nh, d).transpose(0, 1).unsqueeze(0)
     vh = v[0].reshape(-1, nh, d).transpose(0, 1).unsqueeze(0)
     out = F.scaled_dot_product_attention(qh, kh, vh)  # (1, nh, B*Nq, d)
     out = out[0].transpose(0, 1).reshape(b, nq, nh * d)
-    return attn.out_proj(out)
+    return attn.out_proj(out.to(q.dtype))
 
 
 def _t2i_folded(attn: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch.Tensor):
@@ -221,11 +277,11 @@ def _t2i_folded(attn: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch
     nh, d = _heads(attn)
     qh = attn.q_proj(q).reshape(b, nq, nh, d)
     wk = attn.k_proj.weight.reshape(nh, d, c)
-    qk = torch.einsum("bthd,hdc->bhtc", qh, wk).reshape(b, nh * nq, c)
-    logits = torch.bmm(qk, kpe.transpose(1, 2)).mul_(d**-0.5)  # (B, nh*Nq, HW)
-    weights = torch.softmax(logits, dim=-1)
+    qk = torch.einsum("bthd,hdc->bhtc", qh, wk).reshape(b, nh * nq, c) * d**-0.5
+    logits = torch.bmm(qk.to(kpe.dtype), kpe.transpose(1, 2))  # (B, nh*Nq, HW)
+    weights = torch.softmax(logits, dim=-1)  # bf16 in: computed in float32, rounded once
     del logits
-    mixed = torch.bmm(weights, keys).reshape(b, nh, nq, c)
+    mixed = torch.bmm(weights, keys).reshape(b, nh, nq, c).to(q.dtype)
     wv = attn.v_proj.weight.reshape(nh, d, c)
     out = torch.einsum("bhtc,hdc->bthd", mixed, wv)
     if attn.v_proj.bias is not None:
@@ -245,10 +301,10 @@ def _i2t_shared(
     b, nq, _ = q_tok.shape
     nh, d = _heads(attn)
     hw = q_img.shape[1]
-    k = attn.k_proj(q_tok).reshape(b, nq, nh, d)
+    k = attn.k_proj(q_tok).reshape(b, nq, nh, d) * d**-0.5
     qh = q_img[0].reshape(hw, nh, d).transpose(0, 1)  # (nh, HW, d)
-    kt = k.permute(2, 3, 0, 1).reshape(nh, d, b * nq)
-    logits = torch.bmm(qh, kt).mul_(d**-0.5)  # (nh, HW, B*Nq)
+    kt = k.permute(2, 3, 0, 1).reshape(nh, d, b * nq).to(q_img.dtype)
+    logits = torch.bmm(qh, kt)  # (nh, HW, B*Nq)
     logits = logits.view(nh, hw, b, nq).permute(2, 1, 0, 3).contiguous()  # (B, HW, nh, Nq)
     weights = _softmax_last_(logits).view(b, hw, nh * nq)
     return _weighted_token_values(attn, weights, v_tok, residual)
@@ -266,21 +322,27 @@ def _i2t_folded(
     b, nq, _ = q_tok.shape
     nh, d = _heads(attn)
     hw, c = kpe.shape[1:]
-    k = attn.k_proj(q_tok).reshape(b, nq, nh, d)
+    k = attn.k_proj(q_tok).reshape(b, nq, nh, d) * d**-0.5
     wq = attn.q_proj.weight.reshape(nh, d, c)
-    folded = torch.einsum("hdc,bthd->bcht", wq, k).reshape(b, c, nh * nq)
+    folded = torch.einsum("hdc,bthd->bcht", wq, k).reshape(b, c, nh * nq).to(kpe.dtype)
     if attn.q_proj.bias is not None:
         bias = torch.einsum("hd,bthd->bht", attn.q_proj.bias.reshape(nh, d), k)
-        logits = torch.baddbmm(bias.reshape(b, 1, nh * nq), kpe, folded)
+        logits = torch.baddbmm(bias.reshape(b, 1, nh * nq).to(kpe.dtype), kpe, folded)
     else:
         logits = torch.bmm(kpe, folded)
-    logits.mul_(d**-0.5)
     weights = _softmax_last_(logits.view(b, hw, nh, nq)).view(b, hw, nh * nq)
     return _weighted_token_values(attn, weights, v_tok, residual)
 
 
 def _softmax_last_(x: torch.Tensor) -> torch.Tensor:
-    """In-place softmax over a short last axis (faster than ``torch.softmax`` there)."""
+    """In-place softmax over a short last axis (faster than ``torch.softmax`` there).
+
+    A float32 ``x`` is updated in place; a reduced-precision one goes through
+    ``torch.softmax``, which computes in float32 and rounds once (``exp`` and
+    the sum of a few terms in bf16 would round at every step).
+    """
+    if x.dtype != torch.float32:
+        return torch.softmax(x, dim=-1)
     x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
     return x.div_(x.sum(dim=-1, keepdim=True))
 
@@ -302,6 +364,6 @@ def _weighted_token_values(
     projected = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, nh * nq, c)
     if attn.out_proj.bias is not None:
         projected = projected + attn.out_proj.bias / nh
-    return torch.baddbmm(residual, weights, projected)
+    return torch.baddbmm(residual, weights, projected.to(weights.dtype))
 
 

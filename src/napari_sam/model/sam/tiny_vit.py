@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.model.sam.common import LayerNorm2d
+from napari_sam.model.sam.common import LayerNorm2d, float32_region
 
 #: Approximate upper bound in bytes on one temporary tensor of the strip-wise
 #: and chunked computations (CPU, no autograd). 8 MiB keeps the working set of
@@ -619,7 +619,8 @@ class TinyViT(nn.Module):
         x = self.patch_embed(x, mode)
         for stage in self.layers:
             x = stage(x, mode)
-        return self._neck(x)
+        with float32_region(x):  # the embedding is never rounded to bf16
+            return self._neck(x.float())
 
     def _neck(self, x: torch.Tensor) -> torch.Tensor:
         """SAM neck on ``(B, h, w, C)`` tokens; returns a contiguous ``(B, 256, h, w)``."""

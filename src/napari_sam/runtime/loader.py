@@ -26,14 +26,16 @@ from napari_sam.errors import CheckpointError, ModelTypeMismatchError, UnknownMo
 from napari_sam.model.build import CONFIGS
 from napari_sam.model.precision import check_precision
 from napari_sam.model.sam.sam import Sam
+from napari_sam.model.sam2.build import SAM2_CONFIGS
 from napari_sam.runtime import config
-from napari_sam.runtime.checkpoints import build_from_config
+from napari_sam.runtime.checkpoints import build_any
 from napari_sam.runtime.device import resolve_device
 from napari_sam.runtime.weights import CHECKPOINTS, MODEL_TYPE_ALIASES, checkpoint_path
 
 __all__ = [
     "AUTO",
     "LoadedModel",
+    "is_sam2",
     "load",
     "load_model",
     "model_id_for",
@@ -47,7 +49,12 @@ AUTO = "auto"
 
 def model_names() -> list[str]:
     """Every model name :func:`load` accepts besides ``"auto"`` (aliases included)."""
-    return sorted(set(CONFIGS) | set(MODEL_TYPE_ALIASES))
+    return sorted(set(CONFIGS) | set(SAM2_CONFIGS) | set(MODEL_TYPE_ALIASES))
+
+
+def is_sam2(model_type: str) -> bool:
+    """Whether a (resolved) model name is a SAM 2.1 model (``"sam2_tiny"``, ...)."""
+    return MODEL_TYPE_ALIASES.get(model_type, model_type) in SAM2_CONFIGS
 
 
 def resolve_model_type(model_type: str = AUTO, device: str | torch.device | None = "auto") -> str:
@@ -66,7 +73,7 @@ def resolve_model_type(model_type: str = AUTO, device: str | torch.device | None
     """
     if model_type != AUTO:
         name = MODEL_TYPE_ALIASES.get(model_type, model_type)
-        if name not in CONFIGS:
+        if name not in CONFIGS and name not in SAM2_CONFIGS:
             known = ", ".join(model_names())
             raise UnknownModelTypeError(
                 f"{model_type!r} is not a model napari-sam knows; choose 'auto' or one of {known}."
@@ -184,7 +191,9 @@ def load(
     ----------
     model : str
         ``"auto"`` (MobileSAM on a CPU, ViT-B on a GPU), ``"vit_b"``, ``"vit_l"``,
-        ``"vit_h"``, ``"vit_t"`` or ``"default"`` (= ViT-H).
+        ``"vit_h"``, ``"vit_t"`` or ``"default"`` (= ViT-H); or a SAM 2.1 model
+        (:class:`~napari_sam.model.sam2.sam2.Sam2`): ``"sam2_tiny"``,
+        ``"sam2_small"``, ``"sam2_base_plus"``, ``"sam2_large"``.
     checkpoint : path, optional
         A local checkpoint file. If omitted (or empty), the published weights
         of ``model`` are taken from the cache (downloaded if missing). With
@@ -236,12 +245,13 @@ def load(
             )
         name = path.name
     try:
-        sam = build_from_config(CONFIGS[model_type], path, model_type=model_type)
+        sam = build_any(model_type, path)
     except ModelTypeMismatchError as exc:
-        if not (model == AUTO and checkpoint is not None and exc.found in CONFIGS):
+        known = exc.found in CONFIGS or exc.found in SAM2_CONFIGS
+        if not (model == AUTO and checkpoint is not None and known):
             raise
         model_type = exc.found
-        sam = build_from_config(CONFIGS[model_type], path, model_type=model_type)
+        sam = build_any(model_type, path)
     sam = sam.to(dev).eval()
     sam.precision = precision
     sam.model_type = model_type

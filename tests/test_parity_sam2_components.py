@@ -38,7 +38,7 @@ def frame(pair):
 
 
 def test_image_features_and_positions(pair, frame):
-    ref, ours = pair
+    _, ours = pair
     r, o = frame
     for a, b in zip(r["backbone_fpn"], [*o.high_res, o.image]):
         assert a.abs().mean() > 0.05
@@ -52,7 +52,9 @@ def _ref_feats(ref, r, b):
         "vision_pos_enc": [p.expand(b, -1, -1, -1) for p in r["vision_pos_enc"]],
     }
     _, feats, pos, sizes = ref._prepare_backbone_features(out)
-    high = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1])]
+    high = [
+        x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1])
+    ]
     return feats, pos, sizes, high
 
 
@@ -60,7 +62,7 @@ def _ref_feats(ref, r, b):
 @pytest.mark.parametrize("absent", [False, True])
 def test_heads(pair, frame, multimask, absent):
     ref, ours = pair
-    r, o = frame
+    r, _ = frame
     b = 3
     feats, _, sizes, high = _ref_feats(ref, r, b)
     pix = feats[-1].permute(1, 2, 0).view(b, 256, *sizes[-1])
@@ -97,7 +99,7 @@ def test_heads(pair, frame, multimask, absent):
 
 def test_mask_as_output(pair, frame):
     ref, ours = pair
-    r, o = frame
+    r, _ = frame
     feats, _, sizes, high = _ref_feats(ref, r, 2)
     pix = feats[-1].permute(1, 2, 0).view(2, 256, *sizes[-1])
     masks = torch.zeros(2, 1, 256, 256)
@@ -119,7 +121,9 @@ def test_memory_encoder(pair, frame, from_points):
     logits = torch.randn(2, 1, 256, 256, generator=g) * 8
     scores = torch.tensor([[3.0], [-2.0]])  # second object absent: "no object" embedding added
     with torch.no_grad():
-        mem, pos = ref._encode_new_memory(feats, sizes, logits, scores, is_mask_from_pts=from_points)
+        mem, pos = ref._encode_new_memory(
+            feats, sizes, logits, scores, is_mask_from_pts=from_points
+        )
         ours_mem = ours.encode_memory(o.image, logits, scores, binarize=from_points)
     assert mem.abs().mean() > 0.05
     torch.testing.assert_close(ours_mem, mem, atol=ATOL, rtol=1e-4)
@@ -128,7 +132,7 @@ def test_memory_encoder(pair, frame, from_points):
 
 def test_memory_attention_with_pointers(pair, frame):
     ref, ours = pair
-    r, o = frame
+    r, _ = frame
     b, hw, frames, n_ptr = 2, 16 * 16, 3, 5
     g = torch.Generator().manual_seed(13)
     feats, pos, _, _ = _ref_feats(ref, r, b)

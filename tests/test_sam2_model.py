@@ -13,7 +13,12 @@ from napari_sam.runtime.weights import CHECKPOINTS, MODEL_TYPE_ALIASES, checkpoi
 
 @pytest.mark.parametrize(
     "name",
-    ["sam2_tiny", "sam2_small", "sam2_base_plus", pytest.param("sam2_large", marks=pytest.mark.slow)],
+    [
+        "sam2_tiny",
+        "sam2_small",
+        "sam2_base_plus",
+        pytest.param("sam2_large", marks=pytest.mark.slow),
+    ],
 )
 def test_parameters_are_the_published_layout(name):
     """Same keys and shapes as Meta's model built from its SAM 2.1 config."""
@@ -22,7 +27,8 @@ def test_parameters_are_the_published_layout(name):
     ref = build_reference_sam2(name).state_dict()
     ours = build_sam2(SAM2_CONFIGS[name]).state_dict()
     assert set(ours) == set(ref)
-    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    shapes = {k: tuple(v.shape) for k, v in ref.items()}
+    assert {k: tuple(v.shape) for k, v in ours.items()} == shapes
 
 
 def test_loader_reads_a_published_layout_file(sam2_checkpoint):

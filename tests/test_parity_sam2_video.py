@@ -93,8 +93,18 @@ def _iou(a, b):
     [
         ("sam2_tiny", 256),
         ("sam2_base_plus", 256),
-        pytest.param("sam2_tiny", 1024, marks=pytest.mark.slow, id="sam2_tiny-1024"),
-        pytest.param("sam2_large", 256, marks=pytest.mark.slow, id="sam2_large-256"),
+        pytest.param(
+            "sam2_tiny",
+            1024,
+            marks=[pytest.mark.slow, pytest.mark.timeout(3600)],
+            id="sam2_tiny-1024",
+        ),
+        pytest.param(
+            "sam2_large",
+            256,
+            marks=[pytest.mark.slow, pytest.mark.timeout(3600)],
+            id="sam2_large-256",
+        ),
     ],
 )
 def test_propagation_matches_video_predictor(

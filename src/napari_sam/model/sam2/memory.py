@@ -19,8 +19,10 @@ memory keys (not on the pointer tokens).
 Cross-attention values live in the 64-wide memory space and are projected
 to 256 by ``v_proj``; since attention weights of a query sum to one,
 ``softmax(QKᵀ)·(M·Wᵥᵀ + b) = (softmax(QKᵀ)·M)·Wᵥᵀ + b`` exactly, so the
-attention is computed on the 64-wide memories and projected after, a quarter
-of the arithmetic of the weighted sum.
+weighted sum is taken of the 64-wide memories and projected after: a quarter
+of its arithmetic. It is computed in blocks of queries with two matrix
+products (faster on a CPU than the fused attention kernel for these shapes),
+in float32 like the rest.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class RoPEAttention(nn.Module):
     not rotated; the others are whole frames of the query grid.
     """
 
+    #: Queries per block of the attention to the memory (bounds its scratch memory:
+    #: block × keys × 4 bytes, 29 MB for 256 queries and a full memory bank).
+    query_block = 256
+
     def __init__(
         self,
         embedding_dim: int = 256,
@@ -125,20 +131,36 @@ class RoPEAttention(nn.Module):
         b, nq, _ = q.shape
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
-        cos, sin = self.rope.tables(nq, q.device)
-        q = AxialRope.rotate(q, cos, sin)
+        rot = self.rope.rotations(nq, q.device)
+        q = AxialRope.rotate(q, rot)
         n_rope = k.shape[-2] - num_k_exclude_rope
         if n_rope > 0:
-            rotated = AxialRope.rotate(k[:, :, :n_rope], cos, sin)
+            rotated = AxialRope.rotate(k[:, :, :n_rope], rot)
             k = torch.cat([rotated, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else rotated
-        if self.num_heads == 1 and self.kv_in_dim < self.embedding_dim:
-            # weighted sum in the narrow value space, projected after (exact, see module doc)
-            out = F.scaled_dot_product_attention(q, k, v.unsqueeze(1))
-            out = F.linear(out[:, 0], self.v_proj.weight, self.v_proj.bias)
+        if self.num_heads == 1 and self.kv_in_dim < self.embedding_dim and not self.training:
+            out = self._narrow_value_attention(q[:, 0], k[:, 0], v)
         else:
             out = F.scaled_dot_product_attention(q, k, self._heads(self.v_proj(v)))
             out = out.transpose(1, 2).reshape(b, nq, -1)
         return self.out_proj(out)
+
+    def _narrow_value_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """One head, values projected after the weighted sum (see the module documentation).
+
+        ``q`` ``(B, Nq, C)``, ``k`` ``(B, Nk, C)``, ``v`` ``(B, Nk, kv_in_dim)`` ->
+        ``(B, Nq, C)``. Blocks of queries: scores by one matrix product, softmax,
+        weighted sum of the 64-wide values by another.
+        """
+        scale = q.shape[-1] ** -0.5
+        kt = k.transpose(1, 2)
+        out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+        step = self.query_block
+        for start in range(0, q.shape[1], step):
+            scores = torch.matmul(q[:, start : start + step] * scale, kt)
+            torch.matmul(torch.softmax(scores, dim=-1), v, out=out[:, start : start + step])
+        return F.linear(out, self.v_proj.weight, self.v_proj.bias)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -154,6 +176,20 @@ class MemoryAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
+    def self_block(self, tgt: torch.Tensor) -> torch.Tensor:
+        """The pre-norm self-attention step (residual)."""
+        x = self.norm1(tgt)
+        return tgt + self.self_attn(x, x, x)
+
+    def memory_block(
+        self, tgt: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, n_ptr: int
+    ) -> torch.Tensor:
+        """Cross-attention to the memory bank, then the MLP (both pre-norm, residual)."""
+        x = self.norm2(tgt)
+        tgt = tgt + self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=n_ptr)
+        x = self.norm3(tgt)
+        return tgt + self.linear2(F.relu(self.linear1(x)))
+
     def forward(
         self,
         tgt: torch.Tensor,
@@ -161,14 +197,7 @@ class MemoryAttentionLayer(nn.Module):
         memory_pos: torch.Tensor,
         num_k_exclude_rope: int,
     ) -> torch.Tensor:
-        x = self.norm1(tgt)
-        tgt = tgt + self.self_attn(x, x, x)
-        x = self.norm2(tgt)
-        tgt = tgt + self.cross_attn_image(
-            x, memory + memory_pos, memory, num_k_exclude_rope=num_k_exclude_rope
-        )
-        x = self.norm3(tgt)
-        return tgt + self.linear2(F.relu(self.linear1(x)))
+        return self.memory_block(self.self_block(tgt), memory, memory_pos, num_k_exclude_rope)
 
 
 class MemoryAttention(nn.Module):
@@ -202,7 +231,13 @@ class MemoryAttention(nn.Module):
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int = 0,
     ) -> torch.Tensor:
+        """``curr``/``curr_pos`` may have batch 1 for ``B`` objects' memories: the frame is the
+        same for all, so the first self-attention runs once and is shared (exactly)."""
         x = curr + 0.1 * curr_pos
-        for layer in self.layers:
-            x = layer(x, memory, memory_pos, num_obj_ptr_tokens)
+        b = memory.shape[0]
+        for i, layer in enumerate(self.layers):
+            x = layer.self_block(x)
+            if i == 0 and x.shape[0] != b:
+                x = x.expand(b, -1, -1)
+            x = layer.memory_block(x, memory, memory_pos, num_obj_ptr_tokens)
         return self.norm(x)

@@ -70,9 +70,10 @@ def sine_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> 
 class AxialRope:
     """Rotary encoding of tokens on a square grid (row-major), for one head width.
 
-    The head's ``dim`` channels form ``dim / 2`` pairs; pair ``j < dim / 4``
-    is rotated by ``column * f_j``, pair ``dim / 4 + j`` by ``row * f_j``,
-    with ``f_j = theta ** (-4 j / dim)``. Tables are kept per grid side and device.
+    The head's ``dim`` channels form ``dim / 2`` pairs, each rotated as a
+    complex number: pair ``j < dim / 4`` by the angle ``column * f_j``, pair
+    ``dim / 4 + j`` by ``row * f_j``, with ``f_j = theta ** (-4 j / dim)``.
+    The rotations (unit complex numbers) are kept per grid side and device.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0) -> None:
@@ -80,16 +81,16 @@ class AxialRope:
             raise ValueError(f"Rotary encoding needs a head width divisible by 4, got {dim}.")
         self.dim = dim
         self.theta = theta
-        self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple[int, str], torch.Tensor] = {}
 
-    def tables(self, n_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)``, each ``(n_tokens, dim / 2)`` float32, for a square grid."""
+    def rotations(self, n_tokens: int, device: torch.device) -> torch.Tensor:
+        """``(n_tokens, dim / 2)`` complex64 unit rotations for a square grid of tokens."""
         side = math.isqrt(n_tokens)
         if side * side != n_tokens:
             raise ValueError(f"Rotary encoding needs a square grid of tokens, got {n_tokens}.")
         key = (side, str(device))
-        cached = self._tables.get(key)
-        if cached is None:
+        table = self._tables.get(key)
+        if table is None:
             quarter = self.dim // 4
             freq = 1.0 / (
                 self.theta ** (torch.arange(0, self.dim, 4)[:quarter].float() / self.dim)
@@ -98,21 +99,19 @@ class AxialRope:
             col = t % side
             row = torch.div(t, side, rounding_mode="floor")
             angles = torch.cat([torch.outer(col, freq), torch.outer(row, freq)], dim=-1)
-            cached = (angles.cos().to(device), angles.sin().to(device))
-            self._tables[key] = cached
-        return cached
+            table = torch.polar(torch.ones_like(angles), angles).to(device)
+            self._tables[key] = table
+        return table
 
     @staticmethod
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` ``(..., N, dim)`` by tables ``(N, dim / 2)`` (or repeated frames of them).
+    def rotate(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` ``(..., N, dim)`` by ``rotations`` ``(n, dim / 2)``, N a multiple of n.
 
-        ``N`` may be a multiple of the tables' length: the tokens are then
-        consecutive frames of the same grid, each rotated alike.
+        With ``N > n`` the tokens are consecutive frames of the same grid,
+        each rotated alike. Computed in float32, returned in ``x``'s dtype.
         """
-        n, pairs = cos.shape
+        n, pairs = rotations.shape
         lead = x.shape[:-2]
         reps = x.shape[-2] // n
-        xf = x.float().reshape(*lead, reps, n, pairs, 2)
-        a, b = xf[..., 0], xf[..., 1]
-        out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
-        return out.reshape(x.shape).to(x.dtype)
+        xc = torch.view_as_complex(x.float().reshape(*lead, reps, n, pairs, 2).contiguous())
+        return torch.view_as_real(xc * rotations).reshape(x.shape).to(x.dtype)

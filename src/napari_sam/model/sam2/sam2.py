@@ -408,8 +408,8 @@ class Sam2(nn.Module):
         """
         b = memories.shape[0]
         _, c, h, w = image_embed.shape
-        curr = image_embed.flatten(2).transpose(1, 2).expand(b, -1, -1)
-        curr_pos = self.vision_pos().flatten(2).transpose(1, 2).expand(b, -1, -1)
+        curr = image_embed.flatten(2).transpose(1, 2)  # batch 1: shared by the B objects
+        curr_pos = self.vision_pos().flatten(2).transpose(1, 2)
         memory_pos = memory_pos.expand(b, -1, -1)
         n_ptr_tokens = 0
         if pointers is not None and pointers.shape[1] > 0:

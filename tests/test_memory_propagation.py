@@ -168,6 +168,18 @@ def test_correction_follows_on_from_the_slice(model, stack):
     assert again.changed[2] and again.objects[1].prompt_slices == [4]
 
 
+def test_correction_keeps_later_prompted_slices(model, stack):
+    keep_going = MemoryPropagationSettings(stop_when_absent=False)
+    session = MemoryPropagation(model, stack, model_id="t", settings=keep_going)
+    first = session.run(
+        [TrackPrompt(1, 3, [[40.0, 30.0]], [1]), TrackPrompt(1, 7, [[42.0, 31.0]], [1])]
+    )
+    after = session.correct([TrackPrompt(1, 5, [[41.0, 30.0], [10.0, 10.0]], [1, 0])])
+    assert 5 in after.changed[1] and set(after.changed[1]) <= {5, 6, 8, 9}
+    assert after.objects[0].prompt_slices == [3, 5, 7]
+    np.testing.assert_array_equal(after.objects[0].masks[7], first.objects[0].masks[7])
+
+
 def test_cancel_keeps_the_session(model, stack):
     session = MemoryPropagation(model, stack, model_id="t")
     calls = {"n": 0}

@@ -549,7 +549,11 @@ class MemoryPropagation:
                 state = self._states[p.obj]
                 track = self.tracker.track_of(p.obj)
                 direction = track.direction_of.get(p.z) or (1 if p.z > state.first else -1)
-                later = [z for z in state.masks if (z - p.z) * direction >= 0]
+                later = [
+                    z
+                    for z in state.masks
+                    if (z - p.z) * direction >= 0 and (z == p.z or z not in state.prompts)
+                ]
                 self.tracker.forget(p.obj, p.z + direction, direction)
                 state.drop(later)
                 changed[p.obj].update(later)
@@ -557,7 +561,11 @@ class MemoryPropagation:
                 self._prompt(p, state)
                 state.stops.pop(direction, None)
                 self._walks([(direction, {p.obj: p.z})], progress, should_cancel)
-                changed[p.obj].update(z for z in state.masks if (z - p.z) * direction >= 0)
+                changed[p.obj].update(
+                    z
+                    for z in state.masks
+                    if (z - p.z) * direction >= 0 and (z == p.z or z not in state.prompts)
+                )
             self._changed = {o: sorted(v) for o, v in changed.items()}
         return self.result
 

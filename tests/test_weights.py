@@ -142,7 +142,8 @@ def assert_failed_cleanly(error: BaseException, url: str, dest: Path) -> None:
 def test_checkpoint_table_lists_the_published_files():
     sam = {"vit_h", "vit_l", "vit_b", "vit_t"}
     assert sam <= set(CHECKPOINTS)
-    assert set(CHECKPOINTS) - sam == set(weights.models_with_decoder())  # micro-sam's
+    sam2 = {"sam2_tiny", "sam2_small", "sam2_base_plus", "sam2_large"}  # SAM 2.1
+    assert set(CHECKPOINTS) - sam - sam2 == set(weights.models_with_decoder())  # micro-sam's
     assert CHECKPOINTS["vit_h"].filename == "sam_vit_h_4b8939.pth"
     assert CHECKPOINTS["vit_l"].filename == "sam_vit_l_0b3195.pth"
     assert CHECKPOINTS["vit_b"].filename == "sam_vit_b_01ec64.pth"
@@ -494,13 +495,13 @@ def test_checkpoint_path_alias_and_unknown(monkeypatch, local_checkpoint, cache)
 
 
 class FakeBuilder:
-    """Stands in for ``build_from_config``: records calls, returns a small module."""
+    """Stands in for ``build_any``: records calls, returns a small module."""
 
     def __init__(self) -> None:
         self.fail: dict[str, BaseException] = {}
         self.calls: list[dict[str, object]] = []
 
-    def __call__(self, config, checkpoint=None, *, model_type="custom") -> torch.nn.Module:
+    def __call__(self, model_type, checkpoint=None) -> torch.nn.Module:
         self.calls.append({"model_type": model_type, "checkpoint": str(checkpoint)})
         if model_type in self.fail:
             raise self.fail[model_type]
@@ -512,7 +513,7 @@ class FakeBuilder:
 @pytest.fixture
 def builder(monkeypatch) -> FakeBuilder:
     fake = FakeBuilder()
-    monkeypatch.setattr(loader, "build_from_config", fake)
+    monkeypatch.setattr(loader, "build_any", fake)
     return fake
 
 

@@ -37,6 +37,9 @@ _LAZY = {
     "instance_maps": "napari_sam.workflows.ais",
     "instances_from_maps": "napari_sam.workflows.ais",
     "InstanceDecoder": "napari_sam.model.decoders.instance",
+    "Sam2ImagePredictor": "napari_sam.predictors.sam2_predictor",
+    "propagate_memory": "napari_sam.workflows.memory_propagation",
+    "TrackPrompt": "napari_sam.workflows.memory_propagation",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

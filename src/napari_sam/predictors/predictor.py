@@ -29,16 +29,29 @@ class ImageEmbedding:
         ``(H, W)`` of the image given to ``set_image``.
     input_size : tuple of int
         ``(H', W')`` of the resized image inside the model's padded input.
+    high_res : tuple of Tensor
+        SAM 2 only: the stride-4 and stride-8 feature maps its mask decoder
+        also uses (``(1, 32, 256, 256)`` and ``(1, 64, 128, 128)``); empty for SAM 1.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res: tuple[torch.Tensor, ...] = ()
 
     @property
     def nbytes(self) -> int:
         """Memory taken by the features, in bytes."""
-        return self.features.numel() * self.features.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.features, *self.high_res))
+
+    def to(self, device: torch.device | str) -> ImageEmbedding:
+        """The same embedding with every feature map on ``device`` (detached)."""
+        return ImageEmbedding(
+            self.features.detach().to(device),
+            self.original_size,
+            self.input_size,
+            tuple(t.detach().to(device) for t in self.high_res),
+        )
 
 
 def _input_tensor(

@@ -2,10 +2,11 @@
 
 :func:`read_checkpoint` reads a ``.pth`` / ``.pt`` file (``weights_only``, no
 code executed) into a flat state dict; :func:`build_from_config` builds a model
-from a configuration and, when given, a checkpoint file (strict keys).
-:func:`read_decoder_state` and :func:`read_decoder_file` find micro-sam's
-instance decoder: in an exported model (``{"model_state": ..., "decoder_state":
-...}``) or in a decoder file of its own.
+from a configuration and, when given, a checkpoint file (strict keys);
+:func:`build_any` does the same for a model name of either family (SAM 1 or
+SAM 2.1). :func:`read_decoder_state` and :func:`read_decoder_file` find
+micro-sam's instance decoder: in an exported model (``{"model_state": ...,
+"decoder_state": ...}``) or in a decoder file of its own.
 """
 
 from __future__ import annotations
@@ -13,19 +14,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from napari_sam.errors import CheckpointError
+from napari_sam.errors import CheckpointError, UnknownModelTypeError
 from napari_sam.model.build import (
+    CONFIGS,
     SamConfig,
     TinyViTConfig,
+    _init_lock,
     model_from_state,
     random_model,
 )
 from napari_sam.model.sam.sam import Sam
+from napari_sam.model.sam2.build import (
+    SAM2_CONFIGS,
+    build_sam2,
+    is_sam2_state,
+    mismatch,
+    sam2_from_state,
+)
 
-__all__ = ["build_from_config", "read_checkpoint", "read_decoder_file", "read_decoder_state"]
+__all__ = [
+    "build_any",
+    "build_from_config", "read_checkpoint", "read_decoder_file",
+    "read_decoder_state",
+]
 
 #: The key of the decoder's state dict in a micro-sam export.
 DECODER_KEY = "decoder_state"
@@ -108,6 +123,42 @@ def build_from_config(
         return random_model(config)
     state = read_checkpoint(checkpoint)
     return model_from_state(config, state, model_type=model_type, source=str(checkpoint))
+
+
+def build_any(
+    model_type: str,
+    checkpoint: str | PathLike | None = None,
+) -> Any:
+    """Build the model ``model_type`` names: SAM 1 (``vit_*``) or SAM 2.1 (``sam2_*``).
+
+    Random weights without ``checkpoint``; otherwise the file's (strict
+    keys). A file holding the other family or another size raises
+    :class:`~napari_sam.errors.ModelTypeMismatchError` naming the file and what it holds.
+
+    Raises
+    ------
+    CheckpointError, ModelTypeMismatchError, UnknownModelTypeError
+    """
+    if model_type in SAM2_CONFIGS:
+        config = SAM2_CONFIGS[model_type]
+        if checkpoint is None:
+            with _init_lock:
+                return build_sam2(config)
+        state = read_checkpoint(checkpoint)
+        return sam2_from_state(config, state, model_type=model_type, source=str(checkpoint))
+    if model_type not in CONFIGS:
+        known = ", ".join(sorted({*CONFIGS, *SAM2_CONFIGS}))
+        raise UnknownModelTypeError(
+            f"{model_type!r} is not a model napari-sam knows; choose one of {known}."
+        )
+    if checkpoint is None:
+        return random_model(CONFIGS[model_type])
+    state = read_checkpoint(checkpoint)
+    if is_sam2_state(state):
+        raise mismatch(str(checkpoint), state, model_type)  # a SAM 2.1 file: always an error
+    return model_from_state(
+        CONFIGS[model_type], state, model_type=model_type, source=str(checkpoint)
+    )
 
 
 # --------------------------------------------------------------------------- decoders

@@ -35,9 +35,10 @@ from napari_sam.model.build import CONFIGS, detect_model_type
 from napari_sam.model.decoders.instance import InstanceDecoder, decoder_from_state
 from napari_sam.model.precision import check_precision, precision_tag
 from napari_sam.model.sam.sam import Sam
+from napari_sam.model.sam2.build import SAM2_CONFIGS
 from napari_sam.runtime import config, weights
 from napari_sam.runtime.checkpoints import (
-    build_from_config,
+    build_any,
     read_decoder_file,
     read_decoder_state,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "AUTO",
     "LoadedModel",
     "architecture_of",
+    "is_sam2",
     "load",
     "load_model",
     "model_id_for",
@@ -61,22 +63,32 @@ AUTO = "auto"
 
 
 def model_names() -> list[str]:
-    """Every model name :func:`load` accepts besides ``"auto"`` (aliases, micro-sam's models)."""
-    return sorted(set(CONFIGS) | set(MODEL_TYPE_ALIASES) | set(CHECKPOINTS))
+    """Every model name :func:`load` accepts besides ``"auto"`` (aliases, micro-sam's and
+    SAM 2.1 models)."""
+    return sorted(set(CONFIGS) | set(SAM2_CONFIGS) | set(MODEL_TYPE_ALIASES) | set(CHECKPOINTS))
 
 
 def architecture_of(name: str) -> str:
-    """The architecture (a key of ``CONFIGS``) of a model name: ``"vit_b_lm"`` -> ``"vit_b"``."""
+    """The architecture (a key of ``CONFIGS`` or ``SAM2_CONFIGS``) of a model name:
+    ``"vit_b_lm"`` -> ``"vit_b"``, ``"sam2.1_hiera_tiny"`` -> ``"sam2_tiny"``."""
     name = MODEL_TYPE_ALIASES.get(name, name)
-    if name in CONFIGS:
+    if name in CONFIGS or name in SAM2_CONFIGS:
         return name
     info = CHECKPOINTS.get(name)
-    if info is not None and info.arch in CONFIGS:
+    if info is not None and (info.arch in CONFIGS or info.arch in SAM2_CONFIGS):
         return info.arch
     known = ", ".join(model_names())
     raise UnknownModelTypeError(
         f"{name!r} is not a model napari-sam knows; choose 'auto' or one of {known}."
     )
+
+
+def is_sam2(model_type: str) -> bool:
+    """Whether a model name is a SAM 2.1 model (``"sam2_tiny"``, ...)."""
+    try:
+        return architecture_of(model_type) in SAM2_CONFIGS
+    except UnknownModelTypeError:
+        return False
 
 
 def resolve_model_type(model_type: str = AUTO, device: str | torch.device | None = "auto") -> str:
@@ -96,7 +108,9 @@ def resolve_model_type(model_type: str = AUTO, device: str | torch.device | None
     """
     if model_type != AUTO:
         name = MODEL_TYPE_ALIASES.get(model_type, model_type)
-        if not isinstance(name, str) or (name not in CONFIGS and name not in CHECKPOINTS):
+        if not isinstance(name, str) or (
+            name not in CONFIGS and name not in SAM2_CONFIGS and name not in CHECKPOINTS
+        ):
             known = ", ".join(model_names())
             raise UnknownModelTypeError(
                 f"{model_type!r} is not a model napari-sam knows; choose 'auto' or one of {known}."
@@ -253,9 +267,11 @@ def load(
     ----------
     model : str
         ``"auto"`` (MobileSAM on a CPU, ViT-B on a GPU), ``"vit_b"``, ``"vit_l"``,
-        ``"vit_h"``, ``"vit_t"``, ``"default"`` (= ViT-H), or one of micro-sam's
+        ``"vit_h"``, ``"vit_t"``, ``"default"`` (= ViT-H), one of micro-sam's
         fine-tuned models (``"vit_b_lm"``, ``"vit_b_em_organelles"``, ... see
-        ``napari-sam info``), which come with an instance decoder.
+        ``napari-sam info``), which come with an instance decoder, or a SAM 2.1
+        model (:class:`~napari_sam.model.sam2.sam2.Sam2`): ``"sam2_tiny"``,
+        ``"sam2_small"``, ``"sam2_base_plus"``, ``"sam2_large"``.
     checkpoint : path, optional
         A local checkpoint file. If omitted (or empty), the published weights
         of ``model`` are taken from the cache (downloaded if missing). With
@@ -325,14 +341,20 @@ def load(
             )
         name = path.name
     try:
-        sam = build_from_config(CONFIGS[model_type], path, model_type=model_type)
+        sam = build_any(model_type, path)
     except ModelTypeMismatchError as exc:
-        if not (model == AUTO and checkpoint is not None and exc.found in CONFIGS):
+        known = exc.found in CONFIGS or exc.found in SAM2_CONFIGS
+        if not (model == AUTO and checkpoint is not None and known):
             raise
         model_type = exc.found
-        sam = build_from_config(CONFIGS[model_type], path, model_type=model_type)
+        sam = build_any(model_type, path)
     instance_decoder = None
-    if decoder is not False:
+    if model_type in SAM2_CONFIGS and decoder not in (None, False, True):
+        raise CheckpointError(
+            f"The decoder {decoder} is an AIS decoder for a SAM (ViT) encoder; SAM 2.1 models "
+            "have none. Choose a ViT model (e.g. vit_b_lm) for automatic instance segmentation."
+        )
+    if decoder is not False and model_type not in SAM2_CONFIGS:
         instance_decoder = _load_decoder(
             published if checkpoint is None else None,
             model_type,
@@ -348,8 +370,8 @@ def load(
     sam.precision = precision
     if from_env and hasattr(sam, "encoder_dtype"):
         dtype = sam.encoder_dtype
-        name = "float32" if dtype is None else str(dtype).removeprefix("torch.")
-        choice = PrecisionChoice(precision, name, f"set by {config.PRECISION_ENV}")
+        dtype_name = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+        choice = PrecisionChoice(precision, dtype_name, f"set by {config.PRECISION_ENV}")
     sam.model_type = model_type
     if compile if compile is not None else config.compile_by_default():
         sam.compile_encoder()

@@ -269,6 +269,63 @@ for _name, _arch, _use, _url, _xxh, _dec_url, _dec_xxh in _MICRO_SAM:
     )
 
 
+# SAM 2.1 (Meta's release of 2024-09-28, folder "092824"), loaded by napari_sam.model.sam2.
+# Provenance (public material, none computed here): the byte sizes and SHA-256 digests are
+# the ones several independent public manifests and install scripts record for these exact
+# URLs (e.g. micro-sam's SAM 2 branch, micro_sam/v2/util.py HASHES; checkpoint manifests
+# listing "156008466 bytes", "184416285", "323606802", "898083611 bytes" next to the same
+# digests). Meta publishes no MD5 for them.
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+CHECKPOINTS.update(
+    {
+        "sam2_tiny": CheckpointInfo(
+            model_type="sam2_tiny",
+            filename="sam2.1_hiera_tiny.pt",
+            url=_SAM2_URL + "sam2.1_hiera_tiny.pt",
+            size_bytes=156_008_466,
+            sha256="7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+            description="SAM 2.1 Hiera-T (tiny, memory propagation, 156 MB)",
+        ),
+        "sam2_small": CheckpointInfo(
+            model_type="sam2_small",
+            filename="sam2.1_hiera_small.pt",
+            url=_SAM2_URL + "sam2.1_hiera_small.pt",
+            size_bytes=184_416_285,
+            sha256="6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+            description="SAM 2.1 Hiera-S (small, memory propagation, 184 MB)",
+        ),
+        "sam2_base_plus": CheckpointInfo(
+            model_type="sam2_base_plus",
+            filename="sam2.1_hiera_base_plus.pt",
+            url=_SAM2_URL + "sam2.1_hiera_base_plus.pt",
+            size_bytes=323_606_802,
+            sha256="a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+            description="SAM 2.1 Hiera-B+ (base plus, memory propagation, 324 MB)",
+        ),
+        "sam2_large": CheckpointInfo(
+            model_type="sam2_large",
+            filename="sam2.1_hiera_large.pt",
+            url=_SAM2_URL + "sam2.1_hiera_large.pt",
+            size_bytes=898_083_611,
+            sha256="2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+            description="SAM 2.1 Hiera-L (large, memory propagation, 898 MB)",
+        ),
+    }
+)
+MODEL_TYPE_ALIASES.update(
+    {
+        "sam2.1_hiera_tiny": "sam2_tiny",
+        "sam2.1_hiera_small": "sam2_small",
+        "sam2.1_hiera_base_plus": "sam2_base_plus",
+        "sam2.1_hiera_large": "sam2_large",
+        "sam2_t": "sam2_tiny",
+        "sam2_s": "sam2_small",
+        "sam2_b+": "sam2_base_plus",
+        "sam2_l": "sam2_large",
+    }
+)
+
+
 # --------------------------------------------------------------------------- cache
 
 

@@ -227,9 +227,7 @@ class EmbeddingStore:
         """Store an embedding (features moved to the CPU); return whether it was kept."""
         features = embedding.features
         if getattr(features, "device", None) is not None and features.device.type != "cpu":
-            embedding = type(embedding)(
-                features.detach().to("cpu"), embedding.original_size, embedding.input_size
-            )
+            embedding = embedding.to("cpu")
         size = int(embedding.nbytes)
         with self._lock:
             old = self._entries.pop(key, None)
@@ -357,13 +355,17 @@ def encode_planes(
     planes: Sequence[np.ndarray],
     contrast: Sequence[float] | None,
     rgb: bool = False,
+    resize: str | None = None,
 ) -> list[ImageEmbedding]:
     """Encode several planes in one forward pass of the image encoder.
 
     Each plane is converted with :func:`napari_sam.workflows.image.to_sam_rgb` (the
     given contrast limits; ``None`` for its robust automatic limits) and
     resized as ``SamPredictor.set_image`` does; one plane gives exactly the
-    embedding ``set_image`` gives.
+    embedding ``set_image`` gives. A SAM 2 model (``model.family == "sam2"``)
+    gives embeddings with its high-resolution maps, its input resized with
+    ``resize`` (``"bilinear"``, the default, as ``Sam2ImagePredictor`` does, or
+    ``"bicubic"``; see :data:`napari_sam.predictors.sam2_predictor.RESIZE_METHODS`).
 
     Parameters
     ----------
@@ -391,6 +393,10 @@ def encode_planes(
     if not planes:
         return []
     images = [to_sam_rgb(plane, contrast, rgb=rgb) for plane in planes]
+    if getattr(model, "family", "sam") == "sam2":
+        from napari_sam.predictors.sam2_predictor import embed_images_sam2
+
+        return embed_images_sam2(model, images, resize or "bilinear")
     return embed_images(model, images, batch_size=len(images), fallback=False)
 
 
@@ -400,9 +406,10 @@ class DiskCache:
 
     Each file holds the features as float16 (2 MiB per plane instead of 4 MiB
     as float32; features that would overflow float16 are kept as float32),
-    the image sizes, the full key (as JSON) and a BLAKE2b checksum of all of
-    them. A file is written to a temporary name in the same folder and then
-    renamed (``os.replace``), so a crash or a full disk never leaves a file
+    SAM 2's two high-resolution maps the same way (``high_res_0``,
+    ``high_res_1``; 6 MiB more), the image sizes, the full key (as JSON) and a
+    BLAKE2b checksum of all of them. A file is written to a temporary name in
+    the same folder and then renamed (``os.replace``), so a crash or a full disk never leaves a file
     that looks complete. A file that cannot be read, belongs to another key or
     fails its checksum (truncated, bytes flipped) is counted in
     :attr:`corrupted`, deleted, and treated as missing, so the plane is encoded
@@ -484,10 +491,14 @@ class DiskCache:
 
         self.reads += 1
         features = torch.from_numpy(np.ascontiguousarray(arrays["features"]))
+        high_res = tuple(
+            torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in _high_res_names(arrays)
+        )
         return ImageEmbedding(
             features,
             tuple(int(s) for s in arrays["original_size"]),
             tuple(int(s) for s in arrays["input_size"]),
+            high_res,
         )
 
     def verify(self, key: EmbeddingKey) -> bool:
@@ -502,18 +513,15 @@ class DiskCache:
         EmbeddingCacheError
             If the file cannot be written (e.g. the disk is full).
         """
-        features = embedding.features.detach().to("cpu").float().numpy()
-        with np.errstate(over="ignore"):
-            half = features.astype(np.float16)
-        if np.isfinite(half).all() or not np.isfinite(features).all():
-            features = half
         arrays = {
             "format": np.asarray(self.FORMAT, dtype=np.int64),
             "key": np.asarray(_key_json(key)),
-            "features": np.ascontiguousarray(features),
+            "features": _compact(embedding.features),
             "original_size": np.asarray(embedding.original_size, dtype=np.int64),
             "input_size": np.asarray(embedding.input_size, dtype=np.int64),
         }
+        for i, extra in enumerate(getattr(embedding, "high_res", ())):
+            arrays[f"high_res_{i}"] = _compact(extra)
         arrays["checksum"] = np.asarray(_checksum(arrays))
         path = self.path(key)
         what = f"The embedding cache file {path.name} in {self.root}"
@@ -563,9 +571,28 @@ def _key_json(key: EmbeddingKey) -> str:
     return json.dumps(fields, sort_keys=True)
 
 
+def _compact(tensor: Any) -> np.ndarray:
+    """A tensor as a float16 array, or float32 where float16 would overflow."""
+    values = tensor.detach().to("cpu").float().numpy()
+    with np.errstate(over="ignore"):
+        half = values.astype(np.float16)
+    if np.isfinite(half).all() or not np.isfinite(values).all():
+        values = half
+    return np.ascontiguousarray(values)
+
+
+def _high_res_names(arrays: dict[str, np.ndarray]) -> list[str]:
+    """``high_res_0``, ``high_res_1``, … present in an entry, in order."""
+    names = []
+    while f"high_res_{len(names)}" in arrays:
+        names.append(f"high_res_{len(names)}")
+    return names
+
+
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for name in ("format", "key", "original_size", "input_size", "features"):
+    names = ("format", "key", "original_size", "input_size", "features")
+    for name in (*names, *_high_res_names(arrays)):
         arr = np.ascontiguousarray(arrays[name])
         h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
         if arr.dtype.kind == "U":
@@ -590,9 +617,10 @@ def _check_entry(arrays: dict[str, np.ndarray], key: EmbeddingKey) -> str | None
         return f"malformed ({exc})"
     if str(arrays["key"]) != _key_json(key):
         return "written for another key"
-    features = arrays["features"]
-    if features.ndim != 4 or features.shape[0] != 1 or features.dtype.kind != "f":
-        return f"features of shape {features.shape} and type {features.dtype}"
+    for name in ("features", *_high_res_names(arrays)):
+        features = arrays[name]
+        if features.ndim != 4 or features.shape[0] != 1 or features.dtype.kind != "f":
+            return f"{name} of shape {features.shape} and type {features.dtype}"
     if arrays["original_size"].shape != (2,) or arrays["input_size"].shape != (2,):
         return "malformed image sizes"
     return None
@@ -624,6 +652,9 @@ class StackEmbeddings:
         On-disk cache (a folder path makes one); None keeps embeddings in memory only.
     batch_size : int, optional
         Planes per forward pass; default :func:`default_batch_size` of the model's device.
+    resize : {"bilinear", "bicubic"}, optional
+        SAM 2 only: how planes are resized to the model input (see
+        :func:`encode_planes`); a non-default method is part of the cache key.
 
     Attributes
     ----------
@@ -643,6 +674,7 @@ class StackEmbeddings:
         store: EmbeddingStore | None = None,
         disk: DiskCache | str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
+        resize: str | None = None,
     ) -> None:
         from napari_sam.workflows.image import image_layout
 
@@ -666,6 +698,7 @@ class StackEmbeddings:
         self.batch_size = (
             int(batch_size) if batch_size else default_batch_size(model.device, model)
         )
+        self.resize = resize
         self.encoded = 0
         self.forward_passes = 0
 
@@ -686,8 +719,12 @@ class StackEmbeddings:
         return EmbeddingKey(content_hash(plane), int(z), self._model_tag(), self.contrast)
 
     def _model_tag(self) -> str:
-        """``model_id``, plus the encoder precision when it is not float32 (:func:`model_tag`)."""
-        return model_tag(self.model, self.model_id)
+        """``model_id`` (with a SAM 2 resize other than bilinear), plus the encoder precision
+        when it is not float32 (:func:`model_tag`): the caches keep them apart."""
+        tag = self.model_id
+        if self.resize not in (None, "bilinear") and getattr(self.model, "family", "") == "sam2":
+            tag = f"{tag}~{self.resize}"
+        return model_tag(self.model, tag)
 
     def cached(self, z: int, key: EmbeddingKey | None = None) -> ImageEmbedding | None:
         """The embedding of plane ``z`` from memory or disk, or None (nothing is encoded)."""
@@ -808,7 +845,7 @@ class StackEmbeddings:
         return self._run(planes, self._encode_once)
 
     def _encode_once(self, planes: Sequence[np.ndarray]) -> list[ImageEmbedding]:
-        embs = encode_planes(self.model, list(planes), self.contrast)
+        embs = encode_planes(self.model, list(planes), self.contrast, resize=self.resize)
         self.encoded += len(planes)
         self.forward_passes += 1
         return embs

@@ -85,6 +85,7 @@ STOP_REASONS = {
     "low_score": "SAM's predicted IoU is below the minimum score",
     "low_overlap": "the mask overlaps the previous slice's too little",
     "range_end": "the end of the allowed slice range",
+    "absent": "SAM 2's object score says the object is absent",
 }
 
 

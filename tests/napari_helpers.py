@@ -104,7 +104,7 @@ def collect(*controllers) -> dict[str, list[str]]:
     """The notices the controllers raise, by level ("info", "warning", "error")."""
     seen: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
     for controller in controllers:
-        controller.events.notice.connect(lambda e: seen[e.value.level].append(e.value.text))
+        controller.listen(notice=lambda notice: seen[notice.level].append(notice.text))
     return seen
 
 

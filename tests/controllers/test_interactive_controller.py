@@ -42,9 +42,9 @@ def stack(nuclei):
     return cut(nuclei, (12, 18))
 
 
-@pytest.fixture(scope="module")
-def reference(sam_small):
-    return Reference(sam_small)
+@pytest.fixture
+def reference(fast_model):
+    return Reference(fast_model)
 
 
 def make(viewer, model=None, name="small-random", **kwargs) -> InteractiveController:
@@ -63,7 +63,7 @@ def press(viewer, key: str) -> None:
 
 
 def test_point_on_anisotropic_stack_matches_direct_prediction_per_slice(
-    sam_small, stack, reference
+    fast_model, stack, reference
 ):
     viewer = ViewerModel()
     image = viewer.add_image(stack, scale=SCALE, translate=TRANSLATE, name="nuclei")
@@ -71,7 +71,7 @@ def test_point_on_anisotropic_stack_matches_direct_prediction_per_slice(
     points = viewer.add_points(
         ndim=3, name="my points", scale=(1.0, 0.25, 0.25), translate=(0.0, 1.0, 2.0)
     )
-    c = make(viewer, sam_small)
+    c = make(viewer, fast_model)
     c.set_prompt_layer("points", points)
     assert c.prompts.points.current is points
     contrast = tuple(image.contrast_limits)
@@ -115,10 +115,10 @@ def test_point_on_anisotropic_stack_matches_direct_prediction_per_slice(
     c.close()
 
 
-def test_negative_point_boxes_multimask_commit_undo_clear(sam_small, stack, reference):
+def test_negative_point_boxes_multimask_commit_undo_clear(fast_model, stack, reference):
     viewer = ViewerModel()
     image = viewer.add_image(stack, scale=SCALE, translate=TRANSLATE, name="nuclei")
-    c = make(viewer, sam_small)
+    c = make(viewer, fast_model)
     notes = collect(c)
     points, boxes = c.prompts.points.current, c.prompts.boxes.current
     assert (points.name, boxes.name) == ("SAM points", "SAM boxes")
@@ -216,10 +216,10 @@ def test_negative_point_boxes_multimask_commit_undo_clear(sam_small, stack, refe
     c.close()
 
 
-def test_contrast_change_re_encodes_with_new_limits(sam_small, stack, reference):
+def test_contrast_change_re_encodes_with_new_limits(fast_model, stack, reference):
     viewer = ViewerModel()
     image = viewer.add_image(stack[4], name="plane")
-    c = make(viewer, sam_small)
+    c = make(viewer, fast_model)
     c.prompts.points.current.add([50.0, 80.0])
     settle(c)
     assert len(c.embeddings.log) == 1

@@ -8,6 +8,9 @@ A controller owns the state and the decisions of a widget and works on napari's
 - ``status(value=str)``: the dock's status line;
 - ``changed(value=str)``: something a control shows changed (its name says what).
 
+:meth:`ControllerBase.listen` connects to them and hands over the notices raised
+before (while the controller was made).
+
 Long work goes to ``runner`` (:mod:`napari_sam._widgets.jobs`): a
 :class:`~napari_sam._widgets.jobs.SyncRunner` unless the Qt widget passes its own.
 """
@@ -81,12 +84,39 @@ class ControllerBase:
         self.connections = Connections()
         self.status = ""
         self.closed = False
+        self._backlog: list[Notice] | None = []  # notices before the first listener
 
     # ------------------------------------------------------------------ telling the user
     def notify(self, notice: Notice) -> None:
-        """Show one notification (nothing once the controller is closed)."""
-        if not self.closed:
-            self.events.notice(value=notice)
+        """Show one notification (nothing once the controller is closed).
+
+        Notices raised before anyone listens (e.g. while the controller is made) are
+        kept and handed to the first :meth:`listen`.
+        """
+        if self.closed:
+            return
+        if self._backlog is not None:
+            self._backlog.append(notice)
+        self.events.notice(value=notice)
+
+    def listen(
+        self,
+        notice: Callable[[Notice], Any] | None = None,
+        status: Callable[[str], Any] | None = None,
+        changed: Callable[[str], Any] | None = None,
+    ) -> None:
+        """Connect what shows the controller (callbacks get the value); the notices raised
+        so far are handed over first (the first listener only)."""
+        if notice is not None:
+            for earlier in self._backlog or []:
+                notice(earlier)
+            self._backlog = None
+            self.events.notice.connect(lambda event: notice(event.value))
+        if status is not None:
+            status(self.status)
+            self.events.status.connect(lambda event: status(event.value))
+        if changed is not None:
+            self.events.changed.connect(lambda event: changed(event.value))
 
     def info(self, text: str) -> None:
         self.notify(Notice.info(text))

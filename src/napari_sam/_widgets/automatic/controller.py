@@ -91,9 +91,10 @@ class AutomaticController(ControllerBase):
     def _restore_settings(self) -> None:
         values, problem = user_settings.read_section("automatic")
         self.settings, bad = user_settings.restore(AutoSettings, values)
-        for text in (self.session.take_problem(), problem, bad if values else None):
-            if text:
-                self.warn(text)
+        said = self.session.take_problem()
+        problems = (said, problem, bad if values else None)
+        for text in dict.fromkeys(t for t in problems if t):  # the same file: one warning
+            self.warn(text)
 
     # ------------------------------------------------------------------ state
     @property

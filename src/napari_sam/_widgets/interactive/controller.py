@@ -56,10 +56,10 @@ class InteractiveController(ControllerBase):
                  store: EmbeddingStore | None = None) -> None:
         super().__init__(viewer, runner)
         self.session = session if session is not None else session_for(self.viewer)
+        self.preview = Preview(self.viewer)
         self.images = ImageSession(self.viewer.layers, lambda lyr: lyr is self.preview.layer)
         self.prompts = PromptLayers(self.viewer, self.connections, self.prompts_changed,
                                     self.schedule)
-        self.preview = Preview(self.viewer)
         self.embeddings = Embeddings(store)
         self.stack = StackController(self)
         self.multimask = True

@@ -10,7 +10,7 @@ objects on the main thread and paints the preview.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from napari_sam._widgets.interactive.preview import describe_preview
 from napari_sam._widgets.jobs import relay_fallbacks
@@ -21,15 +21,12 @@ from napari_sam.workflows import interactive as logic
 from napari_sam.workflows.embeddings import EmbeddingKey
 from napari_sam.workflows.prompts import group_objects, slice_prompts_from_layers
 
-if TYPE_CHECKING:
-    from napari_sam._widgets.interactive.controller import InteractiveController
-
 __all__ = ["update"]
 
 COMMIT_KEY = "Shift+C"
 
 
-def _view_problem(c: InteractiveController) -> str | None:
+def _view_problem(c: Any) -> str | None:
     """Why the viewer's view cannot be segmented (3D view, transposed axes), if so."""
     dims = c.viewer.dims
     if dims.ndisplay != 2:
@@ -42,7 +39,7 @@ def _view_problem(c: InteractiveController) -> str | None:
     return None
 
 
-def _warn_unusable(c: InteractiveController, n_outside: int, n_degenerate: int) -> None:
+def _warn_unusable(c: Any, n_outside: int, n_degenerate: int) -> None:
     """Warn about prompts outside the image and boxes without area (when their number grows)."""
     if n_outside > c.warned["outside"]:
         n = n_outside
@@ -55,7 +52,7 @@ def _warn_unusable(c: InteractiveController, n_outside: int, n_degenerate: int) 
     c.warned.update(outside=n_outside, degenerate=n_degenerate)
 
 
-def update(c: InteractiveController) -> None:
+def update(c: Any) -> None:
     """Predict the current slice of ``c``'s image from its prompts and show the preview."""
     problem = _view_problem(c)
     layout = c.layout
@@ -108,7 +105,7 @@ def update(c: InteractiveController) -> None:
     c.set_status(describe_preview(k, results, COMMIT_KEY))
 
 
-def _start_encode(c: InteractiveController, model: Any, key: EmbeddingKey, plane: Any) -> None:
+def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:
     """Encode the plane in a job; predict again when it is done (not after a failure)."""
     if c.runner.running("encode"):
         return  # when it finishes, the preview is updated and asks again

@@ -14,7 +14,7 @@ object stopped, and where) stays in :attr:`StackController.summary`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +27,6 @@ from napari_sam.errors import Cancelled, EmbeddingCacheError
 from napari_sam.workflows import propagation as logic
 from napari_sam.workflows.embeddings import StackEmbeddings
 from napari_sam.workflows.propagation import PropagationResult, PropagationSettings
-
-if TYPE_CHECKING:
-    from napari_sam._widgets.interactive.controller import InteractiveController
 
 __all__ = ["StackController", "parse_ids"]
 
@@ -89,7 +86,7 @@ class StackController:
     last_result : PropagationResult or None
     """
 
-    def __init__(self, owner: InteractiveController) -> None:
+    def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.settings = PropagationSettings()
         self.z_range = (0, 0)

@@ -113,3 +113,47 @@ def lax_auto(controller, points: int = 4) -> None:
     would drop the noise masks random weights give)."""
     controller.set_settings(points_per_side=points, pred_iou_thresh=0.0,
                             stability_score_thresh=0.0, min_area=0, max_area_fraction=1.0)
+
+
+# --------------------------------------------------------------------------- docks (Xvfb)
+TIMEOUT = 60_000
+
+
+def capture_notifications(monkeypatch) -> dict[str, list[str]]:
+    """Record the napari notifications the docks show, by kind."""
+    from napari_sam._widgets._qt import notify
+
+    seen: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(
+            notify.notifications, f"show_{kind}", lambda msg, k=kind: seen[k].append(msg)
+        )
+    return seen
+
+
+def use_model(viewer, model, name: str = "fast") -> None:
+    """Give the viewer's model session a factory that returns ``model`` (no download)."""
+    from napari_sam._widgets.model_session import session_for
+    from napari_sam.runtime.loader import LoadedModel
+
+    session_for(viewer, lambda *args, **kwargs: LoadedModel.wrap(model, name))
+
+
+def open_dock(viewer, name: str, model=None, model_name: str = "fast", **kwargs):
+    """Dock a napari-sam widget ("interactive" or "automatic") and give it ``model``."""
+    if name == "interactive":
+        from napari_sam._widgets._qt.interactive import InteractiveSegmentationWidget as cls
+
+        kwargs.setdefault("debounce_ms", 10)
+    else:
+        from napari_sam._widgets._qt.automatic import AutomaticSegmentationWidget as cls
+    widget = cls(viewer, **kwargs)
+    viewer.window.add_dock_widget(widget)
+    if model is not None:
+        widget.set_model(model, model_name)
+    return widget
+
+
+def wait_idle(qtbot, widget, timeout: int = TIMEOUT) -> None:
+    """Process Qt events until the dock's timer and jobs are done (no fixed sleeps)."""
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)

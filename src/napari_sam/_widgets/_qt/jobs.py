@@ -84,6 +84,10 @@ class QtJobRunner(QObject):
         self._progressed.connect(self._on_progress)
         self._fell_back.connect(lambda message: self.on_fallback(message))
         panel.cancel_button.clicked.connect(lambda: self.cancel())
+        panel.destroyed.connect(self._panel_gone)
+
+    def _panel_gone(self, *args: Any) -> None:
+        self.closed = True  # the dock was deleted: results are still delivered, not shown
 
     # ------------------------------------------------------------------ the JobRunner contract
     def start(self, job: Job) -> None:
@@ -119,8 +123,8 @@ class QtJobRunner(QObject):
         if pbar.total != total:
             pbar.total = total
         pbar.n = min(int(event.done), total) if total else int(event.done)
-        pbar.set_description(f"napari-sam: {running.last}")
-        if running is self._running[-1] and not self.closed:
+        pbar.set_description(f"napari-sam: {running.last}")  # may process Qt events
+        if self._running and running is self._running[-1] and not self.closed:
             bar = self.panel.bar
             if total:
                 scale = 1000 / total  # bytes overflow a QProgressBar's int range

@@ -189,6 +189,7 @@ class StackController:
             lambda progress, cancel: embeddings.precompute(progress=progress, should_cancel=cancel),
             done,
         ))
+        owner.changed("busy")
 
     # ------------------------------------------------------------------ propagate
     def propagate(self) -> None:
@@ -252,6 +253,7 @@ class StackController:
         owner.changed("summary")
         owner.set_status(text)
         owner.runner.start(self._job("propagate", text, run, self._write))
+        owner.changed("busy")
 
     def cancel(self) -> None:
         """Stop precomputing or propagation (slices already encoded are kept)."""

@@ -195,12 +195,13 @@ class AutomaticController(ControllerBase):
         except NapariSamError as exc:
             self._report(exc)
             return
+        self.waiting = scope  # before: the load may finish at once (in this thread)
         model = self.session.ensure(self.runner, self._model_ready, force=True)
         if model is None:
             if self.session.loading:
-                self.waiting = scope
                 self.set_status("Loading the model first…")
             return
+        self.waiting = None
         self._start(model, image, layout_, scope)
 
     def _model_ready(self, model: LoadedModel | None) -> None:

@@ -129,6 +129,8 @@ class ModelSession:
         self.remember = remember
         self.problem: str | None = None  # why the remembered settings were ignored
         self.request = ModelRequest()
+        self.remembered = False  # a request was remembered from an earlier session
+        self._said: set[str] = set()
         if remember:
             self.request = self._remembered()
         self._model: LoadedModel | None = None
@@ -140,6 +142,7 @@ class ModelSession:
     def _remembered(self) -> ModelRequest:
         values, self.problem = user_settings.read_section("model")
         request, problem = user_settings.restore(ModelRequest, values)
+        self.remembered = bool(values) and problem is None
         if request.choice not in MODEL_CHOICES or request.precision not in PRECISIONS:
             unknown = f"The remembered model {request.choice!r} is unknown; using the default."
             request, problem = ModelRequest(), unknown
@@ -158,10 +161,13 @@ class ModelSession:
     def loading(self) -> bool:
         return self._loading is not None
 
-    def take_problem(self) -> str | None:
-        """The remembered-settings problem, once (the first dock shows it)."""
-        problem, self.problem = self.problem, None
-        return problem
+    def once(self, text: str | None) -> bool:
+        """Whether ``text`` (a settings-file problem) is new to this viewer's docks; the
+        docks of a viewer say each such problem once."""
+        if not text or text in self._said:
+            return False
+        self._said.add(text)
+        return True
 
     def describe(self, not_loaded: str) -> str:
         """The model line: ``"Model: vit_b on cpu"``, or ``not_loaded``."""

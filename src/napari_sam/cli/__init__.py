@@ -7,6 +7,7 @@ Usage::
     napari-sam download all
     napari-sam embed stack.tif -o CACHE_DIR   # precompute a 3D stack's embeddings
     napari-sam segment cells.tif -o cells_labels.tif   # label every object (TIFF in/out)
+    napari-sam gui [IMAGE]          # napari with the image, the dock, the model loading
 
 Adding a subcommand
 -------------------
@@ -28,7 +29,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from napari_sam.cli import download, embed, info, segment
+from napari_sam.cli import download, embed, gui, info, segment
 from napari_sam.cli.common import PROG, package_version, plain_warnings
 from napari_sam.errors import NapariSamError
 
@@ -37,6 +38,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 Handler = Callable[[argparse.Namespace], int]
 
 SUBCOMMANDS: list[Callable[[Any], None]] = [info.add, download.add, embed.add, segment.add]
+SUBCOMMANDS.append(gui.add)
 
 
 # --------------------------------------------------------------------------- main

@@ -91,10 +91,9 @@ class AutomaticController(ControllerBase):
     def _restore_settings(self) -> None:
         values, problem = user_settings.read_section("automatic")
         self.settings, bad = user_settings.restore(AutoSettings, values)
-        said = self.session.take_problem()
-        problems = (said, problem, bad if values else None)
-        for text in dict.fromkeys(t for t in problems if t):  # the same file: one warning
-            self.warn(text)
+        for text in (self.session.problem, problem, bad if values else None):
+            if self.session.once(text):  # one warning per problem for the viewer's docks
+                self.warn(text)
 
     # ------------------------------------------------------------------ state
     @property

@@ -87,9 +87,8 @@ class InteractiveController(ControllerBase):
             self._names.connect(layer.events.name, self._on_layers_changed)
         self.viewer.mouse_drag_callbacks.append(self._on_click)
         self.keys.bind()
-        problem = self.session.take_problem()
-        if problem:
-            self.warn(problem)
+        if self.session.once(self.session.problem):
+            self.warn(self.session.problem)
         self._follow_layers()
         if self.image is None:
             self._take_image()

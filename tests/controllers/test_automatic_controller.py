@@ -17,7 +17,7 @@ from napari.components import ViewerModel
 from pycocotools import mask as mask_utils
 
 from napari_helpers import SCALE, TRANSLATE, collect, cut, lax_auto, settle
-from napari_sam._widgets.automatic.controller import AutomaticController
+from napari_sam._widgets.automatic.controller import DOCK_DEFAULTS, AutomaticController
 from napari_sam._widgets.automatic.estimate import points_hint, run_estimate
 from napari_sam._widgets.jobs import SyncRunner
 from napari_sam._widgets.model_session import CUSTOM_CHECKPOINT
@@ -241,7 +241,8 @@ def test_estimate_before_the_run_and_a_hint_for_small_images():
     viewer = ViewerModel()
     viewer.add_image(np.zeros((60, 192, 192), np.uint16), name="small slices")
     c = AutomaticController(viewer)
-    assert c.settings == AutoSettings()  # nothing remembered yet: the defaults
+    assert c.settings == DOCK_DEFAULTS  # nothing remembered yet: the dock's defaults
+    assert DOCK_DEFAULTS == AutoSettings(link_slices=True)
     c.set_scope("all slices")
     text = c.estimate()
     assert text.startswith("This run: 60 slices × 1,024 prompts = 61,440 prompts to decode, "
@@ -261,19 +262,19 @@ def test_estimate_before_the_run_and_a_hint_for_small_images():
 def test_settings_are_remembered_across_sessions_and_a_broken_file_is_ignored(tmp_path):
     viewer = ViewerModel()
     c = AutomaticController(viewer)
-    c.set_settings(points_per_side=12, link_slices=True)
+    c.set_settings(points_per_side=12, link_slices=False)
     c.close()
     values, problem = user_settings.read_section("automatic")
     assert problem is None and values["points_per_side"] == 12
     later = AutomaticController(ViewerModel())
-    assert later.settings.points_per_side == 12 and later.settings.link_slices
+    assert later.settings.points_per_side == 12 and not later.settings.link_slices
     later.close()
 
     path = user_settings.config.settings_file()
     path.write_text("{ not json")
     broken = AutomaticController(ViewerModel())
     notes = collect(broken)  # what was said while it was made is handed over
-    assert broken.settings == AutoSettings()
+    assert broken.settings == DOCK_DEFAULTS
     assert len(notes["warning"]) == 1 and "could not be read" in notes["warning"][0]
     broken.set_settings(points_per_side=8)  # the next change replaces the broken file
     assert user_settings.read_section("automatic")[0]["points_per_side"] == 8

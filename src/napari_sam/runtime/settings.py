@@ -117,22 +117,26 @@ def save_section(
     return None
 
 
-def restore(cls: type[T], values: Mapping[str, Any]) -> tuple[T, str | None]:
-    """A settings dataclass from remembered values, or its defaults and a sentence.
+def restore(
+    cls: type[T], values: Mapping[str, Any], default: T | None = None
+) -> tuple[T, str | None]:
+    """A settings dataclass from remembered values, or the defaults and a sentence.
 
-    Unknown names are ignored (settings of another version); a value that
-    does not fit (the constructor, or the instance's ``check()`` if it has one,
-    raises) makes the whole section fall back to the defaults.
+    Unknown names are ignored (settings of another version), missing ones come
+    from ``default`` (default: ``cls()``); a value that does not fit (the
+    constructor, or the instance's ``check()`` if it has one, raises) makes the
+    whole section fall back to ``default``.
     """
+    base = default if default is not None else cls()
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kept = {k: v for k, v in values.items() if k in names}
     try:
-        instance = cls(**kept)
+        instance = dataclasses.replace(base, **kept)  # type: ignore[type-var]
         check = getattr(instance, "check", None)
         if callable(check):
             check()
     except (TypeError, ValueError, NapariSamError) as exc:
-        return cls(), (
+        return base, (
             f"The remembered {cls.__name__} could not be used ({exc}); the defaults are used."
         )
     return instance, None

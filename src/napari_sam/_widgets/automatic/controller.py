@@ -35,12 +35,21 @@ from napari_sam.workflows.image import ImageLayout, image_layout
 from napari_sam.workflows.prompts import current_slice, layer_affine
 from napari_sam.workflows.segment import AutoSettings, SegmentationResult
 
-__all__ = ["ALL_SLICES", "CURRENT_SLICE", "NOT_LOADED", "SCOPES", "AutomaticController"]
+__all__ = [
+    "ALL_SLICES",
+    "CURRENT_SLICE",
+    "DOCK_DEFAULTS",
+    "NOT_LOADED",
+    "SCOPES",
+    "AutomaticController",
+]
 
 CURRENT_SLICE, ALL_SLICES = "current slice", "all slices"
 #: What to segment in a stack.
 SCOPES = (CURRENT_SLICE, ALL_SLICES)
 NOT_LOADED = "Model: not loaded (loads when you run)"
+#: The dock's settings before any are remembered: a stack's objects keep one label through z.
+DOCK_DEFAULTS = AutoSettings(link_slices=True)
 
 
 @dataclass
@@ -75,7 +84,7 @@ class AutomaticController(ControllerBase):
         self.images = LayerChoice(self.viewer.layers, Image)
         self.output = AutoOutput(self.viewer)
         self.remember = remember
-        self.settings = AutoSettings()
+        self.settings = DOCK_DEFAULTS
         self.scope = CURRENT_SLICE
         self.waiting: str | None = None  # the scope of a run waiting for the model
         self._run: _Run | None = None
@@ -90,7 +99,7 @@ class AutomaticController(ControllerBase):
 
     def _restore_settings(self) -> None:
         values, problem = user_settings.read_section("automatic")
-        self.settings, bad = user_settings.restore(AutoSettings, values)
+        self.settings, bad = user_settings.restore(AutoSettings, values, DOCK_DEFAULTS)
         for text in (self.session.problem, problem, bad if values else None):
             if self.session.once(text):  # one warning per problem for the viewer's docks
                 self.warn(text)

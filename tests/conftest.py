@@ -45,6 +45,14 @@ def _own_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> Non
     monkeypatch.setenv(SETTINGS_ENV, str(folder / "settings.json"))
 
 
+@pytest.fixture
+def cache(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """An empty weights cache of the test's own ($NAPARI_SAM_CACHE; not created yet)."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def small_pair(tmp_path_factory):
     """(reference Sam, our Sam, checkpoint path) for the small config, same weights."""
@@ -83,6 +91,18 @@ def nuclei():
     data = make_nuclei_3d()
     data.setflags(write=False)
     return data
+
+
+@pytest.fixture(scope="session")
+def vit_t_checkpoint(tmp_path_factory):
+    """A MobileSAM (vit_t) checkpoint file with seeded random weights, in the published
+    format (a state dict saved with torch.save)."""
+    from napari_sam.predictors.build_sam import sam_model_registry
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "vit_t_random.pth"
+    torch.save(sam_model_registry["vit_t"]().state_dict(), path)
+    return path
 
 
 @pytest.fixture()

@@ -100,6 +100,24 @@ def settle(controller) -> None:
     raise AssertionError("the controller did not settle")
 
 
+def with_object(viewer, stack, oid: int = 2, z: int = 3):
+    """The stack as image "nuclei" and a "nuclei SAM labels" layer holding one committed
+    object ``oid`` on slice ``z``; returns (labels layer, its data before)."""
+    viewer.add_image(stack, name="nuclei")
+    before = np.zeros(stack.shape, np.uint32)
+    before[z, 20:50, 30:70] = oid
+    viewer.dims.set_point(0, z)
+    return viewer.add_labels(before.copy(), name="nuclei SAM labels"), before
+
+
+def press_on_each(viewer, layers, press, key: str, check) -> None:
+    """Select each layer in turn, press ``key`` (``press(viewer, key)``), then ``check()``."""
+    for layer in layers:
+        viewer.layers.selection.active = layer
+        press(viewer, key)
+        check()
+
+
 def collect(*controllers) -> dict[str, list[str]]:
     """The notices the controllers raise, by level ("info", "warning", "error")."""
     seen: dict[str, list[str]] = {"error": [], "warning": [], "info": []}

@@ -21,6 +21,7 @@ from napari_helpers import (
     collect,
     cut,
     goto_slice,
+    press_on_each,
     rectangle,
     settle,
     to_layer,
@@ -328,12 +329,12 @@ def test_keys_work_on_every_plugin_layer_and_closing_gives_them_back(fast_model,
     assert committed.max() == 1 and len(points.data) == 0
 
     # Ctrl+Z on any plugin layer undoes the last change of the output labels
-    for layer in plugin_layers:
-        viewer.layers.selection.active = layer
-        press(viewer, UNDO_KEY)
+    def undone_then_redone():
         assert not labels.data.any()
         labels.redo()
         np.testing.assert_array_equal(labels.data, committed)
+
+    press_on_each(viewer, plugin_layers, press, UNDO_KEY, undone_then_redone)
 
     c.close()
     # the user's own binding is back; the plugin's other keys and its Ctrl+Z are gone

@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 from napari.components import ViewerModel
 
-from napari_helpers import LAX, SCALE, TRANSLATE, collect, cut, goto_slice, settle, world_of
+from napari_helpers import (
+    LAX,
+    SCALE,
+    TRANSLATE,
+    collect,
+    cut,
+    goto_slice,
+    settle,
+    with_object,
+    world_of,
+)
 from napari_sam._widgets.interactive.controller import InteractiveController
 from napari_sam._widgets.jobs import SyncRunner
 from napari_sam.runtime.loader import LoadedModel
@@ -96,14 +106,10 @@ def test_propagate_a_preview_writes_one_undoable_object_and_says_why_it_stopped(
 
 def test_the_summary_gives_the_true_stop_reason_and_slice(fast_model, stack):
     viewer = ViewerModel()
-    viewer.add_image(stack, name="nuclei")
-    before = np.zeros(stack.shape, np.uint32)
-    before[3, 20:50, 30:70] = 2
-    labels = viewer.add_labels(before.copy(), name="nuclei SAM labels")
+    labels, before = with_object(viewer, stack)
     strict = PropagationSettings(min_score=0.999, min_overlap=0.0, min_area=1)
     c = make(viewer, fast_model, settings=strict)
     notes = collect(c)
-    viewer.dims.set_point(0, 3)
     c.stack.propagate()
     result = c.stack.last_result
     (obj,) = result.objects
@@ -173,13 +179,9 @@ def test_propagate_committed_objects_keeps_ids_and_other_objects(fast_model, sta
 
 def test_cancel_leaves_the_labels_as_they_were(fast_model, stack):
     viewer = ViewerModel()
-    viewer.add_image(stack, name="nuclei")
-    before = np.zeros(stack.shape, np.uint32)
-    before[3, 20:50, 30:70] = 2
-    labels = viewer.add_labels(before.copy(), name="nuclei SAM labels")
+    labels, before = with_object(viewer, stack)
     c = make(viewer, fast_model)
     notes = collect(c)
-    viewer.dims.set_point(0, 3)
     cancel_after(c, 1)
     c.stack.propagate()
     np.testing.assert_array_equal(labels.data, before)

@@ -12,34 +12,23 @@ import time
 import numpy as np
 import pytest
 import tifffile
-import torch
 from qtpy.QtCore import QPoint, Qt
 from qtpy.QtTest import QTest
 
 from napari_helpers import TIMEOUT, capture_notifications, wait_idle
 from napari_sam import cli
 from napari_sam._widgets.launch import open_gui
-from napari_sam.predictors.build_sam import sam_model_registry
 from napari_sam.runtime import settings as user_settings
 from napari_sam.runtime import weights
 
 
-@pytest.fixture(scope="module")
-def vit_t_file(tmp_path_factory):
-    """A vit_t checkpoint with seeded random weights, in the published format."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "mobile_sam.pt"
-    torch.save(sam_model_registry["vit_t"]().state_dict(), path)
-    return path
-
-
 @pytest.fixture
-def catalogue(monkeypatch, tmp_path, vit_t_file):
+def catalogue(monkeypatch, tmp_path, vit_t_checkpoint):
     """An empty weights cache, and vit_t published at a local file:// address."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(cache))
-    info = weights.CheckpointInfo("vit_t", "mobile_sam.pt", vit_t_file.as_uri(),
-                                  vit_t_file.stat().st_size)
+    info = weights.CheckpointInfo("vit_t", "mobile_sam.pt", vit_t_checkpoint.as_uri(),
+                                  vit_t_checkpoint.stat().st_size)
     monkeypatch.setitem(weights.CHECKPOINTS, "vit_t", info)
     return cache
 
@@ -52,10 +41,10 @@ def click_center(qtbot, viewer) -> None:
 
 
 def test_gui_opens_the_sample_dock_and_model_then_one_click_gives_a_mask(
-    make_napari_viewer, qtbot, catalogue, vit_t_file, monkeypatch
+    make_napari_viewer, qtbot, catalogue, vit_t_checkpoint, monkeypatch
 ):
     catalogue.mkdir()
-    (catalogue / "mobile_sam.pt").write_bytes(vit_t_file.read_bytes())  # "on disk"
+    (catalogue / "mobile_sam.pt").write_bytes(vit_t_checkpoint.read_bytes())  # "on disk"
     notes = capture_notifications(monkeypatch)
     viewer = make_napari_viewer(show=True)
     t0 = time.perf_counter()

@@ -25,6 +25,7 @@ from napari_helpers import (
     capture_notifications,
     cut,
     open_dock,
+    press_on_each,
     slow_encoder,
     use_model,
     wait_idle,
@@ -125,12 +126,12 @@ def test_every_key_works_with_every_plugin_layer_selected(make_napari_viewer, qt
     labels = c.output.current
     committed = labels.data.copy()
     assert committed.max() == 1
-    for layer in layers:
-        viewer.layers.selection.active = layer
-        key(viewer, UNDO_KEY)
+    def undone_then_redone():
         assert not labels.data.any()
         labels.redo()
         np.testing.assert_array_equal(labels.data, committed)
+
+    press_on_each(viewer, layers, key, UNDO_KEY, undone_then_redone)
     # and the dock lists every key
     shown = " ".join(label.text() for label in widget.findChildren(QLabel))
     assert all(name in shown for name in (*KEYS, UNDO_KEY))

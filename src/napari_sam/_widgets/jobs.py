@@ -18,16 +18,14 @@ says, with the time remaining.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from napari_sam._widgets.notices import Notice, notice_for
-from napari_sam.errors import DeviceFallbackWarning
+from napari_sam.runtime.fallbacks import relay_fallbacks
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback
 
 __all__ = [
@@ -39,7 +37,6 @@ __all__ = [
     "deliver",
     "execute",
     "format_duration",
-    "relay_fallbacks",
 ]
 
 
@@ -85,44 +82,14 @@ class Outcome:
     error: BaseException | None = None
 
 
-@contextlib.contextmanager
-def relay_fallbacks(on_fallback: Callable[[str], Any]) -> Iterator[None]:
-    """Send each :class:`~napari_sam.errors.DeviceFallbackWarning` raised in this
-    thread inside the block to ``on_fallback``, every time.
-
-    Other warnings, and warnings of other threads, go where they went before
-    (in a napari worker: napari's notifications). The warning filter for
-    fallbacks is set to "always" (process-wide), so a repeated fallback is
-    never swallowed.
-    """
-    thread = threading.get_ident()
-    active = [True]
-    previous = warnings.showwarning
-    warnings.filterwarnings("always", category=DeviceFallbackWarning)
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        mine = active[0] and threading.get_ident() == thread
-        if mine and issubclass(category, DeviceFallbackWarning):
-            on_fallback(str(message))
-        else:
-            previous(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        active[0] = False
-        if warnings.showwarning is show:
-            warnings.showwarning = previous
-
-
 def execute(
     job: Job,
     progress: ProgressCallback,
     on_fallback: Callable[[str], Any],
 ) -> Outcome:
-    """Run ``job.run`` in this thread, relaying fallbacks (:func:`relay_fallbacks`);
-    never raises: the outcome holds the result or the error."""
+    """Run ``job.run`` in this thread, relaying its fallbacks
+    (:func:`~napari_sam.runtime.fallbacks.relay_fallbacks`); never raises: the
+    outcome holds the result or the error."""
     with relay_fallbacks(on_fallback):
         try:
             return Outcome(value=job.run(progress, job.cancel_event.is_set))

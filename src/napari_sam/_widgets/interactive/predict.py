@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from napari_sam._widgets.interactive.preview import describe_preview
-from napari_sam._widgets.jobs import relay_fallbacks
 from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
 from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime.fallbacks import relay_fallbacks
 from napari_sam.workflows import interactive as logic
 from napari_sam.workflows.embeddings import EmbeddingKey
 from napari_sam.workflows.prompts import group_objects, slice_prompts_from_layers

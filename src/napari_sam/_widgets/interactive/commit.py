@@ -18,7 +18,14 @@ from napari_sam._widgets.notices import Notice
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.interactive import plan_commit
 
-__all__ = ["LABELS_SUFFIX", "CommitResult", "commit_preview", "ensure_labels", "shape_mismatch"]
+__all__ = [
+    "LABELS_SUFFIX",
+    "CommitResult",
+    "commit_current",
+    "commit_preview",
+    "ensure_labels",
+    "shape_mismatch",
+]
 
 LABELS_SUFFIX = " SAM labels"
 
@@ -91,3 +98,32 @@ def commit_preview(
     ids = ", ".join(map(str, result.ids))
     result.status = f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where}."
     return result
+
+
+def commit_current(c: Any) -> None:
+    """The Commit command of an interactive controller ``c``: the preview of its slice
+    into the output labels (made if needed), or one sentence saying why not."""
+    if c.no_image():
+        return
+    c.flush()
+    if c.computing():
+        c.info("The preview is still being computed; try again in a moment.")
+        return
+    if not c.preview.objects or not c.preview.exists():
+        c.info("Nothing to commit: place points or boxes first.")
+        return
+    labels = ensure_labels(c.viewer, c.image, c.layout, c.output.current)
+    if labels is not c.output.current:
+        c.output.select(labels)
+        c.changed("output")
+    problem = shape_mismatch(labels, c.layout)
+    if problem is not None:
+        c.notify(problem)
+        return
+    k = c.preview.slice
+    result = commit_preview(labels, c.preview.plane(k), k, c.overwrite)
+    for notice in result.notices:
+        c.notify(notice)
+    if result.ids:
+        c.clear_slice()
+        c.set_status(result.status)

@@ -17,11 +17,11 @@ from typing import Any
 
 from napari_sam._widgets.base import Connections, ControllerBase
 from napari_sam._widgets.interactive import predict
-from napari_sam._widgets.interactive.commit import commit_preview, ensure_labels, shape_mismatch
+from napari_sam._widgets.interactive.commit import commit_current
 from napari_sam._widgets.interactive.encoding import Embeddings
 from napari_sam._widgets.interactive.keys import KeyBindings
 from napari_sam._widgets.interactive.preview import Preview
-from napari_sam._widgets.interactive.prompt_layers import POINTS_NAME, PromptLayers
+from napari_sam._widgets.interactive.prompt_layers import PromptLayers
 from napari_sam._widgets.interactive.session import ImageSession
 from napari_sam._widgets.interactive.stack import StackController
 from napari_sam._widgets.jobs import JobRunner
@@ -216,15 +216,9 @@ class InteractiveController(ControllerBase):
 
     def _on_click(self, viewer: Any, event: Any) -> None:
         """A click on the canvas: if it cannot place a prompt, say what to select."""
-        active = viewer.layers.selection.active
-        if self.image is None or active in self.prompts.layers:
-            return
-        if active is None or getattr(active, "mode", "pan_zoom") == "pan_zoom":
-            where = "no layer is selected" if active is None else f"“{active.name}” is selected"
-            target = self.prompts.points.current
-            name = target.name if target is not None else POINTS_NAME
-            self.set_status(f"This click placed no prompt because {where}: select “{name}” "
-                            "in the layer list (or press Points or Box in the dock).")
+        hint = self.prompts.click_hint(viewer.layers.selection.active)
+        if hint and self.image is not None:
+            self.set_status(hint)
 
     # ------------------------------------------------------------------ prompts and options
     def prompts_changed(self, event: Any = None) -> None:
@@ -285,30 +279,7 @@ class InteractiveController(ControllerBase):
     # ------------------------------------------------------------------ commit / clear / undo
     def commit(self) -> None:
         """Write the preview into the output labels as new objects (key Shift+C)."""
-        if self.no_image():
-            return
-        self.flush()
-        if self.computing():
-            self.info("The preview is still being computed; try again in a moment.")
-            return
-        if not self.preview.objects or not self.preview.exists():
-            self.info("Nothing to commit: place points or boxes first.")
-            return
-        labels = ensure_labels(self.viewer, self.image, self.layout, self.output.current)
-        if labels is not self.output.current:
-            self.output.select(labels)
-            self.changed("output")
-        problem = shape_mismatch(labels, self.layout)
-        if problem is not None:
-            self.notify(problem)
-            return
-        k = self.preview.slice
-        result = commit_preview(labels, self.preview.plane(k), k, self.overwrite)
-        for notice in result.notices:
-            self.notify(notice)
-        if result.ids:
-            self.clear_slice()
-            self.set_status(result.status)
+        commit_current(self)
 
     def clear(self) -> None:
         """Remove the prompts of the current slice and the preview (key Shift+X)."""

@@ -176,6 +176,19 @@ class PromptLayers:
             layer.mode = TOOLS[self.tool]
         return layer
 
+    def click_hint(self, active: Any) -> str | None:
+        """Why a click with ``active`` selected placed no prompt, and what to select
+        (None when the click goes to a prompt layer, or edits the selected layer)."""
+        if active in self.layers:
+            return None
+        if active is not None and getattr(active, "mode", "pan_zoom") != "pan_zoom":
+            return None  # the user is editing that layer (painting labels, say)
+        where = "no layer is selected" if active is None else f"“{active.name}” is selected"
+        target = self.points.current
+        name = target.name if target is not None else POINTS_NAME
+        return (f"This click placed no prompt because {where}: select “{name}” in the "
+                "layer list (or press Points or Box in the dock).")
+
     def remove_slice_prompts(self, prompts: SlicePrompts | None) -> None:
         """Delete the prompts of one slice (after a commit, or on Clear)."""
         if prompts is None:

@@ -379,6 +379,16 @@ def test_opening_on_an_image_selects_the_points_layer_in_add_mode_and_box_tool(f
     c.set_tool("points")
     assert viewer.layers.selection.active is points and points.mode == "add"
 
+    # a dock opened before any image: the image napari opens (and selects) gives way to the
+    # points layer
+    empty = ViewerModel()
+    early = make(empty, fast_model)
+    opened = empty.add_image(stack, name="opened later")
+    assert early.image is opened
+    assert empty.layers.selection.active is early.prompts.points.current
+    assert early.prompts.points.current.mode == "add"
+    early.close()
+
     # another image: its own prompt layers are not made, but the points layer is selected again
     other = viewer.add_image(stack[:, ::2, ::2].copy(), name="other")
     viewer.layers.selection.active = other

@@ -17,7 +17,7 @@ from qtpy.QtTest import QTest
 
 from napari_helpers import TIMEOUT, capture_notifications, wait_idle
 from napari_sam import cli
-from napari_sam._widgets.launch import open_gui
+from napari_sam._widgets.launch import AUTOMATIC, INTERACTIVE, PLUGIN, open_gui
 from napari_sam.runtime import settings as user_settings
 from napari_sam.runtime import weights
 
@@ -82,12 +82,18 @@ def test_gui_downloads_the_smallest_model_with_progress(make_napari_viewer, qtbo
     image = tmp_path / "cells.tif"
     tifffile.imwrite(image, (np.random.default_rng(0).random((64, 80)) * 4000).astype(np.uint16))
     viewer = make_napari_viewer()
-    _, dock = open_gui(image, viewer=viewer)
+    _, dock = open_gui(image, automatic=True, viewer=viewer)
     assert viewer.layers[0].name == "cells" and dock.controller.image is viewer.layers[0]
+    # --automatic: the automatic dock as a tab beside the interactive one
+    frame, _ = viewer.window.add_plugin_dock_widget(PLUGIN, INTERACTIVE)
+    auto_frame, auto = viewer.window.add_plugin_dock_widget(PLUGIN, AUTOMATIC)
+    assert auto_frame in viewer.window._qt_window.tabifiedDockWidgets(frame)
+    assert auto.controller.session is dock.controller.session
     qtbot.waitUntil(lambda: "MB" in dock.jobs.bar.format(), timeout=TIMEOUT)
     wait_idle(qtbot, dock)
     assert (catalogue / "mobile_sam.pt").is_file() and dock.controller.model is not None
     dock.close()
+    auto.close()
 
 
 def test_gui_command_refuses_a_missing_image_in_one_line(capsys, tmp_path):

@@ -96,6 +96,27 @@ def test_open_sample_then_the_first_click_makes_a_preview(make_napari_viewer, qt
     widget.close()
 
 
+def test_dock_first_then_open_sample_then_the_first_click_makes_a_preview(
+    make_napari_viewer, qtbot, fast_model
+):
+    viewer = make_napari_viewer(show=True)
+    use_model(viewer, fast_model)
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-sam-microscopy", "Interactive segmentation (SAM)"
+    )
+    viewer.open_sample("napari-sam-microscopy", "nuclei_3d")  # napari selects the new image...
+    points = viewer.layers["SAM points"]
+    assert viewer.layers.selection.active is points and points.mode == "add"  # ...not for long
+    canvas = canvas_of(viewer)
+    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     QPoint(canvas.width() // 2, canvas.height() // 2))
+    qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
+    wait_idle(qtbot, widget)
+    assert viewer.layers["SAM preview"].data[int(points.data[0][0])].any()
+    widget.close()
+
+
 def test_every_key_works_with_every_plugin_layer_selected(make_napari_viewer, qtbot, fast_model,
                                                           nuclei):
     viewer = make_napari_viewer(show=True)

@@ -64,10 +64,10 @@ def open_gui(
                 f"napari cannot open {image} ({exc}); open it in napari with a reader "
                 "plugin, then use Layers > Segment > Interactive segmentation (SAM)."
             ) from exc
-    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, INTERACTIVE)
+    frame, dock = viewer.window.add_plugin_dock_widget(PLUGIN, INTERACTIVE)
     if automatic:
         viewer.window.add_plugin_dock_widget(PLUGIN, AUTOMATIC, tabify=True)
-        viewer.window.add_plugin_dock_widget(PLUGIN, INTERACTIVE)  # show the interactive tab
+        frame.raise_()  # the interactive tab in front
     session = dock.controller.session
     if model is not None:
         session.update(choice=model)

@@ -72,6 +72,8 @@ class InteractiveController(ControllerBase):
         self.scheduler: Any = None  # starts the Qt side's debounce timer
         self.pending = False
         self._names = Connections()  # layer name changes (kept when a layer is unwatched)
+        self._inserting: Any = None  # the layer napari is adding right now
+        self._reactivate: Any = None
         self.keys = KeyBindings(self.viewer, {
             "N": self.toggle_negative, "Shift+C": self.commit, "Shift+X": self.clear,
             "Shift+M": self.next_candidate, "Shift+F": self.stack.propagate,
@@ -81,6 +83,7 @@ class InteractiveController(ControllerBase):
         self.connections.connect(layers.removed, self._on_removed)
         self.connections.connect(layers.moved, self._on_layers_changed)
         self.connections.connect(self.viewer.dims.events.point, self.schedule)
+        self.connections.connect(self.viewer.layers.selection.events.active, self._on_active)
         self.connections.connect(self.session.events.model, self._on_model)
         self.connections.connect(self.session.events.request, self._on_model)
         for layer in self.viewer.layers:
@@ -129,7 +132,22 @@ class InteractiveController(ControllerBase):
     # ------------------------------------------------------------------ layers
     def _on_inserted(self, event: Any) -> None:
         self._names.connect(event.value.events.name, self._on_layers_changed)
-        self._on_layers_changed()
+        outer = self._inserting  # layers the controller adds meanwhile are nested inserts
+        self._inserting = event.value if outer is None else outer
+        try:
+            self._on_layers_changed()
+        finally:
+            self._inserting = outer
+
+    def _on_active(self, event: Any) -> None:
+        # napari selects a layer it has just added after telling us about it: select the
+        # prompt layer again then (see prompt_layers_changed)
+        target = self._reactivate
+        if target is None or event.value is None:  # napari clears the selection first
+            return
+        self._reactivate = None
+        if event.value is target:
+            self.prompts.activate()
 
     def _on_removed(self, event: Any) -> None:
         layer = event.value
@@ -202,7 +220,9 @@ class InteractiveController(ControllerBase):
             self.prompts.ensure(self.image, self.layout)
             for note in self.prompts.axes_notes(self.image, self.layout, self.warned_axes):
                 self.info(note)
-            if activate:
+            if activate and self._inserting is not None:
+                self._reactivate = self._inserting  # once napari has selected it
+            elif activate:
                 self.prompts.activate()
         self.changed("layers")
         self.prompts_changed()

@@ -1,15 +1,17 @@
-"""Take the screenshot of docs/interactive.md from a real napari window.
+"""Take the screenshots of docs/interactive.md from a real napari window.
 
 Run headless with a virtual X server::
 
     xvfb-run -a .venv/bin/python scripts/screenshot_interactive.py [out.png]
+    xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python \
+        scripts/screenshot_interactive.py --docks [out.png]
 
-It opens the synthetic 3D nuclei sample, docks the interactive widget, places
-prompts on one slice the way a user would (positive and negative points, two
-boxes), commits one object and shows the preview of the others, then saves
-the whole window. The model is MobileSAM's architecture (``vit_t``) with
-**random weights** (no weights can be downloaded here), so the masks show the
-mechanics, not SAM's segmentation quality.
+It opens the synthetic 3D nuclei sample, docks the interactive dock (with
+``--docks``: both docks, in a 1280x800 window), places prompts on one slice the
+way a user would (positive and negative points, two boxes), commits one object
+and shows the preview of the others, then saves the whole window. The model is
+MobileSAM's architecture (``vit_t``) with **random weights** (no weights can be
+downloaded here), so the masks show the mechanics, not SAM's segmentation quality.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "interactive.png"
+DOCKS_OUT = ROOT / "docs" / "images" / "docks_1280x800.png"
+PLUGIN = "napari-sam-microscopy"
 
 
 def _wait(app, widget, timeout: float = 120.0) -> None:
@@ -47,7 +51,7 @@ def _nuclei_centres(plane: np.ndarray, n: int) -> list[tuple[float, float]]:
     return [tuple(c) for c in ndimage.center_of_mass(mask, lab, biggest)]
 
 
-def main(out: Path = DEFAULT_OUT) -> Path:
+def main(out: Path = DEFAULT_OUT, docks: bool = False) -> Path:
     import napari
     import torch
     from qtpy.QtWidgets import QApplication
@@ -58,11 +62,13 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     sam = sam_model_registry["vit_t"]().eval()  # random weights
 
     viewer = napari.Viewer(title="napari-sam: interactive segmentation")
-    viewer.window.resize(1500, 900)
-    viewer.open_sample("napari-sam", "nuclei_3d")
+    viewer.window.resize(*((1280, 800) if docks else (1500, 900)))
+    viewer.open_sample(PLUGIN, "nuclei_3d")
     image = viewer.layers[0]
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Interactive segmentation (SAM)")
-    widget.set_model(sam, "vit_t-random", "vit_t (MobileSAM), random weights, on cpu")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Interactive segmentation (SAM)")
+    widget.set_model(sam, "vit_t-random", "vit_t (MobileSAM), random weights")
+    if docks:
+        viewer.window.add_plugin_dock_widget(PLUGIN, "Automatic segmentation (SAM)")
     app = QApplication.instance()
 
     k = 15
@@ -86,14 +92,14 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     # object 1: a box, committed
     add_box(*centres[0], 22)
     _wait(app, widget)
-    widget.commit()
+    widget.controller.commit()
     _wait(app, widget)
     # then a positive + a negative point on one nucleus and a box on another: the preview
     r, c = centres[1]
     points.add(points.world_to_data(world(r, c)))
-    widget.negative_check.setChecked(True)
+    widget.controller.set_negative(True)
     points.add(points.world_to_data(world(r + 14, c + 14)))
-    widget.negative_check.setChecked(False)
+    widget.controller.set_negative(False)
     add_box(*centres[2], 22)
     _wait(app, widget)
     viewer.layers.selection.active = points
@@ -115,7 +121,7 @@ def main(out: Path = DEFAULT_OUT) -> Path:
 
     img = Image.fromarray(shot[..., :3])
     scale = 1200 / img.width
-    if scale < 1:
+    if scale < 1 and not docks:  # the 1280x800 shot is kept at its size
         img = img.resize((1200, round(img.height * scale)), Image.LANCZOS)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out, optimize=True)
@@ -127,4 +133,7 @@ def main(out: Path = DEFAULT_OUT) -> Path:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
+    args = [a for a in sys.argv[1:] if a != "--docks"]
+    with_docks = "--docks" in sys.argv[1:]
+    default = DOCKS_OUT if with_docks else DEFAULT_OUT
+    main(Path(args[0]) if args else default, docks=with_docks)

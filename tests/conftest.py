@@ -1,4 +1,5 @@
-"""Shared fixtures: models with random weights, never downloaded."""
+"""Shared fixtures: models with random weights (never downloaded), sample stacks, and a
+settings file of the test's own (tests never read or write the user's settings)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,23 @@ def _no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+@pytest.fixture(autouse=True)
+def _own_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    """The widgets remember settings in a file of this test, never in the user's config."""
+    from napari_sam.runtime.config import SETTINGS_ENV
+
+    folder = tmp_path_factory.mktemp("settings")
+    monkeypatch.setenv(SETTINGS_ENV, str(folder / "settings.json"))
+
+
+@pytest.fixture
+def cache(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """An empty weights cache of the test's own ($NAPARI_SAM_CACHE; not created yet)."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def small_pair(tmp_path_factory):
     """(reference Sam, our Sam, checkpoint path) for the small config, same weights."""
@@ -44,6 +62,47 @@ def small_pair(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_model(small_pair):
     return small_pair[1]
+
+
+@pytest.fixture(scope="session")
+def sam_small():
+    """The small test architecture with seeded random weights, built by napari-sam's own
+    builder (the real ViT encoder; no reference package imported)."""
+    from volume_models import small_sam
+
+    return small_sam()
+
+
+@pytest.fixture
+def fast_model():
+    """A Sam with the small config's decoder and a millisecond stand-in encoder
+    (``volume_models.fast_sam``); a new one per test, since tests slow or hook its encoder."""
+    from volume_models import fast_sam
+
+    return fast_sam()
+
+
+@pytest.fixture(scope="session")
+def nuclei():
+    """The synthetic 3D nuclei sample (32, 192, 192) uint16; tests cut what they need
+    (non-square planes, so that a row/column mix-up cannot pass)."""
+    from napari_sam.workflows.samples import make_nuclei_3d
+
+    data = make_nuclei_3d()
+    data.setflags(write=False)
+    return data
+
+
+@pytest.fixture(scope="session")
+def vit_t_checkpoint(tmp_path_factory):
+    """A MobileSAM (vit_t) checkpoint file with seeded random weights, in the published
+    format (a state dict saved with torch.save)."""
+    from napari_sam.predictors.build_sam import sam_model_registry
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "vit_t_random.pth"
+    torch.save(sam_model_registry["vit_t"]().state_dict(), path)
+    return path
 
 
 @pytest.fixture()

@@ -11,35 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from fakes import constant
 from napari_sam import cli
 from napari_sam.cli import common
 from napari_sam.runtime import weights
 from napari_sam.runtime.weights import CHECKPOINTS, CheckpointInfo
 
-
-def constant(value):
-    """A stand-in for a torch availability query that always returns ``value``.
-
-    It has ``__wrapped__`` like the cached ``torch.backends.mps.is_available``,
-    which ``torch._dynamo`` reads when it is first imported (possibly while patched).
-    """
-
-    def query(*args, **kwargs):
-        return value
-
-    query.__wrapped__ = query  # type: ignore[attr-defined]
-    return query
-
-
 PAYLOAD = b"not really a SAM checkpoint\n" * 100
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-@pytest.fixture
-def cache(monkeypatch, tmp_path) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv("NAPARI_SAM_CACHE", str(path))
-    return path
 
 
 @pytest.fixture

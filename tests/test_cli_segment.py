@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from pycocotools import mask as mask_utils
 
-from napari_sam import cli, sam_model_registry
+from napari_sam import cli
 from napari_sam.workflows.io import read_tiff
 from napari_sam.workflows.samples import make_nuclei_2d, make_nuclei_3d
 
@@ -28,14 +27,6 @@ RELAXED = [
     "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
     "--min-area", "0", "--max-area", "1", "--quiet",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def vit_t_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "vit_t_random.pth"
-    torch.save(sam_model_registry["vit_t"]().state_dict(), path)
-    return path
 
 
 @pytest.fixture

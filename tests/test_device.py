@@ -5,22 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fakes import constant
 from napari_sam.errors import DeviceError
 from napari_sam.runtime.device import describe_devices, resolve_device
-
-
-def constant(value):
-    """A stand-in for a torch availability query that always returns ``value``.
-
-    It has ``__wrapped__`` like the cached ``torch.backends.mps.is_available``,
-    which ``torch._dynamo`` reads when it is first imported (possibly while patched).
-    """
-
-    def query(*args, **kwargs):
-        return value
-
-    query.__wrapped__ = query  # type: ignore[attr-defined]
-    return query
 
 
 @pytest.fixture

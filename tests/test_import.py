@@ -27,8 +27,9 @@ LAYERS: dict[str, int] = {
     "predictors": 3,
     "workflows": 4,
     "distributed": 5,
-    "cli": 6,
     "_widgets": 6,
+    # the command line sits on top: `napari-sam gui` opens the napari plugin (_widgets.launch)
+    "cli": 7,
 }
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt", "vispy")
 QT = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt")

@@ -187,17 +187,7 @@ def test_tiny_vit_under_bf16_matches_fp32(image):
 
 
 # ------------------------------------------------------------------ load_model and the CLI
-@pytest.fixture(scope="module")
-def vit_t_file(tmp_path_factory):
-    from napari_sam.predictors.build_sam import sam_model_registry
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "vit_t_random.pth"
-    torch.save(sam_model_registry["vit_t"]().state_dict(), path)
-    return path
-
-
-def test_load_model_precision_and_compile_settings(vit_t_file, monkeypatch):
+def test_load_model_precision_and_compile_settings(vit_t_checkpoint, monkeypatch):
     from napari_sam.model.sam.sam import Sam
     from napari_sam.runtime import loader
 
@@ -205,26 +195,25 @@ def test_load_model_precision_and_compile_settings(vit_t_file, monkeypatch):
     monkeypatch.setattr(Sam, "compile_encoder", lambda self, **kw: compiled.append(self))
     monkeypatch.delenv("NAPARI_SAM_COMPILE", raising=False)
     monkeypatch.delenv("NAPARI_SAM_PRECISION", raising=False)
-    sam = loader.load_model("vit_t", vit_t_file, device="cpu", precision="BF16")
+    sam = loader.load_model("vit_t", vit_t_checkpoint, device="cpu", precision="BF16")
     assert sam.precision == "bf16" and sam.encoder_dtype is torch.bfloat16
     assert compiled == []
     monkeypatch.setenv("NAPARI_SAM_COMPILE", "1")
-    sam = loader.load_model("vit_t", vit_t_file, device="cpu")
+    sam = loader.load_model("vit_t", vit_t_checkpoint, device="cpu")
     # "auto" on a CPU is resolved by the loader (tests/test_precision_cpu.py)
     assert sam.precision in ("bf16", "fp32") and compiled == [sam]
-    sam = loader.load_model("vit_t", vit_t_file, device="cpu", compile=False)
+    sam = loader.load_model("vit_t", vit_t_checkpoint, device="cpu", compile=False)
     assert compiled == [compiled[0]]
     with pytest.raises(ValueError, match="not a precision"):
-        loader.load_model("vit_t", vit_t_file, device="cpu", precision="int4")
+        loader.load_model("vit_t", vit_t_checkpoint, device="cpu", precision="int4")
     # NAPARI_SAM_PRECISION says what "auto" means; an explicit choice wins over it
     monkeypatch.setenv("NAPARI_SAM_PRECISION", "bf16")
-    assert loader.load_model("vit_t", vit_t_file, device="cpu").precision == "bf16"
-    assert loader.load_model("vit_t", vit_t_file, device="cpu", precision="fp32").precision == (
-        "fp32"
-    )
+    assert loader.load_model("vit_t", vit_t_checkpoint, device="cpu").precision == "bf16"
+    fp32 = loader.load_model("vit_t", vit_t_checkpoint, device="cpu", precision="fp32")
+    assert fp32.precision == "fp32"
     monkeypatch.setenv("NAPARI_SAM_PRECISION", "int4")
     with pytest.raises(ValueError, match="not a precision"):
-        loader.load_model("vit_t", vit_t_file, device="cpu")
+        loader.load_model("vit_t", vit_t_checkpoint, device="cpu")
 
 
 def test_compiled_encoder_gives_the_same_embedding(sam, image):
@@ -241,7 +230,7 @@ def test_compiled_encoder_gives_the_same_embedding(sam, image):
         torch.testing.assert_close(twin.encode(x), sam.encode(x), atol=1e-5, rtol=1e-5)
 
 
-def test_cli_passes_precision(vit_t_file, tmp_path, monkeypatch):
+def test_cli_passes_precision(vit_t_checkpoint, tmp_path, monkeypatch):
     import tifffile
 
     from napari_sam import cli
@@ -260,7 +249,7 @@ def test_cli_passes_precision(vit_t_file, tmp_path, monkeypatch):
     tifffile.imwrite(src, (np.random.default_rng(0).random((48, 40)) * 4000).astype(np.uint16))
     out = tmp_path / "labels.tif"
     code = cli.main(["segment", str(src), "-o", str(out), "--model", "vit_t", "--checkpoint",
-                     str(vit_t_file), "--device", "cpu", "--precision", "bf16",
+                     str(vit_t_checkpoint), "--device", "cpu", "--precision", "bf16",
                      "--points-per-side", "4", "--quiet"])
     assert code == 0 and out.is_file()
     assert seen["precision"] == "bf16" and seen["compile"] is None
@@ -303,13 +292,13 @@ def test_attention_calls_can_use_fused_gpu_kernels(model_type, monkeypatch):
 
 
 def test_widget_model_label_names_a_reduced_precision(sam):
-    from napari_sam._widgets.common import model_label_text
-    from napari_sam.runtime.loader import LoadedModel
+    from napari_sam._widgets.model_session import ModelSession
 
-    loaded = LoadedModel.wrap(sam, "vit_b")
-    assert model_label_text(loaded) == "Model: vit_b on cpu"  # fp32: nothing to say
+    session = ModelSession(remember=False)
+    session.set_model(sam, "vit_b")
+    assert session.describe("") == "Model: vit_b on cpu"  # fp32: nothing to say
     sam.precision = "bf16"
     try:
-        assert model_label_text(loaded) == "Model: vit_b on cpu, bf16 encoder"
+        assert session.describe("") == "Model: vit_b on cpu, bf16 encoder"
     finally:
         sam.precision = "auto"

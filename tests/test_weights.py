@@ -18,6 +18,7 @@ from typing import ClassVar
 import pytest
 import torch
 
+from fakes import constant
 from napari_sam.errors import (
     Cancelled,
     CheckpointError,
@@ -29,21 +30,6 @@ from napari_sam.errors import (
 )
 from napari_sam.runtime import config, loader, weights
 from napari_sam.runtime.weights import CHECKPOINTS, CheckpointInfo
-
-
-def constant(value):
-    """A stand-in for a torch availability query that always returns ``value``.
-
-    It has ``__wrapped__`` like the cached ``torch.backends.mps.is_available``,
-    which ``torch._dynamo`` reads when it is first imported (possibly while patched).
-    """
-
-    def query(*args, **kwargs):
-        return value
-
-    query.__wrapped__ = query  # type: ignore[attr-defined]
-    return query
-
 
 PAYLOAD = bytes(range(256)) * 40 + b"the end"  # 10247 bytes
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -421,13 +407,6 @@ def test_bad_chunk_size(dest):
 
 
 # --------------------------------------------------------------------------- checkpoint_path
-
-
-@pytest.fixture
-def cache(monkeypatch, tmp_path) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv("NAPARI_SAM_CACHE", str(path))
-    return path
 
 
 @pytest.fixture

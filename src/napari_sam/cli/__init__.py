@@ -8,6 +8,7 @@ Usage::
     napari-sam embed stack.tif -o CACHE_DIR   # precompute a 3D stack's embeddings
     napari-sam segment cells.tif -o cells_labels.tif   # label every object (TIFF in/out)
     napari-sam propagate stack.tif --prompts clicks.csv -o labels.tif   # SAM 2 memory
+    napari-sam gui [IMAGE]          # napari with the image, the dock, the model loading
 
 Adding a subcommand
 -------------------
@@ -29,7 +30,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from napari_sam.cli import download, embed, info, propagate, segment
+from napari_sam.cli import download, embed, gui, info, propagate, segment
 from napari_sam.cli.common import PROG, package_version, plain_warnings
 from napari_sam.errors import NapariSamError
 
@@ -39,6 +40,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 SUBCOMMANDS: list[Callable[[Any], None]] = [info.add, download.add, embed.add, segment.add]
 SUBCOMMANDS.append(propagate.add)
+SUBCOMMANDS.append(gui.add)
 
 
 # --------------------------------------------------------------------------- main

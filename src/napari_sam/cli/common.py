@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from napari_sam.errors import (
-    DeviceFallbackWarning,
     OutputFileError,
 )
+from napari_sam.runtime.fallbacks import relay_fallbacks
 
 PROG = "napari-sam"
 
@@ -134,18 +133,10 @@ def precision_name(sam: Any) -> str:
 def plain_warnings() -> Iterator[None]:
     """Show napari-sam's own warnings (e.g. a GPU out-of-memory fallback) as one line."""
 
-    original = warnings.showwarning
+    def say(message: str) -> None:
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if issubclass(category, DeviceFallbackWarning):
-            print(f"{PROG}: warning: {message}", file=sys.stderr)
-        else:
-            original(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-    try:
+    with relay_fallbacks(say, this_thread_only=False):
         yield
-    finally:
-        warnings.showwarning = original
 
 

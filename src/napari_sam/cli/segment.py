@@ -64,6 +64,7 @@ half-written output.
 
 
 def add(subparsers: Any) -> None:
+    from napari_sam.runtime.settings import field_help
     from napari_sam.runtime.weights import CHECKPOINTS
     from napari_sam.workflows.ais import AISSettings
     from napari_sam.workflows.segment import MODES, AutoSettings
@@ -189,72 +190,64 @@ def add(subparsers: Any) -> None:
         type=int,
         default=d.points_per_side,
         metavar="N",
-        help=f"SAM is prompted with an N x N grid of points; objects smaller than the grid "
-        f"spacing can be missed, time grows with N squared (default {d.points_per_side})",
+        help=field_help(AutoSettings, "points_per_side", default=True),
     )
     group.add_argument(
         "--pred-iou-thresh",
         type=float,
         default=d.pred_iou_thresh,
         metavar="X",
-        help=f"keep masks whose quality as estimated by SAM is above X, 0-1 "
-        f"(default {d.pred_iou_thresh})",
+        help=field_help(AutoSettings, "pred_iou_thresh", default=True),
     )
     group.add_argument(
         "--stability-score-thresh",
         type=float,
         default=d.stability_score_thresh,
         metavar="X",
-        help=f"keep masks whose outline is stable (score at least X, 0-1; default "
-        f"{d.stability_score_thresh})",
+        help=field_help(AutoSettings, "stability_score_thresh", default=True),
     )
     group.add_argument(
         "--box-nms-thresh",
         type=float,
         default=d.box_nms_thresh,
         metavar="X",
-        help=f"of two masks whose boxes overlap more than X (0-1), keep the better one "
-        f"(default {d.box_nms_thresh})",
+        help=field_help(AutoSettings, "box_nms_thresh", default=True),
     )
     group.add_argument(
         "--crop-layers",
         type=int,
         default=d.crop_n_layers,
         metavar="N",
-        help=f"also look at N levels of zoomed-in crops: finds smaller objects, takes "
-        f"several times longer (default {d.crop_n_layers})",
+        help=field_help(AutoSettings, "crop_n_layers", default=True),
     )
     group.add_argument(
         "--min-area",
         type=int,
         default=None,
         metavar="N",
-        help=f"drop objects smaller than N pixels (grid mode: also fill holes smaller than "
-        f"that); default {d.min_area} for the grid, {a.min_size} for AIS (micro-sam's)",
+        help=field_help(AutoSettings, "min_area", default=True)
+        + f"; for AIS the default is {a.min_size} (micro-sam's) and holes are kept",
     )
     group.add_argument(
         "--max-area",
         type=float,
         default=d.max_area_fraction,
         metavar="X",
-        help=f"drop masks covering more than the fraction X of the image, such as the "
-        f"background (default {d.max_area_fraction}; 1 keeps all)",
+        help=field_help(AutoSettings, "max_area_fraction", default=True),
     )
 
     group = parser.add_argument_group("3D stacks")
     group.add_argument(
         "--link-slices",
         action="store_true",
-        help="give an object the same number in every slice it spans (matched by overlap "
-        "with the previous slice); otherwise each slice's objects get their own numbers",
+        help=field_help(AutoSettings, "link_slices"),
     )
     group.add_argument(
         "--link-iou",
         type=float,
         default=d.link_iou,
         metavar="X",
-        help=f"with --link-slices: the overlap (intersection over union, 0-1) an object "
-        f"needs with one in the previous slice to keep its number (default {d.link_iou})",
+        help=field_help(AutoSettings, "link_iou", default=True),
     )
     segment_channels.add_options(parser)  # --channels, --contrast, --table
 

@@ -6,6 +6,8 @@
 ``NAPARI_SAM_PRECISION``   image-encoder precision used where "auto" is asked for:
                            ``auto``, ``fp32``, ``bf16`` or ``fp16``
 ``NAPARI_SAM_COMPILE``     ``1``: compile the image encoder with ``torch.compile``
+``NAPARI_SAM_SETTINGS``    the file the napari widgets remember their settings in
+                           (default: ``settings.json`` in the user's config folder)
 =========================  ===============================================================
 
 Nothing else in the package reads environment variables. The functions read
@@ -23,10 +25,12 @@ __all__ = [
     "CACHE_ENV",
     "COMPILE_ENV",
     "PRECISION_ENV",
+    "SETTINGS_ENV",
     "cache_dir",
     "cache_dir_origin",
     "compile_by_default",
     "default_precision",
+    "settings_file",
 ]
 
 #: Environment variable that overrides the cache folder.
@@ -35,6 +39,8 @@ CACHE_ENV = "NAPARI_SAM_CACHE"
 PRECISION_ENV = "NAPARI_SAM_PRECISION"
 #: Environment variable that turns ``torch.compile`` of the encoder on (``1``).
 COMPILE_ENV = "NAPARI_SAM_COMPILE"
+#: Environment variable that names the widgets' settings file.
+SETTINGS_ENV = "NAPARI_SAM_SETTINGS"
 
 
 def _env(name: str) -> str:
@@ -96,3 +102,17 @@ def default_precision() -> str:
 def compile_by_default() -> bool:
     """Whether ``NAPARI_SAM_COMPILE=1`` asks for a compiled image encoder."""
     return _env(COMPILE_ENV) == "1"
+
+
+def settings_file() -> Path:
+    """The file the napari widgets remember their settings in (not created here).
+
+    ``$NAPARI_SAM_SETTINGS`` if set and not empty, otherwise ``settings.json`` in
+    ``platformdirs.user_config_dir("napari-sam")`` (e.g. ``~/.config/napari-sam``).
+    """
+    override = _env(SETTINGS_ENV)
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("napari-sam", appauthor=False)) / "settings.json"

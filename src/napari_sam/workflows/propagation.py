@@ -108,13 +108,29 @@ class PropagationSettings:
         A mask whose IoU with the previous slice's mask is lower ends the object.
     """
 
-    use_box: bool = True
-    use_point: bool = True
-    use_mask: bool = False
-    box_margin: float = 0.1
-    min_area: int = 10
-    min_score: float = 0.5
-    min_overlap: float = 0.3
+    # The help of each field is written once, here: the widget's tooltips are made
+    # from it (napari_sam.runtime.settings.field_help).
+    use_box: bool = field(default=True, metadata={
+        "label": "Box prompt",
+        "help": "Prompt each slice with the previous slice's mask's bounding box, widened."})
+    use_point: bool = field(default=True, metadata={
+        "label": "Point prompt",
+        "help": "Prompt each slice with one point deep inside the previous slice's mask."})
+    use_mask: bool = field(default=False, metadata={
+        "label": "Mask prompt",
+        "help": "Also give SAM the previous slice's mask logits (off by default)."})
+    box_margin: float = field(default=0.1, metadata={
+        "label": "Box margin", "min": 0.0, "max": 1.0,
+        "help": "Widen the box on each side by this fraction of its width and height."})
+    min_area: int = field(default=10, metadata={
+        "label": "Min. area (pixels)", "min": 0, "max": 10**8,
+        "help": "Stop where the mask has fewer pixels."})
+    min_score: float = field(default=0.5, metadata={
+        "label": "Min. predicted IoU", "min": 0.0, "max": 1.0,
+        "help": "Stop where SAM's predicted IoU of the mask (its own quality estimate) is lower."})
+    min_overlap: float = field(default=0.3, metadata={
+        "label": "Min. overlap with previous slice", "min": 0.0, "max": 1.0,
+        "help": "Stop where the mask's IoU with the previous slice's mask is lower."})
 
     def __post_init__(self) -> None:
         if not (self.use_box or self.use_point):
@@ -226,10 +242,15 @@ class Stop:
 
     ``slice`` is the slice whose mask was rejected, or None when the walk
     reached the end of the allowed range (``reason == "range_end"``).
+    ``area``, ``score`` and ``overlap`` describe the rejected mask (pixels,
+    SAM's predicted IoU, IoU with the previous slice's mask), when there was one.
     """
 
     slice: int | None
     reason: str
+    area: int | None = None
+    score: float | None = None
+    overlap: float | None = None
 
     def describe(self) -> str:
         where = "" if self.slice is None else f" at slice {self.slice}"
@@ -408,7 +429,10 @@ def propagate_masks(
                 score = float(scores[j])
                 reason = stop_reason(previous[i][0], mask, score, settings)
                 if reason is not None:
-                    objects[i].stops[direction] = Stop(zc, reason)
+                    overlap = mask_iou(previous[i][0], mask)
+                    objects[i].stops[direction] = Stop(
+                        zc, reason, int(np.count_nonzero(mask)), score, overlap
+                    )
                     continue
                 objects[i].masks[zc] = mask
                 objects[i].scores[zc] = score

@@ -157,16 +157,47 @@ class AutoSettings:
         The IoU an object must share with one in the previous slice to keep its id.
     """
 
-    points_per_side: int = 32
-    pred_iou_thresh: float = 0.86
-    stability_score_thresh: float = 0.92
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    min_area: int = 25
-    max_area_fraction: float = 0.5
-    points_per_batch: int | None = None
-    link_slices: bool = False
-    link_iou: float = 0.3
+    # The help of each field is written once, here: the widgets' tooltips and the
+    # command line's help are made from it (napari_sam.runtime.settings.field_help).
+    points_per_side: int = field(default=32, metadata={
+        "label": "Points per side", "min": 1, "max": 256,
+        "help": "SAM is prompted with an N x N grid of points per image; objects smaller than "
+        "the grid spacing can be missed, and the time grows with N squared."})
+    pred_iou_thresh: float = field(default=0.86, metadata={
+        "label": "Predicted-IoU threshold", "min": 0.0, "max": 1.0,
+        "help": "Keep masks whose quality, as SAM estimates it, is above this (0-1); lower "
+        "gives more objects, more of them poor."})
+    stability_score_thresh: float = field(default=0.92, metadata={
+        "label": "Stability threshold", "min": 0.0, "max": 1.0,
+        "help": "Keep masks whose outline barely changes when SAM's mask threshold is moved "
+        "(stability score at least this, 0-1)."})
+    box_nms_thresh: float = field(default=0.7, metadata={
+        "label": "Box NMS threshold", "min": 0.0, "max": 1.0,
+        "help": "Of two masks whose bounding boxes overlap more than this (IoU, 0-1), keep "
+        "the better one."})
+    crop_n_layers: int = field(default=0, metadata={
+        "label": "Crop layers", "min": 0, "max": 3,
+        "help": "Also look at N levels of overlapping zoomed-in crops: finds smaller objects "
+        "in large images, takes several times longer."})
+    min_area: int = field(default=25, metadata={
+        "label": "Minimum area (px)", "min": 0, "max": 10**7,
+        "help": "Drop objects smaller than this many pixels, and fill holes smaller than that."})
+    max_area_fraction: float = field(default=0.5, metadata={
+        "label": "Maximum area (fraction)", "min": 0.01, "max": 1.0,
+        "help": "Drop masks covering more than this fraction of the image, such as the "
+        "background (1 keeps all)."})
+    points_per_batch: int | None = field(default=None, metadata={
+        "label": "Prompts per batch",
+        "help": "Prompts decoded at once (memory against speed; no effect on the result); "
+        "none: as many as fit in a GPU's free memory, 64 on a CPU."})
+    link_slices: bool = field(default=False, metadata={
+        "label": "Link objects across slices",
+        "help": "Give an object the same label in every slice it spans (matched by overlap "
+        "with the previous slice); otherwise each slice's objects get their own labels."})
+    link_iou: float = field(default=0.3, metadata={
+        "label": "Linking IoU threshold", "min": 0.01, "max": 1.0,
+        "help": "The overlap (intersection over union, 0-1) an object needs with one in the "
+        "previous slice to keep its label."})
 
     def check(self) -> None:
         """Raise :class:`SettingsError` for a value out of range."""

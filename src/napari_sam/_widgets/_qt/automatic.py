@@ -1,0 +1,159 @@
+"""The "Automatic segmentation (SAM)" dock: small Qt parts over an AutomaticController.
+
+The image picker, the shared model controls, a settings form made from
+``AutoSettings`` (tooltips from its help, remembered between sessions), the
+stack scope, the estimate of the next run (prompts × slices, a hint for small
+images), Run / Cancel through the job runner (the bar shows the real stage and
+the time remaining), and COCO export. All decisions are the controller's
+(:mod:`napari_sam._widgets.automatic.controller`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox
+from napari.layers import Image
+from qtpy.QtWidgets import QFileDialog, QPushButton, QVBoxLayout, QWidget
+
+from napari_sam._widgets._qt.dock import DockFrame, section, wrapped_label
+from napari_sam._widgets._qt.forms import (
+    LayerPicker,
+    compact,
+    labelled,
+    row,
+    settings_form,
+    sync_form,
+)
+from napari_sam._widgets._qt.jobs import JobPanel, QtJobRunner
+from napari_sam._widgets._qt.model_controls import ModelControls
+from napari_sam._widgets._qt.notify import show_notice
+from napari_sam._widgets.automatic.controller import NOT_LOADED, SCOPES, AutomaticController
+from napari_sam._widgets.model_session import ModelFactory, session_for
+from napari_sam.errors import SettingsError
+from napari_sam.workflows.segment import AutoSettings
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["AutomaticSegmentationWidget"]
+
+#: The settings shown under "What counts as an object", and under "3D stacks".
+OBJECT_FIELDS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh",
+                 "box_nms_thresh", "crop_n_layers", "min_area", "max_area_fraction")
+STACK_FIELDS = ("link_slices", "link_iou")
+
+
+class AutomaticSegmentationWidget(DockFrame):
+    """Label every object of a 2D image, or of one or all slices of a stack, with SAM.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    model_factory : callable, optional
+        The viewer's model loader (see :class:`InteractiveSegmentationWidget`).
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer,
+                 model_factory: ModelFactory | None = None) -> None:
+        super().__init__(on_close=self.close_session)
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.jobs = JobPanel()
+        self.runner = QtJobRunner(self.jobs)
+        session = session_for(self.viewer, model_factory)
+        c = self.controller = AutomaticController(self.viewer, self.runner, session)
+        self.image_picker = LayerPicker("Image", c.images, Image, c.set_image,
+                                        "The image or stack to segment.")
+        self.model_controls = ModelControls(session, NOT_LOADED)
+        self.objects_form = settings_form(AutoSettings, c.settings, OBJECT_FIELDS, self._edit)
+        self.stack_form = settings_form(AutoSettings, c.settings, STACK_FIELDS, self._edit)
+        self.scope_combo = ComboBox(label="Segment", choices=SCOPES, value=c.scope,
+                                    tooltip="The slice shown in the viewer, or every slice.")
+        compact(self.scope_combo)
+        self.scope_combo.changed.connect(c.set_scope)
+        self.stack_form.insert(0, self.scope_combo)
+        self.estimate_label = wrapped_label()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(lambda: c.run())
+        self.coco_button = QPushButton("Export COCO JSON…")
+        self.coco_button.setToolTip(
+            "Save the objects of the output layer as COCO JSON (run-length encoded masks, "
+            "one COCO image per slice)."
+        )
+        self.coco_button.clicked.connect(lambda: self.export_coco())
+        image = QWidget()
+        box = QVBoxLayout(image)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(labelled(self.image_picker))
+        box.addWidget(self.model_controls)
+        self.add(section("Image and model", image))
+        self.add(self.estimate_label)
+        self.stack_section = section("3D stacks", self.stack_form.native)
+        self.add(self.stack_section)
+        self.add(section("What counts as an object", self.objects_form.native, expanded=False))
+        self.add(wrapped_label(
+            "The result goes to the Labels layer “<image> SAM auto” (Ctrl+Z undoes a run). "
+            "Save it with File > Save Selected Layers… as .tif."
+        ))
+        self.finish()
+        self.status_label = wrapped_label()
+        self.footer_layout.addWidget(row(self.run_button, self.coco_button))
+        self.footer_layout.addWidget(self.jobs)
+        self.footer_layout.addWidget(self.status_label)
+        c.listen(notice=show_notice, status=self.status_label.setText, changed=self._changed)
+        self._changed("image")
+
+    def _edit(self, changes: dict) -> None:
+        try:
+            settings = AutoSettings(**{**self.controller.settings.as_dict(), **changes})
+            settings.check()
+        except SettingsError as exc:
+            self.controller.error(str(exc))
+            self._changed("settings")
+            return
+        self.controller.set_settings(settings)
+
+    def _changed(self, what: str) -> None:
+        c = self.controller
+        if what == "image":
+            self.image_picker.sync()
+            layout = c.layout()
+            self.stack_form.enabled = layout is not None and layout.is_stack
+        if what == "model":
+            self.model_controls.sync()
+        if what in ("settings", "image"):
+            sync_form(self.objects_form, c.settings)
+            sync_form(self.stack_form, c.settings)
+        if what in ("estimate", "image", "settings"):
+            text = c.estimate()
+            self.estimate_label.setText(text)
+            self.estimate_label.setVisible(bool(text))
+        if what == "busy":
+            self.run_button.setEnabled(not c.busy)
+
+    def export_coco(self, path: str | Path | None = None) -> Path | None:
+        """Save the output layer's objects as COCO JSON (asks for a file without ``path``)."""
+        if path is None:
+            layer = self.controller.export_target()
+            if layer is None:
+                return None
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export COCO JSON", f"{layer.name}.json", "COCO JSON (*.json)"
+            )
+            if not path:
+                return None
+        return self.controller.export_coco(path)
+
+    # ------------------------------------------------------------------ for scripts and tests
+    @property
+    def busy(self) -> bool:
+        return self.controller.busy
+
+    def set_model(self, sam: Any, model_id: str | None = None, name: str | None = None) -> None:
+        self.controller.session.set_model(sam, model_id, name)
+
+    def close_session(self) -> None:
+        """Disconnect from the viewer and stop a run (on dock close)."""
+        self.model_controls.close_session()
+        self.controller.close()

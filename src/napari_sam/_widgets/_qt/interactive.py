@@ -1,0 +1,135 @@
+"""The "Interactive segmentation (SAM)" dock: small Qt parts over an InteractiveController.
+
+Click positive/negative points in "SAM points" or draw rectangles in "SAM
+boxes"; the mask appears in "SAM preview"; commit it into the output labels as
+a new object; on a stack, precompute the embeddings and propagate objects
+through the slices. All decisions are the controller's
+(:mod:`napari_sam._widgets.interactive.controller`); this module composes the
+controls, the job runner (model loading, encoding, precompute, propagation run
+in napari thread workers) and the dock's lifetime, and debounces predictions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QTimer
+
+from napari_sam._widgets._qt.dock import DockFrame, section, wrapped_label
+from napari_sam._widgets._qt.jobs import JobPanel, QtJobRunner
+from napari_sam._widgets._qt.model_controls import ModelControls
+from napari_sam._widgets._qt.notify import show_notice
+from napari_sam._widgets._qt.prompt_controls import OutputControls, PromptControls
+from napari_sam._widgets._qt.stack_controls import StackControls
+from napari_sam._widgets.interactive.controller import NOT_LOADED, InteractiveController
+from napari_sam._widgets.interactive.keys import keys_help
+from napari_sam._widgets.model_session import ModelFactory, session_for
+from napari_sam.workflows.embeddings import EmbeddingStore
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["InteractiveSegmentationWidget", "keys_html"]
+
+
+def keys_html() -> str:
+    """The dock's help line: how to prompt, and every key."""
+    keys = "<br>".join(f"<b>{k}</b>: {v}" for k, v in keys_help())
+    return (
+        "Click points in “SAM points” (positive/negative), or pick Box and drag rectangles "
+        "in “SAM boxes” (one object per box). Only prompts on the current slice count. "
+        "The keys work whichever napari-sam layer is selected:<br>" + keys
+    )
+
+
+class InteractiveSegmentationWidget(DockFrame):
+    """Segment objects with SAM from points and boxes, slice by slice.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    model_factory : callable, optional
+        ``factory(choice, checkpoint, device, precision=, progress_callback=,
+        should_cancel=) -> LoadedModel`` for the viewer's model session; default
+        :func:`~napari_sam._widgets.model_session.load_sam`.
+    store : EmbeddingStore, optional
+        Where encoded planes are kept (default: a new store of 1 GB).
+    debounce_ms : int
+        Prompt changes within this time trigger one prediction.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer,
+                 model_factory: ModelFactory | None = None,
+                 store: EmbeddingStore | None = None, debounce_ms: int = 150) -> None:
+        super().__init__(on_close=self.close_session)
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.jobs = JobPanel()
+        self.runner = QtJobRunner(self.jobs)
+        session = session_for(self.viewer, model_factory)
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(int(debounce_ms))
+        c = self.controller = InteractiveController(self.viewer, self.runner, session, store)
+        self.timer.timeout.connect(c.update_preview)
+        c.scheduler = self.timer.start
+        self.model_controls = ModelControls(session, NOT_LOADED, on_load=c.load_model)
+        self.prompt_controls = PromptControls(c)
+        self.output_controls = OutputControls(c)
+        self.stack_controls = StackControls(c)
+        self.add(section("Model", self.model_controls))
+        self.add(section("Image and prompts", self.prompt_controls))
+        self.add(section("Output", self.output_controls))
+        self.stack_section = section("3D stack", self.stack_controls)
+        self.add(self.stack_section)
+        self.add(section("Help and keys", wrapped_label(keys_html(), rich=True), expanded=False))
+        self.finish()
+        self.status_label = wrapped_label()
+        self.footer_layout.addWidget(self.output_controls.actions)
+        self.footer_layout.addWidget(self.jobs)
+        self.footer_layout.addWidget(self.status_label)
+        c.listen(notice=show_notice, status=self.status_label.setText, changed=self._changed)
+        if self.timer.isActive() or c.pending:
+            self.timer.start()
+
+    def _changed(self, what: str) -> None:
+        """Show what the controller changed."""
+        if what == "model":
+            self.model_controls.sync()
+        if what in ("layers", "image", "negative", "tool"):
+            self.prompt_controls.sync()
+        if what in ("layers", "image", "output"):
+            self.output_controls.sync()
+        if what in ("image", "stack", "summary", "busy", "disk", "layers"):
+            self.stack_controls.sync()
+
+    # ------------------------------------------------------------------ for scripts and tests
+    @property
+    def busy(self) -> bool:
+        """A prediction is scheduled, or a job runs."""
+        return self.timer.isActive() or self.controller.busy
+
+    def set_model(self, sam: Any, model_id: str | None = None, name: str | None = None) -> None:
+        """Use an already built model (scripts, tests), or a LoadedModel."""
+        self.controller.set_model(sam, model_id, name)
+
+    @property
+    def points_layer(self) -> Any:
+        return self.controller.prompts.points.current
+
+    @property
+    def boxes_layer(self) -> Any:
+        return self.controller.prompts.boxes.current
+
+    @property
+    def preview_layer(self) -> Any:
+        return self.controller.preview.layer
+
+    @property
+    def labels_layer(self) -> Any:
+        return self.controller.output.current
+
+    def close_session(self) -> None:
+        """Disconnect from the viewer, give back the keys, stop the jobs (on dock close)."""
+        self.timer.stop()
+        self.model_controls.close_session()
+        self.controller.close()

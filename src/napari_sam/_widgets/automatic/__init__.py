@@ -1,0 +1,1 @@
+"""Automatic segmentation without Qt: the controller and its parts (see ``controller``)."""

@@ -1,0 +1,342 @@
+"""The state and decisions of automatic segmentation, without Qt.
+
+:class:`AutomaticController` segments the chosen image — a 2D image, or the
+current slice or all slices of a stack, optionally linking objects through the
+slices — with :func:`napari_sam.workflows.segment.segment_iter` as a job
+(progress with its real stage, time remaining, Cancel) and writes the result
+into "<image> SAM auto" as ONE undo step
+(:class:`~napari_sam._widgets.automatic.output.AutoOutput`). A cancelled or
+failed run, or one whose image changed meanwhile, changes no layer. Its
+settings are remembered between sessions; its model is the viewer's, shared
+with the interactive dock (:mod:`napari_sam._widgets.model_session`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Image
+
+from napari_sam._widgets.automatic.estimate import points_hint, run_estimate
+from napari_sam._widgets.automatic.output import OUTPUT_SUFFIX, AutoOutput
+from napari_sam._widgets.base import ControllerBase
+from napari_sam._widgets.jobs import Job, JobRunner
+from napari_sam._widgets.layers import LayerChoice, layer_layout
+from napari_sam._widgets.model_session import ModelSession, session_for
+from napari_sam._widgets.notices import notice_for
+from napari_sam.errors import ImageFormatError, NapariSamError
+from napari_sam.runtime import settings as user_settings
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.runtime.progress import drive
+from napari_sam.workflows import segment as logic
+from napari_sam.workflows.image import ImageLayout, image_layout
+from napari_sam.workflows.prompts import current_slice, layer_affine
+from napari_sam.workflows.segment import AutoSettings, SegmentationResult
+
+__all__ = [
+    "ALL_SLICES",
+    "CURRENT_SLICE",
+    "DOCK_DEFAULTS",
+    "NOT_LOADED",
+    "SCOPES",
+    "AutomaticController",
+]
+
+CURRENT_SLICE, ALL_SLICES = "current slice", "all slices"
+#: What to segment in a stack.
+SCOPES = (CURRENT_SLICE, ALL_SLICES)
+NOT_LOADED = "Model: not loaded (loads when you run)"
+#: The dock's settings before any are remembered: a stack's objects keep one label through z.
+DOCK_DEFAULTS = AutoSettings(link_slices=True)
+
+
+@dataclass
+class _Run:
+    """What one run was asked to do (kept to write its result)."""
+
+    image: Image
+    data: Any  # the image data the run segments
+    layout: ImageLayout
+    slice: int | None  # the slice of a current-slice run on a stack
+    settings: AutoSettings
+
+
+class AutomaticController(ControllerBase):
+    """Label every object of a 2D image, or of one or all slices of a stack, with SAM.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer or ViewerModel
+    runner : JobRunner, optional
+        Where loading and segmentation run (default: in this thread).
+    session : ModelSession, optional
+        The model (default: the viewer's, shared with its other napari-sam docks).
+    remember : bool
+        Read and save the settings in the user's settings file.
+    """
+
+    def __init__(self, viewer: Any, runner: JobRunner | None = None,
+                 session: ModelSession | None = None, remember: bool = True) -> None:
+        super().__init__(viewer, runner)
+        self.session = session if session is not None else session_for(self.viewer)
+        self.images = LayerChoice(self.viewer.layers, Image)
+        self.output = AutoOutput(self.viewer)
+        self.remember = remember
+        self.settings = DOCK_DEFAULTS
+        self.scope = CURRENT_SLICE
+        self.waiting: str | None = None  # the scope of a run waiting for the model
+        self._run: _Run | None = None
+        if remember:
+            self._restore_settings()
+        layers = self.viewer.layers.events
+        for emitter in (layers.inserted, layers.removed, layers.moved):
+            self.connections.connect(emitter, self._on_layers)
+        self.connections.connect(self.session.events.model, self._on_model)
+        self.connections.connect(self.session.events.request, self._on_model)
+        self._on_layers()
+
+    def _restore_settings(self) -> None:
+        values, problem = user_settings.read_section("automatic")
+        self.settings, bad = user_settings.restore(AutoSettings, values, DOCK_DEFAULTS)
+        for text in (self.session.problem, problem, bad if values else None):
+            if self.session.once(text):  # one warning per problem for the viewer's docks
+                self.warn(text)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def image_layer(self) -> Image | None:
+        return self.images.current
+
+    @property
+    def output_layer(self) -> Any:
+        """The Labels layer the last run wrote to (if it is still in the viewer)."""
+        return self.output.layer
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self.session.model
+
+    @property
+    def busy(self) -> bool:
+        """A run (or the model load it waits for) is in progress."""
+        return self.runner.running() or self.waiting is not None
+
+    def layout(self) -> ImageLayout | None:
+        """The chosen image's layout, or None if there is none or it cannot be segmented."""
+        image = self.images.current
+        if image is None:
+            return None
+        try:
+            return image_layout(image.data.shape, rgb=image.rgb)
+        except ImageFormatError:
+            return None
+
+    def set_settings(self, settings: AutoSettings | None = None, **changes: Any) -> None:
+        """Use these settings (remembered for the next session)."""
+        settings = replace(settings or self.settings, **changes)
+        if settings == self.settings:
+            return
+        self.settings = settings
+        if self.remember:
+            problem = user_settings.save_section("automatic", asdict(settings))
+            if problem:
+                self.warn(problem)
+        self.changed("estimate")
+
+    def set_scope(self, scope: str) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+        self.scope = scope
+        self.changed("estimate")
+
+    def set_image(self, layer: Any) -> None:
+        self.images.select(layer)
+        self._on_layers()
+
+    def estimate(self) -> str:
+        """The work of the next run in numbers, and a hint for small images (may be "")."""
+        layout = self.layout()
+        if layout is None:
+            return ""
+        n = layout.n_slices if layout.is_stack and self.scope == ALL_SLICES else 1
+        hint = points_hint(layout, self.settings)
+        return run_estimate(layout, self.settings, n) + (f" {hint}" if hint else "")
+
+    # ------------------------------------------------------------------ events
+    def _on_layers(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", None) == "inserted":
+            self.connections.connect(event.value.events.name, self._on_layers)
+        self.images.refresh()
+        self.changed("image")
+        self.changed("estimate")
+        if not self.busy:
+            image, layout = self.images.current, self.layout()
+            if image is None:
+                self.set_status("Open or choose an image layer.")
+            else:
+                kind = "stack" if layout is not None and layout.is_stack else "image"
+                self.set_status(f"Ready to segment the {kind} “{image.name}”.")
+
+    def _on_model(self, event: Any = None) -> None:
+        self.changed("model")
+
+    # ------------------------------------------------------------------ run
+    def run(self, scope: str | None = None) -> None:
+        """Segment the chosen image (``scope``: "current slice" or "all slices" of a stack;
+        default: :attr:`scope`), as a job; the model is loaded first if needed."""
+        if self.busy:
+            self.info("Automatic segmentation is already running.")
+            return
+        scope = scope or self.scope
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+        image = self.images.current
+        if image is None:
+            self.warn("Open or choose an image layer to segment.")
+            return
+        try:
+            layout_ = layer_layout(image, "automatic segmentation")
+            self.settings.check()
+            self.session.request.check()
+        except NapariSamError as exc:
+            self._report(exc)
+            return
+        self.waiting = scope  # before: the load may finish at once (in this thread)
+        model = self.session.ensure(self.runner, self._model_ready, force=True)
+        if model is None:
+            if self.session.loading:
+                self.set_status("Loading the model first…")
+            return
+        self.waiting = None
+        self._start(model, image, layout_, scope)
+
+    def _model_ready(self, model: LoadedModel | None) -> None:
+        scope, self.waiting = self.waiting, None
+        if self.closed or scope is None:
+            return
+        if model is None:
+            self.set_status("The model could not be loaded; nothing was segmented.")
+            return
+        self.changed("model")
+        self.run(scope)
+
+    def _start(self, model: LoadedModel, image: Image, layout: ImageLayout, scope: str) -> None:
+        settings, k, slices = self.settings, None, None
+        if layout.is_stack and scope == CURRENT_SLICE:
+            k = current_slice(layer_affine(image), layout.spatial_shape, self.viewer.dims.point)
+            if k is None:
+                self.warn("The viewer shows no slice of this stack; move the slider onto it.")
+                return
+            slices = [k]
+            settings = replace(settings, link_slices=False)
+        contrast = tuple(float(c) for c in image.contrast_limits)
+        data, sam = image.data, model.sam
+        self._run = _Run(image, data, layout, k, settings)
+
+        def work(progress: Any, should_cancel: Any) -> SegmentationResult:
+            steps = logic.segment_iter(sam, data, rgb=layout.rgb, contrast_limits=contrast,
+                                       settings=settings, slices=slices)
+            return drive(steps, progress, should_cancel,
+                         cancelled="Automatic segmentation was cancelled; no layer was changed.")
+
+        where = f"slice {k} of “{image.name}”" if k is not None else f"“{image.name}”"
+        if layout.is_stack and k is None:
+            where = f"all {layout.n_slices} slices of “{image.name}”"
+        text = f"Segmenting {where}…"
+        self.set_status(text)
+        self.runner.start(Job("segment", text, work, done=self._write, failed=self._failed,
+                              finished=self._finished, unit="steps"))
+        self.changed("busy")
+
+    def cancel(self) -> None:
+        """Stop the run; the output layer is left as it was."""
+        if self.waiting is not None:
+            self.waiting = None
+            self.runner.cancel("load")
+        if self.runner.running("segment"):
+            self.runner.cancel("segment")
+            self.set_status("Cancelling…")
+
+    def _report(self, exc: BaseException) -> None:
+        self.notify(notice_for(exc))
+        self.set_status(str(exc))
+
+    def _failed(self, exc: BaseException) -> None:
+        self.set_status(str(exc))
+
+    def _finished(self) -> None:
+        self._run = None
+        self.changed("busy")
+
+    def _write(self, result: SegmentationResult) -> None:
+        run = self._run
+        if self.closed or run is None:
+            return
+        image = run.image
+        if image not in self.viewer.layers:
+            self.warn(f"The image “{image.name}” was closed during the run; the result was "
+                      "dropped.")
+            return
+        shape = run.layout.spatial_shape
+        if image.data is not run.data or tuple(image.data.shape[: len(shape)]) != shape:
+            self.warn(f"The image “{image.name}” changed during the run; the result was dropped.")
+            return
+        layer, note = self.output.write(image, shape, run.slice, result)
+        if note:
+            self.info(note)
+        n = result.n_objects
+        where = f"slice {run.slice}" if run.slice is not None else "the image"
+        if run.layout.is_stack and run.slice is None:
+            where = f"{run.layout.n_slices} slices"
+            if run.settings.link_slices:
+                where += ", linked"
+        self.set_status(
+            f"{n} object{'s' if n != 1 else ''} in {where} → “{layer.name}” "
+            f"({result.n_masks} masks proposed)."
+        )
+
+    # ------------------------------------------------------------------ COCO
+    def export_target(self) -> Any:
+        """The layer :meth:`export_coco` would save (None: nothing to export yet; said so)."""
+        layer = self.output.layer
+        image = self.images.current
+        if layer is None and image is not None:
+            layout = self.layout()
+            layer = self.output.find(image, layout.spatial_shape) if layout else None
+        if layer is None:
+            self.warn("There is nothing to export yet: run automatic segmentation first.")
+        return layer
+
+    def export_coco(self, path: str | Path) -> Path | None:
+        """Save the objects of the output layer as COCO JSON (SAM's scores while the layer is
+        unchanged since the run). Returns the written path."""
+        from napari_sam.workflows.io import CocoWriter
+
+        layer = self.export_target()
+        if layer is None:
+            return None
+        source = getattr(getattr(layer, "source", None), "path", None)
+        image = self.images.current
+        if image is not None and getattr(image.source, "path", None):
+            source = image.source.path
+        file_name = Path(source).name if source else layer.name.removesuffix(OUTPUT_SUFFIX)
+        try:
+            writer = CocoWriter()
+            writer.add(layer.data, file_name, stack=layer.data.ndim == 3,
+                       scores=self.output.scores(layer))
+            written = writer.write(path)
+        except NapariSamError as exc:
+            self._report(exc)
+            return None
+        n = len(writer.annotations)
+        self.info(f"Saved {n} object mask{'s' if n != 1 else ''} to {written}.")
+        self.set_status(f"COCO JSON saved: {written}")
+        return written
+
+    def close(self) -> None:
+        """Disconnect from the viewer and stop a run (on dock close)."""
+        self.waiting = None
+        self.session.cancel_waiters(self)
+        super().close()

@@ -1,0 +1,61 @@
+"""How much work an automatic segmentation run is, said before it starts.
+
+SAM's automatic mask generator encodes each plane (and each crop) once and
+decodes one prompt per grid point: ``points_per_side**2`` prompts per crop,
+with ``(2**i)**2`` crops on crop layer ``i``. :func:`run_estimate` says this in
+numbers for the planes a run covers; :func:`points_hint` suggests fewer points
+where the grid is much finer than objects can be (small images), since the time
+grows with the square of the points per side.
+"""
+
+from __future__ import annotations
+
+from napari_sam.workflows.image import ImageLayout
+from napari_sam.workflows.segment import AutoSettings
+
+__all__ = ["encodings_per_plane", "points_hint", "prompts_per_plane", "run_estimate"]
+
+#: A grid finer than this (pixels between points) is suggested to be made coarser.
+FINE_SPACING = 8
+#: The spacing (pixels) suggested instead: a point on every object of about this width.
+SUGGESTED_SPACING = 12
+
+
+def encodings_per_plane(settings: AutoSettings) -> int:
+    """Image encodings per plane: the plane itself and every crop."""
+    return sum(4**i for i in range(int(settings.crop_n_layers) + 1))
+
+
+def prompts_per_plane(settings: AutoSettings) -> int:
+    """Point prompts decoded per plane (every crop gets the full grid)."""
+    return int(settings.points_per_side) ** 2 * encodings_per_plane(settings)
+
+
+def run_estimate(layout: ImageLayout, settings: AutoSettings, n_planes: int) -> str:
+    """E.g. "60 slices × 1,024 prompts = 61,440 prompts to decode, 60 encodings."."""
+    prompts = prompts_per_plane(settings)
+    encodings = encodings_per_plane(settings) * n_planes
+    what = f"{n_planes} slice{'s' if n_planes != 1 else ''}" if layout.is_stack else "1 image"
+    return (
+        f"This run: {what} × {prompts:,} prompts = {prompts * n_planes:,} prompts to decode, "
+        f"{encodings:,} image encoding{'s' if encodings != 1 else ''}."
+    )
+
+
+def points_hint(layout: ImageLayout, settings: AutoSettings) -> str | None:
+    """A suggestion of fewer points per side when the grid is finer than useful, or None."""
+    side = max(layout.plane_shape)
+    pps = int(settings.points_per_side)
+    spacing = side / max(pps, 1)
+    if spacing >= FINE_SPACING:
+        return None
+    suggested = max(4, round(side / SUGGESTED_SPACING))
+    if suggested >= pps:
+        return None
+    speedup = (pps / suggested) ** 2
+    return (
+        f"{pps} points per side puts a prompt every {spacing:.0f} pixels on these "
+        f"{layout.plane_shape[0]}×{layout.plane_shape[1]} planes; {suggested} (one every "
+        f"~{SUGGESTED_SPACING} pixels) is about {speedup:.0f}× faster and still prompts every "
+        f"object wider than {SUGGESTED_SPACING} pixels."
+    )

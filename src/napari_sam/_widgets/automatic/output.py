@@ -1,0 +1,117 @@
+"""Where automatic segmentation writes: "<image> SAM auto", never over the user's own work.
+
+:class:`AutoOutput` finds the layer a run writes into (the one the last run on
+this image wrote, or one named "<image> SAM auto" of the right shape), decides
+whether it may be replaced (it is empty, or holds exactly what the last run
+left there), writes a result as ONE undo step (a current-slice run keeps the
+other slices, with new ids above theirs) and keeps SAM's scores of the objects
+while the layer is unchanged (for COCO export).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, replace_region
+from napari_sam.runtime.files import content_hash
+from napari_sam.workflows.segment import SegmentationResult
+
+__all__ = ["OUTPUT_SUFFIX", "AutoOutput"]
+
+OUTPUT_SUFFIX = " SAM auto"
+
+
+class AutoOutput:
+    """The output layer of automatic segmentation and the scores of its objects."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self._layer: Labels | None = None
+        self._image: Image | None = None
+        # SAM's scores of the objects last written, valid while the layer is unchanged
+        self._scores: dict[tuple[int | None, int], dict[str, float]] = {}
+        self._digest: tuple[Any, str] | None = None
+
+    @property
+    def layer(self) -> Labels | None:
+        """The layer the last run wrote to (if it is still in the viewer)."""
+        layer = self._layer
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def find(self, image: Image, shape: tuple[int, ...]) -> Labels | None:
+        """The layer a run on ``image`` would write into, if there is one."""
+        last = self.layer
+        if last is not None and self._image is image and last.data.shape == shape:
+            return last
+        name = f"{image.name}{OUTPUT_SUFFIX}"
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and layer.name == name and layer.data.shape == shape:
+                return layer
+        return None
+
+    def replaceable(self, layer: Labels) -> bool:
+        """Whether a run may write into ``layer``: it is empty, or holds exactly what the
+        last run left there (not edited since)."""
+        last = self._digest
+        if last is not None and last[0] is layer and last[1] == content_hash(layer.data):
+            return True
+        return not np.any(layer.data)
+
+    def scores(self, layer: Labels) -> dict:
+        """SAM's scores of ``layer``'s objects, while it is exactly what the last run wrote."""
+        if self._digest is None or self._digest[0] is not layer:
+            return {}
+        if self._digest[1] != content_hash(layer.data):
+            return {}  # edited since: the scores may describe other masks
+        return self._scores
+
+    def write(self, image: Image, shape: tuple[int, ...], k: int | None,
+              result: SegmentationResult) -> tuple[Labels, str | None]:
+        """Write ``result`` (of slice ``k`` of a stack, or of everything); returns the layer
+        written and, if the user's layer was kept, the sentence that says so."""
+        note = None
+        layer = self.find(image, shape)
+        if layer is not None and not self.replaceable(layer):
+            note = (
+                f"“{layer.name}” holds objects this widget did not write (your edits, or an "
+                "earlier session), so the result goes to a new layer; delete or rename layers "
+                "to choose what to keep."
+            )
+            layer = None  # a new layer: the user's work in the old one is not touched
+        scores = dict(result.scores)
+        if k is not None:  # one slice of a stack: keep the other slices, new ids above theirs
+            plane = result.labels[k]
+            offset = 0
+            if layer is not None:
+                others = [layer.data[:k], layer.data[k + 1:]]
+                offset = max((int(np.max(o)) for o in others if o.size), default=0)
+            if offset:
+                plane = np.where(plane > 0, plane + np.uint32(offset), plane).astype(np.uint32)
+                scores = {(z, lab + offset): v for (z, lab), v in scores.items()}
+            if layer is not None:
+                kept = self.scores(layer)  # before the write changes the layer
+                replace_region(layer, (k,), plane)
+                scores = {**{key: v for key, v in kept.items() if key[0] != k}, **scores}
+            else:
+                data = np.zeros(shape, np.uint32)
+                data[k] = plane
+                layer = self._add(image, data)
+        elif layer is not None:
+            replace_region(layer, (), result.labels)
+        else:
+            layer = self._add(image, result.labels)
+        self._layer, self._image = layer, image
+        self._scores = scores
+        self._digest = (layer, content_hash(layer.data))
+        return layer, note
+
+    def _add(self, image: Image, data: np.ndarray) -> Labels:
+        return add_layer_quietly(
+            self.viewer,
+            lambda: self.viewer.add_labels(
+                data, name=f"{image.name}{OUTPUT_SUFFIX}", **layer_geometry(image)
+            ),
+        )

@@ -1,0 +1,1 @@
+"""Interactive segmentation without Qt: the controller and its parts (see ``controller``)."""

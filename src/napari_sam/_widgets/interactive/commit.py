@@ -1,0 +1,129 @@
+"""Committing the preview: which pixels of the output Labels layer get which new id.
+
+:func:`commit_preview` turns the preview of one slice into new objects of the
+output layer, as ONE undo step, never over another object's pixels unless the
+user asked (``overwrite``); it says what it did, or why it did nothing.
+:func:`ensure_labels` makes the output layer "<image> SAM labels" when none is chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, write_objects
+from napari_sam._widgets.notices import Notice
+from napari_sam.workflows.image import ImageLayout
+from napari_sam.workflows.interactive import plan_commit
+
+__all__ = [
+    "LABELS_SUFFIX",
+    "CommitResult",
+    "commit_current",
+    "commit_preview",
+    "ensure_labels",
+    "shape_mismatch",
+]
+
+LABELS_SUFFIX = " SAM labels"
+
+
+def ensure_labels(viewer: Any, image: Any, layout: ImageLayout, chosen: Any) -> Any:
+    """The chosen output layer, or a new uint32 "<image> SAM labels" with the image's geometry."""
+    if chosen is not None:
+        return chosen
+    return add_layer_quietly(
+        viewer,
+        lambda: viewer.add_labels(
+            np.zeros(layout.spatial_shape, np.uint32),
+            name=f"{image.name}{LABELS_SUFFIX}",
+            **layer_geometry(image),
+        ),
+    )
+
+
+def shape_mismatch(labels: Any, layout: ImageLayout) -> Notice | None:
+    """An error if the output layer does not have the image's shape."""
+    if labels.data.shape == layout.spatial_shape:
+        return None
+    return Notice.error(
+        f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
+        f"image is {layout.spatial_shape}; choose another output layer."
+    )
+
+
+@dataclass
+class CommitResult:
+    """What a commit did: the new ids (empty if nothing was written), notices and status."""
+
+    ids: list[int] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    status: str | None = None
+
+
+def commit_preview(
+    labels: Any, preview_plane: np.ndarray, k: int | None, overwrite: bool
+) -> CommitResult:
+    """Write the preview's objects of slice ``k`` (None: a 2D image) as new ids."""
+    result = CommitResult()
+    if not preview_plane.any():
+        result.notices.append(Notice.info(
+            "Nothing to commit: SAM found no object at these prompts; move the points, add "
+            "some, or draw a box."
+        ))
+        return result
+    labels_plane = np.asarray(labels.data[k] if k is not None else labels.data)
+    next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
+    plan = plan_commit(labels_plane, preview_plane, next_id, overwrite)
+    if not plan:
+        result.notices.append(Notice.info(
+            "Nothing new to commit: the preview lies on existing objects (tick “Overwrite "
+            "existing objects” to replace them)."
+        ))
+        return result
+    note = write_objects(
+        labels,
+        [
+            (new_id, (np.full(rows.shape, k), rows, cols) if k is not None else (rows, cols))
+            for new_id, (rows, cols) in plan
+        ],
+    )
+    if note:
+        result.notices.append(Notice.info(note))
+    labels.selected_label = plan[-1][0] + 1
+    result.ids = [int(p[0]) for p in plan]
+    where = f"slice {k}" if k is not None else "the image"
+    ids = ", ".join(map(str, result.ids))
+    result.status = f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where}."
+    return result
+
+
+def commit_current(c: Any) -> None:
+    """The Commit command of an interactive controller ``c``: the preview of its slice
+    into the output labels (made if needed), or one sentence saying why not."""
+    if c.no_image():
+        return
+    c.flush()
+    if c.computing():
+        c.info("The preview is still being computed; try again in a moment.")
+        return
+    if not c.preview.objects or not c.preview.exists():
+        c.info("Nothing to commit: place points or boxes first.")
+        return
+    labels = ensure_labels(c.viewer, c.image, c.layout, c.output.current)
+    if labels is not c.output.current:
+        c.output.select(labels)
+        c.changed("output")
+    problem = shape_mismatch(labels, c.layout)
+    if problem is not None:
+        c.notify(problem)
+        return
+    k = c.preview.slice
+    result = commit_preview(labels, c.preview.plane(k), k, c.overwrite)
+    for notice in result.notices:
+        c.notify(notice)
+    if result.ids:
+        c.clear_slice()
+        c.set_status(result.status)

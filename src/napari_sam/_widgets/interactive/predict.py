@@ -1,0 +1,140 @@
+"""From prompts to the preview: one prediction of the current slice.
+
+:func:`update` is what the controller runs whenever the prompts, the slice,
+the image, its contrast or the model change: it reads the current slice's
+prompts from the prompt layers (world -> data coordinates, x/y for SAM), says
+what cannot be used, makes sure the model is loaded and the plane encoded (both
+as jobs; the prediction runs again when they finish), then decodes the
+objects on the main thread and paints the preview.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari_sam._widgets.interactive.preview import describe_preview
+from napari_sam._widgets.notices import Notice, notice_for
+from napari_sam.errors import NapariSamError
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime.fallbacks import relay_fallbacks
+from napari_sam.workflows import interactive as logic
+from napari_sam.workflows.embeddings import EmbeddingKey
+from napari_sam.workflows.prompts import group_objects, slice_prompts_from_layers
+
+__all__ = ["update"]
+
+COMMIT_KEY = "Shift+C"
+
+
+def _view_problem(c: Any) -> str | None:
+    """Why the viewer's view cannot be segmented (3D view, transposed axes), if so."""
+    dims = c.viewer.dims
+    if dims.ndisplay != 2:
+        return "Interactive segmentation works in the 2D view (Ctrl+Y toggles)."
+    if tuple(dims.displayed) != (dims.ndim - 2, dims.ndim - 1):
+        return (
+            "SAM segments YX planes: show the image's last two axes (View > Axes order, "
+            "or Ctrl+E to roll them back)."
+        )
+    return None
+
+
+def _warn_unusable(c: Any, n_outside: int, n_degenerate: int) -> None:
+    """Warn about prompts outside the image and boxes without area (when their number grows)."""
+    if n_outside > c.warned["outside"]:
+        n = n_outside
+        c.warn(f"{n} prompt{'s' if n > 1 else ''} on this slice lie{'s' if n == 1 else ''} "
+               "outside the image and will be ignored.")
+    if n_degenerate > c.warned["degenerate"]:
+        n = n_degenerate
+        c.warn(f"{n} box{'es' if n > 1 else ''} on this slice {'have' if n > 1 else 'has'} no "
+               "area inside the image and will be ignored; draw a box by dragging a rectangle.")
+    c.warned.update(outside=n_outside, degenerate=n_degenerate)
+
+
+def update(c: Any) -> None:
+    """Predict the current slice of ``c``'s image from its prompts and show the preview."""
+    problem = _view_problem(c)
+    layout = c.layout
+    k = c.current_slice() if layout.is_stack else None
+    if problem is None and layout.is_stack and k is None:
+        problem = "The current position is outside the stack."
+    if problem is not None:
+        c.preview.clear(layout)
+        c.set_status(problem)
+        return
+    prompts = slice_prompts_from_layers(
+        layout.spatial_shape, c.image, k, c.viewer.dims.point,
+        c.prompts.points.current, c.prompts.boxes.current,
+    )
+    c.slice_prompts = prompts
+    _warn_unusable(c, prompts.n_outside, prompts.n_degenerate)
+    objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
+    if not objects:
+        c.preview.clear(layout)
+        where = f"slice {k}" if k is not None else "the image"
+        hint = " (negative points alone describe no object)" if len(prompts.points_xy) else ""
+        c.set_status(f"No prompts on {where}{hint}.")
+        return
+    model = c.session.ensure(c.runner, c._model_loaded)
+    if model is None:
+        if c.session.loading:
+            c.set_status(c.session.describe(""))
+        else:
+            c.set_status("The model could not be loaded; press “Load model” to retry.")
+        return
+    key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.model_id)
+    embedding, notices = c.embeddings.find(key)
+    for notice in notices:
+        c.notify(notice)
+    if embedding is None:
+        _start_encode(c, model, key, plane)
+        return
+    if c.predictor is None or c.predictor.model is not model.sam:
+        c.predictor = SamPredictor(model.sam)
+    try:
+        with relay_fallbacks(c.on_fallback):  # the decoder runs here, on the main thread
+            c.predictor.set_embedding(embedding)
+            results = logic.predict_objects(c.predictor, objects, c.multimask, c.candidate)
+    except NapariSamError as exc:
+        c.notify(notice_for(exc))
+        c.set_status(str(exc))
+        return
+    c.preview.show(c.image, layout, k, results)
+    c.changed("layers")
+    c.set_status(describe_preview(k, results, COMMIT_KEY))
+
+
+def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:
+    """Encode the plane in a job; predict again when it is done (not after a failure)."""
+    if c.runner.running("encode"):
+        return  # when it finishes, the preview is updated and asks again
+    warning = c.embeddings.uniform_warning(key, plane, c.layout, c.image.name)
+    if warning is not None:
+        c.notify(warning)
+    outcome = {"ok": False}
+
+    def done(result: tuple) -> None:
+        key, embedding, disk_problem = result
+        outcome["ok"] = True
+        if disk_problem is not None:
+            c.notify(c.embeddings.disk_failed(disk_problem))
+            c.changed("disk")
+        if c.model is not None and key.model_id == c.model.model_id:
+            c.embeddings.keep(key, embedding)
+
+    def failed(exc: BaseException) -> Notice | None:
+        c.set_status(str(exc))
+        return None
+
+    def finished() -> None:
+        c.changed("busy")
+        if outcome["ok"] and not c.closed:  # after a failure, the next change of prompts retries
+            c.update_preview()
+
+    where = f"slice {key.slice}" if key.slice is not None else "the image"
+    text = f"Encoding {where} with {model.name}…"
+    c.set_status(text)
+    c.runner.start(c.embeddings.encode_job(
+        model.sam, key, plane, c.layout.rgb, text, done, failed, finished
+    ))

@@ -1,0 +1,359 @@
+"""3D stacks in interactive segmentation: precomputing embeddings and propagating objects.
+
+:class:`StackController` belongs to an
+:class:`~napari_sam._widgets.interactive.controller.InteractiveController`. It
+encodes every slice of the stack (kept in memory and, if asked, on disk;
+resumable), and follows the preview's objects — or committed objects of the
+current slice — up and down the stack
+(:func:`napari_sam.workflows.propagation.propagate`) in a job, writing the
+result into the output labels at the end as ONE undo step, unless the image or
+the output layer changed meanwhile. The summary of the last run (why each
+object stopped, and where) stays in :attr:`StackController.summary`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from napari_sam._widgets.interactive.commit import ensure_labels, shape_mismatch
+from napari_sam._widgets.interactive.report import propagation_summary
+from napari_sam._widgets.jobs import Job
+from napari_sam._widgets.layers import write_objects
+from napari_sam._widgets.notices import Notice
+from napari_sam.errors import Cancelled, EmbeddingCacheError
+from napari_sam.workflows import propagation as logic
+from napari_sam.workflows.embeddings import StackEmbeddings
+from napari_sam.workflows.propagation import PropagationResult, PropagationSettings
+
+__all__ = ["StackController", "parse_ids"]
+
+#: An embedding's size in memory (float32, 256 x 64 x 64), to say how many slices fit.
+_EMBEDDING_BYTES = 4 * 256 * 64 * 64
+
+
+def parse_ids(raw: str, present: list[int], k: int) -> list[int]:
+    """The object ids typed by the user (all of ``present`` if none); ValueError with a
+    sentence for words that are not ids, or ids not on slice ``k``."""
+    words = raw.replace(",", " ").split()
+    if not words:
+        return present
+    try:
+        ids = [int(w) for w in words]
+    except ValueError:
+        raise ValueError(
+            f"Object ids must be whole numbers separated by commas, not “{raw}”."
+        ) from None
+    absent = [i for i in ids if i not in present]
+    if absent:
+        many = len(absent) > 1
+        raise ValueError(
+            f"Object{'s' if many else ''} {', '.join(map(str, absent))} "
+            f"{'are' if many else 'is'} not on slice {k}; go to a slice where "
+            "it is, or leave the ids empty for all objects of this slice."
+        )
+    return list(dict.fromkeys(ids))
+
+
+@dataclass
+class _Run:
+    """What a running propagation was started from (checked again when it ends)."""
+
+    image: Any
+    data: Any  # the image data the propagation was computed from
+    labels: Any  # the output Labels layer, or None to create one at the end
+    ids: list[int] | None  # ids of committed objects; None for the preview's (new ids)
+    k: int
+    from_preview: bool
+    settings: PropagationSettings
+
+
+class StackController:
+    """Precompute and propagate on the interactive controller's stack.
+
+    Attributes
+    ----------
+    settings : PropagationSettings
+        Prompts and stopping thresholds.
+    z_range : (int, int)
+        First and last slice objects may extend to.
+    ids_text : str
+        Committed object ids to propagate (empty: all of the current slice).
+    summary : str
+        What the last propagation did (kept until the next run).
+    last_result : PropagationResult or None
+    """
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.settings = PropagationSettings()
+        self.z_range = (0, 0)
+        self.ids_text = ""
+        self.summary = ""
+        self.last_result: PropagationResult | None = None
+        self.pending: str | None = None  # started once the model has loaded
+        self._run: _Run | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.owner.runner.running("precompute") or self.owner.runner.running("propagate")
+
+    def follow_layout(self) -> None:
+        """The image changed: the slice range is the whole stack."""
+        layout = self.owner.layout
+        n = layout.n_slices if layout is not None and layout.is_stack else 1
+        if self.z_range[1] != n - 1 or self.z_range[0] > n - 1:
+            self.z_range = (0, n - 1)
+            self.owner.changed("stack")
+
+    def set_settings(self, **changes: Any) -> None:
+        """Change propagation settings (raises PropagationError for bad values)."""
+        self.settings = replace(self.settings, **changes)
+
+    # ------------------------------------------------------------------ readiness
+    def _ready(self, what: str) -> bool:
+        """Whether a long job can start now (starting the model load if needed)."""
+        owner = self.owner
+        if owner.no_image():
+            return False
+        if not owner.layout.is_stack:
+            owner.info(f"{what.capitalize()} works on 3D stacks (Z, Y, X).")
+            return False
+        if self.running:
+            owner.info("Precomputing or propagation is already running; wait or press Cancel.")
+            return False
+        if owner.model is None:
+            if owner.session.failed_key == owner.session.request.key():
+                owner.set_status("The model could not be loaded; press “Load model” to retry.")
+                return False
+            self.pending = what
+            owner.load_model()
+            return False
+        return True
+
+    def model_ready(self) -> None:
+        """The model was loaded: start what was waiting for it."""
+        pending, self.pending = self.pending, None
+        if pending == "precompute":
+            self.precompute()
+        elif pending == "propagate":
+            self.propagate()
+
+    def _embeddings(self) -> StackEmbeddings:
+        owner = self.owner
+        disk, problem = owner.embeddings.disk()
+        if problem is not None:
+            owner.notify(problem)
+            owner.changed("disk")
+        return StackEmbeddings(
+            owner.model.sam,
+            owner.image.data,
+            model_id=owner.model.model_id,
+            contrast=tuple(float(c) for c in owner.image.contrast_limits),
+            store=owner.embeddings.store,
+            disk=disk,
+        )
+
+    def _job(self, kind: str, text: str, run: Any, done: Any) -> Job:
+        return Job(kind, text, run, done=done, failed=self._failed, finished=self._finished,
+                   unit="slices")
+
+    # ------------------------------------------------------------------ precompute
+    def precompute(self) -> None:
+        """Encode every slice of the stack that is not cached yet, in a job."""
+        if not self._ready("precompute"):
+            return
+        owner = self.owner
+        embeddings = self._embeddings()
+        if embeddings.disk is None:
+            fits = owner.embeddings.store.max_bytes // _EMBEDDING_BYTES
+            if embeddings.n_slices > fits:
+                owner.warn(
+                    f"Only about {fits} of the {embeddings.n_slices} slices fit in the memory "
+                    "cache; tick “Keep embeddings on disk” to keep them all."
+                )
+        n = embeddings.n_slices
+
+        def done(encoded: int) -> None:
+            owner.set_status(
+                f"Embeddings of all {n} slices are ready ({encoded} encoded now, "
+                f"{n - encoded} were cached)."
+            )
+
+        text = f"Encoding the slices of “{owner.image.name}”…"
+        owner.set_status(text)
+        owner.runner.start(self._job(
+            "precompute", text,
+            lambda progress, cancel: embeddings.precompute(progress=progress, should_cancel=cancel),
+            done,
+        ))
+        owner.changed("busy")
+
+    # ------------------------------------------------------------------ propagate
+    def propagate(self) -> None:
+        """Propagate the preview's objects, or committed ones, through the stack."""
+        owner = self.owner
+        owner.flush()
+        if not self._ready("propagate"):
+            return
+        if owner.computing():
+            owner.info("The preview is still being computed; try again in a moment.")
+            return
+        k = owner.current_slice()
+        if k is None:
+            owner.info("The current position is outside the stack.")
+            return
+        labels = owner.output.current
+        problem = shape_mismatch(labels, owner.layout) if labels is not None else None
+        if problem is not None:
+            owner.notify(problem)
+            return
+        from_preview = bool(owner.preview.objects) and owner.preview.slice == k
+        ids: list[int] | None = None
+        if from_preview:
+            seeds = owner.preview.seeds(k)
+        else:
+            if labels is None:
+                owner.info(
+                    "Nothing to propagate: place prompts for a preview, or commit an object "
+                    "on this slice first."
+                )
+                return
+            plane = np.asarray(labels.data[k])
+            present = [int(i) for i in np.unique(plane) if i != 0]
+            try:
+                ids = parse_ids(self.ids_text, present, k)
+            except ValueError as exc:
+                owner.error(str(exc))
+                return
+            seeds = [plane == i for i in ids]
+        if not seeds:
+            owner.info(f"Nothing to propagate: there is no object on slice {k}.")
+            return
+        lo, hi = self.z_range
+        if not lo <= k <= hi:
+            owner.error(
+                f"The slice range {lo}–{hi} does not include the current slice {k}; widen it."
+            )
+            return
+        settings = self.settings
+        self._run = _Run(owner.image, owner.image.data, labels, ids, k, from_preview, settings)
+        model, embeddings, stack = owner.model.sam, self._embeddings(), np.stack(seeds)
+
+        def run(progress: Any, should_cancel: Any) -> PropagationResult:
+            return logic.propagate(model, embeddings, stack, k, z_range=(lo, hi),
+                                   settings=settings, progress=progress,
+                                   should_cancel=should_cancel)
+
+        n = len(seeds)
+        text = f"Propagating {n} object{'s' if n > 1 else ''} from slice {k} (slices {lo}–{hi})…"
+        self.summary = ""
+        owner.changed("summary")
+        owner.set_status(text)
+        owner.runner.start(self._job("propagate", text, run, self._write))
+        owner.changed("busy")
+
+    def cancel(self) -> None:
+        """Stop precomputing or propagation (slices already encoded are kept)."""
+        if self.running:
+            self.owner.runner.cancel("precompute")
+            self.owner.runner.cancel("propagate")
+            self.owner.set_status("Cancelling…")
+
+    # ------------------------------------------------------------------ results
+    def _failed(self, exc: BaseException) -> Notice | None:
+        self.owner.set_status(str(exc))
+        if isinstance(exc, EmbeddingCacheError) and not isinstance(exc, Cancelled):
+            self.owner.changed("disk")
+            return self.owner.embeddings.disk_failed(exc)
+        return None
+
+    def _finished(self) -> None:
+        self._run = None
+        self.owner.changed("busy")
+
+    def _write(self, result: PropagationResult) -> None:
+        """Write a finished propagation into the output labels as one undo step."""
+        owner, run = self.owner, self._run
+        self.last_result = result
+        if run is None or owner.closed:
+            return
+        if run.image not in owner.viewer.layers or run.image.data is not run.data:
+            owner.error(
+                f"The image “{run.image.name}” was closed or changed during the propagation; "
+                "nothing was written."
+            )
+            return
+        labels = run.labels
+        if labels is not None and labels not in owner.viewer.layers:
+            owner.error(
+                f"The labels layer “{labels.name}” was removed during the propagation; "
+                "nothing was written."
+            )
+            return
+        if labels is None:
+            if run.image is not owner.image:
+                owner.error("The image changed during the propagation; nothing was written.")
+                return
+            labels = ensure_labels(owner.viewer, owner.image, owner.layout, None)
+            owner.output.select(labels)
+            owner.changed("output")
+        if labels.data.shape != result.shape:
+            owner.error(
+                f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
+                f"propagation covers {result.shape}; nothing was written."
+            )
+            return
+        next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
+        overwrite = owner.overwrite
+        plan = logic.plan_write(labels.data, result, run.ids, next_id=next_id, overwrite=overwrite)
+        note = write_objects(labels, plan)
+        if note:
+            owner.info(note)
+        if run.from_preview:
+            if plan:
+                labels.selected_label = max(oid for oid, _ in plan) + 1
+            if owner.preview.slice == run.k:
+                owner.clear_slice()
+        self._report(result, run, plan, labels, overwrite)
+
+    def _report(self, result: PropagationResult, run: _Run, plan: list, labels: Any,
+                overwrite: bool) -> None:
+        ids = list(run.ids) if run.ids is not None else _new_ids(result, plan)
+        if plan:
+            zs = np.concatenate([index[0] for _, index in plan])
+            shown = [oid for oid, _ in plan]
+            head = (
+                f"Propagated object{'s' if len(shown) > 1 else ''} "
+                f"{', '.join(map(str, shown))} over slices {int(zs.min())}–{int(zs.max())} "
+                "(Ctrl+Z undoes it)."
+            )
+        else:
+            head = "Propagation wrote nothing new."
+        body = propagation_summary(result, ids, labels, run.settings, overwrite)
+        self.summary = f"{head}\n{body}"
+        self.owner.changed("summary")
+        self.owner.set_status(head)
+        self.owner.info(self.summary)  # the whole summary, in one notification
+
+
+def _new_ids(result: PropagationResult, plan: list) -> list[int | None]:
+    """The new id of each propagated preview object, None for one left without voxels.
+
+    :func:`~napari_sam.workflows.propagation.plan_write` numbers the objects that
+    own voxels in order; an entry belongs to the next object whose mask holds its
+    first voxel.
+    """
+    ids: list[int | None] = []
+    pointer = 0
+    for obj in result.objects:
+        oid = None
+        if pointer < len(plan):
+            candidate, (zs, rows, cols) = plan[pointer]
+            mask = obj.masks.get(int(zs[0]))
+            if mask is not None and mask[rows[0], cols[0]]:
+                oid, pointer = int(candidate), pointer + 1
+        ids.append(oid)
+    return ids

@@ -443,6 +443,64 @@ def segment_iter(
     return _segment_steps(generator, data, layout, planes, contrast, settings)
 
 
+class _Assembly:
+    """The label image of the segmented planes, ids offset plane by plane.
+
+    Each plane arrives with its own ids ``1 .. n``; they become
+    ``next_id .. next_id + n - 1`` so that every object of the image has its
+    own number, and SAM's scores follow their objects.
+    """
+
+    def __init__(self, layout: ImageLayout, planes: list[int | None], mode: str) -> None:
+        self.layout = layout
+        self.planes = planes
+        self.mode = mode
+        self.labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
+        self.scores: dict[tuple[int | None, int], dict[str, float]] = {}
+        self.next_id = 1
+        self.n_masks = 0
+
+    def place(
+        self,
+        z: int | None,
+        plane: np.ndarray,
+        n: int | None = None,
+        scores: Sequence[tuple[int, dict[str, float]]] = (),
+    ) -> None:
+        """Put ``plane`` (ids ``1 .. n``; ``n`` default: its largest id) at slice ``z``;
+        ``scores``: ``(id in the plane, scores)`` pairs."""
+        n = (int(plane.max()) if plane.size else 0) if n is None else n
+        if n:
+            plane[plane > 0] += np.uint32(self.next_id - 1)
+        for local, values in scores:
+            self.scores[(z, int(local) + self.next_id - 1)] = values
+        self.next_id += n
+        if z is None:
+            self.labels[...] = plane
+        else:
+            self.labels[z] = plane
+
+    def finish(
+        self, settings: AutoSettings, total: int
+    ) -> Generator[SegmentProgress, None, SegmentationResult]:
+        """Link the slices of a stack (if asked) and return the result."""
+        labels, scores, planes = self.labels, self.scores, self.planes
+        if self.layout.is_stack and settings.link_slices:
+            yield SegmentProgress(
+                total, total, "linking slices", "steps", len(planes) - 1, len(planes)
+            )
+            segmented = sorted(int(z) for z in planes)
+            labels, mapping = link_slices(labels, settings.link_iou, slices=segmented)
+            scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
+        return SegmentationResult(
+            labels=labels,
+            slices=None if not self.layout.is_stack else [int(z) for z in planes],
+            scores=scores,
+            n_masks=self.n_masks,
+            mode=self.mode,
+        )
+
+
 def _ais_steps(
     sam: Any,
     decoder: Any,
@@ -454,9 +512,7 @@ def _ais_steps(
     ais: AISSettings,
     cache: dict[str, Any],
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
-    labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
-    next_id = 1
-    n_found = 0
+    out = _Assembly(layout, planes, "ais")
     per_plane = len(STAGES)
     total = per_plane * len(planes)
     for i, z in enumerate(planes):
@@ -475,26 +531,9 @@ def _ais_steps(
             plane, found = stop.value
         finally:
             steps.close()
-        n_found += found
-        n = int(plane.max()) if plane.size else 0
-        if n:
-            plane[plane > 0] += np.uint32(next_id - 1)
-        next_id += n
-        if z is None:
-            labels[...] = plane
-        else:
-            labels[z] = plane
-    scores: dict[tuple[int | None, int], dict[str, float]] = {}
-    if layout.is_stack and settings.link_slices:
-        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
-        labels, _ = link_slices(labels, settings.link_iou, slices=sorted(int(z) for z in planes))
-    return SegmentationResult(
-        labels=labels,
-        slices=None if not layout.is_stack else [int(z) for z in planes],
-        scores=scores,
-        n_masks=n_found,
-        mode="ais",
-    )
+        out.n_masks += found
+        out.place(z, plane)
+    return (yield from out.finish(settings, total))
 
 
 def _tiled_ais_steps(
@@ -518,11 +557,10 @@ def _tiled_ais_steps(
     from napari_sam.workflows.ais import instance_maps, instances_from_maps
     from napari_sam.workflows.tiled_automatic import stitch_tile_maps_iter
 
-    labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
+    out = _Assembly(layout, planes, "ais")
     n_tiles = len(embeddings.grid)
     per_plane = n_tiles + 1
     total = per_plane * len(planes)
-    next_id, n_found = 1, 0
     for i, z in enumerate(planes):
         def produce(tile: Any, z: int | None = z) -> np.ndarray:
             return instance_maps(decoder, embeddings.get(z, tile))
@@ -545,25 +583,31 @@ def _tiled_ais_steps(
         )
         plane, found = instances_from_maps(maps[0], maps[1], maps[2], ais)
         del maps
-        n_found += found
-        n = int(plane.max()) if plane.size else 0
-        if n:
-            plane[plane > 0] += np.uint32(next_id - 1)
-        next_id += n
-        if z is None:
-            labels[...] = plane
-        else:
-            labels[z] = plane
-    if layout.is_stack and settings.link_slices:
-        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
-        labels, _ = link_slices(labels, settings.link_iou, slices=sorted(int(z) for z in planes))
-    return SegmentationResult(
-        labels=labels,
-        slices=None if not layout.is_stack else [int(z) for z in planes],
-        scores={},
-        n_masks=n_found,
-        mode="ais",
-    )
+        out.n_masks += found
+        out.place(z, plane)
+    return (yield from out.finish(settings, total))
+
+
+def _plane_events(
+    steps: Generator[Any, None, Any], i: int, z: int | None, n_planes: int, sizes: list[int]
+) -> Generator[SegmentProgress, None, Any]:
+    """Forward a plane's progress events as steps of the whole run; returns its result.
+
+    ``sizes`` holds ``[steps per plane, total]`` once the first event told them.
+    """
+    try:
+        while True:
+            event = next(steps)
+            if not sizes:
+                sizes += [event.total, event.total * n_planes]
+            stage = event.stage if z is None else f"slice {z}: {event.stage}"
+            yield SegmentProgress(
+                i * sizes[0] + event.done, sizes[1], stage, "steps", i, n_planes, z
+            )
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        steps.close()
 
 
 def _segment_steps(
@@ -574,32 +618,14 @@ def _segment_steps(
     contrast: tuple[float, ...],
     settings: AutoSettings,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
-    shape = layout.spatial_shape
     h, w = layout.plane_shape
-    labels = np.zeros(shape, dtype=np.uint32)
-    scores: dict[tuple[int | None, int], dict[str, float]] = {}
-    next_id = 1
-    n_masks = 0
-    per_plane: int | None = None
-    total = 0
+    out = _Assembly(layout, planes, "amg")
+    sizes: list[int] = []
     max_area = settings.max_area_fraction * h * w
     for i, z in enumerate(planes):
         image = to_sam_rgb(get_plane(data, layout, z), contrast, rgb=layout.rgb)
-        steps = generator.generate_iter(image)
-        try:
-            while True:
-                event = next(steps)
-                if per_plane is None:
-                    per_plane = event.total
-                    total = per_plane * len(planes)
-                stage = event.stage if z is None else f"slice {z}: {event.stage}"
-                done = i * per_plane + event.done
-                yield SegmentProgress(done, total, stage, "steps", i, len(planes), z)
-        except StopIteration as stop:
-            records = stop.value
-        finally:
-            steps.close()
-        n_masks += len(records)
+        records = yield from _plane_events(generator.generate_iter(image), i, z, len(planes), sizes)
+        out.n_masks += len(records)
         records = [r for r in records if r["area"] <= max_area]
         if records:
             from napari_sam.workflows.labels import records_to_labels
@@ -609,31 +635,16 @@ def _segment_steps(
             )
         else:
             plane, ids = np.zeros((h, w), np.uint32), np.zeros(0, np.int64)
-        n = int(plane.max()) if plane.size else 0
-        if n:
-            plane[plane > 0] += np.uint32(next_id - 1)
-        for rec, lab in zip(records, ids):
-            if lab > 0:
-                scores[(z, int(lab) + next_id - 1)] = {
-                    "predicted_iou": float(rec["predicted_iou"]),
-                    "stability_score": float(rec["stability_score"]),
-                }
-        next_id += n
-        if z is None:
-            labels[...] = plane
-        else:
-            labels[z] = plane
-    if layout.is_stack and settings.link_slices:
-        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
-        segmented = sorted(int(z) for z in planes)
-        labels, mapping = link_slices(labels, settings.link_iou, slices=segmented)
-        scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
-    return SegmentationResult(
-        labels=labels,
-        slices=None if not layout.is_stack else [int(z) for z in planes],
-        scores=scores,
-        n_masks=n_masks,
-    )
+        scores = [
+            (int(lab), {
+                "predicted_iou": float(rec["predicted_iou"]),
+                "stability_score": float(rec["stability_score"]),
+            })
+            for rec, lab in zip(records, ids)
+            if lab > 0
+        ]  # fmt: skip
+        out.place(z, plane, scores=scores)
+    return (yield from out.finish(settings, sizes[1] if sizes else 0))
 
 
 def _tiled_segment_steps(
@@ -645,54 +656,25 @@ def _tiled_segment_steps(
     """:func:`_segment_steps` for tiled planes (:func:`~.tiled_automatic.tiled_amg_plane`)."""
     from napari_sam.workflows.tiled_automatic import tiled_amg_plane
 
-    labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
-    scores: dict[tuple[int | None, int], dict[str, float]] = {}
-    next_id, n_masks, per_plane, total = 1, 0, None, 0
+    out = _Assembly(layout, planes, "amg")
+    sizes: list[int] = []
     for i, z in enumerate(planes):
         steps = tiled_amg_plane(
             embeddings, z, settings.generator_kwargs(),
             max_area_fraction=settings.max_area_fraction, min_area=settings.min_area,
-        )
-        try:
-            while True:
-                event = next(steps)
-                if per_plane is None:
-                    per_plane = event.total
-                    total = per_plane * len(planes)
-                stage = event.stage if z is None else f"slice {z}: {event.stage}"
-                yield SegmentProgress(
-                    i * per_plane + event.done, total, stage, "steps", i, len(planes), z
-                )
-        except StopIteration as stop:
-            found = stop.value
-        finally:
-            steps.close()
-        n_masks += found.n_masks
-        plane = found.labels
+        )  # fmt: skip
+        found = yield from _plane_events(steps, i, z, len(planes), sizes)
+        out.n_masks += found.n_masks
         n = len(found.predicted_iou)
-        if n:
-            plane[plane > 0] += np.uint32(next_id - 1)
-        for k in range(n):
-            scores[(z, next_id + k)] = {
+        scores = [
+            (k + 1, {
                 "predicted_iou": float(found.predicted_iou[k]),
                 "stability_score": float(found.stability_score[k]),
-            }
-        next_id += n
-        if z is None:
-            labels[...] = plane
-        else:
-            labels[z] = plane
-    if layout.is_stack and settings.link_slices:
-        yield SegmentProgress(total, total, "linking slices", "steps", len(planes) - 1, len(planes))
-        segmented = sorted(int(z) for z in planes)
-        labels, mapping = link_slices(labels, settings.link_iou, slices=segmented)
-        scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
-    return SegmentationResult(
-        labels=labels,
-        slices=None if not layout.is_stack else [int(z) for z in planes],
-        scores=scores,
-        n_masks=n_masks,
-    )
+            })
+            for k in range(n)
+        ]  # fmt: skip
+        out.place(z, found.labels, n=n, scores=scores)
+    return (yield from out.finish(settings, sizes[1] if sizes else 0))
 
 
 def segment(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from napari.components import ViewerModel
+from napari.utils.key_bindings import KeymapHandler
 
 from napari_helpers import collect, goto_slice, settle, world_of
 from napari_sam._widgets.interactive.controller import InteractiveController
@@ -51,6 +52,14 @@ def make(viewer, model) -> InteractiveController:
     c.set_model(model, "sam2-tiny-random")
     c.stack.memory.settings = KEEP_GOING
     return c
+
+
+def press_shift_f(viewer) -> None:
+    """Press Shift+F as napari's canvas would (the selected layer's keymap, then the viewer's)."""
+    handler = KeymapHandler()
+    active = viewer.layers.selection.active
+    handler.keymap_providers = [viewer] if active is None else [active, viewer]
+    handler.press_key("Shift+F")
 
 
 def cancel_after(c, n: int):
@@ -154,7 +163,7 @@ def test_propagate_both_ways_with_sam2_memory_one_undo_step_never_over_others(mo
     committed = two_nuclei(c, viewer)
     before = labels.data.copy()
     assert (before[K] == 10).any() and len(c.preview.objects) == 1
-    c.stack.propagate()
+    press_shift_f(viewer)  # the key propagates with the chosen method
     assert notes["error"] == [], notes["error"]
 
     direct = expected_session(c, stack)

@@ -14,7 +14,7 @@ import pytest
 from napari.components import ViewerModel
 from napari.utils.key_bindings import KeymapHandler
 
-from napari_helpers import collect, goto_slice, settle, world_of
+from napari_helpers import LAX, collect, goto_slice, settle, world_of
 from napari_sam._widgets.interactive.controller import InteractiveController
 from napari_sam._widgets.interactive.stack import MEMORY, SLICES
 from napari_sam.predictors.sam2_predictor import Sam2ImagePredictor
@@ -25,6 +25,7 @@ from napari_sam.workflows.memory_propagation import (
     TrackPrompt,
 )
 from napari_sam.workflows.prompt_table import read_prompt_table
+from napari_sam.workflows.propagation import plan_write, propagate
 
 #: Random weights: follow objects through every slice (the object score is noise).
 KEEP_GOING = MemoryPropagationSettings(stop_when_absent=False)
@@ -290,11 +291,51 @@ def test_committed_objects_export_and_method_rules(model, fast_model, stack, tmp
     assert f"Left out (object 1 on slice {K})" in notes["error"][-1]
     assert not (tmp_path / "mask.csv").exists()
 
+    # slice-to-slice with the SAM 2.1 model: the SAM 1 rule, decoded by SAM 2's image path
     c.stack.set_method(SLICES)
+    c.stack.settings = LAX
+    c.stack.z_range = (1, 3)
+    click(c, viewer, K, 60.0, 90.0)
+    seed = c.preview.layer.data[K] == 1
+    before = labels.data.copy()
+    errors = len(notes["error"])
     c.stack.propagate()
-    assert notes["error"][-1].startswith("Slice-to-slice propagation works with SAM 1 models")
+    assert notes["error"][errors:] == []
+    want = propagate(model, stack, seed, K, z_range=(1, 3), settings=LAX,
+                     contrast=c.image.contrast_limits)
+    assert set(want.objects[0].masks) == {1, 2, 3}
+    plan = plan_write(before, want, next_id=2)
+    for oid, index in plan:
+        before[index] = oid
+    np.testing.assert_array_equal(labels.data, before)
     c.set_model(fast_model, "sam1-fast")
     assert c.stack.method_in_use() == SLICES  # a SAM 1 model always goes slice to slice
     c.stack.set_method(MEMORY)
     assert c.stack.method_in_use() == SLICES
     c.close()
+
+
+def test_slice_to_slice_with_sam2_decodes_as_the_image_predictor(model, stack):
+    """The SAM 1 rule's prompts (box, point, previous logits) on a SAM 2.1 model give what
+    Sam2ImagePredictor gives for the same prompts in image pixels."""
+    from napari_sam.workflows.embeddings import StackEmbeddings
+    from napari_sam.workflows.propagation import MaskPrompt, Sam2SlicePredictor
+
+    embeddings = StackEmbeddings(model, stack, model_id="t")
+    slices = Sam2SlicePredictor(Sam2ImagePredictor(model), embeddings)
+    box, point = np.array([30.0, 20.0, 70.0, 60.0]), np.array([50.0, 40.0])
+    masks, iou, low = slices(1, [MaskPrompt(box=box, point=point)])
+    again, _, _ = slices(1, [MaskPrompt(box=box, point=point, logits=low[0])])
+
+    direct = Sam2ImagePredictor(model)
+    direct.set_image(to_sam_rgb(stack[1], embeddings.contrast))
+    want, score, want_low = direct.predict(point_coords=point[None], point_labels=np.array([1]),
+                                           box=box, multimask_output=False)
+    assert want[0].any() and not want[0].all()
+    np.testing.assert_array_equal(masks[0], want[0] > 0)
+    np.testing.assert_allclose(iou[0], score[0], atol=1e-5)
+    np.testing.assert_allclose(low[0], want_low, atol=1e-4)
+    want2, _, _ = direct.predict(point_coords=point[None], point_labels=np.array([1]), box=box,
+                                 mask_input=want_low, multimask_output=False)
+    np.testing.assert_array_equal(again[0], want2[0] > 0)
+    assert slices(1, [])[0].shape == (0, *stack.shape[1:])

@@ -220,8 +220,8 @@ class MemoryStack:
             note = (f" Left out ({where}): a box or a committed object cannot be written as "
                     "clicks.")
         if not clicks:
-            return None, "No prompt of the propagated objects is a click, so there is nothing "\
-                "to export." + note
+            return None, ("No prompt of the propagated objects is a click, so there is nothing "
+                          "to export." + note)
         try:
             written = write_prompt_table(path, clicks)
         except NapariSamError as exc:

@@ -14,7 +14,8 @@ Two propagation methods (:attr:`StackController.method`): "slice-to-slice
 (SAM 1)" above, and "SAM 2 memory" with a SAM 2.1 model
 (:mod:`napari_sam._widgets.interactive.memory`: all objects both ways with
 SAM 2's memory, corrections on other slices, prompts exportable as a CSV
-prompt table). A SAM 1 model always uses slice-to-slice.
+prompt table). A SAM 1 model always uses slice-to-slice; a SAM 2.1 model may
+use either (slice-to-slice then decodes with SAM 2's image predictor).
 """
 
 from __future__ import annotations
@@ -250,8 +251,6 @@ class StackController:
         if self.method_in_use() == MEMORY:
             self._propagate_memory(k, labels)
             return
-        if not self._sam1_model():
-            return
         from_preview = bool(owner.preview.objects) and owner.preview.slice == k
         ids: list[int] | None = None
         if from_preview:
@@ -290,15 +289,6 @@ class StackController:
         owner.set_status(text)
         owner.runner.start(self._job("propagate", text, run, self._write))
         owner.changed("busy")
-
-    def _sam1_model(self) -> bool:
-        if not wants_sam2(self.owner):
-            return True
-        self.owner.error(
-            "Slice-to-slice propagation works with SAM 1 models; choose “SAM 2 memory” to "
-            "propagate with this SAM 2.1 model, or choose a SAM 1 model."
-        )
-        return False
 
     def _propagate_memory(self, k: int, labels: Any) -> None:
         """Follow the preview's objects (new ones, or corrections of followed ones), or the
@@ -363,6 +353,9 @@ class StackController:
         """Save the clicks of the objects followed with SAM 2 memory as a CSV prompt table
         (``z,y,x,label,object``, as ``napari-sam propagate --prompts`` reads); True if a
         file was written."""
+        if self.running:
+            self.owner.info("Propagation is running; export the prompts when it has finished.")
+            return False
         written, sentence = self.memory.export(path)
         (self.owner.info if written is not None else self.owner.error)(sentence)
         return written is not None

@@ -4,7 +4,7 @@ Two nuclei clicked on slice 8 of the real 16-slice nuclei stack (``nuclei.tif``
 slices 22–37, the stack of the SAM 2 parity tests), followed both ways with
 "SAM 2 memory", undone, redone, saved with the plugin's label TIFF writer, and
 their prompts exported as CSV. Wiring only: what is written is checked against
-``MemoryPropagation`` in tests/controllers/test_sam2_dock.py. A tiny SAM 2.1
+``MemoryPropagation`` in tests/controllers/test_sam2_controller.py. A tiny SAM 2.1
 with seeded random weights on 256-pixel inputs; the slice range is narrowed to
 6–10 to keep it fast.
 """

@@ -225,7 +225,8 @@ class StackController:
 
     # ------------------------------------------------------------------ propagate
     def propagate(self) -> None:
-        """Propagate the preview's objects, or committed ones, through the stack."""
+        """Propagate the preview's objects, or committed ones, through the stack, with the
+        method in use (:meth:`method_in_use`; the key Shift+F does this)."""
         owner = self.owner
         owner.flush()
         if not self._ready("propagate"):

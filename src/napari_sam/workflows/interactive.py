@@ -4,7 +4,9 @@ The widget in :mod:`napari_sam._widgets.interactive` only moves data between
 napari layers and these functions:
 
 - :func:`encode_plane` turns one image plane into an embedding (in a worker
-  thread),
+  thread), with the model's own image path (:func:`make_predictor`: SAM 1
+  models through :class:`SamPredictor`, SAM 2.1 models through
+  :class:`Sam2ImagePredictor`, whose embeddings carry the high-resolution maps),
 - :func:`predict_objects` predicts one mask per object from an embedding,
 - :func:`compose_preview` paints those masks into a preview label plane,
 - :func:`plan_commit` decides which pixels of the output labels get which
@@ -32,6 +34,7 @@ from torch import nn
 
 from napari_sam.errors import Cancelled
 from napari_sam.predictors.predictor import ImageEmbedding, SamPredictor
+from napari_sam.predictors.sam2_predictor import Sam2ImagePredictor
 from napari_sam.workflows.image import to_sam_rgb
 from napari_sam.workflows.labels import dtype_for_ids, plan_new_objects
 from napari_sam.workflows.prompts import ObjectPrompt
@@ -45,6 +48,8 @@ __all__ = [
     "encode_plane",
     "group_clicks",
     "install_cancel_hooks",
+    "is_sam2_model",
+    "make_predictor",
     "plan_commit",
     "predict_objects",
     "predict_objects_batched",
@@ -90,6 +95,19 @@ def install_cancel_hooks(model: Any) -> None:
     encoder._napari_sam_cancel_hooks = True
 
 
+def is_sam2_model(model: object) -> bool:
+    """Whether ``model`` (a network, or a ``LoadedModel``) is a SAM 2.1 model."""
+    return getattr(getattr(model, "sam", model), "family", "sam") == "sam2"
+
+
+def make_predictor(model: object) -> SamPredictor | Sam2ImagePredictor:
+    """The image predictor of ``model``: :class:`Sam2ImagePredictor` for SAM 2.1 models,
+    :class:`SamPredictor` for SAM 1 models (both have ``set_embedding`` and ``predict``)."""
+    if is_sam2_model(model):
+        return Sam2ImagePredictor(model)  # type: ignore[arg-type]
+    return SamPredictor(model)
+
+
 def encode_plane(
     model: object,
     plane: np.ndarray,
@@ -99,12 +117,15 @@ def encode_plane(
 ) -> ImageEmbedding:
     """Convert a plane with :func:`~napari_sam.workflows.image.to_sam_rgb` and encode it.
 
+    The model's own predictor (:func:`make_predictor`) encodes it: a SAM 2.1
+    embedding also holds the two high-resolution feature maps its decoder needs.
+
     With ``should_cancel`` (and :func:`install_cancel_hooks` done on the
     model), the encoding stops with :class:`Cancelled` at the
     next encoder block once ``should_cancel()`` returns True.
     """
     image = to_sam_rgb(plane, contrast_limits, rgb=rgb)
-    predictor = SamPredictor(model)
+    predictor = make_predictor(model)
     if should_cancel is None:
         predictor.set_image(image)
         return predictor.get_embedding()
@@ -506,6 +527,13 @@ def predict_objects_batched(
         todo.setdefault(_prompt_signature(obj), []).append(i)
     if not todo:
         return results  # type: ignore[return-value]
+    if isinstance(predictor, Sam2ImagePredictor):
+        for members in todo.values():
+            for i in members:
+                results[i] = _predict_sam2(predictor, objects[i], multimask, candidate)
+                if cache is not None and keys[i] is not None:
+                    cache.put(keys[i], results[i])
+        return results  # type: ignore[return-value]
 
     predictor._require_image()
     model = predictor.model
@@ -561,6 +589,34 @@ def predict_objects_batched(
                 if cache is not None and keys[i] is not None:
                     cache.put(keys[i], result)
     return results  # type: ignore[return-value]
+
+
+def _predict_sam2(
+    predictor: Sam2ImagePredictor, obj: ObjectPrompt, multimask: bool, candidate: int
+) -> ObjectMask:
+    """One object on a SAM 2.1 predictor, with the candidate rule and stability score of
+    :func:`predict_objects_batched` (SAM 2's decoder is light: one call per object)."""
+    import torch
+
+    logits, scores, _ = predictor.predict(
+        point_coords=obj.point_coords,
+        point_labels=obj.point_labels,
+        box=obj.box,
+        multimask_output=multimask,
+        return_logits=True,
+    )
+    order = np.argsort(-scores, kind="stable")
+    rank = int(candidate) % len(order)
+    i = int(order[rank])
+    chosen = torch.from_numpy(np.ascontiguousarray(logits[i : i + 1], dtype=np.float32))
+    threshold = predictor.mask_threshold
+    return ObjectMask(
+        mask=np.asarray(logits[i] > threshold, dtype=bool),
+        score=float(scores[i]),
+        candidate=rank,
+        n_candidates=len(order),
+        stability=float(_stability(chosen, threshold)[0]),
+    )
 
 
 def _stability(logits: Any, threshold: float) -> np.ndarray:

@@ -65,6 +65,7 @@ __all__ = [
     "MaskPrompt",
     "PropagationResult",
     "PropagationSettings",
+    "Sam2SlicePredictor",
     "SamSlicePredictor",
     "Stop",
     "TrackedObject",
@@ -571,8 +572,15 @@ def propagate(
         ``result.label_volume()`` composes them.
     """
     from napari_sam.predictors.predictor import SamPredictor
+    from napari_sam.predictors.sam2_predictor import Sam2ImagePredictor
 
-    predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
+    if isinstance(model, (SamPredictor, Sam2ImagePredictor)):
+        predictor = model
+    elif getattr(model, "family", "sam") == "sam2":  # the same rule with a SAM 2.1 model
+        predictor = Sam2ImagePredictor(model)
+    else:
+        predictor = SamPredictor(model)
+    slices = Sam2SlicePredictor if isinstance(predictor, Sam2ImagePredictor) else SamSlicePredictor
     if isinstance(stack, StackEmbeddings):
         if any(v is not None for v in (contrast, model_id, store, disk)):
             raise PropagationError(
@@ -596,7 +604,7 @@ def propagate(
         )
     _check_seeds(masks, embeddings.layout.plane_shape, int(z))
     return propagate_masks(
-        SamSlicePredictor(predictor, embeddings),
+        slices(predictor, embeddings),
         masks,
         z,
         embeddings.n_slices,
@@ -605,6 +613,57 @@ def propagate(
         progress=progress,
         should_cancel=should_cancel,
     )
+
+
+class Sam2SlicePredictor:
+    """The slice predictor of :func:`propagate_masks` for a SAM 2.1 model: the rule of this
+    module (box, point and previous logits from the previous slice's mask), decoded by
+    :class:`~napari_sam.predictors.sam2_predictor.Sam2ImagePredictor` (without SAM 2's
+    memory; :mod:`napari_sam.workflows.memory_propagation` follows objects with it).
+
+    SAM 2 stretches each slice to its square input, so prompts are scaled by
+    ``image_size / width`` and ``image_size / height``; the previous slice's
+    low-resolution logits are the mask prompt as they are.
+    """
+
+    def __init__(self, predictor: Any, embeddings: StackEmbeddings) -> None:
+        self.predictor = predictor
+        self.embeddings = embeddings
+
+    def __call__(self, z: int, prompts: list[MaskPrompt]) -> tuple[np.ndarray, np.ndarray, Any]:
+        import torch
+
+        p = self.predictor
+        embedding = self.embeddings.get(z)
+        p.set_embedding(embedding)
+        h, w = (int(s) for s in embedding.original_size)
+        size = int(p.model.image_size)
+        if not prompts:
+            low = size // 4
+            return (np.zeros((0, h, w), bool), np.zeros(0, np.float32),
+                    np.zeros((0, 1, low, low), np.float32))
+        scale = np.array([size / w, size / h])
+        dev = p.device
+        boxes = coords = labels = mask_input = None
+        if all(pr.box is not None for pr in prompts):
+            corners = np.stack([pr.box for pr in prompts]).reshape(-1, 2, 2) * scale
+            boxes = torch.as_tensor(corners.reshape(-1, 4), dtype=torch.float, device=dev)
+        if all(pr.point is not None for pr in prompts):
+            pts = np.stack([pr.point for pr in prompts])[:, None] * scale
+            coords = torch.as_tensor(pts, dtype=torch.float, device=dev)
+            labels = torch.ones((len(prompts), 1), dtype=torch.int, device=dev)
+        if all(pr.logits is not None for pr in prompts):
+            logits = np.stack([np.asarray(pr.logits, dtype=np.float32) for pr in prompts])
+            mask_input = torch.as_tensor(logits, device=dev)
+        with torch.no_grad():
+            masks, iou, low_res = p.predict_torch(
+                coords, labels, boxes=boxes, mask_input=mask_input, multimask_output=False
+            )
+        return (
+            masks[:, 0].cpu().numpy(),
+            iou[:, 0].float().cpu().numpy(),
+            low_res.float().cpu().numpy(),
+        )
 
 
 # --------------------------------------------------------------------------- writing labels

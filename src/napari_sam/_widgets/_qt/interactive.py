@@ -99,7 +99,7 @@ class InteractiveSegmentationWidget(DockFrame):
             self.prompt_controls.sync()
         if what in ("layers", "image", "output"):
             self.output_controls.sync()
-        if what in ("image", "stack", "summary", "busy", "disk", "layers"):
+        if what in ("image", "stack", "summary", "busy", "disk", "layers", "model"):
             self.stack_controls.sync()
 
     # ------------------------------------------------------------------ for scripts and tests

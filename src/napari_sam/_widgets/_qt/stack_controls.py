@@ -1,10 +1,11 @@
 """The 3D stack controls of the interactive dock: embeddings on disk, precompute, propagate.
 
 Shows the :class:`~napari_sam._widgets.interactive.stack.StackController`: the
-on-disk embedding cache, Precompute, the slice range, the propagation
-thresholds (a form made from ``PropagationSettings``, tooltips from its help),
-the object ids, Propagate, and the summary of the last propagation (kept until
-the next run).
+on-disk embedding cache, Precompute, the slice range, the propagation method
+("SAM 2 memory" with a SAM 2.1 model, or "slice-to-slice (SAM 1)") and its
+thresholds (a form made from ``PropagationSettings`` or
+``MemoryPropagationSettings``), the object ids, Propagate, Export prompts (CSV,
+SAM 2 memory) and the summary of the last propagation (kept until the next run).
 """
 
 from __future__ import annotations
@@ -12,18 +13,36 @@ from __future__ import annotations
 from typing import Any
 
 from magicgui.widgets import Container, LineEdit, SpinBox
-from qtpy.QtWidgets import QCheckBox, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_sam._widgets._qt.dock import wrapped_label
-from napari_sam._widgets._qt.forms import settings_form, sync_form
+from napari_sam._widgets._qt.forms import row, settings_form, sync_form
+from napari_sam._widgets.interactive.memory import MEMORY, METHODS, wants_sam2
 from napari_sam._widgets.notices import notice_for
 from napari_sam.errors import PropagationError
+from napari_sam.workflows.memory_propagation import MemoryPropagationSettings
 from napari_sam.workflows.propagation import PropagationSettings
 
 __all__ = ["StackControls"]
 
 #: The propagation settings a user adjusts in the dock.
 SHOWN = ("min_score", "min_overlap", "min_area")
+#: The SAM 2 memory settings a user adjusts in the dock, and what they mean.
+MEMORY_SHOWN = {
+    "stop_when_absent": "Stop following an object where SAM 2's object score says it is "
+                        "absent (off: every slice of the range is visited).",
+    "absent_slices": "Slices in a row an object must be absent before it stops (2 or more "
+                     "bridge a slice where it briefly disappears).",
+    "min_area": "A mask of fewer pixels counts as absent (0: any non-empty mask counts).",
+}
 
 
 class StackControls(QWidget):
@@ -46,8 +65,22 @@ class StackControls(QWidget):
         self.z_to = SpinBox(label="To slice", min=0, max=0)
         for spin in (self.z_from, self.z_to):
             spin.changed.connect(self._range_changed)
+        self.method_combo = QComboBox()
+        for key, name in METHODS.items():
+            self.method_combo.addItem(name, key)
+        self.method_combo.setToolTip(
+            "SAM 2 memory (SAM 2.1 models): follows all objects up and down the stack with "
+            "SAM 2's memory of their appearance; clicks on another slice correct an object "
+            "and keep its earlier prompts. Slice-to-slice (SAM 1 models): each slice is "
+            "prompted from the previous slice's mask."
+        )
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
         self.settings_form = settings_form(PropagationSettings, c.stack.settings, SHOWN,
                                            self._settings_changed)
+        self.memory_form = settings_form(MemoryPropagationSettings, c.stack.memory.settings,
+                                         tuple(MEMORY_SHOWN), self._memory_changed)
+        for widget in self.memory_form:
+            widget.tooltip = MEMORY_SHOWN[widget.name]
         self.ids_edit = LineEdit(label="Object ids", value=c.stack.ids_text)
         self.ids_edit.native.setPlaceholderText("all on this slice")
         self.ids_edit.tooltip = (
@@ -55,8 +88,10 @@ class StackControls(QWidget):
             "current slice; empty: every object on the slice."
         )
         self.ids_edit.changed.connect(lambda text: setattr(c.stack, "ids_text", str(text)))
-        self.form = Container(widgets=[self.cache_edit, self.z_from, self.z_to,
-                                       *self.settings_form, self.ids_edit], labels=True)
+        self.form = Container(widgets=[self.cache_edit, self.z_from, self.z_to], labels=True)
+        self.form_after = Container(widgets=[*self.settings_form, *self.memory_form,
+                                             self.ids_edit], labels=True)
+        self.form_after.margins = (0, 0, 0, 0)
         self.form.margins = (0, 0, 0, 0)
         self.propagate_button = QPushButton("Propagate  [Shift+F]")
         self.propagate_button.setToolTip(
@@ -64,13 +99,22 @@ class StackControls(QWidget):
             "down the stack and write them into the output labels (one undo step)."
         )
         self.propagate_button.clicked.connect(c.stack.propagate)
+        self.export_button = QPushButton("Export prompts (CSV)…")
+        self.export_button.setToolTip(
+            "Save the clicks of the objects followed with SAM 2 memory as z,y,x,label,object "
+            "rows, to replay them with `napari-sam propagate STACK --prompts FILE`."
+        )
+        self.export_button.clicked.connect(lambda: self.export_prompts())
         self.summary_label = wrapped_label()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.disk_check)
         layout.addWidget(self.precompute_button)
         layout.addWidget(self.form.native)
+        layout.addWidget(row(QLabel("Method"), self.method_combo, stretch=1))
+        layout.addWidget(self.form_after.native)
         layout.addWidget(self.propagate_button)
+        layout.addWidget(self.export_button)
         layout.addWidget(self.summary_label)
         self.sync()
 
@@ -88,6 +132,29 @@ class StackControls(QWidget):
             self.controller.notify(notice_for(exc))
             sync_form(self.settings_form, self.controller.stack.settings)
 
+    def _method_changed(self, index: int) -> None:
+        method = self.method_combo.itemData(index)
+        if method and method != self.controller.stack.method and wants_sam2(self.controller):
+            self.controller.stack.set_method(method)
+
+    def _memory_changed(self, changes: dict) -> None:
+        try:
+            self.controller.stack.set_memory_settings(**changes)
+        except PropagationError as exc:
+            self.controller.notify(notice_for(exc))
+            sync_form(self.memory_form, self.controller.stack.memory.settings)
+
+    def export_prompts(self, path: str | None = None) -> bool:
+        """Save the SAM 2 prompts as a CSV prompt table (asks for a file without ``path``)."""
+        if path is None:
+            image = self.controller.image
+            name = f"{image.name} prompts.csv" if image is not None else "prompts.csv"
+            path, _ = QFileDialog.getSaveFileName(self, "Export prompts", name,
+                                                  "Prompt table (*.csv)")
+            if not path:
+                return False
+        return self.controller.stack.export_prompts(str(path))
+
     def sync(self, what: str = "") -> None:
         """Show the controller's stack state (after ``what`` changed)."""
         c = self.controller
@@ -104,8 +171,25 @@ class StackControls(QWidget):
             self.disk_check.setChecked(c.embeddings.use_disk)
             self.disk_check.blockSignals(False)
         sync_form(self.settings_form, c.stack.settings)
+        sync_form(self.memory_form, c.stack.memory.settings)
+        sam2 = wants_sam2(c)
+        memory = c.stack.method_in_use() == MEMORY
+        index = self.method_combo.findData(c.stack.method_in_use())
+        if index != self.method_combo.currentIndex():
+            self.method_combo.blockSignals(True)
+            self.method_combo.setCurrentIndex(index)
+            self.method_combo.blockSignals(False)
+        self.method_combo.setEnabled(sam2)  # a SAM 1 model always goes slice to slice
+        for widget in self.settings_form:
+            widget.visible = not memory
+        for widget in self.memory_form:
+            widget.visible = memory
+        self.export_button.setVisible(memory)
         self.summary_label.setText(c.stack.summary)
         self.summary_label.setVisible(bool(c.stack.summary))
         busy = c.stack.running
         self.precompute_button.setEnabled(not busy)
         self.propagate_button.setEnabled(not busy)
+        session = c.stack.memory.session
+        self.export_button.setEnabled(not busy and session is not None
+                                      and bool(session.object_ids))

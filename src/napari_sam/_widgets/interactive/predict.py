@@ -15,7 +15,6 @@ from typing import Any
 from napari_sam._widgets.interactive.preview import describe_preview
 from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
-from napari_sam.predictors.predictor import SamPredictor
 from napari_sam.runtime.fallbacks import relay_fallbacks
 from napari_sam.workflows import interactive as logic
 from napari_sam.workflows.embeddings import EmbeddingKey
@@ -91,7 +90,7 @@ def update(c: Any) -> None:
         _start_encode(c, model, key, plane)
         return
     if c.predictor is None or c.predictor.model is not model.sam:
-        c.predictor = SamPredictor(model.sam)
+        c.predictor = logic.make_predictor(model.sam)  # SAM 1 or SAM 2.1
     try:
         with relay_fallbacks(c.on_fallback):  # the decoder runs here, on the main thread
             c.predictor.set_embedding(embedding)

@@ -9,6 +9,13 @@ current slice — up and down the stack
 result into the output labels at the end as ONE undo step, unless the image or
 the output layer changed meanwhile. The summary of the last run (why each
 object stopped, and where) stays in :attr:`StackController.summary`.
+
+Two propagation methods (:attr:`StackController.method`): "slice-to-slice
+(SAM 1)" above, and "SAM 2 memory" with a SAM 2.1 model
+(:mod:`napari_sam._widgets.interactive.memory`: all objects both ways with
+SAM 2's memory, corrections on other slices, prompts exportable as a CSV
+prompt table). A SAM 1 model always uses slice-to-slice; a SAM 2.1 model may
+use either (slice-to-slice then decodes with SAM 2's image predictor).
 """
 
 from __future__ import annotations
@@ -19,16 +26,18 @@ from typing import Any
 import numpy as np
 
 from napari_sam._widgets.interactive.commit import ensure_labels, shape_mismatch
+from napari_sam._widgets.interactive.memory import MEMORY, METHODS, SLICES, MemoryStack, wants_sam2
 from napari_sam._widgets.interactive.report import propagation_summary
 from napari_sam._widgets.jobs import Job
 from napari_sam._widgets.layers import write_objects
 from napari_sam._widgets.notices import Notice
-from napari_sam.errors import Cancelled, EmbeddingCacheError
+from napari_sam.errors import Cancelled, EmbeddingCacheError, PromptError, PropagationError
 from napari_sam.workflows import propagation as logic
 from napari_sam.workflows.embeddings import StackEmbeddings
+from napari_sam.workflows.memory_propagation import MemoryPropagationResult
 from napari_sam.workflows.propagation import PropagationResult, PropagationSettings
 
-__all__ = ["StackController", "parse_ids"]
+__all__ = ["MEMORY", "METHODS", "SLICES", "StackController", "parse_ids"]
 
 #: An embedding's size in memory (float32, 256 x 64 x 64), to say how many slices fit.
 _EMBEDDING_BYTES = 4 * 256 * 64 * 64
@@ -67,7 +76,8 @@ class _Run:
     ids: list[int] | None  # ids of committed objects; None for the preview's (new ids)
     k: int
     from_preview: bool
-    settings: PropagationSettings
+    settings: Any  # PropagationSettings, or MemoryPropagationSettings
+    memory: bool = False
 
 
 class StackController:
@@ -75,8 +85,12 @@ class StackController:
 
     Attributes
     ----------
+    method : str
+        :data:`MEMORY` ("SAM 2 memory", used with SAM 2.1 models) or :data:`SLICES`.
     settings : PropagationSettings
-        Prompts and stopping thresholds.
+        Prompts and stopping thresholds of slice-to-slice propagation.
+    memory : MemoryStack
+        The SAM 2 memory session, its settings (``memory.settings``) and export.
     z_range : (int, int)
         First and last slice objects may extend to.
     ids_text : str
@@ -89,6 +103,8 @@ class StackController:
     def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.settings = PropagationSettings()
+        self.method = MEMORY
+        self.memory = MemoryStack(owner)
         self.z_range = (0, 0)
         self.ids_text = ""
         self.summary = ""
@@ -111,6 +127,22 @@ class StackController:
     def set_settings(self, **changes: Any) -> None:
         """Change propagation settings (raises PropagationError for bad values)."""
         self.settings = replace(self.settings, **changes)
+
+    def set_memory_settings(self, **changes: Any) -> None:
+        """Change SAM 2 memory settings (raises PropagationError for bad values)."""
+        self.memory.settings = replace(self.memory.settings, **changes)
+
+    def set_method(self, method: str) -> None:
+        """Propagate with :data:`MEMORY` ("SAM 2 memory") or :data:`SLICES`."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
+        self.method = method
+        self.owner.changed("stack")
+
+    def method_in_use(self) -> str:
+        """The method Propagate uses now: the chosen one with a SAM 2.1 model, else
+        slice-to-slice."""
+        return self.method if wants_sam2(self.owner) else SLICES
 
     # ------------------------------------------------------------------ readiness
     def _ready(self, what: str) -> bool:
@@ -193,7 +225,8 @@ class StackController:
 
     # ------------------------------------------------------------------ propagate
     def propagate(self) -> None:
-        """Propagate the preview's objects, or committed ones, through the stack."""
+        """Propagate the preview's objects, or committed ones, through the stack, with the
+        method in use (:meth:`method_in_use`; the key Shift+F does this)."""
         owner = self.owner
         owner.flush()
         if not self._ready("propagate"):
@@ -209,6 +242,15 @@ class StackController:
         problem = shape_mismatch(labels, owner.layout) if labels is not None else None
         if problem is not None:
             owner.notify(problem)
+            return
+        lo, hi = self.z_range
+        if not lo <= k <= hi:
+            owner.error(
+                f"The slice range {lo}–{hi} does not include the current slice {k}; widen it."
+            )
+            return
+        if self.method_in_use() == MEMORY:
+            self._propagate_memory(k, labels)
             return
         from_preview = bool(owner.preview.objects) and owner.preview.slice == k
         ids: list[int] | None = None
@@ -232,12 +274,6 @@ class StackController:
         if not seeds:
             owner.info(f"Nothing to propagate: there is no object on slice {k}.")
             return
-        lo, hi = self.z_range
-        if not lo <= k <= hi:
-            owner.error(
-                f"The slice range {lo}–{hi} does not include the current slice {k}; widen it."
-            )
-            return
         settings = self.settings
         self._run = _Run(owner.image, owner.image.data, labels, ids, k, from_preview, settings)
         model, embeddings, stack = owner.model.sam, self._embeddings(), np.stack(seeds)
@@ -254,6 +290,76 @@ class StackController:
         owner.set_status(text)
         owner.runner.start(self._job("propagate", text, run, self._write))
         owner.changed("busy")
+
+    def _propagate_memory(self, k: int, labels: Any) -> None:
+        """Follow the preview's objects (new ones, or corrections of followed ones), or the
+        committed objects of slice ``k``, with SAM 2's memory, in a job."""
+        owner = self.owner
+        lo, hi = self.z_range
+        shape = owner.layout.plane_shape
+        plane = np.asarray(labels.data[k]) if labels is not None else np.zeros(shape, np.uint32)
+        embeddings = self._embeddings()
+        try:
+            session = self.memory.session_for(embeddings, (lo, hi), labels)
+        except PropagationError as exc:
+            owner.error(str(exc))
+            return
+        from_preview = bool(owner.preview.objects) and owner.preview.slice == k
+        if not from_preview and labels is None:
+            owner.info(
+                "Nothing to propagate: place prompts for a preview, or commit an object on "
+                "this slice first."
+            )
+            return
+        try:
+            prompts = []
+            if from_preview:
+                top = int(labels.data.max()) if labels is not None and labels.data.size else 0
+                next_id = max([top, *session.object_ids]) + 1
+                prompts = self.memory.preview_prompts(session, k, plane, next_id, self.ids_text)
+            # committed objects of the slice (all, or those named) that SAM 2 does not follow
+            # yet; without a preview, followed ones too (a mask prompt corrects them)
+            present = [int(i) for i in np.unique(plane) if i != 0]
+            taken = {p.obj for p in prompts}
+            if from_preview:
+                present = [i for i in present if i not in session.object_ids]
+                named = [i for i in self.memory.named(self.ids_text) if i in present]
+                ids = named or ([] if self.memory.named(self.ids_text) else present)
+            else:
+                ids = parse_ids(self.ids_text, present, k)
+            prompts += self.memory.mask_prompts(plane, [i for i in ids if i not in taken], k)
+        except (ValueError, PromptError) as exc:
+            owner.error(str(exc))
+            return
+        if not prompts:
+            owner.info(f"Nothing to propagate: there is no object on slice {k}.")
+            return
+        settings = self.memory.settings
+        self._run = _Run(owner.image, owner.image.data, labels, None, k, from_preview, settings,
+                         memory=True)
+
+        def run(progress: Any, should_cancel: Any) -> MemoryPropagationResult:
+            return session.correct(prompts, progress=progress, should_cancel=should_cancel)
+
+        n = len({p.obj for p in prompts})
+        text = (f"Propagating {n} object{'s' if n > 1 else ''} from slice {k} with SAM 2 "
+                f"memory (slices {lo}–{hi})…")
+        self.summary = ""
+        owner.changed("summary")
+        owner.set_status(text)
+        owner.runner.start(self._job("propagate", text, run, self._write))
+        owner.changed("busy")
+
+    def export_prompts(self, path: str) -> bool:
+        """Save the clicks of the objects followed with SAM 2 memory as a CSV prompt table
+        (``z,y,x,label,object``, as ``napari-sam propagate --prompts`` reads); True if a
+        file was written."""
+        if self.running:
+            self.owner.info("Propagation is running; export the prompts when it has finished.")
+            return False
+        written, sentence = self.memory.export(path)
+        (self.owner.info if written is not None else self.owner.error)(sentence)
+        return written is not None
 
     def cancel(self) -> None:
         """Stop precomputing or propagation (slices already encoded are kept)."""
@@ -300,21 +406,29 @@ class StackController:
             labels = ensure_labels(owner.viewer, owner.image, owner.layout, None)
             owner.output.select(labels)
             owner.changed("output")
+            if run.memory:
+                self.memory.adopt(labels)
         if labels.data.shape != result.shape:
             owner.error(
                 f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
                 f"propagation covers {result.shape}; nothing was written."
             )
             return
-        next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
         overwrite = owner.overwrite
-        plan = logic.plan_write(labels.data, result, run.ids, next_id=next_id, overwrite=overwrite)
+        if run.memory:
+            result = self.memory.changed_part(result)
+            run = replace(run, ids=list(result.object_ids))
+            plan = self.memory.plan(labels.data, result, overwrite)
+        else:
+            next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
+            plan = logic.plan_write(labels.data, result, run.ids, next_id=next_id,
+                                    overwrite=overwrite)
         note = write_objects(labels, plan)
         if note:
             owner.info(note)
         if run.from_preview:
             if plan:
-                labels.selected_label = max(oid for oid, _ in plan) + 1
+                labels.selected_label = max(int(np.max(labels.data)), *(oid for oid, _ in plan)) + 1
             if owner.preview.slice == run.k:
                 owner.clear_slice()
         self._report(result, run, plan, labels, overwrite)
@@ -322,9 +436,10 @@ class StackController:
     def _report(self, result: PropagationResult, run: _Run, plan: list, labels: Any,
                 overwrite: bool) -> None:
         ids = list(run.ids) if run.ids is not None else _new_ids(result, plan)
-        if plan:
-            zs = np.concatenate([index[0] for _, index in plan])
-            shown = [oid for oid, _ in plan]
+        writes = [(oid, index) for oid, index in plan if oid != 0]
+        if writes:
+            zs = np.concatenate([index[0] for _, index in writes])
+            shown = list(dict.fromkeys(oid for oid, _ in writes))
             head = (
                 f"Propagated object{'s' if len(shown) > 1 else ''} "
                 f"{', '.join(map(str, shown))} over slices {int(zs.min())}–{int(zs.max())} "

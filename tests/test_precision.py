@@ -302,3 +302,13 @@ def test_widget_model_label_names_a_reduced_precision(sam):
         assert session.describe("") == "Model: vit_b on cpu, bf16 encoder"
     finally:
         sam.precision = "auto"
+
+
+def test_float32_region_accepts_shape_only_tensors():
+    """The necks' float32 region on the meta device (FLOP counting) does nothing, no error."""
+    from napari_sam.model.sam.common import float32_region
+
+    x = torch.empty(1, 4, device="meta")
+    with float32_region(x):
+        y = x * 2
+    assert y.device.type == "meta"

@@ -20,7 +20,8 @@ def float32_region(x: torch.Tensor) -> Iterator[None]:
     ViT-B's arithmetic (~7 % of MobileSAM's). The caller casts inputs to float32.
     """
     device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if device_type == "meta" or not torch.is_autocast_enabled(device_type):
+        # "meta" (shape-only tensors, e.g. when FLOPs are counted) has no autocast
         yield
         return
     with torch.autocast(device_type, enabled=False):

@@ -28,6 +28,7 @@ from napari_sam.errors import CheckpointError
 from napari_sam.runtime import settings as user_settings
 from napari_sam.runtime.loader import LoadedModel, is_sam2, load
 from napari_sam.runtime.weights import CHECKPOINTS
+from napari_sam.workflows.embeddings import EmbeddingStore
 from napari_sam.workflows.interactive import install_cancel_hooks
 
 __all__ = [
@@ -195,6 +196,17 @@ class ModelSession:
         self.failed_key: tuple | None = None
         self._loading: Job | None = None
         self._waiters: list[Callable[[LoadedModel | None], Any]] = []
+        self._store: EmbeddingStore | None = None
+
+    @property
+    def store(self) -> EmbeddingStore:
+        """The viewer's embedding store (made when first asked for), for the docks that
+        share embeddings: a plane the automatic dock encoded (e.g. for AIS) is not encoded
+        again by the next run, and a dock given this store shares its embeddings too.
+        Keys name the weights (``model_id``), so models never mix."""
+        if self._store is None:
+            self._store = EmbeddingStore()
+        return self._store
 
     def _remembered(self) -> ModelRequest:
         values, self.problem = user_settings.read_section("model")

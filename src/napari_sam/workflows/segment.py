@@ -74,6 +74,7 @@ from napari_sam.workflows.tiling import Tiling
 
 __all__ = [
     "MODES",
+    "SAM2_REFUSAL",
     "AISSettings",
     "AutoSettings",
     "SegmentProgress",
@@ -118,6 +119,13 @@ def resolve_mode(mode: str, model: Any = None, decoder: Any = None) -> str:
     return name
 
 
+#: Why automatic segmentation refuses a SAM 2.1 model (one sentence).
+SAM2_REFUSAL = (
+    "Automatic segmentation needs a SAM (ViT) model; SAM 2.1 models follow clicked objects "
+    "through a stack: choose vit_b_lm or vit_t."
+)
+
+
 def refuse_sam2(model: Any) -> None:
     """Raise :class:`SettingsError` if ``model`` (a LoadedModel or a bare model) is SAM 2.1.
 
@@ -127,10 +135,7 @@ def refuse_sam2(model: Any) -> None:
     from napari_sam.model.sam2 import Sam2
 
     if isinstance(getattr(model, "sam", model), Sam2):
-        raise SettingsError(
-            "Automatic segmentation needs a SAM (ViT) model; SAM 2.1 models follow clicked "
-            "objects through a stack: choose vit_b_lm or vit_t."
-        )
+        raise SettingsError(SAM2_REFUSAL)
 
 
 @dataclass(frozen=True)

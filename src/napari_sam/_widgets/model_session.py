@@ -26,28 +26,86 @@ from napari_sam._widgets.jobs import Job
 from napari_sam._widgets.notices import Notice
 from napari_sam.errors import CheckpointError
 from napari_sam.runtime import settings as user_settings
-from napari_sam.runtime.loader import LoadedModel, load
+from napari_sam.runtime.loader import LoadedModel, is_sam2, load
+from napari_sam.runtime.weights import CHECKPOINTS
+from napari_sam.workflows.embeddings import EmbeddingStore
 from napari_sam.workflows.interactive import install_cancel_hooks
 
 __all__ = [
     "CUSTOM_CHECKPOINT",
     "MODEL_CHOICES",
     "PRECISIONS",
+    "SAM_CHOICES",
     "ModelFactory",
     "ModelRequest",
     "ModelSession",
+    "choice_label",
     "default_model_choice",
+    "has_decoder",
     "load_sam",
+    "model_description",
     "session_for",
 ]
 
 CUSTOM_CHECKPOINT = "custom checkpoint file…"
-#: Model choices offered in the widgets ("auto": MobileSAM on a CPU, ViT-B on a GPU).
-MODEL_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h", CUSTOM_CHECKPOINT)
+#: Meta's SAM and MobileSAM (no instance decoder: automatic segmentation uses the point grid).
+SAM_CHOICES = ("vit_t", "vit_b", "vit_l", "vit_h")
+#: Model choices offered in the widgets, in this order: "auto" (MobileSAM on a CPU, ViT-B on
+#: a GPU), SAM, micro-sam's fine-tuned models (with an AIS decoder), SAM 2.1, a custom file.
+MODEL_CHOICES = (
+    "auto",
+    *SAM_CHOICES,
+    *(name for name, info in CHECKPOINTS.items() if info.decoder is not None),
+    *(name for name in CHECKPOINTS if is_sam2(name)),
+    CUSTOM_CHECKPOINT,
+)
+#: What micro-sam's model-name suffixes are for, said briefly.
+_USES = {"lm": "light microscopy", "em_organelles": "EM organelles",
+         "histopathology": "histopathology", "medical_imaging": "medical imaging"}
 #: Image-encoder precisions (see napari_sam.model.precision).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: ``factory(choice, checkpoint, device, precision=, progress_callback=, should_cancel=)``.
 ModelFactory = Callable[..., LoadedModel]
+
+
+def has_decoder(choice: str) -> bool:
+    """Whether the published model ``choice`` comes with an instance decoder (AIS)."""
+    info = CHECKPOINTS.get(choice)
+    return info is not None and info.decoder is not None
+
+
+def choice_label(choice: str) -> str:
+    """The short text the model list shows for ``choice``, saying whether it has an AIS
+    decoder: ``"vit_b_lm: micro-sam, light microscopy, AIS decoder"``."""
+    if choice == "auto":
+        return "auto: vit_t on a CPU, vit_b on a GPU"
+    if choice == CUSTOM_CHECKPOINT:
+        return choice
+    if has_decoder(choice):
+        arch = CHECKPOINTS[choice].arch
+        use = _USES.get(choice.removeprefix(f"{arch}_"), choice.removeprefix(f"{arch}_"))
+        return f"{choice}: micro-sam, {use.replace('_', ' ')}, AIS decoder"
+    if is_sam2(choice):
+        return f"{choice}: SAM 2.1, no AIS decoder, no automatic run"
+    return f"{choice}: SAM, no AIS decoder"
+
+
+def model_description(choice: str) -> str:
+    """One sentence on ``choice``: what it is and what automatic segmentation does with it."""
+    if choice == "auto":
+        return ("MobileSAM (vit_t) on a CPU, SAM ViT-B on a GPU; automatic segmentation uses "
+                "the point grid (no AIS decoder).")
+    if choice == CUSTOM_CHECKPOINT:
+        return ("A SAM, MobileSAM or micro-sam checkpoint file; automatic segmentation uses its "
+                "AIS decoder if the file holds one (micro-sam export), else the point grid.")
+    info = CHECKPOINTS.get(choice)
+    what = info.description if info is not None else choice
+    if has_decoder(choice):
+        return f"{what}: automatic segmentation uses AIS (or the point grid if you choose it)."
+    if is_sam2(choice):
+        return (f"{what}: follows clicked objects through stacks; it has no AIS decoder and "
+                "cannot run the point grid (choose vit_b_lm or vit_t for automatic runs).")
+    return f"{what}: no AIS decoder; automatic segmentation uses the point grid."
 
 
 @dataclass(frozen=True)
@@ -100,14 +158,14 @@ def load_sam(
 def default_model_choice() -> str:
     """The model a first session loads: one whose weights are on disk, else the smallest.
 
-    Among cached published weights, the one "auto" picks for this machine is
-    preferred, then the smallest; with none cached, the smallest (MobileSAM,
-    ``vit_t``), which is then downloaded.
+    Among cached published SAM weights (:data:`SAM_CHOICES`), the one "auto" picks
+    for this machine is preferred, then the smallest; with none cached, the smallest
+    (MobileSAM, ``vit_t``), which is then downloaded.
     """
     from napari_sam.runtime.loader import resolve_model_type
-    from napari_sam.runtime.weights import CHECKPOINTS, is_cached
+    from napari_sam.runtime.weights import is_cached
 
-    offered = [name for name in CHECKPOINTS if name in MODEL_CHOICES]
+    offered = [name for name in CHECKPOINTS if name in SAM_CHOICES]
     by_size = sorted(offered, key=lambda name: CHECKPOINTS[name].size_bytes or 0)
     cached = [name for name in by_size if is_cached(name)]
     preferred = resolve_model_type("auto", "auto")
@@ -138,6 +196,17 @@ class ModelSession:
         self.failed_key: tuple | None = None
         self._loading: Job | None = None
         self._waiters: list[Callable[[LoadedModel | None], Any]] = []
+        self._store: EmbeddingStore | None = None
+
+    @property
+    def store(self) -> EmbeddingStore:
+        """The viewer's embedding store (made when first asked for), for the docks that
+        share embeddings: a plane the automatic dock encoded (e.g. for AIS) is not encoded
+        again by the next run, and a dock given this store shares its embeddings too.
+        Keys name the weights (``model_id``), so models never mix."""
+        if self._store is None:
+            self._store = EmbeddingStore()
+        return self._store
 
     def _remembered(self) -> ModelRequest:
         values, self.problem = user_settings.read_section("model")

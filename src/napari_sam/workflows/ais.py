@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,12 +92,31 @@ class AISSettings:
         (its napari annotator uses 100).
     """
 
-    center_distance_threshold: float = 0.5
-    boundary_distance_threshold: float = 0.5
-    foreground_threshold: float = 0.5
-    foreground_smoothing: float = 1.0
-    distance_smoothing: float = 1.6
-    min_size: int = 0
+    # The help of each field is written once, here: the widgets' tooltips are made from it
+    # (napari_sam.runtime.settings.field_help).
+    center_distance_threshold: float = field(default=0.5, metadata={
+        "label": "Centre-distance threshold", "min": 0.0, "max": 1.0,
+        "help": "Objects grow from seeds where the distance to the object centre is below this "
+        "(0-1); lower gives fewer, more central seeds (touching objects merge more easily), "
+        "higher more seeds (large objects may split)."})
+    boundary_distance_threshold: float = field(default=0.5, metadata={
+        "label": "Boundary-distance threshold", "min": 0.0, "max": 1.0,
+        "help": "Seeds must also be far enough from the object's edge: the boundary-distance "
+        "map below this (0-1)."})
+    foreground_threshold: float = field(default=0.5, metadata={
+        "label": "Foreground threshold", "min": 0.0, "max": 1.0,
+        "help": "Pixels whose foreground probability is above this (0-1) belong to objects; "
+        "lower lets objects grow and faint ones appear."})
+    foreground_smoothing: float = field(default=1.0, metadata={
+        "label": "Foreground smoothing (px)", "min": 0.0, "max": 50.0,
+        "help": "Gaussian sigma in pixels applied to the foreground map first (0: none)."})
+    distance_smoothing: float = field(default=1.6, metadata={
+        "label": "Distance smoothing (px)", "min": 0.0, "max": 50.0,
+        "help": "Gaussian sigma in pixels applied to both distance maps (0: none)."})
+    min_size: int = field(default=0, metadata={
+        "label": "Minimum size (px)", "min": 0, "max": 10**7,
+        "help": "Objects with fewer pixels than this are removed (micro-sam's default 0; its "
+        "napari annotator uses 100)."})
 
     def check(self) -> None:
         """Raise :class:`SettingsError` for a value out of range."""

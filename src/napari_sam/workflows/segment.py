@@ -74,11 +74,13 @@ from napari_sam.workflows.tiling import Tiling
 
 __all__ = [
     "MODES",
+    "SAM2_REFUSAL",
     "AISSettings",
     "AutoSettings",
     "SegmentProgress",
     "SegmentationResult",
     "link_slices",
+    "refuse_sam2",
     "resolve_mode",
     "segment",
     "segment_instances",
@@ -115,6 +117,25 @@ def resolve_mode(mode: str, model: Any = None, decoder: Any = None) -> str:
     if name == "ais" and not has_decoder:
         raise no_decoder_error(getattr(model, "name", None))
     return name
+
+
+#: Why automatic segmentation refuses a SAM 2.1 model (one sentence).
+SAM2_REFUSAL = (
+    "Automatic segmentation needs a SAM (ViT) model; SAM 2.1 models follow clicked objects "
+    "through a stack: choose vit_b_lm or vit_t."
+)
+
+
+def refuse_sam2(model: Any) -> None:
+    """Raise :class:`SettingsError` if ``model`` (a LoadedModel or a bare model) is SAM 2.1.
+
+    Both automatic modes need a SAM (ViT) model: the grid generator prompts SAM 1's
+    mask decoder, and the AIS decoders were trained on SAM 1 encoder features.
+    """
+    from napari_sam.model.sam2 import Sam2
+
+    if isinstance(getattr(model, "sam", model), Sam2):
+        raise SettingsError(SAM2_REFUSAL)
 
 
 @dataclass(frozen=True)
@@ -372,11 +393,13 @@ def segment_iter(
     Raises
     ------
     ImageFormatError, SettingsError, NoDecoderError
+        (SettingsError also for a SAM 2.1 model: see :func:`refuse_sam2`.)
     """
     from napari_sam.predictors.automatic import SamAutomaticMaskGenerator
 
     settings = settings or AutoSettings()
     settings.check()
+    refuse_sam2(model)
     mode = resolve_mode(mode, model, decoder)
     if isinstance(ais_settings, Mapping):  # e.g. from a batch recipe (JSON)
         ais_settings = AISSettings(**ais_settings)

@@ -1,9 +1,10 @@
 """The "Automatic segmentation (SAM)" dock: small Qt parts over an AutomaticController.
 
-The image picker, the shared model controls, a settings form made from
-``AutoSettings`` (tooltips from its help, remembered between sessions), the
-stack scope, the estimate of the next run (prompts × slices, a hint for small
-images), Run / Cancel through the job runner (the bar shows the real stage and
+The image picker, the shared model controls, the mode (auto / instance decoder
+(AIS) / point grid) with the settings of the mode that will run (forms made from
+``AISSettings`` and ``AutoSettings``: tooltips from their help, remembered
+between sessions), tiling for large planes, the stack scope, the estimate of the
+next run, Run / Cancel through the job runner (the bar shows the real stage and
 the time remaining), and COCO export. All decisions are the controller's
 (:mod:`napari_sam._widgets.automatic.controller`).
 """
@@ -30,8 +31,10 @@ from napari_sam._widgets._qt.jobs import JobPanel, QtJobRunner
 from napari_sam._widgets._qt.model_controls import ModelControls
 from napari_sam._widgets._qt.notify import show_notice
 from napari_sam._widgets.automatic.controller import NOT_LOADED, SCOPES, AutomaticController
+from napari_sam._widgets.automatic.modes import RunChoices
 from napari_sam._widgets.model_session import ModelFactory, session_for
 from napari_sam.errors import SettingsError
+from napari_sam.workflows.ais import AISSettings
 from napari_sam.workflows.segment import AutoSettings
 
 if TYPE_CHECKING:
@@ -43,6 +46,10 @@ __all__ = ["AutomaticSegmentationWidget"]
 OBJECT_FIELDS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh",
                  "box_nms_thresh", "crop_n_layers", "min_area", "max_area_fraction")
 STACK_FIELDS = ("link_slices", "link_iou")
+#: The AIS post-processing shown under "Instance decoder (AIS)" (smoothing: API and CLI).
+AIS_FIELDS = ("center_distance_threshold", "boundary_distance_threshold",
+              "foreground_threshold", "min_size")
+TILING_FIELDS = ("tiling", "tile_size", "halo")
 
 
 class AutomaticSegmentationWidget(DockFrame):
@@ -67,6 +74,13 @@ class AutomaticSegmentationWidget(DockFrame):
                                         "The image or stack to segment.")
         self.model_controls = ModelControls(session, NOT_LOADED)
         self.objects_form = settings_form(AutoSettings, c.settings, OBJECT_FIELDS, self._edit)
+        self.mode_form = settings_form(RunChoices, c.choices, ("mode",), self._choose)
+        self.mode_label = wrapped_label()
+        self.ais_form = settings_form(AISSettings, c.ais_settings, AIS_FIELDS, self._edit_ais)
+        self.tiling_form = settings_form(RunChoices, c.choices, TILING_FIELDS, self._choose)
+        for form in (self.mode_form, self.tiling_form):
+            for widget in form:
+                compact(widget)
         self.stack_form = settings_form(AutoSettings, c.settings, STACK_FIELDS, self._edit)
         self.scope_combo = ComboBox(label="Segment", choices=SCOPES, value=c.scope,
                                     tooltip="The slice shown in the viewer, or every slice.")
@@ -88,10 +102,17 @@ class AutomaticSegmentationWidget(DockFrame):
         box.addWidget(labelled(self.image_picker))
         box.addWidget(self.model_controls)
         self.add(section("Image and model", image))
+        self.add(section("Mode", self.mode_form.native, self.mode_label))
         self.add(self.estimate_label)
         self.stack_section = section("3D stacks", self.stack_form.native)
         self.add(self.stack_section)
-        self.add(section("What counts as an object", self.objects_form.native, expanded=False))
+        self.ais_section = section("Instance decoder (AIS)", self.ais_form.native,
+                                   expanded=False)
+        self.add(self.ais_section)
+        self.objects_section = section("What counts as an object (point grid)",
+                                       self.objects_form.native, expanded=False)
+        self.add(self.objects_section)
+        self.add(section("Large images (tiling)", self.tiling_form.native, expanded=False))
         self.add(wrapped_label(
             "The result goes to the Labels layer “<image> SAM auto” (Ctrl+Z undoes a run). "
             "Save it with File > Save Selected Layers… as .tif."
@@ -114,6 +135,31 @@ class AutomaticSegmentationWidget(DockFrame):
             return
         self.controller.set_settings(settings)
 
+    def _edit_ais(self, changes: dict) -> None:
+        try:
+            settings = AISSettings(**{**self.controller.ais_settings.as_dict(), **changes})
+            settings.check()
+        except SettingsError as exc:
+            self.controller.error(str(exc))
+            sync_form(self.ais_form, self.controller.ais_settings)
+            return
+        self.controller.set_ais_settings(settings)
+
+    def _choose(self, changes: dict) -> None:
+        try:
+            self.controller.set_choices(**changes)
+        except SettingsError as exc:
+            self.controller.error(str(exc))
+            sync_form(self.mode_form, self.controller.choices)
+            sync_form(self.tiling_form, self.controller.choices)
+
+    def _show_mode(self) -> None:
+        c = self.controller
+        self.mode_label.setText(c.mode_text())
+        ais = c.planned_mode() == "ais"
+        self.ais_section.setVisible(ais)
+        self.objects_section.setVisible(not ais)
+
     def _changed(self, what: str) -> None:
         c = self.controller
         if what == "image":
@@ -122,10 +168,16 @@ class AutomaticSegmentationWidget(DockFrame):
             self.stack_form.enabled = layout is not None and layout.is_stack
         if what == "model":
             self.model_controls.sync()
+        if what in ("model", "mode", "image"):
+            self._show_mode()
         if what in ("settings", "image"):
             sync_form(self.objects_form, c.settings)
             sync_form(self.stack_form, c.settings)
-        if what in ("estimate", "image", "settings"):
+        if what in ("mode", "image"):
+            sync_form(self.mode_form, c.choices)
+            sync_form(self.tiling_form, c.choices)
+            sync_form(self.ais_form, c.ais_settings)
+        if what in ("estimate", "image", "settings", "model"):
             text = c.estimate()
             self.estimate_label.setText(text)
             self.estimate_label.setVisible(bool(text))

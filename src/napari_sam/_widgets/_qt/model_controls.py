@@ -20,6 +20,8 @@ from napari_sam._widgets.model_session import (
     MODEL_CHOICES,
     PRECISIONS,
     ModelSession,
+    choice_label,
+    model_description,
 )
 
 __all__ = ["ModelControls", "device_choices"]
@@ -57,10 +59,8 @@ class ModelControls(QWidget):
         request = session.request
         devices = device_choices()
         self.model_combo = ComboBox(
-            label="Model", choices=MODEL_CHOICES, value=request.choice,
-            tooltip="auto: MobileSAM (vit_t) on a CPU, ViT-B on a GPU. Published weights are "
-            "downloaded once and cached. The choice is shared by the napari-sam docks of this "
-            "window and remembered.",
+            label="Model", choices=[(choice_label(c), c) for c in MODEL_CHOICES],
+            value=request.choice,
         )
         self.checkpoint_edit = FileEdit(
             label="Checkpoint", mode="r", value=request.checkpoint or "",
@@ -123,6 +123,10 @@ class ModelControls(QWidget):
                 self.checkpoint_edit.value = request.checkpoint
         finally:
             self._syncing = False
+        self.model_combo.tooltip = (
+            f"{model_description(request.choice)} Published weights are downloaded once and "
+            "cached. The choice is shared by the napari-sam docks of this window and remembered."
+        )
         self.checkpoint_edit.visible = request.choice == CUSTOM_CHECKPOINT
         self.model_label.setText(self.session.describe(self.not_loaded))
         if self.load_button is not None:

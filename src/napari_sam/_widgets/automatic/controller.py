@@ -6,9 +6,21 @@ slices — with :func:`napari_sam.workflows.segment.segment_iter` as a job
 (progress with its real stage, time remaining, Cancel) and writes the result
 into "<image> SAM auto" as ONE undo step
 (:class:`~napari_sam._widgets.automatic.output.AutoOutput`). A cancelled or
-failed run, or one whose image changed meanwhile, changes no layer. Its
-settings are remembered between sessions; its model is the viewer's, shared
-with the interactive dock (:mod:`napari_sam._widgets.model_session`).
+failed run, or one whose image changed meanwhile, changes no layer.
+
+The run's mode (:mod:`napari_sam._widgets.automatic.modes`): the instance
+decoder (AIS) when the model has one, or the point grid; the user may force
+either. AIS on a model without a decoder, or any automatic run with a SAM 2.1
+model, is refused in one sentence before any work. Large planes are tiled
+(``"auto"`` above :data:`~napari_sam.workflows.tiling.AUTO_TILING_THRESHOLD`
+pixels, or ``"on"``/``"off"`` with the tile size and halo chosen in the dock).
+Embeddings are kept in the viewer's shared store
+(:attr:`~napari_sam._widgets.model_session.ModelSession.store`), so a plane
+encoded once is not encoded again by the next run.
+
+Its settings (grid, AIS, mode and tiling) are remembered between sessions; its
+model is the viewer's, shared with the interactive dock
+(:mod:`napari_sam._widgets.model_session`).
 """
 
 from __future__ import annotations
@@ -19,21 +31,29 @@ from typing import Any
 
 from napari.layers import Image
 
-from napari_sam._widgets.automatic.estimate import points_hint, run_estimate
+from napari_sam._widgets.automatic.estimate import (
+    ais_estimate,
+    points_hint,
+    run_estimate,
+    tiles_note,
+)
+from napari_sam._widgets.automatic.modes import MODE_NAMES, RunChoices
 from napari_sam._widgets.automatic.output import OUTPUT_SUFFIX, AutoOutput
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.jobs import Job, JobRunner
 from napari_sam._widgets.layers import LayerChoice, layer_layout
-from napari_sam._widgets.model_session import ModelSession, session_for
+from napari_sam._widgets.model_session import ModelSession, has_decoder, session_for
 from napari_sam._widgets.notices import notice_for
-from napari_sam.errors import ImageFormatError, NapariSamError
+from napari_sam.errors import ImageFormatError, NapariSamError, SettingsError
 from napari_sam.runtime import settings as user_settings
-from napari_sam.runtime.loader import LoadedModel
+from napari_sam.runtime.loader import LoadedModel, is_sam2
 from napari_sam.runtime.progress import drive
 from napari_sam.workflows import segment as logic
+from napari_sam.workflows.ais import AISSettings, no_decoder_error
 from napari_sam.workflows.image import ImageLayout, image_layout
 from napari_sam.workflows.prompts import current_slice, layer_affine
-from napari_sam.workflows.segment import AutoSettings, SegmentationResult
+from napari_sam.workflows.segment import SAM2_REFUSAL, AutoSettings, SegmentationResult
+from napari_sam.workflows.tiling import TileGrid
 
 __all__ = [
     "ALL_SLICES",
@@ -61,6 +81,7 @@ class _Run:
     layout: ImageLayout
     slice: int | None  # the slice of a current-slice run on a stack
     settings: AutoSettings
+    tiles: int = 1  # tiles per plane
 
 
 class AutomaticController(ControllerBase):
@@ -85,6 +106,8 @@ class AutomaticController(ControllerBase):
         self.output = AutoOutput(self.viewer)
         self.remember = remember
         self.settings = DOCK_DEFAULTS
+        self.ais_settings = AISSettings()
+        self.choices = RunChoices()
         self.scope = CURRENT_SLICE
         self.waiting: str | None = None  # the scope of a run waiting for the model
         self._run: _Run | None = None
@@ -100,7 +123,14 @@ class AutomaticController(ControllerBase):
     def _restore_settings(self) -> None:
         values, problem = user_settings.read_section("automatic")
         self.settings, bad = user_settings.restore(AutoSettings, values, DOCK_DEFAULTS)
-        for text in (self.session.problem, problem, bad if values else None):
+        texts = [self.session.problem, problem, bad if values else None]
+        for section, cls, attr in (("automatic_ais", AISSettings, "ais_settings"),
+                                   ("automatic_run", RunChoices, "choices")):
+            values, _ = user_settings.read_section(section)  # the file's problem is said above
+            restored, bad = user_settings.restore(cls, values)
+            setattr(self, attr, restored)
+            texts.append(bad if values else None)
+        for text in texts:
             if self.session.once(text):  # one warning per problem for the viewer's docks
                 self.warn(text)
 
@@ -145,6 +175,77 @@ class AutomaticController(ControllerBase):
                 self.warn(problem)
         self.changed("estimate")
 
+    def set_ais_settings(self, settings: AISSettings | None = None, **changes: Any) -> None:
+        """Use these AIS post-processing settings (remembered for the next session)."""
+        settings = replace(settings or self.ais_settings, **changes)
+        if settings != self.ais_settings:
+            self.ais_settings = settings
+            self._save("automatic_ais", settings.as_dict())
+
+    def set_choices(self, choices: RunChoices | None = None, **changes: Any) -> None:
+        """Use this mode and tiling (remembered for the next session).
+
+        Raises
+        ------
+        SettingsError
+            For a mode or tiling that does not exist or does not fit (nothing changes).
+        """
+        choices = replace(choices or self.choices, **changes)
+        choices.check()
+        if choices != self.choices:
+            self.choices = choices
+            self._save("automatic_run", choices.as_dict())
+            self.changed("mode")
+            self.changed("estimate")
+
+    def _save(self, section: str, values: dict) -> None:
+        if self.remember:
+            problem = user_settings.save_section(section, values)
+            if problem:
+                self.warn(problem)
+
+    def planned_mode(self) -> str:
+        """``"ais"`` or ``"amg"``: what the next run will do, as far as is known now.
+
+        With mode "auto", the loaded model decides (AIS if it has a decoder); before it
+        is loaded, the chosen published model does (a custom file: the point grid, until
+        it is loaded and found to hold a decoder).
+        """
+        mode = self.choices.workflow_mode
+        if mode != "auto":
+            return mode
+        model = self.model
+        if model is not None:
+            return "ais" if model.has_decoder else "amg"
+        return "ais" if has_decoder(self.session.request.choice) else "amg"
+
+    def mode_text(self) -> str:
+        """One sentence on what the next run does with which model (for the dock)."""
+        model, request = self.model, self.session.request
+        name = model.name if model is not None else (
+            "the checkpoint" if request.custom else request.choice)
+        if model is None and request.choice == "auto":
+            name = "SAM (auto: vit_t on a CPU, vit_b on a GPU)"
+        if model is None and not request.custom and is_sam2(request.choice):
+            return SAM2_REFUSAL
+        if self.planned_mode() == "amg":
+            return f"The next run prompts {name} with a grid of points."
+        if (not model.has_decoder if model is not None
+                else not request.custom and not has_decoder(request.choice)):
+            return (f"{name} has no AIS decoder: choose a micro-sam model (e.g. vit_b_lm) "
+                    "or the point grid.")
+        if model is None and request.custom:
+            return "The next run uses the checkpoint's instance decoder (AIS), if it has one."
+        return f"The next run uses the instance decoder (AIS) of {name}."
+
+    def tile_grid(self) -> TileGrid | None:
+        """The tiles of one plane of the chosen image (None: not tiled; raises
+        :class:`SettingsError` if the tiling does not fit the image)."""
+        layout = self.layout()
+        if layout is None:
+            return None
+        return self.choices.to_tiling().grid(layout.plane_shape)
+
     def set_scope(self, scope: str) -> None:
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
@@ -161,8 +262,16 @@ class AutomaticController(ControllerBase):
         if layout is None:
             return ""
         n = layout.n_slices if layout.is_stack and self.scope == ALL_SLICES else 1
-        hint = points_hint(layout, self.settings)
-        return run_estimate(layout, self.settings, n) + (f" {hint}" if hint else "")
+        try:
+            grid = self.tile_grid()
+        except SettingsError as exc:
+            return str(exc)
+        tiles = len(grid) if grid is not None else 1
+        if self.planned_mode() == "ais":
+            return ais_estimate(layout, n, tiles) + tiles_note(grid)
+        hint = points_hint(layout, self.settings) if grid is None else None
+        text = run_estimate(layout, self.settings, n, tiles) + tiles_note(grid)
+        return text + (f" {hint}" if hint else "")
 
     # ------------------------------------------------------------------ events
     def _on_layers(self, event: Any = None) -> None:
@@ -199,7 +308,10 @@ class AutomaticController(ControllerBase):
         try:
             layout_ = layer_layout(image, "automatic segmentation")
             self.settings.check()
+            self.ais_settings.check()
+            self.choices.check()
             self.session.request.check()
+            self._refuse_before_loading()
         except NapariSamError as exc:
             self._report(exc)
             return
@@ -211,6 +323,20 @@ class AutomaticController(ControllerBase):
             return
         self.waiting = None
         self._start(model, image, layout_, scope)
+
+    def _refuse_before_loading(self) -> None:
+        """Raise the one-sentence refusal a run would end with, before a model is loaded
+        (or downloaded) for nothing: a SAM 2.1 model, or AIS with a published model
+        that has no decoder."""
+        if self.model is not None:
+            return  # segment_iter decides, with the model itself
+        request = self.session.request
+        if request.custom:
+            return  # what the file holds is known once it is loaded
+        if is_sam2(request.choice):
+            raise SettingsError(SAM2_REFUSAL)
+        if self.choices.workflow_mode == "ais" and not has_decoder(request.choice):
+            raise no_decoder_error(request.choice)
 
     def _model_ready(self, model: LoadedModel | None) -> None:
         scope, self.waiting = self.waiting, None
@@ -232,19 +358,31 @@ class AutomaticController(ControllerBase):
             slices = [k]
             settings = replace(settings, link_slices=False)
         contrast = tuple(float(c) for c in image.contrast_limits)
-        data, sam = image.data, model.sam
-        self._run = _Run(image, data, layout, k, settings)
+        data = image.data
+        try:  # input errors and refusals are raised here, before any work
+            grid = self.choices.to_tiling().grid(layout.plane_shape)
+            steps = logic.segment_iter(
+                model, data, rgb=layout.rgb, contrast_limits=contrast, settings=settings,
+                slices=slices, tiling=self.choices.to_tiling(),
+                mode=self.choices.workflow_mode, ais_settings=self.ais_settings,
+                store=self.session.store,
+            )
+        except NapariSamError as exc:
+            self._report(exc)
+            return
+        self._run = _Run(image, data, layout, k, settings, len(grid) if grid else 1)
 
         def work(progress: Any, should_cancel: Any) -> SegmentationResult:
-            steps = logic.segment_iter(sam, data, rgb=layout.rgb, contrast_limits=contrast,
-                                       settings=settings, slices=slices)
             return drive(steps, progress, should_cancel,
                          cancelled="Automatic segmentation was cancelled; no layer was changed.")
 
         where = f"slice {k} of “{image.name}”" if k is not None else f"“{image.name}”"
         if layout.is_stack and k is None:
             where = f"all {layout.n_slices} slices of “{image.name}”"
-        text = f"Segmenting {where}…"
+        notes = ["instance decoder (AIS)"] if self.planned_mode() == "ais" else []
+        notes += [f"{len(grid)} tiles per plane"] if grid else []
+        how = f" ({', '.join(notes)})" if notes else ""
+        text = f"Segmenting {where}{how}…"
         self.set_status(text)
         self.runner.start(Job("segment", text, work, done=self._write, failed=self._failed,
                               finished=self._finished, unit="steps"))
@@ -292,9 +430,12 @@ class AutomaticController(ControllerBase):
             where = f"{run.layout.n_slices} slices"
             if run.settings.link_slices:
                 where += ", linked"
+        found = (f"{result.n_masks} masks proposed" if result.mode == "amg"
+                 else f"{result.n_masks} seeds before the size filter")
+        tiles = f", {run.tiles} tiles per plane" if run.tiles > 1 else ""
         self.set_status(
-            f"{n} object{'s' if n != 1 else ''} in {where} → “{layer.name}” "
-            f"({result.n_masks} masks proposed)."
+            f"{MODE_NAMES.get(result.mode, result.mode)}: {n} object{'s' if n != 1 else ''} "
+            f"in {where} → “{layer.name}” ({found}{tiles})."
         )
 
     # ------------------------------------------------------------------ COCO

@@ -6,14 +6,26 @@ with ``(2**i)**2`` crops on crop layer ``i``. :func:`run_estimate` says this in
 numbers for the planes a run covers; :func:`points_hint` suggests fewer points
 where the grid is much finer than objects can be (small images), since the time
 grows with the square of the points per side.
+
+A tiled plane (:mod:`napari_sam.workflows.tiling`) is encoded tile by tile, and
+the grid is per tile. AIS (:func:`ais_estimate`) needs one encoding and one
+decoder pass per plane (per tile), then one watershed per plane.
 """
 
 from __future__ import annotations
 
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.segment import AutoSettings
+from napari_sam.workflows.tiling import TileGrid
 
-__all__ = ["encodings_per_plane", "points_hint", "prompts_per_plane", "run_estimate"]
+__all__ = [
+    "ais_estimate",
+    "encodings_per_plane",
+    "points_hint",
+    "prompts_per_plane",
+    "run_estimate",
+    "tiles_note",
+]
 
 #: A grid finer than this (pixels between points) is suggested to be made coarser.
 FINE_SPACING = 8
@@ -31,11 +43,39 @@ def prompts_per_plane(settings: AutoSettings) -> int:
     return int(settings.points_per_side) ** 2 * encodings_per_plane(settings)
 
 
-def run_estimate(layout: ImageLayout, settings: AutoSettings, n_planes: int) -> str:
-    """E.g. "60 slices × 1,024 prompts = 61,440 prompts to decode, 60 encodings."."""
-    prompts = prompts_per_plane(settings)
-    encodings = encodings_per_plane(settings) * n_planes
-    what = f"{n_planes} slice{'s' if n_planes != 1 else ''}" if layout.is_stack else "1 image"
+def _what(layout: ImageLayout, n_planes: int) -> str:
+    return f"{n_planes} slice{'s' if n_planes != 1 else ''}" if layout.is_stack else "1 image"
+
+
+def tiles_note(grid: TileGrid | None) -> str:
+    """E.g. " Tiled: 4 × 4 tiles of 768 px with a 128 px halo." ("" for an untiled plane)."""
+    if grid is None:
+        return ""
+    (th, tw), (hy, hx) = grid.tile_shape, grid.halo
+    size = f"{th}" if th == tw else f"{th} × {tw}"
+    halo = f"{hy}" if hy == hx else f"{hy} × {hx}"
+    return (f" Tiled: {grid.n_rows} × {grid.n_cols} tiles of {size} px with a {halo} px halo "
+            "per plane.")
+
+
+def ais_estimate(layout: ImageLayout, n_planes: int, n_tiles: int = 1) -> str:
+    """E.g. "This run (instance decoder, AIS): 1 image, 1 encoding and decoder pass, ..."."""
+    passes = n_planes * n_tiles
+    return (
+        f"This run (instance decoder, AIS): {_what(layout, n_planes)}, {passes:,} encoding"
+        f"{'s' if passes != 1 else ''} and decoder pass{'es' if passes != 1 else ''}, one "
+        f"watershed per {'slice' if layout.is_stack else 'image'}."
+    )
+
+
+def run_estimate(layout: ImageLayout, settings: AutoSettings, n_planes: int,
+                 n_tiles: int = 1) -> str:
+    """E.g. "60 slices × 1,024 prompts = 61,440 prompts to decode, 60 encodings."
+
+    ``n_tiles``: tiles per plane (the grid is per tile; tiling excludes crop layers)."""
+    prompts = prompts_per_plane(settings) * n_tiles
+    encodings = encodings_per_plane(settings) * n_planes * n_tiles
+    what = _what(layout, n_planes)
     return (
         f"This run: {what} × {prompts:,} prompts = {prompts * n_planes:,} prompts to decode, "
         f"{encodings:,} image encoding{'s' if encodings != 1 else ''}."

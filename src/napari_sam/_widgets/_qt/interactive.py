@@ -37,7 +37,8 @@ def keys_html() -> str:
     keys = "<br>".join(f"<b>{k}</b>: {v}" for k, v in keys_help())
     return (
         "Click points in “SAM points” (positive/negative), or pick Box and drag rectangles "
-        "in “SAM boxes” (one object per box). Only prompts on the current slice count. "
+        "in “SAM boxes” (one object per box). With “One click = one cell” each positive "
+        "point is its own object. Only prompts on the current slice count. "
         "The keys work whichever napari-sam layer is selected:<br>" + keys
     )
 
@@ -95,7 +96,7 @@ class InteractiveSegmentationWidget(DockFrame):
         """Show what the controller changed."""
         if what == "model":
             self.model_controls.sync()
-        if what in ("layers", "image", "negative", "tool"):
+        if what in ("layers", "image", "negative", "tool", "one_click"):
             self.prompt_controls.sync()
         if what in ("layers", "image", "output"):
             self.output_controls.sync()

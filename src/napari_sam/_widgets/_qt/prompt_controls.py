@@ -55,6 +55,12 @@ class PromptControls(QWidget):
         self.negative_check = QCheckBox("Negative points (background)  [N]")
         self.negative_check.setToolTip("New points mark background, not the object.")
         self.negative_check.toggled.connect(c.set_negative)
+        self.one_click_check = QCheckBox("One click = one cell  [Shift+O]")
+        self.one_click_check.setToolTip(
+            "Each positive point outside a box is its own object, all predicted at once; a "
+            "negative point refines the nearest one. Commit writes them all in one step.")
+        self.one_click_check.setChecked(c.one_click)
+        self.one_click_check.toggled.connect(c.set_one_click)
         self.multimask_check = QCheckBox("Multimask")
         self.multimask_check.setToolTip("SAM proposes three candidate masks per object.")
         self.multimask_check.setChecked(c.multimask)
@@ -68,6 +74,7 @@ class PromptControls(QWidget):
             layout.addWidget(labelled(picker))
         layout.addWidget(row(self.points_tool, self.box_tool))
         layout.addWidget(self.negative_check)
+        layout.addWidget(self.one_click_check)
         layout.addWidget(row(self.multimask_check, self.next_button))
         self.sync()
 
@@ -76,10 +83,12 @@ class PromptControls(QWidget):
         for picker in (self.image_picker, self.points_picker, self.boxes_picker):
             picker.sync()
         (self.points_tool if c.prompts.tool == "points" else self.box_tool).setChecked(True)
-        if self.negative_check.isChecked() != c.prompts.negative:
-            self.negative_check.blockSignals(True)
-            self.negative_check.setChecked(c.prompts.negative)
-            self.negative_check.blockSignals(False)
+        for check, value in ((self.negative_check, c.prompts.negative),
+                             (self.one_click_check, c.one_click)):
+            if check.isChecked() != value:
+                check.blockSignals(True)
+                check.setChecked(value)
+                check.blockSignals(False)
 
 
 class OutputControls(QWidget):

@@ -29,6 +29,7 @@ from napari_sam._widgets.model_session import ModelSession, session_for
 from napari_sam._widgets.notices import notice_for
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.workflows.embeddings import EmbeddingStore
+from napari_sam.workflows.interactive import PredictionCache
 from napari_sam.workflows.prompts import SlicePrompts, current_slice, layer_affine
 
 __all__ = ["NOT_LOADED", "InteractiveController"]
@@ -65,6 +66,8 @@ class InteractiveController(ControllerBase):
         self.multimask = True
         self.overwrite = False
         self.candidate = 0
+        self.one_click = False  # each positive point outside boxes is its own object
+        self.click_cache = PredictionCache()  # one-click masks whose prompts did not change
         self.predictor: Any = None
         self.slice_prompts: SlicePrompts | None = None
         self.warned = {"outside": 0, "degenerate": 0}
@@ -77,6 +80,7 @@ class InteractiveController(ControllerBase):
         self.keys = KeyBindings(self.viewer, {
             "N": self.toggle_negative, "Shift+C": self.commit, "Shift+X": self.clear,
             "Shift+M": self.next_candidate, "Shift+F": self.stack.propagate,
+            "Shift+O": self.toggle_one_click,
         }, self.undo)
         layers = self.viewer.layers.events
         self.connections.connect(layers.inserted, self._on_inserted)
@@ -255,6 +259,20 @@ class InteractiveController(ControllerBase):
     def toggle_negative(self) -> None:
         """Switch new points between positive and negative (key N)."""
         self.set_negative(not self.prompts.negative)
+
+    def set_one_click(self, on: bool) -> None:
+        """One click = one cell: each positive point outside any box is its own object
+        (negative points refine the nearest one); off: the free points form one object."""
+        self.one_click = bool(on)
+        self.changed("one_click")
+        self.set_status("One click = one cell: each positive point is its own object."
+                        if self.one_click else
+                        "One object per slice from its points (one click = one cell is off).")
+        self.prompts_changed()
+
+    def toggle_one_click(self) -> None:
+        """Switch one click = one cell on or off (key Shift+O)."""
+        self.set_one_click(not self.one_click)
 
     def set_multimask(self, multimask: bool) -> None:
         self.multimask = bool(multimask)

@@ -17,8 +17,9 @@ from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
 from napari_sam.runtime.fallbacks import relay_fallbacks
 from napari_sam.workflows import interactive as logic
+from napari_sam.workflows.click_preview import anchors_of
 from napari_sam.workflows.embeddings import EmbeddingKey
-from napari_sam.workflows.prompts import group_objects, slice_prompts_from_layers
+from napari_sam.workflows.prompts import SlicePrompts, group_objects, slice_prompts_from_layers
 
 __all__ = ["update"]
 
@@ -68,12 +69,16 @@ def update(c: Any) -> None:
     )
     c.slice_prompts = prompts
     _warn_unusable(c, prompts.n_outside, prompts.n_degenerate)
-    objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
+    ignored = ""
+    if c.one_click:
+        objects, ignored = _click_objects(c, prompts, k)
+    else:
+        objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
     if not objects:
         c.preview.clear(layout)
         where = f"slice {k}" if k is not None else "the image"
         hint = " (negative points alone describe no object)" if len(prompts.points_xy) else ""
-        c.set_status(f"No prompts on {where}{hint}.")
+        c.set_status(f"No prompts on {where}{hint}.{ignored}")
         return
     model = c.session.ensure(c.runner, c._model_loaded)
     if model is None:
@@ -94,14 +99,45 @@ def update(c: Any) -> None:
     try:
         with relay_fallbacks(c.on_fallback):  # the decoder runs here, on the main thread
             c.predictor.set_embedding(embedding)
-            results = logic.predict_objects(c.predictor, objects, c.multimask, c.candidate)
+            if c.one_click:  # all single clicks in one batched decoder call; unchanged ones cached
+                results = logic.predict_objects_batched(
+                    c.predictor, objects, c.multimask, c.candidate,
+                    cache=c.click_cache, cache_key=key,
+                )
+            else:
+                results = logic.predict_objects(c.predictor, objects, c.multimask, c.candidate)
     except NapariSamError as exc:
         c.notify(notice_for(exc))
         c.set_status(str(exc))
         return
-    c.preview.show(c.image, layout, k, results)
+    c.preview.show(c.image, layout, k, results, anchors_of(objects) if c.one_click else None)
     c.changed("layers")
-    c.set_status(describe_preview(k, results, COMMIT_KEY))
+    c.set_status(describe_preview(k, results, COMMIT_KEY) + ignored)
+
+
+def _committed_plane(c: Any, k: int | None) -> Any:
+    """The output labels of slice ``k`` (None: no output yet, or one of another shape)."""
+    labels = c.output.current
+    if labels is None or labels.data.shape != c.layout.spatial_shape:
+        return None
+    return labels.data[k] if k is not None else labels.data
+
+
+def _click_objects(c: Any, prompts: SlicePrompts, k: int | None) -> tuple[list, str]:
+    """One click = one cell: the objects of the slice (boxes first, then one per free positive
+    point; :func:`~napari_sam.workflows.interactive.group_clicks`) and a sentence about the
+    clicks ignored because they lie on committed objects ("" if none)."""
+    grouped = logic.group_clicks(
+        prompts.points_xy, prompts.point_labels, prompts.boxes, _committed_plane(c, k)
+    )
+    ignored = ""
+    n = len(grouped.ignored)
+    if n:
+        ids = ", ".join(str(int(i)) for i in dict.fromkeys(grouped.ignored_labels.tolist()))
+        ignored = (f" {n} click{'s' if n > 1 else ''} on already labelled object"
+                   f"{'s' if len(set(grouped.ignored_labels.tolist())) > 1 else ''} {ids} "
+                   f"{'were' if n > 1 else 'was'} ignored.")
+    return grouped.objects, ignored
 
 
 def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry
+from napari_sam.workflows.click_preview import compose_click_preview
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.interactive import ObjectMask, compose_preview
 
@@ -23,8 +24,13 @@ PREVIEW_NAME = "SAM preview"
 
 
 def describe_preview(k: int | None, results: list[ObjectMask], commit_key: str) -> str:
-    """The status line after a prediction: objects, SAM's scores, the candidate shown."""
-    scores = ", ".join(f"{r.score:.2f}" for r in results)
+    """The status line after a prediction: objects, SAM's scores, the candidate shown
+    (beyond 5 objects, the lowest and highest score)."""
+    if len(results) > 5:
+        low, high = min(r.score for r in results), max(r.score for r in results)
+        scores = f"{low:.2f}–{high:.2f}"
+    else:
+        scores = ", ".join(f"{r.score:.2f}" for r in results)
     where = f"slice {k}" if k is not None else "image"
     cand = ""
     if results and results[0].n_candidates > 1:
@@ -86,14 +92,20 @@ class Preview:
         self.slice = None
 
     def show(self, image: Any, layout: ImageLayout, k: int | None,
-             results: list[ObjectMask]) -> None:
-        """Paint the masks of slice ``k`` (None: a 2D image), clearing the slice shown before."""
+             results: list[ObjectMask], anchors_rc: np.ndarray | None = None) -> None:
+        """Paint the masks of slice ``k`` (None: a 2D image), clearing the slice shown before.
+
+        Where masks overlap, the earlier object keeps the pixel; with ``anchors_rc``
+        (one-click mode: each object's click, ``(N, 2)`` row, col) the nearest click does
+        (:func:`~napari_sam.workflows.click_preview.compose_click_preview`).
+        """
         layer = self.ensure(image, layout)
-        plane = compose_preview(
-            [r.mask for r in results],
-            layout.plane_shape,
-            np.uint8 if len(results) < 256 else np.uint16,
-        )
+        masks = [r.mask for r in results]
+        dtype = np.uint8 if len(results) < 256 else np.uint16
+        if anchors_rc is not None:
+            plane = compose_click_preview(masks, anchors_rc, layout.plane_shape, dtype)
+        else:
+            plane = compose_preview(masks, layout.plane_shape, dtype)
         if plane.dtype != layer.data.dtype:
             layer.data = layer.data.astype(plane.dtype)
         data = layer.data

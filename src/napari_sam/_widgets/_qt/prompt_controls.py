@@ -16,6 +16,7 @@ from napari.layers import Image, Labels, Points, Shapes
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
+    QFileDialog,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -113,8 +114,23 @@ class OutputControls(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(labelled(self.labels_picker))
         layout.addWidget(self.overwrite_check)
+        self.save_table_button = QPushButton("Save table…")
+        self.save_table_button.setToolTip(
+            "Save the output labels' object table (one row per object: size, centre, mean "
+            "intensity, SAM's scores; napari shows it in Layers > Features table) as CSV.")
+        self.save_table_button.clicked.connect(self.save_table)
+        layout.addWidget(self.save_table_button)
         #: Commit, Clear, Undo: shown in the dock's footer, always in view.
         self.actions = row(self.commit_button, self.clear_button, self.undo_button)
+
+    def save_table(self) -> None:
+        """Ask where, then let the controller write the CSV."""
+        labels = self.controller.output.current
+        suggested = f"{labels.name}.csv" if labels is not None else "objects.csv"
+        path, _ = QFileDialog.getSaveFileName(self, "Save object table", suggested,
+                                              "CSV table (*.csv)")
+        if path:
+            self.controller.save_table(path)
 
     def sync(self, what: str = "") -> None:
         self.labels_picker.sync()

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._widgets.interactive.objects_table import refresh_features
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, write_objects
 from napari_sam._widgets.notices import Notice
+from napari_sam.errors import NapariSamError
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.interactive import plan_commit
 
@@ -59,6 +61,7 @@ class CommitResult:
     """What a commit did: the new ids (empty if nothing was written), notices and status."""
 
     ids: list[int] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)  # the preview id behind each new id
     notices: list[Notice] = field(default_factory=list)
     status: str | None = None
 
@@ -94,6 +97,7 @@ def commit_preview(
         result.notices.append(Notice.info(note))
     labels.selected_label = plan[-1][0] + 1
     result.ids = [int(p[0]) for p in plan]
+    result.sources = [int(preview_plane[rows[0], cols[0]]) for _, (rows, cols) in plan]
     where = f"slice {k}" if k is not None else "the image"
     ids = ", ".join(map(str, result.ids))
     result.status = f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where}."
@@ -125,5 +129,21 @@ def commit_current(c: Any) -> None:
     for notice in result.notices:
         c.notify(notice)
     if result.ids:
+        _measure(c, labels, result)
         c.clear_slice()
         c.set_status(result.status)
+
+
+def _measure(c: Any, labels: Any, result: CommitResult) -> None:
+    """Refresh the output layer's object table with the new objects' scores and method."""
+    objects = c.preview.objects
+    scores = {}
+    for new_id, source in zip(result.ids, result.sources):
+        if 0 < source <= len(objects):
+            obj = objects[source - 1]
+            scores[new_id] = {"predicted_iou": obj.score, "stability_score": obj.stability}
+    method = "one-click" if getattr(c, "one_click", False) else "interactive"
+    try:
+        refresh_features(labels, c.image, scores, method)
+    except NapariSamError as exc:  # the objects are written; only the table is missing
+        c.notify(Notice.warning(f"The object table could not be updated: {exc}"))

@@ -20,6 +20,7 @@ from napari_sam._widgets.interactive import predict
 from napari_sam._widgets.interactive.commit import commit_current
 from napari_sam._widgets.interactive.encoding import Embeddings
 from napari_sam._widgets.interactive.keys import KeyBindings
+from napari_sam._widgets.interactive.objects_table import save_table
 from napari_sam._widgets.interactive.preview import Preview
 from napari_sam._widgets.interactive.prompt_layers import PromptLayers
 from napari_sam._widgets.interactive.session import ImageSession
@@ -27,6 +28,7 @@ from napari_sam._widgets.interactive.stack import StackController
 from napari_sam._widgets.jobs import JobRunner
 from napari_sam._widgets.model_session import ModelSession, session_for
 from napari_sam._widgets.notices import notice_for
+from napari_sam.errors import NapariSamError
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.workflows.embeddings import EmbeddingStore
 from napari_sam.workflows.interactive import PredictionCache
@@ -331,6 +333,23 @@ class InteractiveController(ControllerBase):
         labels = self.output.current
         if labels is not None:
             labels.undo()
+
+    def save_table(self, path: str) -> Any:
+        """Write the output labels' object table (one row per object) as CSV to ``path``;
+        the path written, or None (said in one sentence)."""
+        labels = self.output.current
+        if labels is None:
+            self.info("There is no object table yet: commit objects first.")
+            return None
+        try:
+            written = save_table(labels, path, self.image)
+        except NapariSamError as exc:
+            self.notify(notice_for(exc))
+            return None
+        n = len(labels.features)
+        self.set_status(f"Saved the table of {n} object{'s' if n != 1 else ''} of "
+                        f"“{labels.name}” to {written}.")
+        return written
 
     def set_output(self, layer: Any) -> None:
         """Write objects into ``layer`` (None: a new "<image> SAM labels")."""

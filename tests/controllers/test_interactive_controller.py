@@ -265,11 +265,12 @@ def test_encode_errors_are_reported_once_and_a_full_store_still_works(
 
 def test_prompts_outside_and_unsupported_images(fast_model):
     viewer = ViewerModel()
-    viewer.add_image(np.zeros((2, 3, 16, 16), np.uint8), name="4D")
+    viewer.add_image(np.zeros((2, 3, 16, 16, 2), np.uint8), name="5D")  # no obvious plane
     c = InteractiveController(viewer)
     notes = collect(c)
     c.set_model(fast_model, "fast")
-    assert c.image is None and "4 axes" in c.status and c.prompts.points.current is None
+    assert c.image is None and "no obvious plane" in c.status
+    assert c.prompts.points.current is None
 
     rgb = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     viewer.add_image(rgb, name="rgb", scale=(0.5, 0.5))
@@ -352,11 +353,11 @@ def test_controller_follows_the_image_layers():
     c = InteractiveController(viewer)
     notes = collect(c)
     assert c.image is None and "Open or choose an image" in c.status
-    viewer.add_image(np.zeros((2, 3, 8, 8)), name="4D")
+    viewer.add_image(np.zeros((2, 3, 16, 16, 2)), name="5D")  # no obvious plane
     assert c.image is None and len(notes["warning"]) == 1
-    viewer.add_points(ndim=2, name="unrelated")  # no repeated warning for the 4D image
+    viewer.add_points(ndim=2, name="unrelated")  # no repeated warning for the 5D image
     assert len(notes["warning"]) == 1
-    viewer.layers.remove("4D")
+    viewer.layers.remove("5D")
     image = viewer.add_image(np.zeros((4, 32, 48), np.uint16), name="later")
     assert c.image is image
     assert c.prompts.points.current.name == "SAM points"

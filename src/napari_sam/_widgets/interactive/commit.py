@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam._widgets.interactive.objects_table import refresh_features
+from napari_sam._widgets.interactive.planes_layout import PlaneKey, plane_write_index, where
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, write_objects
 from napari_sam._widgets.notices import Notice
 from napari_sam.errors import NapariSamError
@@ -67,7 +68,7 @@ class CommitResult:
 
 
 def commit_preview(
-    labels: Any, preview_plane: np.ndarray, k: int | None, overwrite: bool
+    labels: Any, preview_plane: np.ndarray, k: PlaneKey, overwrite: bool
 ) -> CommitResult:
     """Write the preview's objects of slice ``k`` (None: a 2D image) as new ids."""
     result = CommitResult()
@@ -87,20 +88,15 @@ def commit_preview(
         ))
         return result
     note = write_objects(
-        labels,
-        [
-            (new_id, (np.full(rows.shape, k), rows, cols) if k is not None else (rows, cols))
-            for new_id, (rows, cols) in plan
-        ],
+        labels, [(new_id, plane_write_index(k, rows, cols)) for new_id, (rows, cols) in plan]
     )
     if note:
         result.notices.append(Notice.info(note))
     labels.selected_label = plan[-1][0] + 1
     result.ids = [int(p[0]) for p in plan]
     result.sources = [int(preview_plane[rows[0], cols[0]]) for _, (rows, cols) in plan]
-    where = f"slice {k}" if k is not None else "the image"
     ids = ", ".join(map(str, result.ids))
-    result.status = f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where}."
+    result.status = f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where(k)}."
     return result
 
 

@@ -12,6 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari_sam._widgets.interactive.planes_layout import (
+    PlaneKey,
+    is_planes,
+    plane_index,
+    plane_prompts_from_layers,
+    where,
+)
 from napari_sam._widgets.interactive.preview import describe_preview
 from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
@@ -56,17 +63,27 @@ def update(c: Any) -> None:
     """Predict the current slice of ``c``'s image from its prompts and show the preview."""
     problem = _view_problem(c)
     layout = c.layout
-    k = c.current_slice() if layout.is_stack else None
-    if problem is None and layout.is_stack and k is None:
-        problem = "The current position is outside the stack."
+    planes = is_planes(layout)
+    if planes:
+        k = plane_index(layout, c.image, c.viewer.dims.point)
+    else:
+        k = c.current_slice() if layout.is_stack else None
+    if problem is None and (layout.is_stack or planes) and k is None:
+        problem = f"The current position is outside the {'image' if planes else 'stack'}."
     if problem is not None:
         c.preview.clear(layout)
         c.set_status(problem)
         return
-    prompts = slice_prompts_from_layers(
-        layout.spatial_shape, c.image, k, c.viewer.dims.point,
-        c.prompts.points.current, c.prompts.boxes.current,
-    )
+    if planes:
+        prompts = plane_prompts_from_layers(
+            layout, c.image, k, c.viewer.dims.point,
+            c.prompts.points.current, c.prompts.boxes.current,
+        )
+    else:
+        prompts = slice_prompts_from_layers(
+            layout.spatial_shape, c.image, k, c.viewer.dims.point,
+            c.prompts.points.current, c.prompts.boxes.current,
+        )
     c.slice_prompts = prompts
     _warn_unusable(c, prompts.n_outside, prompts.n_degenerate)
     ignored = ""
@@ -76,9 +93,8 @@ def update(c: Any) -> None:
         objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
     if not objects:
         c.preview.clear(layout)
-        where = f"slice {k}" if k is not None else "the image"
         hint = " (negative points alone describe no object)" if len(prompts.points_xy) else ""
-        c.set_status(f"No prompts on {where}{hint}.{ignored}")
+        c.set_status(f"No prompts on {where(k)}{hint}.{ignored}")
         return
     model = c.session.ensure(c.runner, c._model_loaded)
     if model is None:
@@ -115,7 +131,7 @@ def update(c: Any) -> None:
     c.set_status(describe_preview(k, results, COMMIT_KEY) + ignored)
 
 
-def _committed_plane(c: Any, k: int | None) -> Any:
+def _committed_plane(c: Any, k: PlaneKey) -> Any:
     """The output labels of slice ``k`` (None: no output yet, or one of another shape)."""
     labels = c.output.current
     if labels is None or labels.data.shape != c.layout.spatial_shape:
@@ -123,7 +139,7 @@ def _committed_plane(c: Any, k: int | None) -> Any:
     return labels.data[k] if k is not None else labels.data
 
 
-def _click_objects(c: Any, prompts: SlicePrompts, k: int | None) -> tuple[list, str]:
+def _click_objects(c: Any, prompts: SlicePrompts, k: PlaneKey) -> tuple[list, str]:
     """One click = one cell: the objects of the slice (boxes first, then one per free positive
     point; :func:`~napari_sam.workflows.interactive.group_clicks`) and a sentence about the
     clicks ignored because they lie on committed objects ("" if none)."""
@@ -167,8 +183,7 @@ def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:
         if outcome["ok"] and not c.closed:  # after a failure, the next change of prompts retries
             c.update_preview()
 
-    where = f"slice {key.slice}" if key.slice is not None else "the image"
-    text = f"Encoding {where} with {model.name}…"
+    text = f"Encoding {where(key.slice)} with {model.name}…"
     c.set_status(text)
     c.runner.start(c.embeddings.encode_job(
         model.sam, key, plane, c.layout.rgb, text, done, failed, finished

@@ -75,3 +75,51 @@ def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbo
     widget.prompt_controls.one_click_check.click()
     assert not c.one_click
     widget.close()
+
+
+def test_tzyx_at_a_nonzero_t_and_channel_layers_by_the_dock_button(make_napari_viewer, qtbot,
+                                                                   fast_model):
+    stack = sample("nuclei.tif")
+    tzyx = np.ascontiguousarray(stack[20:32, 64:192, 32:224]).reshape(3, 4, 128, 192)
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(tzyx, name="movie")
+    widget = open_dock(viewer, "interactive", fast_model)
+    c = widget.controller
+    assert c.image is image and c.layout.kind == "nD"
+    viewer.dims.set_point(0, 2)
+    viewer.dims.set_point(1, 1)
+    points = c.prompts.points.current
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    viewer.layers.selection.active = points
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     canvas_point(viewer, canvas, 64.0, 96.0))
+    qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
+    assert tuple(points.data[0][:2]) == (2, 1)
+    wait_idle(qtbot, widget)
+    preview = widget.preview_layer.data
+    assert preview.shape == tzyx.shape and preview[2, 1].any()
+    assert int((preview > 0).sum()) == int((preview[2, 1] > 0).sum())
+    assert widget.status_label.text().startswith("Preview on plane (2, 1)")
+    QTest.keyClick(canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    labels = widget.labels_layer
+    assert labels.data.shape == tzyx.shape and labels.data[2, 1].max() == 1
+    widget.close()
+
+    # channel layers: select two in the layer list, press the dock's button
+    viewer.layers.clear()
+    cyx = np.stack([stack[30, :128, :192], stack[40, :128, :192], stack[50, :128, :192]])
+    layers = viewer.add_image(cyx, channel_axis=0, name=["c0", "c1", "c2"])
+    widget = open_dock(viewer, "interactive", fast_model)
+    c = widget.controller
+    viewer.layers.selection = {layers[1], layers[2]}
+    widget.prompt_controls.channels_button.click()
+    assert c.channels.layers == [layers[1], layers[2]] and c.image is layers[1]
+    assert widget.prompt_controls.channels_label.text() == "SAM sees “c1” as red, “c2” as green."
+    c.prompts.points.current.add([64.0, 96.0])
+    wait_idle(qtbot, widget)
+    assert widget.preview_layer.data.any()
+    assert next(iter(c.embeddings.store.keys())).channels == (0, 1)
+    widget.prompt_controls.image_only_button.click()
+    assert not c.channels.active_for(c.image)
+    widget.close()

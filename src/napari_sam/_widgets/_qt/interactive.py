@@ -96,7 +96,7 @@ class InteractiveSegmentationWidget(DockFrame):
         """Show what the controller changed."""
         if what == "model":
             self.model_controls.sync()
-        if what in ("layers", "image", "negative", "tool", "one_click"):
+        if what in ("layers", "image", "negative", "tool", "one_click", "channels"):
             self.prompt_controls.sync()
         if what in ("layers", "image", "output"):
             self.output_controls.sync()

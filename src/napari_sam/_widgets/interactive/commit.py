@@ -140,6 +140,7 @@ def _measure(c: Any, labels: Any, result: CommitResult) -> None:
             scores[new_id] = {"predicted_iou": obj.score, "stability_score": obj.stability}
     method = "one-click" if getattr(c, "one_click", False) else "interactive"
     try:
-        refresh_features(labels, c.image, scores, method)
+        refresh_features(labels, c.image, scores, method,
+                         c.channels if c.channels.active_for(c.image) else None)
     except NapariSamError as exc:  # the objects are written; only the table is missing
         c.notify(Notice.warning(f"The object table could not be updated: {exc}"))

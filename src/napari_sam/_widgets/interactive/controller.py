@@ -17,6 +17,7 @@ from typing import Any
 
 from napari_sam._widgets.base import Connections, ControllerBase
 from napari_sam._widgets.interactive import predict
+from napari_sam._widgets.interactive.channel_layers import ChannelLayers
 from napari_sam._widgets.interactive.commit import commit_current
 from napari_sam._widgets.interactive.encoding import Embeddings
 from napari_sam._widgets.interactive.keys import KeyBindings
@@ -64,6 +65,7 @@ class InteractiveController(ControllerBase):
         self.prompts = PromptLayers(self.viewer, self.connections, self.prompts_changed,
                                     self.schedule)
         self.embeddings = Embeddings(store)
+        self.channels = ChannelLayers()  # 1-3 channel layers as SAM's RGB (empty: the image)
         self.stack = StackController(self)
         self.multimask = True
         self.overwrite = False
@@ -160,6 +162,9 @@ class InteractiveController(ControllerBase):
         self.connections.disconnect_source(layer)
         self._names.disconnect_source(layer)
         self.prompts.forget(layer)
+        if self.channels.forget(layer):
+            self.info(f"The channel layer “{layer.name}” was removed: SAM sees the image "
+                      "alone again; choose the channels again to use several.")
         self.keys.release_layer(layer)
         self.preview.forget(layer)
         self._follow_layers()
@@ -213,6 +218,32 @@ class InteractiveController(ControllerBase):
                 self.stack.follow_layout()
                 self.changed("image")
                 self.preview.reshape(self.layout)
+        self.schedule()
+
+    def set_channels(self, layers: Any) -> None:
+        """Show SAM 1-3 channel layers (napari's ``channel_axis`` layers) as its red, green and
+        blue inputs, each with its own contrast limits; the first is the image segmented.
+        None or empty: the image alone again."""
+        layers = list(layers or [])
+        if not layers:
+            self.channels.layers = []
+            self.changed("channels")
+            self.schedule()
+            return
+        try:
+            layers = self.channels.check(layers)
+        except NapariSamError as exc:
+            self.notify(notice_for(exc))
+            return
+        self.channels.layers = layers
+        if self.image is not layers[0]:
+            self.set_image(layers[0])
+        for layer in layers[1:]:
+            self.connections.disconnect_source(layer)
+            for name in ("contrast_limits", "data"):
+                self.connections.connect(getattr(layer.events, name), self.schedule)
+        self.changed("channels")
+        self.info(self.channels.describe() + ".")
         self.schedule()
 
     def set_prompt_layer(self, kind: str, layer: Any) -> None:

@@ -177,11 +177,15 @@ class Embeddings:
         done: Callable[[Any], Any],
         failed: Callable[[BaseException], Notice | None],
         finished: Callable[[], Any],
+        contrast: tuple | None = None,
     ) -> Job:
         """The job that encodes ``plane`` (in a worker) and saves it on disk if asked.
 
-        ``done`` receives ``(key, embedding, disk notice or None)``.
+        ``done`` receives ``(key, embedding, disk notice or None)``. ``contrast``
+        (default ``key.contrast``) is what :func:`~napari_sam.workflows.interactive.encode_plane`
+        gets: ``(0, 255)`` for a plane already converted to SAM's RGB (channel layers).
         """
+        limits = key.contrast if contrast is None else contrast
         disk, _ = self.disk()
         log = self.log
 
@@ -189,7 +193,7 @@ class Embeddings:
             t0 = time.perf_counter()
             try:
                 embedding = logic.encode_plane(
-                    model, plane, key.contrast, rgb, should_cancel=should_cancel
+                    model, plane, limits, rgb, should_cancel=should_cancel
                 )
             finally:
                 log.append((threading.get_ident(), t0, time.perf_counter()))

@@ -55,6 +55,7 @@ def refresh_features(
     image: Any = None,
     scores: Mapping[int, Mapping[str, float]] | None = None,
     method: str | None = None,
+    channels: Any = None,
 ) -> Any:
     """Measure every object of ``labels`` (a napari Labels layer) and set its ``features``.
 
@@ -68,6 +69,9 @@ def refresh_features(
         SAM's scores of the objects just made.
     method : str, optional
         How the objects in ``scores`` were made ("interactive", "one-click", ...).
+    channels : ChannelLayers, optional
+        The channel layers SAM saw: one mean intensity column per channel, named after
+        its layer (in-memory layers only).
 
     Returns
     -------
@@ -78,6 +82,10 @@ def refresh_features(
     if data.ndim not in (2, 3, 4):
         return None
     intensity, names = _intensity(image, data.shape)
+    if channels is not None and channels.layers:
+        arrays, layer_names = channels.intensity()
+        if all(isinstance(a, np.ndarray) and a.shape == data.shape for a in arrays):
+            intensity, names = arrays, layer_names
     scores = dict(scores or {})
     table = object_table(
         data,

@@ -103,12 +103,16 @@ def update(c: Any) -> None:
         else:
             c.set_status("The model could not be loaded; press “Load model” to retry.")
         return
-    key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.model_id)
+    channels = c.channels.active_for(c.image)
+    if channels:  # 1-3 channel layers, each with its contrast limits, as SAM's RGB
+        key, plane = c.channels.key_and_plane(k, model.model_id)
+    else:
+        key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.model_id)
     embedding, notices = c.embeddings.find(key)
     for notice in notices:
         c.notify(notice)
     if embedding is None:
-        _start_encode(c, model, key, plane)
+        _start_encode(c, model, key, plane, channels)
         return
     if c.predictor is None or c.predictor.model is not model.sam:
         c.predictor = logic.make_predictor(model.sam)  # SAM 1 or SAM 2.1
@@ -156,13 +160,17 @@ def _click_objects(c: Any, prompts: SlicePrompts, k: PlaneKey) -> tuple[list, st
     return grouped.objects, ignored
 
 
-def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:
-    """Encode the plane in a job; predict again when it is done (not after a failure)."""
+def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any,
+                  channels: bool = False) -> None:
+    """Encode the plane in a job; predict again when it is done (not after a failure).
+
+    With ``channels``, ``plane`` is already SAM's RGB input (channel layers)."""
     if c.runner.running("encode"):
         return  # when it finishes, the preview is updated and asks again
-    warning = c.embeddings.uniform_warning(key, plane, c.layout, c.image.name)
-    if warning is not None:
-        c.notify(warning)
+    if not channels:
+        warning = c.embeddings.uniform_warning(key, plane, c.layout, c.image.name)
+        if warning is not None:
+            c.notify(warning)
     outcome = {"ok": False}
 
     def done(result: tuple) -> None:
@@ -186,5 +194,6 @@ def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:
     text = f"Encoding {where(key.slice)} with {model.name}…"
     c.set_status(text)
     c.runner.start(c.embeddings.encode_job(
-        model.sam, key, plane, c.layout.rgb, text, done, failed, finished
+        model.sam, key, plane, c.layout.rgb or channels, text, done, failed, finished,
+        contrast=(0.0, 255.0) if channels else None,
     ))

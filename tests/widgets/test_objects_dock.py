@@ -123,3 +123,32 @@ def test_tzyx_at_a_nonzero_t_and_channel_layers_by_the_dock_button(make_napari_v
     widget.prompt_controls.image_only_button.click()
     assert not c.channels.active_for(c.image)
     widget.close()
+
+
+def test_a_large_plane_is_tiled_a_canvas_click_near_a_tile_border_is_one_object(
+    make_napari_viewer, qtbot, fast_model
+):
+    rng = np.random.default_rng(3)
+    plane = rng.integers(100, 300, (3000, 2500)).astype(np.uint16)
+    rr, cc = np.ogrid[:3000, :2500]
+    plane[(rr - 1000) ** 2 + (cc - 780) ** 2 <= 60**2] = 3000  # across the border x = 768
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(plane, name="scan", contrast_limits=(0, 3500))
+    widget = open_dock(viewer, "interactive", fast_model)
+    c = widget.controller
+    points = c.prompts.points.current
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     canvas_point(viewer, canvas, 1000.0, 790.0))
+    qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
+    wait_idle(qtbot, widget)
+    assert "Tiled plane: 16 tiles" in widget.status_label.text()
+    assert c.tiles._tiled.encoded < 16  # only what the click needs
+    preview = widget.preview_layer.data.copy()  # the commit clears the preview
+    assert set(np.unique(preview)) == {0, 1}
+    QTest.keyClick(canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    labels = widget.labels_layer
+    assert labels.data.shape == plane.shape and labels.data.max() == 1
+    np.testing.assert_array_equal(labels.data == 1, preview == 1)
+    widget.close()

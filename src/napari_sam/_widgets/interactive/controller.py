@@ -26,6 +26,7 @@ from napari_sam._widgets.interactive.preview import Preview
 from napari_sam._widgets.interactive.prompt_layers import PromptLayers
 from napari_sam._widgets.interactive.session import ImageSession
 from napari_sam._widgets.interactive.stack import StackController
+from napari_sam._widgets.interactive.tiles import DockTiling
 from napari_sam._widgets.jobs import JobRunner
 from napari_sam._widgets.model_session import ModelSession, session_for
 from napari_sam._widgets.notices import notice_for
@@ -66,6 +67,7 @@ class InteractiveController(ControllerBase):
                                     self.schedule)
         self.embeddings = Embeddings(store)
         self.channels = ChannelLayers()  # 1-3 channel layers as SAM's RGB (empty: the image)
+        self.tiles = DockTiling()  # large planes: tiled embeddings, prompts routed to tiles
         self.stack = StackController(self)
         self.multimask = True
         self.overwrite = False

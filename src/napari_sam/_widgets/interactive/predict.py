@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from napari_sam._widgets.interactive.planes_layout import (
     PlaneKey,
     is_planes,
@@ -27,6 +29,7 @@ from napari_sam.workflows import interactive as logic
 from napari_sam.workflows.click_preview import anchors_of
 from napari_sam.workflows.embeddings import EmbeddingKey
 from napari_sam.workflows.prompts import SlicePrompts, group_objects, slice_prompts_from_layers
+from napari_sam.workflows.tiled_prompts import compose_tiled_preview
 
 __all__ = ["update"]
 
@@ -104,6 +107,11 @@ def update(c: Any) -> None:
             c.set_status("The model could not be loaded; press “Load model” to retry.")
         return
     channels = c.channels.active_for(c.image)
+    tiled = None if channels else c.tiles.embeddings_for(c.image, layout,  model,
+                                                         c.embeddings.store)
+    if tiled is not None:  # a large plane: tiles encoded on demand, prompts routed to tiles
+        _update_tiled(c, tiled, k, objects, ignored)
+        return
     if channels:  # 1-3 channel layers, each with its contrast limits, as SAM's RGB
         key, plane = c.channels.key_and_plane(k, model.model_id)
     else:
@@ -133,6 +141,46 @@ def update(c: Any) -> None:
     c.preview.show(c.image, layout, k, results, anchors_of(objects) if c.one_click else None)
     c.changed("layers")
     c.set_status(describe_preview(k, results, COMMIT_KEY) + ignored)
+
+
+def _update_tiled(c: Any, tiled: Any, k: PlaneKey, objects: list, ignored: str) -> None:
+    """Predict on a tiled plane: encode the tiles the prompts need (a job), then decode and
+    paste the masks at full resolution."""
+    predictor = c.tiles.predictor(tiled)
+    missing = predictor.windows_to_encode(k, objects)
+    if missing:
+        if c.runner.running("encode"):
+            return  # when it finishes, the preview is updated and asks again
+        outcome = {"ok": True}
+
+        def failed(exc: BaseException) -> Notice | None:
+            outcome["ok"] = False
+            c.set_status(str(exc))
+            return None
+
+        def finished() -> None:
+            c.changed("busy")
+            if outcome["ok"] and not c.closed:
+                c.update_preview()
+
+        n = len(missing)
+        text = f"Encoding {n} tile{'s' if n > 1 else ''} of {where(k)} with {c.model.name}…"
+        c.set_status(text)
+        c.runner.start(c.tiles.encode_job(tiled, k, missing, text, failed, finished))
+        return
+    try:
+        with relay_fallbacks(c.on_fallback):
+            results = predictor.predict(k, objects, c.multimask, c.candidate)
+    except NapariSamError as exc:
+        c.notify(notice_for(exc))
+        c.set_status(str(exc))
+        return
+    layout = c.layout
+    plane = compose_tiled_preview(results, layout.plane_shape,
+                                  np.uint8 if len(results) < 256 else np.uint16)
+    c.preview.show(c.image, layout, k, results, plane=plane)
+    c.changed("layers")
+    c.set_status(f"{describe_preview(k, results, COMMIT_KEY)} {c.tiles.describe(tiled)}{ignored}")
 
 
 def _committed_plane(c: Any, k: PlaneKey) -> Any:

@@ -93,20 +93,23 @@ class Preview:
         self.slice = None
 
     def show(self, image: Any, layout: ImageLayout, k: PlaneKey,
-             results: list[ObjectMask], anchors_rc: np.ndarray | None = None) -> None:
+             results: list[Any], anchors_rc: np.ndarray | None = None,
+             plane: np.ndarray | None = None) -> None:
         """Paint the masks of slice ``k`` (None: a 2D image), clearing the slice shown before.
 
         Where masks overlap, the earlier object keeps the pixel; with ``anchors_rc``
         (one-click mode: each object's click, ``(N, 2)`` row, col) the nearest click does
-        (:func:`~napari_sam.workflows.click_preview.compose_click_preview`).
+        (:func:`~napari_sam.workflows.click_preview.compose_click_preview`). A ``plane``
+        already composed (a tiled plane's masks, pasted from their windows) is shown as is;
+        ``results`` then only give the objects' scores.
         """
         layer = self.ensure(image, layout)
-        masks = [r.mask for r in results]
         dtype = np.uint8 if len(results) < 256 else np.uint16
-        if anchors_rc is not None:
-            plane = compose_click_preview(masks, anchors_rc, layout.plane_shape, dtype)
-        else:
-            plane = compose_preview(masks, layout.plane_shape, dtype)
+        if plane is None and anchors_rc is not None:
+            plane = compose_click_preview([r.mask for r in results], anchors_rc,
+                                          layout.plane_shape, dtype)
+        elif plane is None:
+            plane = compose_preview([r.mask for r in results], layout.plane_shape, dtype)
         if plane.dtype != layer.data.dtype:
             layer.data = layer.data.astype(plane.dtype)
         data = layer.data

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["InteractiveSegmentationWidget", "keys_html"]
 
+#: The widest the help text gets (pixels): QLabel's word-wrap size hint grows with the text.
+HELP_WIDTH = 340
+
 
 def keys_html() -> str:
     """The dock's help line: how to prompt, and every key."""
@@ -82,7 +85,9 @@ class InteractiveSegmentationWidget(DockFrame):
         self.add(section("Output", self.output_controls))
         self.stack_section = section("3D stack", self.stack_controls)
         self.add(self.stack_section)
-        self.add(section("Help and keys", wrapped_label(keys_html(), rich=True), expanded=False))
+        help_label = wrapped_label(keys_html(), rich=True)
+        help_label.setMaximumWidth(HELP_WIDTH)  # a long help text must not widen the dock
+        self.add(section("Help and keys", help_label, expanded=False))
         self.finish()
         self.status_label = wrapped_label()
         self.footer_layout.addWidget(self.output_controls.actions)

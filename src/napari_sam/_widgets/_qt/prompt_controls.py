@@ -42,7 +42,7 @@ class PromptControls(QWidget):
         self.boxes_picker = LayerPicker(
             "Boxes", c.prompts.boxes, Shapes, lambda lyr: c.set_prompt_layer("boxes", lyr),
             "Rectangles: one object per box.")
-        self.channels_button = QPushButton("Selected layers as channels")
+        self.channels_button = QPushButton("Selected as channels")
         self.channels_button.setToolTip(
             "Select 1-3 channel layers in the layer list (napari makes one per channel with "
             "channel_axis), then press this: SAM sees them as red, green and blue, each with "

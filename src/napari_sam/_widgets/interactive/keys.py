@@ -27,7 +27,7 @@ KEYS = {
     "Shift+X": "clear the prompts and preview of this slice",
     "Shift+M": "show the next of SAM's three candidate masks",
     "Shift+F": "follow the preview (or this slice's objects) through the stack",
-    "Shift+O": "switch one click = one cell on or off",
+    "Shift+O": "one click = one cell, on or off",
 }
 #: Undo, on the plugin's prompt and preview layers.
 UNDO_KEY = "Ctrl+Z"

@@ -11,8 +11,8 @@ its window is predicted again in a window centred on it, and the masks are
 pasted back at full resolution
 (:class:`~napari_sam.workflows.tiled_prompts.TiledPromptPredictor`), so a click
 near a tile border gives one whole object. Tile embeddings share the dock's
-embedding store. Channel layers (:mod:`.channel_layers`) are not tiled: such
-a plane is shown to SAM whole.
+embedding store. Channel layers (:mod:`.channel_layers`) are not tiled, nor
+are planes segmented with a SAM 2.1 model: such a plane is shown to SAM whole.
 
 A window grown around an object larger than its tile is encoded while the
 prediction runs, on the main thread: that is the one encoding the dock does
@@ -27,7 +27,7 @@ from typing import Any
 from napari_sam._widgets.jobs import Job
 from napari_sam._widgets.notices import Notice
 from napari_sam.runtime.progress import Progress
-from napari_sam.workflows.interactive import PredictionCache
+from napari_sam.workflows.interactive import PredictionCache, is_sam2_model
 from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
 from napari_sam.workflows.tiled_prompts import TiledPromptPredictor
 from napari_sam.workflows.tiling import Tiling, Window
@@ -56,8 +56,8 @@ class DockTiling:
         self, image: Any, layout: Any, model: Any, store: Any
     ) -> TiledEmbeddings | None:
         """The tiled embeddings of ``image`` for ``model`` (a LoadedModel), or None when its
-        planes are not tiled."""
-        if self.tiling.grid(layout.plane_shape) is None:
+        planes are not tiled (small planes; SAM 2.1 models, whose planes are shown whole)."""
+        if self.tiling.grid(layout.plane_shape) is None or is_sam2_model(model.sam):
             return None
         contrast = tuple(float(v) for v in image.contrast_limits)
         signature = (id(image), tuple(image.data.shape), bool(layout.rgb), model.model_id,

@@ -71,5 +71,14 @@ def test_a_click_near_a_tile_border_on_a_large_plane_is_one_object(fast_model):
     points.add([2500.0, 2000.0])
     settle(c)
     assert calls.planes - before >= 1 and c.preview.layer.data.max() == 1
+
+    # tiling switched off: the whole plane is encoded once, shrunk to SAM's input
+    c.clear()
+    c.set_tiling(False)
+    points.add([1000.0, 772.0])
+    settle(c)
+    assert "Tiled plane" not in c.status and c.preview.layer.data.any()
+    whole, _ = c.embeddings.key_and_plane(image, c.layout, None, c.model.model_id)
+    assert whole in c.embeddings.store  # the untiled embedding of the plane
     calls.remove()
     c.close()

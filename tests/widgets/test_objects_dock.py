@@ -151,4 +151,7 @@ def test_a_large_plane_is_tiled_a_canvas_click_near_a_tile_border_is_one_object(
     labels = widget.labels_layer
     assert labels.data.shape == plane.shape and labels.data.max() == 1
     np.testing.assert_array_equal(labels.data == 1, preview == 1)
+    assert widget.prompt_controls.tiling_check.isChecked()
+    widget.prompt_controls.tiling_check.click()  # off: planes are shown to SAM whole
+    assert not c.tiles.automatic
     widget.close()

@@ -74,6 +74,12 @@ class PromptControls(QWidget):
             "negative point refines the nearest one. Commit writes them all in one step.")
         self.one_click_check.setChecked(c.one_click)
         self.one_click_check.toggled.connect(c.set_one_click)
+        self.tiling_check = QCheckBox("Tile planes over 2048 px")
+        self.tiling_check.setToolTip(
+            "Large planes are cut into overlapping tiles, each seen by SAM at full resolution "
+            "and encoded when a click needs it; untick to show SAM the whole plane, shrunk.")
+        self.tiling_check.setChecked(c.tiles.automatic)
+        self.tiling_check.toggled.connect(c.set_tiling)
         self.multimask_check = QCheckBox("Multimask")
         self.multimask_check.setToolTip("SAM proposes three candidate masks per object.")
         self.multimask_check.setChecked(c.multimask)
@@ -90,6 +96,7 @@ class PromptControls(QWidget):
         layout.addWidget(row(self.points_tool, self.box_tool))
         layout.addWidget(self.negative_check)
         layout.addWidget(self.one_click_check)
+        layout.addWidget(self.tiling_check)
         layout.addWidget(row(self.multimask_check, self.next_button))
         self.sync()
 

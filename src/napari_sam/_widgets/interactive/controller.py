@@ -309,6 +309,13 @@ class InteractiveController(ControllerBase):
         """Switch one click = one cell on or off (key Shift+O)."""
         self.set_one_click(not self.one_click)
 
+    def set_tiling(self, on: bool) -> None:
+        """Tile planes whose longest side exceeds 2048 pixels (on, the default) or show SAM
+        every plane whole, shrunk to its 1024-pixel input (off)."""
+        self.tiles.set_automatic(on)
+        self.changed("tiling")
+        self.prompts_changed()
+
     def set_multimask(self, multimask: bool) -> None:
         self.multimask = bool(multimask)
         self.prompts_changed()

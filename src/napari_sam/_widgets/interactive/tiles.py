@@ -70,6 +70,14 @@ class DockTiling:
             self._signature = signature
         return self._tiled
 
+    @property
+    def automatic(self) -> bool:
+        """Large planes are tiled (``Tiling()``, not ``Tiling.off()``)."""
+        return self.tiling.mode != "off"
+
+    def set_automatic(self, on: bool) -> None:
+        self.tiling = Tiling() if on else Tiling.off()
+
     def predictor(self, tiled: TiledEmbeddings) -> TiledPromptPredictor:
         return TiledPromptPredictor(tiled.model, tiled, cache=self.cache)
 

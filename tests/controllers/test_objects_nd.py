@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from napari.components import ViewerModel
 
-from napari_helpers import Reference, collect, settle
+from napari_helpers import Reference, best_mask, collect, settle
 from napari_sam._widgets.interactive.controller import InteractiveController
 
 SCALE4 = (1.0, 2.0, 0.5, 0.7)
@@ -88,6 +88,27 @@ def test_tzyx_image_segments_the_shown_plane_and_commits_at_its_full_index(fast_
     settle(c)
     np.testing.assert_array_equal(c.preview.layer.data[2, 1] > 0, expected)
     assert len(c.embeddings.log) == 2  # the stored embedding is used again
+    c.close()
+
+
+def test_an_rgb_stack_segments_the_slice_shown(fast_model):
+    rng = np.random.default_rng(5)
+    zyxc = (rng.random((3, 48, 64, 3)) * 255).astype(np.uint8)
+    zyxc[1, 10:30, 20:45] = (250, 40, 40)
+    viewer = ViewerModel()
+    image = viewer.add_image(zyxc, name="rgb stack")
+    assert image.rgb
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    assert c.image is image and c.layout.kind == "nD" and c.layout.spatial_shape == (3, 48, 64)
+    viewer.dims.set_point(0, 1)
+    c.prompts.points.current.add([1, 20.0, 30.0])
+    settle(c)
+    expected = best_mask(fast_model, zyxc[1], image.contrast_limits, (30.0, 20.0), rgb=True)
+    np.testing.assert_array_equal(c.preview.layer.data[1] > 0, expected)
+    c.commit()
+    assert c.output.current.data.shape == (3, 48, 64)
+    np.testing.assert_array_equal(c.output.current.data[1] == 1, expected)
     c.close()
 
 

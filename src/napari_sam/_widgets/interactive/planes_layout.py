@@ -72,7 +72,8 @@ def dock_layout(image: Any) -> ImageLayout:
         return layer_layout(image, "interactive segmentation")
     except ImageFormatError:
         shape = tuple(image.data.shape)
-        if getattr(image, "multiscale", False) or len(shape) < (5 if image.rgb else 4):
+        n_axes = len(shape) - (1 if image.rgb else 0)  # the colour axis is not a layer axis
+        if getattr(image, "multiscale", False) or n_axes < (3 if image.rgb else 4):
             raise
     geometry = plane_geometry(shape, rgb=bool(image.rgb), dtype=image.data.dtype)
     return PlanesLayout(kind="nD", spatial_shape=geometry.shape, rgb=bool(image.rgb),

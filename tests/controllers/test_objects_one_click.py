@@ -155,3 +155,19 @@ def test_overlaps_go_to_the_nearest_click_and_ties_to_the_earlier_object():
     lone = compose_click_preview([b, a], np.array([[np.nan, np.nan], [2.0, 1.0]]), (6, 10))
     np.testing.assert_array_equal(lone[0], [2, 2, 2, 2, 2, 2, 2, 1, 1, 1])
     assert compose_click_preview([a] * 300, np.zeros((300, 2)), (6, 10)).dtype == np.uint16
+    # masks of windows (a tiled plane) placed by their offsets: the same as full masks
+    rng = np.random.default_rng(0)
+    full, parts, offsets = [], [], []
+    for _ in range(6):
+        y0, x0 = rng.integers(0, 30, 2)
+        part = rng.random((20, 25)) > 0.4
+        plane = np.zeros((50, 60), bool)
+        plane[y0 : y0 + 20, x0 : x0 + 25] = part
+        full.append(plane)
+        parts.append(part)
+        offsets.append((y0, x0))
+    anchors = rng.uniform(0, 50, (6, 2))
+    np.testing.assert_array_equal(
+        compose_click_preview(parts, anchors, (50, 60), offsets=offsets),
+        compose_click_preview(full, anchors, (50, 60)),
+    )

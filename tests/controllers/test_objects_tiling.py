@@ -16,6 +16,7 @@ from napari.components import ViewerModel
 
 from napari_helpers import settle
 from napari_sam._widgets.interactive.controller import InteractiveController
+from napari_sam.workflows.click_preview import compose_click_preview
 from napari_sam.workflows.prompts import ObjectPrompt
 from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
 from napari_sam.workflows.tiled_prompts import TiledPromptPredictor, compose_tiled_preview
@@ -81,4 +82,30 @@ def test_a_click_near_a_tile_border_on_a_large_plane_is_one_object(fast_model):
     whole, _ = c.embeddings.key_and_plane(image, c.layout, None, c.model.model_id)
     assert whole in c.embeddings.store  # the untiled embedding of the plane
     calls.remove()
+    c.close()
+
+
+def test_one_click_per_cell_on_a_tiled_plane(fast_model):
+    plane = big_plane()
+    viewer = ViewerModel()
+    image = viewer.add_image(plane, name="scan", contrast_limits=(0, 3500))
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    c.set_one_click(True)
+    points = c.prompts.points.current
+    clicks_rc = np.array([[1000.0, 772.0], [400.0, 300.0], [1010.0, 740.0]])
+    for rc in clicks_rc:
+        points.add(rc)
+    settle(c)
+    direct = TiledEmbeddings(fast_model, plane, model_id="direct", tiling=Tiling(),
+                             contrast=tuple(image.contrast_limits))
+    objects = [ObjectPrompt(point_coords=rc[None, ::-1].copy(), point_labels=np.array([1]))
+               for rc in clicks_rc]
+    masks = TiledPromptPredictor(fast_model, direct).predict(None, objects)
+    expected = compose_click_preview([m.mask for m in masks], clicks_rc, plane.shape,
+                                     offsets=[(m.window.y0, m.window.x0) for m in masks])
+    np.testing.assert_array_equal(c.preview.layer.data, expected)
+    assert "Preview on image: 3 objects" in c.status and "Tiled plane" in c.status
+    c.commit()
+    assert c.output.current.data.max() == len(np.unique(expected)) - 1
     c.close()

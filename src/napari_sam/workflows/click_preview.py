@@ -53,6 +53,7 @@ def compose_click_preview(
     anchors_rc: np.ndarray,
     plane_shape: Sequence[int],
     dtype: object = np.uint8,
+    offsets: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Label plane with object ``i + 1`` on ``masks[i]``; overlaps go to the nearest anchor.
 
@@ -65,6 +66,9 @@ def compose_click_preview(
     plane_shape : (H, W)
     dtype : dtype-like
         Widened when it cannot hold ``len(masks)`` ids.
+    offsets : sequence of (row, col), optional
+        Where each mask's top-left pixel lies in the plane, for masks smaller than the
+        plane (a tiled plane's window masks); default every mask covers the whole plane.
 
     Returns
     -------
@@ -82,6 +86,10 @@ def compose_click_preview(
             continue
         cols = np.flatnonzero(mask.any(axis=0))
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        local = mask[r0:r1, c0:c1]
+        if offsets is not None:
+            oy, ox = (int(v) for v in offsets[i])
+            r0, r1, c0, c1 = r0 + oy, r1 + oy, c0 + ox, c1 + ox
         ar, ac = anchors[i]
         if np.isfinite(ar) and np.isfinite(ac):
             rr = (np.arange(r0, r1, dtype=np.float32) - np.float32(ar))[:, None]
@@ -91,7 +99,7 @@ def compose_click_preview(
             dist = np.full((r1 - r0, c1 - c0), np.finfo(np.float32).max, np.float32)
         window = (slice(r0, r1), slice(c0, c1))
         win_best, win_out = best[window], out[window]
-        take = mask[window] & (dist < win_best)
+        take = local & (dist < win_best)
         win_best[take] = dist[take]
         win_out[take] = i + 1
     return out

@@ -26,7 +26,7 @@ from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
 from napari_sam.runtime.fallbacks import relay_fallbacks
 from napari_sam.workflows import interactive as logic
-from napari_sam.workflows.click_preview import anchors_of
+from napari_sam.workflows.click_preview import anchors_of, compose_click_preview
 from napari_sam.workflows.embeddings import EmbeddingKey
 from napari_sam.workflows.prompts import SlicePrompts, group_objects, slice_prompts_from_layers
 from napari_sam.workflows.tiled_prompts import compose_tiled_preview
@@ -176,8 +176,14 @@ def _update_tiled(c: Any, tiled: Any, k: PlaneKey, objects: list, ignored: str) 
         c.set_status(str(exc))
         return
     layout = c.layout
-    plane = compose_tiled_preview(results, layout.plane_shape,
-                                  np.uint8 if len(results) < 256 else np.uint16)
+    dtype = np.uint8 if len(results) < 256 else np.uint16
+    if c.one_click:  # overlaps go to the nearest click, as on untiled planes
+        plane = compose_click_preview(
+            [r.mask for r in results], anchors_of(objects), layout.plane_shape, dtype,
+            offsets=[(r.window.y0, r.window.x0) for r in results],
+        )
+    else:
+        plane = compose_tiled_preview(results, layout.plane_shape, dtype)
     c.preview.show(c.image, layout, k, results, plane=plane)
     c.changed("layers")
     c.set_status(f"{describe_preview(k, results, COMMIT_KEY)} {c.tiles.describe(tiled)}{ignored}")

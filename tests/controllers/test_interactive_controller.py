@@ -265,11 +265,12 @@ def test_encode_errors_are_reported_once_and_a_full_store_still_works(
 
 def test_prompts_outside_and_unsupported_images(fast_model):
     viewer = ViewerModel()
-    viewer.add_image(np.zeros((2, 3, 16, 16), np.uint8), name="4D")
+    viewer.add_image(np.zeros((2, 3, 16, 16, 2), np.uint8), name="5D")  # no obvious plane
     c = InteractiveController(viewer)
     notes = collect(c)
     c.set_model(fast_model, "fast")
-    assert c.image is None and "4 axes" in c.status and c.prompts.points.current is None
+    assert c.image is None and "no obvious plane" in c.status
+    assert c.prompts.points.current is None
 
     rgb = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     viewer.add_image(rgb, name="rgb", scale=(0.5, 0.5))
@@ -311,11 +312,13 @@ def test_keys_work_on_every_plugin_layer_and_closing_gives_them_back(fast_model,
     real = dict(c.keys.actions)
     for key in KEYS:
         c.keys.actions[key] = lambda key=key: pressed.append(key)
-    for layer in (*plugin_layers, c.image):
+    mine_labels = viewer.add_labels(np.zeros(stack.shape, np.uint8), name="mine")
+    for layer in (*plugin_layers, c.image, mine_labels):
         viewer.layers.selection.active = layer
         for key in KEYS:
             press(viewer, key)
-    assert pressed == list(KEYS) * 4
+    assert pressed == list(KEYS) * 5
+    viewer.layers.remove(mine_labels)
     c.keys.actions.update(real)
 
     # N switches new points between positive and negative; Shift+C commits
@@ -340,7 +343,7 @@ def test_keys_work_on_every_plugin_layer_and_closing_gives_them_back(fast_model,
     # the user's own binding is back; the plugin's other keys and its Ctrl+Z are gone
     bindings = {str(k): f for k, f in viewer.keymap.items()}
     assert bindings["Shift+C"] is mine
-    assert not {"N", "Shift+X", "Shift+M", "Shift+F"} & set(bindings)
+    assert not {"N", "Shift+X", "Shift+M", "Shift+F", "Shift+O"} & set(bindings)
     for layer in plugin_layers:
         assert UNDO_KEY not in {str(k) for k in layer.keymap}
 
@@ -350,11 +353,11 @@ def test_controller_follows_the_image_layers():
     c = InteractiveController(viewer)
     notes = collect(c)
     assert c.image is None and "Open or choose an image" in c.status
-    viewer.add_image(np.zeros((2, 3, 8, 8)), name="4D")
+    viewer.add_image(np.zeros((2, 3, 16, 16, 2)), name="5D")  # no obvious plane
     assert c.image is None and len(notes["warning"]) == 1
-    viewer.add_points(ndim=2, name="unrelated")  # no repeated warning for the 4D image
+    viewer.add_points(ndim=2, name="unrelated")  # no repeated warning for the 5D image
     assert len(notes["warning"]) == 1
-    viewer.layers.remove("4D")
+    viewer.layers.remove("5D")
     image = viewer.add_image(np.zeros((4, 32, 48), np.uint16), name="later")
     assert c.image is image
     assert c.prompts.points.current.name == "SAM points"

@@ -51,12 +51,13 @@ def test_commands_without_a_usable_image_say_what_to_do(fast_model):
     for command in (c.commit, c.clear, c.stack.propagate, c.stack.precompute):
         command()
     assert notes["warning"] == ["Open an image, or choose one in the Image list, first."] * 4
-    viewer.add_image(np.zeros((2, 3, 16, 16), np.uint8), name="4D")  # rejected, with a reason
-    assert "4 axes" in notes["warning"][-1]
+    # no obvious plane (a last axis of 2 looks like channels): rejected, with a reason
+    viewer.add_image(np.zeros((2, 3, 16, 16, 2), np.uint8), name="5D")
+    assert "no obvious plane" in notes["warning"][-1]
     c.commit()
-    assert "“4D” cannot be segmented" in notes["warning"][-1]
+    assert "“5D” cannot be segmented" in notes["warning"][-1]
     auto.run()
-    assert "4 axes" in notes["error"][-1] and not auto.busy
+    assert "5 axes" in notes["error"][-1] and not auto.busy
     viewer.layers.clear()
     auto.run()
     assert notes["warning"][-1] == "Open or choose an image layer to segment."
@@ -75,8 +76,10 @@ def test_unusual_images_are_explained_or_segmented(fast_model):
     viewer.add_image(rng.integers(0, 900, (48, 64, 2), dtype=np.uint16), name="two channels")
     assert c.image is None
     assert "holds channels" in notes["warning"][-1] and "channel_axis" in notes["warning"][-1]
-    c.set_image(viewer.add_image(np.zeros((2, 2, 3, 16, 16), np.uint8), name="5D"))
-    assert "5 axes" in notes["warning"][-1] and c.image is None
+    # 5D whose last axis looks like channels: no obvious plane (a (T, Z, C, Y, X) with an
+    # obvious YX plane is segmented, see test_objects_nd.py)
+    c.set_image(viewer.add_image(np.zeros((2, 2, 16, 16, 2), np.uint8), name="5D"))
+    assert "no obvious plane" in notes["warning"][-1] and c.image is None
     n_warnings = len(notes["warning"])
     c.set_image(viewer.layers["two channels"])  # explained once; the status keeps it
     assert len(notes["warning"]) == n_warnings and "channels" in c.status

@@ -44,6 +44,7 @@ QT_KEYS = {"N": (Qt.Key.Key_N, Qt.KeyboardModifier.NoModifier),
            "Shift+X": (Qt.Key.Key_X, Qt.KeyboardModifier.ShiftModifier),
            "Shift+M": (Qt.Key.Key_M, Qt.KeyboardModifier.ShiftModifier),
            "Shift+F": (Qt.Key.Key_F, Qt.KeyboardModifier.ShiftModifier),
+           "Shift+O": (Qt.Key.Key_O, Qt.KeyboardModifier.ShiftModifier),
            UNDO_KEY: (Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)}
 
 
@@ -127,15 +128,18 @@ def test_every_key_works_with_every_plugin_layer_selected(make_napari_viewer, qt
     c.prompts.points.current.add([2, 40.0, 60.0])
     wait_idle(qtbot, widget)
     layers = [c.prompts.points.current, c.prompts.boxes.current, c.preview.layer]
+    user_labels = viewer.add_labels(np.zeros(c.image.data.shape, np.uint8), name="mine")
     pressed = []
     real = dict(c.keys.actions)
     for name in KEYS:
         c.keys.actions[name] = lambda name=name: pressed.append(name)
-    for layer in layers:
+    # no napari layer binds the plugin's keys: they arrive with any layer selected
+    for layer in (*layers, c.image, user_labels):
         viewer.layers.selection.active = layer
         for name in KEYS:
             key(viewer, name)
-    assert pressed == list(KEYS) * len(layers)
+    assert pressed == list(KEYS) * (len(layers) + 2)
+    viewer.layers.remove(user_labels)
     # napari's own tools are not shadowed: Shift+P is still the boxes' polygon lasso
     viewer.layers.selection.active = c.prompts.boxes.current
     QTest.keyClick(canvas_of(viewer), Qt.Key.Key_P, Qt.KeyboardModifier.ShiftModifier)

@@ -31,13 +31,17 @@ if TYPE_CHECKING:
 
 __all__ = ["InteractiveSegmentationWidget", "keys_html"]
 
+#: The widest the help text gets (pixels): QLabel's word-wrap size hint grows with the text.
+HELP_WIDTH = 340
+
 
 def keys_html() -> str:
     """The dock's help line: how to prompt, and every key."""
     keys = "<br>".join(f"<b>{k}</b>: {v}" for k, v in keys_help())
     return (
         "Click points in “SAM points” (positive/negative), or pick Box and drag rectangles "
-        "in “SAM boxes” (one object per box). Only prompts on the current slice count. "
+        "in “SAM boxes” (one object per box). With “One click = one cell” each positive "
+        "point is its own object. Only prompts on the current slice count. "
         "The keys work whichever napari-sam layer is selected:<br>" + keys
     )
 
@@ -81,7 +85,9 @@ class InteractiveSegmentationWidget(DockFrame):
         self.add(section("Output", self.output_controls))
         self.stack_section = section("3D stack", self.stack_controls)
         self.add(self.stack_section)
-        self.add(section("Help and keys", wrapped_label(keys_html(), rich=True), expanded=False))
+        help_label = wrapped_label(keys_html(), rich=True)
+        help_label.setMaximumWidth(HELP_WIDTH)  # a long help text must not widen the dock
+        self.add(section("Help and keys", help_label, expanded=False))
         self.finish()
         self.status_label = wrapped_label()
         self.footer_layout.addWidget(self.output_controls.actions)
@@ -95,7 +101,7 @@ class InteractiveSegmentationWidget(DockFrame):
         """Show what the controller changed."""
         if what == "model":
             self.model_controls.sync()
-        if what in ("layers", "image", "negative", "tool"):
+        if what in ("layers", "image", "negative", "tool", "one_click", "channels"):
             self.prompt_controls.sync()
         if what in ("layers", "image", "output"):
             self.output_controls.sync()

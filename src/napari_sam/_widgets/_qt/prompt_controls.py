@@ -16,6 +16,8 @@ from napari.layers import Image, Labels, Points, Shapes
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
+    QFileDialog,
+    QLabel,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -40,6 +42,17 @@ class PromptControls(QWidget):
         self.boxes_picker = LayerPicker(
             "Boxes", c.prompts.boxes, Shapes, lambda lyr: c.set_prompt_layer("boxes", lyr),
             "Rectangles: one object per box.")
+        self.channels_button = QPushButton("Selected as channels")
+        self.channels_button.setToolTip(
+            "Select 1-3 channel layers in the layer list (napari makes one per channel with "
+            "channel_axis), then press this: SAM sees them as red, green and blue, each with "
+            "its own contrast limits.")
+        self.channels_button.clicked.connect(self.use_selected_channels)
+        self.image_only_button = QPushButton("Image only")
+        self.image_only_button.setToolTip("SAM sees the chosen image alone again.")
+        self.image_only_button.clicked.connect(lambda: c.set_channels(None))
+        self.channels_label = QLabel()
+        self.channels_label.setWordWrap(True)
         self.points_tool = QPushButton("Points")
         self.box_tool = QPushButton("Box")
         self.tools = QButtonGroup(self)
@@ -55,6 +68,18 @@ class PromptControls(QWidget):
         self.negative_check = QCheckBox("Negative points (background)  [N]")
         self.negative_check.setToolTip("New points mark background, not the object.")
         self.negative_check.toggled.connect(c.set_negative)
+        self.one_click_check = QCheckBox("One click = one cell  [Shift+O]")
+        self.one_click_check.setToolTip(
+            "Each positive point outside a box is its own object, all predicted at once; a "
+            "negative point refines the nearest one. Commit writes them all in one step.")
+        self.one_click_check.setChecked(c.one_click)
+        self.one_click_check.toggled.connect(c.set_one_click)
+        self.tiling_check = QCheckBox("Tile planes over 2048 px")
+        self.tiling_check.setToolTip(
+            "Large planes are cut into overlapping tiles, each seen by SAM at full resolution "
+            "and encoded when a click needs it; untick to show SAM the whole plane, shrunk.")
+        self.tiling_check.setChecked(c.tiles.automatic)
+        self.tiling_check.toggled.connect(c.set_tiling)
         self.multimask_check = QCheckBox("Multimask")
         self.multimask_check.setToolTip("SAM proposes three candidate masks per object.")
         self.multimask_check.setChecked(c.multimask)
@@ -66,20 +91,37 @@ class PromptControls(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         for picker in (self.image_picker, self.points_picker, self.boxes_picker):
             layout.addWidget(labelled(picker))
+        layout.addWidget(row(self.channels_button, self.image_only_button))
+        layout.addWidget(self.channels_label)
         layout.addWidget(row(self.points_tool, self.box_tool))
         layout.addWidget(self.negative_check)
+        layout.addWidget(self.one_click_check)
+        layout.addWidget(self.tiling_check)
         layout.addWidget(row(self.multimask_check, self.next_button))
         self.sync()
 
+    def use_selected_channels(self) -> None:
+        """The Image layers selected in the layer list, in the list's order, as channels."""
+        c = self.controller
+        chosen = [lyr for lyr in c.viewer.layers if lyr in c.viewer.layers.selection
+                  and isinstance(lyr, Image)]
+        c.set_channels(chosen)
+
     def sync(self, what: str = "") -> None:
         c = self.controller
+        active = c.channels.active_for(c.image)
+        self.channels_label.setText(c.channels.describe() + "." if active else "")
+        self.channels_label.setVisible(active)
+        self.image_only_button.setEnabled(active)
         for picker in (self.image_picker, self.points_picker, self.boxes_picker):
             picker.sync()
         (self.points_tool if c.prompts.tool == "points" else self.box_tool).setChecked(True)
-        if self.negative_check.isChecked() != c.prompts.negative:
-            self.negative_check.blockSignals(True)
-            self.negative_check.setChecked(c.prompts.negative)
-            self.negative_check.blockSignals(False)
+        for check, value in ((self.negative_check, c.prompts.negative),
+                             (self.one_click_check, c.one_click)):
+            if check.isChecked() != value:
+                check.blockSignals(True)
+                check.setChecked(value)
+                check.blockSignals(False)
 
 
 class OutputControls(QWidget):
@@ -104,8 +146,23 @@ class OutputControls(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(labelled(self.labels_picker))
         layout.addWidget(self.overwrite_check)
+        self.save_table_button = QPushButton("Save table…")
+        self.save_table_button.setToolTip(
+            "Save the output labels' object table (one row per object: size, centre, mean "
+            "intensity, SAM's scores; napari shows it in Layers > Features table) as CSV.")
+        self.save_table_button.clicked.connect(self.save_table)
+        layout.addWidget(self.save_table_button)
         #: Commit, Clear, Undo: shown in the dock's footer, always in view.
         self.actions = row(self.commit_button, self.clear_button, self.undo_button)
+
+    def save_table(self) -> None:
+        """Ask where, then let the controller write the CSV."""
+        labels = self.controller.output.current
+        suggested = f"{labels.name}.csv" if labels is not None else "objects.csv"
+        path, _ = QFileDialog.getSaveFileName(self, "Save object table", suggested,
+                                              "CSV table (*.csv)")
+        if path:
+            self.controller.save_table(path)
 
     def sync(self, what: str = "") -> None:
         self.labels_picker.sync()

@@ -13,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._widgets.interactive.objects_table import refresh_features
+from napari_sam._widgets.interactive.planes_layout import PlaneKey, plane_write_index, where
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, write_objects
 from napari_sam._widgets.notices import Notice
+from napari_sam.errors import NapariSamError
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.interactive import plan_commit
 
@@ -59,12 +62,13 @@ class CommitResult:
     """What a commit did: the new ids (empty if nothing was written), notices and status."""
 
     ids: list[int] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)  # the preview id behind each new id
     notices: list[Notice] = field(default_factory=list)
     status: str | None = None
 
 
 def commit_preview(
-    labels: Any, preview_plane: np.ndarray, k: int | None, overwrite: bool
+    labels: Any, preview_plane: np.ndarray, k: PlaneKey, overwrite: bool
 ) -> CommitResult:
     """Write the preview's objects of slice ``k`` (None: a 2D image) as new ids."""
     result = CommitResult()
@@ -84,19 +88,15 @@ def commit_preview(
         ))
         return result
     note = write_objects(
-        labels,
-        [
-            (new_id, (np.full(rows.shape, k), rows, cols) if k is not None else (rows, cols))
-            for new_id, (rows, cols) in plan
-        ],
+        labels, [(new_id, plane_write_index(k, rows, cols)) for new_id, (rows, cols) in plan]
     )
     if note:
         result.notices.append(Notice.info(note))
     labels.selected_label = plan[-1][0] + 1
     result.ids = [int(p[0]) for p in plan]
-    where = f"slice {k}" if k is not None else "the image"
+    result.sources = [int(preview_plane[rows[0], cols[0]]) for _, (rows, cols) in plan]
     ids = ", ".join(map(str, result.ids))
-    result.status = f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where}."
+    result.status = f"Committed object{'s' if len(plan) > 1 else ''} {ids} on {where(k)}."
     return result
 
 
@@ -125,5 +125,22 @@ def commit_current(c: Any) -> None:
     for notice in result.notices:
         c.notify(notice)
     if result.ids:
+        _measure(c, labels, result)
         c.clear_slice()
         c.set_status(result.status)
+
+
+def _measure(c: Any, labels: Any, result: CommitResult) -> None:
+    """Refresh the output layer's object table with the new objects' scores and method."""
+    objects = c.preview.objects
+    scores = {}
+    for new_id, source in zip(result.ids, result.sources):
+        if 0 < source <= len(objects):
+            obj = objects[source - 1]
+            scores[new_id] = {"predicted_iou": obj.score, "stability_score": obj.stability}
+    method = "one-click" if getattr(c, "one_click", False) else "interactive"
+    try:
+        refresh_features(labels, c.image, scores, method,
+                         c.channels if c.channels.active_for(c.image) else None)
+    except NapariSamError as exc:  # the objects are written; only the table is missing
+        c.notify(Notice.warning(f"The object table could not be updated: {exc}"))

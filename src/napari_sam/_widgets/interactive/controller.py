@@ -17,18 +17,23 @@ from typing import Any
 
 from napari_sam._widgets.base import Connections, ControllerBase
 from napari_sam._widgets.interactive import predict
+from napari_sam._widgets.interactive.channel_layers import ChannelLayers
 from napari_sam._widgets.interactive.commit import commit_current
 from napari_sam._widgets.interactive.encoding import Embeddings
 from napari_sam._widgets.interactive.keys import KeyBindings
+from napari_sam._widgets.interactive.objects_table import save_table
 from napari_sam._widgets.interactive.preview import Preview
 from napari_sam._widgets.interactive.prompt_layers import PromptLayers
 from napari_sam._widgets.interactive.session import ImageSession
 from napari_sam._widgets.interactive.stack import StackController
+from napari_sam._widgets.interactive.tiles import DockTiling
 from napari_sam._widgets.jobs import JobRunner
 from napari_sam._widgets.model_session import ModelSession, session_for
 from napari_sam._widgets.notices import notice_for
+from napari_sam.errors import NapariSamError
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.workflows.embeddings import EmbeddingStore
+from napari_sam.workflows.interactive import PredictionCache
 from napari_sam.workflows.prompts import SlicePrompts, current_slice, layer_affine
 
 __all__ = ["NOT_LOADED", "InteractiveController"]
@@ -61,10 +66,14 @@ class InteractiveController(ControllerBase):
         self.prompts = PromptLayers(self.viewer, self.connections, self.prompts_changed,
                                     self.schedule)
         self.embeddings = Embeddings(store)
+        self.channels = ChannelLayers()  # 1-3 channel layers as SAM's RGB (empty: the image)
+        self.tiles = DockTiling()  # large planes: tiled embeddings, prompts routed to tiles
         self.stack = StackController(self)
         self.multimask = True
         self.overwrite = False
         self.candidate = 0
+        self.one_click = False  # each positive point outside boxes is its own object
+        self.click_cache = PredictionCache()  # one-click masks whose prompts did not change
         self.predictor: Any = None
         self.slice_prompts: SlicePrompts | None = None
         self.warned = {"outside": 0, "degenerate": 0}
@@ -77,6 +86,7 @@ class InteractiveController(ControllerBase):
         self.keys = KeyBindings(self.viewer, {
             "N": self.toggle_negative, "Shift+C": self.commit, "Shift+X": self.clear,
             "Shift+M": self.next_candidate, "Shift+F": self.stack.propagate,
+            "Shift+O": self.toggle_one_click,
         }, self.undo)
         layers = self.viewer.layers.events
         self.connections.connect(layers.inserted, self._on_inserted)
@@ -154,6 +164,9 @@ class InteractiveController(ControllerBase):
         self.connections.disconnect_source(layer)
         self._names.disconnect_source(layer)
         self.prompts.forget(layer)
+        if self.channels.forget(layer):
+            self.info(f"The channel layer “{layer.name}” was removed: SAM sees the image "
+                      "alone again; choose the channels again to use several.")
         self.keys.release_layer(layer)
         self.preview.forget(layer)
         self._follow_layers()
@@ -209,6 +222,32 @@ class InteractiveController(ControllerBase):
                 self.preview.reshape(self.layout)
         self.schedule()
 
+    def set_channels(self, layers: Any) -> None:
+        """Show SAM 1-3 channel layers (napari's ``channel_axis`` layers) as its red, green and
+        blue inputs, each with its own contrast limits; the first is the image segmented.
+        None or empty: the image alone again."""
+        layers = list(layers or [])
+        if not layers:
+            self.channels.layers = []
+            self.changed("channels")
+            self.schedule()
+            return
+        try:
+            layers = self.channels.check(layers)
+        except NapariSamError as exc:
+            self.notify(notice_for(exc))
+            return
+        self.channels.layers = layers
+        if self.image is not layers[0]:
+            self.set_image(layers[0])
+        for layer in layers[1:]:
+            self.connections.disconnect_source(layer)
+            for name in ("contrast_limits", "data"):
+                self.connections.connect(getattr(layer.events, name), self.schedule)
+        self.changed("channels")
+        self.info(self.channels.describe() + ".")
+        self.schedule()
+
     def set_prompt_layer(self, kind: str, layer: Any) -> None:
         """Use ``layer`` (None: a new one) as the "points" or "boxes" prompt layer."""
         (self.prompts.points if kind == "points" else self.prompts.boxes).select(layer)
@@ -255,6 +294,27 @@ class InteractiveController(ControllerBase):
     def toggle_negative(self) -> None:
         """Switch new points between positive and negative (key N)."""
         self.set_negative(not self.prompts.negative)
+
+    def set_one_click(self, on: bool) -> None:
+        """One click = one cell: each positive point outside any box is its own object
+        (negative points refine the nearest one); off: the free points form one object."""
+        self.one_click = bool(on)
+        self.changed("one_click")
+        self.set_status("One click = one cell: each positive point is its own object."
+                        if self.one_click else
+                        "One object per slice from its points (one click = one cell is off).")
+        self.prompts_changed()
+
+    def toggle_one_click(self) -> None:
+        """Switch one click = one cell on or off (key Shift+O)."""
+        self.set_one_click(not self.one_click)
+
+    def set_tiling(self, on: bool) -> None:
+        """Tile planes whose longest side exceeds 2048 pixels (on, the default) or show SAM
+        every plane whole, shrunk to its 1024-pixel input (off)."""
+        self.tiles.set_automatic(on)
+        self.changed("tiling")
+        self.prompts_changed()
 
     def set_multimask(self, multimask: bool) -> None:
         self.multimask = bool(multimask)
@@ -313,6 +373,23 @@ class InteractiveController(ControllerBase):
         labels = self.output.current
         if labels is not None:
             labels.undo()
+
+    def save_table(self, path: str) -> Any:
+        """Write the output labels' object table (one row per object) as CSV to ``path``;
+        the path written, or None (said in one sentence)."""
+        labels = self.output.current
+        if labels is None:
+            self.info("There is no object table yet: commit objects first.")
+            return None
+        try:
+            written = save_table(labels, path, self.image)
+        except NapariSamError as exc:
+            self.notify(notice_for(exc))
+            return None
+        n = len(labels.features)
+        self.set_status(f"Saved the table of {n} object{'s' if n != 1 else ''} of "
+                        f"“{labels.name}” to {written}.")
+        return written
 
     def set_output(self, layer: Any) -> None:
         """Write objects into ``layer`` (None: a new "<image> SAM labels")."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._widgets.interactive.planes_layout import PlaneKey
 from napari_sam._widgets.jobs import Job
 from napari_sam._widgets.notices import Notice
 from napari_sam.errors import EmbeddingCacheError
@@ -105,10 +106,13 @@ class Embeddings:
 
     # ------------------------------------------------------------------ lookup
     def key_and_plane(
-        self, image: Any, layout: ImageLayout, k: int | None, model_id: str
+        self, image: Any, layout: ImageLayout, k: PlaneKey, model_id: str
     ) -> tuple[EmbeddingKey, np.ndarray]:
         """The key of plane ``k`` (None: the 2D image) as the model sees it, and the plane."""
-        plane = get_plane(image.data, layout, k)
+        if isinstance(k, tuple):  # a full leading index (T, Z, ...): read that plane only
+            plane = np.asarray(image.data[k])
+        else:
+            plane = get_plane(image.data, layout, k)
         key = EmbeddingKey(
             data_hash=content_hash(plane),
             slice=k,
@@ -152,7 +156,11 @@ class Embeddings:
         if key in self._warned_uniform or not looks_uniform(plane, key.contrast, layout.rgb):
             return None
         self._warned_uniform.add(key)
-        where = f"Slice {key.slice} of “{name}”" if key.slice is not None else f"The image “{name}”"
+        if key.slice is None:
+            where = f"The image “{name}”"
+        else:
+            kind = "Plane" if isinstance(key.slice, tuple) else "Slice"
+            where = f"{kind} {key.slice} of “{name}”"
         return Notice.warning(
             f"{where} looks uniform to SAM at these contrast limits, so "
             "its masks will be meaningless; adjust the contrast limits or choose another slice."
@@ -169,11 +177,15 @@ class Embeddings:
         done: Callable[[Any], Any],
         failed: Callable[[BaseException], Notice | None],
         finished: Callable[[], Any],
+        contrast: tuple | None = None,
     ) -> Job:
         """The job that encodes ``plane`` (in a worker) and saves it on disk if asked.
 
-        ``done`` receives ``(key, embedding, disk notice or None)``.
+        ``done`` receives ``(key, embedding, disk notice or None)``. ``contrast``
+        (default ``key.contrast``) is what :func:`~napari_sam.workflows.interactive.encode_plane`
+        gets: ``(0, 255)`` for a plane already converted to SAM's RGB (channel layers).
         """
+        limits = key.contrast if contrast is None else contrast
         disk, _ = self.disk()
         log = self.log
 
@@ -181,7 +193,7 @@ class Embeddings:
             t0 = time.perf_counter()
             try:
                 embedding = logic.encode_plane(
-                    model, plane, key.contrast, rgb, should_cancel=should_cancel
+                    model, plane, limits, rgb, should_cancel=should_cancel
                 )
             finally:
                 log.append((threading.get_ident(), t0, time.perf_counter()))

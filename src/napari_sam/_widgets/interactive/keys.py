@@ -2,7 +2,9 @@
 
 The plugin's keys are bound on the viewer, and were chosen among keys that
 napari's own layers do not use (napari's Shapes layer starts its polygon
-lasso with Shift+P, its Labels layer swaps labels with X, ...), so they work
+lasso with Shift+P and its polyline with Shift+L, its Labels layer swaps
+labels with X, napari's viewer selects all points with Shift+A and hides the
+other layers with Shift+V, ...), so they work
 whichever layer is selected and never shadow one of napari's tools. Ctrl+Z
 is bound on the plugin's prompt and preview layers (where napari would undo
 the edit of that layer, or do nothing): there it undoes the last change of the
@@ -25,6 +27,7 @@ KEYS = {
     "Shift+X": "clear the prompts and preview of this slice",
     "Shift+M": "show the next of SAM's three candidate masks",
     "Shift+F": "follow the preview (or this slice's objects) through the stack",
+    "Shift+O": "one click = one cell, on or off",
 }
 #: Undo, on the plugin's prompt and preview layers.
 UNDO_KEY = "Ctrl+Z"

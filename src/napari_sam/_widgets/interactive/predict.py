@@ -12,13 +12,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from napari_sam._widgets.interactive.planes_layout import (
+    PlaneKey,
+    is_planes,
+    plane_index,
+    plane_prompts_from_layers,
+    where,
+)
 from napari_sam._widgets.interactive.preview import describe_preview
 from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
 from napari_sam.runtime.fallbacks import relay_fallbacks
 from napari_sam.workflows import interactive as logic
+from napari_sam.workflows.click_preview import anchors_of, compose_click_preview
 from napari_sam.workflows.embeddings import EmbeddingKey
-from napari_sam.workflows.prompts import group_objects, slice_prompts_from_layers
+from napari_sam.workflows.prompts import SlicePrompts, group_objects, slice_prompts_from_layers
+from napari_sam.workflows.tiled_prompts import compose_tiled_preview
 
 __all__ = ["update"]
 
@@ -55,25 +66,38 @@ def update(c: Any) -> None:
     """Predict the current slice of ``c``'s image from its prompts and show the preview."""
     problem = _view_problem(c)
     layout = c.layout
-    k = c.current_slice() if layout.is_stack else None
-    if problem is None and layout.is_stack and k is None:
-        problem = "The current position is outside the stack."
+    planes = is_planes(layout)
+    if planes:
+        k = plane_index(layout, c.image, c.viewer.dims.point)
+    else:
+        k = c.current_slice() if layout.is_stack else None
+    if problem is None and (layout.is_stack or planes) and k is None:
+        problem = f"The current position is outside the {'image' if planes else 'stack'}."
     if problem is not None:
         c.preview.clear(layout)
         c.set_status(problem)
         return
-    prompts = slice_prompts_from_layers(
-        layout.spatial_shape, c.image, k, c.viewer.dims.point,
-        c.prompts.points.current, c.prompts.boxes.current,
-    )
+    if planes:
+        prompts = plane_prompts_from_layers(
+            layout, c.image, k, c.viewer.dims.point,
+            c.prompts.points.current, c.prompts.boxes.current,
+        )
+    else:
+        prompts = slice_prompts_from_layers(
+            layout.spatial_shape, c.image, k, c.viewer.dims.point,
+            c.prompts.points.current, c.prompts.boxes.current,
+        )
     c.slice_prompts = prompts
     _warn_unusable(c, prompts.n_outside, prompts.n_degenerate)
-    objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
+    ignored = ""
+    if c.one_click:
+        objects, ignored = _click_objects(c, prompts, k)
+    else:
+        objects = group_objects(prompts.points_xy, prompts.point_labels, prompts.boxes)
     if not objects:
         c.preview.clear(layout)
-        where = f"slice {k}" if k is not None else "the image"
         hint = " (negative points alone describe no object)" if len(prompts.points_xy) else ""
-        c.set_status(f"No prompts on {where}{hint}.")
+        c.set_status(f"No prompts on {where(k)}{hint}.{ignored}")
         return
     model = c.session.ensure(c.runner, c._model_loaded)
     if model is None:
@@ -82,35 +106,125 @@ def update(c: Any) -> None:
         else:
             c.set_status("The model could not be loaded; press “Load model” to retry.")
         return
-    key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.model_id)
+    channels = c.channels.active_for(c.image)
+    tiled = None if channels else c.tiles.embeddings_for(c.image, layout,  model,
+                                                         c.embeddings.store)
+    if tiled is not None:  # a large plane: tiles encoded on demand, prompts routed to tiles
+        _update_tiled(c, tiled, k, objects, ignored)
+        return
+    if channels:  # 1-3 channel layers, each with its contrast limits, as SAM's RGB
+        key, plane = c.channels.key_and_plane(k, model.model_id)
+    else:
+        key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.model_id)
     embedding, notices = c.embeddings.find(key)
     for notice in notices:
         c.notify(notice)
     if embedding is None:
-        _start_encode(c, model, key, plane)
+        _start_encode(c, model, key, plane, channels)
         return
     if c.predictor is None or c.predictor.model is not model.sam:
         c.predictor = logic.make_predictor(model.sam)  # SAM 1 or SAM 2.1
     try:
         with relay_fallbacks(c.on_fallback):  # the decoder runs here, on the main thread
             c.predictor.set_embedding(embedding)
-            results = logic.predict_objects(c.predictor, objects, c.multimask, c.candidate)
+            if c.one_click:  # all single clicks in one batched decoder call; unchanged ones cached
+                results = logic.predict_objects_batched(
+                    c.predictor, objects, c.multimask, c.candidate,
+                    cache=c.click_cache, cache_key=key,
+                )
+            else:
+                results = logic.predict_objects(c.predictor, objects, c.multimask, c.candidate)
     except NapariSamError as exc:
         c.notify(notice_for(exc))
         c.set_status(str(exc))
         return
-    c.preview.show(c.image, layout, k, results)
+    c.preview.show(c.image, layout, k, results, anchors_of(objects) if c.one_click else None)
     c.changed("layers")
-    c.set_status(describe_preview(k, results, COMMIT_KEY))
+    c.set_status(describe_preview(k, results, COMMIT_KEY) + ignored)
 
 
-def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:
-    """Encode the plane in a job; predict again when it is done (not after a failure)."""
+def _update_tiled(c: Any, tiled: Any, k: PlaneKey, objects: list, ignored: str) -> None:
+    """Predict on a tiled plane: encode the tiles the prompts need (a job), then decode and
+    paste the masks at full resolution."""
+    predictor = c.tiles.predictor(tiled)
+    missing = predictor.windows_to_encode(k, objects)
+    if missing:
+        if c.runner.running("encode"):
+            return  # when it finishes, the preview is updated and asks again
+        outcome = {"ok": True}
+
+        def failed(exc: BaseException) -> Notice | None:
+            outcome["ok"] = False
+            c.set_status(str(exc))
+            return None
+
+        def finished() -> None:
+            c.changed("busy")
+            if outcome["ok"] and not c.closed:
+                c.update_preview()
+
+        n = len(missing)
+        text = f"Encoding {n} tile{'s' if n > 1 else ''} of {where(k)} with {c.model.name}…"
+        c.set_status(text)
+        c.runner.start(c.tiles.encode_job(tiled, k, missing, text, failed, finished))
+        return
+    try:
+        with relay_fallbacks(c.on_fallback):
+            results = predictor.predict(k, objects, c.multimask, c.candidate)
+    except NapariSamError as exc:
+        c.notify(notice_for(exc))
+        c.set_status(str(exc))
+        return
+    layout = c.layout
+    dtype = np.uint8 if len(results) < 256 else np.uint16
+    if c.one_click:  # overlaps go to the nearest click, as on untiled planes
+        plane = compose_click_preview(
+            [r.mask for r in results], anchors_of(objects), layout.plane_shape, dtype,
+            offsets=[(r.window.y0, r.window.x0) for r in results],
+        )
+    else:
+        plane = compose_tiled_preview(results, layout.plane_shape, dtype)
+    c.preview.show(c.image, layout, k, results, plane=plane)
+    c.changed("layers")
+    c.set_status(f"{describe_preview(k, results, COMMIT_KEY)} {c.tiles.describe(tiled)}{ignored}")
+
+
+def _committed_plane(c: Any, k: PlaneKey) -> Any:
+    """The output labels of slice ``k`` (None: no output yet, or one of another shape)."""
+    labels = c.output.current
+    if labels is None or labels.data.shape != c.layout.spatial_shape:
+        return None
+    return labels.data[k] if k is not None else labels.data
+
+
+def _click_objects(c: Any, prompts: SlicePrompts, k: PlaneKey) -> tuple[list, str]:
+    """One click = one cell: the objects of the slice (boxes first, then one per free positive
+    point; :func:`~napari_sam.workflows.interactive.group_clicks`) and a sentence about the
+    clicks ignored because they lie on committed objects ("" if none)."""
+    grouped = logic.group_clicks(
+        prompts.points_xy, prompts.point_labels, prompts.boxes, _committed_plane(c, k)
+    )
+    ignored = ""
+    n = len(grouped.ignored)
+    if n:
+        ids = ", ".join(str(int(i)) for i in dict.fromkeys(grouped.ignored_labels.tolist()))
+        ignored = (f" {n} click{'s' if n > 1 else ''} on already labelled object"
+                   f"{'s' if len(set(grouped.ignored_labels.tolist())) > 1 else ''} {ids} "
+                   f"{'were' if n > 1 else 'was'} ignored.")
+    return grouped.objects, ignored
+
+
+def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any,
+                  channels: bool = False) -> None:
+    """Encode the plane in a job; predict again when it is done (not after a failure).
+
+    With ``channels``, ``plane`` is already SAM's RGB input (channel layers)."""
     if c.runner.running("encode"):
         return  # when it finishes, the preview is updated and asks again
-    warning = c.embeddings.uniform_warning(key, plane, c.layout, c.image.name)
-    if warning is not None:
-        c.notify(warning)
+    if not channels:
+        warning = c.embeddings.uniform_warning(key, plane, c.layout, c.image.name)
+        if warning is not None:
+            c.notify(warning)
     outcome = {"ok": False}
 
     def done(result: tuple) -> None:
@@ -131,9 +245,9 @@ def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any) -> None:
         if outcome["ok"] and not c.closed:  # after a failure, the next change of prompts retries
             c.update_preview()
 
-    where = f"slice {key.slice}" if key.slice is not None else "the image"
-    text = f"Encoding {where} with {model.name}…"
+    text = f"Encoding {where(key.slice)} with {model.name}…"
     c.set_status(text)
     c.runner.start(c.embeddings.encode_job(
-        model.sam, key, plane, c.layout.rgb, text, done, failed, finished
+        model.sam, key, plane, c.layout.rgb or channels, text, done, failed, finished,
+        contrast=(0.0, 255.0) if channels else None,
     ))

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._widgets.interactive.planes_layout import PlaneKey, is_planes, where
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry
+from napari_sam.workflows.click_preview import compose_click_preview
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.interactive import ObjectMask, compose_preview
 
@@ -22,16 +24,21 @@ __all__ = ["PREVIEW_NAME", "Preview", "describe_preview"]
 PREVIEW_NAME = "SAM preview"
 
 
-def describe_preview(k: int | None, results: list[ObjectMask], commit_key: str) -> str:
-    """The status line after a prediction: objects, SAM's scores, the candidate shown."""
-    scores = ", ".join(f"{r.score:.2f}" for r in results)
-    where = f"slice {k}" if k is not None else "image"
+def describe_preview(k: PlaneKey, results: list[ObjectMask], commit_key: str) -> str:
+    """The status line after a prediction: objects, SAM's scores, the candidate shown
+    (beyond 5 objects, the lowest and highest score)."""
+    if len(results) > 5:
+        low, high = min(r.score for r in results), max(r.score for r in results)
+        scores = f"{low:.2f}–{high:.2f}"
+    else:
+        scores = ", ".join(f"{r.score:.2f}" for r in results)
+    place = where(k) if k is not None else "image"
     cand = ""
     if results and results[0].n_candidates > 1:
         cand = f"; candidate {results[0].candidate + 1}/{results[0].n_candidates}"
     n = len(results)
     return (
-        f"Preview on {where}: {n} object{'s' if n != 1 else ''} "
+        f"Preview on {place}: {n} object{'s' if n != 1 else ''} "
         f"(predicted IoU {scores}{cand}). Commit with {commit_key}."
     )
 
@@ -85,19 +92,28 @@ class Preview:
             self.layer.data = np.zeros(layout.spatial_shape, np.uint8)
         self.slice = None
 
-    def show(self, image: Any, layout: ImageLayout, k: int | None,
-             results: list[ObjectMask]) -> None:
-        """Paint the masks of slice ``k`` (None: a 2D image), clearing the slice shown before."""
+    def show(self, image: Any, layout: ImageLayout, k: PlaneKey,
+             results: list[Any], anchors_rc: np.ndarray | None = None,
+             plane: np.ndarray | None = None) -> None:
+        """Paint the masks of slice ``k`` (None: a 2D image), clearing the slice shown before.
+
+        Where masks overlap, the earlier object keeps the pixel; with ``anchors_rc``
+        (one-click mode: each object's click, ``(N, 2)`` row, col) the nearest click does
+        (:func:`~napari_sam.workflows.click_preview.compose_click_preview`). A ``plane``
+        already composed (a tiled plane's masks, pasted from their windows) is shown as is;
+        ``results`` then only give the objects' scores.
+        """
         layer = self.ensure(image, layout)
-        plane = compose_preview(
-            [r.mask for r in results],
-            layout.plane_shape,
-            np.uint8 if len(results) < 256 else np.uint16,
-        )
+        dtype = np.uint8 if len(results) < 256 else np.uint16
+        if plane is None and anchors_rc is not None:
+            plane = compose_click_preview([r.mask for r in results], anchors_rc,
+                                          layout.plane_shape, dtype)
+        elif plane is None:
+            plane = compose_preview([r.mask for r in results], layout.plane_shape, dtype)
         if plane.dtype != layer.data.dtype:
             layer.data = layer.data.astype(plane.dtype)
         data = layer.data
-        if layout.is_stack:
+        if k is not None:  # a stack slice, or a full leading index (T, Z, ...)
             if self.slice is not None and self.slice != k:
                 data[self.slice] = 0
             data[k] = plane
@@ -114,9 +130,10 @@ class Preview:
         if layer is None or layer not in self.viewer.layers:
             self.slice = None
             return
-        stack = layout is not None and layout.is_stack
+        stack = layout is not None and (layout.is_stack or is_planes(layout))
         if stack and self.slice is not None:
-            if self.slice < layer.data.shape[0]:
+            lead = self.slice if isinstance(self.slice, tuple) else (self.slice,)
+            if all(0 <= i < n for i, n in zip(lead, layer.data.shape)):
                 layer.data[self.slice] = 0
             layer.refresh()
         elif not stack:
@@ -124,7 +141,7 @@ class Preview:
             layer.refresh()
         self.slice = None
 
-    def plane(self, k: int | None) -> np.ndarray:
+    def plane(self, k: PlaneKey) -> np.ndarray:
         """The preview's label plane of slice ``k`` (the whole layer for a 2D image)."""
         return np.asarray(self.layer.data[k] if k is not None else self.layer.data)
 

@@ -13,10 +13,11 @@ from typing import Any
 from napari.layers import Image, Labels
 
 from napari_sam._widgets.interactive.commit import LABELS_SUFFIX
-from napari_sam._widgets.layers import LayerChoice, layer_layout
+from napari_sam._widgets.interactive.planes_layout import dock_layout
+from napari_sam._widgets.layers import LayerChoice
 from napari_sam._widgets.notices import Notice
 from napari_sam.errors import ImageFormatError
-from napari_sam.workflows.image import ImageLayout, image_layout
+from napari_sam.workflows.image import ImageLayout
 
 __all__ = ["ImageSession"]
 
@@ -59,7 +60,7 @@ class ImageSession:
             self.rejected = None
             return None, "Open or choose an image layer."
         try:
-            layout = layer_layout(image, "interactive segmentation")
+            layout = dock_layout(image)  # 2D, RGB, a stack, or more leading axes (T, Z, ...)
         except ImageFormatError as exc:
             self.rejected = image
             explained = (id(image), tuple(image.data.shape), image.rgb)
@@ -78,9 +79,7 @@ class ImageSession:
     def relayout(self) -> tuple[bool, ImageFormatError | None]:
         """The image's data changed: (whether its layout changed, or the error if unusable)."""
         try:
-            layout = image_layout(
-                self.image.data.shape, rgb=self.image.rgb, dtype=self.image.data.dtype
-            )
+            layout = dock_layout(self.image)
         except ImageFormatError as exc:
             self.layout = None
             return True, exc

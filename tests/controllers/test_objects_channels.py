@@ -1,0 +1,111 @@
+"""Channel layers as SAM's RGB in the interactive controller (no display).
+
+napari splits a (C, Y, X) or (C, Z, Y, X) array into one Image layer per
+channel (``channel_axis=0``), each with its own contrast limits. The dock takes
+1-3 of them as SAM's red, green and blue inputs: the expected mask is
+SamPredictor called directly on ``channels_to_rgb`` of the chosen channels'
+planes with each layer's contrast limits (what the user sees is what SAM sees).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+
+from napari_helpers import collect, settle
+from napari_sam._widgets.interactive.controller import InteractiveController
+from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.workflows.channels import channels_to_rgb
+
+
+def best(model, rgb, xy):
+    predictor = SamPredictor(model)
+    predictor.set_image(rgb)
+    masks, scores, _ = predictor.predict(point_coords=np.array([xy], float),
+                                         point_labels=np.array([1]))
+    return masks[int(np.argmax(scores))]
+
+
+@pytest.fixture(scope="module")
+def czyx(nuclei):
+    """(3, 4, 96, 160) uint16: three different "channels" of the synthetic nuclei."""
+    parts = [nuclei[z : z + 4, 40:136, 16:176] for z in (4, 12, 20)]
+    data = np.stack(parts).astype(np.uint16)
+    data[1] = data[1] // 3 + 50  # another range: its own contrast limits matter
+    return data
+
+
+def test_two_channel_layers_of_a_cyx_image_are_what_sam_sees(fast_model, czyx):
+    cyx = np.ascontiguousarray(czyx[:, 2])
+    viewer = ViewerModel()
+    layers = viewer.add_image(cyx, channel_axis=0, name=["dapi", "gfp", "rfp"])
+    layers[1].contrast_limits = (60.0, 900.0)
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    notes = collect(c)
+    c.set_channels([layers[1], layers[2]])
+    assert c.image is layers[1] and notes["info"][-1] == "SAM sees “gfp” as red, “rfp” as green."
+    points = c.prompts.points.current
+    points.add([40.3, 71.6])
+    settle(c)
+    limits = [tuple(layers[1].contrast_limits), tuple(layers[2].contrast_limits)]
+    expected = best(fast_model, channels_to_rgb([cyx[1], cyx[2]], limits), (71.6, 40.3))
+    assert expected.any()
+    np.testing.assert_array_equal(c.preview.layer.data > 0, expected)
+    (key,) = c.embeddings.store.keys()
+    assert key.channels == (0, 1) and key.contrast == (60.0, 900.0, *limits[1])
+
+    # the user changes the second channel's contrast: SAM sees the new one
+    layers[2].contrast_limits = (limits[1][0], limits[1][1] / 4)
+    settle(c)
+    limits[1] = tuple(layers[2].contrast_limits)
+    expected2 = best(fast_model, channels_to_rgb([cyx[1], cyx[2]], limits), (71.6, 40.3))
+    np.testing.assert_array_equal(c.preview.layer.data > 0, expected2)
+    assert len(c.embeddings.log) == 2
+
+    c.commit()
+    labels = c.output.current
+    assert labels.data.shape == (96, 160)
+    features = labels.features
+    mask = labels.data == 1
+    assert features["mean_intensity_gfp"][0] == pytest.approx(cyx[1][mask].mean())
+    assert features["mean_intensity_rfp"][0] == pytest.approx(cyx[2][mask].mean())
+
+    # bad choices: one sentence each, the choice in use is kept
+    other = viewer.add_image(np.zeros((50, 50), np.uint16), name="other")
+    c.set_channels([layers[0], other])
+    assert "has shape (50, 50) but “dapi” has (96, 160)" in notes["error"][-1]
+    c.set_channels([*layers, other])
+    assert "Choose 1 to 3 channel layers" in notes["error"][-1]
+    assert c.channels.layers == [layers[1], layers[2]]
+    # removing a channel layer: back to the image alone, said once
+    viewer.layers.remove(layers[2])
+    assert c.channels.layers == [] and "was removed" in notes["info"][-1]
+    c.close()
+
+
+def test_channels_one_and_two_of_a_czyx_image_on_a_slice(fast_model, czyx):
+    viewer = ViewerModel()
+    layers = viewer.add_image(czyx, channel_axis=0, name=["c0", "c1", "c2"])
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    c.set_channels(layers[1:])
+    assert c.layout.kind == "3D"
+    viewer.dims.set_point(0, 2)
+    points = c.prompts.points.current
+    points.add([2, 60.0, 120.0])
+    settle(c)
+    limits = [tuple(lyr.contrast_limits) for lyr in layers[1:]]
+    expected = best(fast_model, channels_to_rgb([czyx[1, 2], czyx[2, 2]], limits), (120.0, 60.0))
+    np.testing.assert_array_equal(c.preview.layer.data[2] > 0, expected)
+    assert [k.slice for k in c.embeddings.store.keys()] == [2]
+    c.commit()
+    assert c.output.current.data.shape == czyx.shape[1:]
+    np.testing.assert_array_equal(c.output.current.data[2] == 1, expected)
+    c.set_channels(None)  # the image alone again: another embedding
+    settle(c)
+    points.add([2, 30.0, 40.0])
+    settle(c)
+    assert len(c.embeddings.store) == 2
+    c.close()

@@ -263,3 +263,30 @@ def test_mode_tiling_and_ais_settings_are_remembered(small_model):
     assert again.choices == RunChoices(mode=MODE_GRID, tiling="on", tile_size=512, halo=64)
     assert again.ais_settings == AISSettings(foreground_threshold=0.4, min_size=50)
     again.close()
+
+
+def test_ais_reuses_the_plane_the_interactive_dock_encoded(small_model, plane, monkeypatch):
+    """One store per viewer, one key for a plane: a click encodes the plane, the automatic
+    dock's AIS run on it encodes nothing (bf16 and fp32 embeddings keep apart keys)."""
+    import napari_sam.predictors.predictor as predictor
+    from napari_sam._widgets.interactive.controller import InteractiveController
+
+    viewer = ViewerModel()
+    viewer.add_image(plane, name="cells")
+    model = with_decoder(small_model)
+    clicks = InteractiveController(viewer)
+    clicks.set_model(model, "small-lm")
+    clicks.prompts.points.current.add([40.0, 60.0])
+    settle(clicks)
+    assert viewer.layers["SAM preview"].data.any()
+    encoded = []
+    embed = predictor.embed_images
+    monkeypatch.setattr(predictor, "embed_images",
+                        lambda *a, **k: encoded.append(1) or embed(*a, **k))
+    auto = AutomaticController(viewer)
+    assert auto.session is clicks.session and clicks.embeddings.store is auto.session.store
+    auto.run()
+    assert encoded == [] and viewer.layers["cells SAM auto"].data.max() == len(DISCS)
+    assert model.embedding_id in {key.model_id for key in auto.session.store.keys()}
+    auto.close()
+    clicks.close()

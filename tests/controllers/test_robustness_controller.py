@@ -332,7 +332,18 @@ def test_fallback_warnings_and_out_of_memory_reach_the_user(fast_model, stack, m
 
     # automatic segmentation, with the viewer's model (loaded again where asked: it had moved)
     c.session.factory = lambda *a, **k: LoadedModel.wrap(fast_model, "fast")
-    monkeypatch.setattr(segment_logic, "segment_iter", with_fallback(segment_logic.segment_iter))
+    def fallback_when_run(real):  # segment_iter checks its input at the call, works when run
+        def wrapped(*args, **kwargs):
+            steps = real(*args, **kwargs)
+
+            def run():
+                warnings.warn(FALLBACK, DeviceFallbackWarning, stacklevel=2)
+                return (yield from steps)
+            return run()
+        return wrapped
+
+    run_with_fallback = fallback_when_run(segment_logic.segment_iter)
+    monkeypatch.setattr(segment_logic, "segment_iter", run_with_fallback)
     auto = AutomaticController(viewer)
     lax_auto(auto, 2)
     auto_notes = collect(auto)

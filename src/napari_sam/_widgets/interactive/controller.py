@@ -53,7 +53,8 @@ class InteractiveController(ControllerBase):
     session : ModelSession, optional
         The model (default: the viewer's, shared with its other napari-sam docks).
     store : EmbeddingStore, optional
-        Where encoded planes are kept (default: a new store of 1 GB).
+        Where encoded planes are kept (default: the viewer's store, shared with the
+        automatic dock).
     """
 
     def __init__(self, viewer: Any, runner: JobRunner | None = None,
@@ -65,7 +66,8 @@ class InteractiveController(ControllerBase):
         self.images = ImageSession(self.viewer.layers, lambda lyr: lyr is self.preview.layer)
         self.prompts = PromptLayers(self.viewer, self.connections, self.prompts_changed,
                                     self.schedule)
-        self.embeddings = Embeddings(store)
+        # the viewer's store: the automatic dock (AIS) reuses the planes encoded here
+        self.embeddings = Embeddings(store if store is not None else self.session.store)
         self.channels = ChannelLayers()  # 1-3 channel layers as SAM's RGB (empty: the image)
         self.tiles = DockTiling()  # large planes: tiled embeddings, prompts routed to tiles
         self.stack = StackController(self)

@@ -113,9 +113,9 @@ def update(c: Any) -> None:
         _update_tiled(c, tiled, k, objects, ignored)
         return
     if channels:  # 1-3 channel layers, each with its contrast limits, as SAM's RGB
-        key, plane = c.channels.key_and_plane(k, model.model_id)
+        key, plane = c.channels.key_and_plane(k, model.embedding_id)
     else:
-        key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.model_id)
+        key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.embedding_id)
     embedding, notices = c.embeddings.find(key)
     for notice in notices:
         c.notify(notice)

@@ -46,7 +46,9 @@ def vit_t(tmp_path_factory):
 @pytest.fixture
 def model_args(vit_t, monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
-    return ["--model", "vit_t", "--checkpoint", str(vit_t[0]), "--device", "cpu"]
+    # fp32: compared with the library's float32 model ("auto" is bf16 on CPUs with bf16 units)
+    return ["--model", "vit_t", "--checkpoint", str(vit_t[0]), "--device", "cpu",
+            "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")

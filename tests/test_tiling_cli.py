@@ -27,7 +27,7 @@ def fast_model(monkeypatch, tmp_path):
     from napari_sam.runtime import loader
 
     model = fast_sam()
-    monkeypatch.setattr(loader, "build_from_config", lambda *a, **k: model)
+    monkeypatch.setattr(loader, "build_any", lambda *a, **k: model)
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
     ckpt = tmp_path / "fast.pth"
     ckpt.write_bytes(b"weights")

@@ -45,7 +45,7 @@ def fast_model(monkeypatch, tmp_path):
     from napari_sam.runtime import loader
 
     model = fast_sam()
-    monkeypatch.setattr(loader, "build_from_config", lambda *a, **k: model)
+    monkeypatch.setattr(loader, "build_any", lambda *a, **k: model)
     ckpt = tmp_path / "fast.pth"
     ckpt.write_bytes(b"weights")
     return model, ckpt

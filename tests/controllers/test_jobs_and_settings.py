@@ -108,3 +108,15 @@ def test_help_is_written_once_for_the_command_line_and_the_docks(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for name in ("points_per_side", "pred_iou_thresh", "min_area", "link_iou"):
         assert user_settings.field_help(AutoSettings, name, default=True) in out
+
+
+def test_docks_load_float32_on_a_cpu_when_auto(monkeypatch):
+    """"auto" in the docks means float32 on a CPU (bf16 stays an explicit choice there);
+    NAPARI_SAM_PRECISION and explicit choices pass through."""
+    from napari_sam._widgets.model_session import _dock_precision
+
+    monkeypatch.delenv("NAPARI_SAM_PRECISION", raising=False)
+    assert _dock_precision("auto", "cpu") == "fp32"
+    assert _dock_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setenv("NAPARI_SAM_PRECISION", "bf16")
+    assert _dock_precision("auto", "cpu") == "auto"  # the loader reads the variable

@@ -851,24 +851,33 @@ class StackEmbeddings:
         return embs
 
     def _run(self, items: Sequence[Any], process: Callable[[Sequence[Any]], Any], **kw: Any):
-        from napari_sam.runtime.memory import run_batches
-
-        def shrink(size: int) -> None:
-            self.batch_size = size
-
-        return run_batches(
-            items,
-            process,
-            self.batch_size,
-            what="slices",
-            to_cpu=lambda: self.model.to("cpu"),
-            device=lambda: self.model.device,
-            on_shrink=shrink,
-            **kw,
-        )
+        return run_encoder_batches(self, items, process, "slices", **kw)
 
     def _keep(self, key: EmbeddingKey, emb: ImageEmbedding, memory: bool = True) -> None:
-        if memory:
-            self.store.put(key, emb)
-        if self.disk is not None:
-            self.disk.put(key, emb)
+        keep_embedding(self, key, emb, memory)
+
+
+def run_encoder_batches(
+    owner: Any, items: Sequence[Any], process: Callable[[Sequence[Any]], Any], what: str,
+    **kw: Any,
+) -> Any:
+    """``run_batches`` for an embeddings holder (``model``, ``batch_size``): its model
+    moves to the CPU on out-of-memory and a shrunken batch size is remembered on it."""
+    from napari_sam.runtime.memory import run_batches
+
+    def shrink(size: int) -> None:
+        owner.batch_size = size
+
+    return run_batches(
+        items, process, owner.batch_size, what=what,
+        to_cpu=lambda: owner.model.to("cpu"), device=lambda: owner.model.device,
+        on_shrink=shrink, **kw,
+    )  # fmt: skip
+
+
+def keep_embedding(owner: Any, key: EmbeddingKey, emb: ImageEmbedding, memory: bool) -> None:
+    """Keep ``emb`` in the holder's memory store (if ``memory``) and its disk cache."""
+    if memory:
+        owner.store.put(key, emb)
+    if owner.disk is not None:
+        owner.disk.put(key, emb)

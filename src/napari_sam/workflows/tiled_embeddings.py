@@ -43,7 +43,9 @@ from napari_sam.workflows.embeddings import (
     EmbeddingKey,
     EmbeddingStore,
     default_batch_size,
+    keep_embedding,
     model_tag,
+    run_encoder_batches,
 )
 from napari_sam.workflows.planes import ImagePlanes
 from napari_sam.workflows.tiling import (
@@ -396,27 +398,10 @@ class TiledEmbeddings:
         return [_plain(self._index(z)) for z in slices]
 
     def _run(self, items: Sequence[Any], process: Callable[[Sequence[Any]], Any], **kw: Any):
-        from napari_sam.runtime.memory import run_batches
-
-        def shrink(size: int) -> None:
-            self.batch_size = size
-
-        return run_batches(
-            items,
-            process,
-            self.batch_size,
-            what="tiles",
-            to_cpu=lambda: self.model.to("cpu"),
-            device=lambda: self.model.device,
-            on_shrink=shrink,
-            **kw,
-        )
+        return run_encoder_batches(self, items, process, "tiles", **kw)
 
     def _keep(self, key: EmbeddingKey, emb: ImageEmbedding, memory: bool = True) -> None:
-        if memory:
-            self.store.put(key, emb)
-        if self.disk is not None:
-            self.disk.put(key, emb)
+        keep_embedding(self, key, emb, memory)
 
 
 def _plain(index: tuple[int, ...]) -> Any:

@@ -236,6 +236,25 @@ def test_contrast_change_re_encodes_with_new_limits(fast_model, stack, reference
     c.close()
 
 
+def test_a_bf16_encoding_is_kept_and_reused(fast_model, stack):
+    """A bf16 model's embeddings are keyed "<model>@bfloat16": the encoding a click starts
+    is kept under that key and the next click reuses it (it was once dropped as "another
+    model's", so the dock encoded the same plane again and again)."""
+    fast_model.precision = "bf16"
+    viewer = ViewerModel()
+    viewer.add_image(stack[4], name="plane")
+    c = make(viewer, fast_model)
+    c.prompts.points.current.add([50.0, 80.0])
+    settle(c)
+    assert c.preview.layer.data.any()
+    assert len(c.embeddings.log) == 1
+    assert {key.model_id for key in c.embeddings.store.keys()} == {"small-random@bfloat16"}
+    c.prompts.points.current.add([40.0, 60.0])
+    settle(c)
+    assert len(c.embeddings.log) == 1  # the kept embedding, not a second encoding
+    c.close()
+
+
 def test_encode_errors_are_reported_once_and_a_full_store_still_works(
     fast_model, stack, monkeypatch
 ):

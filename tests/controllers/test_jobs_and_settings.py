@@ -110,13 +110,14 @@ def test_help_is_written_once_for_the_command_line_and_the_docks(capsys):
         assert user_settings.field_help(AutoSettings, name, default=True) in out
 
 
-def test_docks_load_float32_on_a_cpu_when_auto(monkeypatch):
-    """"auto" in the docks means float32 on a CPU (bf16 stays an explicit choice there);
-    NAPARI_SAM_PRECISION and explicit choices pass through."""
-    from napari_sam._widgets.model_session import _dock_precision
+def test_docks_pass_the_precision_choice_to_the_loader(monkeypatch):
+    """The docks' "auto" is the loader's "auto" (bf16 on a CPU where it is measured fast,
+    as in Python and the command line); explicit choices pass through unchanged."""
+    from napari_sam._widgets import model_session
 
-    monkeypatch.delenv("NAPARI_SAM_PRECISION", raising=False)
-    assert _dock_precision("auto", "cpu") == "fp32"
-    assert _dock_precision("bf16", "cpu") == "bf16"
-    monkeypatch.setenv("NAPARI_SAM_PRECISION", "bf16")
-    assert _dock_precision("auto", "cpu") == "auto"  # the loader reads the variable
+    asked = []
+    monkeypatch.setattr(model_session, "load",
+                        lambda *a, precision, **k: asked.append(precision) or "loaded")
+    for choice in ("auto", "fp32", "bf16"):
+        assert model_session.load_sam("vit_t", None, "cpu", precision=choice) == "loaded"
+    assert asked == ["auto", "fp32", "bf16"]

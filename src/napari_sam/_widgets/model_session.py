@@ -27,7 +27,6 @@ from napari_sam._widgets.notices import Notice
 from napari_sam.errors import CheckpointError
 from napari_sam.runtime import settings as user_settings
 from napari_sam.runtime.loader import LoadedModel, is_sam2, load
-from napari_sam.runtime.precision import PrecisionChoice
 from napari_sam.runtime.weights import CHECKPOINTS
 from napari_sam.workflows.embeddings import EmbeddingStore
 from napari_sam.workflows.interactive import install_cancel_hooks
@@ -148,43 +147,12 @@ def load_sam(
     ``choice`` is one of :data:`MODEL_CHOICES`; with :data:`CUSTOM_CHECKPOINT`
     the model type is detected from the file.
     """
-    dock_precision = _dock_precision(precision, device)
     if choice == CUSTOM_CHECKPOINT:
         ModelRequest(choice, checkpoint or "").check()
-        model = load("auto", Path(str(checkpoint)).expanduser(), device,
-                     precision=dock_precision, progress=False)
-    else:
-        model = load(choice, None, device, precision=dock_precision, progress=False,
-                     progress_callback=progress_callback, should_cancel=should_cancel)
-    if dock_precision != precision:
-        model.precision_choice = PrecisionChoice("fp32", "float32", DOCK_CPU_AUTO)
-    return model
-
-
-#: Why "auto" means float32 on a CPU in the docks.
-DOCK_CPU_AUTO = "auto in napari: float32 on the CPU; choose bf16 to try it"
-
-
-def _dock_precision(precision: str, device: str) -> str:
-    """The precision the docks load with: "auto" on a CPU means float32.
-
-    Measured on this project's AVX-512 BF16 machine: a bf16 MobileSAM encoding
-    that takes 0.5 s in a script (main thread, Python thread or QThread) ran for
-    minutes inside the napari process, while float32 took under a second there;
-    until that is understood the docks never pick bf16 by themselves (the
-    command line and Python keep "auto" = bf16 where it is fast;
-    ``NAPARI_SAM_PRECISION`` and an explicit choice in the dock are obeyed).
-    """
-    from napari_sam.runtime import config
-    from napari_sam.runtime.device import resolve_device
-
-    if precision != "auto" or config.default_precision().strip().lower() != "auto":
-        return precision
-    try:
-        on_cpu = resolve_device(device).type == "cpu"
-    except Exception:  # an unavailable device: load() says so in its own words
-        return precision
-    return "fp32" if on_cpu else precision
+        return load("auto", Path(str(checkpoint)).expanduser(), device,
+                    precision=precision, progress=False)
+    return load(choice, None, device, precision=precision, progress=False,
+                progress_callback=progress_callback, should_cancel=should_cancel)
 
 
 def default_model_choice() -> str:

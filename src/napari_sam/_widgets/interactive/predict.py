@@ -233,7 +233,9 @@ def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any,
         if disk_problem is not None:
             c.notify(c.embeddings.disk_failed(disk_problem))
             c.changed("disk")
-        if c.model is not None and key.model_id == c.model.model_id:
+        # keys name the weights AND the encoder precision (``embedding_id``, e.g.
+        # "vit_t@bfloat16"); an embedding of a model replaced meanwhile is dropped
+        if c.model is not None and key.model_id == c.model.embedding_id:
             c.embeddings.keep(key, embedding)
 
     def failed(exc: BaseException) -> Notice | None:

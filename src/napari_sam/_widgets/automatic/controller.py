@@ -25,34 +25,30 @@ model is the viewer's, shared with the interactive dock
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from napari.layers import Image
 
-from napari_sam._widgets.automatic.estimate import (
-    ais_estimate,
-    points_hint,
-    run_estimate,
-    tiles_note,
-)
-from napari_sam._widgets.automatic.modes import MODE_NAMES, RunChoices
-from napari_sam._widgets.automatic.output import OUTPUT_SUFFIX, AutoOutput
+from napari_sam._widgets.automatic import wording
+from napari_sam._widgets.automatic.estimate import next_run_estimate
+from napari_sam._widgets.automatic.modes import RunChoices
+from napari_sam._widgets.automatic.output import AutoOutput
+from napari_sam._widgets.automatic.remembered import DOCK_DEFAULTS, RememberedSettings
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.jobs import Job, JobRunner
 from napari_sam._widgets.layers import LayerChoice, layer_layout
-from napari_sam._widgets.model_session import ModelSession, has_decoder, session_for
+from napari_sam._widgets.model_session import ModelSession, session_for
 from napari_sam._widgets.notices import notice_for
 from napari_sam.errors import ImageFormatError, NapariSamError, SettingsError
-from napari_sam.runtime import settings as user_settings
-from napari_sam.runtime.loader import LoadedModel, is_sam2
+from napari_sam.runtime.loader import LoadedModel
 from napari_sam.runtime.progress import drive
 from napari_sam.workflows import segment as logic
-from napari_sam.workflows.ais import AISSettings, no_decoder_error
+from napari_sam.workflows.ais import AISSettings
 from napari_sam.workflows.image import ImageLayout, image_layout
 from napari_sam.workflows.prompts import current_slice, layer_affine
-from napari_sam.workflows.segment import SAM2_REFUSAL, AutoSettings, SegmentationResult
+from napari_sam.workflows.segment import AutoSettings, SegmentationResult
 from napari_sam.workflows.tiling import TileGrid
 
 __all__ = [
@@ -68,8 +64,6 @@ CURRENT_SLICE, ALL_SLICES = "current slice", "all slices"
 #: What to segment in a stack.
 SCOPES = (CURRENT_SLICE, ALL_SLICES)
 NOT_LOADED = "Model: not loaded (loads when you run)"
-#: The dock's settings before any are remembered: a stack's objects keep one label through z.
-DOCK_DEFAULTS = AutoSettings(link_slices=True)
 
 
 @dataclass
@@ -104,35 +98,19 @@ class AutomaticController(ControllerBase):
         self.session = session if session is not None else session_for(self.viewer)
         self.images = LayerChoice(self.viewer.layers, Image)
         self.output = AutoOutput(self.viewer)
-        self.remember = remember
-        self.settings = DOCK_DEFAULTS
-        self.ais_settings = AISSettings()
-        self.choices = RunChoices()
+        self.remembered = RememberedSettings(remember)
         self.scope = CURRENT_SLICE
         self.waiting: str | None = None  # the scope of a run waiting for the model
         self._run: _Run | None = None
-        if remember:
-            self._restore_settings()
+        for text in [self.session.problem, *self.remembered.restore()]:
+            if self.session.once(text):  # one warning per problem for the viewer's docks
+                self.warn(text)
         layers = self.viewer.layers.events
         for emitter in (layers.inserted, layers.removed, layers.moved):
             self.connections.connect(emitter, self._on_layers)
         self.connections.connect(self.session.events.model, self._on_model)
         self.connections.connect(self.session.events.request, self._on_model)
         self._on_layers()
-
-    def _restore_settings(self) -> None:
-        values, problem = user_settings.read_section("automatic")
-        self.settings, bad = user_settings.restore(AutoSettings, values, DOCK_DEFAULTS)
-        texts = [self.session.problem, problem, bad if values else None]
-        for section, cls, attr in (("automatic_ais", AISSettings, "ais_settings"),
-                                   ("automatic_run", RunChoices, "choices")):
-            values, _ = user_settings.read_section(section)  # the file's problem is said above
-            restored, bad = user_settings.restore(cls, values)
-            setattr(self, attr, restored)
-            texts.append(bad if values else None)
-        for text in texts:
-            if self.session.once(text):  # one warning per problem for the viewer's docks
-                self.warn(text)
 
     # ------------------------------------------------------------------ state
     @property
@@ -163,24 +141,35 @@ class AutomaticController(ControllerBase):
         except ImageFormatError:
             return None
 
+    @property
+    def settings(self) -> AutoSettings:
+        """The point grid's settings."""
+        return self.remembered.settings
+
+    @property
+    def ais_settings(self) -> AISSettings:
+        """The AIS post-processing settings."""
+        return self.remembered.ais_settings
+
+    @property
+    def choices(self) -> RunChoices:
+        """The mode and the tiling."""
+        return self.remembered.choices
+
+    def _update(self, attr: str, value: Any, changes: dict[str, Any], *aspects: str) -> None:
+        changed, problem = self.remembered.update(attr, value, changes)
+        if problem:
+            self.warn(problem)
+        for aspect in aspects if changed else ():
+            self.changed(aspect)
+
     def set_settings(self, settings: AutoSettings | None = None, **changes: Any) -> None:
-        """Use these settings (remembered for the next session)."""
-        settings = replace(settings or self.settings, **changes)
-        if settings == self.settings:
-            return
-        self.settings = settings
-        if self.remember:
-            problem = user_settings.save_section("automatic", asdict(settings))
-            if problem:
-                self.warn(problem)
-        self.changed("estimate")
+        """Use these point-grid settings (remembered for the next session)."""
+        self._update("settings", settings, changes, "estimate")
 
     def set_ais_settings(self, settings: AISSettings | None = None, **changes: Any) -> None:
         """Use these AIS post-processing settings (remembered for the next session)."""
-        settings = replace(settings or self.ais_settings, **changes)
-        if settings != self.ais_settings:
-            self.ais_settings = settings
-            self._save("automatic_ais", settings.as_dict())
+        self._update("ais_settings", settings, changes)
 
     def set_choices(self, choices: RunChoices | None = None, **changes: Any) -> None:
         """Use this mode and tiling (remembered for the next session).
@@ -190,53 +179,15 @@ class AutomaticController(ControllerBase):
         SettingsError
             For a mode or tiling that does not exist or does not fit (nothing changes).
         """
-        choices = replace(choices or self.choices, **changes)
-        choices.check()
-        if choices != self.choices:
-            self.choices = choices
-            self._save("automatic_run", choices.as_dict())
-            self.changed("mode")
-            self.changed("estimate")
-
-    def _save(self, section: str, values: dict) -> None:
-        if self.remember:
-            problem = user_settings.save_section(section, values)
-            if problem:
-                self.warn(problem)
+        self._update("choices", choices, changes, "mode", "estimate")
 
     def planned_mode(self) -> str:
-        """``"ais"`` or ``"amg"``: what the next run will do, as far as is known now.
-
-        With mode "auto", the loaded model decides (AIS if it has a decoder); before it
-        is loaded, the chosen published model does (a custom file: the point grid, until
-        it is loaded and found to hold a decoder).
-        """
-        mode = self.choices.workflow_mode
-        if mode != "auto":
-            return mode
-        model = self.model
-        if model is not None:
-            return "ais" if model.has_decoder else "amg"
-        return "ais" if has_decoder(self.session.request.choice) else "amg"
+        """``"ais"`` or ``"amg"``: what the next run will do (:func:`wording.planned_mode`)."""
+        return wording.planned_mode(self.choices, self.model, self.session.request)
 
     def mode_text(self) -> str:
         """One sentence on what the next run does with which model (for the dock)."""
-        model, request = self.model, self.session.request
-        name = model.name if model is not None else (
-            "the checkpoint" if request.custom else request.choice)
-        if model is None and request.choice == "auto":
-            name = "SAM (auto: vit_t on a CPU, vit_b on a GPU)"
-        if model is None and not request.custom and is_sam2(request.choice):
-            return SAM2_REFUSAL
-        if self.planned_mode() == "amg":
-            return f"The next run prompts {name} with a grid of points."
-        if (not model.has_decoder if model is not None
-                else not request.custom and not has_decoder(request.choice)):
-            return (f"{name} has no AIS decoder: choose a micro-sam model (e.g. vit_b_lm) "
-                    "or the point grid.")
-        if model is None and request.custom:
-            return "The next run uses the checkpoint's instance decoder (AIS), if it has one."
-        return f"The next run uses the instance decoder (AIS) of {name}."
+        return wording.mode_text(self.choices, self.model, self.session.request)
 
     def tile_grid(self) -> TileGrid | None:
         """The tiles of one plane of the chosen image (None: not tiled; raises
@@ -266,12 +217,7 @@ class AutomaticController(ControllerBase):
             grid = self.tile_grid()
         except SettingsError as exc:
             return str(exc)
-        tiles = len(grid) if grid is not None else 1
-        if self.planned_mode() == "ais":
-            return ais_estimate(layout, n, tiles) + tiles_note(grid)
-        hint = points_hint(layout, self.settings) if grid is None else None
-        text = run_estimate(layout, self.settings, n, tiles) + tiles_note(grid)
-        return text + (f" {hint}" if hint else "")
+        return next_run_estimate(layout, self.settings, n, grid, self.planned_mode() == "ais")
 
     # ------------------------------------------------------------------ events
     def _on_layers(self, event: Any = None) -> None:
@@ -311,7 +257,7 @@ class AutomaticController(ControllerBase):
             self.ais_settings.check()
             self.choices.check()
             self.session.request.check()
-            self._refuse_before_loading()
+            wording.refusal_before_loading(self.choices, self.model, self.session.request)
         except NapariSamError as exc:
             self._report(exc)
             return
@@ -323,20 +269,6 @@ class AutomaticController(ControllerBase):
             return
         self.waiting = None
         self._start(model, image, layout_, scope)
-
-    def _refuse_before_loading(self) -> None:
-        """Raise the one-sentence refusal a run would end with, before a model is loaded
-        (or downloaded) for nothing: a SAM 2.1 model, or AIS with a published model
-        that has no decoder."""
-        if self.model is not None:
-            return  # segment_iter decides, with the model itself
-        request = self.session.request
-        if request.custom:
-            return  # what the file holds is known once it is loaded
-        if is_sam2(request.choice):
-            raise SettingsError(SAM2_REFUSAL)
-        if self.choices.workflow_mode == "ais" and not has_decoder(request.choice):
-            raise no_decoder_error(request.choice)
 
     def _model_ready(self, model: LoadedModel | None) -> None:
         scope, self.waiting = self.waiting, None
@@ -376,13 +308,8 @@ class AutomaticController(ControllerBase):
             return drive(steps, progress, should_cancel,
                          cancelled="Automatic segmentation was cancelled; no layer was changed.")
 
-        where = f"slice {k} of “{image.name}”" if k is not None else f"“{image.name}”"
-        if layout.is_stack and k is None:
-            where = f"all {layout.n_slices} slices of “{image.name}”"
-        notes = ["instance decoder (AIS)"] if self.planned_mode() == "ais" else []
-        notes += [f"{len(grid)} tiles per plane"] if grid else []
-        how = f" ({', '.join(notes)})" if notes else ""
-        text = f"Segmenting {where}{how}…"
+        text = wording.run_text(image.name, layout, k, self.planned_mode() == "ais",
+                                len(grid) if grid else 1)
         self.set_status(text)
         self.runner.start(Job("segment", text, work, done=self._write, failed=self._failed,
                               finished=self._finished, unit="steps"))
@@ -424,19 +351,8 @@ class AutomaticController(ControllerBase):
         layer, note = self.output.write(image, shape, run.slice, result)
         if note:
             self.info(note)
-        n = result.n_objects
-        where = f"slice {run.slice}" if run.slice is not None else "the image"
-        if run.layout.is_stack and run.slice is None:
-            where = f"{run.layout.n_slices} slices"
-            if run.settings.link_slices:
-                where += ", linked"
-        found = (f"{result.n_masks} masks proposed" if result.mode == "amg"
-                 else f"{result.n_masks} seeds before the size filter")
-        tiles = f", {run.tiles} tiles per plane" if run.tiles > 1 else ""
-        self.set_status(
-            f"{MODE_NAMES.get(result.mode, result.mode)}: {n} object{'s' if n != 1 else ''} "
-            f"in {where} → “{layer.name}” ({found}{tiles})."
-        )
+        self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
+                                            run.settings.link_slices, run.tiles))
 
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:
@@ -453,25 +369,14 @@ class AutomaticController(ControllerBase):
     def export_coco(self, path: str | Path) -> Path | None:
         """Save the objects of the output layer as COCO JSON (SAM's scores while the layer is
         unchanged since the run). Returns the written path."""
-        from napari_sam.workflows.io import CocoWriter
-
         layer = self.export_target()
         if layer is None:
             return None
-        source = getattr(getattr(layer, "source", None), "path", None)
-        image = self.images.current
-        if image is not None and getattr(image.source, "path", None):
-            source = image.source.path
-        file_name = Path(source).name if source else layer.name.removesuffix(OUTPUT_SUFFIX)
         try:
-            writer = CocoWriter()
-            writer.add(layer.data, file_name, stack=layer.data.ndim == 3,
-                       scores=self.output.scores(layer))
-            written = writer.write(path)
+            written, n = self.output.save_coco(layer, self.images.current, path)
         except NapariSamError as exc:
             self._report(exc)
             return None
-        n = len(writer.annotations)
         self.info(f"Saved {n} object mask{'s' if n != 1 else ''} to {written}.")
         self.set_status(f"COCO JSON saved: {written}")
         return written

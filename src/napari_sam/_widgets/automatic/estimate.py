@@ -99,3 +99,16 @@ def points_hint(layout: ImageLayout, settings: AutoSettings) -> str | None:
         f"~{SUGGESTED_SPACING} pixels) is about {speedup:.0f}× faster and still prompts every "
         f"object wider than {SUGGESTED_SPACING} pixels."
     )
+
+
+def next_run_estimate(layout: ImageLayout, settings: AutoSettings, n_planes: int,
+                      grid: TileGrid | None, ais: bool) -> str:
+    """The dock's estimate of the next run: ``n_planes`` planes of ``layout``, tiled by
+    ``grid`` (None: whole planes), with AIS or the point grid ``settings`` (plus a hint
+    when the grid is too coarse or too fine for small images)."""
+    tiles = len(grid) if grid is not None else 1
+    if ais:
+        return ais_estimate(layout, n_planes, tiles) + tiles_note(grid)
+    hint = points_hint(layout, settings) if grid is None else None
+    text = run_estimate(layout, settings, n_planes, tiles) + tiles_note(grid)
+    return text + (f" {hint}" if hint else "")

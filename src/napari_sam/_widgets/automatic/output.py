@@ -10,6 +10,7 @@ while the layer is unchanged (for COCO export).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,3 +116,18 @@ class AutoOutput:
                 data, name=f"{image.name}{OUTPUT_SUFFIX}", **layer_geometry(image)
             ),
         )
+
+    def save_coco(self, layer: Labels, image: Image | None, path: str | Path) -> tuple[Path, int]:
+        """Save the objects of ``layer`` as COCO JSON at ``path``, with SAM's scores while
+        the layer is unchanged since the run; the image's file name (else the layer's
+        name) is the COCO image. Returns the written path and the number of objects.
+        Raises :class:`~napari_sam.errors.NapariSamError` subclasses (said as they are)."""
+        from napari_sam.workflows.io import CocoWriter
+
+        source = getattr(getattr(layer, "source", None), "path", None)
+        if image is not None and getattr(image.source, "path", None):
+            source = image.source.path
+        file_name = Path(source).name if source else layer.name.removesuffix(OUTPUT_SUFFIX)
+        writer = CocoWriter()
+        writer.add(layer.data, file_name, stack=layer.data.ndim == 3, scores=self.scores(layer))
+        return writer.write(path), len(writer.annotations)

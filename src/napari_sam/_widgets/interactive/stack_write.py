@@ -13,6 +13,7 @@ reads the "Object ids" the user typed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ class PropagationRun:
     from_preview: bool
     settings: Any  # PropagationSettings, or MemoryPropagationSettings
     memory: bool = False
+    line: Any = None  # the PlaneLine followed (a stack, or one axis of a (T, Z, ...) image)
 
 
 def write_propagation(stack: Any, run: PropagationRun | None, result: PropagationResult) -> None:
@@ -92,42 +94,49 @@ def write_propagation(stack: Any, run: PropagationRun | None, result: Propagatio
         owner.changed("output")
         if run.memory:
             stack.memory.adopt(labels)
-    if labels.data.shape != result.shape:
+    line = run.line
+    full = tuple(line.shape) if line is not None else result.shape
+    if labels.data.shape != full or (line is not None and line.view(labels.data).shape
+                                     != result.shape):
         owner.error(
             f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
-            f"propagation covers {result.shape}; nothing was written."
+            f"propagation covers {full}; nothing was written."
         )
         return
+    view = line.view(labels.data) if line is not None else labels.data
     overwrite = owner.overwrite
     if run.memory:
         result = stack.memory.changed_part(result)
         run = replace(run, ids=list(result.object_ids))
-        plan = stack.memory.plan(labels.data, result, overwrite)
+        plan = stack.memory.plan(view, result, overwrite)
     else:
         next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
-        plan = logic.plan_write(labels.data, result, run.ids, next_id=next_id,
-                                overwrite=overwrite)
-    note = write_objects(labels, plan)
+        plan = logic.plan_write(view, result, run.ids, next_id=next_id, overwrite=overwrite)
+    note = write_objects(labels, line.lift(plan) if line is not None else plan)
     if note:
         owner.info(note)
     if run.from_preview:
         if plan:
             labels.selected_label = max(int(np.max(labels.data)), *(oid for oid, _ in plan)) + 1
-        if owner.preview.slice == run.k:
+        if owner.preview.slice == (line.key() if line is not None else run.k):
             owner.clear_slice()
-    _report(stack, result, run, plan, labels, overwrite)
+    view = line.view(labels.data) if line is not None else labels.data  # after the write
+    _report(stack, result, run, plan, SimpleNamespace(data=view), overwrite)
 
 
 def _report(stack: Any, result: PropagationResult, run: PropagationRun, plan: list,
             labels: Any, overwrite: bool) -> None:
+    """``plan`` and ``labels.data`` along the line (``(k, rows, cols)``, ``(N, H, W)``)."""
     ids = list(run.ids) if run.ids is not None else _new_ids(result, plan)
     writes = [(oid, index) for oid, index in plan if oid != 0]
     if writes:
         zs = np.concatenate([index[0] for _, index in writes])
         shown = list(dict.fromkeys(oid for oid, _ in writes))
+        lo, hi = int(zs.min()), int(zs.max())
+        span = run.line.describe(lo, hi) if run.line is not None else f"slices {lo}–{hi}"
         head = (
             f"Propagated object{'s' if len(shown) > 1 else ''} "
-            f"{', '.join(map(str, shown))} over slices {int(zs.min())}–{int(zs.max())} "
+            f"{', '.join(map(str, shown))} over {span} "
             "(Ctrl+Z undoes it)."
         )
     else:

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from napari_sam._widgets.interactive.commit import ensure_labels
+from napari_sam._widgets.interactive.objects_table import refresh_features
 from napari_sam._widgets.interactive.report import propagation_summary
 from napari_sam._widgets.layers import write_objects
+from napari_sam.errors import NapariSamError
 from napari_sam.workflows import propagation as logic
 from napari_sam.workflows.propagation import PropagationResult
 
@@ -115,6 +117,12 @@ def write_propagation(stack: Any, run: PropagationRun | None, result: Propagatio
     note = write_objects(labels, line.lift(plan) if line is not None else plan)
     if note:
         owner.info(note)
+    try:  # the object table: the propagated objects measured again, new ones "propagated"
+        refresh_features(labels, owner.image, {int(oid): {} for oid, _ in plan if oid},
+                         "propagated",
+                         owner.channels if owner.channels.active_for(owner.image) else None)
+    except NapariSamError as exc:  # the objects are written; only the table is missing
+        owner.warn(f"The object table could not be updated: {exc}")
     if run.from_preview:
         if plan:
             labels.selected_label = max(int(np.max(labels.data)), *(oid for oid, _ in plan)) + 1

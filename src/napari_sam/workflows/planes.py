@@ -50,6 +50,7 @@ from napari_sam.workflows.embeddings import (
     EmbeddingStore,
     StackEmbeddings,
     default_contrast_limits,
+    encode_planes,
     model_tag,
 )
 from napari_sam.workflows.image import to_sam_rgb
@@ -771,6 +772,7 @@ class AxisEmbeddings(StackEmbeddings):
         store: EmbeddingStore | None = None,
         disk: DiskCache | str | None = None,
         batch_size: int | None = None,
+        resize: str | None = None,
     ) -> None:
         view = AxisStack(planes, index, axis)
         self.planes = planes
@@ -783,16 +785,17 @@ class AxisEmbeddings(StackEmbeddings):
             store=store,
             disk=disk,
             batch_size=batch_size,
+            resize=resize,
         )
 
     def key(self, z: int, plane: np.ndarray | None = None) -> EmbeddingKey:
         return self.planes.key(self.view.full_index(z), self._model_tag(), plane)
 
     def _encode_once(self, planes: Sequence[np.ndarray]) -> list[ImageEmbedding]:
-        from napari_sam.predictors.predictor import embed_images
-
+        # SAM's RGB input already (uint8, full range): encode_planes passes it through and
+        # dispatches SAM 1 and SAM 2 models (SAM 2 with its ``resize``)
         images = [self.planes.sam_image(raw=p) for p in planes]
-        embs = embed_images(self.model, images, batch_size=len(images), fallback=False)
+        embs = encode_planes(self.model, images, (0.0, 255.0), rgb=True, resize=self.resize)
         self.encoded += len(planes)
         self.forward_passes += 1
         return embs

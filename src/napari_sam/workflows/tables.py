@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ __all__ = [
     "read_object_table",
     "scores_by_label",
     "table_path_for",
+    "update_object_table",
     "write_object_table",
 ]
 
@@ -138,6 +140,53 @@ def _measure(
     return regionprops_table(labels, properties=props, **kwargs)
 
 
+@dataclass
+class _Geometry:
+    """Checked inputs of a table: the labels, their axes, calibration and channels."""
+
+    arr: np.ndarray
+    channels: list[Any]
+    names: list[str]
+    has_t: bool
+    space: str
+    s_space: tuple[float, ...]
+    t_space: tuple[float, ...]
+
+
+def _prepare(labels: Any, scale: Any, translate: Any, axes: str | None, intensity: Any,
+             channel_names: Sequence[str] | None) -> _Geometry:
+    """Check a table's inputs (one sentence each for what is wrong)."""
+    arr = np.asarray(labels)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ImageFormatError(
+            f"A label image holds integer object ids; this one has data type {arr.dtype}."
+        )
+    if arr.size and arr.dtype.kind == "i" and int(arr.min()) < 0:
+        raise ImageFormatError("A label image holds object ids >= 0; this one has negative values.")
+    axes = (axes or default_axes(arr.ndim)).lower()
+    if not _AXES.match(axes) or len(axes) != arr.ndim:
+        raise ImageFormatError(
+            f"The axes {axes!r} do not describe labels of shape {arr.shape}; use 'yx', 'zyx', "
+            "'tyx' or 'tzyx' (one letter per axis)."
+        )
+    scale = (1.0,) * arr.ndim if scale is None else tuple(float(s) for s in scale)
+    translate = (0.0,) * arr.ndim if translate is None else tuple(float(t) for t in translate)
+    if len(scale) != arr.ndim or len(translate) != arr.ndim:
+        raise ImageFormatError(
+            f"Give one scale and one translate value per label axis ({arr.ndim}); got "
+            f"{len(scale)} and {len(translate)}."
+        )
+    if not all(np.isfinite(s) and s > 0 for s in scale):
+        raise ImageFormatError(f"The pixel sizes must be positive numbers, got {scale}.")
+    channels, names = _intensity_channels(intensity, arr.shape, channel_names)
+    has_t = axes.startswith("t")
+    space = axes[1:] if has_t else axes
+    s_space, t_space = scale[-len(space) :], translate[-len(space) :]
+    return _Geometry(arr, channels, names, has_t, space, s_space, t_space)
+
+
 def object_table(
     labels: Any,
     *,
@@ -184,34 +233,9 @@ def object_table(
     """
     import pandas as pd
 
-    arr = np.asarray(labels)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ImageFormatError(
-            f"A label image holds integer object ids; this one has data type {arr.dtype}."
-        )
-    if arr.size and int(arr.min()) < 0:
-        raise ImageFormatError("A label image holds object ids >= 0; this one has negative values.")
-    axes = (axes or default_axes(arr.ndim)).lower()
-    if not _AXES.match(axes) or len(axes) != arr.ndim:
-        raise ImageFormatError(
-            f"The axes {axes!r} do not describe labels of shape {arr.shape}; use 'yx', 'zyx', "
-            "'tyx' or 'tzyx' (one letter per axis)."
-        )
-    scale = (1.0,) * arr.ndim if scale is None else tuple(float(s) for s in scale)
-    translate = (0.0,) * arr.ndim if translate is None else tuple(float(t) for t in translate)
-    if len(scale) != arr.ndim or len(translate) != arr.ndim:
-        raise ImageFormatError(
-            f"Give one scale and one translate value per label axis ({arr.ndim}); got "
-            f"{len(scale)} and {len(translate)}."
-        )
-    if not all(np.isfinite(s) and s > 0 for s in scale):
-        raise ImageFormatError(f"The pixel sizes must be positive numbers, got {scale}.")
-    channels, names = _intensity_channels(intensity, arr.shape, channel_names)
-    has_t = axes.startswith("t")
-    space = axes[1:] if has_t else axes
-    s_space, t_space = scale[-len(space) :], translate[-len(space) :]
+    g = _prepare(labels, scale, translate, axes, intensity, channel_names)
+    arr, channels, names = g.arr, g.channels, g.names
+    has_t, space, s_space, t_space = g.has_t, g.space, g.s_space, g.t_space
     if arr.dtype.itemsize > 4 or arr.dtype.kind == "i":
         arr = arr.astype(np.int64)
 
@@ -220,29 +244,52 @@ def object_table(
     for t in frames:
         frame = arr[t] if t is not None else arr
         frame_channels = [np.asarray(c[t]) if t is not None else c for c in channels]
-        m = _measure(frame, s_space, frame_channels)
-        n = len(m["label"])
-        cols: dict[str, Any] = {"index": m["label"].astype(np.int64)}
-        if t is not None:
-            cols["t"] = np.full(n, t, dtype=np.int64)
-        nd = len(space)
-        if "z" in space:
-            cols["z_first"] = m["bbox-0"].astype(np.int64)
-            cols["z_last"] = m[f"bbox-{nd}"].astype(np.int64) - 1
-        pixel_volume = float(np.prod(s_space))
-        cols["n_pixels"] = np.rint(m["area"] / pixel_volume).astype(np.int64)
-        cols["volume" if nd == 3 else "area"] = m["area"].astype(float)
-        for j, name in enumerate(space):
-            cols[f"centroid_{name}"] = m[f"centroid-{j}"] + t_space[j]
-        for j, name in enumerate(names):
-            col = "mean_intensity" if not name else f"mean_intensity_{name}"
-            cols[col] = m[f"intensity_mean-{j}"]  # channels are stacked last
-        parts.append(pd.DataFrame(cols))
+        parts.append(_rows(frame, t, space, s_space, t_space, frame_channels, names))
     if parts:
         table = pd.concat(parts, ignore_index=True)
     else:  # a T axis of length 0 cannot happen (empty images are refused upstream)
         table = pd.DataFrame({"index": np.zeros(0, np.int64)})
+    return _sam_columns(table, scores, method, unit)
 
+
+def _rows(
+    frame: np.ndarray,
+    t: int | None,
+    space: str,
+    s_space: tuple[float, ...],
+    t_space: tuple[float, ...],
+    channels: list[Any],
+    names: list[str],
+    offset: Sequence[int] | None = None,
+) -> Any:
+    """The rows of the objects of one frame (``(Z, Y, X)`` or ``(Y, X)`` labels, or a block
+    of it starting at ``offset`` in the frame), as a DataFrame."""
+    import pandas as pd
+
+    m = _measure(frame, s_space, channels)
+    n = len(m["label"])
+    offset = (0,) * len(space) if offset is None else tuple(int(o) for o in offset)
+    cols: dict[str, Any] = {"index": m["label"].astype(np.int64)}
+    if t is not None:
+        cols["t"] = np.full(n, t, dtype=np.int64)
+    nd = len(space)
+    if "z" in space:
+        cols["z_first"] = m["bbox-0"].astype(np.int64) + offset[0]
+        cols["z_last"] = m[f"bbox-{nd}"].astype(np.int64) - 1 + offset[0]
+    pixel_volume = float(np.prod(s_space))
+    cols["n_pixels"] = np.rint(m["area"] / pixel_volume).astype(np.int64)
+    cols["volume" if nd == 3 else "area"] = m["area"].astype(float)
+    for j, name in enumerate(space):
+        shift = t_space[j] + offset[j] * s_space[j] if offset[j] else t_space[j]
+        cols[f"centroid_{name}"] = m[f"centroid-{j}"] + shift
+    for j, name in enumerate(names):
+        col = "mean_intensity" if not name else f"mean_intensity_{name}"
+        cols[col] = m[f"intensity_mean-{j}"]  # channels are stacked last
+    return pd.DataFrame(cols)
+
+
+def _sam_columns(table: Any, scores: Any, method: Any, unit: str | None) -> Any:
+    """``table`` with SAM's scores, the method and the unit columns set."""
     by_label = scores_by_label(scores)
     table["predicted_iou"] = [
         by_label.get(int(i), {}).get("predicted_iou", np.nan) for i in table["index"]
@@ -256,6 +303,102 @@ def object_table(
         table["method"] = "" if method is None else str(method)
     table["unit"] = unit or "pixel"
     return table.reset_index(drop=True)
+
+
+def update_object_table(
+    table: Any,
+    labels: Any,
+    ids: Any,
+    planes: Any,
+    *,
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    unit: str | None = None,
+    axes: str | None = None,
+    intensity: Any = None,
+    channel_names: Sequence[str] | None = None,
+    scores: Mapping[Any, Mapping[str, float]] | None = None,
+    method: str | Mapping[int, str] | None = None,
+) -> Any:
+    """:func:`object_table` of ``labels`` after a change, measuring only what it touched.
+
+    ``table`` is the object table of the labels before the change (None: no
+    rows yet, then ``planes`` must hold every plane of the objects ``ids``);
+    the change wrote or erased pixels of objects ``ids`` (their old and new
+    ids) only on ``planes`` (full leading indices: ``()`` for a 2D image,
+    ``(z,)``, ``(t,)`` or ``(t, z)``). Only the rows of ``ids`` (at the time
+    points touched) are measured again, on the slices from their old first
+    slice (``z_first``/``z_last``) or the touched planes to their old last,
+    cropped to the objects' bounding box; intensity images (numpy, dask,
+    zarr) are read only there. Every other row is kept. The result equals
+    :func:`object_table` of the whole labels (up to floating-point rounding
+    of the centroids).
+
+    Other parameters as for :func:`object_table`; ``scores`` and ``method``
+    apply to rows measured again (the caller carries known ones over with
+    :func:`merge_sam_columns`).
+    """
+    import pandas as pd
+
+    g = _prepare(labels, scale, translate, axes, intensity, channel_names)
+    ids = sorted({int(i) for i in np.asarray(list(ids), dtype=np.int64).ravel() if i != 0})
+    n_lead = g.arr.ndim - 2
+    planes = {tuple(int(i) for i in p) for p in planes}
+    if any(len(p) != n_lead for p in planes):
+        raise ImageFormatError(
+            f"Planes of labels of shape {g.arr.shape} are named by {n_lead} positions."
+        )
+    old = table
+    frames = sorted({p[0] for p in planes}) if g.has_t else [None]
+    z_axis = "z" in g.space
+    parts, drop = [], None
+    for t in frames:
+        frame = g.arr[t] if t is not None else g.arr
+        rows = None
+        if old is not None and len(old):
+            rows = old["index"].isin(ids) & ((old["t"] == t) if t is not None else True)
+            drop = rows if drop is None else (drop | rows)
+        if not ids:
+            continue
+        offset = [0] * len(g.space)
+        if z_axis:
+            zs = [p[-1] for p in planes if t is None or p[0] == t]
+            if rows is not None and rows.any():
+                zs += [int(old.loc[rows, "z_first"].min()), int(old.loc[rows, "z_last"].max())]
+            if not zs:
+                continue
+            lo, hi = min(zs), max(zs)
+            block = frame[lo:hi + 1]
+            offset[0] = lo
+        else:
+            block = frame
+        keep = np.isin(block, ids)
+        if not keep.any():
+            continue
+        crop = []
+        for axis in (-2, -1):
+            other = tuple(a for a in range(keep.ndim) if a != keep.ndim + axis)
+            hits = np.flatnonzero(keep.any(axis=other))
+            crop.append(slice(int(hits[0]), int(hits[-1]) + 1))
+            offset[axis] = int(hits[0])
+        window = (Ellipsis, *crop)
+        sub = np.where(keep, block, 0)[window]
+        if sub.dtype.itemsize > 4 or sub.dtype.kind == "i":
+            sub = sub.astype(np.int64)
+        region = (slice(lo, hi + 1), *crop) if z_axis else tuple(crop)
+        chans = [np.asarray((c[t] if t is not None else c)[region]) for c in g.channels]
+        parts.append(_rows(sub, t, g.space, g.s_space, g.t_space, chans, g.names, offset))
+    new = _sam_columns(pd.concat(parts, ignore_index=True), scores, method, unit) if parts else None
+    kept = old[~drop.to_numpy()] if old is not None and drop is not None else old
+    pieces = [p for p in (kept, new) if p is not None and len(p)]
+    if not pieces:  # no object left: the columns without rows
+        tiny = (1,) * g.arr.ndim
+        return object_table(np.zeros(tiny, np.uint8), axes=axes or default_axes(g.arr.ndim),
+                            unit=unit, channel_names=g.names if g.channels else None,
+                            intensity=[np.zeros(tiny) for _ in g.channels] or None)
+    out = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0].copy()
+    keys = ["t", "index"] if g.has_t else ["index"]
+    return out.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def table_path_for(labels_path: str | os.PathLike[str]) -> Path:

@@ -1,7 +1,9 @@
-"""The 3D stack controls of the interactive dock: embeddings on disk, precompute, propagate.
+"""The stack controls of the interactive dock: embeddings on disk, precompute, propagate.
 
 Shows the :class:`~napari_sam._widgets.interactive.stack.StackController`: the
-on-disk embedding cache, Precompute, the slice range, the propagation method
+on-disk embedding cache, Precompute, the axis to follow (an image with more
+leading axes, e.g. (T, Z, Y, X): "Propagate along" z or t), the range along it,
+the propagation method
 ("SAM 2 memory" with a SAM 2.1 model, or "slice-to-slice (SAM 1)") and its
 thresholds (a form made from ``PropagationSettings`` or
 ``MemoryPropagationSettings``), the object ids, Propagate, Export prompts (CSV,
@@ -75,6 +77,13 @@ class StackControls(QWidget):
             "prompted from the previous slice's mask."
         )
         self.method_combo.currentIndexChanged.connect(self._method_changed)
+        self.axis_combo = QComboBox()
+        self.axis_combo.setToolTip(
+            "The axis objects are followed along (z or t, by napari's axis labels); the "
+            "image's other axes stay where the viewer shows them."
+        )
+        self.axis_combo.currentIndexChanged.connect(self._axis_changed)
+        self.axis_row = row(QLabel("Propagate along"), self.axis_combo, stretch=1)
         self.settings_form = settings_form(PropagationSettings, c.stack.settings, SHOWN,
                                            self._settings_changed)
         self.memory_form = settings_form(MemoryPropagationSettings, c.stack.memory.settings,
@@ -110,6 +119,7 @@ class StackControls(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.disk_check)
         layout.addWidget(self.precompute_button)
+        layout.addWidget(self.axis_row)
         layout.addWidget(self.form.native)
         layout.addWidget(row(QLabel("Method"), self.method_combo, stretch=1))
         layout.addWidget(self.form_after.native)
@@ -137,6 +147,11 @@ class StackControls(QWidget):
         if method and method != self.controller.stack.method and wants_sam2(self.controller):
             self.controller.stack.set_method(method)
 
+    def _axis_changed(self, index: int) -> None:
+        axis = self.axis_combo.itemData(index)
+        if axis is not None and axis != self.controller.stack.axis_in_use():
+            self.controller.stack.set_axis(int(axis))
+
     def _memory_changed(self, changes: dict) -> None:
         try:
             self.controller.stack.set_memory_settings(**changes)
@@ -158,9 +173,20 @@ class StackControls(QWidget):
     def sync(self, what: str = "") -> None:
         """Show the controller's stack state (after ``what`` changed)."""
         c = self.controller
-        layout = c.layout
-        self.setEnabled(layout is not None and layout.is_stack)
-        n = layout.n_slices if layout is not None and layout.is_stack else 1
+        choices = c.stack.axis_choices()
+        self.setEnabled(bool(choices))
+        n = c.stack.length()
+        shown = [(self.axis_combo.itemData(i), self.axis_combo.itemText(i))
+                 for i in range(self.axis_combo.count())]
+        self.axis_combo.blockSignals(True)
+        if shown != choices:
+            self.axis_combo.clear()
+            for axis, name in choices:
+                self.axis_combo.addItem(name, axis)
+        axis = c.stack.axis_in_use()
+        self.axis_combo.setCurrentIndex(-1 if axis is None else self.axis_combo.findData(axis))
+        self.axis_combo.blockSignals(False)
+        self.axis_row.setVisible(len(choices) > 1)
         lo, hi = c.stack.z_range
         for spin, value in ((self.z_from, lo), (self.z_to, hi)):
             with spin.changed.blocked():

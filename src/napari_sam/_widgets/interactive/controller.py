@@ -21,7 +21,7 @@ from napari_sam._widgets.interactive.channel_layers import ChannelLayers
 from napari_sam._widgets.interactive.commit import commit_current
 from napari_sam._widgets.interactive.encoding import Embeddings
 from napari_sam._widgets.interactive.keys import KeyBindings
-from napari_sam._widgets.interactive.objects_table import save_table
+from napari_sam._widgets.interactive.objects_table import save_table, undo_labels
 from napari_sam._widgets.interactive.preview import Preview
 from napari_sam._widgets.interactive.prompt_layers import PromptLayers
 from napari_sam._widgets.interactive.session import ImageSession
@@ -371,10 +371,12 @@ class InteractiveController(ControllerBase):
         self.clear_slice()
 
     def undo(self) -> None:
-        """Undo the last change of the output labels (napari's own undo; Ctrl+Z)."""
+        """Undo the last change of the output labels (napari's own undo; Ctrl+Z), and
+        update its object table."""
         labels = self.output.current
         if labels is not None:
-            labels.undo()
+            undo_labels(labels, self.image,
+                        self.channels if self.channels.active_for(self.image) else None)
 
     def save_table(self, path: str) -> Any:
         """Write the output labels' object table (one row per object) as CSV to ``path``;

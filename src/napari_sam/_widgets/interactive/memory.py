@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._widgets.interactive.stack_write import parse_ids
 from napari_sam.errors import NapariSamError, PromptError
 from napari_sam.runtime.loader import is_sam2
 from napari_sam.workflows.interactive import is_sam2_model
@@ -88,17 +89,22 @@ class MemoryStack:
         self._key: tuple | None = None
 
     # ------------------------------------------------------------------ the session
-    def _key_for(self, embeddings: Any, z_range: tuple[int, int], labels: Any) -> tuple:
+    def _key_for(self, embeddings: Any, z_range: tuple[int, int], labels: Any,
+                 line: Any = None) -> tuple:
         owner = self.owner
+        planes = getattr(embeddings, "planes", None)  # channels or (T, Z, ...): their contrast
+        where = None if line is None else (line.axis, line.key(0))
         return (id(owner.image), id(owner.image.data), embeddings.contrast,
+                planes.contrast if planes is not None else None, where,
                 id(owner.model.sam), owner.model.model_id, tuple(z_range),
                 id(labels) if labels is not None else None, self.settings)
 
     def session_for(self, embeddings: Any, z_range: tuple[int, int],
-                    labels: Any) -> MemoryPropagation:
-        """The session for the current image, model, range and output (a new one if any
-        of them, or the settings, changed)."""
-        key = self._key_for(embeddings, z_range, labels)
+                    labels: Any, line: Any = None) -> MemoryPropagation:
+        """The session for the current image, model, range, output and line (the axis
+        followed and the other axes' positions; a new session if any of them, or the
+        settings, changed)."""
+        key = self._key_for(embeddings, z_range, labels, line)
         if self.session is None or key != self._key:
             self.session = MemoryPropagation(self.owner.model.sam, embeddings,
                                              settings=self.settings, z_range=z_range)
@@ -116,10 +122,12 @@ class MemoryStack:
 
     # ------------------------------------------------------------------ prompts
     def preview_prompts(self, session: MemoryPropagation, k: int, plane: np.ndarray,
-                        next_id: int, ids_text: str) -> list[TrackPrompt]:
+                        next_id: int, ids_text: str, key: Any = None) -> list[TrackPrompt]:
         """The preview's objects on slice ``k`` as prompts (see the module documentation).
 
-        ``plane`` is the output labels' slice ``k`` (zeros without labels).
+        ``plane`` is the output labels' slice ``k`` (zeros without labels); ``key`` names
+        that plane in the preview (default ``k``; a full index (t, z) on a (T, Z, Y, X)
+        image).
         Raises PromptError with a sentence for prompts SAM 2 cannot take.
         """
         owner = self.owner
@@ -129,7 +137,7 @@ class MemoryStack:
         named = self.named(ids_text)
         prompts: list[TrackPrompt] = []
         if len(objects) != len(owner.preview.objects):  # cannot tell the prompts apart
-            for seed in owner.preview.seeds(k):
+            for seed in owner.preview.seeds(k if key is None else key):
                 prompts.append(TrackPrompt(next_id, k, mask=seed))
                 next_id += 1
             return prompts
@@ -155,6 +163,29 @@ class MemoryStack:
                     pass  # a mask or a box there before: the new prompts replace it
             out.append(prompt)
         return out
+
+    def prompts_for(self, session: MemoryPropagation, line: Any, plane: np.ndarray,
+                    from_preview: bool, ids_text: str, labels: Any) -> list[TrackPrompt]:
+        """The prompts of a run from the plane shown (``line.k`` along ``line``; ``plane``
+        its output labels): the preview's objects (new ones, or corrections of followed
+        ones) and the committed objects of the plane, all or those named in ``ids_text``,
+        that SAM 2 does not follow yet (without a preview, followed ones too: a mask prompt
+        corrects them). ValueError or PromptError with a sentence for bad ids or prompts."""
+        k = line.k
+        prompts = []
+        if from_preview:
+            top = int(labels.data.max()) if labels is not None and labels.data.size else 0
+            next_id = max([top, *session.object_ids]) + 1
+            prompts = self.preview_prompts(session, k, plane, next_id, ids_text, key=line.key())
+        present = [int(i) for i in np.unique(plane) if i != 0]
+        taken = {p.obj for p in prompts}
+        if from_preview:
+            present = [i for i in present if i not in session.object_ids]
+            named = [i for i in self.named(ids_text) if i in present]
+            ids = named or ([] if self.named(ids_text) else present)
+        else:
+            ids = parse_ids(ids_text, present, line.key())
+        return prompts + self.mask_prompts(plane, [i for i in ids if i not in taken], k)
 
     @staticmethod
     def named(ids_text: str) -> list[int]:

@@ -10,8 +10,8 @@ that tuple is the "slice" of the preview, the commit, the embedding key
 (:class:`~napari_sam.workflows.embeddings.EmbeddingKey` ``slice``) and the
 prompts (:func:`~napari_sam.workflows.planes.plane_prompts`). The preview and
 the output labels have the image's full shape, scale and translate.
-Propagation through such an image is not offered in the dock (its stack
-controls stay off); use ``napari_sam.workflows.planes.propagate_along``.
+Propagation follows one chosen leading axis through the plane shown
+(:mod:`~napari_sam._widgets.interactive.stack_line`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""3D stacks in interactive segmentation: precomputing embeddings and propagating objects.
+"""Stacks in interactive segmentation: precomputing embeddings and propagating objects.
 
 :class:`StackController` belongs to an
 :class:`~napari_sam._widgets.interactive.controller.InteractiveController`. It
@@ -7,8 +7,16 @@ resumable), and follows the preview's objects — or committed objects of the
 current slice — up and down the stack
 (:func:`napari_sam.workflows.propagation.propagate`) in a job, writing the
 result into the output labels at the end as ONE undo step, unless the image or
-the output layer changed meanwhile. The summary of the last run (why each
-object stopped, and where) stays in :attr:`StackController.summary`.
+the output layer changed meanwhile
+(:mod:`~napari_sam._widgets.interactive.stack_write`). The summary of the last
+run (why each object stopped, and where) stays in :attr:`StackController.summary`.
+
+An image with more leading axes, e.g. ``(T, Z, Y, X)``, is followed along one
+chosen axis (:meth:`StackController.set_axis`: z by default, the axis right
+before the plane; t to follow objects in time) through the plane the viewer
+shows, the other axes staying where the viewer is
+(:mod:`~napari_sam._widgets.interactive.stack_line`); the labels keep the
+image's full shape. Channel layers chosen for SAM apply to propagation too.
 
 Two propagation methods (:attr:`StackController.method`): "slice-to-slice
 (SAM 1)" above, and "SAM 2 memory" with a SAM 2.1 model
@@ -20,18 +28,36 @@ use either (slice-to-slice then decodes with SAM 2's image predictor).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from napari_sam._widgets.interactive.commit import ensure_labels, shape_mismatch
+from napari_sam._widgets.interactive.commit import shape_mismatch
 from napari_sam._widgets.interactive.memory import MEMORY, METHODS, SLICES, MemoryStack, wants_sam2
-from napari_sam._widgets.interactive.report import propagation_summary
+from napari_sam._widgets.interactive.stack_line import (
+    PlaneLine,
+    axis_choices,
+    current_line,
+    default_axis,
+    follows,
+    line_embeddings,
+    precompute_job,
+)
+from napari_sam._widgets.interactive.stack_write import (
+    PropagationRun,
+    parse_ids,
+    write_propagation,
+)
 from napari_sam._widgets.jobs import Job
-from napari_sam._widgets.layers import write_objects
 from napari_sam._widgets.notices import Notice
-from napari_sam.errors import Cancelled, EmbeddingCacheError, PromptError, PropagationError
+from napari_sam.errors import (
+    Cancelled,
+    EmbeddingCacheError,
+    ImageFormatError,
+    PromptError,
+    PropagationError,
+)
 from napari_sam.workflows import propagation as logic
 from napari_sam.workflows.embeddings import StackEmbeddings
 from napari_sam.workflows.memory_propagation import MemoryPropagationResult
@@ -39,49 +65,9 @@ from napari_sam.workflows.propagation import PropagationResult, PropagationSetti
 
 __all__ = ["MEMORY", "METHODS", "SLICES", "StackController", "parse_ids"]
 
-#: An embedding's size in memory (float32, 256 x 64 x 64), to say how many slices fit.
-_EMBEDDING_BYTES = 4 * 256 * 64 * 64
-
-
-def parse_ids(raw: str, present: list[int], k: int) -> list[int]:
-    """The object ids typed by the user (all of ``present`` if none); ValueError with a
-    sentence for words that are not ids, or ids not on slice ``k``."""
-    words = raw.replace(",", " ").split()
-    if not words:
-        return present
-    try:
-        ids = [int(w) for w in words]
-    except ValueError:
-        raise ValueError(
-            f"Object ids must be whole numbers separated by commas, not “{raw}”."
-        ) from None
-    absent = [i for i in ids if i not in present]
-    if absent:
-        many = len(absent) > 1
-        raise ValueError(
-            f"Object{'s' if many else ''} {', '.join(map(str, absent))} "
-            f"{'are' if many else 'is'} not on slice {k}; go to a slice where "
-            "it is, or leave the ids empty for all objects of this slice."
-        )
-    return list(dict.fromkeys(ids))
-
-
-@dataclass
-class _Run:
-    """What a running propagation was started from (checked again when it ends)."""
-
-    image: Any
-    data: Any  # the image data the propagation was computed from
-    labels: Any  # the output Labels layer, or None to create one at the end
-    ids: list[int] | None  # ids of committed objects; None for the preview's (new ids)
-    k: int
-    from_preview: bool
-    settings: Any  # PropagationSettings, or MemoryPropagationSettings
-    memory: bool = False
-
-
 class StackController:
-    """Precompute and propagate on the interactive controller's stack.
+    """Precompute and propagate on the interactive controller's stack, or along one axis of
+    an image with more leading axes (T, Z, Y, X).
 
     Attributes
     ----------
@@ -91,8 +77,10 @@ class StackController:
         Prompts and stopping thresholds of slice-to-slice propagation.
     memory : MemoryStack
         The SAM 2 memory session, its settings (``memory.settings``) and export.
+    axis : int or None
+        The leading axis objects follow (:meth:`axis_in_use`; None: the default).
     z_range : (int, int)
-        First and last slice objects may extend to.
+        First and last position along that axis objects may extend to.
     ids_text : str
         Committed object ids to propagate (empty: all of the current slice).
     summary : str
@@ -105,24 +93,55 @@ class StackController:
         self.settings = PropagationSettings()
         self.method = MEMORY
         self.memory = MemoryStack(owner)
+        self.axis: int | None = None
         self.z_range = (0, 0)
         self.ids_text = ""
         self.summary = ""
         self.last_result: PropagationResult | None = None
         self.pending: str | None = None  # started once the model has loaded
-        self._run: _Run | None = None
+        self._run: PropagationRun | None = None
+        self._shape: tuple | None = None  # the label shape the axis choice belongs to
 
     @property
     def running(self) -> bool:
         return self.owner.runner.running("precompute") or self.owner.runner.running("propagate")
 
     def follow_layout(self) -> None:
-        """The image changed: the slice range is the whole stack."""
+        """The image changed: the default axis (for a new shape), the range its whole length."""
         layout = self.owner.layout
-        n = layout.n_slices if layout is not None and layout.is_stack else 1
+        shape = tuple(layout.spatial_shape) if follows(layout) else None
+        if shape != self._shape:
+            self._shape, self.axis = shape, None
+        n = self.length()
         if self.z_range[1] != n - 1 or self.z_range[0] > n - 1:
             self.z_range = (0, n - 1)
             self.owner.changed("stack")
+
+    def axis_choices(self) -> list[tuple[int, str]]:
+        """The leading axes objects can follow, with their names (empty: none)."""
+        return axis_choices(self.owner)
+
+    def axis_in_use(self) -> int | None:
+        """The chosen axis, else the default (Z); None when the image has several leading
+        axes besides and none was chosen."""
+        layout = self.owner.layout
+        if not follows(layout):
+            return None
+        return self.axis if self.axis is not None else default_axis(layout)
+
+    def length(self) -> int:
+        """Positions along the axis in use (1 without one)."""
+        axis = self.axis_in_use()
+        return 1 if axis is None else int(self.owner.layout.spatial_shape[axis])
+
+    def set_axis(self, axis: int) -> None:
+        """Follow objects along leading ``axis`` (e.g. 0 for T of a (T, Z, Y, X) image)."""
+        choices = dict(self.axis_choices())
+        if int(axis) not in choices:
+            raise ValueError(f"axis must be one of {sorted(choices)}, not {axis!r}.")
+        self.axis = int(axis)
+        self.z_range = (0, self.length() - 1)
+        self.owner.changed("stack")
 
     def set_settings(self, **changes: Any) -> None:
         """Change propagation settings (raises PropagationError for bad values)."""
@@ -145,25 +164,36 @@ class StackController:
         return self.method if wants_sam2(self.owner) else SLICES
 
     # ------------------------------------------------------------------ readiness
-    def _ready(self, what: str) -> bool:
-        """Whether a long job can start now (starting the model load if needed)."""
+    def _ready(self, what: str) -> PlaneLine | None:
+        """The line a long job works on, if it can start now (starting the model load if
+        needed); None after saying why not."""
         owner = self.owner
         if owner.no_image():
-            return False
-        if not owner.layout.is_stack:
-            owner.info(f"{what.capitalize()} works on 3D stacks (Z, Y, X).")
-            return False
+            return None
+        if not follows(owner.layout):
+            owner.info(f"{what.capitalize()} works on 3D stacks (Z, Y, X) and images with "
+                       "more axes (T, Z, Y, X).")
+            return None
+        if self.axis_in_use() is None:
+            names = ", ".join(name for _, name in self.axis_choices())
+            owner.error(f"This image has several axes besides Y and X ({names}); choose the "
+                        "one to follow objects along in “Propagate along” first.")
+            return None
+        line = current_line(owner, self.axis_in_use())
+        if line is None:
+            owner.info("The current position is outside the image.")
+            return None
         if self.running:
             owner.info("Precomputing or propagation is already running; wait or press Cancel.")
-            return False
+            return None
         if owner.model is None:
             if owner.session.failed_key == owner.session.request.key():
                 owner.set_status("The model could not be loaded; press “Load model” to retry.")
-                return False
+                return None
             self.pending = what
             owner.load_model()
-            return False
-        return True
+            return None
+        return line
 
     def model_ready(self) -> None:
         """The model was loaded: start what was waiting for it."""
@@ -173,20 +203,17 @@ class StackController:
         elif pending == "propagate":
             self.propagate()
 
-    def _embeddings(self) -> StackEmbeddings:
+    def _embeddings(self, line: PlaneLine) -> StackEmbeddings | None:
         owner = self.owner
         disk, problem = owner.embeddings.disk()
         if problem is not None:
             owner.notify(problem)
             owner.changed("disk")
-        return StackEmbeddings(
-            owner.model.sam,
-            owner.image.data,
-            model_id=owner.model.model_id,
-            contrast=tuple(float(c) for c in owner.image.contrast_limits),
-            store=owner.embeddings.store,
-            disk=disk,
-        )
+        try:
+            return line_embeddings(owner, line, disk)
+        except ImageFormatError as exc:
+            owner.error(str(exc))
+            return None
 
     def _job(self, kind: str, text: str, run: Any, done: Any) -> Job:
         return Job(kind, text, run, done=done, failed=self._failed, finished=self._finished,
@@ -194,89 +221,86 @@ class StackController:
 
     # ------------------------------------------------------------------ precompute
     def precompute(self) -> None:
-        """Encode every slice of the stack that is not cached yet, in a job."""
-        if not self._ready("precompute"):
+        """Encode every slice of the stack (every plane along the axis in use through the
+        plane shown) that is not cached yet, in a job."""
+        line = self._ready("precompute")
+        embeddings = self._embeddings(line) if line is not None else None
+        if embeddings is None:
             return
-        owner = self.owner
-        embeddings = self._embeddings()
-        if embeddings.disk is None:
-            fits = owner.embeddings.store.max_bytes // _EMBEDDING_BYTES
-            if embeddings.n_slices > fits:
-                owner.warn(
-                    f"Only about {fits} of the {embeddings.n_slices} slices fit in the memory "
-                    "cache; tick “Keep embeddings on disk” to keep them all."
-                )
-        n = embeddings.n_slices
-
-        def done(encoded: int) -> None:
-            owner.set_status(
-                f"Embeddings of all {n} slices are ready ({encoded} encoded now, "
-                f"{n - encoded} were cached)."
-            )
-
-        text = f"Encoding the slices of “{owner.image.name}”…"
-        owner.set_status(text)
-        owner.runner.start(self._job(
-            "precompute", text,
-            lambda progress, cancel: embeddings.precompute(progress=progress, should_cancel=cancel),
-            done,
-        ))
-        owner.changed("busy")
+        job = precompute_job(self.owner, line, embeddings, self._job)
+        self.owner.set_status(job.text)
+        self.owner.runner.start(job)
+        self.owner.changed("busy")
 
     # ------------------------------------------------------------------ propagate
     def propagate(self) -> None:
-        """Propagate the preview's objects, or committed ones, through the stack, with the
-        method in use (:meth:`method_in_use`; the key Shift+F does this)."""
+        """Propagate the preview's objects, or committed ones, through the stack (along the
+        axis in use, the other axes where the viewer is), with the method in use
+        (:meth:`method_in_use`; the key Shift+F does this)."""
         owner = self.owner
         owner.flush()
-        if not self._ready("propagate"):
+        line = self._ready("propagate")
+        if line is None:
             return
         if owner.computing():
             owner.info("The preview is still being computed; try again in a moment.")
-            return
-        k = owner.current_slice()
-        if k is None:
-            owner.info("The current position is outside the stack.")
             return
         labels = owner.output.current
         problem = shape_mismatch(labels, owner.layout) if labels is not None else None
         if problem is not None:
             owner.notify(problem)
             return
-        lo, hi = self.z_range
+        (lo, hi), k = self.z_range, line.k
         if not lo <= k <= hi:
-            owner.error(
-                f"The slice range {lo}–{hi} does not include the current slice {k}; widen it."
-            )
+            where = f"range {lo}–{hi} along {line.name()}" if line.nd else f"slice range {lo}–{hi}"
+            here = f"position {k}" if line.nd else f"slice {k}"
+            owner.error(f"The {where} does not include the current {here}; widen it.")
             return
-        if self.method_in_use() == MEMORY:
-            self._propagate_memory(k, labels)
+        embeddings = self._embeddings(line)
+        if embeddings is None:
             return
-        from_preview = bool(owner.preview.objects) and owner.preview.slice == k
+        plane = (np.asarray(line.view(labels.data)[k]) if labels is not None
+                 else np.zeros(owner.layout.plane_shape, np.uint32))
+        from_preview = bool(owner.preview.objects) and owner.preview.slice == line.key()
+        if not from_preview and labels is None:
+            owner.info("Nothing to propagate: place prompts for a preview, or commit an object "
+                       "on this slice first.")
+            return
+        try:
+            if self.method_in_use() == MEMORY:
+                job = self._memory_job(line, embeddings, labels, plane, from_preview)
+            else:
+                job = self._slices_job(line, embeddings, labels, plane, from_preview)
+        except (ValueError, PromptError, PropagationError) as exc:
+            owner.error(str(exc))
+            return
+        if job is None:
+            owner.info(f"Nothing to propagate: there is no object on {line.outside()}.")
+            return
+        self.summary = ""
+        owner.changed("summary")
+        owner.set_status(job.text)
+        owner.runner.start(job)
+        owner.changed("busy")
+
+    def _slices_job(self, line: PlaneLine, embeddings: Any, labels: Any, plane: np.ndarray,
+                    from_preview: bool) -> Job | None:
+        """Slice-to-slice propagation (SAM 1's rule) of the preview's objects, or of the
+        committed objects of the plane shown, as a job (None: no object)."""
+        owner, (lo, hi), k = self.owner, self.z_range, line.k
         ids: list[int] | None = None
         if from_preview:
-            seeds = owner.preview.seeds(k)
+            seeds = owner.preview.seeds(line.key())
         else:
-            if labels is None:
-                owner.info(
-                    "Nothing to propagate: place prompts for a preview, or commit an object "
-                    "on this slice first."
-                )
-                return
-            plane = np.asarray(labels.data[k])
             present = [int(i) for i in np.unique(plane) if i != 0]
-            try:
-                ids = parse_ids(self.ids_text, present, k)
-            except ValueError as exc:
-                owner.error(str(exc))
-                return
+            ids = parse_ids(self.ids_text, present, line.key())
             seeds = [plane == i for i in ids]
         if not seeds:
-            owner.info(f"Nothing to propagate: there is no object on slice {k}.")
-            return
+            return None
         settings = self.settings
-        self._run = _Run(owner.image, owner.image.data, labels, ids, k, from_preview, settings)
-        model, embeddings, stack = owner.model.sam, self._embeddings(), np.stack(seeds)
+        self._run = PropagationRun(owner.image, owner.image.data, labels, ids, k, from_preview,
+                                   settings, line=line)
+        model, stack = owner.model.sam, np.stack(seeds)
 
         def run(progress: Any, should_cancel: Any) -> PropagationResult:
             return logic.propagate(model, embeddings, stack, k, z_range=(lo, hi),
@@ -284,71 +308,30 @@ class StackController:
                                    should_cancel=should_cancel)
 
         n = len(seeds)
-        text = f"Propagating {n} object{'s' if n > 1 else ''} from slice {k} (slices {lo}–{hi})…"
-        self.summary = ""
-        owner.changed("summary")
-        owner.set_status(text)
-        owner.runner.start(self._job("propagate", text, run, self._write))
-        owner.changed("busy")
+        return self._job("propagate", f"Propagating {n} object{'s' if n > 1 else ''} from "
+                         f"{line.outside()} ({line.describe(lo, hi)})…", run, self._write)
 
-    def _propagate_memory(self, k: int, labels: Any) -> None:
+    def _memory_job(self, line: PlaneLine, embeddings: Any, labels: Any, plane: np.ndarray,
+                    from_preview: bool) -> Job | None:
         """Follow the preview's objects (new ones, or corrections of followed ones), or the
-        committed objects of slice ``k``, with SAM 2's memory, in a job."""
-        owner = self.owner
-        lo, hi = self.z_range
-        shape = owner.layout.plane_shape
-        plane = np.asarray(labels.data[k]) if labels is not None else np.zeros(shape, np.uint32)
-        embeddings = self._embeddings()
-        try:
-            session = self.memory.session_for(embeddings, (lo, hi), labels)
-        except PropagationError as exc:
-            owner.error(str(exc))
-            return
-        from_preview = bool(owner.preview.objects) and owner.preview.slice == k
-        if not from_preview and labels is None:
-            owner.info(
-                "Nothing to propagate: place prompts for a preview, or commit an object on "
-                "this slice first."
-            )
-            return
-        try:
-            prompts = []
-            if from_preview:
-                top = int(labels.data.max()) if labels is not None and labels.data.size else 0
-                next_id = max([top, *session.object_ids]) + 1
-                prompts = self.memory.preview_prompts(session, k, plane, next_id, self.ids_text)
-            # committed objects of the slice (all, or those named) that SAM 2 does not follow
-            # yet; without a preview, followed ones too (a mask prompt corrects them)
-            present = [int(i) for i in np.unique(plane) if i != 0]
-            taken = {p.obj for p in prompts}
-            if from_preview:
-                present = [i for i in present if i not in session.object_ids]
-                named = [i for i in self.memory.named(self.ids_text) if i in present]
-                ids = named or ([] if self.memory.named(self.ids_text) else present)
-            else:
-                ids = parse_ids(self.ids_text, present, k)
-            prompts += self.memory.mask_prompts(plane, [i for i in ids if i not in taken], k)
-        except (ValueError, PromptError) as exc:
-            owner.error(str(exc))
-            return
+        committed objects of the plane shown, with SAM 2's memory, as a job (None: no
+        object)."""
+        owner, (lo, hi), k = self.owner, self.z_range, line.k
+        session = self.memory.session_for(embeddings, (lo, hi), labels, line)
+        prompts = self.memory.prompts_for(session, line, plane, from_preview, self.ids_text,
+                                          labels)
         if not prompts:
-            owner.info(f"Nothing to propagate: there is no object on slice {k}.")
-            return
-        settings = self.memory.settings
-        self._run = _Run(owner.image, owner.image.data, labels, None, k, from_preview, settings,
-                         memory=True)
+            return None
+        self._run = PropagationRun(owner.image, owner.image.data, labels, None, k, from_preview,
+                                   self.memory.settings, memory=True, line=line)
 
         def run(progress: Any, should_cancel: Any) -> MemoryPropagationResult:
             return session.correct(prompts, progress=progress, should_cancel=should_cancel)
 
         n = len({p.obj for p in prompts})
-        text = (f"Propagating {n} object{'s' if n > 1 else ''} from slice {k} with SAM 2 "
-                f"memory (slices {lo}–{hi})…")
-        self.summary = ""
-        owner.changed("summary")
-        owner.set_status(text)
-        owner.runner.start(self._job("propagate", text, run, self._write))
-        owner.changed("busy")
+        return self._job("propagate", f"Propagating {n} object{'s' if n > 1 else ''} from "
+                         f"{line.outside()} with SAM 2 memory ({line.describe(lo, hi)})…",
+                         run, self._write)
 
     def export_prompts(self, path: str) -> bool:
         """Save the clicks of the objects followed with SAM 2 memory as a CSV prompt table
@@ -382,93 +365,5 @@ class StackController:
 
     def _write(self, result: PropagationResult) -> None:
         """Write a finished propagation into the output labels as one undo step."""
-        owner, run = self.owner, self._run
-        self.last_result = result
-        if run is None or owner.closed:
-            return
-        if run.image not in owner.viewer.layers or run.image.data is not run.data:
-            owner.error(
-                f"The image “{run.image.name}” was closed or changed during the propagation; "
-                "nothing was written."
-            )
-            return
-        labels = run.labels
-        if labels is not None and labels not in owner.viewer.layers:
-            owner.error(
-                f"The labels layer “{labels.name}” was removed during the propagation; "
-                "nothing was written."
-            )
-            return
-        if labels is None:
-            if run.image is not owner.image:
-                owner.error("The image changed during the propagation; nothing was written.")
-                return
-            labels = ensure_labels(owner.viewer, owner.image, owner.layout, None)
-            owner.output.select(labels)
-            owner.changed("output")
-            if run.memory:
-                self.memory.adopt(labels)
-        if labels.data.shape != result.shape:
-            owner.error(
-                f"The labels layer “{labels.name}” has shape {labels.data.shape}, but the "
-                f"propagation covers {result.shape}; nothing was written."
-            )
-            return
-        overwrite = owner.overwrite
-        if run.memory:
-            result = self.memory.changed_part(result)
-            run = replace(run, ids=list(result.object_ids))
-            plan = self.memory.plan(labels.data, result, overwrite)
-        else:
-            next_id = int(np.max(labels.data)) + 1 if labels.data.size else 1
-            plan = logic.plan_write(labels.data, result, run.ids, next_id=next_id,
-                                    overwrite=overwrite)
-        note = write_objects(labels, plan)
-        if note:
-            owner.info(note)
-        if run.from_preview:
-            if plan:
-                labels.selected_label = max(int(np.max(labels.data)), *(oid for oid, _ in plan)) + 1
-            if owner.preview.slice == run.k:
-                owner.clear_slice()
-        self._report(result, run, plan, labels, overwrite)
+        write_propagation(self, self._run, result)
 
-    def _report(self, result: PropagationResult, run: _Run, plan: list, labels: Any,
-                overwrite: bool) -> None:
-        ids = list(run.ids) if run.ids is not None else _new_ids(result, plan)
-        writes = [(oid, index) for oid, index in plan if oid != 0]
-        if writes:
-            zs = np.concatenate([index[0] for _, index in writes])
-            shown = list(dict.fromkeys(oid for oid, _ in writes))
-            head = (
-                f"Propagated object{'s' if len(shown) > 1 else ''} "
-                f"{', '.join(map(str, shown))} over slices {int(zs.min())}–{int(zs.max())} "
-                "(Ctrl+Z undoes it)."
-            )
-        else:
-            head = "Propagation wrote nothing new."
-        body = propagation_summary(result, ids, labels, run.settings, overwrite)
-        self.summary = f"{head}\n{body}"
-        self.owner.changed("summary")
-        self.owner.set_status(head)
-        self.owner.info(self.summary)  # the whole summary, in one notification
-
-
-def _new_ids(result: PropagationResult, plan: list) -> list[int | None]:
-    """The new id of each propagated preview object, None for one left without voxels.
-
-    :func:`~napari_sam.workflows.propagation.plan_write` numbers the objects that
-    own voxels in order; an entry belongs to the next object whose mask holds its
-    first voxel.
-    """
-    ids: list[int | None] = []
-    pointer = 0
-    for obj in result.objects:
-        oid = None
-        if pointer < len(plan):
-            candidate, (zs, rows, cols) = plan[pointer]
-            mask = obj.masks.get(int(zs[0]))
-            if mask is not None and mask[rows[0], cols[0]]:
-                oid, pointer = int(candidate), pointer + 1
-        ids.append(oid)
-    return ids

@@ -174,6 +174,19 @@ class ImageSeries:
         InputFileError, ImageFormatError
             If the image cannot be read, or its saved labels do not fit it.
         """
+        opened = self.read(position)
+        self.position = opened.position
+        return opened
+
+    def read(self, position: int) -> OpenImage:
+        """Read image ``position`` and its labels, as :meth:`open` does, without making it
+        the current image (e.g. the next image, read ahead while the user annotates).
+
+        Raises
+        ------
+        InputFileError, ImageFormatError
+            If the image cannot be read, or its saved labels do not fit it.
+        """
         position = self._check(position)
         entry = self._entries[position]
         image = io.read_tiff(entry.path)
@@ -191,7 +204,6 @@ class ImageSeries:
             labels = np.zeros(shape, dtype=np.uint32)
         entry.saved_hash = content_hash(labels)
         entry.opened = True
-        self.position = position
         return OpenImage(position, entry.path, image, labels, entry.labels_path, entry.prompts)
 
     def changed(self, position: int, labels: Any) -> bool:

@@ -24,6 +24,7 @@ from napari_sam._widgets.interactive.keys import KeyBindings
 from napari_sam._widgets.interactive.objects_table import save_table
 from napari_sam._widgets.interactive.preview import Preview
 from napari_sam._widgets.interactive.prompt_layers import PromptLayers
+from napari_sam._widgets.interactive.series import DockSeries
 from napari_sam._widgets.interactive.session import ImageSession
 from napari_sam._widgets.interactive.stack import StackController
 from napari_sam._widgets.interactive.tiles import DockTiling
@@ -71,6 +72,7 @@ class InteractiveController(ControllerBase):
         self.channels = ChannelLayers()  # 1-3 channel layers as SAM's RGB (empty: the image)
         self.tiles = DockTiling()  # large planes: tiled embeddings, prompts routed to tiles
         self.stack = StackController(self)
+        self.series = DockSeries(self)  # a folder of images, one after another
         self.multimask = True
         self.overwrite = False
         self.candidate = 0
@@ -88,7 +90,8 @@ class InteractiveController(ControllerBase):
         self.keys = KeyBindings(self.viewer, {
             "N": self.toggle_negative, "Shift+C": self.commit, "Shift+X": self.clear,
             "Shift+M": self.next_candidate, "Shift+F": self.stack.propagate,
-            "Shift+O": self.toggle_one_click,
+            "Shift+O": self.toggle_one_click, "Shift+N": self.series.next,
+            "Shift+B": self.series.previous,
         }, self.undo)
         layers = self.viewer.layers.events
         self.connections.connect(layers.inserted, self._on_inserted)
@@ -445,4 +448,5 @@ class InteractiveController(ControllerBase):
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
         self._names.disconnect_all()
         self.session.cancel_waiters(self)
+        self.series.close()
         super().close()

@@ -101,3 +101,29 @@ def test_three_images_round_trip_in_the_dock(make_napari_viewer, qtbot, fast_mod
     np.testing.assert_array_equal(widget.labels_layer.data, committed_2)
     wait_idle(qtbot, widget)
     widget.close()
+
+
+def test_encoding_ahead_runs_in_a_worker_and_cancels(make_napari_viewer, qtbot, fast_model,
+                                                     tmp_path, monkeypatch):
+    from napari_helpers import capture_notifications, slow_encoder
+
+    notes = capture_notifications(monkeypatch)
+    nuclei = np.asarray(sample("nuclei.tif"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, z in enumerate((20, 30)):
+        tifffile.imwrite(folder / f"plane_{i}.tif", nuclei[z, :96, :128])
+    slow_encoder(fast_model, 3.0)
+    viewer = make_napari_viewer(show=True)
+    widget = open_dock(viewer, "interactive", fast_model)
+    c = widget.controller
+    assert c.series.open_folder(folder)
+    # the GUI thread is back at once: the next image is encoded in a worker
+    assert c.runner.running("prefetch") and widget.jobs.isVisible()
+    assert "ahead" in widget.jobs.bar.format()
+    widget.jobs.cancel_button.click()
+    wait_idle(qtbot, widget)
+    assert any("stopped" in text for text in notes["info"])
+    assert notes["error"] == [] and notes["warning"] == []
+    assert len(c.embeddings.store) == 0  # nothing kept from the cancelled encoding
+    widget.close()

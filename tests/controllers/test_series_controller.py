@@ -181,4 +181,24 @@ def test_empty_folder_and_unreadable_file(folder, tmp_path, fast_model):
     assert c.series.next()  # the next Next skips the unreadable file
     assert c.series.describe() == "Image 3 of 3: c_stack.tif"
     assert (folder / "labels" / "a_plane_labels.tif").exists()
+
+    # labels that cannot be saved: one sentence, the user stays, nothing is lost
+    c.prompts.points.current.add([2, 60.0, 70.0])
+    settle(c)
+    c.commit()
+    committed = np.array(c.series.labels_layer.data)
+    assert c.series.go_to(2) and c.image is c.series.image_layer  # already shown: kept
+    np.testing.assert_array_equal(c.series.labels_layer.data, committed)
+    (folder / "labels").rename(tmp_path / "moved")
+    (folder / "labels").write_text("a file where the labels folder was")
+    errors = len(notes["error"] + notes["warning"])
+    assert not c.series.go_to(0)
+    problems = (notes["error"] + notes["warning"])[errors:]
+    assert len(problems) == 1 and "labels cannot be created" in problems[0], problems
+    assert c.series.describe() == "Image 3 of 3: c_stack.tif"
+    np.testing.assert_array_equal(c.series.labels_layer.data, committed)
+    (folder / "labels").unlink()
+    assert c.series.go_to(0) and c.series.describe() == "Image 1 of 3: a_plane.tif"
+    np.testing.assert_array_equal(io.read_tiff(folder / "labels" / "c_stack_labels.tif").data,
+                                  committed)
     c.close()

@@ -145,7 +145,7 @@ class DockSeries:
             return False
         if self.series is not None and self.series.position is not None and not self._leave():
             return False
-        self._drop_prepared()
+        self._prepared = None
         self.series, self._target = series, None
         self.c.changed("series")
         if not self.go_to(0):
@@ -185,6 +185,8 @@ class DockSeries:
         if s is None:
             return False
         self._target = position
+        if position == s.position:
+            return True  # already shown (reading it again would drop unsaved labels)
         prepared = self._prepared
         self._prepared = None
         try:
@@ -194,7 +196,7 @@ class DockSeries:
             c.notify(notice_for(exc) if isinstance(exc, NapariSamError)
                      else Notice.error(str(exc)))
             return False
-        if s.position is not None and s.position != position and not self._leave():
+        if s.position is not None and not self._leave():
             return False
         self._show(prepared)
         s.position = position
@@ -205,15 +207,8 @@ class DockSeries:
 
     def save(self) -> list[Path]:
         """Save the current image's labels (and object table) if they changed; the files."""
-        s, labels = self.series, self.labels_layer
-        if s is None or s.position is None or labels is None or labels not in self.c.viewer.layers:
-            return []
-        try:
-            written = s.save(s.position, labels.data, features=labels.features)
-        except (NapariSamError, OSError) as exc:
-            self.c.notify(notice_for(exc) if isinstance(exc, NapariSamError)
-                          else Notice.error(f"The labels could not be saved: {exc}"))
-            return []
+        s = self.series
+        written = self._write() or []
         if written:
             self.c.set_status(f"Saved the labels of {s.images[s.position].name} to "
                               f"{written[0]}.")
@@ -221,24 +216,27 @@ class DockSeries:
 
     def close(self) -> None:
         self.c.runner.cancel("prefetch")
-        self._drop_prepared()
+        self._prepared = None
 
     # ------------------------------------------------------------------ switching
-    def _leave(self) -> bool:
-        """Keep the current image's prompts and save its labels; False if they could not be
-        saved (the user stays on the image)."""
-        s = self.series
-        s.set_prompts(s.position, self._capture())
-        labels = self.labels_layer
-        if labels is None or labels not in self.c.viewer.layers:
-            return True
+    def _write(self) -> list[Path] | None:
+        """Save the current image's labels if they changed: the files written (empty when
+        nothing changed or there is nothing to save), None if saving failed (said)."""
+        s, labels = self.series, self.labels_layer
+        if s is None or s.position is None or labels is None or labels not in self.c.viewer.layers:
+            return []
         try:
-            s.save(s.position, labels.data, features=labels.features)
+            return s.save(s.position, labels.data, features=labels.features)
         except (NapariSamError, OSError) as exc:
             self.c.notify(notice_for(exc) if isinstance(exc, NapariSamError)
                           else Notice.error(f"The labels could not be saved: {exc}"))
-            return False
-        return True
+            return None
+
+    def _leave(self) -> bool:
+        """Keep the current image's prompts and save its labels; False if they could not be
+        saved (the user stays on the image)."""
+        self.series.set_prompts(self.series.position, self._capture())
+        return self._write() is not None
 
     def _capture(self) -> SavedPrompts | None:
         """The prompts in the prompt layers now (None when there are none)."""
@@ -397,9 +395,6 @@ class DockSeries:
         )
         job.kind = "prefetch"
         c.runner.start(job)
-
-    def _drop_prepared(self) -> None:
-        self._prepared = None
 
     def _on_model(self, event: Any = None) -> None:
         if self.series is not None and self.c.model is not None:

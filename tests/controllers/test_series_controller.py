@@ -162,7 +162,7 @@ def test_empty_folder_and_unreadable_file(folder, tmp_path, fast_model):
     empty.mkdir()
     assert not c.series.open_folder(empty)
     assert len(notes["error"] + notes["warning"]) == 1
-    assert "holds no .tif or .tiff files" in (notes["error"] + notes["warning"])[0]
+    assert "holds no image file napari-sam reads" in (notes["error"] + notes["warning"])[0]
     assert len(viewer.layers) == 0 and list(empty.iterdir()) == []
     assert not c.series.next() and "Open a folder of images first" in notes["info"][-1]
 

@@ -26,9 +26,9 @@ class SeriesControls(QWidget):
         c = self.controller = controller
         self.open_button = QPushButton("Open folder…")
         self.open_button.setToolTip(
-            "Annotate the TIFF images of a folder one after another: each image's labels "
-            "are saved in its “labels” subfolder as <name>_labels.tif (the names "
-            "`napari-sam segment` gives) when you go to another image.")
+            "Annotate the images of a folder (TIFF, PNG, JPEG, BMP, .npy) one after another: "
+            "each image's labels are saved in its “labels” subfolder as <name>_labels.tif "
+            "(the names `napari-sam segment` gives) when you go to another image.")
         self.open_button.clicked.connect(lambda: self.open_folder())
         self.previous_button = QPushButton(f"◀ Previous  [{PREVIOUS_KEY}]")
         self.previous_button.clicked.connect(c.series.previous)

@@ -136,7 +136,7 @@ class DockSeries:
 
     # ------------------------------------------------------------------ commands
     def open_folder(self, folder: str | os.PathLike[str], output: Any = None) -> bool:
-        """Open a folder of TIFF images (labels go to ``output``, default ``<folder>/labels``)
+        """Open a folder of images (labels go to ``output``, default ``<folder>/labels``)
         and show its first image; False (said in one sentence) if it cannot be used."""
         try:
             series = ImageSeries(Path(folder), output)

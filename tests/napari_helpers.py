@@ -175,3 +175,14 @@ def open_dock(viewer, name: str, model=None, model_name: str = "fast", **kwargs)
 def wait_idle(qtbot, widget, timeout: int = TIMEOUT) -> None:
     """Process Qt events until the dock's timer and jobs are done (no fixed sleeps)."""
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def canvas_point(viewer, canvas, row: float, col: float):
+    """The canvas pixel (a QPoint) showing world (row, col) in napari's 2D view."""
+    from qtpy.QtCore import QPoint
+
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
+    cy, cx = camera.center[-2:]
+    zoom = camera.zoom
+    return QPoint(round((col - cx) * zoom + canvas.width() / 2),
+                  round((row - cy) * zoom + canvas.height() / 2))

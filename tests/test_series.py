@@ -120,7 +120,7 @@ def test_precompute_next_image_uses_the_interactive_key(folder):
 
 
 def test_bad_series(tmp_path, folder):
-    with pytest.raises(InputFileError, match=r"holds no \.tif"):
+    with pytest.raises(InputFileError, match=r"holds no image file napari-sam reads \(\.tif, "):
         ImageSeries(_empty(tmp_path))
     series = ImageSeries(folder, tmp_path / "out")
     series.labels_path(1).parent.mkdir()
@@ -135,3 +135,24 @@ def _empty(tmp_path):
     path = tmp_path / "empty"
     path.mkdir()
     return path
+
+
+def test_png_and_npy_images_named_as_the_cli_names_them(tmp_path):
+    from PIL import Image
+
+    nuclei = np.asarray(sample("nuclei.tif"))
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    plane = (nuclei[30, :64, :80] // 256).astype(np.uint8)
+    Image.fromarray(plane).save(folder / "a.png")
+    np.save(folder / "b.npy", nuclei[31, :64, :80])
+    series = ImageSeries(folder)
+    assert [p.name for p in series.images] == ["a.png", "b.npy"]
+    cli = {job.source: job.output for job in plan_jobs([str(folder)], str(series.output)).jobs}
+    assert [series.labels_path(i) for i in range(2)] == [cli[p] for p in series.images]
+    opened = series.open(0)
+    np.testing.assert_array_equal(opened.image.data, plane)
+    labels = opened.labels.copy()
+    labels[5:20, 10:30] = 1
+    assert series.switch(1, labels)[1][0] == folder / "labels" / "a_labels.tif"
+    np.testing.assert_array_equal(series.open(0).labels, labels)

@@ -45,6 +45,8 @@ QT_KEYS = {"N": (Qt.Key.Key_N, Qt.KeyboardModifier.NoModifier),
            "Shift+M": (Qt.Key.Key_M, Qt.KeyboardModifier.ShiftModifier),
            "Shift+F": (Qt.Key.Key_F, Qt.KeyboardModifier.ShiftModifier),
            "Shift+O": (Qt.Key.Key_O, Qt.KeyboardModifier.ShiftModifier),
+           "Shift+N": (Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier),
+           "Shift+B": (Qt.Key.Key_B, Qt.KeyboardModifier.ShiftModifier),
            UNDO_KEY: (Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)}
 
 

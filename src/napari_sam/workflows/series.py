@@ -2,7 +2,7 @@
 
 :class:`ImageSeries` lists the images of a folder in the order and with the
 output names of ``napari-sam segment``'s folder mode
-(:func:`~napari_sam.workflows.io.find_tiffs`,
+(:func:`~napari_sam.workflows.io.find_images`,
 :func:`~napari_sam.workflows.io.labels_path_for`: ``<name>_labels.tif`` in the
 output folder), opens one image at a time with its labels (read back from the
 output folder when they were saved before), keeps each image's prompts
@@ -31,7 +31,7 @@ import numpy as np
 from napari_sam.errors import InputFileError
 from napari_sam.runtime.files import content_hash
 from napari_sam.runtime.progress import CancelCheck
-from napari_sam.workflows import io
+from napari_sam.workflows import io, zarr_io
 from napari_sam.workflows.embeddings import DiskCache, EmbeddingKey, EmbeddingStore
 from napari_sam.workflows.planes import ImagePlanes
 from napari_sam.workflows.tables import (
@@ -54,19 +54,24 @@ DEFAULT_OUTPUT_FOLDER = "labels"
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """The images of ``folder`` in the order ``napari-sam segment`` processes them.
+    """The image files of ``folder`` in the order ``napari-sam segment`` processes them.
+
+    The files :func:`~napari_sam.workflows.io.find_images` finds (TIFF, PNG,
+    JPEG, BMP, ``.npy``), without zarr folders (the CLI writes their labels
+    as zarr, an image series as TIFF).
 
     Raises
     ------
     InputFileError
-        If the folder does not exist or holds no TIFF file.
+        If the folder does not exist or holds no image file.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputFileError(f"The folder {folder} does not exist.")
-    found = io.find_tiffs(folder)
+    found = [p for p in io.find_images(folder).images if p.is_file()]
     if not found:
-        raise InputFileError(f"The folder {folder} holds no .tif or .tiff files.")
+        kinds = ", ".join(s for s in io.IMAGE_SUFFIXES if s not in zarr_io.ZARR_SUFFIXES)
+        raise InputFileError(f"The folder {folder} holds no image file napari-sam reads ({kinds}).")
     return found
 
 
@@ -81,7 +86,7 @@ class OpenImage:
     path : Path
         The image file.
     image : TiffImage
-        Its pixels, RGB flag, pixel size and unit (:func:`~napari_sam.workflows.io.read_tiff`).
+        Its pixels, RGB flag, pixel size and unit (:func:`~napari_sam.workflows.io.read_image`).
     labels : ndarray uint32
         Its labels: read from :attr:`labels_path` if saved before, else zeros
         of the image's shape (without colour axis).
@@ -115,7 +120,7 @@ class ImageSeries:
     Parameters
     ----------
     folder : path
-        The folder of images (TIFF files).
+        The folder of images (TIFF, PNG, JPEG, BMP or ``.npy`` files).
     output : path, optional
         Where labels are saved; default ``<folder>/labels``.
 
@@ -174,9 +179,22 @@ class ImageSeries:
         InputFileError, ImageFormatError
             If the image cannot be read, or its saved labels do not fit it.
         """
+        opened = self.read(position)
+        self.position = opened.position
+        return opened
+
+    def read(self, position: int) -> OpenImage:
+        """Read image ``position`` and its labels, as :meth:`open` does, without making it
+        the current image (e.g. the next image, read ahead while the user annotates).
+
+        Raises
+        ------
+        InputFileError, ImageFormatError
+            If the image cannot be read, or its saved labels do not fit it.
+        """
         position = self._check(position)
         entry = self._entries[position]
-        image = io.read_tiff(entry.path)
+        image = io.read_image(entry.path)
         shape = image.spatial_shape
         if entry.labels_path.exists():
             saved = io.read_tiff(entry.labels_path).data
@@ -191,7 +209,6 @@ class ImageSeries:
             labels = np.zeros(shape, dtype=np.uint32)
         entry.saved_hash = content_hash(labels)
         entry.opened = True
-        self.position = position
         return OpenImage(position, entry.path, image, labels, entry.labels_path, entry.prompts)
 
     def changed(self, position: int, labels: Any) -> bool:
@@ -226,7 +243,7 @@ class ImageSeries:
         if not force and not self.changed(position, labels):
             return []
         if image is None:
-            image = io.read_tiff(entry.path)
+            image = io.read_image(entry.path)
         written = [io.write_labels_tiff(entry.labels_path, labels, image.scale, image.unit)]
         if image.rgb:
             intensity: Any = [image.data[..., c] for c in range(3)]
@@ -319,7 +336,7 @@ def precompute_embedding(
     image = (
         path_or_image
         if isinstance(path_or_image, io.TiffImage)
-        else io.read_tiff(path_or_image)
+        else io.read_image(path_or_image)
     )
     planes = ImagePlanes(image.data, rgb=image.rgb)
     where = planes.geometry.initial_index() if index is None else index

@@ -3,7 +3,8 @@
 Click positive/negative points in "SAM points" or draw rectangles in "SAM
 boxes"; the mask appears in "SAM preview"; commit it into the output labels as
 a new object; on a stack, precompute the embeddings and propagate objects
-through the slices. All decisions are the controller's
+through the slices; open a folder of images and annotate them one after
+another (Image series). All decisions are the controller's
 (:mod:`napari_sam._widgets.interactive.controller`); this module composes the
 controls, the job runner (model loading, encoding, precompute, propagation run
 in napari thread workers) and the dock's lifetime, and debounces predictions.
@@ -20,6 +21,7 @@ from napari_sam._widgets._qt.jobs import JobPanel, QtJobRunner
 from napari_sam._widgets._qt.model_controls import ModelControls
 from napari_sam._widgets._qt.notify import show_notice
 from napari_sam._widgets._qt.prompt_controls import OutputControls, PromptControls
+from napari_sam._widgets._qt.series_controls import SeriesControls
 from napari_sam._widgets._qt.stack_controls import StackControls
 from napari_sam._widgets.interactive.controller import NOT_LOADED, InteractiveController
 from napari_sam._widgets.interactive.keys import keys_help
@@ -80,11 +82,13 @@ class InteractiveSegmentationWidget(DockFrame):
         self.prompt_controls = PromptControls(c)
         self.output_controls = OutputControls(c)
         self.stack_controls = StackControls(c)
+        self.series_controls = SeriesControls(c)
         self.add(section("Model", self.model_controls))
         self.add(section("Image and prompts", self.prompt_controls))
         self.add(section("Output", self.output_controls))
         self.stack_section = section("3D stack", self.stack_controls)
         self.add(self.stack_section)
+        self.add(section("Image series (a folder)", self.series_controls, expanded=False))
         help_label = wrapped_label(keys_html(), rich=True)
         help_label.setMaximumWidth(HELP_WIDTH)  # a long help text must not widen the dock
         self.add(section("Help and keys", help_label, expanded=False))
@@ -107,6 +111,8 @@ class InteractiveSegmentationWidget(DockFrame):
             self.output_controls.sync()
         if what in ("image", "stack", "summary", "busy", "disk", "layers", "model"):
             self.stack_controls.sync()
+        if what in ("series", "image"):
+            self.series_controls.sync()
 
     # ------------------------------------------------------------------ for scripts and tests
     @property

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-from napari_sam.errors import ImageFormatError
+from napari_sam._widgets.notices import notice_for
+from napari_sam.errors import ImageFormatError, NapariSamError
 from napari_sam.runtime.files import content_hash
 from napari_sam.workflows.channels import MAX_CHANNELS, channels_to_rgb, flat_contrast
 from napari_sam.workflows.embeddings import EmbeddingKey
 
-__all__ = ["SLOTS", "ChannelLayers"]
+__all__ = ["SLOTS", "ChannelLayers", "use_channels"]
 
 SLOTS = ("red", "green", "blue")
 
@@ -106,3 +107,30 @@ class ChannelLayers:
     def intensity(self) -> tuple[list[Any], list[str]]:
         """Each channel's data and name, for the object table's mean intensities."""
         return [layer.data for layer in self.layers], [layer.name for layer in self.layers]
+
+
+def use_channels(c: Any, layers: Any) -> None:
+    """The "channels" command of an interactive controller ``c``: show SAM the 1-3 channel
+    ``layers`` as red, green, blue (the first becomes the image segmented), or, with
+    None or none, the image alone again; a wrong choice is said in one sentence."""
+    layers = list(layers or [])
+    if not layers:
+        c.channels.layers = []
+        c.changed("channels")
+        c.schedule()
+        return
+    try:
+        layers = c.channels.check(layers)
+    except NapariSamError as exc:
+        c.notify(notice_for(exc))
+        return
+    c.channels.layers = layers
+    if c.image is not layers[0]:
+        c.set_image(layers[0])
+    for layer in layers[1:]:
+        c.connections.disconnect_source(layer)
+        for name in ("contrast_limits", "data"):
+            c.connections.connect(getattr(layer.events, name), c.schedule)
+    c.changed("channels")
+    c.info(c.channels.describe() + ".")
+    c.schedule()

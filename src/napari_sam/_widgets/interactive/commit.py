@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam._widgets.interactive.objects_table import refresh_features
+from napari_sam._widgets.interactive.objects_table import refresh_features, save_table
 from napari_sam._widgets.interactive.planes_layout import PlaneKey, plane_write_index, where
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, write_objects
-from napari_sam._widgets.notices import Notice
+from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.interactive import plan_commit
@@ -27,6 +27,7 @@ __all__ = [
     "commit_current",
     "commit_preview",
     "ensure_labels",
+    "save_output_table",
     "shape_mismatch",
 ]
 
@@ -144,3 +145,22 @@ def _measure(c: Any, labels: Any, result: CommitResult) -> None:
                          c.channels if c.channels.active_for(c.image) else None)
     except NapariSamError as exc:  # the objects are written; only the table is missing
         c.notify(Notice.warning(f"The object table could not be updated: {exc}"))
+
+
+def save_output_table(c: Any, path: str) -> Any:
+    """The "Save table…" command of an interactive controller ``c``: the output labels'
+    object table (one row per object) as CSV at ``path``; the path written, or None (said
+    in one sentence)."""
+    labels = c.output.current
+    if labels is None:
+        c.info("There is no object table yet: commit objects first.")
+        return None
+    try:
+        written = save_table(labels, path, c.image)
+    except NapariSamError as exc:
+        c.notify(notice_for(exc))
+        return None
+    n = len(labels.features)
+    c.set_status(f"Saved the table of {n} object{'s' if n != 1 else ''} of "
+                 f"“{labels.name}” to {written}.")
+    return written

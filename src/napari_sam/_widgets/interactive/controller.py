@@ -7,7 +7,10 @@ into "SAM preview" (encoding each plane once, as a job), commits the preview
 into the output labels and, on a stack, precomputes and propagates
 (:class:`~napari_sam._widgets.interactive.stack.StackController`). It tells the
 user what happens through ``events`` (notices, status; see
-:class:`~napari_sam._widgets.base.ControllerBase`). The Qt dock
+:class:`~napari_sam._widgets.base.ControllerBase`). Its parts: the layer list
+(:mod:`.follow`), prompt layers, preview, prediction (:mod:`.predict`),
+embeddings, commit, tiles, channel layers, keys, the stack and an image series
+(:mod:`.series`). The Qt dock
 (``napari_sam._widgets._qt.interactive``) only shows it.
 """
 
@@ -15,22 +18,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari_sam._widgets.base import Connections, ControllerBase
+from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.interactive import predict
-from napari_sam._widgets.interactive.channel_layers import ChannelLayers
-from napari_sam._widgets.interactive.commit import commit_current
+from napari_sam._widgets.interactive.channel_layers import ChannelLayers, use_channels
+from napari_sam._widgets.interactive.commit import commit_current, save_output_table
 from napari_sam._widgets.interactive.encoding import Embeddings
+from napari_sam._widgets.interactive.follow import LayerFollower
 from napari_sam._widgets.interactive.keys import KeyBindings
-from napari_sam._widgets.interactive.objects_table import save_table, undo_labels
+from napari_sam._widgets.interactive.objects_table import undo_labels
 from napari_sam._widgets.interactive.preview import Preview
 from napari_sam._widgets.interactive.prompt_layers import PromptLayers
+from napari_sam._widgets.interactive.series import DockSeries
 from napari_sam._widgets.interactive.session import ImageSession
 from napari_sam._widgets.interactive.stack import StackController
 from napari_sam._widgets.interactive.tiles import DockTiling
 from napari_sam._widgets.jobs import JobRunner
 from napari_sam._widgets.model_session import ModelSession, session_for
-from napari_sam._widgets.notices import notice_for
-from napari_sam.errors import NapariSamError
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.workflows.embeddings import EmbeddingStore
 from napari_sam.workflows.interactive import PredictionCache
@@ -39,7 +42,6 @@ from napari_sam.workflows.prompts import SlicePrompts, current_slice, layer_affi
 __all__ = ["NOT_LOADED", "InteractiveController"]
 
 NOT_LOADED = "Model: not loaded (loads with the first prompt)"
-_IMAGE_EVENTS = ("contrast_limits", "data", "scale", "translate", "rotate", "shear", "affine")
 
 
 class InteractiveController(ControllerBase):
@@ -71,6 +73,7 @@ class InteractiveController(ControllerBase):
         self.channels = ChannelLayers()  # 1-3 channel layers as SAM's RGB (empty: the image)
         self.tiles = DockTiling()  # large planes: tiled embeddings, prompts routed to tiles
         self.stack = StackController(self)
+        self.series = DockSeries(self)  # a folder of images, one after another
         self.multimask = True
         self.overwrite = False
         self.candidate = 0
@@ -82,31 +85,24 @@ class InteractiveController(ControllerBase):
         self.warned_axes: set[tuple] = set()
         self.scheduler: Any = None  # starts the Qt side's debounce timer
         self.pending = False
-        self._names = Connections()  # layer name changes (kept when a layer is unwatched)
-        self._inserting: Any = None  # the layer napari is adding right now
-        self._reactivate: Any = None
+        self.follower = LayerFollower(self)  # the layer list, the image, canvas clicks
         self.keys = KeyBindings(self.viewer, {
             "N": self.toggle_negative, "Shift+C": self.commit, "Shift+X": self.clear,
             "Shift+M": self.next_candidate, "Shift+F": self.stack.propagate,
-            "Shift+O": self.toggle_one_click,
+            "Shift+O": self.toggle_one_click, "Shift+N": self.series.next,
+            "Shift+B": self.series.previous,
         }, self.undo)
-        layers = self.viewer.layers.events
-        self.connections.connect(layers.inserted, self._on_inserted)
-        self.connections.connect(layers.removed, self._on_removed)
-        self.connections.connect(layers.moved, self._on_layers_changed)
-        self.connections.connect(self.viewer.dims.events.point, self.schedule)
-        self.connections.connect(self.viewer.layers.selection.events.active, self._on_active)
+        self.follower.connect()
         self.connections.connect(self.session.events.model, self._on_model)
         self.connections.connect(self.session.events.request, self._on_model)
-        for layer in self.viewer.layers:
-            self._names.connect(layer.events.name, self._on_layers_changed)
+        self._on_click = self.follower.on_click
         self.viewer.mouse_drag_callbacks.append(self._on_click)
         self.keys.bind()
         if self.session.once(self.session.problem):
             self.warn(self.session.problem)
-        self._follow_layers()
+        self.follower.follow()
         if self.image is None:
-            self._take_image()
+            self.follower.take_image()
 
     # ------------------------------------------------------------------ state
     image = property(lambda self: self.images.image, doc="The image being segmented.")
@@ -142,113 +138,17 @@ class InteractiveController(ControllerBase):
         return True
 
     # ------------------------------------------------------------------ layers
-    def _on_inserted(self, event: Any) -> None:
-        self._names.connect(event.value.events.name, self._on_layers_changed)
-        outer = self._inserting  # layers the controller adds meanwhile are nested inserts
-        self._inserting = event.value if outer is None else outer
-        try:
-            self._on_layers_changed()
-        finally:
-            self._inserting = outer
-
-    def _on_active(self, event: Any) -> None:
-        # napari selects a layer it has just added after telling us about it: select the
-        # prompt layer again then (see prompt_layers_changed)
-        target = self._reactivate
-        if target is None or event.value is None:  # napari clears the selection first
-            return
-        self._reactivate = None
-        if event.value is target:
-            self.prompts.activate()
-
-    def _on_removed(self, event: Any) -> None:
-        layer = event.value
-        self.connections.disconnect_source(layer)
-        self._names.disconnect_source(layer)
-        self.prompts.forget(layer)
-        if self.channels.forget(layer):
-            self.info(f"The channel layer “{layer.name}” was removed: SAM sees the image "
-                      "alone again; choose the channels again to use several.")
-        self.keys.release_layer(layer)
-        self.preview.forget(layer)
-        self._follow_layers()
-        self.schedule()
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        self._follow_layers()
-
-    def _follow_layers(self) -> None:
-        for choice in (self.images.choice, self.images.output):
-            choice.refresh()
-        self.prompts.refresh()
-        for layer in (*self.prompts.layers, self.preview.layer):
-            if layer is not None and layer in self.viewer.layers:
-                self.keys.bind_layer(layer)  # Ctrl+Z there is the plugin's undo
-        self.changed("layers")
-        if self.images.pending and not self.closed:
-            self._take_image()  # e.g. the first image was opened after the dock
-
     def set_image(self, layer: Any) -> None:
         """Segment ``layer`` (an Image layer of the viewer)."""
         self.images.choice.select(layer)
         if self.images.pending or layer is None:
-            self._take_image()
-
-    def _take_image(self) -> None:
-        if self.image is not None:
-            self.connections.disconnect_source(self.image)
-        self.preview.clear(self.layout)
-        notice, status = self.images.take()
-        if notice is not None:
-            self.notify(notice)
-        self.stack.follow_layout()
-        self.changed("image")
-        self.set_status(status)
-        if self.image is None:
-            return
-        for name in _IMAGE_EVENTS:
-            self.connections.connect(getattr(self.image.events, name), self._on_image_changed)
-        self.prompt_layers_changed(activate=True)
-
-    def _on_image_changed(self, event: Any = None) -> None:
-        if getattr(event, "type", None) == "data" and self.image is not None:
-            changed, problem = self.images.relayout()
-            if problem is not None:
-                self.notify(notice_for(problem))
-                self.set_status(str(problem))
-                self.preview.clear(None)
-                return
-            if changed:
-                self.stack.follow_layout()
-                self.changed("image")
-                self.preview.reshape(self.layout)
-        self.schedule()
+            self.follower.take_image()
 
     def set_channels(self, layers: Any) -> None:
         """Show SAM 1-3 channel layers (napari's ``channel_axis`` layers) as its red, green and
         blue inputs, each with its own contrast limits; the first is the image segmented.
         None or empty: the image alone again."""
-        layers = list(layers or [])
-        if not layers:
-            self.channels.layers = []
-            self.changed("channels")
-            self.schedule()
-            return
-        try:
-            layers = self.channels.check(layers)
-        except NapariSamError as exc:
-            self.notify(notice_for(exc))
-            return
-        self.channels.layers = layers
-        if self.image is not layers[0]:
-            self.set_image(layers[0])
-        for layer in layers[1:]:
-            self.connections.disconnect_source(layer)
-            for name in ("contrast_limits", "data"):
-                self.connections.connect(getattr(layer.events, name), self.schedule)
-        self.changed("channels")
-        self.info(self.channels.describe() + ".")
-        self.schedule()
+        use_channels(self, layers)
 
     def set_prompt_layer(self, kind: str, layer: Any) -> None:
         """Use ``layer`` (None: a new one) as the "points" or "boxes" prompt layer."""
@@ -257,16 +157,7 @@ class InteractiveController(ControllerBase):
 
     def prompt_layers_changed(self, activate: bool = False) -> None:
         """Make missing prompt layers, watch them; with ``activate``, select the tool's layer."""
-        if self.image is not None:
-            self.prompts.ensure(self.image, self.layout)
-            for note in self.prompts.axes_notes(self.image, self.layout, self.warned_axes):
-                self.info(note)
-            if activate and self._inserting is not None:
-                self._reactivate = self._inserting  # once napari has selected it
-            elif activate:
-                self.prompts.activate()
-        self.changed("layers")
-        self.prompts_changed()
+        self.follower.prompt_layers_changed(activate)
 
     def set_tool(self, tool: str) -> None:
         """Pick the "points" or "box" tool: its layer is selected, ready to draw."""
@@ -274,12 +165,6 @@ class InteractiveController(ControllerBase):
             self.prompts.ensure(self.image, self.layout)
         self.prompts.activate(tool)
         self.changed("tool")
-
-    def _on_click(self, viewer: Any, event: Any) -> None:
-        """A click on the canvas: if it cannot place a prompt, say what to select."""
-        hint = self.prompts.click_hint(viewer.layers.selection.active)
-        if hint and self.image is not None:
-            self.set_status(hint)
 
     # ------------------------------------------------------------------ prompts and options
     def prompts_changed(self, event: Any = None) -> None:
@@ -381,19 +266,7 @@ class InteractiveController(ControllerBase):
     def save_table(self, path: str) -> Any:
         """Write the output labels' object table (one row per object) as CSV to ``path``;
         the path written, or None (said in one sentence)."""
-        labels = self.output.current
-        if labels is None:
-            self.info("There is no object table yet: commit objects first.")
-            return None
-        try:
-            written = save_table(labels, path, self.image)
-        except NapariSamError as exc:
-            self.notify(notice_for(exc))
-            return None
-        n = len(labels.features)
-        self.set_status(f"Saved the table of {n} object{'s' if n != 1 else ''} of "
-                        f"“{labels.name}” to {written}.")
-        return written
+        return save_output_table(self, path)
 
     def set_output(self, layer: Any) -> None:
         """Write objects into ``layer`` (None: a new "<image> SAM labels")."""
@@ -445,6 +318,7 @@ class InteractiveController(ControllerBase):
         self.keys.restore()
         if self._on_click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
-        self._names.disconnect_all()
+        self.follower.close()
         self.session.cancel_waiters(self)
+        self.series.close()
         super().close()

@@ -28,6 +28,8 @@ KEYS = {
     "Shift+M": "show the next of SAM's three candidate masks",
     "Shift+F": "follow the preview (or this slice's objects) through the stack",
     "Shift+O": "one click = one cell, on or off",
+    "Shift+N": "next image of the series (saves this one's labels)",
+    "Shift+B": "previous image of the series (saves this one's labels)",
 }
 #: Undo, on the plugin's prompt and preview layers.
 UNDO_KEY = "Ctrl+Z"

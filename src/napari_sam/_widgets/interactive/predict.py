@@ -219,7 +219,7 @@ def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any,
     """Encode the plane in a job; predict again when it is done (not after a failure).
 
     With ``channels``, ``plane`` is already SAM's RGB input (channel layers)."""
-    if c.runner.running("encode"):
+    if c.runner.running("encode") or c.series.encoding(key):
         return  # when it finishes, the preview is updated and asks again
     if not channels:
         warning = c.embeddings.uniform_warning(key, plane, c.layout, c.image.name)

@@ -113,3 +113,14 @@ def test_help_lists_the_command(capsys):
     assert "propagate" in capsys.readouterr().out
     assert main(["propagate", "--help"]) == 0
     assert "z,y,x,label,object" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:8786"]])
+def test_a_cluster_is_refused_in_one_sentence(tmp_path, fake_load, stack_file, capsys, flags):
+    prompts = _csv(tmp_path, "4,30,40,1,1\n")
+    out = tmp_path / "o.tif"
+    code = main(["propagate", str(stack_file), "--prompts", str(prompts), "-o", str(out), *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and not out.exists() and fake_load == []
+    assert err.startswith("napari-sam: error: propagate follows the objects of one stack")
+    assert "\n" not in err

@@ -13,7 +13,7 @@ from napari_sam.cli.common import (
     bar_updater,
     check_writable,
 )
-from napari_sam.errors import ImageFormatError, OutputFileError
+from napari_sam.errors import ImageFormatError, OutputFileError, SettingsError
 
 _DESCRIPTION = """\
 Follow objects through the slices of a 3D stack (Z Y X), or the frames of a
@@ -120,7 +120,24 @@ def add(subparsers: Any) -> None:
         help="keep the slices' embeddings in this folder (reused by later runs and by "
         "napari-sam embed / the napari widget with the same model and contrast)",
     )
+    group = parser.add_argument_group(
+        "Dask cluster",
+        "Not for propagate: each slice needs SAM 2's memory of the slices before it, so one\n"
+        "stack is followed in one process. Run several stacks as separate commands (jobs).",
+    )
+    group.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="refused (see above)"
+    )
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="refused (see above)")
     parser.set_defaults(handler=_run_propagate)
+
+
+#: Why ``propagate`` does not run on a Dask cluster (one sentence).
+CLUSTER_REFUSAL = (
+    "propagate follows the objects of one stack in this process (each slice needs SAM 2's "
+    "memory of the slices before it); leave out --workers and --scheduler, and run several "
+    "stacks as separate commands (or jobs) to use more machines."
+)
 
 
 def _run_propagate(args: argparse.Namespace) -> int:
@@ -139,6 +156,8 @@ def _run_propagate(args: argparse.Namespace) -> int:
     from napari_sam.workflows.prompt_table import read_prompt_table
 
     t0 = time.perf_counter()
+    if args.workers is not None or args.scheduler:
+        raise SettingsError(CLUSTER_REFUSAL)
     out = Path(args.output).expanduser()
     if out.suffix.lower() not in io.TIFF_SUFFIXES:
         raise OutputFileError(f"The output {out} must be a .tif file name.")

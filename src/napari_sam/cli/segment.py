@@ -415,11 +415,6 @@ def _run_segment(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise NapariSamError(f"--workers needs at least 1 worker, not {args.workers}.")
     table_path = Path(args.table).expanduser() if args.table else None
-    if (args.workers is not None or args.scheduler) and (table_path or recipe.channels):
-        raise NapariSamError(
-            "--channels and --table run in one process for now; leave out --workers and "
-            "--scheduler."
-        )
     plan = plan_jobs(args.inputs, args.output, output_format=args.output_format)
     coco_path = Path(args.coco).expanduser() if args.coco else None
     if coco_path is not None and coco_path.is_dir():
@@ -435,7 +430,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     planes: dict[int, Any] = {}
     try:
         if args.workers is not None or args.scheduler:
-            _run_on_cluster(args, plan, recipe, report, planes, coco is not None)
+            _run_on_cluster(args, plan, recipe, report, planes, coco is not None, tables)
         else:
             _run_here(args, plan, recipe, report, planes, coco is not None, tables)
     except KeyboardInterrupt:
@@ -549,8 +544,12 @@ def _run_on_cluster(
     report: _Report,
     planes: dict[int, Any],
     coco: bool,
+    tables: Any = None,
 ) -> None:
-    """The Dask path: a local cluster (``--workers``) or an existing one (``--scheduler``)."""
+    """The Dask path: a local cluster (``--workers``) or an existing one (``--scheduler``).
+
+    With ``tables`` (--table) the workers make each output's object table, and
+    every input is segmented again, as in one process."""
     from tqdm import tqdm
 
     from napari_sam.distributed import ModelSpec, dashboard_link, open_cluster, run_batch
@@ -569,6 +568,7 @@ def _run_on_cluster(
         # download once here, not once per worker (a shared cache serves them all)
         checkpoint_path(args.model, progress=not args.quiet)
     index_of = {job: i for i, job in enumerate(plan.jobs)}
+    objects: dict[int, Any] = {}
     with open_cluster(args.scheduler, args.workers) as client:
         link = dashboard_link(client)
         n_workers = len(client.nthreads())
@@ -586,6 +586,8 @@ def _run_on_cluster(
                 report.fail(job, outcome.reason)
                 return
             planes[index_of[job]] = outcome.coco or []
+            if outcome.table is not None:
+                objects[index_of[job]] = outcome.table
             if outcome.status == "done":
                 report.finished(job, outcome.n_objects, outcome.n_slices, outcome.seconds)
             else:
@@ -598,7 +600,8 @@ def _run_on_cluster(
                 spec,
                 recipe,
                 coco=coco,
-                force=args.force,
+                table=tables is not None,
+                force=args.force or tables is not None,
                 torch_threads=local_torch_threads(args.workers) if args.workers else None,
                 new_folders=plan.new_folders,
                 progress=bar_updater(bar),
@@ -606,3 +609,5 @@ def _run_on_cluster(
             )
         finally:
             bar.close()
+            if tables is not None:  # in input order, as in one process
+                tables.tables.extend(objects[i] for i in sorted(objects))

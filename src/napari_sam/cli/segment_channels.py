@@ -174,27 +174,9 @@ class TableWriter:
 
     def add(self, labels: Any, name: str, image: Any, scores: Any, method: str) -> None:
         """Add the objects of ``labels`` (the result for input ``name``, read as ``image``)."""
-        from napari_sam.workflows.tables import object_table
+        from napari_sam.workflows.tables import image_object_table
 
-        if image.channel_axis is not None:
-            intensity: Any = [image.data[c] for c in range(image.data.shape[0])]
-            names: Any = [f"ch{c}" for c in range(image.data.shape[0])]
-        elif image.rgb:
-            intensity = [image.data[..., c] for c in range(3)]
-            names = ["red", "green", "blue"]
-        else:
-            intensity, names = image.data, None
-        table = object_table(
-            labels,
-            scale=image.scale,
-            unit=image.unit,
-            intensity=intensity,
-            channel_names=names,
-            scores=scores,
-            method=method,
-        )
-        table.insert(0, "image", name)
-        self.tables.append(table)
+        self.tables.append(image_object_table(labels, name, image, scores, method))
 
     def write(self) -> Path:
         import pandas as pd

@@ -53,6 +53,7 @@ from napari_sam.errors import (
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback
 from napari_sam.workflows import io
 from napari_sam.workflows.batch import FileResult, Manifest, Recipe, SegmentJob
+from napari_sam.workflows.batch_tiles import plane_grid
 from napari_sam.workflows.embeddings import default_contrast_limits
 from napari_sam.workflows.linking import SliceLinker, offset_luts
 from napari_sam.workflows.zarr_io import LabelsZarr, finish_labels_zarr
@@ -85,6 +86,8 @@ class Outcome:
         COCO annotations per plane (:func:`~napari_sam.workflows.batch.coco_planes`).
     resumed_slices : int
         Slices finished by an earlier run and not segmented again.
+    table : pandas.DataFrame or None
+        The output's object table, when asked for (``table=True``).
     """
 
     job: SegmentJob
@@ -95,6 +98,7 @@ class Outcome:
     seconds: float = 0.0
     coco: CocoPlanes | None = None
     resumed_slices: int = 0
+    table: Any = None
 
 
 @dataclass
@@ -126,9 +130,22 @@ class _Stack:
     labels: np.ndarray | None = None
     resumed: int = 0
 
+    grid: Any = None  # TileGrid of its slices, when they are tiled
+
     @property
     def n(self) -> int:
         return self.shape[0]
+
+
+@dataclass
+class _TiledPlane:
+    """A plane segmented tile by tile: the finished tiles' futures, kept for its merge."""
+
+    index: int
+    z: int | None
+    grid: Any
+    contrast: tuple[float, float]
+    futures: dict[int, Any] = field(default_factory=dict)
 
 
 class _Runner:
@@ -139,6 +156,7 @@ class _Runner:
         recipe: Recipe,
         *,
         coco: bool,
+        table: bool,
         split_stacks: bool,
         force: bool,
         progress: ProgressCallback | None,
@@ -152,6 +170,9 @@ class _Runner:
         self.recipe = recipe
         self.identity = recipe.identity()
         self.coco = coco
+        self.table = table
+        self.tables: dict[int, Any] = {}
+        self.finishing: dict[int, tuple] = {}  # stacks written, waiting for their table
         self.split_stacks = split_stacks
         self.force = force
         self.progress = progress
@@ -162,6 +183,7 @@ class _Runner:
         self.pending: dict[str, tuple[Any, int, str, int]] = {}
         self.outcomes: dict[int, Outcome] = {}
         self.stacks: dict[int, _Stack] = {}
+        self.tiled: dict[tuple[int, int | None], _TiledPlane] = {}
         self.t0: dict[int, float] = {}
         self.jobs: list[SegmentJob] = []
         self.total = 0
@@ -181,8 +203,9 @@ class _Runner:
         self.done += n
         self.remaining[index] = self.remaining.get(index, 0) - n
 
-    def _submit(self, index: int, kind: str, z: int, fn: Callable, *args: Any) -> None:
-        key = f"napari-sam-{kind}-{self.token}-{index}-{z}"
+    def _submit(self, index: int, kind: str, z: Any, fn: Callable, *args: Any) -> None:
+        where = "-".join(str(v) for v in z) if isinstance(z, tuple) else str(z)
+        key = f"napari-sam-{kind}-{self.token}-{index}-{where}"
         future = self.client.submit(fn, *args, key=key, pure=False)
         self.pending[key] = (future, index, kind, z)
         self.ac.add(future)
@@ -203,6 +226,10 @@ class _Runner:
         if left > 0:
             self._count(index, left)
         stack = self.stacks.pop(index, None)
+        for plane in [p for p in self.tiled if p[0] == index]:
+            del self.tiled[plane]
+        self.finishing.pop(index, None)
+        self.tables.pop(index, None)
         if stack is None:  # a whole-file job: nothing worth resuming
             JobWork(self.jobs[index]).remove()
         self._finish(Outcome(self.jobs[index], "failed", reason=reason), index)
@@ -221,26 +248,96 @@ class _Runner:
             # tasks; PNG / JPEG / BMP images are always 2D and read by their task alone
             image = None
             split = self.split_stacks and self.recipe.channels is None
-            if split and job.source.suffix.lower() not in io.PILLOW_SUFFIXES:
-                image = io.read_image(job.source, lazy=True)
+            if split:
+                image = self._open(job)
             work = JobWork(job)
             if self.force:
                 work.remove()
             kept = work.prepare(self.identity)
             stack = image is not None and not image.rgb and image.data.ndim == 3
+            grid = None if image is None else plane_grid(image.spatial_shape[-2:], self.recipe)
             if stack and image.data.shape[0] > 1:
-                self._start_stack(index, job, work, image, kept)
+                self._start_stack(index, job, work, image, kept, grid)
+            elif grid is not None:
+                self._start_tiled_file(index, job, image, grid)
             else:
                 self._expect(index, 1)
                 self._submit(
                     index, "file", 0, tasks.file_task,
-                    self.spec, job, self.recipe, str(work.file_output), self.coco,
+                    self.spec, job, self.recipe, str(work.file_output), self.coco, self.table,
                 )  # fmt: skip
         except NapariSamError as exc:
             self._fail(index, str(exc))
 
+    def _open(self, job: SegmentJob) -> io.TiffImage | None:
+        """The input, lazily (its metadata), where its tasks depend on its shape.
+
+        PNG / JPEG / BMP images are always 2D: read here only when their size
+        asks for tiles (their task reads them otherwise)."""
+        if job.source.suffix.lower() in io.PILLOW_SUFFIXES:
+            from PIL import Image
+
+            try:
+                with Image.open(job.source) as im:
+                    width, height = im.size
+            except (OSError, ValueError):
+                return None  # the file task reports it
+            if plane_grid((height, width), self.recipe) is None:
+                return None
+        return io.read_image(job.source, lazy=True)
+
+    def _contrast(self, image: io.TiffImage) -> tuple[float, float]:
+        contrast = self.recipe.contrast or default_contrast_limits(image.data)
+        return (float(contrast[0]), float(contrast[1]))
+
+    def _start_tiled_file(
+        self, index: int, job: SegmentJob, image: io.TiffImage, grid: Any
+    ) -> None:
+        """A 2D image of several tiles: one task per tile, then a merge writing the output."""
+        plane = _TiledPlane(index, None, grid, self._contrast(image))
+        self.tiled[(index, None)] = plane
+        self._expect(index, len(grid) + 1)
+        self._submit_tiles(plane)
+
+    def _submit_tiles(self, plane: _TiledPlane) -> None:
+        job = self.jobs[plane.index]
+        for k in range(len(plane.grid)):
+            self._submit(
+                plane.index, "tile", (plane.z, k), tasks.tile_task,
+                self.spec, job, self.recipe, plane.contrast, plane.z, k,
+            )  # fmt: skip
+
+    def _tile_done(self, index: int, z: int | None, k: int, future: Any) -> None:
+        plane = self.tiled.get((index, z))
+        if plane is None:
+            return
+        plane.futures[k] = future
+        if len(plane.futures) < len(plane.grid):
+            return
+        del self.tiled[(index, z)]
+        pieces = [plane.futures[i] for i in range(len(plane.grid))]
+        job = self.jobs[index]
+        work = JobWork(job)
+        if z is None:
+            self._submit(
+                index, "tiledfile", 0, tasks.tiled_file_task,
+                self.spec, job, self.recipe, plane.grid, pieces, str(work.file_output), self.coco,
+                self.table,
+            )  # fmt: skip
+        else:
+            self._submit(
+                index, "slice", z, tasks.tiled_slice_task,
+                self.spec, self.recipe, plane.grid, pieces, z, str(work.raw), str(work.marker(z)),
+            )  # fmt: skip
+
     def _start_stack(
-        self, index: int, job: SegmentJob, work: JobWork, image: io.TiffImage, kept: bool
+        self,
+        index: int,
+        job: SegmentJob,
+        work: JobWork,
+        image: io.TiffImage,
+        kept: bool,
+        grid: Any = None,
     ) -> None:
         contrast = self.recipe.contrast or default_contrast_limits(image.data)
         shape = tuple(int(s) for s in image.data.shape)
@@ -250,15 +347,24 @@ class _Runner:
         )  # fmt: skip
         self.stacks[index] = st
         phases = 3 if self.recipe.settings.link_slices else 2
-        self._expect(index, phases * st.n)
+        self._expect(index, phases * st.n + (1 if self.table else 0))
         if kept and work.raw.is_dir():
             st.markers = {z: m for z, m in work.finished_slices().items() if 0 <= z < st.n}
         else:
             LabelsZarr.create(work.raw, shape)
         st.resumed = len(st.markers)
         self._count(index, st.resumed)
+        st.grid = grid
+        if grid is not None:  # each slice: one task per tile, then its merge
+            self._expect(index, len(grid) * (st.n - st.resumed))
         for z in range(st.n):
-            if z not in st.markers:
+            if z in st.markers:
+                continue
+            if grid is not None:
+                plane = _TiledPlane(index, z, grid, st.contrast)
+                self.tiled[(index, z)] = plane
+                self._submit_tiles(plane)
+            else:
                 self._submit(
                     index, "slice", z, tasks.slice_task,
                     self.spec, job, self.recipe, st.contrast, z, str(work.raw),
@@ -314,8 +420,21 @@ class _Runner:
         coco = None
         if self.coco:
             coco = [(z, st.shape[1:], st.relabelled[z][0] or []) for z in range(st.n)]
-        self._done(st.index, len(ids), st.n, coco, st.resumed)
         del self.stacks[st.index]
+        if not self.table:
+            self._done(st.index, len(ids), st.n, coco, st.resumed)
+            return
+        # the object table of the whole volume: one more task, reading the output
+        scores: dict[tuple[int, int], Any] = {}
+        for z in range(st.n):
+            for raw, values in st.markers[z]["scores"].items():
+                final = st.luts[z].get(int(raw))
+                if final:
+                    scores[(z, int(final))] = values
+        self.finishing[st.index] = (len(ids), st.n, coco, st.resumed)
+        self._submit(
+            st.index, "table", 0, tasks.table_task, job, self.recipe, str(job.output), scores
+        )
 
     def _done(
         self, index: int, n_objects: int, n_slices: int | None, coco: CocoPlanes | None,
@@ -327,7 +446,7 @@ class _Runner:
         seconds = time.perf_counter() - self.t0[index]
         self._finish(
             Outcome(job, "done", n_objects, n_slices, seconds=seconds, coco=coco,
-                    resumed_slices=resumed),
+                    resumed_slices=resumed, table=self.tables.pop(index, None)),
             index,
         )  # fmt: skip
 
@@ -347,7 +466,7 @@ class _Runner:
                 exc = lost
             self._task_failed(index, exc)
             return
-        result = future.result()
+        result = future if kind == "tile" else future.result()  # tiles go to their merge
         self._count(index)
         try:
             self._dispatch(index, kind, z, result)
@@ -371,8 +490,15 @@ class _Runner:
         self._fail(index, reason)
 
     def _dispatch(self, index: int, kind: str, z: int, result: Any) -> None:
-        if kind == "file":
+        if kind in ("file", "tiledfile"):
             self._finish_file(index, result)
+            return
+        if kind == "tile":
+            self._tile_done(index, z[0], z[1], result)
+            return
+        if kind == "table":
+            self.tables[index] = result
+            self._done(index, *self.finishing.pop(index))
             return
         st = self.stacks.get(index)
         if st is None:
@@ -405,6 +531,8 @@ class _Runner:
                 raise OutputFileError(
                     f"{job.output} cannot be written ({exc.strerror or exc})."
                 ) from exc
+        if result.table is not None:
+            self.tables[index] = result.table
         self._done(index, result.n_objects, result.n_slices, result.coco)
 
     # ----------------------------------------------------------------- run
@@ -428,7 +556,10 @@ class _Runner:
         """Cancel every task of the run; drop the work of unfinished whole-file jobs (only
         a stack's finished slices are worth keeping for the next run)."""
         futures = [f for f, *_ in self.pending.values()]
-        unfinished = {i for _, i, kind, _ in self.pending.values() if kind == "file"}
+        unfinished = {
+            i for _, i, kind, z in self.pending.values()
+            if kind in ("file", "tiledfile") or (kind == "tile" and z[0] is None)
+        }  # fmt: skip
         self.pending.clear()
         if futures:
             with contextlib.suppress(Exception):
@@ -456,6 +587,7 @@ def run_batch(
     recipe: Recipe,
     *,
     coco: bool = False,
+    table: bool = False,
     split_stacks: bool = True,
     force: bool = False,
     torch_threads: int | None = None,
@@ -476,6 +608,9 @@ def run_batch(
         Settings, contrast and options of the segmentation.
     coco : bool
         Return each output's COCO annotations (in :attr:`Outcome.coco`).
+    table : bool
+        Return each output's object table (in :attr:`Outcome.table`), made by a
+        worker: with the labels of a file task, or read from a finished stack.
     split_stacks : bool
         One task per slice of a stack (default), or one per file (for modes
         that must see the whole stack).
@@ -512,6 +647,7 @@ def run_batch(
         spec,
         recipe,
         coco=coco,
+        table=table,
         split_stacks=split_stacks,
         force=force,
         progress=progress,

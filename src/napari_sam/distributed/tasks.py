@@ -18,19 +18,49 @@ import numpy as np
 
 from napari_sam.distributed.work import write_marker
 from napari_sam.distributed.worker import ModelSpec, worker_model
-from napari_sam.workflows import batch, io
+from napari_sam.workflows import batch, batch_tiles, io
 from napari_sam.workflows.linking import Pair, overlap_pairs, plane_areas
+from napari_sam.workflows.tables import image_object_table
 from napari_sam.workflows.zarr_io import LabelsZarr
 
-__all__ = ["file_task", "overlap_task", "relabel_task", "slice_task"]
+__all__ = [
+    "file_task",
+    "overlap_task",
+    "relabel_task",
+    "slice_task",
+    "table_task",
+    "tile_task",
+    "tiled_file_task",
+    "tiled_slice_task",
+]
+
+
+#: The ``method`` column of the object tables of automatic segmentation (as without a cluster).
+TABLE_METHOD = "automatic"
 
 
 def file_task(
-    spec: ModelSpec, job: batch.SegmentJob, recipe: batch.Recipe, output: str, coco: bool
+    spec: ModelSpec,
+    job: batch.SegmentJob,
+    recipe: batch.Recipe,
+    output: str,
+    coco: bool,
+    table: bool = False,
 ) -> batch.FileResult:
-    """Segment a whole file into ``output`` (in the work folder)."""
+    """Segment a whole file into ``output`` (in the work folder); with ``table``, return its
+    object table too (the labels themselves stay on the worker)."""
     model = worker_model(spec)  # the LoadedModel: its AIS decoder and weights' identity
-    return batch.segment_file(model, job, recipe, output=Path(output), coco=coco)
+    if not table:
+        return batch.segment_file(model, job, recipe, output=Path(output), coco=coco)
+    image = batch.open_input(job.source, recipe)
+    result = batch.segment_file(
+        model, job, recipe, image=image, output=Path(output), coco=coco, keep_labels=True
+    )
+    result.table = image_object_table(
+        result.labels, job.name, image, result.scores, TABLE_METHOD
+    )
+    result.labels = result.scores = None
+    return result
 
 
 def slice_task(
@@ -46,6 +76,91 @@ def slice_task(
     model = worker_model(spec)
     image = io.read_image(job.source, lazy=True)
     result = batch.segment_slice(model, image, z, recipe, contrast)
+    LabelsZarr.open(raw).write(z, result.labels)
+    record = {
+        "z": int(z),
+        "n": result.n,
+        "scores": {str(k): v for k, v in result.scores.items()},
+    }
+    write_marker(Path(marker), record)
+    return record
+
+
+def tile_task(
+    spec: ModelSpec,
+    job: batch.SegmentJob,
+    recipe: batch.Recipe,
+    contrast: Sequence[float],
+    z: int | None,
+    index: int,
+) -> batch_tiles.TilePiece:
+    """Encode tile ``index`` of plane ``z`` (None: a 2D image) and find its objects.
+
+    Returns the tile's small result (bit-packed masks, or the decoder's maps over
+    the tile's inner region); Dask hands it to the plane's merge task.
+    """
+    model = worker_model(spec)
+    image = io.read_image(job.source, lazy=True)
+    return batch_tiles.segment_tile(model, image, z, index, recipe, contrast)
+
+
+def tiled_file_task(
+    spec: ModelSpec,
+    job: batch.SegmentJob,
+    recipe: batch.Recipe,
+    grid: Any,
+    pieces: Sequence[batch_tiles.TilePiece],
+    output: str,
+    coco: bool,
+    table: bool = False,
+) -> batch.FileResult:
+    """Merge the tiles of a 2D image and write its labels into ``output`` (work folder)."""
+    model = worker_model(spec)
+    image = io.read_image(job.source, lazy=True)
+    result, mode = batch_tiles.merge_tiles(model, grid, pieces, recipe)
+    io.write_labels(Path(output), result.labels, scale=image.scale, unit=image.unit)
+    scores = {(None, k): v for k, v in result.scores.items()}
+    coco_data = batch.coco_planes(result.labels, scores, stack=False) if coco else None
+    ids = np.unique(result.labels)
+    objects = None
+    if table:
+        objects = image_object_table(
+            result.labels, job.name, batch.open_input(job.source, recipe), scores, TABLE_METHOD
+        )
+    return batch.FileResult(
+        n_objects=int(np.count_nonzero(ids)), n_slices=None, coco=coco_data, mode=mode,
+        table=objects,
+    )  # fmt: skip
+
+
+def table_task(
+    job: batch.SegmentJob,
+    recipe: batch.Recipe,
+    output: str,
+    scores: Mapping[tuple[int, int], Mapping[str, float]],
+) -> Any:
+    """The object table of a finished output (a stack assembled from its slices).
+
+    ``scores``: SAM's scores keyed by ``(slice, final id)``, in slice order.
+    """
+    labels = np.asarray(io.read_image(Path(output)).data)
+    image = batch.open_input(job.source, recipe)
+    return image_object_table(labels, job.name, image, dict(scores), TABLE_METHOD)
+
+
+def tiled_slice_task(
+    spec: ModelSpec,
+    recipe: batch.Recipe,
+    grid: Any,
+    pieces: Sequence[batch_tiles.TilePiece],
+    z: int,
+    raw: str,
+    marker: str,
+) -> dict[str, Any]:
+    """Merge the tiles of slice ``z`` into the raw volume, then write its marker (as
+    :func:`slice_task` does for an untiled slice)."""
+    model = worker_model(spec)
+    result, _ = batch_tiles.merge_tiles(model, grid, pieces, recipe)
     LabelsZarr.open(raw).write(z, result.labels)
     record = {
         "z": int(z),

@@ -401,6 +401,9 @@ class FileResult:
     mode : str
         How the objects were found: ``"ais"`` or ``"amg"`` (see
         :func:`~napari_sam.workflows.segment.resolve_mode`).
+    table : pandas.DataFrame, optional
+        The output's object table (:func:`~napari_sam.workflows.tables.image_object_table`),
+        when a cluster worker was asked for it.
     """
 
     n_objects: int
@@ -410,6 +413,7 @@ class FileResult:
     labels: np.ndarray | None = None
     scores: dict | None = None
     mode: str = "amg"
+    table: Any = None
 
 
 def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:

@@ -50,6 +50,7 @@ from napari_sam.runtime.files import atomic_write
 __all__ = [
     "SAM_COLUMNS",
     "default_axes",
+    "image_object_table",
     "merge_sam_columns",
     "object_table",
     "read_object_table",
@@ -399,6 +400,39 @@ def update_object_table(
     out = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0].copy()
     keys = ["t", "index"] if g.has_t else ["index"]
     return out.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def image_object_table(
+    labels: Any, name: str, image: Any, scores: Any = None, method: str | None = None
+) -> Any:
+    """The object table of the labels of one input file, with an ``image`` column first.
+
+    ``image`` is the input as read for segmentation (a
+    :class:`~napari_sam.workflows.io.TiffImage`): its pixel size and unit give
+    the sizes, its pixels the mean intensities (one column per channel of a
+    channels-first image, or per colour of an RGB one); ``scores`` as for
+    :func:`object_table`. ``napari-sam segment --table`` writes these, one
+    after the other, into one CSV (in one process or on a cluster).
+    """
+    if image.channel_axis is not None:
+        intensity: Any = [image.data[c] for c in range(image.data.shape[0])]
+        names: Any = [f"ch{c}" for c in range(image.data.shape[0])]
+    elif image.rgb:
+        intensity = [image.data[..., c] for c in range(3)]
+        names = ["red", "green", "blue"]
+    else:
+        intensity, names = image.data, None
+    table = object_table(
+        labels,
+        scale=image.scale,
+        unit=image.unit,
+        intensity=intensity,
+        channel_names=names,
+        scores=scores,
+        method=method,
+    )
+    table.insert(0, "image", name)
+    return table
 
 
 def table_path_for(labels_path: str | os.PathLike[str]) -> Path:

@@ -54,11 +54,15 @@ from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
 from napari_sam.workflows.tiling import Tile, TileGrid
 
 __all__ = [
+    "TileMasks",
     "TiledMasks",
+    "amg_tile_steps",
+    "merge_tile_masks",
     "paint_windows",
     "segment_from_tile_maps",
     "stitch_tile_maps",
     "stitch_tile_maps_iter",
+    "tile_generator",
     "tile_point_grid",
     "tiled_amg_plane",
 ]
@@ -218,16 +222,105 @@ def tiled_amg_plane(
         Yields :class:`~napari_sam.runtime.progress.Progress` (unit ``"steps"``:
         one per tile encoding and per decoder batch); returns :class:`TiledMasks`.
     """
+    generator = tile_generator(embeddings.model, generator_kwargs)
+    points_per_side = int(generator_kwargs.get("points_per_side") or 32)
+    return _amg_steps(generator, embeddings, z, points_per_side, max_area_fraction, min_area)
+
+
+@dataclass
+class TileMasks:
+    """What the grid generator kept on one tile (:func:`amg_tile_steps`): small enough to
+    send between processes (masks are bit-packed bounding-box windows).
+
+    Attributes
+    ----------
+    masks : _MaskStore
+        Masks after the per-tile NMS and the area filter, in plane coordinates.
+    inner : ndarray ``(N,)`` float32
+        1 where a mask's box centre lies in the tile's inner region (the merge prefers it).
+    n_masks : int
+        Masks kept by the per-tile NMS, before the area filter.
+    """
+
+    masks: Any
+    inner: np.ndarray
+    n_masks: int
+
+
+def tile_generator(sam: Any, generator_kwargs: dict[str, Any]) -> Any:
+    """The generator that decodes a tile's prompts (checks ``crop_n_layers`` is 0)."""
     kwargs = dict(generator_kwargs)
     if int(kwargs.get("crop_n_layers", 0) or 0) > 0:
         raise SettingsError(
             "Crop layers cannot be combined with tiling (tiles already show SAM the image at "
             "full resolution); set crop layers to 0 or turn tiling off."
         )
-    points_per_side = int(kwargs.get("points_per_side") or 32)
-    cls = _tile_generator_class()
-    generator = cls(embeddings.model, **kwargs)
-    return _amg_steps(generator, embeddings, z, points_per_side, max_area_fraction, min_area)
+    return _tile_generator_class()(sam, **kwargs)
+
+
+def tile_batches(generator: Any, grid: TileGrid, tile: Tile, points_per_side: int) -> int:
+    """Decoder batches :func:`amg_tile_steps` runs on ``tile``."""
+    n = len(tile_point_grid(tile, grid.tile_shape, points_per_side))
+    return math.ceil(n / generator.points_per_batch)
+
+
+def amg_tile_steps(
+    generator: Any,
+    embedding: Any,
+    grid: TileGrid,
+    tile: Tile,
+    points_per_side: int,
+    max_area_fraction: float,
+) -> Generator[int, None, TileMasks]:
+    """Prompt one tile (rules 1-4 of the module docstring, up to the merge).
+
+    Yields after each decoder batch; returns the tile's :class:`TileMasks`.
+    """
+    pts = tile_point_grid(tile, grid.tile_shape, points_per_side)
+    steps = generator.tile_steps(embedding, tile, pts, grid.plane_shape)
+    try:
+        while True:
+            yield next(steps)
+    except StopIteration as stop:
+        kept = stop.value
+    finally:
+        steps.close()
+    n_masks = len(kept)
+    if len(kept):
+        small = kept.areas <= max_area_fraction * tile.outer.area
+        kept = kept.take(np.flatnonzero(small))
+    inside = np.zeros(0, np.float32)
+    if len(kept):
+        cx = (kept.boxes[:, 0] + kept.boxes[:, 2]) / 2.0
+        cy = (kept.boxes[:, 1] + kept.boxes[:, 3]) / 2.0
+        i = tile.inner
+        inside = ((cx >= i.x0) & (cx < i.x1) & (cy >= i.y0) & (cy < i.y1)).astype(np.float32)
+    return TileMasks(kept, inside, n_masks)
+
+
+def merge_tile_masks(
+    generator: Any, parts: Sequence[TileMasks], plane_shape: Sequence[int], min_area: int
+) -> TiledMasks:
+    """The plane's objects from its tiles' masks, in tile order (rules 4-5)."""
+    data = generator.empty()
+    bonus_parts: list[np.ndarray] = []
+    for part in parts:
+        if len(part.masks):
+            bonus_parts.append(part.inner)
+            data.extend(part.masks)
+    shape = (int(plane_shape[0]), int(plane_shape[1]))
+    bonus = np.concatenate(bonus_parts) if bonus_parts else np.zeros(0, np.float32)
+    data = generator.merge(data, bonus, shape)
+    windows = [data.window(i) for i in range(len(data))]
+    labels, ids = paint_windows(windows, shape, min_area=min_area)
+    n = int(ids.max()) if ids.size else 0
+    iou = np.zeros(n, np.float32)
+    stab = np.zeros(n, np.float32)
+    for i, lab in enumerate(ids):
+        if lab > 0:
+            iou[lab - 1] = data.iou[i]
+            stab[lab - 1] = data.stability[i]
+    return TiledMasks(labels, iou, stab, sum(p.n_masks for p in parts), len(parts))
 
 
 def _amg_steps(
@@ -239,55 +332,29 @@ def _amg_steps(
     min_area: int,
 ) -> Generator[Progress, None, TiledMasks]:
     grid = embeddings.grid
-    plane_shape = grid.plane_shape
     tiles = grid.tiles
-    points = [tile_point_grid(t, grid.tile_shape, points_per_side) for t in tiles]
-    batches = [math.ceil(len(p) / generator.points_per_batch) for p in points]
-    total = len(tiles) + sum(batches) + 1
+    total = len(tiles) + sum(tile_batches(generator, grid, t, points_per_side) for t in tiles) + 1
     done = 0
     yield Progress(done, total, "starting", "steps")
-    data = generator.empty()
-    bonus_parts: list[np.ndarray] = []
-    n_masks = 0
-    for k, (tile, pts) in enumerate(zip(tiles, points)):
+    parts: list[TileMasks] = []
+    for k, tile in enumerate(tiles):
         where = f"tile {k + 1} of {len(tiles)}"
         embedding = embeddings.get(z, tile)
         done += 1
         yield Progress(done, total, f"{where}: encoding", "steps")
-        steps = generator.tile_steps(embedding, tile, pts, plane_shape)
+        steps = amg_tile_steps(generator, embedding, grid, tile, points_per_side, max_area_fraction)
         try:
             while True:
                 next(steps)
                 done += 1
                 yield Progress(min(done, total - 1), total, f"{where}: decoding prompts", "steps")
         except StopIteration as stop:
-            kept = stop.value
+            parts.append(stop.value)
         finally:
             steps.close()
-        n_masks += len(kept)
-        if len(kept):
-            small = kept.areas <= max_area_fraction * tile.outer.area
-            kept = kept.take(np.flatnonzero(small))
-        if len(kept):
-            cx = (kept.boxes[:, 0] + kept.boxes[:, 2]) / 2.0
-            cy = (kept.boxes[:, 1] + kept.boxes[:, 3]) / 2.0
-            i = tile.inner
-            inside = (cx >= i.x0) & (cx < i.x1) & (cy >= i.y0) & (cy < i.y1)
-            bonus_parts.append(inside.astype(np.float32))
-            data.extend(kept)
-    bonus = np.concatenate(bonus_parts) if bonus_parts else np.zeros(0, np.float32)
-    data = generator.merge(data, bonus, plane_shape)
-    windows = [data.window(i) for i in range(len(data))]
-    labels, ids = paint_windows(windows, plane_shape, min_area=min_area)
-    n = int(ids.max()) if ids.size else 0
-    iou = np.zeros(n, np.float32)
-    stab = np.zeros(n, np.float32)
-    for i, lab in enumerate(ids):
-        if lab > 0:
-            iou[lab - 1] = data.iou[i]
-            stab[lab - 1] = data.stability[i]
+    found = merge_tile_masks(generator, parts, grid.plane_shape, min_area)
     yield Progress(total, total, "post-processing", "steps")
-    return TiledMasks(labels, iou, stab, n_masks, len(tiles))
+    return found
 
 
 # --------------------------------------------------------------------------- decoder maps

@@ -128,6 +128,8 @@ def test_committed_objects_follow_t_at_the_current_z_only(fast_model, tzyx):
     assert set(zs) == {2} and len(set(ts)) >= 2  # only at z = 2, over several time points
     assert labels.data[0, 0, 0, 0] == 9
     assert "over t " in c.stack.summary and "at z=2" in c.stack.summary
+    # the per-object lines speak of t, not of slices
+    assert "Object 4: t " in c.stack.summary and "slice" not in c.stack.summary
     c.close()
 
 

@@ -20,27 +20,38 @@ from napari_sam.workflows.propagation import PropagationResult, PropagationSetti
 __all__ = ["describe_stop", "overlapped_objects", "propagation_summary"]
 
 
-def describe_stop(stop: Stop, settings: PropagationSettings) -> str:
-    """Why an object stopped in one direction, with the slice and the numbers."""
+def _at(z: int, axis: str | None) -> str:
+    """``"slice 4"`` along a stack's slices, ``"t=4"`` along axis ``"t"`` of an nD image."""
+    return f"slice {z}" if axis is None else f"{axis}={z}"
+
+
+def describe_stop(stop: Stop, settings: PropagationSettings, axis: str | None = None) -> str:
+    """Why an object stopped in one direction, with the position and the numbers.
+
+    ``axis``: the name of the axis followed in an nD image (e.g. ``"t"``); None for
+    the slices of a stack."""
     z = stop.slice
     if stop.reason == "range_end" or z is None:
-        return "reached the end of the slice range"
+        return "reached the end of the slice range" if axis is None else (
+            f"reached the end of the {axis} range")
+    where = _at(z, axis)
     if stop.reason == "empty":
-        return f"the mask vanished at slice {z}"
+        return f"the mask vanished at {where}"
     if stop.reason == "small":
         area = "" if stop.area is None else f" to {stop.area} pixels"
-        return f"the mask shrank{area} at slice {z} (minimum area {settings.min_area})"
+        return f"the mask shrank{area} at {where} (minimum area {settings.min_area})"
     if stop.reason == "low_score":
         score = "" if stop.score is None else f" {stop.score:.2f}"
         return (
             f"SAM's predicted IoU{score} was below the minimum {settings.min_score:.2f} "
-            f"at slice {z}"
+            f"at {where}"
         )
     if stop.reason == "low_overlap":
         overlap = "" if stop.overlap is None else f" {stop.overlap:.2f}"
+        previous = "the previous slice's mask" if axis is None else "the previous mask"
         return (
-            f"the overlap with the previous slice's mask{overlap} was below the minimum "
-            f"{settings.min_overlap:.2f} at slice {z}"
+            f"the overlap with {previous}{overlap} was below the minimum "
+            f"{settings.min_overlap:.2f} at {where}"
         )
     return f"{stop.describe()}"
 
@@ -57,6 +68,11 @@ def overlapped_objects(
             values, counts = np.unique(others, return_counts=True)
             found[z] = int(values[int(np.argmax(counts))])
     return found
+
+
+def _unit(n: int, axis: str | None) -> str:
+    """``"slice"``/``"slices"`` for ``n`` slices of a stack, the axis name of an nD image."""
+    return f"slice{'s' if n > 1 else ''}" if axis is None else axis
 
 
 def _ranges(zs: Sequence[int]) -> str:
@@ -77,9 +93,11 @@ def propagation_summary(
     labels: Any,
     settings: PropagationSettings,
     overwrite: bool,
+    axis: str | None = None,
 ) -> str:
     """One paragraph per object (``ids[i]`` is object ``i``'s id, None if nothing was
-    written for it), from ``labels`` after the write."""
+    written for it), from ``labels`` after the write (positions along the followed
+    line: slices, or axis ``axis`` of an nD image, e.g. ``"t"``)."""
     lines = []
     data = labels.data
     for obj, oid in zip(result.objects, ids):
@@ -89,8 +107,9 @@ def propagation_summary(
         for name, direction in (("up", 1), ("down", -1)):
             stop = obj.stops.get(direction)
             if stop is not None:
-                ends.append(f"{name}: {describe_stop(stop, settings)}")
-        line = f"{head}: slices {lo}–{hi}; " + "; ".join(ends) + "."
+                ends.append(f"{name}: {describe_stop(stop, settings, axis)}")
+        span = f"slices {lo}–{hi}" if axis is None else f"{axis} {lo}–{hi}"
+        line = f"{head}: {span}; " + "; ".join(ends) + "."
         if oid is None:
             line += " Nothing was written: it lies on existing objects."
         else:
@@ -99,7 +118,7 @@ def propagation_summary(
                 by_object: dict[int, list[int]] = {}
                 for z, other in blocked.items():
                     by_object.setdefault(other, []).append(z)
-                parts = [f"object {k} at slice{'s' if len(zs) > 1 else ''} {_ranges(zs)}"
+                parts = [f"object {k} at {_unit(len(zs), axis)} {_ranges(zs)}"
                          for k, zs in by_object.items()]
                 line += (
                     " Not written where it would overwrite " + "; ".join(parts)

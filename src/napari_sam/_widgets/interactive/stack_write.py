@@ -149,7 +149,8 @@ def _report(stack: Any, result: PropagationResult, run: PropagationRun, plan: li
         )
     else:
         head = "Propagation wrote nothing new."
-    body = propagation_summary(result, ids, labels, run.settings, overwrite)
+    axis = run.line.name() if run.line is not None and run.line.nd else None
+    body = propagation_summary(result, ids, labels, run.settings, overwrite, axis)
     stack.summary = f"{head}\n{body}"
     stack.owner.changed("summary")
     stack.owner.set_status(head)

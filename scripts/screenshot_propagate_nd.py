@@ -11,19 +11,9 @@ t=1, z=2, "Propagate along" set to t, propagated, shown at t=3. MobileSAM's arch
 with random weights (its IoU head biased positive so that the propagation is not stopped).
 """
 import sys
-import time
 
 import numpy as np
-
-
-def settle(app, widget, timeout=300.0):
-    t0 = time.time()
-    while widget.busy and time.time() - t0 < timeout:
-        app.processEvents()
-        time.sleep(0.02)
-    for _ in range(30):
-        app.processEvents()
-        time.sleep(0.01)
+from shot_common import settle
 
 
 def main():

@@ -12,15 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def settle(app, widget, timeout=300.0):
-    t0 = time.time()
-    while widget.busy and time.time() - t0 < timeout:
-        app.processEvents()
-        time.sleep(0.02)
-    for _ in range(30):
-        app.processEvents()
-        time.sleep(0.01)
+from shot_common import settle
 
 
 def main():

@@ -190,3 +190,28 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     from sklearn.metrics import adjusted_rand_score
 
     return float(adjusted_rand_score(np.asarray(a).ravel(), np.asarray(b).ravel()))
+
+
+def decisive_random_decoder(sam, plane: np.ndarray, seed: int = 1):
+    """A random transposed-convolution ``InstanceDecoder`` made decisive on ``plane``.
+
+    Its output convolution is rescaled so that the maps' logits are centred on
+    their quantiles (0.55 foreground, 0.4 distances) and spread to about ±3:
+    maps with real foreground, seeds and boundaries instead of values near 0.5.
+    """
+    from napari_sam.model.decoders.instance import InstanceDecoder
+    from napari_sam.workflows.ais import plane_embedding
+
+    torch.manual_seed(seed)
+    decoder = InstanceDecoder("transposed")
+    emb = plane_embedding(sam, plane, (float(plane.min()), float(plane.max())))
+    with torch.no_grad():
+        maps = decoder(emb.features, emb.input_size, emb.original_size)[0].double()
+        logits = (torch.log(maps) - torch.log1p(-maps)).flatten(1)
+        centre = torch.stack([torch.quantile(logits[0], 0.55),
+                              torch.quantile(logits[1], 0.4), torch.quantile(logits[2], 0.4)])
+        spread = (torch.quantile(logits, 0.98, dim=1) - torch.quantile(logits, 0.02, dim=1)) / 2
+        gain = (3.0 / spread).float()
+        decoder.out_conv.weight.mul_(gain.view(-1, 1, 1, 1))
+        decoder.out_conv.bias.copy_(gain * (decoder.out_conv.bias - centre.float()))
+    return decoder

@@ -16,12 +16,10 @@ import pytest
 import tifffile
 import torch
 
-from ais_reference import nuclei_stack
+from ais_reference import decisive_random_decoder, nuclei_stack
 from napari_sam import cli, sam_model_registry
-from napari_sam.model.decoders.instance import InstanceDecoder
 from napari_sam.runtime import loader
 from napari_sam.runtime.weights import CHECKPOINTS, CheckpointInfo, file_xxh128
-from napari_sam.workflows.ais import plane_embedding
 from napari_sam.workflows.io import read_tiff
 from napari_sam.workflows.segment import segment
 
@@ -43,18 +41,7 @@ def files(tmp_path_factory):
     plain = folder / "vit_t_random.pth"
     torch.save(sam.state_dict(), plain)
 
-    torch.manual_seed(1)
-    decoder = InstanceDecoder("transposed")
-    emb = plane_embedding(sam, plane, (float(plane.min()), float(plane.max())))
-    with torch.no_grad():  # decisive: logits centred on their quantiles, spread to about +-3
-        maps = decoder(emb.features, emb.input_size, emb.original_size)[0].double()
-        logits = (torch.log(maps) - torch.log1p(-maps)).flatten(1)
-        centre = torch.stack([torch.quantile(logits[0], 0.55),
-                              torch.quantile(logits[1], 0.4), torch.quantile(logits[2], 0.4)])
-        spread = (torch.quantile(logits, 0.98, dim=1) - torch.quantile(logits, 0.02, dim=1)) / 2
-        gain = (3.0 / spread).float()
-        decoder.out_conv.weight.mul_(gain.view(-1, 1, 1, 1))
-        decoder.out_conv.bias.copy_(gain * (decoder.out_conv.bias - centre.float()))
+    decoder = decisive_random_decoder(sam, plane)
     export = folder / "vit_t_lm_random_export.pt"
     torch.save({"model_state": sam.state_dict(), "decoder_state": decoder.state_dict()}, export)
     return image, plain, export

@@ -28,11 +28,9 @@ import pytest
 import tifffile
 import torch
 
-from ais_reference import nuclei_labels, nuclei_stack
+from ais_reference import decisive_random_decoder, nuclei_labels, nuclei_stack
 from napari_sam import cli, sam_model_registry
-from napari_sam.model.decoders.instance import InstanceDecoder
 from napari_sam.workflows import batch_tiles, io
-from napari_sam.workflows.ais import plane_embedding
 
 
 @pytest.fixture(autouse=True)
@@ -108,19 +106,8 @@ def ais_files(tmp_path_factory):
     tifffile.imwrite(folder / "wide.tif", np.ascontiguousarray(stack[30, 40:136, 20:200]))
     torch.manual_seed(0)
     sam = sam_model_registry["vit_t"]().eval()
-    torch.manual_seed(1)
-    decoder = InstanceDecoder("transposed")
     plane = stack[30]
-    emb = plane_embedding(sam, plane, (float(plane.min()), float(plane.max())))
-    with torch.no_grad():  # decisive: logits centred on their quantiles, spread to about +-3
-        maps = decoder(emb.features, emb.input_size, emb.original_size)[0].double()
-        logits = (torch.log(maps) - torch.log1p(-maps)).flatten(1)
-        centre = torch.stack([torch.quantile(logits[0], 0.55),
-                              torch.quantile(logits[1], 0.4), torch.quantile(logits[2], 0.4)])
-        spread = (torch.quantile(logits, 0.98, dim=1) - torch.quantile(logits, 0.02, dim=1)) / 2
-        gain = (3.0 / spread).float()
-        decoder.out_conv.weight.mul_(gain.view(-1, 1, 1, 1))
-        decoder.out_conv.bias.copy_(gain * (decoder.out_conv.bias - centre.float()))
+    decoder = decisive_random_decoder(sam, plane)
     export = root / "vit_t_lm_random_export.pt"
     torch.save({"model_state": sam.state_dict(), "decoder_state": decoder.state_dict()}, export)
     return folder, export

@@ -18,6 +18,7 @@ import pytest
 from bio_samples import sample
 from napari_sam.errors import ImageFormatError
 from napari_sam.workflows.tables import object_table, update_object_table
+from recording_array import Recording
 
 SCALE = (2.0, 0.5, 0.25)
 TRANSLATE = (0.0, 10.0, -4.0)
@@ -30,22 +31,6 @@ def nuclei():
         np.uint32)
     assert len(np.unique(labels)) > 4  # several real nuclei, some over several slices
     return image, labels
-
-
-class Recording:
-    """An array that records which slices (first axis) dask reads from it."""
-
-    def __init__(self, data):
-        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
-        self.read: set[int] = set()
-
-    def __getitem__(self, key):
-        first = key[0] if isinstance(key, tuple) else key
-        if isinstance(first, slice):
-            self.read.update(range(*first.indices(self.shape[0])))
-        else:
-            self.read.add(int(first))
-        return self.data[key]
 
 
 def changes(labels):

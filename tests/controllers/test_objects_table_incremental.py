@@ -22,6 +22,7 @@ from napari_helpers import settle
 from napari_sam._widgets.interactive import objects_table
 from napari_sam._widgets.interactive.controller import InteractiveController
 from napari_sam.workflows.tables import SAM_COLUMNS, object_table
+from recording_array import Recording
 
 SCALE = (2.0, 0.5, 0.25)
 TRANSLATE = (0.0, 10.0, -4.0)
@@ -89,22 +90,6 @@ def test_commits_and_undo_keep_the_table_equal_to_a_full_measurement(fast_model,
     assert_full(labels, image)
     assert len(full_measures) == 2
     c.close()
-
-
-class Recording:
-    """An array that records which slices (first axis) dask reads from it."""
-
-    def __init__(self, data):
-        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
-        self.read: set[int] = set()
-
-    def __getitem__(self, key):
-        first = key[0] if isinstance(key, tuple) else key
-        if isinstance(first, slice):
-            self.read.update(range(*first.indices(self.shape[0])))
-        else:
-            self.read.add(int(first))
-        return self.data[key]
 
 
 def test_a_dask_image_gets_mean_intensities_from_the_touched_planes_only(fast_model, nuclei):

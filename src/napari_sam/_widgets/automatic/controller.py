@@ -339,14 +339,10 @@ class AutomaticController(ControllerBase):
         run = self._run
         if self.closed or run is None:
             return
-        image = run.image
-        if image not in self.viewer.layers:
-            self.warn(f"The image “{image.name}” was closed during the run; the result was "
-                      "dropped.")
-            return
-        shape = run.layout.spatial_shape
-        if image.data is not run.data or tuple(image.data.shape[: len(shape)]) != shape:
-            self.warn(f"The image “{image.name}” changed during the run; the result was dropped.")
+        image, shape = run.image, run.layout.spatial_shape
+        gone = self.output.gone(image, run.data, shape)
+        if gone:
+            self.warn(gone)
             return
         layer, note = self.output.write(image, shape, run.slice, result)
         if note:
@@ -357,11 +353,8 @@ class AutomaticController(ControllerBase):
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:
         """The layer :meth:`export_coco` would save (None: nothing to export yet; said so)."""
-        layer = self.output.layer
-        image = self.images.current
-        if layer is None and image is not None:
-            layout = self.layout()
-            layer = self.output.find(image, layout.spatial_shape) if layout else None
+        layout = self.layout()
+        layer = self.output.target(self.images.current, layout.spatial_shape if layout else None)
         if layer is None:
             self.warn("There is nothing to export yet: run automatic segmentation first.")
         return layer

@@ -53,6 +53,22 @@ class AutoOutput:
                 return layer
         return None
 
+    def target(self, image: Image | None, shape: tuple[int, ...] | None) -> Labels | None:
+        """The layer to export: the last run's, else the one a run on ``image`` (of
+        spatial ``shape``) would write into; None if there is none."""
+        if self.layer is not None:
+            return self.layer
+        return self.find(image, shape) if image is not None and shape is not None else None
+
+    def gone(self, image: Image, data: Any, shape: tuple[int, ...]) -> str | None:
+        """Why a run's result on ``image`` (its ``data`` then, spatial ``shape``) can no
+        longer be written, in one sentence; None if it can."""
+        if image not in self.viewer.layers:
+            return f"The image “{image.name}” was closed during the run; the result was dropped."
+        if image.data is not data or tuple(image.data.shape[: len(shape)]) != shape:
+            return f"The image “{image.name}” changed during the run; the result was dropped."
+        return None
+
     def replaceable(self, layer: Labels) -> bool:
         """Whether a run may write into ``layer``: it is empty, or holds exactly what the
         last run left there (not edited since)."""

@@ -81,6 +81,26 @@ class SavedPrompts:
         return len(self.points) + len(self.boxes)
 
 
+def capture_prompts(c: Any) -> SavedPrompts | None:
+    """The prompts in controller ``c``'s prompt layers now, with the viewer's position
+    (None when there are none)."""
+    points, boxes = c.prompts.points.current, c.prompts.boxes.current
+    saved = SavedPrompts(
+        points=np.asarray(points.data, float).copy() if points is not None
+        else np.zeros((0, 2)),
+        labels=[], boxes=[], shape_types=[], point=tuple(c.viewer.dims.point),
+    )
+    if points is not None and len(points.data):
+        values = labels_from_feature(
+            points.features["label"].to_numpy() if "label" in points.features else None,
+            len(points.data))
+        saved.labels = [POSITIVE if v == 1 else NEGATIVE for v in values]
+    if boxes is not None and len(boxes.data):
+        saved.boxes = [np.asarray(b, float).copy() for b in boxes.data]
+        saved.shape_types = list(boxes.shape_type)
+    return saved if len(saved) else None
+
+
 @dataclass
 class _Prepared:
     """An image read ahead: its layer (not yet in the viewer) and the plane key it shows."""
@@ -235,26 +255,8 @@ class DockSeries:
     def _leave(self) -> bool:
         """Keep the current image's prompts and save its labels; False if they could not be
         saved (the user stays on the image)."""
-        self.series.set_prompts(self.series.position, self._capture())
+        self.series.set_prompts(self.series.position, capture_prompts(self.c))
         return self._write() is not None
-
-    def _capture(self) -> SavedPrompts | None:
-        """The prompts in the prompt layers now (None when there are none)."""
-        points, boxes = self.c.prompts.points.current, self.c.prompts.boxes.current
-        saved = SavedPrompts(
-            points=np.asarray(points.data, float).copy() if points is not None
-            else np.zeros((0, 2)),
-            labels=[], boxes=[], shape_types=[], point=tuple(self.c.viewer.dims.point),
-        )
-        if points is not None and len(points.data):
-            values = labels_from_feature(
-                points.features["label"].to_numpy() if "label" in points.features else None,
-                len(points.data))
-            saved.labels = [POSITIVE if v == 1 else NEGATIVE for v in values]
-        if boxes is not None and len(boxes.data):
-            saved.boxes = [np.asarray(b, float).copy() for b in boxes.data]
-            saved.shape_types = list(boxes.shape_type)
-        return saved if len(saved) else None
 
     def _prepare(self, opened: OpenImage) -> _Prepared:
         """The Image layer of ``opened`` (not yet added) and the plane napari will show."""

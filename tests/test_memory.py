@@ -66,7 +66,13 @@ def test_batches_shrink_until_they_fit():
     assert set(calls[3:]) <= {2, 1}
     assert shrunk == [4, 2]
     assert done[-1] == (11, 11)
-    assert len(rec) == 2
+    # pytest.warns records every category; a stray warning from elsewhere
+    # (garbage collection, a library) must not count as a third halving.
+    halvings = [w for w in rec if issubclass(w.category, DeviceFallbackWarning)]
+    assert [str(w.message).split(";")[0] for w in halvings] == [
+        "Not enough memory for 8 slices at once",
+        "Not enough memory for 4 slices at once",
+    ]
 
 
 def test_single_item_oom_moves_to_cpu_once():

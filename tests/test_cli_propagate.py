@@ -115,12 +115,20 @@ def test_help_lists_the_command(capsys):
     assert "z,y,x,label,object" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags", [["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:8786"]])
-def test_a_cluster_is_refused_in_one_sentence(tmp_path, fake_load, stack_file, capsys, flags):
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"], "not both"),
+        (["--workers", "0"], "at least 1 worker"),
+    ],
+)
+def test_wrong_cluster_options_fail_in_one_sentence(
+    tmp_path, fake_load, stack_file, capsys, flags, message
+):
     prompts = _csv(tmp_path, "4,30,40,1,1\n")
     out = tmp_path / "o.tif"
     code = main(["propagate", str(stack_file), "--prompts", str(prompts), "-o", str(out), *flags])
     err = capsys.readouterr().err.strip()
     assert code == 1 and not out.exists() and fake_load == []
-    assert err.startswith("napari-sam: error: propagate follows the objects of one stack")
+    assert err.startswith("napari-sam: error: ") and message in err
     assert "\n" not in err

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam.cli.common import (
+    PROG,
     add_speed_options,
     add_subcommand,
     bar_updater,
@@ -122,22 +123,26 @@ def add(subparsers: Any) -> None:
     )
     group = parser.add_argument_group(
         "Dask cluster",
-        "Not for propagate: each slice needs SAM 2's memory of the slices before it, so one\n"
-        "stack is followed in one process. Run several stacks as separate commands (jobs).",
+        "The walk from slice to slice runs in one worker (each slice needs SAM 2's memory of\n"
+        "the slices before it), but the slices are encoded by all workers at once first,\n"
+        "into a folder next to the output (or --cache-dir). The stack, the output and that\n"
+        "folder must be on a file system the workers see under the same paths.",
     )
     group.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="refused (see above)"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start a Dask cluster of N worker processes on this machine",
     )
-    group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="refused (see above)")
+    group.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster: its scheduler's address (tcp://host:8786) or "
+        "scheduler file (.json); see docs/distributed.md",
+    )
     parser.set_defaults(handler=_run_propagate)
-
-
-#: Why ``propagate`` does not run on a Dask cluster (one sentence).
-CLUSTER_REFUSAL = (
-    "propagate follows the objects of one stack in this process (each slice needs SAM 2's "
-    "memory of the slices before it); leave out --workers and --scheduler, and run several "
-    "stacks as separate commands (or jobs) to use more machines."
-)
 
 
 def _run_propagate(args: argparse.Namespace) -> int:
@@ -156,8 +161,13 @@ def _run_propagate(args: argparse.Namespace) -> int:
     from napari_sam.workflows.prompt_table import read_prompt_table
 
     t0 = time.perf_counter()
-    if args.workers is not None or args.scheduler:
-        raise SettingsError(CLUSTER_REFUSAL)
+    if args.workers is not None and args.scheduler:
+        raise SettingsError(
+            "Give either --workers (a cluster on this machine) or --scheduler (an existing "
+            "cluster), not both."
+        )
+    if args.workers is not None and args.workers < 1:
+        raise SettingsError(f"--workers needs at least 1 worker, not {args.workers}.")
     out = Path(args.output).expanduser()
     if out.suffix.lower() not in io.TIFF_SUFFIXES:
         raise OutputFileError(f"The output {out} must be a .tif file name.")
@@ -182,6 +192,8 @@ def _run_propagate(args: argparse.Namespace) -> int:
         )
     prompts = read_prompt_table(args.prompts)
     check_writable(out.parent)
+    if args.workers is not None or args.scheduler:
+        return _propagate_on_cluster(args, prompts, settings, contrast, out, t0)
     loaded = load(
         args.model,
         args.checkpoint,
@@ -221,5 +233,68 @@ def _run_propagate(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(result.summary(), file=sys.stderr)
+    print(out)
+    return 0
+
+
+def _propagate_on_cluster(
+    args: argparse.Namespace,
+    prompts: list[Any],
+    settings: Any,
+    contrast: tuple[float, float] | None,
+    out: Path,
+    t0: float,
+) -> int:
+    """The Dask path: the slices encoded by all workers, then followed by one."""
+    import time
+
+    from tqdm import tqdm
+
+    from napari_sam.distributed import ModelSpec, dashboard_link, open_cluster
+    from napari_sam.distributed.cluster import local_torch_threads
+    from napari_sam.distributed.propagate import run_propagation
+    from napari_sam.runtime.weights import CHECKPOINTS, checkpoint_path
+
+    spec = ModelSpec(
+        model=args.model,
+        checkpoint=str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
+        device=args.device,
+        precision=args.precision,
+        compile=bool(args.compile),
+    )
+    if spec.checkpoint is None and args.model in CHECKPOINTS:
+        checkpoint_path(args.model, progress=not args.quiet)  # once here, not once per worker
+    with open_cluster(args.scheduler, args.workers) as client:
+        link = dashboard_link(client)
+        n_workers = len(client.nthreads())
+        where = f"{args.scheduler}" if args.scheduler else "this machine"
+        print(
+            f"{PROG}: Dask cluster on {where}, {n_workers} worker{'s' if n_workers != 1 else ''}; "
+            + (f"dashboard: {link}" if link else "no dashboard (install bokeh to get one)"),
+            file=sys.stderr,
+        )
+        bar = tqdm(
+            total=0, desc=Path(args.input).name, unit="task", file=sys.stderr,
+            disable=args.quiet, leave=False,
+        )  # fmt: skip
+        try:
+            outcome = run_propagation(
+                client, spec, args.input, prompts, out,
+                settings=settings, z_range=args.slices, contrast=contrast,
+                cache_dir=args.cache_dir,
+                torch_threads=local_torch_threads(args.workers) if args.workers else None,
+                progress=bar_updater(bar),
+            )  # fmt: skip
+        finally:
+            bar.close()
+    n = outcome.n_objects
+    print(
+        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed with {args.model} "
+        f"on the cluster ({outcome.encoded} slices encoded, {outcome.reused} found encoded "
+        f"before) -> {out} ({time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr,
+    )
+    if not args.quiet:
+        print(outcome.summary, file=sys.stderr)
     print(out)
     return 0

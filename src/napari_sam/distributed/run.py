@@ -40,7 +40,7 @@ import numpy as np
 
 from napari_sam.distributed import tasks
 from napari_sam.distributed.work import JobWork, tidy
-from napari_sam.distributed.worker import ModelPlugin, ModelSpec, load_stats
+from napari_sam.distributed.worker import ModelSpec, load_stats, register_model
 from napari_sam.errors import (
     Cancelled,
     CheckpointError,
@@ -568,18 +568,6 @@ class _Runner:
             JobWork(self.jobs[index]).remove()
 
 
-def _registered(client: Any, name: str) -> bool:
-    """Whether the scheduler already hands the worker plugin ``name`` to its workers."""
-
-    def has(dask_scheduler: Any, name: str) -> bool:
-        return name in getattr(dask_scheduler, "worker_plugins", {})
-
-    try:
-        return bool(client.run_on_scheduler(has, name=name))
-    except Exception:  # an older scheduler: register (at worst, models load again)
-        return False
-
-
 def run_batch(
     client: Any,
     jobs: Sequence[SegmentJob],
@@ -639,9 +627,7 @@ def run_batch(
         The run's tasks are cancelled on the cluster; finished outputs and
         finished slices are kept for the next run.
     """
-    plugin = ModelPlugin(spec, torch_threads)
-    if not _registered(client, plugin.name):  # registering again would reload every model
-        client.register_plugin(plugin, name=plugin.name)
+    plugin = register_model(client, spec, torch_threads)
     runner = _Runner(
         client,
         spec,

@@ -19,7 +19,14 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-__all__ = ["ModelPlugin", "ModelSpec", "load_stats", "worker_device", "worker_model"]
+__all__ = [
+    "ModelPlugin",
+    "ModelSpec",
+    "load_stats",
+    "register_model",
+    "worker_device",
+    "worker_model",
+]
 
 
 @dataclass(frozen=True)
@@ -152,3 +159,28 @@ def load_stats(dask_worker: Any, name: str) -> dict[str, Any]:
     if plugin is None or plugin.loaded is None:
         return {"loaded": False}
     return {"loaded": True, "seconds": plugin.load_seconds, "device": plugin.device}
+
+
+def register_model(client: Any, spec: ModelSpec, torch_threads: int | None = None) -> ModelPlugin:
+    """Hand ``spec``'s :class:`ModelPlugin` to every worker of ``client``'s cluster, once.
+
+    A plugin of the same spec already registered (an earlier run on the same
+    cluster) is kept: registering it again would make every worker load the
+    model again.
+    """
+    plugin = ModelPlugin(spec, torch_threads)
+    if not _registered(client, plugin.name):
+        client.register_plugin(plugin, name=plugin.name)
+    return plugin
+
+
+def _registered(client: Any, name: str) -> bool:
+    """Whether the scheduler already hands the worker plugin ``name`` to its workers."""
+
+    def has(dask_scheduler: Any, name: str) -> bool:
+        return name in getattr(dask_scheduler, "worker_plugins", {})
+
+    try:
+        return bool(client.run_on_scheduler(has, name=name))
+    except Exception:  # an older scheduler: register (at worst, models load again)
+        return False

@@ -419,6 +419,11 @@ class DiskCache:
     ----------
     root : path
         The folder (created if needed).
+    exact : bool
+        Keep the features as float32 (twice the size): what is read back is
+        exactly what was encoded, so work split between processes (a Dask
+        cluster's workers encoding, one worker propagating) gives the result
+        of one process. Readers accept both kinds of file.
 
     Raises
     ------
@@ -429,7 +434,8 @@ class DiskCache:
     SUFFIX = ".npz"
     FORMAT = 1
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, exact: bool = False) -> None:
+        self.exact = bool(exact)
         self.root = Path(root).expanduser()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -445,7 +451,7 @@ class DiskCache:
         self.writes = 0
 
     def __repr__(self) -> str:
-        return f"DiskCache({str(self.root)!r})"
+        return f"DiskCache({str(self.root)!r}{', exact=True' if self.exact else ''})"
 
     def path(self, key: EmbeddingKey) -> Path:
         """The file of ``key`` (which may not exist)."""
@@ -516,12 +522,12 @@ class DiskCache:
         arrays = {
             "format": np.asarray(self.FORMAT, dtype=np.int64),
             "key": np.asarray(_key_json(key)),
-            "features": _compact(embedding.features),
+            "features": _compact(embedding.features, self.exact),
             "original_size": np.asarray(embedding.original_size, dtype=np.int64),
             "input_size": np.asarray(embedding.input_size, dtype=np.int64),
         }
         for i, extra in enumerate(getattr(embedding, "high_res", ())):
-            arrays[f"high_res_{i}"] = _compact(extra)
+            arrays[f"high_res_{i}"] = _compact(extra, self.exact)
         arrays["checksum"] = np.asarray(_checksum(arrays))
         path = self.path(key)
         what = f"The embedding cache file {path.name} in {self.root}"
@@ -571,9 +577,11 @@ def _key_json(key: EmbeddingKey) -> str:
     return json.dumps(fields, sort_keys=True)
 
 
-def _compact(tensor: Any) -> np.ndarray:
-    """A tensor as a float16 array, or float32 where float16 would overflow."""
+def _compact(tensor: Any, exact: bool = False) -> np.ndarray:
+    """A tensor as a float16 array, or float32 where float16 would overflow (or if ``exact``)."""
     values = tensor.detach().to("cpu").float().numpy()
+    if exact:
+        return np.ascontiguousarray(values)
     with np.errstate(over="ignore"):
         half = values.astype(np.float16)
     if np.isfinite(half).all() or not np.isfinite(values).all():

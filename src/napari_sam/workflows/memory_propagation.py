@@ -74,6 +74,8 @@ __all__ = [
     "MemoryPropagationSettings",
     "MemoryTrackedObject",
     "TrackPrompt",
+    "check_prompts",
+    "check_stack",
     "merge_prompts",
     "propagate_memory",
 ]
@@ -387,7 +389,7 @@ class MemoryPropagation:
                 raise PropagationError("The StackEmbeddings given were made for another model.")
             self.embeddings = stack
         else:
-            _check_stack(stack)
+            check_stack(stack)
             if model_id is None:
                 model_id = getattr(model, "model_id", None)
             if disk is not None and model_id is None:
@@ -571,38 +573,7 @@ class MemoryPropagation:
 
     # ------------------------------------------------------------------ internals
     def _checked(self, prompts: Iterable[TrackPrompt]) -> dict[tuple[int, int], TrackPrompt]:
-        merged = merge_prompts(prompts)
-        lo, hi = self.z_range
-        for (o, z), p in merged.items():
-            if not 0 <= z < self.n_slices:
-                raise PropagationError(
-                    f"The prompt for object {o} is on slice {z}, but the stack has slices "
-                    f"0 to {self.n_slices - 1}."
-                )
-            if not lo <= z <= hi:
-                raise PropagationError(
-                    f"The prompt for object {o} is on slice {z}, outside the slice range "
-                    f"{lo}-{hi} to propagate in."
-                )
-            if p.mask is not None and p.mask.shape != self.plane_shape:
-                raise PropagationError(
-                    f"The mask of object {o} on slice {z} has shape {p.mask.shape}, but the "
-                    f"slices are {self.plane_shape}."
-                )
-            h, w = self.plane_shape
-            xy = p.point_coords if p.point_coords is not None else np.zeros((0, 2))
-            if p.box is not None:
-                xy = np.concatenate([xy, p.box.reshape(2, 2)])
-            outside = (xy[:, 0] < -0.5) | (xy[:, 0] > w - 0.5) | (xy[:, 1] < -0.5) | (
-                xy[:, 1] > h - 0.5
-            )
-            if outside.any():
-                x, y = xy[np.flatnonzero(outside)[0]]
-                raise PropagationError(
-                    f"A prompt of object {o} on slice {z} lies outside the image (x={x:g}, "
-                    f"y={y:g}; the slices are {w} wide and {h} high)."
-                )
-        return merged
+        return check_prompts(prompts, self.n_slices, self.plane_shape, self.z_range)
 
     def _prompt(self, p: TrackPrompt, state: _State) -> None:
         """Segment a prompted slice and record it."""
@@ -792,8 +763,60 @@ def propagate_memory(
     return session.run(prompts, progress=progress, should_cancel=should_cancel)
 
 
+def check_prompts(
+    prompts: Iterable[TrackPrompt],
+    n_slices: int,
+    plane_shape: Sequence[int],
+    z_range: Sequence[int] | None = None,
+) -> dict[tuple[int, int], TrackPrompt]:
+    """The prompts merged by ``(object, slice)`` (:func:`merge_prompts`), checked against a
+    stack of ``n_slices`` planes of ``plane_shape`` ``(H, W)`` and the slice range.
+
+    Raises
+    ------
+    PropagationError
+        A prompt on a slice outside the stack or the range, a mask of another
+        shape, or a click or box outside the image (one sentence each).
+    """
+    merged = merge_prompts(prompts)
+    lo, hi = _check_range(n_slices, z_range)
+    plane_shape = tuple(int(s) for s in plane_shape)
+    for (o, z), p in merged.items():
+        if not 0 <= z < n_slices:
+            raise PropagationError(
+                f"The prompt for object {o} is on slice {z}, but the stack has slices "
+                f"0 to {n_slices - 1}."
+            )
+        if not lo <= z <= hi:
+            raise PropagationError(
+                f"The prompt for object {o} is on slice {z}, outside the slice range "
+                f"{lo}-{hi} to propagate in."
+            )
+        if p.mask is not None and p.mask.shape != plane_shape:
+            raise PropagationError(
+                f"The mask of object {o} on slice {z} has shape {p.mask.shape}, but the "
+                f"slices are {plane_shape}."
+            )
+        h, w = plane_shape
+        xy = p.point_coords if p.point_coords is not None else np.zeros((0, 2))
+        if p.box is not None:
+            xy = np.concatenate([xy, p.box.reshape(2, 2)])
+        outside = (xy[:, 0] < -0.5) | (xy[:, 0] > w - 0.5) | (xy[:, 1] < -0.5) | (
+            xy[:, 1] > h - 0.5
+        )
+        if outside.any():
+            x, y = xy[np.flatnonzero(outside)[0]]
+            raise PropagationError(
+                f"A prompt of object {o} on slice {z} lies outside the image (x={x:g}, "
+                f"y={y:g}; the slices are {w} wide and {h} high)."
+            )
+    return merged
+
+
 # --------------------------------------------------------------------------- checks
-def _check_stack(stack: Any) -> None:
+def check_stack(stack: Any) -> None:
+    """Raise :class:`PropagationError` (one sentence) unless ``stack`` is a grayscale
+    ``(Z, Y, X)`` stack or ``(T, Y, X)`` movie."""
     from napari_sam.workflows.image import image_layout
 
     shape = tuple(int(s) for s in getattr(stack, "shape", ()))

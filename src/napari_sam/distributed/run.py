@@ -20,8 +20,8 @@ the finished tiles of a 2D image segmented tile by tile (pieces stored by the
 tile tasks: :mod:`~napari_sam.distributed.pieces`) are skipped by a rerun.
 A file that fails is reported in the :class:`BatchReport` and the others go
 on; a failure of the model itself (missing weights, wrong device) stops the
-run. A worker that dies mid-task has its tasks retried on the others by Dask (up to
-``distributed.scheduler.allowed-failures`` times); every task is
+run. A worker that dies mid-task has its tasks retried on the others by Dask
+(up to ``distributed.scheduler.allowed-failures`` times); every task is
 deterministic, so the outputs are the same. Ctrl+C (or ``should_cancel``)
 cancels every task of the run on the cluster.
 """

@@ -15,12 +15,13 @@ into tasks and follows them to the end:
 
 Outputs appear under their final names only when complete (one rename by the
 client). Finished outputs (same input and recipe: the
-:class:`~napari_sam.workflows.batch.Manifest`) and finished slices (markers)
-are skipped by a rerun. A file that fails is reported in the
-:class:`BatchReport` and the others go on; a failure of the model itself
-(missing weights, wrong device) stops the run. A worker that dies mid-task
-has its tasks retried on the others by Dask (up to
-``distributed.scheduler.allowed-failures`` times); every task is
+:class:`~napari_sam.workflows.batch.Manifest`), finished slices (markers) and
+the finished tiles of a 2D image segmented tile by tile (pieces stored by the
+tile tasks: :mod:`~napari_sam.distributed.pieces`) are skipped by a rerun.
+A file that fails is reported in the :class:`BatchReport` and the others go
+on; a failure of the model itself (missing weights, wrong device) stops the
+run. A worker that dies mid-task has its tasks retried on the others by Dask
+(up to ``distributed.scheduler.allowed-failures`` times); every task is
 deterministic, so the outputs are the same. Ctrl+C (or ``should_cancel``)
 cancels every task of the run on the cluster.
 """
@@ -86,6 +87,8 @@ class Outcome:
         COCO annotations per plane (:func:`~napari_sam.workflows.batch.coco_planes`).
     resumed_slices : int
         Slices finished by an earlier run and not segmented again.
+    resumed_tiles : int
+        Tiles of a 2D image finished by an earlier run and not segmented again.
     table : pandas.DataFrame or None
         The output's object table, when asked for (``table=True``).
     """
@@ -99,6 +102,7 @@ class Outcome:
     coco: CocoPlanes | None = None
     resumed_slices: int = 0
     table: Any = None
+    resumed_tiles: int = 0
 
 
 @dataclass
@@ -139,13 +143,15 @@ class _Stack:
 
 @dataclass
 class _TiledPlane:
-    """A plane segmented tile by tile: the finished tiles' futures, kept for its merge."""
+    """A plane segmented tile by tile: the finished tiles' futures, kept for its merge, and
+    (a 2D image) the paths of the tiles an earlier run stored."""
 
     index: int
     z: int | None
     grid: Any
     contrast: tuple[float, float]
     futures: dict[int, Any] = field(default_factory=dict)
+    stored: dict[int, str] = field(default_factory=dict)
 
 
 class _Runner:
@@ -189,6 +195,7 @@ class _Runner:
         self.total = 0
         self.done = 0
         self.remaining: dict[int, int] = {}  # tasks a job still has to run
+        self.resumed_tiles: dict[int, int] = {}
 
     # ----------------------------------------------------------------- bookkeeping
     def _notify(self, stage: str) -> None:
@@ -203,10 +210,12 @@ class _Runner:
         self.done += n
         self.remaining[index] = self.remaining.get(index, 0) - n
 
-    def _submit(self, index: int, kind: str, z: Any, fn: Callable, *args: Any) -> None:
+    def _submit(
+        self, index: int, kind: str, z: Any, fn: Callable, *args: Any, priority: int = 0
+    ) -> None:
         where = "-".join(str(v) for v in z) if isinstance(z, tuple) else str(z)
         key = f"napari-sam-{kind}-{self.token}-{index}-{where}"
-        future = self.client.submit(fn, *args, key=key, pure=False)
+        future = self.client.submit(fn, *args, key=key, pure=False, priority=priority)
         self.pending[key] = (future, index, kind, z)
         self.ac.add(future)
 
@@ -230,8 +239,9 @@ class _Runner:
             del self.tiled[plane]
         self.finishing.pop(index, None)
         self.tables.pop(index, None)
-        if stack is None:  # a whole-file job: nothing worth resuming
-            JobWork(self.jobs[index]).remove()
+        tiled = self.resumed_tiles.pop(index, None) is not None
+        if stack is None and not tiled:  # a whole-file job: nothing worth resuming (a stack's
+            JobWork(self.jobs[index]).remove()  # slices, a tiled image's tiles are kept)
         self._finish(Outcome(self.jobs[index], "failed", reason=reason), index)
 
     # ----------------------------------------------------------------- start
@@ -259,7 +269,7 @@ class _Runner:
             if stack and image.data.shape[0] > 1:
                 self._start_stack(index, job, work, image, kept, grid)
             elif grid is not None:
-                self._start_tiled_file(index, job, image, grid)
+                self._start_tiled_file(index, job, image, grid, work)
             else:
                 self._expect(index, 1)
                 self._submit(
@@ -291,43 +301,59 @@ class _Runner:
         return (float(contrast[0]), float(contrast[1]))
 
     def _start_tiled_file(
-        self, index: int, job: SegmentJob, image: io.TiffImage, grid: Any
+        self, index: int, job: SegmentJob, image: io.TiffImage, grid: Any, work: JobWork
     ) -> None:
-        """A 2D image of several tiles: one task per tile, then a merge writing the output."""
+        """A 2D image of several tiles: one task per tile not stored by an earlier run (each
+        storing its piece in the work folder), then a merge writing the output."""
         plane = _TiledPlane(index, None, grid, self._contrast(image))
+        plane.stored = work.finished_tiles(grid, self.identity)
         self.tiled[(index, None)] = plane
         self._expect(index, len(grid) + 1)
+        self._count(index, len(plane.stored))
+        self.resumed_tiles[index] = len(plane.stored)
         self._submit_tiles(plane)
+        if len(plane.stored) == len(grid):
+            self._tile_done(index, None, None, None)
 
     def _submit_tiles(self, plane: _TiledPlane) -> None:
         job = self.jobs[plane.index]
+        work = JobWork(job)
         for k in range(len(plane.grid)):
+            if k in plane.stored:
+                continue
+            store = str(work.piece(k)) if plane.z is None else None
             self._submit(
                 plane.index, "tile", (plane.z, k), tasks.tile_task,
-                self.spec, job, self.recipe, plane.contrast, plane.z, k,
+                self.spec, job, self.recipe, plane.contrast, plane.z, k, store,
             )  # fmt: skip
 
-    def _tile_done(self, index: int, z: int | None, k: int, future: Any) -> None:
+    def _tile_done(self, index: int, z: int | None, k: int | None, future: Any) -> None:
         plane = self.tiled.get((index, z))
         if plane is None:
             return
-        plane.futures[k] = future
-        if len(plane.futures) < len(plane.grid):
+        if k is not None:
+            plane.futures[k] = future
+        if len(plane.futures) + len(plane.stored) < len(plane.grid):
             return
         del self.tiled[(index, z)]
-        pieces = [plane.futures[i] for i in range(len(plane.grid))]
+        pieces = [plane.futures[i] if i in plane.futures else plane.stored[i]
+                  for i in range(len(plane.grid))]  # fmt: skip
         job = self.jobs[index]
         work = JobWork(job)
+        # the merge goes before the tiles still waiting (Dask runs equal priorities in the
+        # order submitted): the plane's pieces leave the workers' memory, and a stack's
+        # slice is marked finished as early as possible
         if z is None:
             self._submit(
                 index, "tiledfile", 0, tasks.tiled_file_task,
                 self.spec, job, self.recipe, plane.grid, pieces, str(work.file_output), self.coco,
-                self.table,
+                self.table, priority=1,
             )  # fmt: skip
         else:
             self._submit(
                 index, "slice", z, tasks.tiled_slice_task,
                 self.spec, self.recipe, plane.grid, pieces, z, str(work.raw), str(work.marker(z)),
+                priority=1,
             )  # fmt: skip
 
     def _start_stack(
@@ -446,7 +472,8 @@ class _Runner:
         seconds = time.perf_counter() - self.t0[index]
         self._finish(
             Outcome(job, "done", n_objects, n_slices, seconds=seconds, coco=coco,
-                    resumed_slices=resumed, table=self.tables.pop(index, None)),
+                    resumed_slices=resumed, table=self.tables.pop(index, None),
+                    resumed_tiles=self.resumed_tiles.pop(index, 0)),
             index,
         )  # fmt: skip
 
@@ -554,12 +581,10 @@ class _Runner:
 
     def cancel(self) -> None:
         """Cancel every task of the run; drop the work of unfinished whole-file jobs (only
-        a stack's finished slices are worth keeping for the next run)."""
+        a stack's finished slices and a tiled image's finished tiles are worth keeping for
+        the next run)."""
         futures = [f for f, *_ in self.pending.values()]
-        unfinished = {
-            i for _, i, kind, z in self.pending.values()
-            if kind in ("file", "tiledfile") or (kind == "tile" and z[0] is None)
-        }  # fmt: skip
+        unfinished = {i for _, i, kind, _ in self.pending.values() if kind == "file"}
         self.pending.clear()
         if futures:
             with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.distributed.pieces import read_piece, save_piece
 from napari_sam.distributed.work import write_marker
 from napari_sam.distributed.worker import ModelSpec, worker_model
 from napari_sam.workflows import batch, batch_tiles, io
@@ -93,15 +94,30 @@ def tile_task(
     contrast: Sequence[float],
     z: int | None,
     index: int,
+    store: str | None = None,
 ) -> batch_tiles.TilePiece:
     """Encode tile ``index`` of plane ``z`` (None: a 2D image) and find its objects.
 
     Returns the tile's small result (bit-packed masks, or the decoder's maps over
-    the tile's inner region); Dask hands it to the plane's merge task.
+    the tile's inner region); Dask hands it to the plane's merge task. With
+    ``store`` (a path in the work folder) the piece is also written there,
+    atomically, for a rerun to skip the tile.
     """
     model = worker_model(spec)
     image = io.read_image(job.source, lazy=True)
-    return batch_tiles.segment_tile(model, image, z, index, recipe, contrast)
+    piece = batch_tiles.segment_tile(model, image, z, index, recipe, contrast)
+    if store is not None:
+        save_piece(store, piece, recipe.identity())
+    return piece
+
+
+def _pieces(
+    pieces: Sequence[batch_tiles.TilePiece | str], recipe: batch.Recipe
+) -> list[batch_tiles.TilePiece]:
+    """The pieces in tile order: those given, and those stored by an earlier run (paths)."""
+    identity = recipe.identity()
+    return [p if not isinstance(p, str) else read_piece(p, k, identity)
+            for k, p in enumerate(pieces)]  # fmt: skip
 
 
 def tiled_file_task(
@@ -109,15 +125,19 @@ def tiled_file_task(
     job: batch.SegmentJob,
     recipe: batch.Recipe,
     grid: Any,
-    pieces: Sequence[batch_tiles.TilePiece],
+    pieces: Sequence[batch_tiles.TilePiece | str],
     output: str,
     coco: bool,
     table: bool = False,
 ) -> batch.FileResult:
-    """Merge the tiles of a 2D image and write its labels into ``output`` (work folder)."""
+    """Merge the tiles of a 2D image and write its labels into ``output`` (work folder).
+
+    ``pieces``: in tile order, each a piece or the path of a piece stored by an
+    earlier run (:func:`tile_task` with ``store``).
+    """
     model = worker_model(spec)
     image = io.read_image(job.source, lazy=True)
-    result, mode = batch_tiles.merge_tiles(model, grid, pieces, recipe)
+    result, mode = batch_tiles.merge_tiles(model, grid, _pieces(pieces, recipe), recipe)
     io.write_labels(Path(output), result.labels, scale=image.scale, unit=image.unit)
     scores = {(None, k): v for k, v in result.scores.items()}
     coco_data = batch.coco_planes(result.labels, scores, stack=False) if coco else None

@@ -9,13 +9,18 @@ system the workers see) holding:
 - ``raw.zarr``: a stack's slices, each segmented on its own (ids ``1..n``);
 - ``slices/<z>.json``: written (atomically) after slice ``z`` is in ``raw.zarr``:
   a finished slice, skipped by a rerun;
+- ``tiles/<k>.npz``: a finished tile of a 2D image segmented tile by tile
+  (:mod:`~napari_sam.distributed.pieces`), written atomically by its task; a
+  rerun skips the tiles stored there and merges their pieces with the others
+  (a stack's tiled slices resume slice by slice, through their markers);
 - ``labels.zarr`` / the output's name: the output being built; it is moved
   to its final name in one rename when complete.
 
 Workers write only here, never to the output's final name, so a worker
 killed mid-write, a failed file or Ctrl+C never leaves a partial output; the
-folder is deleted when its output is complete, or when the output failed for
-good (nothing in it is worth resuming).
+folder is deleted when its output is complete, or when a whole-file output
+failed (nothing in it is worth resuming); a failed stack's finished slices and
+a failed tiled image's finished tiles are kept for a rerun, as after Ctrl+C.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from napari_sam.distributed.pieces import load_piece
 from napari_sam.runtime.files import atomic_write
 from napari_sam.workflows.batch import WORK_FOLDER, SegmentJob, file_stamp, tidy
 
@@ -53,6 +59,30 @@ class JobWork:
 
     def marker(self, z: int) -> Path:
         return self.root / "slices" / f"{int(z)}.json"
+
+    def piece(self, k: int) -> Path:
+        """Where the finished tile ``k`` of a tiled 2D image is stored."""
+        return self.root / "tiles" / f"{int(k)}.npz"
+
+    def finished_tiles(self, grid: Any, identity: str) -> dict[int, str]:
+        """The tiles of ``grid`` (a 2D image's) already stored for this recipe: ``k -> path``.
+
+        Each stored piece is read back whole and checked
+        (:func:`~napari_sam.distributed.pieces.load_piece`); one that cannot
+        be (torn, corrupt, of another recipe) is deleted, and its tile is
+        segmented again.
+        """
+        out: dict[int, str] = {}
+        for k in range(len(grid)):
+            path = self.piece(k)
+            if not path.is_file():
+                continue
+            if load_piece(path, k, identity, grid.tile(k).inner.shape) is None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            out[k] = str(path)
+        return out
 
     def prepare(self, identity: str) -> bool:
         """Make the folder for this recipe; return True if earlier work for it is kept."""

@@ -54,11 +54,12 @@ def main(out_png: str) -> None:
     base = ["propagate", str(folder / "stack.tif"), "--prompts", str(folder / "clicks.csv"),
             "--checkpoint", str(ckpt), "--keep-going", "--device", "cpu"]  # fmt: skip
     said = _command([*base, "-o", str(folder / "cluster.tif"), "--workers", "2"], env)
-    _command([*base, "-o", str(folder / "one.tif"), "--quiet"], env)
+    alone = _command([*base, "-o", str(folder / "one.tif"), "--quiet"], env)
     cluster = tifffile.imread(folder / "cluster.tif")
     one = tifffile.imread(folder / "one.tif")
     same = "equal" if np.array_equal(cluster, one) else "NOT equal"
     print(said)
+    print("one process:", alone.strip().splitlines()[-1])
     print(f"cluster labels {same} to the one-process labels; ids {np.unique(cluster).tolist()}")
 
     import napari
@@ -69,11 +70,17 @@ def main(out_png: str) -> None:
     viewer.add_image(stack, name="stack.tif")
     viewer.add_labels(cluster, name="cluster.tif (propagate --workers 2)", opacity=0.5)
     viewer.dims.set_point(0, 6)
-    lines = [ln for ln in said.splitlines() if ln.strip() and "%" not in ln][-4:]
+    lines = [
+        ln.split(" -> ")[0] if "followed" in ln else ln.split("; dashboard")[0]
+        for ln in said.splitlines()
+        if "Dask cluster" in ln or "followed" in ln or ln.startswith("object ")
+    ]
     viewer.text_overlay.visible = True
     viewer.text_overlay.font_size = 9
+    viewer.text_overlay.position = "top_left"
     viewer.text_overlay.text = "\n".join(
-        [*lines, f"one-process run: labels {same}", "slice 6 shown (clicked on slice 4)"]
+        [*lines, f"the same command in one process: labels {same}",
+         "slice 6 shown (clicked on slice 4)"]
     )
     app = QApplication.instance()
     settle(app, type("Idle", (), {"busy": False})())

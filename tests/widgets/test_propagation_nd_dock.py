@@ -32,6 +32,7 @@ def test_propagate_along_z_then_t_at_the_viewers_position(make_napari_viewer, qt
     assert controls.isEnabled() and not controls.axis_row.isHidden()
     assert [combo.itemText(i) for i in range(combo.count())] == ["t", "z"]
     assert combo.currentText() == "z" and (controls.z_from.value, controls.z_to.value) == (0, 4)
+    assert (controls.z_from.label, controls.z_to.label) == ("From slice", "To slice")
 
     viewer.dims.set_point(0, 1)
     viewer.dims.set_point(1, 2)
@@ -49,6 +50,7 @@ def test_propagate_along_z_then_t_at_the_viewers_position(make_napari_viewer, qt
 
     combo.setCurrentIndex(combo.findText("t"))  # follow the committed object in time
     assert widget.controller.stack.axis_in_use() == 0 and controls.z_to.value == 2
+    assert (controls.z_from.label, controls.z_to.label) == ("From frame", "To frame")
     handler = KeymapHandler()
     handler.keymap_providers = [viewer.layers.selection.active, viewer]
     handler.press_key("Shift+F")

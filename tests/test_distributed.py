@@ -12,9 +12,6 @@ processes (``--workers 2``, and the killed-worker test) and an in-process
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -25,6 +22,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from killed_worker import run_killing_a_worker
 from napari_sam import cli, sam_model_registry
 from napari_sam.distributed import ModelSpec, run_batch
 from napari_sam.distributed.cluster import local_torch_threads
@@ -239,38 +237,13 @@ def test_zarr_volume_on_an_in_process_cluster_cancel_resume_and_scheduler_option
 def test_a_worker_killed_mid_task_is_retried_and_the_output_is_the_same(
     real_folder, single_process, spec, tmp_path
 ):
-    from distributed import Client, LocalCluster
-
     plan = plan_jobs([str(real_folder / "nuclei.tif")], str(tmp_path / "nuclei_labels.tif"))
     recipe = Recipe(SETTINGS)
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:  # fmt: skip
-        pids = client.run(os.getpid)
-        result: dict = {}
-
-        def batch() -> None:
-            try:
-                result["report"] = run_batch(client, plan.jobs, spec, recipe, torch_threads=1)
-            except BaseException as exc:  # reported below
-                result["error"] = exc
-
-        thread = threading.Thread(target=batch)
-        thread.start()
-        killed = None
-        deadline = time.monotonic() + 120
-        while killed is None and time.monotonic() < deadline and thread.is_alive():
-            for address, keys in client.processing().items():
-                if any("napari-sam-slice" in str(k) for k in keys) and address in pids:
-                    os.kill(pids[address], signal.SIGKILL)
-                    killed = address
-                    break
-            time.sleep(0.05)
-        thread.join(timeout=600)
-        assert killed is not None, "no slice task was seen running"
-    assert "error" not in result, result.get("error")
-    (outcome,) = result["report"].outcomes
+    report = run_killing_a_worker(
+        lambda client: run_batch(client, plan.jobs, spec, recipe, torch_threads=1),
+        "napari-sam-slice",
+    )
+    (outcome,) = report.outcomes
     assert outcome.status == "done", outcome.reason
     np.testing.assert_array_equal(
         _labels(tmp_path / "nuclei_labels.tif"),

@@ -13,9 +13,6 @@ killed mid-task.
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import threading
 import time
 
 import numpy as np
@@ -24,6 +21,7 @@ import tifffile
 import torch
 from distributed import WorkerPlugin
 
+from killed_worker import run_killing_a_worker
 from napari_sam.cli import main
 from napari_sam.distributed import ModelSpec
 from napari_sam.distributed.cluster import local_torch_threads
@@ -212,43 +210,23 @@ class SmallSam2Loader(WorkerPlugin):
 def test_two_worker_processes_with_one_killed_give_the_one_process_labels(
     sam2_checkpoint, stack_file, clicks, tmp_path, one_thread
 ):
-    from distributed import Client, LocalCluster
-
     checkpoint = str(sam2_checkpoint("sam2_tiny"))
     ref = _one_process(small_sam2_from(checkpoint), stack_file, clicks)
     assert ref.any()
     spec = ModelSpec("sam2_tiny", checkpoint, "cpu")
     out = tmp_path / "labels.tif"
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:  # fmt: skip
-        client.register_plugin(SmallSam2Loader(checkpoint), name="small-sam2-loader")
-        pids = client.run(os.getpid)
-        result: dict = {}
+    prompts = read_prompt_table(clicks)
 
-        def follow() -> None:
-            try:
-                result["outcome"] = run_propagation(
-                    client, spec, stack_file, read_prompt_table(clicks), out,
-                    settings=SETTINGS, torch_threads=local_torch_threads(2),
-                )  # fmt: skip
-            except BaseException as exc:  # reported below
-                result["error"] = exc
+    def follow(client):
+        return run_propagation(
+            client, spec, stack_file, prompts, out,
+            settings=SETTINGS, torch_threads=local_torch_threads(2),
+        )  # fmt: skip
 
-        thread = threading.Thread(target=follow)
-        thread.start()
-        killed = None
-        deadline = time.monotonic() + 120
-        while killed is None and time.monotonic() < deadline and thread.is_alive():
-            for address, keys in client.processing().items():
-                if any("napari-sam-embed" in str(k) for k in keys) and address in pids:
-                    os.kill(pids[address], signal.SIGKILL)
-                    killed = address
-                    break
-            time.sleep(0.02)
-        thread.join(timeout=600)
-        assert killed is not None, "no slice task was seen running"
-    assert "error" not in result, result.get("error")
-    assert result["outcome"].n_objects == 2
+    outcome = run_killing_a_worker(
+        follow,
+        "napari-sam-embed",
+        plugins=[("small-sam2-loader", SmallSam2Loader(checkpoint))],
+    )
+    assert outcome.n_objects == 2
     np.testing.assert_array_equal(io.read_tiff(out).data, ref)

@@ -21,8 +21,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from importlib import resources
@@ -32,6 +30,7 @@ import pytest
 import tifffile
 import torch
 
+from killed_worker import run_killing_a_worker
 from napari_sam import sam_model_registry
 from napari_sam.distributed import ModelSpec, run_batch, tasks
 from napari_sam.distributed.cluster import local_torch_threads
@@ -337,38 +336,12 @@ def test_a_stack_of_tiled_slices_merges_each_slice_early_and_resumes_slice_by_sl
 
 
 def test_a_worker_killed_mid_tile_is_retried_and_the_labels_are_the_same(tiled, tmp_path):
-    from distributed import Client, LocalCluster
-
     image, spec, ref = tiled
     job = SegmentJob(image, tmp_path / "nuclei_labels.tif")
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:  # fmt: skip
-        pids = client.run(os.getpid)
-        result: dict = {}
-
-        def batch() -> None:
-            try:
-                result["report"] = run_batch(client, [job], spec, RECIPE, torch_threads=1)
-            except BaseException as exc:  # reported below
-                result["error"] = exc
-
-        thread = threading.Thread(target=batch)
-        thread.start()
-        killed = None
-        deadline = time.monotonic() + 120
-        while killed is None and time.monotonic() < deadline and thread.is_alive():
-            for address, keys in client.processing().items():
-                if any("napari-sam-tile" in str(k) for k in keys) and address in pids:
-                    os.kill(pids[address], signal.SIGKILL)
-                    killed = address
-                    break
-            time.sleep(0.05)
-        thread.join(timeout=600)
-        assert killed is not None, "no tile task was seen running"
-    assert "error" not in result, result.get("error")
-    (outcome,) = result["report"].outcomes
+    report = run_killing_a_worker(
+        lambda client: run_batch(client, [job], spec, RECIPE, torch_threads=1), "napari-sam-tile"
+    )
+    (outcome,) = report.outcomes
     assert outcome.status == "done", outcome.reason
     np.testing.assert_array_equal(_labels(job.output), ref)
     assert not (tmp_path / ".napari-sam" / "work").exists()

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from ais_reference import decisive_random_decoder
 from bio_samples import sample
 from napari_helpers import TIMEOUT, capture_notifications, lax_auto, open_dock, wait_idle
 from napari_sam._widgets.model_session import CUSTOM_CHECKPOINT, choice_label
-from napari_sam.model.decoders.instance import InstanceDecoder
 from napari_sam.predictors.build_sam import sam_model_registry
 from napari_sam.runtime.loader import load
 from napari_sam.runtime.settings import field_help
-from napari_sam.workflows.ais import AISSettings, plane_embedding
+from napari_sam.workflows.ais import AISSettings
 from napari_sam.workflows.segment import segment
 
 
@@ -43,18 +43,7 @@ def decisive_export(path, plane: np.ndarray):
     ±3 (random weights otherwise give maps near 0.5 everywhere, so nothing or everything)."""
     torch.manual_seed(0)
     sam = sam_model_registry["vit_t"]().eval()
-    torch.manual_seed(1)
-    decoder = InstanceDecoder("transposed")
-    emb = plane_embedding(sam, plane, (float(plane.min()), float(plane.max())))
-    with torch.no_grad():
-        maps = decoder(emb.features, emb.input_size, emb.original_size)[0].double()
-        logits = (torch.log(maps) - torch.log1p(-maps)).flatten(1)
-        centre = torch.stack([torch.quantile(logits[0], 0.55),
-                              torch.quantile(logits[1], 0.4), torch.quantile(logits[2], 0.4)])
-        spread = (torch.quantile(logits, 0.98, dim=1) - torch.quantile(logits, 0.02, dim=1)) / 2
-        gain = (3.0 / spread).float()
-        decoder.out_conv.weight.mul_(gain.view(-1, 1, 1, 1))
-        decoder.out_conv.bias.copy_(gain * (decoder.out_conv.bias - centre.float()))
+    decoder = decisive_random_decoder(sam, plane, seed=1)
     torch.save({"model_state": sam.state_dict(), "decoder_state": decoder.state_dict()}, path)
     return path
 

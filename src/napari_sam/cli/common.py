@@ -140,3 +140,41 @@ def plain_warnings() -> Iterator[None]:
         yield
 
 
+
+
+def cluster_model(args: argparse.Namespace, decoder: str | None = None) -> Any:
+    """The :class:`~napari_sam.distributed.ModelSpec` every worker loads, from the model
+    options; published weights are downloaded here once, not once per worker (a shared
+    cache serves them all)."""
+    from napari_sam.distributed import ModelSpec
+    from napari_sam.runtime.weights import CHECKPOINTS, checkpoint_path
+
+    spec = ModelSpec(
+        model=args.model,
+        checkpoint=str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
+        device=args.device,
+        precision=args.precision,
+        compile=bool(args.compile),
+        decoder=str(Path(decoder).expanduser().resolve()) if decoder else None,
+    )
+    if spec.checkpoint is None and args.model in CHECKPOINTS:
+        checkpoint_path(args.model, progress=not args.quiet)
+    return spec
+
+
+@contextlib.contextmanager
+def announced_cluster(args: argparse.Namespace) -> Iterator[Any]:
+    """A Dask client on ``--scheduler`` or a local cluster of ``--workers``, after one line
+    naming the cluster, its workers and the dashboard's address."""
+    from napari_sam.distributed import dashboard_link, open_cluster
+
+    with open_cluster(args.scheduler, args.workers) as client:
+        link = dashboard_link(client)
+        n_workers = len(client.nthreads())
+        where = f"{args.scheduler}" if args.scheduler else "this machine"
+        print(
+            f"{PROG}: Dask cluster on {where}, {n_workers} worker{'s' if n_workers != 1 else ''}; "
+            + (f"dashboard: {link}" if link else "no dashboard (install bokeh to get one)"),
+            file=sys.stderr,
+        )
+        yield client

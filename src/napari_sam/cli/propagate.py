@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam.cli.common import (
-    PROG,
     add_speed_options,
     add_subcommand,
+    announced_cluster,
     bar_updater,
     check_writable,
+    cluster_model,
 )
 from napari_sam.errors import ImageFormatError, OutputFileError, SettingsError
 
@@ -250,29 +251,11 @@ def _propagate_on_cluster(
 
     from tqdm import tqdm
 
-    from napari_sam.distributed import ModelSpec, dashboard_link, open_cluster
     from napari_sam.distributed.cluster import local_torch_threads
     from napari_sam.distributed.propagate import run_propagation
-    from napari_sam.runtime.weights import CHECKPOINTS, checkpoint_path
 
-    spec = ModelSpec(
-        model=args.model,
-        checkpoint=str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
-        device=args.device,
-        precision=args.precision,
-        compile=bool(args.compile),
-    )
-    if spec.checkpoint is None and args.model in CHECKPOINTS:
-        checkpoint_path(args.model, progress=not args.quiet)  # once here, not once per worker
-    with open_cluster(args.scheduler, args.workers) as client:
-        link = dashboard_link(client)
-        n_workers = len(client.nthreads())
-        where = f"{args.scheduler}" if args.scheduler else "this machine"
-        print(
-            f"{PROG}: Dask cluster on {where}, {n_workers} worker{'s' if n_workers != 1 else ''}; "
-            + (f"dashboard: {link}" if link else "no dashboard (install bokeh to get one)"),
-            file=sys.stderr,
-        )
+    spec = cluster_model(args)
+    with announced_cluster(args) as client:
         bar = tqdm(
             total=0, desc=Path(args.input).name, unit="task", file=sys.stderr,
             disable=args.quiet, leave=False,

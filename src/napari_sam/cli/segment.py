@@ -13,8 +13,10 @@ from napari_sam.cli.common import (
     PROG,
     add_speed_options,
     add_subcommand,
+    announced_cluster,
     bar_updater,
     check_writable,
+    cluster_model,
 )
 from napari_sam.cli.tile_options import add_tiling_options, tiling_options
 from napari_sam.errors import (
@@ -552,32 +554,13 @@ def _run_on_cluster(
     every input is segmented again, as in one process."""
     from tqdm import tqdm
 
-    from napari_sam.distributed import ModelSpec, dashboard_link, open_cluster, run_batch
+    from napari_sam.distributed import run_batch
     from napari_sam.distributed.cluster import local_torch_threads
-    from napari_sam.runtime.weights import CHECKPOINTS, checkpoint_path
 
-    spec = ModelSpec(
-        model=args.model,
-        checkpoint=str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
-        device=args.device,
-        precision=args.precision,
-        compile=bool(args.compile),
-        decoder=str(Path(args.decoder).expanduser().resolve()) if args.decoder else None,
-    )
-    if spec.checkpoint is None and args.model in CHECKPOINTS:
-        # download once here, not once per worker (a shared cache serves them all)
-        checkpoint_path(args.model, progress=not args.quiet)
+    spec = cluster_model(args, args.decoder)
     index_of = {job: i for i, job in enumerate(plan.jobs)}
     objects: dict[int, Any] = {}
-    with open_cluster(args.scheduler, args.workers) as client:
-        link = dashboard_link(client)
-        n_workers = len(client.nthreads())
-        where = f"{args.scheduler}" if args.scheduler else "this machine"
-        print(
-            f"{PROG}: Dask cluster on {where}, {n_workers} worker{'s' if n_workers != 1 else ''}; "
-            + (f"dashboard: {link}" if link else "no dashboard (install bokeh to get one)"),
-            file=sys.stderr,
-        )
+    with announced_cluster(args) as client:
         bar = tqdm(total=0, desc="segmenting", unit="task", file=sys.stderr, disable=args.quiet)
 
         def on_outcome(outcome: Any) -> None:

@@ -77,6 +77,11 @@ def slice_task(
     model = worker_model(spec)
     image = io.read_image(job.source, lazy=True)
     result = batch.segment_slice(model, image, z, recipe, contrast)
+    return _store_slice(result, z, raw, marker)
+
+
+def _store_slice(result: batch.SliceResult, z: int, raw: str, marker: str) -> dict[str, Any]:
+    """Write slice ``z``'s labels into the raw volume, then its marker; return the marker."""
     LabelsZarr.open(raw).write(z, result.labels)
     record = {
         "z": int(z),
@@ -181,14 +186,7 @@ def tiled_slice_task(
     :func:`slice_task` does for an untiled slice)."""
     model = worker_model(spec)
     result, _ = batch_tiles.merge_tiles(model, grid, pieces, recipe)
-    LabelsZarr.open(raw).write(z, result.labels)
-    record = {
-        "z": int(z),
-        "n": result.n,
-        "scores": {str(k): v for k, v in result.scores.items()},
-    }
-    write_marker(Path(marker), record)
-    return record
+    return _store_slice(result, z, raw, marker)
 
 
 def overlap_task(

@@ -166,3 +166,16 @@ def build_mobilesam_pair(tmp_dir: Path, seed: int = 0):
     ckpt = save_state(ref, Path(tmp_dir) / f"random_vit_t_{seed}.pth")
     ours = sam_model_registry["vit_t"](checkpoint=str(ckpt))
     return ref, ours, ckpt
+
+
+def save_decisive_vit_t(path):
+    """Save MobileSAM (vit_t) with seeded random weights made decisive (:func:`perturb_`,
+    :func:`perturb_tiny_vit_`, seed 0) as a state-dict checkpoint at ``path``; return it."""
+    from napari_sam import sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_t"]()
+    perturb_(sam, 0)
+    perturb_tiny_vit_(sam.image_encoder, 0)
+    torch.save(sam.state_dict(), path)
+    return path

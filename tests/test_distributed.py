@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from killed_worker import run_killing_a_worker
-from napari_sam import cli, sam_model_registry
+from napari_sam import cli
 from napari_sam.distributed import ModelSpec, run_batch
 from napari_sam.distributed.cluster import local_torch_threads
 from napari_sam.errors import Cancelled
@@ -38,7 +38,7 @@ from napari_sam.workflows.batch import (
     segment_file,
 )
 from napari_sam.workflows.segment import AutoSettings
-from reference import perturb_, perturb_tiny_vit_
+from reference import save_decisive_vit_t
 
 SETTINGS = AutoSettings(
     points_per_side=3,
@@ -57,13 +57,7 @@ OPTIONS = [
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    sam = sam_model_registry["vit_t"]()
-    perturb_(sam, 0)
-    perturb_tiny_vit_(sam.image_encoder, 0)
-    path = tmp_path_factory.mktemp("ckpt") / "vit_t_decisive.pth"
-    torch.save(sam.state_dict(), path)
-    return path
+    return save_decisive_vit_t(tmp_path_factory.mktemp("ckpt") / "vit_t_decisive.pth")
 
 
 @pytest.fixture(scope="module")

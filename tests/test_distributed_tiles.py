@@ -226,14 +226,9 @@ def test_grid_generator_on_tiled_planes_on_a_cluster_gives_the_single_process_la
 @pytest.fixture(scope="module")
 def decisive_vit_t(tmp_path_factory):
     """MobileSAM with seeded random weights made decisive (as in test_distributed.py)."""
-    from reference import perturb_, perturb_tiny_vit_
+    from reference import save_decisive_vit_t
 
-    torch.manual_seed(0)
-    sam = sam_model_registry["vit_t"]()
-    perturb_(sam, 0)
-    perturb_tiny_vit_(sam.image_encoder, 0)
-    path = tmp_path_factory.mktemp("ckpt") / "vit_t_decisive.pth"
-    torch.save(sam.state_dict(), path)
+    path = save_decisive_vit_t(tmp_path_factory.mktemp("ckpt") / "vit_t_decisive.pth")
     return ["--model", "vit_t", "--checkpoint", path, "--device", "cpu", "--precision", "fp32"]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from napari_sam.errors import (
     OutputFileError,
+    SettingsError,
 )
 from napari_sam.runtime.fallbacks import relay_fallbacks
 
@@ -178,3 +179,14 @@ def announced_cluster(args: argparse.Namespace) -> Iterator[Any]:
             file=sys.stderr,
         )
         yield client
+
+
+def check_cluster_options(args: argparse.Namespace) -> None:
+    """Refuse ``--workers`` with ``--scheduler``, and fewer than one worker (one sentence)."""
+    if args.workers is not None and args.scheduler:
+        raise SettingsError(
+            "Give either --workers (a cluster on this machine) or --scheduler (an existing "
+            "cluster), not both."
+        )
+    if args.workers is not None and args.workers < 1:
+        raise SettingsError(f"--workers needs at least 1 worker, not {args.workers}.")

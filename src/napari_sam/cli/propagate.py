@@ -12,10 +12,11 @@ from napari_sam.cli.common import (
     add_subcommand,
     announced_cluster,
     bar_updater,
+    check_cluster_options,
     check_writable,
     cluster_model,
 )
-from napari_sam.errors import ImageFormatError, OutputFileError, SettingsError
+from napari_sam.errors import ImageFormatError, OutputFileError
 
 _DESCRIPTION = """\
 Follow objects through the slices of a 3D stack (Z Y X), or the frames of a
@@ -162,13 +163,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     from napari_sam.workflows.prompt_table import read_prompt_table
 
     t0 = time.perf_counter()
-    if args.workers is not None and args.scheduler:
-        raise SettingsError(
-            "Give either --workers (a cluster on this machine) or --scheduler (an existing "
-            "cluster), not both."
-        )
-    if args.workers is not None and args.workers < 1:
-        raise SettingsError(f"--workers needs at least 1 worker, not {args.workers}.")
+    check_cluster_options(args)
     out = Path(args.output).expanduser()
     if out.suffix.lower() not in io.TIFF_SUFFIXES:
         raise OutputFileError(f"The output {out} must be a .tif file name.")

@@ -15,6 +15,7 @@ from napari_sam.cli.common import (
     add_subcommand,
     announced_cluster,
     bar_updater,
+    check_cluster_options,
     check_writable,
     cluster_model,
 )
@@ -409,13 +410,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from napari_sam.workflows.batch import plan_jobs
 
     recipe = _recipe(args)
-    if args.workers is not None and args.scheduler:
-        raise NapariSamError(
-            "Give either --workers (a cluster on this machine) or --scheduler (an existing "
-            "cluster), not both."
-        )
-    if args.workers is not None and args.workers < 1:
-        raise NapariSamError(f"--workers needs at least 1 worker, not {args.workers}.")
+    check_cluster_options(args)
     table_path = Path(args.table).expanduser() if args.table else None
     plan = plan_jobs(args.inputs, args.output, output_format=args.output_format)
     coco_path = Path(args.coco).expanduser() if args.coco else None

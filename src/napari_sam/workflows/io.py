@@ -38,6 +38,7 @@ import numpy as np
 from napari_sam.errors import ImageFormatError, InputFileError, NapariSamError, OutputFileError
 from napari_sam.runtime.files import atomic_write
 from napari_sam.workflows import zarr_io
+from napari_sam.workflows.labels import id_array
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -611,13 +612,7 @@ def write_labels_tiff(
         If the file cannot be written.
     """
     tifffile = _tifffile()
-    arr = np.asarray(labels)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ImageFormatError(
-            f"A label image holds integer object ids; this one has data type {arr.dtype}."
-        )
+    arr = id_array(labels)
     if arr.ndim not in (2, 3):
         raise ImageFormatError(
             f"Label images are saved as 2D (Y, X) or 3D (Z, Y, X) TIFFs; this one has "

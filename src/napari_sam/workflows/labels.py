@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.errors import MaskRecordError
+from napari_sam.errors import ImageFormatError, MaskRecordError
 
 __all__ = [
     "apply_plan",
     "decode_segmentation",
     "dtype_for_ids",
+    "id_array",
     "plan_new_objects",
     "records_to_labels",
 ]
@@ -156,6 +157,24 @@ def records_to_labels(
 
 
 # --------------------------------------------------------------------------- writing objects
+def id_array(labels: Any) -> np.ndarray:
+    """``labels`` as a numpy array of integer object ids (a boolean mask becomes 0/1 ``uint8``).
+
+    Raises
+    ------
+    ImageFormatError
+        If the values are not integers (one sentence).
+    """
+    arr = np.asarray(labels)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ImageFormatError(
+            f"A label image holds integer object ids; this one has data type {arr.dtype}."
+        )
+    return arr
+
+
 def dtype_for_ids(dtype: Any, max_id: int) -> np.dtype:
     """The integer type a label image needs to hold ids up to ``max_id``.
 

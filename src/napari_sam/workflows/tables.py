@@ -46,6 +46,7 @@ import numpy as np
 
 from napari_sam.errors import ImageFormatError, OutputFileError
 from napari_sam.runtime.files import atomic_write
+from napari_sam.workflows.labels import id_array
 
 __all__ = [
     "SAM_COLUMNS",
@@ -157,13 +158,7 @@ class _Geometry:
 def _prepare(labels: Any, scale: Any, translate: Any, axes: str | None, intensity: Any,
              channel_names: Sequence[str] | None) -> _Geometry:
     """Check a table's inputs (one sentence each for what is wrong)."""
-    arr = np.asarray(labels)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ImageFormatError(
-            f"A label image holds integer object ids; this one has data type {arr.dtype}."
-        )
+    arr = id_array(labels)
     if arr.size and arr.dtype.kind == "i" and int(arr.min()) < 0:
         raise ImageFormatError("A label image holds object ids >= 0; this one has negative values.")
     axes = (axes or default_axes(arr.ndim)).lower()

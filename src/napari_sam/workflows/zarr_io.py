@@ -37,6 +37,7 @@ import numpy as np
 
 from napari_sam.errors import ImageFormatError, InputFileError, NapariSamError, OutputFileError
 from napari_sam.runtime.files import replace_dir, temporary_dir
+from napari_sam.workflows.labels import id_array
 
 __all__ = [
     "ZARR_SUFFIXES",
@@ -398,13 +399,7 @@ def write_labels_zarr(
     OutputFileError
         If the folder cannot be written.
     """
-    arr = np.asarray(labels)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ImageFormatError(
-            f"A label image holds integer object ids; this one has data type {arr.dtype}."
-        )
+    arr = id_array(labels)
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) > np.iinfo(np.uint32).max):
         raise ImageFormatError("Label zarr files hold object ids from 0 to 4294967295.")
     path = Path(path).expanduser()

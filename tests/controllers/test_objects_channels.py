@@ -109,3 +109,79 @@ def test_channels_one_and_two_of_a_czyx_image_on_a_slice(fast_model, czyx):
     settle(c)
     assert len(c.embeddings.store) == 2
     c.close()
+
+
+def test_channels_of_one_czyx_layer_by_its_channel_axis(fast_model, czyx):
+    """One (C, Z, Y, X) layer (a multichannel TIFF opened as it is): channels 1 and 2 of its
+    axis 0 become channel layers in SAM's slot colours, and SAM sees exactly them."""
+    import dask.array as da
+
+    viewer = ViewerModel()
+    lazy = da.from_array(czyx, chunks=(1, 1, 96, 160))
+    image = viewer.add_image(lazy, name="cells", scale=(1, 2.0, 0.5, 0.5))
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    notes = collect(c)
+    assert c.image is image and c.layout.kind == "nD"
+    c.set_channel_axis(0, "1, 2")
+    made = [viewer.layers["cells channel 1"], viewer.layers["cells channel 2"]]
+    assert c.channels.layers == made and c.image is made[0]
+    assert [lyr.colormap.name for lyr in made] == ["red", "green"]
+    assert not image.visible and all(lyr.visible for lyr in made)
+    assert all(isinstance(lyr.data, da.Array) for lyr in made)  # still lazy
+    assert tuple(made[0].scale) == (2.0, 0.5, 0.5) and c.layout.kind == "3D"
+    assert notes["info"][-1] == "SAM sees “cells channel 1” as red, “cells channel 2” as green."
+    viewer.dims.set_point(1, 2 * 2.0)  # z = 2 in world units (scale 2)
+    points = c.prompts.points.current
+    assert points.ndim == 3
+    points.add([2, 60.0, 120.0])  # data (z, y, x) of the points layer (the image's scale)
+    settle(c)
+    limits = [tuple(lyr.contrast_limits) for lyr in made]
+    expected = best(fast_model, channels_to_rgb([czyx[1, 2], czyx[2, 2]], limits), (120.0, 60.0))
+    assert expected.any()
+    np.testing.assert_array_equal(c.preview.layer.data[2] > 0, expected)
+    c.commit()
+    labels = c.output.current
+    assert labels.data.shape == czyx.shape[1:] and tuple(labels.scale) == (2.0, 0.5, 0.5)
+    np.testing.assert_array_equal(labels.data[2] == 1, expected)
+    assert labels.features["mean_intensity_cells channel 1"][0] == pytest.approx(
+        czyx[1][labels.data == 1].mean())
+
+    # choosing again reuses the layers; bad choices: one sentence each, nothing made
+    n_layers = len(viewer.layers)
+    c.set_channel_axis(0, [1, 2])
+    assert len(viewer.layers) == n_layers, [lyr.name for lyr in viewer.layers]
+    assert c.channels.layers == made
+    c.set_image(image)
+    for axis, chosen, words in (
+        (0, [3], "Channel 3 does not exist"),
+        (0, [0, 1, 2, 0], "Choose 1 to 3 channels"),
+        (0, "one two", "is not a list of channel numbers"),
+        (2, [1], "is one of the two axes of the plane"),
+    ):
+        c.set_channel_axis(axis, chosen)
+        assert words in notes["error"][-1], notes["error"][-1]
+        assert notes["error"][-1].count(".") <= 3
+    assert len(viewer.layers) == n_layers
+    rgb = viewer.add_image(np.zeros((20, 30, 3), np.uint8), name="photo", rgb=True)
+    c.set_image(rgb)
+    c.set_channel_axis(0, None)
+    assert "has no axis to take channels from" in notes["error"][-1]
+    c.close()
+
+
+def test_four_channels_need_a_choice(fast_model):
+    viewer = ViewerModel()
+    image = viewer.add_image(np.zeros((4, 40, 50), np.uint16), name="four")
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    notes = collect(c)
+    n_layers = len(viewer.layers)
+    c.set_channel_axis(0, "")
+    assert notes["error"][-1] == (
+        "“four” has 4 channels on axis 0; type 1 to 3 of them (0 to 3), e.g. 1 2.")
+    assert len(viewer.layers) == n_layers and image.visible
+    c.set_channel_axis(0, "3")
+    assert c.channels.layers == [viewer.layers["four channel 3"]]
+    assert viewer.layers["four channel 3"].colormap.name == "gray"
+    c.close()

@@ -156,3 +156,58 @@ def test_a_large_plane_is_tiled_a_canvas_click_near_a_tile_border_is_one_object(
     widget.prompt_controls.tiling_check.click()  # off: planes are shown to SAM whole
     assert not c.tiles.automatic
     widget.close()
+
+
+def test_channels_one_and_two_of_one_czyx_layer_at_a_nonzero_z(make_napari_viewer, qtbot,
+                                                               fast_model):
+    """A (C, Z, Y, X) image opened as one layer: the dock's channel axis row makes channel
+    layers of channels 1 and 2, and a canvas click at z = 2 is segmented on exactly what SAM
+    is shown (SamPredictor on those channels, each with its own contrast limits)."""
+    from napari_sam.predictors.predictor import SamPredictor
+    from napari_sam.workflows.channels import channels_to_rgb
+
+    stack = sample("nuclei.tif")
+    czyx = np.stack([stack[z : z + 4, :128, :192] for z in (20, 30, 40)])
+    czyx[1] = czyx[1] // 3 + 50  # another range: each channel's own contrast limits matter
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(czyx, name="cells")
+    widget = open_dock(viewer, "interactive", fast_model)
+    c = widget.controller
+    channels = widget.prompt_controls.channel_controls
+    assert not channels.axis_row.isHidden()
+    assert [channels.axis_combo.itemText(i) for i in range(channels.axis_combo.count())] == [
+        "0 (3)", "1 (4)"]
+    assert channels.axis_combo.currentData() == 0  # the shortest axis before the plane
+    channels.channels_edit.setText("1 2")
+    channels.axis_button.click()
+    made = [viewer.layers["cells channel 1"], viewer.layers["cells channel 2"]]
+    assert c.channels.layers == made and c.image is made[0] and not image.visible
+    assert widget.prompt_controls.channels_label.text() == (
+        "SAM sees “cells channel 1” as red, “cells channel 2” as green.")
+    assert widget.stack_controls.z_from.label == "From slice"  # a plain stack now
+    viewer.dims.set_point(1, 2)  # the viewer's axes are (c, z, y, x): z = 2
+    points = c.prompts.points.current
+    assert points.ndim == 3
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    viewer.layers.selection.active = points
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     canvas_point(viewer, canvas, 64.0, 96.0))
+    qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
+    assert points.data[0][0] == 2
+    wait_idle(qtbot, widget)
+    y, x = points.data[0][1:]
+    predictor = SamPredictor(fast_model)
+    limits = [tuple(layer.contrast_limits) for layer in made]
+    predictor.set_image(channels_to_rgb([czyx[1, 2], czyx[2, 2]], limits))
+    masks, scores, _ = predictor.predict(point_coords=np.array([[x, y]]),
+                                         point_labels=np.array([1]))
+    expected = masks[int(np.argmax(scores))]
+    assert expected.any()
+    np.testing.assert_array_equal(widget.preview_layer.data[2] > 0, expected)
+    QTest.keyClick(canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
+    labels = widget.labels_layer
+    assert labels.data.shape == czyx.shape[1:]
+    np.testing.assert_array_equal(labels.data[2] == 1, expected)
+    assert not labels.data[[0, 1, 3]].any()
+    widget.close()

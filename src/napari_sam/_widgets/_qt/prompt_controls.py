@@ -1,6 +1,7 @@
 """The prompt and output controls of the interactive dock.
 
-:class:`PromptControls`: the image, points and boxes pickers, the Points / Box
+:class:`PromptControls`: the image, points and boxes pickers, the channel choice
+(:class:`~napari_sam._widgets._qt.channel_controls.ChannelControls`), the Points / Box
 tool (selects that layer, ready to draw), positive/negative points, multimask
 and the next candidate. :class:`OutputControls`: the output labels picker,
 Overwrite, Commit, Clear and Undo. Both only call the
@@ -17,12 +18,12 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QFileDialog,
-    QLabel,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_sam._widgets._qt.channel_controls import ChannelControls
 from napari_sam._widgets._qt.forms import LayerPicker, labelled, row
 
 __all__ = ["OutputControls", "PromptControls"]
@@ -42,17 +43,11 @@ class PromptControls(QWidget):
         self.boxes_picker = LayerPicker(
             "Boxes", c.prompts.boxes, Shapes, lambda lyr: c.set_prompt_layer("boxes", lyr),
             "Rectangles: one object per box.")
-        self.channels_button = QPushButton("Selected as channels")
-        self.channels_button.setToolTip(
-            "Select 1-3 channel layers in the layer list (napari makes one per channel with "
-            "channel_axis), then press this: SAM sees them as red, green and blue, each with "
-            "its own contrast limits.")
-        self.channels_button.clicked.connect(self.use_selected_channels)
-        self.image_only_button = QPushButton("Image only")
-        self.image_only_button.setToolTip("SAM sees the chosen image alone again.")
-        self.image_only_button.clicked.connect(lambda: c.set_channels(None))
-        self.channels_label = QLabel()
-        self.channels_label.setWordWrap(True)
+        self.channel_controls = ChannelControls(c)
+        # the channel controls' buttons, where tests and users' scripts found them before
+        self.channels_button = self.channel_controls.channels_button
+        self.image_only_button = self.channel_controls.image_only_button
+        self.channels_label = self.channel_controls.channels_label
         self.points_tool = QPushButton("Points")
         self.box_tool = QPushButton("Box")
         self.tools = QButtonGroup(self)
@@ -91,8 +86,7 @@ class PromptControls(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         for picker in (self.image_picker, self.points_picker, self.boxes_picker):
             layout.addWidget(labelled(picker))
-        layout.addWidget(row(self.channels_button, self.image_only_button))
-        layout.addWidget(self.channels_label)
+        layout.addWidget(self.channel_controls)
         layout.addWidget(row(self.points_tool, self.box_tool))
         layout.addWidget(self.negative_check)
         layout.addWidget(self.one_click_check)
@@ -100,19 +94,9 @@ class PromptControls(QWidget):
         layout.addWidget(row(self.multimask_check, self.next_button))
         self.sync()
 
-    def use_selected_channels(self) -> None:
-        """The Image layers selected in the layer list, in the list's order, as channels."""
-        c = self.controller
-        chosen = [lyr for lyr in c.viewer.layers if lyr in c.viewer.layers.selection
-                  and isinstance(lyr, Image)]
-        c.set_channels(chosen)
-
     def sync(self, what: str = "") -> None:
         c = self.controller
-        active = c.channels.active_for(c.image)
-        self.channels_label.setText(c.channels.describe() + "." if active else "")
-        self.channels_label.setVisible(active)
-        self.image_only_button.setEnabled(active)
+        self.channel_controls.sync(what)
         for picker in (self.image_picker, self.points_picker, self.boxes_picker):
             picker.sync()
         (self.points_tool if c.prompts.tool == "points" else self.box_tool).setChecked(True)

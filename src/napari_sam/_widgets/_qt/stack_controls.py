@@ -47,10 +47,13 @@ MEMORY_SHOWN = {
 }
 
 
-def range_word(axis_name: str) -> str:
+def range_word(axis_name: str, only_axis: bool = False) -> str:
     """How the range fields name positions along the followed axis: slices of z, frames of
-    t, otherwise the axis' own name."""
+    t, otherwise the axis' own name; the unnamed axis of a plain stack (``only_axis``, napari's
+    default label) is a stack of slices too."""
     name = str(axis_name)
+    if only_axis and name.startswith("axis "):
+        return "slice"
     return {"z": "slice", "t": "frame", "time": "frame"}.get(name.lower(), name)
 
 
@@ -194,7 +197,7 @@ class StackControls(QWidget):
         self.axis_combo.setCurrentIndex(-1 if axis is None else self.axis_combo.findData(axis))
         self.axis_combo.blockSignals(False)
         self.axis_row.setVisible(len(choices) > 1)
-        word = range_word(dict(choices).get(axis, "z"))
+        word = range_word(dict(choices).get(axis, "z"), only_axis=len(choices) <= 1)
         for spin, end in ((self.z_from, "From"), (self.z_to, "To")):
             if spin.label != f"{end} {word}":
                 spin.label = f"{end} {word}"

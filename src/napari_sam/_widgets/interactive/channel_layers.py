@@ -41,6 +41,8 @@ class ChannelLayers:
 
     def __init__(self) -> None:
         self.layers: list[Any] = []
+        #: The one layer the channel layers were made from (its channel axis), if they were.
+        self.source: Any = None
 
     def check(self, layers: list[Any]) -> list[Any]:
         """The layers as a channel choice, or one sentence saying why they cannot be one."""
@@ -76,8 +78,11 @@ class ChannelLayers:
 
     def forget(self, layer: Any) -> bool:
         """A layer left the viewer; True if it was a channel (the choice is dropped)."""
+        if layer is self.source:
+            self.source = None
         if any(layer is lyr for lyr in self.layers):
             self.layers = []
+            self.source = None
             return True
         return False
 
@@ -114,6 +119,7 @@ def use_channels(c: Any, layers: Any) -> None:
     ``layers`` as red, green, blue (the first becomes the image segmented), or, with
     None or none, the image alone again; a wrong choice is said in one sentence."""
     layers = list(layers or [])
+    c.channels.source = None
     if not layers:
         c.channels.layers = []
         c.changed("channels")

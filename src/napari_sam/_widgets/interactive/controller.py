@@ -20,6 +20,7 @@ from typing import Any
 
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.interactive import predict
+from napari_sam._widgets.interactive.channel_axis import use_channel_axis
 from napari_sam._widgets.interactive.channel_layers import ChannelLayers, use_channels
 from napari_sam._widgets.interactive.commit import commit_current, save_output_table
 from napari_sam._widgets.interactive.encoding import Embeddings
@@ -149,6 +150,13 @@ class InteractiveController(ControllerBase):
         blue inputs, each with its own contrast limits; the first is the image segmented.
         None or empty: the image alone again."""
         use_channels(self, layers)
+
+    def set_channel_axis(self, axis: int, channels: Any = None) -> None:
+        """Show SAM 1-3 channels of the image's own channel ``axis`` (a layer axis before the
+        plane's two) as red, green and blue: ``channels`` are numbers from 0 (napari's slider),
+        typed text such as "1 2", or None for all (at most three). Channel layers are made
+        for them (:mod:`~napari_sam._widgets.interactive.channel_axis`)."""
+        use_channel_axis(self, axis, channels)
 
     def set_prompt_layer(self, kind: str, layer: Any) -> None:
         """Use ``layer`` (None: a new one) as the "points" or "boxes" prompt layer."""

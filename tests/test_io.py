@@ -74,7 +74,7 @@ def test_2d_labels_and_many_objects(tmp_path):
 
 @pytest.mark.parametrize(
     ("data", "scale"),
-    [(np.zeros((2, 2, 3, 3), np.uint16), None), (np.zeros((4, 4), np.float32), None),
+    [(np.zeros((2, 2, 2, 3, 3), np.uint16), None), (np.zeros((4, 4), np.float32), None),
      (np.array([[0, -1]], np.int32), None), (np.zeros((4, 4), np.uint16), (1.0, 0.0))],
 )  # fmt: skip
 def test_write_refuses_bad_labels(tmp_path, data, scale):
@@ -132,8 +132,28 @@ def test_napari_writer_and_napari_reader(tmp_path, labels3d):
     out = write_labels(str(tmp_path / "p.tiff"), labels3d[1], {"scale": (1.0, 1.0)})
     back = io.read_tiff(out[0])
     np.testing.assert_array_equal(back.data, labels3d[1])
-    with pytest.raises(ImageFormatError, match="4 dimensions"):
-        write_labels(str(tmp_path / "q.tif"), np.zeros((2, 2, 2, 2), np.uint8), {"name": "q"})
+    with pytest.raises(ImageFormatError, match="5 dimensions"):
+        write_labels(str(tmp_path / "q.tif"), np.zeros((2, 2, 2, 2, 2), np.uint8), {"name": "q"})
+
+
+def test_napari_writer_saves_a_time_lapse_of_stacks(tmp_path, labels3d):
+    """(T, Z, Y, X) labels (the dock's output for a time-lapse of stacks): an ImageJ
+    hyperstack with frames, slices, the z spacing and the frame interval, and the object
+    table with a ``t`` column beside it."""
+    import pandas as pd
+
+    tzyx = np.stack([labels3d, np.roll(labels3d, 3, axis=-1)])
+    written = write_labels(str(tmp_path / "movie.tif"), tzyx,
+                           {"scale": (30.0, 2.0, 0.5, 0.25), "units": ("micrometer",) * 4})
+    with tifffile.TiffFile(written[0]) as tif:
+        assert tif.series[0].axes == "TZYX"
+        np.testing.assert_array_equal(tif.asarray(), tzyx)
+        meta = tif.imagej_metadata
+    assert (meta["frames"], meta["slices"]) == tzyx.shape[:2]
+    assert meta["spacing"] == 2.0 and meta["finterval"] == 30.0 and meta["unit"] == "micron"
+    table = pd.read_csv(written[1])
+    assert sorted(set(table["t"])) == [0, 1]
+    assert len(table) == sum(len(np.unique(v)) - 1 for v in tzyx)
 
 
 # --------------------------------------------------------------------------- TIFF reading

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from napari.components import ViewerModel
 from pycocotools import mask as mask_utils
@@ -26,6 +27,7 @@ from napari_sam.runtime import settings as user_settings
 from napari_sam.workflows import segment as logic
 from napari_sam.workflows.image import image_layout
 from napari_sam.workflows.segment import AutoSettings, segment
+from napari_sam.workflows.tables import object_table
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,16 @@ def test_2d_image(fast_model, stack):
     assert expected.max() >= 1
     np.testing.assert_array_equal(layer.data, expected)
     assert "object" in c.status and "→ “cells SAM auto”" in c.status
+    # the layer's object table: one row per object, SAM's scores, method "automatic"
+    found = segment(fast_model, plane, contrast_limits=tuple(image.contrast_limits),
+                    settings=c.settings)
+    reference = object_table(expected, scale=SCALE[1:], translate=TRANSLATE[1:],
+                             intensity=plane, scores=found.scores, method="automatic")
+    table = pd.DataFrame(layer.features)
+    assert list(table["index"]) == [int(i) for i in np.unique(expected) if i]
+    assert (table["method"] == "automatic").all() and table["predicted_iou"].notna().all()
+    pd.testing.assert_frame_equal(table[reference.columns].reset_index(drop=True), reference,
+                                  check_dtype=False)
     # the stages of the run, as SAM's generator names them, reached the progress
     stages = {e.stage for e in c.runner.progress_log}
     assert any("encod" in s for s in stages) and any("decoding prompts" in s for s in stages)
@@ -99,6 +111,11 @@ def test_stack_current_slice_then_all_slices_linked_one_undo_step(fast_model, st
     assert "linking slices" in {e.stage for e in c.runner.progress_log}
     linked = expected_labels(fast_model, stack, image, c.settings)
     np.testing.assert_array_equal(layer.data, linked)
+    table = pd.DataFrame(layer.features)  # the whole stack measured again, earlier rows dropped
+    reference = object_table(linked, scale=SCALE, translate=TRANSLATE, intensity=stack)
+    assert list(table["index"]) == list(reference["index"])
+    np.testing.assert_allclose(table["volume"], reference["volume"])
+    assert (table["method"] == "automatic").all()
     layer.undo()
     np.testing.assert_array_equal(layer.data, one)
     layer.redo()

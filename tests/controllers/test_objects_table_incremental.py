@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from bio_samples import sample
 from napari_helpers import settle
-from napari_sam._widgets.interactive import objects_table
+from napari_sam._widgets import objects_table
 from napari_sam._widgets.interactive.controller import InteractiveController
 from napari_sam.workflows.tables import SAM_COLUMNS, object_table
 from recording_array import Recording

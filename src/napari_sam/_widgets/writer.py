@@ -50,17 +50,17 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     Raises
     ------
     ImageFormatError
-        For a layer that is not 2D or 3D.
+        For a layer that is not 2D, 3D or 4D (T, Z, Y, X).
     OutputFileError
         If the file cannot be written.
     """
     if meta.get("multiscale") and isinstance(data, (list, tuple)):
         data = data[0]
     ndim = len(getattr(data, "shape", ()))
-    if ndim not in (2, 3):
+    if ndim not in (2, 3, 4):
         raise ImageFormatError(
-            f"napari-sam saves 2D and 3D label layers as TIFF; “{meta.get('name', 'labels')}” "
-            f"has {ndim} dimensions."
+            f"napari-sam saves 2D, 3D and (T, Z, Y, X) label layers as TIFF; "
+            f"“{meta.get('name', 'labels')}” has {ndim} dimensions."
         )
     scale = meta.get("scale")
     scale = tuple(scale)[-ndim:] if scale is not None else None

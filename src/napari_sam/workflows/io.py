@@ -586,14 +586,15 @@ def write_labels_tiff(
     ----------
     path : path
         The ``.tif`` file to write (replaced if it exists).
-    labels : ndarray ``(Y, X)`` or ``(Z, Y, X)`` of non-negative integers
+    labels : ndarray ``(Y, X)``, ``(Z, Y, X)`` or ``(T, Z, Y, X)`` of non-negative integers
         Object ids, 0 = background. Stored as ``uint16`` when the largest id
         fits (ImageJ/Fiji open it as a 16-bit hyperstack), otherwise as
         ``uint32`` (a plain TIFF; Fiji opens it with Bio-Formats).
     scale : sequence of float, optional
-        Pixel size per axis (``(y, x)`` or ``(z, y, x)``, napari's layer
-        ``scale``): Z goes to ImageJ's ``spacing``, Y and X to the resolution
-        tags (pixels per unit).
+        Pixel size per axis (``(y, x)``, ``(z, y, x)`` or ``(t, z, y, x)``,
+        napari's layer ``scale``): Z goes to ImageJ's ``spacing``, T to its
+        frame interval ``finterval``, Y and X to the resolution tags (pixels
+        per unit).
     unit : str, optional
         Unit of ``scale`` (napari's ``"micrometer"``, ``"nm"``, ...); ImageJ's ``unit``.
     compression : str or None
@@ -606,17 +607,17 @@ def write_labels_tiff(
     Raises
     ------
     ImageFormatError
-        If ``labels`` is not a 2D/3D array of non-negative integers, or ``scale``
+        If ``labels`` is not a 2D/3D/4D array of non-negative integers, or ``scale``
         does not match its dimensions.
     OutputFileError
         If the file cannot be written.
     """
     tifffile = _tifffile()
     arr = id_array(labels)
-    if arr.ndim not in (2, 3):
+    if arr.ndim not in (2, 3, 4):
         raise ImageFormatError(
-            f"Label images are saved as 2D (Y, X) or 3D (Z, Y, X) TIFFs; this one has "
-            f"{arr.ndim} axes (shape {arr.shape})."
+            f"Label images are saved as 2D (Y, X), 3D (Z, Y, X) or 4D (T, Z, Y, X) TIFFs; "
+            f"this one has {arr.ndim} axes (shape {arr.shape})."
         )
     if scale is None:
         scale = (1.0,) * arr.ndim
@@ -629,24 +630,21 @@ def write_labels_tiff(
     dtype = _label_dtype(arr)
     data = np.ascontiguousarray(arr, dtype=dtype)
     ij_unit = _imagej_unit(unit)
-    axes = "ZYX" if data.ndim == 3 else "YX"
+    axes = "TZYX"[4 - data.ndim:]
     kwargs: dict[str, Any] = {
         "resolution": (1.0 / scale[-1], 1.0 / scale[-2]),
         "compression": compression,
     }
+    meta: dict[str, Any] = {"axes": axes}
+    if data.ndim >= 3:
+        meta["spacing"] = scale[-3]
+    if data.ndim == 4:
+        meta["finterval"] = scale[0]
+    if ij_unit:
+        meta["unit"] = ij_unit
     if dtype == np.uint16:
-        meta: dict[str, Any] = {"axes": axes}
-        if data.ndim == 3:
-            meta["spacing"] = scale[0]
-        if ij_unit:
-            meta["unit"] = ij_unit
         kwargs.update(imagej=True, metadata=meta)
     else:
-        meta = {"axes": axes}
-        if data.ndim == 3:
-            meta["spacing"] = scale[0]
-        if ij_unit:
-            meta["unit"] = ij_unit
         kwargs.update(metadata=meta, resolutionunit="NONE")
     path = Path(path).expanduser()
     try:

@@ -41,6 +41,7 @@ from napari_sam._widgets.jobs import Job, JobRunner
 from napari_sam._widgets.layers import LayerChoice, layer_layout
 from napari_sam._widgets.model_session import ModelSession, session_for
 from napari_sam._widgets.notices import notice_for
+from napari_sam._widgets.objects_table import measure_run
 from napari_sam.errors import ImageFormatError, NapariSamError, SettingsError
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.runtime.progress import drive
@@ -347,6 +348,10 @@ class AutomaticController(ControllerBase):
         layer, note = self.output.write(image, shape, run.slice, result)
         if note:
             self.info(note)
+        try:
+            measure_run(layer, image, self.output.scores(layer))
+        except NapariSamError as exc:  # the labels are written; only the table is missing
+            self.warn(f"The object table could not be made: {exc}")
         self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
                                             run.settings.link_slices, run.tiles))
 

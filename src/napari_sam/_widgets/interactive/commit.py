@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam._widgets.interactive.objects_table import refresh_features, save_table
 from napari_sam._widgets.interactive.planes_layout import PlaneKey, plane_write_index, where
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, write_objects
 from napari_sam._widgets.notices import Notice, notice_for
+from napari_sam._widgets.objects_table import refresh_features, save_table
 from napari_sam.errors import NapariSamError
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.interactive import plan_commit

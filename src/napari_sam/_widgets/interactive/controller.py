@@ -26,7 +26,6 @@ from napari_sam._widgets.interactive.commit import commit_current, save_output_t
 from napari_sam._widgets.interactive.encoding import Embeddings
 from napari_sam._widgets.interactive.follow import LayerFollower
 from napari_sam._widgets.interactive.keys import KeyBindings
-from napari_sam._widgets.interactive.objects_table import undo_labels
 from napari_sam._widgets.interactive.preview import Preview
 from napari_sam._widgets.interactive.prompt_layers import PromptLayers
 from napari_sam._widgets.interactive.series import DockSeries
@@ -35,6 +34,7 @@ from napari_sam._widgets.interactive.stack import StackController
 from napari_sam._widgets.interactive.tiles import DockTiling
 from napari_sam._widgets.jobs import JobRunner
 from napari_sam._widgets.model_session import ModelSession, session_for
+from napari_sam._widgets.objects_table import undo_labels
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.workflows.embeddings import EmbeddingStore
 from napari_sam.workflows.interactive import PredictionCache

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from napari_sam._widgets.interactive.commit import ensure_labels
-from napari_sam._widgets.interactive.objects_table import refresh_features
 from napari_sam._widgets.interactive.report import propagation_summary
 from napari_sam._widgets.layers import write_objects
+from napari_sam._widgets.objects_table import refresh_features
 from napari_sam.errors import NapariSamError
 from napari_sam.workflows import propagation as logic
 from napari_sam.workflows.propagation import PropagationResult

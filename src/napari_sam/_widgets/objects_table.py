@@ -1,7 +1,8 @@
 """The object table of the output labels: napari's ``features`` of the Labels layer, and CSV.
 
-After every commit (and the dock's undo) the interactive dock measures the
-objects of its output Labels layer (:func:`~napari_sam.workflows.tables.object_table`:
+After every commit (and the dock's undo) the interactive dock, and after every
+run the automatic dock (:func:`measure_run`), measure the objects of the output
+Labels layer (:func:`~napari_sam.workflows.tables.object_table`:
 pixels, calibrated area / volume and centre from the layer's scale and
 translate, mean intensity of the image (or of each chosen channel layer) where
 it has the labels' shape, SAM's predicted IoU and stability score, how the
@@ -38,11 +39,19 @@ from napari_sam.errors import NapariSamError
 from napari_sam.workflows.tables import (
     merge_sam_columns,
     object_table,
+    scores_by_label,
     update_object_table,
     write_object_table,
 )
 
-__all__ = ["refresh_features", "save_table", "touched_by", "undo_labels", "unit_of"]
+__all__ = [
+    "measure_run",
+    "refresh_features",
+    "save_table",
+    "touched_by",
+    "undo_labels",
+    "unit_of",
+]
 
 
 def unit_of(layer: Any) -> str | None:
@@ -241,6 +250,20 @@ def refresh_features(
     _trackers[labels] = _Tracker(labels, signature)
     labels.features = table
     return table
+
+
+def measure_run(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]],
+                method: str = "automatic") -> Any:
+    """Set the object table of ``labels`` after a run that wrote all of its objects (the
+    automatic dock): every object gets ``method``, and SAM's scores where ``scores`` (keyed
+    by label or ``(slice, label)``, :func:`~napari_sam.workflows.tables.scores_by_label`)
+    has them. Earlier features are dropped: the run's ids may be reused."""
+    import pandas as pd
+
+    by_label = scores_by_label(scores)
+    ids = [int(i) for i in np.unique(np.asarray(labels.data)) if i]
+    labels.features = pd.DataFrame()
+    return refresh_features(labels, image, {i: by_label.get(i, {}) for i in ids}, method)
 
 
 def save_table(labels: Any, path: str | os.PathLike[str], image: Any = None) -> Path:

@@ -18,9 +18,11 @@ from napari_sam.predictors.amg_utils import stability_score
 from napari_sam.predictors.predictor import SamPredictor
 from napari_sam.workflows.image import to_sam_rgb
 from napari_sam.workflows.interactive import (
+    CPU_DECODER_BYTES,
     STABILITY_OFFSET,
     PredictionCache,
     compose_preview,
+    decoder_batch,
     group_clicks,
     plan_commit,
     predict_objects,
@@ -135,8 +137,24 @@ def test_batched_prediction_equals_one_by_one_on_the_nuclei_sample(
     finally:
         hook.remove()
     _check_same(one, batch)
-    single = sum(1 for o in grouped.objects if o.box is None and len(o.point_coords) == 1)
-    assert single in calls and len(calls) == len(kinds)  # one decoder call per prompt kind
+    # each prompt kind decoded together, in batches of decoder_batch objects on this CPU
+    step = decoder_batch(predictor.features, len(grouped.objects))
+    sizes = sorted(sum(1 for o in grouped.objects
+                       if (0 if o.point_coords is None else len(o.point_coords),
+                           o.box is not None) == kind) for kind in kinds)
+    expected = sorted(min(step, n - start) for n in sizes for start in range(0, n, step))
+    assert sorted(calls) == expected
+
+
+def test_decoder_batches_fit_the_cpu_caches_and_a_gpu_takes_all():
+    import torch
+
+    embedding = torch.empty((1, 256, 64, 64))  # SAM's, float32: 4 MiB per object
+    assert decoder_batch(embedding, 50) == CPU_DECODER_BYTES // (4 * 2**20) == 2
+    assert decoder_batch(embedding.bfloat16(), 50) == 4
+    assert decoder_batch(embedding, 1) == 1
+    assert decoder_batch(torch.empty((1, 8, 4, 4)), 50) == 50  # small: all at once
+    assert decoder_batch(torch.empty((1, 256, 64, 64), device="meta"), 50) == 50  # not a CPU
 
 
 def test_stability_is_that_of_the_upsampled_logits(nuclei_predictor):

@@ -40,11 +40,13 @@ from napari_sam.workflows.labels import dtype_for_ids, plan_new_objects
 from napari_sam.workflows.prompts import ObjectPrompt
 
 __all__ = [
+    "CPU_DECODER_BYTES",
     "STABILITY_OFFSET",
     "ClickObjects",
     "ObjectMask",
     "PredictionCache",
     "compose_preview",
+    "decoder_batch",
     "encode_plane",
     "group_clicks",
     "install_cancel_hooks",
@@ -481,6 +483,22 @@ class PredictionCache:
 _UPSAMPLE_PIXELS = 2**25
 
 
+#: On a CPU, the mask decoder's per-object image tokens (one embedding's size each) of one
+#: call are kept within this many bytes: larger batches fall out of the CPU caches and cost
+#: MORE per object (vit_t, 2-vCPU EPYC: 41 ms per object at batch 1-2, 50 at 4, 67 at 50).
+CPU_DECODER_BYTES = 8 * 2**20
+
+
+def decoder_batch(features: Any, n_objects: int) -> int:
+    """Objects per mask-decoder call for ``n_objects`` on the embedding ``features``
+    (``(1, C, h, w)``): all of them on a GPU; on a CPU as many as fit
+    :data:`CPU_DECODER_BYTES` (2 for SAM's float32 256 x 64 x 64 embedding), at least 1."""
+    if features.device.type != "cpu":
+        return max(1, n_objects)
+    per_object = features[0].numel() * features.element_size()
+    return max(1, min(n_objects, CPU_DECODER_BYTES // max(1, per_object)))
+
+
 def predict_objects_batched(
     predictor: SamPredictor,
     objects: Sequence[ObjectPrompt],
@@ -496,9 +514,11 @@ def predict_objects_batched(
     ``multimask`` the mask at rank ``candidate`` of SAM's three by predicted
     IoU), but objects with the same kind of prompt, i.e. the same number of
     points and a box or none, go through SAM's prompt encoder and mask
-    decoder in **one** batched call: all single-click objects of a plane
-    together. Only the chosen candidate of each object is upsampled to the
-    image size. Each mask also gets its stability score.
+    decoder together: all single-click objects of a plane at once on a GPU;
+    on a CPU in small batches (:func:`decoder_batch`), since there a batch
+    that outgrows the caches costs more per object than one object alone.
+    Only the chosen candidate of each object is upsampled to the image size.
+    Each mask also gets its stability score.
 
     With ``cache`` and ``cache_key`` (naming the embedding, e.g. its
     :class:`~napari_sam.workflows.embeddings.EmbeddingKey`), objects whose
@@ -554,13 +574,19 @@ def predict_objects_batched(
         points = (coords_t, labels_t) if coords_t is not None else None
         with torch.no_grad():
             sparse, dense = model.prompt_encoder(points=points, boxes=box_t, masks=None)
-            low_res, iou = model.mask_decoder(
-                image_embeddings=predictor.features,
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
+            image_pe = model.prompt_encoder.get_dense_pe()
+            parts = []
+            step = decoder_batch(predictor.features, len(members))
+            for start in range(0, len(members), step):
+                parts.append(model.mask_decoder(
+                    image_embeddings=predictor.features,
+                    image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse[start : start + step],
+                    dense_prompt_embeddings=dense[start : start + step],
+                    multimask_output=multimask,
+                ))
+            low_res = torch.cat([low for low, _ in parts])
+            iou = torch.cat([score for _, score in parts])
         scores = iou.detach().float().cpu().numpy()
         n_cand = scores.shape[1]
         ranks = np.empty(len(members), dtype=int)

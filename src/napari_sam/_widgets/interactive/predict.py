@@ -127,7 +127,7 @@ def update(c: Any) -> None:
     try:
         with relay_fallbacks(c.on_fallback):  # the decoder runs here, on the main thread
             c.predictor.set_embedding(embedding)
-            if c.one_click:  # all single clicks in one batched decoder call; unchanged ones cached
+            if c.one_click:  # all single clicks decoded as one batch; unchanged ones cached
                 results = logic.predict_objects_batched(
                     c.predictor, objects, c.multimask, c.candidate,
                     cache=c.click_cache, cache_key=key,

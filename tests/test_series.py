@@ -89,6 +89,14 @@ def test_three_images_round_trip(folder, tmp_path):
     assert {"mean_intensity_red", "mean_intensity_green", "mean_intensity_blue"} <= set(skin)
     stack = pd.read_csv(series.labels_path(2).with_suffix(".csv"))
     assert "volume" in stack and "z_first" in stack
+    # the saved table comes back with the labels (features: SAM's scores are kept) ...
+    back = series.open(1).table
+    assert back.loc[back["index"] == 1, "predicted_iou"].item() == pytest.approx(0.6)
+    assert back.loc[back["index"] == 1, "method"].item() == "one-click"
+    # ... unless it is unreadable: then there is none, and the labels still open
+    series.labels_path(0).with_suffix(".csv").write_bytes(b"\x00\xff garbage")
+    assert series.open(0).table is None
+    np.testing.assert_array_equal(series.open(0).labels, drawn[0])
 
     # a fresh session over the same folders finds everything; nothing changed, nothing written
     other = ImageSeries(folder, out)

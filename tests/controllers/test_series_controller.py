@@ -112,6 +112,10 @@ def test_three_images_round_trip(folder, fast_model):
     assert c.series.describe() == "Image 1 of 3: a_plane.tif"
     assert "Its 3 prompts are back" in c.status
     np.testing.assert_array_equal(c.series.labels_layer.data, committed_1)
+    back = pd.DataFrame(c.series.labels_layer.features)  # the saved table, read back
+    assert list(back["index"]) == [1] and list(back["method"]) == ["interactive"]
+    first_iou = table["predicted_iou"].item()
+    assert back["predicted_iou"].item() == pytest.approx(first_iou)
     points = c.prompts.points.current
     np.testing.assert_allclose(points.data, prompts_1)
     assert list(points.features["label"]) == ["negative", "positive"]
@@ -123,6 +127,16 @@ def test_three_images_round_trip(folder, fast_model):
     np.testing.assert_array_equal(io.read_tiff(jobs["b_skin.tif"]).data, committed_2)
     assert sorted(p.name for p in out.iterdir()) == [
         "a_plane_labels.csv", "a_plane_labels.tif", "b_skin_labels.csv", "b_skin_labels.tif"]
+    # the kept prompts (a box, and points outside it) committed as objects 2 and 3, and
+    # saved: object 1 keeps the scores and method it was made with
+    c.commit()
+    assert c.series.labels_layer.data.max() == 3
+    c.series.save()
+    table = pd.read_csv(jobs["a_plane.tif"].with_suffix(".csv"))
+    assert list(table["label"]) == [1, 2, 3] and (table["method"] == "interactive").all()
+    assert table.loc[0, "predicted_iou"] == pytest.approx(first_iou)
+    assert table["predicted_iou"].notna().all()
+    committed_1 = np.array(c.series.labels_layer.data)
 
     # to the stack: napari's middle slice; unchanged labels are not written again
     before = jobs["a_plane.tif"].stat().st_mtime_ns

@@ -37,6 +37,7 @@ from napari_sam.workflows.planes import ImagePlanes
 from napari_sam.workflows.tables import (
     merge_sam_columns,
     object_table,
+    read_object_table,
     table_path_for,
     write_object_table,
 )
@@ -75,6 +76,18 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
+def _saved_table(labels_path: Path) -> Any:
+    """The object table beside ``labels_path`` as features, or None (missing, unreadable)."""
+    path = table_path_for(labels_path)
+    if not path.is_file():
+        return None
+    try:
+        table = read_object_table(path)
+    except (OSError, ValueError):  # pandas' parser errors are ValueErrors
+        return None
+    return table if "index" in table else None
+
+
 @dataclass
 class OpenImage:
     """One image of a series, ready to show.
@@ -94,6 +107,13 @@ class OpenImage:
         Where its labels are saved.
     prompts : Any
         What the UI stored for this image (None at first).
+    table : pandas.DataFrame or None
+        The object table saved beside the labels
+        (:func:`~napari_sam.workflows.tables.table_path_for`), read back as a
+        features table (``index`` = label), so that SAM's scores and the method
+        of objects made in an earlier visit are kept when the labels are saved
+        again; None when there is none (or it cannot be read: the sizes are
+        measured again anyway).
     """
 
     position: int
@@ -102,6 +122,7 @@ class OpenImage:
     labels: np.ndarray
     labels_path: Path
     prompts: Any = None
+    table: Any = None
 
 
 @dataclass
@@ -205,11 +226,14 @@ class ImageSeries:
                     "to start this image afresh."
                 )
             labels = np.asarray(saved).astype(np.uint32)
+            table = _saved_table(entry.labels_path)
         else:
             labels = np.zeros(shape, dtype=np.uint32)
+            table = None
         entry.saved_hash = content_hash(labels)
         entry.opened = True
-        return OpenImage(position, entry.path, image, labels, entry.labels_path, entry.prompts)
+        return OpenImage(position, entry.path, image, labels, entry.labels_path, entry.prompts,
+                         table)
 
     def changed(self, position: int, labels: Any) -> bool:
         """Whether ``labels`` differ from those image ``position`` was opened or saved with."""

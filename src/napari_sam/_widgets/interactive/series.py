@@ -290,6 +290,7 @@ class DockSeries:
         self.labels_layer = viewer.add_labels(
             opened.labels, name=f"{prepared.layer.name}{LABELS_SUFFIX}",
             scale=prepared.layer.scale, units=prepared.layer.units,
+            features=opened.table,  # the saved table: earlier objects keep their scores
         )
         c.set_image(self.image_layer)
         c.set_output(self.labels_layer)

@@ -17,10 +17,12 @@ not a trained decoder's quality.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shot_common import save_png, settle, window_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "automatic_ais.png"
@@ -89,35 +91,12 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     widget.ais_section.expand(animate=False)
     app = QApplication.instance()
     widget.run_button.click()
-    t0 = time.time()
-    while widget.busy and time.time() - t0 < 300:
-        app.processEvents()
-        time.sleep(0.02)
-    if widget.busy:
-        raise RuntimeError("the run did not finish in time")
+    settle(app, widget)
     viewer.reset_view()
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for _ in range(20):
-        app.processEvents()
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
-    for _ in range(20):
-        app.processEvents()
+    shot = window_shot(viewer, app)
     print(widget.status_label.text())
-    shot = viewer.screenshot(canvas_only=False, flash=False)
     viewer.close()
-
-    from PIL import Image
-
-    img = Image.fromarray(shot[..., :3])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, optimize=True)
-    if out.stat().st_size > 300 * 1024:  # keep the docs light: a 256-colour palette
-        img = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        img.save(out, optimize=True)
-    print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB, {img.width}x{img.height})")
-    return out
+    return save_png(shot, out)
 
 
 if __name__ == "__main__":

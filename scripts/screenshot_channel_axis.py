@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shot_common import settle
+from shot_common import save_png, settle, window_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "channel_axis.png"
@@ -85,27 +85,9 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     print(f"labels {labels.data.shape}, objects at z={Z}: {len(np.unique(labels.data[Z])) - 1}; "
           f"status: {widget.status_label.text()}")
     viewer.reset_view()
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
-    for _ in range(30):
-        app.processEvents()
-    shot = viewer.screenshot(canvas_only=False, flash=False)
+    shot = window_shot(viewer, app)
     viewer.close()
-
-    from PIL import Image
-
-    img = Image.fromarray(shot[..., :3])
-    if img.width > 1400:
-        img = img.resize((1400, round(img.height * 1400 / img.width)), Image.LANCZOS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, optimize=True)
-    if out.stat().st_size > 300 * 1024:
-        img = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        img.save(out, optimize=True)
-    print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB, {img.width}x{img.height})")
-    return out
+    return save_png(shot, out, width=1400)
 
 
 if __name__ == "__main__":

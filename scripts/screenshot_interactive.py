@@ -17,26 +17,17 @@ downloaded here), so the masks show the mechanics, not SAM's segmentation qualit
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shot_common import save_png, settle, window_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "interactive.png"
 DOCKS_OUT = ROOT / "docs" / "images" / "docks_1280x800.png"
 PLUGIN = "napari-sam-microscopy"
-
-
-def _wait(app, widget, timeout: float = 120.0) -> None:
-    t0 = time.time()
-    while widget.busy and time.time() - t0 < timeout:
-        app.processEvents()
-        time.sleep(0.02)
-    for _ in range(20):
-        app.processEvents()
-    if widget.busy:
-        raise RuntimeError("the widget did not finish in time")
 
 
 def _nuclei_centres(plane: np.ndarray, n: int) -> list[tuple[float, float]]:
@@ -91,9 +82,9 @@ def main(out: Path = DEFAULT_OUT, docks: bool = False) -> Path:
 
     # object 1: a box, committed
     add_box(*centres[0], 22)
-    _wait(app, widget)
+    settle(app, widget)
     widget.controller.commit()
-    _wait(app, widget)
+    settle(app, widget)
     # then a positive + a negative point on one nucleus and a box on another: the preview
     r, c = centres[1]
     points.add(points.world_to_data(world(r, c)))
@@ -101,35 +92,16 @@ def main(out: Path = DEFAULT_OUT, docks: bool = False) -> Path:
     points.add(points.world_to_data(world(r + 14, c + 14)))
     widget.controller.set_negative(False)
     add_box(*centres[2], 22)
-    _wait(app, widget)
+    settle(app, widget)
     viewer.layers.selection.active = points
     viewer.reset_view()
     for _ in range(20):
         app.processEvents()
 
-    # close notification toasts (e.g. the PyQt5 deprecation notice) before the shot
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
-    for _ in range(20):
-        app.processEvents()
-    shot = viewer.screenshot(canvas_only=False, flash=False)
+    shot = window_shot(viewer, app)  # toasts (e.g. the PyQt5 deprecation notice) closed
     viewer.close()
-
-    from PIL import Image
-
-    img = Image.fromarray(shot[..., :3])
-    scale = 1200 / img.width
-    if scale < 1 and not docks:  # the 1280x800 shot is kept at its size
-        img = img.resize((1200, round(img.height * scale)), Image.LANCZOS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, optimize=True)
-    if out.stat().st_size > 300 * 1024:  # keep the docs light: fall back to a 256-colour palette
-        img = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        img.save(out, optimize=True)
-    print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB, {img.width}x{img.height})")
-    return out
+    # the 1280x800 shot is kept at its size
+    return save_png(shot, out, width=None if docks else 1200)
 
 
 if __name__ == "__main__":

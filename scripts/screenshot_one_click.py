@@ -19,26 +19,17 @@ per click, overlaps split by the nearest click), not SAM's segmentation quality.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shot_common import save_png, settle, window_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "one_click.png"
 PLUGIN = "napari-sam-microscopy"
 Z = 43
-
-
-def _settle(app, widget, timeout: float = 300.0) -> None:
-    t0 = time.time()
-    while widget.busy and time.time() - t0 < timeout:
-        app.processEvents()
-        time.sleep(0.02)
-    for _ in range(20):
-        app.processEvents()
-    if widget.busy:
-        raise RuntimeError("the widget did not finish in time")
 
 
 def main(out: Path = DEFAULT_OUT) -> Path:
@@ -71,13 +62,13 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     points = widget.points_layer
     for r, col in centres:
         points.add([Z, r, col])
-    _settle(app, widget)
+    settle(app, widget)
     c.commit()
-    _settle(app, widget)
+    settle(app, widget)
     labels = widget.labels_layer
     for r, col in centres[:3]:  # on committed nuclei: ignored, the status line says so
         points.add([Z, r + 1, col + 1])
-    _settle(app, widget)
+    settle(app, widget)
     viewer.layers.selection.active = labels
     from napari_builtins._qt.features_table import FeaturesTable
 
@@ -87,28 +78,10 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     for _ in range(30):
         app.processEvents()
 
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
-    for _ in range(20):
-        app.processEvents()
-    shot = viewer.screenshot(canvas_only=False, flash=False)
+    shot = window_shot(viewer, app)
     print(f"{len(labels.features)} objects in the table; status: {widget.status_label.text()}")
     viewer.close()
-
-    from PIL import Image
-
-    img = Image.fromarray(shot[..., :3])
-    if img.width > 1400:
-        img = img.resize((1400, round(img.height * 1400 / img.width)), Image.LANCZOS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, optimize=True)
-    if out.stat().st_size > 300 * 1024:
-        img = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-        img.save(out, optimize=True)
-    print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB, {img.width}x{img.height})")
-    return out
+    return save_png(shot, out, width=1400)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 
 def settle(app: Any, widget: Any, timeout: float = 300.0) -> None:
     """Process Qt events until ``widget`` is no longer busy (at most ``timeout`` s), then a
-    little longer so that the layers are drawn."""
+    little longer so that the layers are drawn; RuntimeError if it is still busy."""
     t0 = time.time()
     while widget.busy and time.time() - t0 < timeout:
         app.processEvents()
@@ -16,3 +16,36 @@ def settle(app: Any, widget: Any, timeout: float = 300.0) -> None:
     for _ in range(30):
         app.processEvents()
         time.sleep(0.01)
+    if widget.busy:
+        raise RuntimeError("the widget did not finish in time")
+
+
+def window_shot(viewer: Any, app: Any) -> Any:
+    """The whole napari window as an RGB(A) array, after closing notification toasts (e.g.
+    napari's own notices) and letting Qt paint."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for _ in range(20):
+        app.processEvents()
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    for _ in range(20):
+        app.processEvents()
+    return viewer.screenshot(canvas_only=False, flash=False)
+
+
+def save_png(shot: Any, out: Any, width: int | None = None) -> Any:
+    """Save a screenshot array as PNG at ``out`` (a Path), shrunk to ``width`` pixels if
+    wider; over 300 KB it falls back to a 256-colour palette to keep the docs light."""
+    from PIL import Image
+
+    img = Image.fromarray(shot[..., :3])
+    if width is not None and img.width > width:
+        img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, optimize=True)
+    if out.stat().st_size > 300 * 1024:
+        img = img.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        img.save(out, optimize=True)
+    print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB, {img.width}x{img.height})")
+    return out

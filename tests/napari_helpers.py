@@ -186,3 +186,19 @@ def canvas_point(viewer, canvas, row: float, col: float):
     zoom = camera.zoom
     return QPoint(round((col - cx) * zoom + canvas.width() / 2),
                   round((row - cy) * zoom + canvas.height() / 2))
+
+
+def shown_canvas(qtbot, viewer):
+    """napari's canvas widget, once it is on screen."""
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitUntil(canvas.isVisible, timeout=TIMEOUT)
+    return canvas
+
+
+def click_canvas(viewer, canvas, row: float, col: float) -> None:
+    """A left mouse click on the canvas where it shows world (row, col) (napari's 2D view)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     canvas_point(viewer, canvas, row, col))

@@ -10,23 +10,14 @@ removes them all). Random weights (fast stand-in encoder, small decoder).
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QPoint, Qt
+from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
 from scipy import ndimage
 
 from bio_samples import sample
-from napari_helpers import TIMEOUT, open_dock, wait_idle
+from napari_helpers import TIMEOUT, click_canvas, open_dock, shown_canvas, wait_idle
 
 Z = 43
-
-
-def canvas_point(viewer, canvas, row: float, col: float) -> QPoint:
-    """The canvas pixel showing world (row, col) in napari's 2D view."""
-    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
-    cy, cx = camera.center[-2:]
-    zoom = camera.zoom
-    return QPoint(round((col - cx) * zoom + canvas.width() / 2),
-                  round((row - cy) * zoom + canvas.height() / 2))
 
 
 def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbot, fast_model,
@@ -41,14 +32,12 @@ def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbo
     viewer.dims.set_point(0, Z)
     points = c.prompts.points.current
     assert viewer.layers.selection.active is points and points.mode == "add"
-    canvas = viewer.window._qt_viewer.canvas.native
-    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    canvas = shown_canvas(qtbot, viewer)
     QTest.keyClick(canvas, Qt.Key.Key_O, Qt.KeyboardModifier.ShiftModifier)
     assert c.one_click and widget.prompt_controls.one_click_check.isChecked()
 
     for r, col in centres:
-        QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                         canvas_point(viewer, canvas, r, col))
+        click_canvas(viewer, canvas, r, col)
     qtbot.waitUntil(lambda: len(points.data) == 20, timeout=TIMEOUT)
     np.testing.assert_allclose(points.data[:, 1:], centres, atol=1.0)  # where the user clicked
     wait_idle(qtbot, widget)
@@ -89,11 +78,9 @@ def test_tzyx_at_a_nonzero_t_and_channel_layers_by_the_dock_button(make_napari_v
     viewer.dims.set_point(0, 2)
     viewer.dims.set_point(1, 1)
     points = c.prompts.points.current
-    canvas = viewer.window._qt_viewer.canvas.native
-    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    canvas = shown_canvas(qtbot, viewer)
     viewer.layers.selection.active = points
-    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                     canvas_point(viewer, canvas, 64.0, 96.0))
+    click_canvas(viewer, canvas, 64.0, 96.0)
     qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
     assert tuple(points.data[0][:2]) == (2, 1)
     wait_idle(qtbot, widget)
@@ -138,10 +125,8 @@ def test_a_large_plane_is_tiled_a_canvas_click_near_a_tile_border_is_one_object(
     widget = open_dock(viewer, "interactive", fast_model)
     c = widget.controller
     points = c.prompts.points.current
-    canvas = viewer.window._qt_viewer.canvas.native
-    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
-    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                     canvas_point(viewer, canvas, 1000.0, 790.0))
+    canvas = shown_canvas(qtbot, viewer)
+    click_canvas(viewer, canvas, 1000.0, 790.0)
     qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
     wait_idle(qtbot, widget)
     assert "Tiled plane: 16 tiles" in widget.status_label.text()
@@ -188,11 +173,9 @@ def test_channels_one_and_two_of_one_czyx_layer_at_a_nonzero_z(make_napari_viewe
     viewer.dims.set_point(1, 2)  # the viewer's axes are (c, z, y, x): z = 2
     points = c.prompts.points.current
     assert points.ndim == 3
-    canvas = viewer.window._qt_viewer.canvas.native
-    qtbot.waitUntil(lambda: canvas.isVisible(), timeout=TIMEOUT)
+    canvas = shown_canvas(qtbot, viewer)
     viewer.layers.selection.active = points
-    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                     canvas_point(viewer, canvas, 64.0, 96.0))
+    click_canvas(viewer, canvas, 64.0, 96.0)
     qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
     assert points.data[0][0] == 2
     wait_idle(qtbot, widget)

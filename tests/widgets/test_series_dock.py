@@ -17,14 +17,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
 
 from bio_samples import sample
-from napari_helpers import TIMEOUT, canvas_point, open_dock, wait_idle
+from napari_helpers import TIMEOUT, click_canvas, open_dock, wait_idle
 from napari_sam.workflows import io
 from napari_sam.workflows.batch import plan_jobs
-
-
-def click(viewer, canvas, row: float, col: float) -> None:
-    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                     canvas_point(viewer, canvas, row, col))
 
 
 def test_three_images_round_trip_in_the_dock(make_napari_viewer, qtbot, fast_model, tmp_path,
@@ -59,7 +54,7 @@ def test_three_images_round_trip_in_the_dock(make_napari_viewer, qtbot, fast_mod
     wait_idle(qtbot, widget)  # image 2 is encoded ahead, in a worker
 
     # image 1: one click (world = pixels × 0.25 µm), then Shift+N on the canvas
-    click(viewer, canvas, 60 * 0.25, 80 * 0.25)
+    click_canvas(viewer, canvas, 60 * 0.25, 80 * 0.25)
     points = c.prompts.points.current
     qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
     clicked_1 = np.array(points.data)
@@ -72,7 +67,7 @@ def test_three_images_round_trip_in_the_dock(make_napari_viewer, qtbot, fast_mod
     # image 2 (RGB): a click and Shift+C
     points = c.prompts.points.current
     assert len(points.data) == 0 and viewer.layers.selection.active is points
-    click(viewer, canvas, 80.0, 100.0)
+    click_canvas(viewer, canvas, 80.0, 100.0)
     qtbot.waitUntil(lambda: len(points.data) == 1, timeout=TIMEOUT)
     wait_idle(qtbot, widget)
     assert widget.preview_layer.data.any()

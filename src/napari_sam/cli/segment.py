@@ -406,7 +406,7 @@ class _Report:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from napari_sam.workflows import io
+    from napari_sam.workflows import coco, io
     from napari_sam.workflows.batch import plan_jobs
 
     recipe = _recipe(args)
@@ -422,7 +422,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     for folder in folders:
         check_writable(folder)
     report = _Report(plan)
-    coco = io.CocoWriter() if coco_path is not None else None
+    coco = coco.CocoWriter() if coco_path is not None else None
     tables = segment_channels.TableWriter(table_path) if table_path else None
     planes: dict[int, Any] = {}
     try:

@@ -19,7 +19,7 @@ import numpy as np
 from napari_sam.distributed.pieces import read_piece, save_piece
 from napari_sam.distributed.work import write_marker
 from napari_sam.distributed.worker import ModelSpec, worker_model
-from napari_sam.workflows import batch, batch_tiles, io
+from napari_sam.workflows import batch, batch_tiles, coco, io
 from napari_sam.workflows.linking import Pair, overlap_pairs, plane_areas
 from napari_sam.workflows.tables import image_object_table
 from napari_sam.workflows.zarr_io import LabelsZarr
@@ -226,7 +226,7 @@ def relabel_task(
     anns = None
     if scores is not None:
         final_scores = {int(lut[int(k)]): dict(v) for k, v in scores.items() if int(k) in lut}
-        anns = io.plane_annotations(out, final_scores)
+        anns = coco.plane_annotations(out, final_scores)
     if target is not None:
         LabelsZarr.open(target).write(z, out)
         return None, anns, ids

@@ -37,7 +37,7 @@ import numpy as np
 from napari_sam.errors import InputFileError, OutputFileError
 from napari_sam.runtime.files import atomic_write
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback
-from napari_sam.workflows import io, zarr_io
+from napari_sam.workflows import coco, io, zarr_io
 from napari_sam.workflows.segment import AutoSettings, segment
 
 __all__ = [
@@ -448,12 +448,12 @@ def coco_planes(
     scores: dict[tuple[int | None, int], dict[str, float]],
     stack: bool,
 ) -> list[tuple[int | None, tuple[int, int], list[dict]]]:
-    """COCO annotations (:func:`~napari_sam.workflows.io.plane_annotations`) of each plane."""
+    """COCO annotations (:func:`~napari_sam.workflows.coco.plane_annotations`) of each plane."""
     planes = [(z, labels[z]) for z in range(labels.shape[0])] if stack else [(None, labels)]
     out = []
     for z, plane in planes:
         plane_scores = {lab: v for (zz, lab), v in scores.items() if zz == z}
-        out.append((z, tuple(plane.shape), io.plane_annotations(plane, plane_scores)))
+        out.append((z, tuple(plane.shape), coco.plane_annotations(plane, plane_scores)))
     return out
 
 

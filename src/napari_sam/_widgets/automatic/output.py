@@ -138,7 +138,7 @@ class AutoOutput:
         the layer is unchanged since the run; the image's file name (else the layer's
         name) is the COCO image. Returns the written path and the number of objects.
         Raises :class:`~napari_sam.errors.NapariSamError` subclasses (said as they are)."""
-        from napari_sam.workflows.io import CocoWriter
+        from napari_sam.workflows.coco import CocoWriter
 
         source = getattr(getattr(layer, "source", None), "path", None)
         if image is not None and getattr(image.source, "path", None):

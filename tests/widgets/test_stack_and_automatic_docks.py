@@ -158,5 +158,10 @@ def test_automatic_dock_runs_shows_the_stage_and_cancels(
     monkeypatch.setattr(segment_logic, "segment_iter", real)
     widget.run_button.click()
     wait_idle(qtbot, widget)
-    assert viewer.layers["nuclei SAM auto"].data.any() and notes["error"] == []
+    layer = viewer.layers["nuclei SAM auto"]
+    assert layer.data.any() and notes["error"] == [] and notes["warning"] == []
+    # its object table, measured in a job off the GUI thread: one row per object
+    table = layer.features
+    assert list(table["index"]) == [int(i) for i in np.unique(layer.data) if i]
+    assert (table["method"] == "automatic").all() and "volume" in table
     widget.close()

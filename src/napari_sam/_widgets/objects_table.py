@@ -1,8 +1,8 @@
 """The object table of the output labels: napari's ``features`` of the Labels layer, and CSV.
 
 After every commit (and the dock's undo) the interactive dock, and after every
-run the automatic dock (:func:`measure_run`), measure the objects of the output
-Labels layer (:func:`~napari_sam.workflows.tables.object_table`:
+run the automatic dock (:func:`run_table`, in a job off the GUI thread), measure
+the objects of the output Labels layer (:func:`~napari_sam.workflows.tables.object_table`:
 pixels, calibrated area / volume and centre from the layer's scale and
 translate, mean intensity of the image (or of each chosen channel layer) where
 it has the labels' shape, SAM's predicted IoU and stability score, how the
@@ -45,9 +45,10 @@ from napari_sam.workflows.tables import (
 )
 
 __all__ = [
-    "measure_run",
     "refresh_features",
+    "run_table",
     "save_table",
+    "set_run_table",
     "touched_by",
     "undo_labels",
     "unit_of",
@@ -233,17 +234,8 @@ def refresh_features(
     features = labels.features
     if tracker is not None and tracker.current(labels, signature) and "n_pixels" in features:
         table = update_object_table(features, data, tracker.ids, tracker.planes, **kwargs)
-    elif _lazy(intensity):  # the objects' planes only, never the whole lazy image
-        values = np.asarray(data)
-        lead = values.ndim - 2
-        if lead:
-            planes = {tuple(int(v) for v in p)
-                      for p in np.argwhere(values.any(axis=(-2, -1)))}
-        else:
-            planes = {()}
-        table = update_object_table(None, values, np.unique(values), planes, **kwargs)
     else:
-        table = object_table(np.asarray(data), **kwargs)
+        table = _measure_all(data, intensity, kwargs)
     table = merge_sam_columns(table, features)
     if tracker is not None:
         tracker.disconnect(labels)
@@ -252,18 +244,55 @@ def refresh_features(
     return table
 
 
-def measure_run(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]],
-                method: str = "automatic") -> Any:
-    """Set the object table of ``labels`` after a run that wrote all of its objects (the
+def _measure_all(data: Any, intensity: Any, kwargs: dict) -> Any:
+    """The object table of every object of ``data`` (a lazy intensity image is read only in
+    the planes holding objects)."""
+    values = np.asarray(data)
+    if not _lazy(intensity):
+        return object_table(values, **kwargs)
+    lead = values.ndim - 2
+    planes = ({tuple(int(v) for v in p) for p in np.argwhere(values.any(axis=(-2, -1)))}
+              if lead else {()})  # fmt: skip
+    return update_object_table(None, values, np.unique(values), planes, **kwargs)
+
+
+def run_table(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]],
+              method: str = "automatic") -> Any:
+    """The object table of ``labels`` after a run that wrote all of its objects (the
     automatic dock): every object gets ``method``, and SAM's scores where ``scores`` (keyed
     by label or ``(slice, label)``, :func:`~napari_sam.workflows.tables.scores_by_label`)
-    has them. Earlier features are dropped: the run's ids may be reused."""
-    import pandas as pd
+    has them. Only reads the layers, so it may run off the GUI thread; set the result with
+    :func:`set_run_table`.
 
+    Raises
+    ------
+    NapariSamError
+        For labels that are not integers, or an intensity image that does not fit.
+    """
+    data = labels.data
+    shape = tuple(np.shape(data))
+    intensity, names = _intensity(image, shape)
     by_label = scores_by_label(scores)
-    ids = [int(i) for i in np.unique(np.asarray(labels.data)) if i]
-    labels.features = pd.DataFrame()
-    return refresh_features(labels, image, {i: by_label.get(i, {}) for i in ids}, method)
+    ids = [int(i) for i in np.unique(np.asarray(data)) if i]
+    kwargs = dict(
+        scale=tuple(labels.scale),
+        translate=tuple(labels.translate),
+        unit=unit_of(labels),
+        intensity=intensity,
+        channel_names=names,
+        scores={i: by_label.get(i, {}) for i in ids},
+        method={i: method for i in ids},
+    )
+    return _measure_all(data, intensity, kwargs)
+
+
+def set_run_table(labels: Any, table: Any) -> None:
+    """Make ``table`` (:func:`run_table`) the features of ``labels``; earlier features are
+    dropped (a run may reuse ids), and the next commit into the layer measures it whole."""
+    tracker = _trackers.pop(labels, None)
+    if tracker is not None:
+        tracker.disconnect(labels)
+    labels.features = table
 
 
 def save_table(labels: Any, path: str | os.PathLike[str], image: Any = None) -> Path:

@@ -40,8 +40,8 @@ from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.jobs import Job, JobRunner
 from napari_sam._widgets.layers import LayerChoice, layer_layout
 from napari_sam._widgets.model_session import ModelSession, session_for
-from napari_sam._widgets.notices import notice_for
-from napari_sam._widgets.objects_table import measure_run
+from napari_sam._widgets.notices import Notice, notice_for
+from napari_sam._widgets.objects_table import run_table, set_run_table
 from napari_sam.errors import ImageFormatError, NapariSamError, SettingsError
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.runtime.progress import drive
@@ -348,12 +348,24 @@ class AutomaticController(ControllerBase):
         layer, note = self.output.write(image, shape, run.slice, result)
         if note:
             self.info(note)
-        try:
-            measure_run(layer, image, self.output.scores(layer))
-        except NapariSamError as exc:  # the labels are written; only the table is missing
-            self.warn(f"The object table could not be made: {exc}")
+        self._measure(layer, image)
         self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
                                             run.settings.link_slices, run.tiles))
+
+    def _measure(self, layer: Any, image: Image) -> None:
+        """Make the object table of the written ``layer`` in a job (a large stack takes
+        seconds), then show it as the layer's features."""
+        scores = self.output.scores(layer)
+
+        def work(progress: Any, should_cancel: Any) -> Any:
+            return run_table(layer, image, scores)
+
+        def failed(exc: BaseException) -> Notice | None:  # the labels are written
+            return Notice.warning(f"The object table of “{layer.name}” could not be made: {exc}")
+
+        self.runner.start(Job("table", f"Measuring the objects of “{layer.name}”…", work,
+                              done=lambda table: set_run_table(layer, table), failed=failed,
+                              finished=lambda: self.changed("busy")))
 
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:

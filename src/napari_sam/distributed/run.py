@@ -11,7 +11,13 @@ into tasks and follows them to the end:
   the previous slice, the cheap id assignment on the client
   (:class:`~napari_sam.workflows.linking.SliceLinker`), and one task per slice
   writing its final ids (into the OME-Zarr output, or back to the client
-  for a TIFF). The result equals the single-process result.
+  for a TIFF): :class:`~napari_sam.distributed.stack_job.StackJob`. The
+  result equals the single-process result.
+- a plane larger than SAM's input is one task per tile and a merge
+  (:mod:`~napari_sam.distributed.tiled_job`).
+
+This module keeps the run's bookkeeping: task submission and progress, the
+results dispatched to their job, failures, outcomes and cancelling.
 
 Outputs appear under their final names only when complete (one rename by the
 client). Finished outputs (same input and recipe: the
@@ -37,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from napari_sam.distributed import tasks
+from napari_sam.distributed.stack_job import StackJob
+from napari_sam.distributed.tiled_job import TiledPlanes
 from napari_sam.distributed.work import JobWork, tidy
 from napari_sam.distributed.worker import ModelSpec, load_stats, register_model
 from napari_sam.errors import (
@@ -56,8 +62,7 @@ from napari_sam.workflows import io
 from napari_sam.workflows.batch import FileResult, Manifest, Recipe, SegmentJob
 from napari_sam.workflows.batch_tiles import plane_grid
 from napari_sam.workflows.embeddings import default_contrast_limits
-from napari_sam.workflows.linking import SliceLinker, offset_luts
-from napari_sam.workflows.zarr_io import LabelsZarr, finish_labels_zarr
+from napari_sam.workflows.zarr_io import finish_labels_zarr
 
 __all__ = ["BatchReport", "Outcome", "run_batch"]
 
@@ -117,43 +122,6 @@ class BatchReport:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-@dataclass
-class _Stack:
-    index: int
-    job: SegmentJob
-    work: JobWork
-    shape: tuple[int, int, int]
-    scale: tuple[float, ...]
-    unit: str | None
-    contrast: tuple[float, float]
-    t0: float
-    markers: dict[int, dict[str, Any]] = field(default_factory=dict)
-    overlaps: dict[int, tuple[list[int], list]] = field(default_factory=dict)
-    luts: dict[int, dict[int, int]] = field(default_factory=dict)
-    relabelled: dict[int, tuple[list[dict] | None, list[int]]] = field(default_factory=dict)
-    labels: np.ndarray | None = None
-    resumed: int = 0
-
-    grid: Any = None  # TileGrid of its slices, when they are tiled
-
-    @property
-    def n(self) -> int:
-        return self.shape[0]
-
-
-@dataclass
-class _TiledPlane:
-    """A plane segmented tile by tile: the finished tiles' futures, kept for its merge, and
-    (a 2D image) the paths of the tiles an earlier run stored."""
-
-    index: int
-    z: int | None
-    grid: Any
-    contrast: tuple[float, float]
-    futures: dict[int, Any] = field(default_factory=dict)
-    stored: dict[int, str] = field(default_factory=dict)
-
-
 class _Runner:
     def __init__(
         self,
@@ -188,14 +156,13 @@ class _Runner:
         self.ac = as_completed()
         self.pending: dict[str, tuple[Any, int, str, int]] = {}
         self.outcomes: dict[int, Outcome] = {}
-        self.stacks: dict[int, _Stack] = {}
-        self.tiled: dict[tuple[int, int | None], _TiledPlane] = {}
+        self.stacks: dict[int, StackJob] = {}
+        self.tiles = TiledPlanes(self)
         self.t0: dict[int, float] = {}
         self.jobs: list[SegmentJob] = []
         self.total = 0
         self.done = 0
         self.remaining: dict[int, int] = {}  # tasks a job still has to run
-        self.resumed_tiles: dict[int, int] = {}
 
     # ----------------------------------------------------------------- bookkeeping
     def _notify(self, stage: str) -> None:
@@ -235,11 +202,9 @@ class _Runner:
         if left > 0:
             self._count(index, left)
         stack = self.stacks.pop(index, None)
-        for plane in [p for p in self.tiled if p[0] == index]:
-            del self.tiled[plane]
+        tiled = self.tiles.drop(index)
         self.finishing.pop(index, None)
         self.tables.pop(index, None)
-        tiled = self.resumed_tiles.pop(index, None) is not None
         if stack is None and not tiled:  # a whole-file job: nothing worth resuming (a stack's
             JobWork(self.jobs[index]).remove()  # slices, a tiled image's tiles are kept)
         self._finish(Outcome(self.jobs[index], "failed", reason=reason), index)
@@ -267,9 +232,14 @@ class _Runner:
             stack = image is not None and not image.rgb and image.data.ndim == 3
             grid = None if image is None else plane_grid(image.spatial_shape[-2:], self.recipe)
             if stack and image.data.shape[0] > 1:
-                self._start_stack(index, job, work, image, kept, grid)
+                st = StackJob(
+                    self, index, job, work, tuple(int(v) for v in image.data.shape),
+                    image.scale, image.unit, self._contrast(image), grid,
+                )  # fmt: skip
+                self.stacks[index] = st
+                st.start(kept)
             elif grid is not None:
-                self._start_tiled_file(index, job, image, grid, work)
+                self.tiles.start_file(index, grid, self._contrast(image), work)
             else:
                 self._expect(index, 1)
                 self._submit(
@@ -300,168 +270,6 @@ class _Runner:
         contrast = self.recipe.contrast or default_contrast_limits(image.data)
         return (float(contrast[0]), float(contrast[1]))
 
-    def _start_tiled_file(
-        self, index: int, job: SegmentJob, image: io.TiffImage, grid: Any, work: JobWork
-    ) -> None:
-        """A 2D image of several tiles: one task per tile not stored by an earlier run (each
-        storing its piece in the work folder), then a merge writing the output."""
-        plane = _TiledPlane(index, None, grid, self._contrast(image))
-        plane.stored = work.finished_tiles(grid, self.identity)
-        self.tiled[(index, None)] = plane
-        self._expect(index, len(grid) + 1)
-        self._count(index, len(plane.stored))
-        self.resumed_tiles[index] = len(plane.stored)
-        self._submit_tiles(plane)
-        if len(plane.stored) == len(grid):
-            self._tile_done(index, None, None, None)
-
-    def _submit_tiles(self, plane: _TiledPlane) -> None:
-        job = self.jobs[plane.index]
-        work = JobWork(job)
-        for k in range(len(plane.grid)):
-            if k in plane.stored:
-                continue
-            store = str(work.piece(k)) if plane.z is None else None
-            self._submit(
-                plane.index, "tile", (plane.z, k), tasks.tile_task,
-                self.spec, job, self.recipe, plane.contrast, plane.z, k, store,
-            )  # fmt: skip
-
-    def _tile_done(self, index: int, z: int | None, k: int | None, future: Any) -> None:
-        plane = self.tiled.get((index, z))
-        if plane is None:
-            return
-        if k is not None:
-            plane.futures[k] = future
-        if len(plane.futures) + len(plane.stored) < len(plane.grid):
-            return
-        del self.tiled[(index, z)]
-        pieces = [plane.futures[i] if i in plane.futures else plane.stored[i]
-                  for i in range(len(plane.grid))]  # fmt: skip
-        job = self.jobs[index]
-        work = JobWork(job)
-        # the merge goes before the tiles still waiting (Dask runs equal priorities in the
-        # order submitted): the plane's pieces leave the workers' memory, and a stack's
-        # slice is marked finished as early as possible
-        if z is None:
-            self._submit(
-                index, "tiledfile", 0, tasks.tiled_file_task,
-                self.spec, job, self.recipe, plane.grid, pieces, str(work.file_output), self.coco,
-                self.table, priority=1,
-            )  # fmt: skip
-        else:
-            self._submit(
-                index, "slice", z, tasks.tiled_slice_task,
-                self.spec, self.recipe, plane.grid, pieces, z, str(work.raw), str(work.marker(z)),
-                priority=1,
-            )  # fmt: skip
-
-    def _start_stack(
-        self,
-        index: int,
-        job: SegmentJob,
-        work: JobWork,
-        image: io.TiffImage,
-        kept: bool,
-        grid: Any = None,
-    ) -> None:
-        contrast = self.recipe.contrast or default_contrast_limits(image.data)
-        shape = tuple(int(s) for s in image.data.shape)
-        st = _Stack(
-            index, job, work, shape, image.scale, image.unit,
-            (float(contrast[0]), float(contrast[1])), self.t0[index],
-        )  # fmt: skip
-        self.stacks[index] = st
-        phases = 3 if self.recipe.settings.link_slices else 2
-        self._expect(index, phases * st.n + (1 if self.table else 0))
-        if kept and work.raw.is_dir():
-            st.markers = {z: m for z, m in work.finished_slices().items() if 0 <= z < st.n}
-        else:
-            LabelsZarr.create(work.raw, shape)
-        st.resumed = len(st.markers)
-        self._count(index, st.resumed)
-        st.grid = grid
-        if grid is not None:  # each slice: one task per tile, then its merge
-            self._expect(index, len(grid) * (st.n - st.resumed))
-        for z in range(st.n):
-            if z in st.markers:
-                continue
-            if grid is not None:
-                plane = _TiledPlane(index, z, grid, st.contrast)
-                self.tiled[(index, z)] = plane
-                self._submit_tiles(plane)
-            else:
-                self._submit(
-                    index, "slice", z, tasks.slice_task,
-                    self.spec, job, self.recipe, st.contrast, z, str(work.raw),
-                    str(work.marker(z)),
-                )  # fmt: skip
-        if len(st.markers) == st.n:
-            self._after_slices(st)
-
-    # ----------------------------------------------------------------- phases
-    def _after_slices(self, st: _Stack) -> None:
-        if self.recipe.settings.link_slices:
-            for z in range(st.n):
-                self._submit(
-                    st.index, "overlap", z, tasks.overlap_task,
-                    str(st.work.raw), z - 1 if z else None, z, self.recipe.settings.link_iou,
-                )  # fmt: skip
-            return
-        counts = [int(st.markers[z]["n"]) for z in range(st.n)]
-        for z, offset in enumerate(offset_luts(counts)):
-            st.luts[z] = {k: k + offset for k in range(1, counts[z] + 1)}
-        self._relabel(st)
-
-    def _after_overlaps(self, st: _Stack) -> None:
-        linker = SliceLinker()
-        for z in range(st.n):
-            ids, pairs = st.overlaps[z]
-            st.luts[z] = linker.add(ids, pairs)
-        self._relabel(st)
-
-    def _relabel(self, st: _Stack) -> None:
-        if st.job.is_zarr:
-            LabelsZarr.create(st.work.labels, st.shape, scale=st.scale, unit=st.unit)
-            target: str | None = str(st.work.labels)
-        else:
-            st.labels = np.zeros(st.shape, dtype=np.uint32)
-            target = None
-        for z in range(st.n):
-            scores = st.markers[z]["scores"] if self.coco else None
-            self._submit(
-                st.index, "relabel", z, tasks.relabel_task,
-                str(st.work.raw), z, st.luts[z], target, scores,
-            )  # fmt: skip
-
-    def _finish_stack(self, st: _Stack) -> None:
-        job = st.job
-        if job.is_zarr:
-            finish_labels_zarr(st.work.labels, job.output)
-        else:
-            io.write_labels_tiff(job.output, st.labels, scale=st.scale, unit=st.unit)
-        ids: set[int] = set()
-        for _, present in st.relabelled.values():
-            ids.update(present)
-        coco = None
-        if self.coco:
-            coco = [(z, st.shape[1:], st.relabelled[z][0] or []) for z in range(st.n)]
-        del self.stacks[st.index]
-        if not self.table:
-            self._done(st.index, len(ids), st.n, coco, st.resumed)
-            return
-        # the object table of the whole volume: one more task, reading the output
-        scores: dict[tuple[int, int], Any] = {}
-        for z in range(st.n):
-            for raw, values in st.markers[z]["scores"].items():
-                final = st.luts[z].get(int(raw))
-                if final:
-                    scores[(z, int(final))] = values
-        self.finishing[st.index] = (len(ids), st.n, coco, st.resumed)
-        self._submit(
-            st.index, "table", 0, tasks.table_task, job, self.recipe, str(job.output), scores
-        )
-
     def _done(
         self, index: int, n_objects: int, n_slices: int | None, coco: CocoPlanes | None,
         resumed: int = 0,
@@ -473,7 +281,7 @@ class _Runner:
         self._finish(
             Outcome(job, "done", n_objects, n_slices, seconds=seconds, coco=coco,
                     resumed_slices=resumed, table=self.tables.pop(index, None),
-                    resumed_tiles=self.resumed_tiles.pop(index, 0)),
+                    resumed_tiles=self.tiles.resumed.pop(index, 0)),
             index,
         )  # fmt: skip
 
@@ -521,30 +329,15 @@ class _Runner:
             self._finish_file(index, result)
             return
         if kind == "tile":
-            self._tile_done(index, z[0], z[1], result)
+            self.tiles.tile_done(index, z[0], z[1], result)
             return
         if kind == "table":
             self.tables[index] = result
             self._done(index, *self.finishing.pop(index))
             return
         st = self.stacks.get(index)
-        if st is None:
-            return
-        if kind == "slice":
-            st.markers[z] = result
-            if len(st.markers) == st.n:
-                self._after_slices(st)
-        elif kind == "overlap":
-            st.overlaps[z] = result
-            if len(st.overlaps) == st.n:
-                self._after_overlaps(st)
-        elif kind == "relabel":
-            plane, anns, ids = result
-            if plane is not None and st.labels is not None:
-                st.labels[z] = plane
-            st.relabelled[z] = (anns, ids)
-            if len(st.relabelled) == st.n:
-                self._finish_stack(st)
+        if st is not None and st.on_result(kind, z, result):
+            self.stacks.pop(index, None)
 
     def _finish_file(self, index: int, result: FileResult) -> None:
         job = self.jobs[index]

@@ -218,15 +218,8 @@ def refresh_features(
         if all(_is_array(a) and tuple(a.shape) == shape for a in arrays):
             intensity, names = arrays, layer_names
     scores = dict(scores or {})
-    kwargs = dict(
-        scale=tuple(labels.scale),
-        translate=tuple(labels.translate),
-        unit=unit_of(labels),
-        intensity=intensity,
-        channel_names=names,
-        scores=scores,
-        method={int(i): method for i in scores} if method else None,
-    )
+    kwargs = _table_kwargs(labels, intensity, names, scores,
+                           {int(i): method for i in scores} if method else None)
     arrays = intensity if isinstance(intensity, list) else [intensity]
     signature = (kwargs["scale"], kwargs["translate"], kwargs["unit"],
                  tuple(id(a) for a in arrays), tuple(names or ()))
@@ -242,6 +235,20 @@ def refresh_features(
     _trackers[labels] = _Tracker(labels, signature)
     labels.features = table
     return table
+
+
+def _table_kwargs(labels: Any, intensity: Any, names: Any, scores: dict, method: Any) -> dict:
+    """The keywords of :func:`~napari_sam.workflows.tables.object_table` for a Labels layer:
+    its scale, translate and unit, the intensity images and SAM's columns."""
+    return dict(
+        scale=tuple(labels.scale),
+        translate=tuple(labels.translate),
+        unit=unit_of(labels),
+        intensity=intensity,
+        channel_names=names,
+        scores=scores,
+        method=method,
+    )
 
 
 def _measure_all(data: Any, intensity: Any, kwargs: dict) -> Any:
@@ -274,15 +281,8 @@ def run_table(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]]
     intensity, names = _intensity(image, shape)
     by_label = scores_by_label(scores)
     ids = [int(i) for i in np.unique(np.asarray(data)) if i]
-    kwargs = dict(
-        scale=tuple(labels.scale),
-        translate=tuple(labels.translate),
-        unit=unit_of(labels),
-        intensity=intensity,
-        channel_names=names,
-        scores={i: by_label.get(i, {}) for i in ids},
-        method={i: method for i in ids},
-    )
+    kwargs = _table_kwargs(labels, intensity, names, {i: by_label.get(i, {}) for i in ids},
+                           {i: method for i in ids})
     return _measure_all(data, intensity, kwargs)
 
 

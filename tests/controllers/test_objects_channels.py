@@ -185,3 +185,18 @@ def test_four_channels_need_a_choice(fast_model):
     assert c.channels.layers == [viewer.layers["four channel 3"]]
     assert viewer.layers["four channel 3"].colormap.name == "gray"
     c.close()
+
+
+def test_channel_axes_offered_and_guessed():
+    from napari.layers import Image
+
+    from napari_sam._widgets.interactive.channel_axis import guess_channel_axis, offered_axes
+
+    stack = Image(np.zeros((60, 8, 8), np.uint16))  # a z-stack: nothing to offer
+    assert offered_axes(stack) == [] and guess_channel_axis(stack) is None
+    two = Image(np.zeros((2, 60, 8, 8), np.uint16))  # (C, Z, Y, X): only the short axis
+    assert offered_axes(two) == [(0, "0", 2)] and guess_channel_axis(two) == 0
+    named = Image(np.zeros((5, 20, 8, 8), np.uint16), axis_labels=("t", "c", "y", "x"))
+    assert offered_axes(named) == [(0, "t", 5), (1, "c", 20)]
+    assert guess_channel_axis(named) == 1  # named channels win over the shorter axis
+    assert offered_axes(Image(np.zeros((8, 8, 3), np.uint8), rgb=True)) == []

@@ -32,6 +32,8 @@ def test_twenty_canvas_clicks_twenty_objects_one_commit(make_napari_viewer, qtbo
     viewer.dims.set_point(0, Z)
     points = c.prompts.points.current
     assert viewer.layers.selection.active is points and points.mode == "add"
+    # a 60-slice z-stack: no channel axis is offered (its row stays hidden)
+    assert widget.prompt_controls.channel_controls.axis_row.isHidden()
     canvas = shown_canvas(qtbot, viewer)
     QTest.keyClick(canvas, Qt.Key.Key_O, Qt.KeyboardModifier.ShiftModifier)
     assert c.one_click and widget.prompt_controls.one_click_check.isChecked()

@@ -5,8 +5,9 @@ contrast limits (:mod:`~napari_sam._widgets.interactive.channel_layers`):
 
 - **channel layers** already in the viewer (``channel_axis``): select 1-3 in
   the layer list and press *Selected as channels*;
-- **one layer with a channel axis** (a (C, Z, Y, X) TIFF opened as it is):
-  choose the axis and type the channels (from 0, as on napari's slider; empty:
+- **one layer with a channel axis** (a (C, Z, Y, X) TIFF opened as it is;
+  the row shows when the image has an axis named c / channel or one of at
+  most 16 entries): choose the axis and type the channels (from 0, as on napari's slider; empty:
   all, at most three) and press *Use channels*
   (:mod:`~napari_sam._widgets.interactive.channel_axis`).
 
@@ -23,9 +24,9 @@ from qtpy.QtWidgets import QComboBox, QLabel, QLineEdit, QPushButton, QVBoxLayou
 
 from napari_sam._widgets._qt.forms import row
 from napari_sam._widgets.interactive.channel_axis import (
-    channel_axes,
     channel_source,
     guess_channel_axis,
+    offered_axes,
 )
 
 __all__ = ["ChannelControls"]
@@ -95,7 +96,7 @@ class ChannelControls(QWidget):
         self.channels_label.setVisible(active)
         self.image_only_button.setEnabled(active)
         source = channel_source(c)
-        axes = channel_axes(source) if source is not None else []
+        axes = offered_axes(source) if source is not None else []
         seen = (id(source), tuple(axes))
         if seen != self._axes_of:  # refill only when the image (or its axes) changed
             self._axes_of = seen

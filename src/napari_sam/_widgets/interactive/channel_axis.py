@@ -28,15 +28,19 @@ from napari_sam.errors import ImageFormatError, NapariSamError
 from napari_sam.workflows.channels import check_channels
 
 __all__ = [
+    "MAX_OFFERED",
     "channel_axes",
     "channel_source",
     "guess_channel_axis",
+    "offered_axes",
     "parse_channels",
     "split_channel_layers",
     "use_channel_axis",
 ]
 
 _CHANNEL_LABELS = ("c", "ch", "channel", "channels")
+#: Unnamed axes with at most this many entries are offered as channel axes.
+MAX_OFFERED = 16
 _SLOT_COLOURS = ("red", "green", "blue")
 
 
@@ -54,13 +58,25 @@ def channel_axes(layer: Any) -> list[tuple[int, str, int]]:
     return [(axis, named[axis], int(shape[axis])) for axis in range(len(shape) - 2)]
 
 
+def _named_channels(label: str) -> bool:
+    return label.strip().lower() in _CHANNEL_LABELS
+
+
+def offered_axes(layer: Any) -> list[tuple[int, str, int]]:
+    """The axes of :func:`channel_axes` the dock offers as channel axes: those named c / ch /
+    channel(s), and those of at most :data:`MAX_OFFERED` entries (a 60-slice z-stack is not
+    offered; its channels would be a guess)."""
+    return [a for a in channel_axes(layer) if _named_channels(a[1]) or a[2] <= MAX_OFFERED]
+
+
 def guess_channel_axis(layer: Any) -> int | None:
-    """The axis labelled c / ch / channel(s), else the shortest leading axis (None: no axis)."""
-    axes = channel_axes(layer)
+    """The offered axis labelled c / ch / channel(s), else the shortest offered axis (None:
+    none offered)."""
+    axes = offered_axes(layer)
     if not axes:
         return None
     for axis, label, _ in axes:
-        if label.strip().lower() in _CHANNEL_LABELS:
+        if _named_channels(label):
             return axis
     return min(axes, key=lambda a: (a[2], a[0]))[0]
 

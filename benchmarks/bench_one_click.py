@@ -11,8 +11,10 @@ implementations) before anything is timed. Then, each in a fresh process:
   50th click arrives and the whole preview is rebuilt: :func:`group_clicks`
   on the 50 points, :func:`predict_objects_batched` (predicts only the new
   object) and :func:`compose_preview` of the 50 masks.
-- ``all_batched`` (napari-sam): the same 50 objects with an empty cache, all
-  in one batched decoder call (e.g. after changing the mask candidate).
+- ``all_batched`` (napari-sam): the same 50 objects with an empty cache,
+  decoded as one batch (:func:`predict_objects_batched`: the shared-image
+  decoder, in cache-sized pieces on a CPU), e.g. after changing the mask
+  candidate.
 - ``one_by_one`` (napari-sam): :func:`predict_objects`, one
   ``SamPredictor.predict`` per object (the per-object path).
 - ``reference_loop`` (``mobile_sam``): Meta-style ``SamPredictor.predict`` per

@@ -2,7 +2,10 @@
 
 The batched prediction is checked against :func:`predict_objects` (one
 ``SamPredictor.predict`` call per object) on the real nuclei sample: the
-same masks, scores and candidates. The model is the small test decoder with
+same candidates, scores to 1e-5 and masks up to floating-point rounding (the
+shared-image decoder re-arranges SAM's decoder algebraically, so a pixel
+whose logit is within rounding of the threshold may flip: at most 1 in
+10 000 pixels). The model is the small test decoder with
 the fast stand-in encoder (tests/volume_models.py): batching concerns the
 prompt encoder and mask decoder only.
 """
@@ -14,6 +17,7 @@ import pytest
 from scipy import ndimage
 
 from bio_samples import sample
+from decoder_calls import decoder_calls
 from napari_sam.predictors.amg_utils import stability_score
 from napari_sam.predictors.predictor import SamPredictor
 from napari_sam.workflows.image import to_sam_rgb
@@ -99,10 +103,15 @@ def nuclei_predictor():
     return predictor, clicks, truth[Z]
 
 
+def same_masks(a, b) -> bool:
+    """Equal up to floating-point rounding: at most 1 in 10 000 pixels differ."""
+    return a.shape == b.shape and np.count_nonzero(a != b) <= a.size // 10_000
+
+
 def _check_same(one, batch):
     assert len(one) == len(batch)
     for a, b in zip(one, batch):
-        np.testing.assert_array_equal(a.mask, b.mask)
+        assert same_masks(a.mask, b.mask) and a.mask.sum() > 0
         assert a.score == pytest.approx(b.score, abs=1e-5)
         assert (a.candidate, a.n_candidates) == (b.candidate, b.n_candidates)
 
@@ -128,16 +137,11 @@ def test_batched_prediction_equals_one_by_one_on_the_nuclei_sample(
     assert 0 < min(areas) and max(areas) < truth.size  # non-trivial reference masks
     assert len({o.mask.tobytes() for o in one}) > 1
 
-    calls = []
-    hook = predictor.model.mask_decoder.register_forward_hook(
-        lambda m, args, out: calls.append(int(out[0].shape[0]))
-    )
-    try:
+    with decoder_calls(predictor.model) as calls:
         batch = predict_objects_batched(predictor, grouped.objects, multimask, candidate)
-    finally:
-        hook.remove()
     _check_same(one, batch)
     # each prompt kind decoded together, in batches of decoder_batch objects on this CPU
+    # (the shared-image decoder with multimask output)
     step = decoder_batch(predictor.features, len(grouped.objects))
     sizes = sorted(sum(1 for o in grouped.objects
                        if (0 if o.point_coords is None else len(o.point_coords),
@@ -179,15 +183,9 @@ def test_cache_predicts_only_the_new_click_and_commit_writes_every_object(nuclei
     key = ("nuclei", Z)
     first = group_clicks(clicks[:-1], np.ones(len(clicks) - 1, int))
     predict_objects_batched(predictor, first.objects, cache=cache, cache_key=key)
-    calls = []
-    hook = predictor.model.mask_decoder.register_forward_hook(
-        lambda m, args, out: calls.append(int(out[0].shape[0]))
-    )
-    try:
+    with decoder_calls(predictor.model) as calls:
         grouped = group_clicks(clicks, np.ones(len(clicks), int))
         masks = predict_objects_batched(predictor, grouped.objects, cache=cache, cache_key=key)
-    finally:
-        hook.remove()
     assert calls == [1] and cache.hits == len(clicks) - 1
     _check_same(predict_objects(predictor, grouped.objects), masks)
     # another embedding key: everything is predicted again

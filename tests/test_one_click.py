@@ -200,3 +200,29 @@ def test_cache_predicts_only_the_new_click_and_commit_writes_every_object(nuclei
     assert (out[:8, :8] == 99).all()  # never overwritten
     assert len(plan) == len(np.unique(preview)) - (0 in preview)
     assert sorted(oid for oid, _ in plan) == list(range(100, 100 + len(plan)))
+
+
+def test_a_model_whose_shared_decoder_disagrees_keeps_its_own_decoder(monkeypatch):
+    """The shared-image decoder is checked once per model against the model's decoder; on
+    disagreement that model is decoded by its own decoder (same masks as one by one)."""
+    from napari_sam.model.sam import shared_decoder
+    from napari_sam.workflows import interactive
+
+    stack = sample("nuclei.tif")
+    predictor = SamPredictor(fast_sam(3))
+    predictor.set_image(to_sam_rgb(stack[Z], (float(stack.min()), float(stack.max()))))
+    grouped = group_clicks(np.array([[60.0, 70.0], [150.0, 120.0], [200.0, 40.0]]),
+                           np.ones(3, int))
+    checks = []
+    monkeypatch.setattr(shared_decoder, "agrees_with_model",
+                        lambda *args, **kwargs: checks.append(1) or False)
+    with decoder_calls(predictor.model) as calls:
+        batch = predict_objects_batched(predictor, grouped.objects)
+        again = predict_objects_batched(predictor, grouped.objects)
+    assert checks == [1] and interactive._SHARED_OK[predictor.model] is False
+    step = decoder_batch(predictor.features, 3)
+    assert calls == 2 * ([step] * (3 // step) + ([3 % step] if 3 % step else []))
+    one = predict_objects(predictor, grouped.objects)
+    for a, b, c in zip(one, batch, again):
+        np.testing.assert_array_equal(a.mask, b.mask)  # the model's own decoder: exact
+        np.testing.assert_array_equal(b.mask, c.mask)

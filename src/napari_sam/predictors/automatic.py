@@ -51,7 +51,7 @@ import torch
 
 from napari_sam.errors import ImageFormatError, SettingsError
 from napari_sam.model.sam.sam import Sam
-from napari_sam.model.sam.shared_decoder import SharedImageDecoder
+from napari_sam.model.sam.shared_decoder import SharedImageDecoder, agrees_with_model
 from napari_sam.predictors.amg_utils import (
     batched_nms,
     box_area,
@@ -603,25 +603,8 @@ class SamAutomaticMaskGenerator:
     ) -> bool:
         """Compare the shared-image decoder with the model's decoder on a few prompts."""
         model = self.predictor.model
-        ref_low, ref_iou = model.mask_decoder(
-            image_embeddings=self.predictor.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
-        iou, low_res_for = fast.decode(sparse)
-        idx = torch.arange(ref_iou.numel())
-        low = low_res_for(idx).reshape(ref_low.shape)
-        # A structural mismatch gives errors of the order of the logits; bf16
-        # rounding (image tokens, attention logits) stays ~1 % of them.
-        tol = 1e-3 if fast.dtype == ref_low.dtype == torch.float32 else 1e-1
-        scale = 1.0 + float(ref_low.abs().max())
-        ok = (
-            iou.shape == ref_iou.shape
-            and float((iou - ref_iou).abs().max()) <= tol * (1.0 + float(ref_iou.abs().max()))
-            and float((low - ref_low).abs().max()) <= tol * scale
-        )
+        ok = agrees_with_model(fast, model, self.predictor.features,
+                               model.prompt_encoder.get_dense_pe(), sparse, dense)
         if not ok:
             warnings.warn(
                 "The fast automatic-mask decoder disagrees with the model's mask decoder; "

@@ -26,6 +26,7 @@ a click re-predicts only the new object.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -503,6 +504,10 @@ def decoder_batch(features: Any, n_objects: int) -> int:
     return max(1, min(n_objects, CPU_DECODER_BYTES // max(1, per_object)))
 
 
+#: Per model: whether the shared-image decoder gave its own decoder's result (checked once).
+_SHARED_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _decode(
     predictor: SamPredictor, sparse: Any, dense: Any, multimask: bool
 ) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
@@ -514,20 +519,29 @@ def _decode(
     With multimask output and SAM's decoder structure this is
     :class:`~napari_sam.model.sam.shared_decoder.SharedImageDecoder` (the image
     embedding is not copied per prompt, and only the chosen candidates are
-    upscaled); otherwise the model's decoder. Either runs in batches of
+    upscaled), once it has given the model's own decoder's result on the first
+    prompts a model sees (else that model keeps its own decoder); otherwise the
+    model's decoder. Either runs in batches of
     :func:`decoder_batch` prompts on a CPU.
     """
     import torch
 
-    from napari_sam.model.sam.shared_decoder import SharedImageDecoder
+    from napari_sam.model.sam.shared_decoder import SharedImageDecoder, agrees_with_model
 
     model = predictor.model
     features = predictor.features
     image_pe = model.prompt_encoder.get_dense_pe()
     n = int(sparse.shape[0])
     step = decoder_batch(features, n)
-    if multimask and SharedImageDecoder.supports(model):
+    fast = None
+    if multimask and _SHARED_OK.get(model, True) and SharedImageDecoder.supports(model):
         fast = SharedImageDecoder(model, features, image_pe, dense[:1], dtype=torch.float32)
+        if model not in _SHARED_OK:  # checked once per model against its own decoder
+            _SHARED_OK[model] = agrees_with_model(
+                fast, model, features, image_pe, sparse[:2], dense[:2])
+            if not _SHARED_OK[model]:
+                fast = None
+    if fast is not None:
         ious, logits_of = [], []
         for start in range(0, n, step):
             iou, low_res_for = fast.decode(sparse[start : start + step])

@@ -26,7 +26,7 @@ from torch import nn
 
 from napari_sam.model.sam.sam import Sam
 
-__all__ = ["SharedImageDecoder"]
+__all__ = ["SharedImageDecoder", "agrees_with_model"]
 
 
 class SharedImageDecoder:
@@ -367,3 +367,33 @@ def _weighted_token_values(
     return torch.baddbmm(residual, weights, projected.to(weights.dtype))
 
 
+
+
+def agrees_with_model(
+    fast: SharedImageDecoder,
+    model: nn.Module,
+    features: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> bool:
+    """Whether ``fast`` gives the model's own mask decoder's multimask result on the prompts
+    ``sparse`` / ``dense`` (a few suffice): IoU predictions and low-resolution logits within
+    1e-3 of their scale in float32 (1e-1 when either is bfloat16). A structural mismatch
+    gives errors of the order of the logits; rounding stays far below."""
+    ref_low, ref_iou = model.mask_decoder(
+        image_embeddings=features,
+        image_pe=image_pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+    )
+    iou, low_res_for = fast.decode(sparse)
+    low = low_res_for(torch.arange(ref_iou.numel())).reshape(ref_low.shape)
+    tol = 1e-3 if fast.dtype == ref_low.dtype == torch.float32 else 1e-1
+    scale = 1.0 + float(ref_low.abs().max())
+    return (
+        iou.shape == ref_iou.shape
+        and float((iou - ref_iou).abs().max()) <= tol * (1.0 + float(ref_iou.abs().max()))
+        and float((low - ref_low).abs().max()) <= tol * scale
+    )

@@ -142,6 +142,7 @@ def test_channels_of_one_czyx_layer_by_its_channel_axis(fast_model, czyx):
     np.testing.assert_array_equal(c.preview.layer.data[2] > 0, expected)
     c.commit()
     labels = c.output.current
+    assert labels.name == "cells SAM labels"  # named after the image the channels came from
     assert labels.data.shape == czyx.shape[1:] and tuple(labels.scale) == (2.0, 0.5, 0.5)
     np.testing.assert_array_equal(labels.data[2] == 1, expected)
     assert labels.features["mean_intensity_cells channel 1"][0] == pytest.approx(
@@ -181,8 +182,10 @@ def test_four_channels_need_a_choice(fast_model):
     assert notes["error"][-1] == (
         "“four” has 4 channels on axis 0; type 1 to 3 of them (0 to 3), e.g. 1 2.")
     assert len(viewer.layers) == n_layers and image.visible
+    mine = viewer.add_labels(np.zeros((40, 50), np.uint32), name="four SAM labels")
     c.set_channel_axis(0, "3")
     assert c.channels.layers == [viewer.layers["four channel 3"]]
+    assert c.output.current is mine  # the image's own labels layer, found by its name
     assert viewer.layers["four channel 3"].colormap.name == "gray"
     c.close()
 

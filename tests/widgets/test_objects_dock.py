@@ -192,7 +192,7 @@ def test_channels_one_and_two_of_one_czyx_layer_at_a_nonzero_z(make_napari_viewe
     np.testing.assert_array_equal(widget.preview_layer.data[2] > 0, expected)
     QTest.keyClick(canvas, Qt.Key.Key_C, Qt.KeyboardModifier.ShiftModifier)
     labels = widget.labels_layer
-    assert labels.data.shape == czyx.shape[1:]
+    assert labels.name == "cells SAM labels" and labels.data.shape == czyx.shape[1:]
     np.testing.assert_array_equal(labels.data[2] == 1, expected)
     assert not labels.data[[0, 1, 3]].any()
     widget.close()

@@ -23,6 +23,7 @@ from typing import Any
 from napari.layers import Image
 
 from napari_sam._widgets.interactive.channel_layers import use_channels
+from napari_sam._widgets.interactive.commit import LABELS_SUFFIX
 from napari_sam._widgets.notices import notice_for
 from napari_sam.errors import ImageFormatError, NapariSamError
 from napari_sam.workflows.channels import check_channels
@@ -32,6 +33,7 @@ __all__ = [
     "channel_axes",
     "channel_source",
     "guess_channel_axis",
+    "labels_name",
     "offered_axes",
     "parse_channels",
     "split_channel_layers",
@@ -204,3 +206,14 @@ def use_channel_axis(c: Any, axis: int, channels: Sequence[int] | str | None) ->
             c.viewer.layers.remove(prompts)
     use_channels(c, layers)
     c.channels.source = source
+    if c.output.current is None:  # "<source> SAM labels", if there is one
+        c.images.select_default_output()
+        c.changed("layers")
+
+
+def labels_name(c: Any, image: Any) -> str:
+    """The default output's name for ``image``: "<image> SAM labels", or, for channel layers
+    made from one layer's channel axis, "<that layer> SAM labels"."""
+    source = c.channels.source
+    base = source if source is not None and c.channels.active_for(image) else image
+    return f"{base.name}{LABELS_SUFFIX}"

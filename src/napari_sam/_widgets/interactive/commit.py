@@ -34,15 +34,17 @@ __all__ = [
 LABELS_SUFFIX = " SAM labels"
 
 
-def ensure_labels(viewer: Any, image: Any, layout: ImageLayout, chosen: Any) -> Any:
-    """The chosen output layer, or a new uint32 "<image> SAM labels" with the image's geometry."""
+def ensure_labels(viewer: Any, image: Any, layout: ImageLayout, chosen: Any,
+                  name: str | None = None) -> Any:
+    """The chosen output layer, or a new uint32 ``name`` (default "<image> SAM labels") with
+    the image's geometry."""
     if chosen is not None:
         return chosen
     return add_layer_quietly(
         viewer,
         lambda: viewer.add_labels(
             np.zeros(layout.spatial_shape, np.uint32),
-            name=f"{image.name}{LABELS_SUFFIX}",
+            name=name or f"{image.name}{LABELS_SUFFIX}",
             **layer_geometry(image),
         ),
     )
@@ -113,7 +115,8 @@ def commit_current(c: Any) -> None:
     if not c.preview.objects or not c.preview.exists():
         c.info("Nothing to commit: place points or boxes first.")
         return
-    labels = ensure_labels(c.viewer, c.image, c.layout, c.output.current)
+    labels = ensure_labels(c.viewer, c.image, c.layout, c.output.current,
+                           c.images.labels_name(c.image))
     if labels is not c.output.current:
         c.output.select(labels)
         c.changed("output")

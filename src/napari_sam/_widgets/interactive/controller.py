@@ -20,7 +20,7 @@ from typing import Any
 
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.interactive import predict
-from napari_sam._widgets.interactive.channel_axis import use_channel_axis
+from napari_sam._widgets.interactive.channel_axis import labels_name, use_channel_axis
 from napari_sam._widgets.interactive.channel_layers import ChannelLayers, use_channels
 from napari_sam._widgets.interactive.commit import commit_current, save_output_table
 from napari_sam._widgets.interactive.encoding import Embeddings
@@ -66,7 +66,8 @@ class InteractiveController(ControllerBase):
         super().__init__(viewer, runner)
         self.session = session if session is not None else session_for(self.viewer)
         self.preview = Preview(self.viewer)
-        self.images = ImageSession(self.viewer.layers, lambda lyr: lyr is self.preview.layer)
+        self.images = ImageSession(self.viewer.layers, lambda lyr: lyr is self.preview.layer,
+                                   labels_name=lambda image: labels_name(self, image))
         self.prompts = PromptLayers(self.viewer, self.connections, self.prompts_changed,
                                     self.schedule)
         # the viewer's store: the automatic dock (AIS) reuses the planes encoded here

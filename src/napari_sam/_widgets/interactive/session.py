@@ -8,6 +8,7 @@ layer, then kept on the status line), and the output Labels layer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from napari.layers import Image, Labels
@@ -34,8 +35,11 @@ class ImageSession:
         The chosen layer, if it cannot be segmented.
     """
 
-    def __init__(self, layers: Any, exclude_output: Any) -> None:
+    def __init__(self, layers: Any, exclude_output: Any,
+                 labels_name: Callable[[Any], str] | None = None) -> None:
         self.layers = layers
+        #: The default output's name for an image ("<image> SAM labels").
+        self.labels_name = labels_name or (lambda image: f"{image.name}{LABELS_SUFFIX}")
         self.choice = LayerChoice(layers, Image)
         self.output = LayerChoice(layers, Labels, "new layer “<image> SAM labels”",
                                   exclude=exclude_output)
@@ -89,6 +93,6 @@ class ImageSession:
 
     def select_default_output(self) -> None:
         """Choose "<image> SAM labels" if it exists, else a new layer at the first commit."""
-        name = f"{self.image.name}{LABELS_SUFFIX}"
+        name = self.labels_name(self.image)
         existing = [lyr for lyr in self.output.candidates() if lyr.name == name]
         self.output.select(existing[0] if existing else None)

@@ -91,7 +91,8 @@ def write_propagation(stack: Any, run: PropagationRun | None, result: Propagatio
         if run.image is not owner.image:
             owner.error("The image changed during the propagation; nothing was written.")
             return
-        labels = ensure_labels(owner.viewer, owner.image, owner.layout, None)
+        labels = ensure_labels(owner.viewer, owner.image, owner.layout, None,
+                               owner.images.labels_name(owner.image))
         owner.output.select(labels)
         owner.changed("output")
         if run.memory:

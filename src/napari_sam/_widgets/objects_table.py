@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._widgets.jobs import Job
+from napari_sam._widgets.notices import Notice
 from napari_sam.errors import NapariSamError
 from napari_sam.workflows.tables import (
     merge_sam_columns,
@@ -49,6 +51,7 @@ __all__ = [
     "run_table",
     "save_table",
     "set_run_table",
+    "table_job",
     "touched_by",
     "undo_labels",
     "unit_of",
@@ -293,6 +296,20 @@ def set_run_table(labels: Any, table: Any) -> None:
     if tracker is not None:
         tracker.disconnect(labels)
     labels.features = table
+
+
+def table_job(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]],
+              method: str = "automatic", finished: Any = None) -> Job:
+    """A job measuring :func:`run_table` in the worker and setting it on ``labels``
+    (:func:`set_run_table`); a failure is one warning (the labels are written anyway)."""
+
+    def failed(exc: BaseException) -> Notice | None:
+        return Notice.warning(f"The object table of “{labels.name}” could not be made: {exc}")
+
+    return Job("table", f"Measuring the objects of “{labels.name}”…",
+               lambda progress, should_cancel: run_table(labels, image, scores, method),
+               done=lambda table: set_run_table(labels, table), failed=failed,
+               finished=finished)
 
 
 def save_table(labels: Any, path: str | os.PathLike[str], image: Any = None) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 from napari.layers import Image
 
 from napari_sam._widgets.automatic import wording
-from napari_sam._widgets.automatic.estimate import next_run_estimate
+from napari_sam._widgets.automatic.estimate import estimate_text
 from napari_sam._widgets.automatic.modes import RunChoices
 from napari_sam._widgets.automatic.output import AutoOutput
 from napari_sam._widgets.automatic.remembered import DOCK_DEFAULTS, RememberedSettings
@@ -40,9 +40,9 @@ from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.jobs import Job, JobRunner
 from napari_sam._widgets.layers import LayerChoice, layer_layout
 from napari_sam._widgets.model_session import ModelSession, session_for
-from napari_sam._widgets.notices import Notice, notice_for
-from napari_sam._widgets.objects_table import run_table, set_run_table
-from napari_sam.errors import ImageFormatError, NapariSamError, SettingsError
+from napari_sam._widgets.notices import notice_for
+from napari_sam._widgets.objects_table import table_job
+from napari_sam.errors import ImageFormatError, NapariSamError
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.runtime.progress import drive
 from napari_sam.workflows import segment as logic
@@ -210,15 +210,8 @@ class AutomaticController(ControllerBase):
 
     def estimate(self) -> str:
         """The work of the next run in numbers, and a hint for small images (may be "")."""
-        layout = self.layout()
-        if layout is None:
-            return ""
-        n = layout.n_slices if layout.is_stack and self.scope == ALL_SLICES else 1
-        try:
-            grid = self.tile_grid()
-        except SettingsError as exc:
-            return str(exc)
-        return next_run_estimate(layout, self.settings, n, grid, self.planned_mode() == "ais")
+        return estimate_text(self.layout(), self.settings, self.choices,
+                             self.scope == ALL_SLICES, self.planned_mode() == "ais")
 
     # ------------------------------------------------------------------ events
     def _on_layers(self, event: Any = None) -> None:
@@ -348,24 +341,11 @@ class AutomaticController(ControllerBase):
         layer, note = self.output.write(image, shape, run.slice, result)
         if note:
             self.info(note)
-        self._measure(layer, image)
+        # the object table in a job of its own (a large stack takes seconds)
+        self.runner.start(table_job(layer, image, self.output.scores(layer),
+                                    finished=lambda: self.changed("busy")))
         self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
                                             run.settings.link_slices, run.tiles))
-
-    def _measure(self, layer: Any, image: Image) -> None:
-        """Make the object table of the written ``layer`` in a job (a large stack takes
-        seconds), then show it as the layer's features."""
-        scores = self.output.scores(layer)
-
-        def work(progress: Any, should_cancel: Any) -> Any:
-            return run_table(layer, image, scores)
-
-        def failed(exc: BaseException) -> Notice | None:  # the labels are written
-            return Notice.warning(f"The object table of “{layer.name}” could not be made: {exc}")
-
-        self.runner.start(Job("table", f"Measuring the objects of “{layer.name}”…", work,
-                              done=lambda table: set_run_table(layer, table), failed=failed,
-                              finished=lambda: self.changed("busy")))
 
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:

@@ -14,6 +14,9 @@ decoder pass per plane (per tile), then one watershed per plane.
 
 from __future__ import annotations
 
+from typing import Any
+
+from napari_sam.errors import SettingsError
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.segment import AutoSettings
 from napari_sam.workflows.tiling import TileGrid
@@ -21,6 +24,7 @@ from napari_sam.workflows.tiling import TileGrid
 __all__ = [
     "ais_estimate",
     "encodings_per_plane",
+    "estimate_text",
     "points_hint",
     "prompts_per_plane",
     "run_estimate",
@@ -112,3 +116,18 @@ def next_run_estimate(layout: ImageLayout, settings: AutoSettings, n_planes: int
     hint = points_hint(layout, settings) if grid is None else None
     text = run_estimate(layout, settings, n_planes, tiles) + tiles_note(grid)
     return text + (f" {hint}" if hint else "")
+
+
+def estimate_text(layout: ImageLayout | None, settings: AutoSettings, choices: Any,
+                  all_slices: bool, ais: bool) -> str:
+    """The work of the next run in numbers, and a hint for small images ("" for no image):
+    every slice of a stack when ``all_slices``, with the tiles of ``choices`` (its tiling;
+    a tiling that does not fit the image is said instead)."""
+    if layout is None:
+        return ""
+    n = layout.n_slices if layout.is_stack and all_slices else 1
+    try:
+        grid = choices.to_tiling().grid(layout.plane_shape)
+    except SettingsError as exc:
+        return str(exc)
+    return next_run_estimate(layout, settings, n, grid, ais)

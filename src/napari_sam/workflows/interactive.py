@@ -508,21 +508,29 @@ def decoder_batch(features: Any, n_objects: int) -> int:
 _SHARED_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _picks(scores: np.ndarray, candidate: int) -> np.ndarray:
+    """Per prompt, the index of the candidate at rank ``candidate`` (by predicted IoU, ties
+    in SAM's order) of ``scores`` ``(B, candidates)``."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order[:, int(candidate) % scores.shape[1]]
+
+
 def _decode(
-    predictor: SamPredictor, sparse: Any, dense: Any, multimask: bool
-) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
+    predictor: SamPredictor, sparse: Any, dense: Any, multimask: bool, candidate: int
+) -> tuple[np.ndarray, Any]:
     """SAM's mask decoder for prompts of one kind (``sparse`` ``(B, n, C)``, ``dense`` the
-    no-mask embedding): the predicted IoUs ``(B, candidates)`` as float32 numpy, and a
-    function giving the low-resolution logits ``(B, h, w)`` of one chosen candidate per
-    prompt.
+    no-mask embedding): the predicted IoUs ``(B, candidates)`` as float32 numpy, and the
+    low-resolution logits ``(B, h, w)`` of the candidate at rank ``candidate`` of each
+    prompt (:func:`_picks`).
 
     With multimask output and SAM's decoder structure this is
     :class:`~napari_sam.model.sam.shared_decoder.SharedImageDecoder` (the image
     embedding is not copied per prompt, and only the chosen candidates are
     upscaled), once it has given the model's own decoder's result on the first
     prompts a model sees (else that model keeps its own decoder); otherwise the
-    model's decoder. Either runs in batches of
-    :func:`decoder_batch` prompts on a CPU.
+    model's decoder. Either runs in batches of :func:`decoder_batch` prompts on a
+    CPU, each batch's chosen logits taken before the next (its per-prompt image
+    tokens are not kept).
     """
     import torch
 
@@ -541,36 +549,27 @@ def _decode(
                 fast, model, features, image_pe, sparse[:2], dense[:2])
             if not _SHARED_OK[model]:
                 fast = None
-    if fast is not None:
-        ious, logits_of = [], []
-        for start in range(0, n, step):
-            iou, low_res_for = fast.decode(sparse[start : start + step])
-            ious.append(iou)
-            logits_of.append(low_res_for)
-        scores = torch.cat(ious).float().cpu().numpy()
-        n_out = scores.shape[1]
-
-        def chosen(picks: np.ndarray) -> Any:
-            parts = []
-            for k, start in enumerate(range(0, n, step)):
-                part = torch.as_tensor(picks[start : start + step], dtype=torch.long)
-                parts.append(logits_of[k](torch.arange(len(part)) * n_out + part))
-            return torch.cat(parts)
-
-        return scores, chosen
-    parts = [
-        model.mask_decoder(
-            image_embeddings=features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse[start : start + step],
-            dense_prompt_embeddings=dense[start : start + step],
-            multimask_output=multimask,
-        )
-        for start in range(0, n, step)
-    ]
-    low_res = torch.cat([low for low, _ in parts])
-    scores = torch.cat([score for _, score in parts]).detach().float().cpu().numpy()
-    return scores, lambda picks: low_res[torch.arange(n), torch.as_tensor(picks)]
+    scores, chosen = [], []
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        if fast is not None:
+            iou, low_res_for = fast.decode(sparse[part])
+            iou = iou.float().cpu().numpy()
+            picks = torch.as_tensor(_picks(iou, candidate), dtype=torch.long)
+            chosen.append(low_res_for(torch.arange(len(picks)) * iou.shape[1] + picks))
+        else:
+            low_res, iou = model.mask_decoder(
+                image_embeddings=features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse[part],
+                dense_prompt_embeddings=dense[part],
+                multimask_output=multimask,
+            )
+            iou = iou.detach().float().cpu().numpy()
+            picks = torch.as_tensor(_picks(iou, candidate), dtype=torch.long)
+            chosen.append(low_res[torch.arange(len(picks)), picks])
+        scores.append(iou)
+    return np.concatenate(scores), torch.cat(chosen)
 
 
 def predict_objects_batched(
@@ -649,16 +648,11 @@ def predict_objects_batched(
         points = (coords_t, labels_t) if coords_t is not None else None
         with torch.no_grad():
             sparse, dense = model.prompt_encoder(points=points, boxes=box_t, masks=None)
-            scores, chosen_of = _decode(predictor, sparse, dense, multimask)
+            scores, chosen = _decode(predictor, sparse, dense, multimask, candidate)
+            chosen = chosen[:, None]
         n_cand = scores.shape[1]
-        ranks = np.empty(len(members), dtype=int)
-        picks = np.empty(len(members), dtype=int)
-        for j in range(len(members)):
-            order = np.argsort(-scores[j], kind="stable")
-            ranks[j] = int(candidate) % n_cand
-            picks[j] = int(order[ranks[j]])
-        with torch.no_grad():
-            chosen = chosen_of(picks)[:, None]
+        ranks = np.full(len(members), int(candidate) % n_cand)
+        picks = _picks(scores, candidate)
         step = max(1, _UPSAMPLE_PIXELS // max(1, int(size[0]) * int(size[1])))
         for start in range(0, len(members), step):
             part = slice(start, start + step)

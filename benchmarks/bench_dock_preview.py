@@ -11,6 +11,11 @@ upscaled; synthetic nuclei if that test extra is missing), docks the interactive
 dock, gives it ViT-B with seeded random weights and adds one positive point on
 each slice in turn (the points layer's ``add``, which is what a click does). The
 first slice is the cold run (the model's first forward), the next three are warm.
+Before each click the view rests on the slice for ``--look`` seconds. With the
+default 0.5 s the dock's encoding ahead is switched off, so the click finds the
+slice not yet encoded; with ``--look 8`` (>= 1 s) it is on, as shipped, and this
+measures a user who looked at the slice for a while (the dock encoded it
+meanwhile, :mod:`napari_sam._widgets.interactive.ahead`).
 
 Nothing polls the dock: the Qt event loop runs on its own (``QEventLoop.exec``)
 and the instrumented functions record ``time.perf_counter()`` when they run. The
@@ -172,7 +177,7 @@ def xvfb_cpu_s() -> float:
     return total
 
 
-def run_one(precision: str, out: Path | None, poll_ms: float = 0.0) -> dict:
+def run_one(precision: str, out: Path | None, poll_ms: float = 0.0, look_s: float = 0.5) -> dict:
     import napari
     import torch
     from qtpy.QtCore import QEventLoop, QTimer
@@ -205,13 +210,18 @@ def run_one(precision: str, out: Path | None, poll_ms: float = 0.0) -> dict:
         QTimer.singleShot(int(seconds * 1000), loop.quit)
         loop.exec()
 
+    # a short look measures a click on a slice not yet encoded: no encoding ahead (it would
+    # start during the first second); a long look measures the dock as it is shipped
+    widget.controller.ahead.set_enabled(look_s >= 1.0)
+    print(f"[{precision}] look {look_s} s per slice; encoding ahead "
+          f"{'on' if widget.controller.ahead.enabled else 'off'}", flush=True)
     settle(1.0)
     limits = tuple(float(x) for x in image.contrast_limits)
     bare: list[float] = []
     runs = []
     for k in range(SLICES):
         viewer.dims.set_point(0, image.data_to_world([k, 0, 0])[0])
-        settle(0.5)
+        settle(look_s)  # the user looks at the slice before clicking
         loop = QEventLoop()
         state = {"shown": False}
 
@@ -279,7 +289,7 @@ def run_one(precision: str, out: Path | None, poll_ms: float = 0.0) -> dict:
         "info": probe.info,
         "encoder_forward_passes": n_forward,
         "poll_ms": poll_ms,
-
+        "look_s": look_s,
 
         "runs": runs,
         "bare_encode_plane_s": [round(b, 3) for b in bare],
@@ -300,9 +310,13 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=0.0,
                         help="poll the dock from the main thread every this many ms instead "
                              "of letting the Qt event loop run (how it was measured before)")
+    parser.add_argument("--look", type=float, default=0.5,
+                        help="seconds the view rests on each slice before the click: 0.5 "
+                             "(default) clicks before the dock encodes the slice ahead (it "
+                             "waits 0.7 s); longer rests let it encode the slice meanwhile")
     args = parser.parse_args()
     if args.one:
-        run_one(args.one, args.json, args.poll_ms)
+        run_one(args.one, args.json, args.poll_ms, args.look)
         return
     results = []
     env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
@@ -310,7 +324,8 @@ def main() -> None:
         part = HERE / f".dock_preview_{precision}.json"
         print(f"load before {precision}: {Path('/proc/loadavg').read_text().strip()}")
         subprocess.run([sys.executable, __file__, "--one", precision, "--json", str(part),
-                        "--poll-ms", str(args.poll_ms)], check=True, env=env)
+                        "--poll-ms", str(args.poll_ms), "--look", str(args.look)],
+                       check=True, env=env)
         results.append(json.loads(part.read_text()))
         part.unlink()
     print("\nprecision | slice | painted s | encoder forward s | encode_plane s | bare s")

@@ -37,6 +37,7 @@ __all__ = [
     "deliver",
     "execute",
     "format_duration",
+    "yield_to",
 ]
 
 
@@ -62,6 +63,9 @@ class Job:
         Called last, whatever happened.
     unit : str
         What a progress step is, when the events do not say.
+    background : bool
+        Work done ahead of need (encoding the plane in view before a click): any other
+        job started on the same runner stops it (:func:`yield_to`).
     """
 
     kind: str
@@ -71,6 +75,7 @@ class Job:
     failed: Callable[[BaseException], Notice | None] | None = None
     finished: Callable[[], Any] | None = None
     unit: str = ""
+    background: bool = False
     cancel_event: threading.Event = field(default_factory=threading.Event)
 
 
@@ -105,10 +110,21 @@ def deliver(job: Job, outcome: Outcome, notify: Callable[[Notice], Any]) -> None
                 job.done(outcome.value)
         else:
             notice = job.failed(outcome.error) if job.failed is not None else None
-            notify(notice or notice_for(outcome.error))
+            notice = notice or notice_for(outcome.error)
+            if notice.text:  # Notice.nothing(): nothing to say (background work stopped)
+                notify(notice)
     finally:
         if job.finished is not None:
             job.finished()
+
+
+def yield_to(job: Job, jobs: list[Job]) -> None:
+    """A job that is not background work stops the background ``jobs`` (the user's work
+    first: they would share the CPU, or the GPU, with it)."""
+    if not job.background:
+        for other in jobs:
+            if other.background:
+                other.cancel_event.set()
 
 
 class JobRunner(Protocol):
@@ -142,6 +158,7 @@ class SyncRunner:
         self.fallbacks: list[str] = []
 
     def start(self, job: Job) -> None:
+        yield_to(job, self.pending + self.active)
         self.pending.append(job)
         if not self.deferred:
             self.run_pending()

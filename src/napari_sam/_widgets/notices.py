@@ -47,6 +47,11 @@ class Notice:
     def error(cls, text: str) -> Notice:
         return cls(ERROR, text)
 
+    @classmethod
+    def nothing(cls) -> Notice:
+        """Nothing to tell (a job's ``failed`` returns it to keep a failure quiet)."""
+        return cls(INFO, "")
+
 
 def notice_for(exc: BaseException) -> Notice:
     """What the user is told about a failure.

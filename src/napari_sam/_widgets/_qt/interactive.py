@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox
 
 from napari_sam._widgets._qt.dock import DockFrame, section, wrapped_label
 from napari_sam._widgets._qt.jobs import JobPanel, QtJobRunner
@@ -62,11 +63,15 @@ class InteractiveSegmentationWidget(DockFrame):
         Where encoded planes are kept (default: a new store of 1 GB).
     debounce_ms : int
         Prompt changes within this time trigger one prediction.
+    ahead_ms : int
+        How long the view rests on a plane without prompts before that plane is encoded
+        ahead (:mod:`napari_sam._widgets.interactive.ahead`).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer,
                  model_factory: ModelFactory | None = None,
-                 store: EmbeddingStore | None = None, debounce_ms: int = 150) -> None:
+                 store: EmbeddingStore | None = None, debounce_ms: int = 150,
+                 ahead_ms: int = 700) -> None:
         super().__init__(on_close=self.close_session)
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.jobs = JobPanel()
@@ -78,7 +83,21 @@ class InteractiveSegmentationWidget(DockFrame):
         c = self.controller = InteractiveController(self.viewer, self.runner, session, store)
         self.timer.timeout.connect(c.update_preview)
         c.scheduler = self.timer.start
+        self.ahead_timer = QTimer(self)  # the view rested on a plane: encode it ahead
+        self.ahead_timer.setSingleShot(True)
+        self.ahead_timer.setInterval(int(ahead_ms))
+        self.ahead_timer.timeout.connect(c.ahead.start)
+        c.ahead.scheduler = self.ahead_timer.start
         self.model_controls = ModelControls(session, NOT_LOADED, on_load=c.load_model)
+        self.ahead_box = QCheckBox("Encode the slice in view ahead")
+        self.ahead_box.setChecked(c.ahead.enabled)
+        self.ahead_box.setToolTip(
+            "While you look at a slice without prompts, SAM encodes it in the background, "
+            "so your first click there shows its mask at once (encoding takes seconds on a "
+            "CPU). It stops as soon as you move on or start other work."
+        )
+        self.ahead_box.toggled.connect(c.ahead.set_enabled)
+        self.model_controls.layout().addWidget(self.ahead_box)
         self.prompt_controls = PromptControls(c)
         self.output_controls = OutputControls(c)
         self.stack_controls = StackControls(c)
@@ -117,8 +136,8 @@ class InteractiveSegmentationWidget(DockFrame):
     # ------------------------------------------------------------------ for scripts and tests
     @property
     def busy(self) -> bool:
-        """A prediction is scheduled, or a job runs."""
-        return self.timer.isActive() or self.controller.busy
+        """A prediction or an encoding ahead is scheduled, or a job runs."""
+        return self.timer.isActive() or self.ahead_timer.isActive() or self.controller.busy
 
     def set_model(self, sam: Any, model_id: str | None = None, name: str | None = None) -> None:
         """Use an already built model (scripts, tests), or a LoadedModel."""
@@ -143,5 +162,6 @@ class InteractiveSegmentationWidget(DockFrame):
     def close_session(self) -> None:
         """Disconnect from the viewer, give back the keys, stop the jobs (on dock close)."""
         self.timer.stop()
+        self.ahead_timer.stop()
         self.model_controls.close_session()
         self.controller.close()

@@ -32,15 +32,15 @@ from napari.utils.progress import progress as napari_progress
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
-from napari_sam._widgets.jobs import Job, Outcome, ProgressText, deliver, execute
+from napari_sam._widgets.jobs import Job, Outcome, ProgressText, deliver, execute, yield_to
 from napari_sam._widgets.notices import Notice
 from napari_sam.runtime.progress import Progress
 
 __all__ = ["QUIET_KINDS", "JobPanel", "QtJobRunner"]
 
 #: Job kinds without an entry in napari's activity (its spinner would run meanwhile):
-#: encoding the plane the user just prompted on, shown by the dock's own bar.
-QUIET_KINDS = frozenset({"encode"})
+#: encoding the plane the user just prompted on or looks at, shown by the dock's own bar.
+QUIET_KINDS = frozenset({"encode", "ahead"})
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class QtJobRunner(QObject):
 
     # ------------------------------------------------------------------ the JobRunner contract
     def start(self, job: Job) -> None:
+        yield_to(job, [r.job for r in self._running])
         worker = _work(job, lambda event: self._progressed.emit(job, event), self._fell_back.emit)
         running = _Running(job, worker)
         worker.returned.connect(lambda outcome: self._finished(running, outcome))

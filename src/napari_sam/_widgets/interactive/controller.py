@@ -9,8 +9,8 @@ into the output labels and, on a stack, precomputes and propagates
 user what happens through ``events`` (notices, status; see
 :class:`~napari_sam._widgets.base.ControllerBase`). Its parts: the layer list
 (:mod:`.follow`), prompt layers, preview, prediction (:mod:`.predict`),
-embeddings, commit, tiles, channel layers, keys, the stack and an image series
-(:mod:`.series`). The Qt dock
+embeddings, encoding the plane in view ahead (:mod:`.ahead`), commit, tiles,
+channel layers, keys, the stack and an image series (:mod:`.series`). The Qt dock
 (``napari_sam._widgets._qt.interactive``) only shows it.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.interactive import predict
+from napari_sam._widgets.interactive.ahead import EncodeAhead
 from napari_sam._widgets.interactive.channel_axis import labels_name, use_channel_axis
 from napari_sam._widgets.interactive.channel_layers import ChannelLayers, use_channels
 from napari_sam._widgets.interactive.commit import commit_current, save_output_table
@@ -76,6 +77,7 @@ class InteractiveController(ControllerBase):
         self.tiles = DockTiling()  # large planes: tiled embeddings, prompts routed to tiles
         self.stack = StackController(self)
         self.series = DockSeries(self)  # a folder of images, one after another
+        self.ahead = EncodeAhead(self)  # the plane in view encoded before the first click
         self.multimask = True
         self.overwrite = False
         self.candidate = 0
@@ -317,6 +319,7 @@ class InteractiveController(ControllerBase):
         if self.runner.running("encode"):
             self.runner.cancel("encode")
             self.set_status("Cancelling the encoding…")
+        self.ahead.stop()
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

@@ -31,7 +31,7 @@ from napari_sam.workflows.embeddings import EmbeddingKey
 from napari_sam.workflows.prompts import SlicePrompts, group_objects, slice_prompts_from_layers
 from napari_sam.workflows.tiled_prompts import compose_tiled_preview
 
-__all__ = ["update"]
+__all__ = ["current_plane", "plane_key", "update"]
 
 COMMIT_KEY = "Shift+C"
 
@@ -62,8 +62,9 @@ def _warn_unusable(c: Any, n_outside: int, n_degenerate: int) -> None:
     c.warned.update(outside=n_outside, degenerate=n_degenerate)
 
 
-def update(c: Any) -> None:
-    """Predict the current slice of ``c``'s image from its prompts and show the preview."""
+def current_plane(c: Any) -> tuple[PlaneKey, str | None]:
+    """The plane of ``c``'s image in view: its key (None: a 2D image; the slice of a stack;
+    the full leading index of an nD image) and why it cannot be segmented (None if it can)."""
     problem = _view_problem(c)
     layout = c.layout
     planes = is_planes(layout)
@@ -73,6 +74,22 @@ def update(c: Any) -> None:
         k = c.current_slice() if layout.is_stack else None
     if problem is None and (layout.is_stack or planes) and k is None:
         problem = f"The current position is outside the {'image' if planes else 'stack'}."
+    return k, problem
+
+
+def plane_key(c: Any, model: Any, k: PlaneKey, channels: bool) -> tuple[EmbeddingKey, Any]:
+    """The embedding key of plane ``k`` for ``model`` and what the encoder is given: the
+    plane, or with ``channels`` SAM's RGB made of the channel layers."""
+    if channels:  # 1-3 channel layers, each with its contrast limits, as SAM's RGB
+        return c.channels.key_and_plane(k, model.embedding_id)
+    return c.embeddings.key_and_plane(c.image, c.layout, k, model.embedding_id)
+
+
+def update(c: Any) -> None:
+    """Predict the current slice of ``c``'s image from its prompts and show the preview."""
+    layout = c.layout
+    planes = is_planes(layout)
+    k, problem = current_plane(c)
     if problem is not None:
         c.preview.clear(layout)
         c.set_status(problem)
@@ -98,6 +115,7 @@ def update(c: Any) -> None:
         c.preview.clear(layout)
         hint = " (negative points alone describe no object)" if len(prompts.points_xy) else ""
         c.set_status(f"No prompts on {where(k)}{hint}.{ignored}")
+        c.ahead.request(k)  # encode it while the user looks at it
         return
     model = c.session.ensure(c.runner, c._model_loaded)
     if model is None:
@@ -112,10 +130,7 @@ def update(c: Any) -> None:
     if tiled is not None:  # a large plane: tiles encoded on demand, prompts routed to tiles
         _update_tiled(c, tiled, k, objects, ignored)
         return
-    if channels:  # 1-3 channel layers, each with its contrast limits, as SAM's RGB
-        key, plane = c.channels.key_and_plane(k, model.embedding_id)
-    else:
-        key, plane = c.embeddings.key_and_plane(c.image, layout, k, model.embedding_id)
+    key, plane = plane_key(c, model, k, channels)
     embedding, notices = c.embeddings.find(key)
     for notice in notices:
         c.notify(notice)
@@ -219,7 +234,7 @@ def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any,
     """Encode the plane in a job; predict again when it is done (not after a failure).
 
     With ``channels``, ``plane`` is already SAM's RGB input (channel layers)."""
-    if c.runner.running("encode") or c.series.encoding(key):
+    if c.runner.running("encode") or c.series.encoding(key) or c.ahead.encoding(key):
         return  # when it finishes, the preview is updated and asks again
     if not channels:
         warning = c.embeddings.uniform_warning(key, plane, c.layout, c.image.name)

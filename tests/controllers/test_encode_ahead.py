@@ -12,6 +12,7 @@ import pytest
 from napari.components import ViewerModel
 
 from napari_helpers import Reference, collect, cut, goto_slice, settle, to_layer, world_of
+from napari_sam._widgets.automatic.controller import AutomaticController
 from napari_sam._widgets.interactive.ahead import AHEAD
 from napari_sam._widgets.interactive.controller import InteractiveController
 from napari_sam._widgets.jobs import Job, SyncRunner
@@ -145,9 +146,16 @@ def test_other_work_stops_the_encoding_ahead(stack, fast_model, counted):
     runner.run_pending()
     assert counted.calls == 0
     assert seen["info"] == [] and seen["error"] == []
-    # and background work never starts while other work runs
+    # and background work never starts while other work runs: in this dock
     runner.start(Job("precompute", "Precomputing…", lambda progress, cancel: None))
     assert not c.ahead.start()
+    runner.run_pending()
+    # or in the automatic dock of the same viewer (a run of the whole stack)
+    auto = AutomaticController(_viewer, SyncRunner(deferred=True), session=c.session)
+    auto.runner.start(Job("segment", "Segmenting…", lambda progress, cancel: None))
+    assert not c.ahead.start()
+    auto.runner.run_pending()
+    assert c.ahead.start()
 
 
 def test_a_failed_encoding_ahead_is_quiet_and_not_retried_ahead(stack, fast_model, counted):

@@ -197,6 +197,16 @@ class ModelSession:
         self._loading: Job | None = None
         self._waiters: list[Callable[[LoadedModel | None], Any]] = []
         self._store: EmbeddingStore | None = None
+        self._runners: weakref.WeakSet = weakref.WeakSet()
+
+    def add_runner(self, runner: Any) -> None:
+        """A dock of this viewer runs its jobs on ``runner`` (see :meth:`working`)."""
+        self._runners.add(runner)
+
+    def working(self) -> bool:
+        """Whether a job runs in any napari-sam dock of this viewer (background work, such
+        as encoding the slice in view ahead, then waits: it would share the CPU)."""
+        return any(runner.running() for runner in list(self._runners))
 
     @property
     def store(self) -> EmbeddingStore:

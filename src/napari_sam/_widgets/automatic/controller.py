@@ -97,6 +97,7 @@ class AutomaticController(ControllerBase):
                  session: ModelSession | None = None, remember: bool = True) -> None:
         super().__init__(viewer, runner)
         self.session = session if session is not None else session_for(self.viewer)
+        self.session.add_runner(self.runner)  # background work waits for either dock's jobs
         self.images = LayerChoice(self.viewer.layers, Image)
         self.output = AutoOutput(self.viewer)
         self.remembered = RememberedSettings(remember)

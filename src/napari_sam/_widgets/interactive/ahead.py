@@ -15,7 +15,9 @@ Background work never stands in the user's way:
 - moving to another plane stops it (at the next encoder block);
 - any other job of the dock (a click on another plane, precomputing,
   propagating, loading a model) stops it
-  (:func:`~napari_sam._widgets.jobs.yield_to`);
+  (:func:`~napari_sam._widgets.jobs.yield_to`), and it does not start while a
+  job runs in either napari-sam dock of the viewer
+  (:meth:`~napari_sam._widgets.model_session.ModelSession.working`);
 - a click on the plane being encoded waits for it instead of encoding it twice;
 - it is quiet: no notification when it is stopped; a plane whose encoding
   failed is not tried ahead again (the click encodes it and says why);
@@ -98,8 +100,8 @@ class EncodeAhead:
         if not self.enabled or c.closed or c.image is None or c.layout is None:
             return False
         model = c.model
-        if model is None or c.runner.running():  # the user's work (or a load) comes first
-            return False
+        if model is None or c.runner.running() or c.session.working():
+            return False  # the user's work (or a load, or the automatic dock's run) first
         k, problem = current_plane(c)
         if problem is not None:
             return False
@@ -146,7 +148,7 @@ class EncodeAhead:
             if not c.closed and c.image is image:
                 c.schedule()  # a click meanwhile is decoded now; or the next plane in view
 
-        text = f"Encoding {where(k)} ahead with {model.name} (click any time)…"
+        text = f"Encoding {where(k)} ahead: click any time…"
         job = c.embeddings.encode_job(
             model.sam, key, plane, c.layout.rgb or channels, text, done, failed, finished,
             contrast=(0.0, 255.0) if channels else None,

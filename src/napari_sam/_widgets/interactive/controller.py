@@ -66,6 +66,7 @@ class InteractiveController(ControllerBase):
                  store: EmbeddingStore | None = None) -> None:
         super().__init__(viewer, runner)
         self.session = session if session is not None else session_for(self.viewer)
+        self.session.add_runner(self.runner)  # background work waits for either dock's jobs
         self.preview = Preview(self.viewer)
         self.images = ImageSession(self.viewer.layers, lambda lyr: lyr is self.preview.layer,
                                    labels_name=lambda image: labels_name(self, image))

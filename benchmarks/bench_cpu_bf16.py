@@ -133,9 +133,18 @@ def interleave(variants: dict[str, Callable[[], object]], rounds: int, warmup: b
     return {name: {"median_s": statistics.median(ts), "times_s": ts} for name, ts in times.items()}
 
 
-def with_precision(sam, precision: str, fn: Callable[[], object]) -> Callable[[], object]:
+def with_precision(sam, precision: str, fn: Callable[[], object],
+                   kernel: str | None = None) -> Callable[[], object]:
+    """``fn`` with the encoder in ``precision`` and, for a ViT encoder, its global
+    attention computed by ``kernel`` (default: the kernel the loader picks on this CPU)."""
+    from napari_sam.runtime.precision import apply_cpu_attention
+
     def run() -> object:
         sam.precision = precision
+        if kernel is not None:
+            sam.image_encoder.attention_kernel = kernel
+        else:
+            apply_cpu_attention(sam, "cpu")
         return fn()
 
     return run
@@ -148,14 +157,16 @@ def bench_encoder(model_type: str, rounds: int, peak_bf16: float) -> dict:
     ref, ours = build_models(model_type, torch.device("cpu"))
     image = nuclei_rgb(1024)
     mine, theirs = SamPredictor(ours), ref_predictor(model_type, ref)
-    res = interleave(
-        {
-            "ours_bf16": with_precision(ours, "bf16", lambda: mine.set_image(image)),
-            "ours_fp32": with_precision(ours, "fp32", lambda: mine.set_image(image)),
-            "reference_fp32": lambda: theirs.set_image(image),
-        },
-        rounds,
-    )
+    variants = {
+        "ours_bf16": with_precision(ours, "bf16", lambda: mine.set_image(image)),
+        "ours_fp32": with_precision(ours, "fp32", lambda: mine.set_image(image)),
+        "reference_fp32": lambda: theirs.set_image(image),
+    }
+    if hasattr(ours.image_encoder, "attention_kernel"):  # ViT: each attention kernel in bf16
+        for kernel in ("fused", "matmul"):
+            variants[f"ours_bf16_{kernel}_attention"] = with_precision(
+                ours, "bf16", lambda: mine.set_image(image), kernel)
+    res = interleave(variants, rounds)
     flops = encoder_flops(model_type)
     out: dict = {"model": model_type, "gflop": flops / 1e9, **res}
     for name in res:
@@ -256,7 +267,9 @@ def summary(result: dict) -> str:
         if not e:
             continue
         ref = e["reference_fp32"]["median_s"]
-        for name in ("reference_fp32", "ours_fp32", "ours_bf16"):
+        names = ("reference_fp32", "ours_fp32", "ours_bf16", "ours_bf16_fused_attention",
+                 "ours_bf16_matmul_attention")
+        for name in (n for n in names if n in e):
             s = e[name]["median_s"]
             rows.append([f"{e['model']} set_image 1024²", name, f"{s:.3f} s",
                          f"{s / ref:.2f}×", f"{e[name]['pct_of_bf16_peak']:.0f} %"])
@@ -299,6 +312,8 @@ def run(args: argparse.Namespace) -> dict:
         "precision": "bf16" if assessment.fast else "fp32",
         "reason": assessment.reason,
         "measured_speedup": assessment.speedup,
+        "attention": assessment.attention,
+        "attention_speedup": assessment.attention_speedup,
     }
     with torch.no_grad():
         result["peak"] = {"fp32_gflops": matmul_peak(torch.float32),

@@ -196,6 +196,10 @@ def run_one(precision: str, out: Path | None, poll_ms: float = 0.0, look_s: floa
         print(f"[auto] -> {choice.precision}: {choice.reason}", flush=True)
     else:
         sam.precision = precision
+    from napari_sam.runtime.precision import apply_cpu_attention
+
+    kernel = apply_cpu_attention(sam, "cpu")  # as the loader does
+    print(f"[{precision}] attention kernel: {kernel or 'fused'}", flush=True)
     stack = make_stack()
     viewer = napari.Viewer(title="bench_dock_preview")
     image = viewer.add_image(stack, name="nuclei")

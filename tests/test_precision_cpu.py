@@ -44,6 +44,10 @@ FAST = CpuBf16(
     True, "AVX-512 BF16", 2.5, "AVX-512 BF16: bf16 matrix products 2.5× faster than fp32"
 )
 SLOW = CpuBf16(False, None, None, "this CPU has no bf16 matrix instructions")
+MATMUL = CpuBf16(
+    True, "AVX-512 BF16", 2.5, "AVX-512 BF16: bf16 matrix products 2.5× faster than fp32",
+    "matmul", 1.31,
+)
 
 
 # --------------------------------------------------------------------------- data
@@ -144,10 +148,22 @@ def _assert_accuracy_bar(sam, cases):
 
 
 # --------------------------------------------------------------------------- accuracy
-def test_bf16_masks_meet_the_bar_small_encoder(nuclei):
-    """A narrow encoder (windowed + global blocks), full-size decoder: many cases quickly."""
-    ious = _assert_accuracy_bar(_decisive(SMALL), _cases(nuclei))
+@pytest.mark.parametrize("kernel", ["fused", "matmul"])
+def test_bf16_masks_meet_the_bar_small_encoder(nuclei, kernel, monkeypatch):
+    """A narrow encoder (windowed + global blocks), full-size decoder: many cases quickly;
+    with each way of computing its global attention in bf16."""
+    from napari_sam.model.sam import image_encoder
+
+    calls = []
+    matmul = image_encoder._matmul_attention
+    monkeypatch.setattr(image_encoder, "_matmul_attention",
+                        lambda *args: calls.append(1) or matmul(*args))
+    sam = _decisive(SMALL)
+    sam.image_encoder.attention_kernel = kernel
+    ious = _assert_accuracy_bar(sam, _cases(nuclei))
     assert len(ious) >= 3 * 25
+    # "matmul" ran for the two global blocks of each bf16 image (never in fp32)
+    assert len(calls) == (2 * 3 if kernel == "matmul" else 0)
 
 
 def test_bf16_masks_meet_the_bar_vit_t(nuclei):
@@ -156,10 +172,13 @@ def test_bf16_masks_meet_the_bar_vit_t(nuclei):
 
 
 @pytest.mark.slow
-def test_bf16_masks_meet_the_bar_vit_b(nuclei):
+@pytest.mark.parametrize("kernel", ["fused", "matmul"])
+def test_bf16_masks_meet_the_bar_vit_b(nuclei, kernel):
     """ViT-B at full size: 12 blocks, 4 global; one real plane and the synthetic image."""
     cases = _cases(nuclei, planes=(40,), clicks=8)
-    _assert_accuracy_bar(_decisive(CONFIGS["vit_b"]), cases)
+    sam = _decisive(CONFIGS["vit_b"])
+    sam.image_encoder.attention_kernel = kernel
+    _assert_accuracy_bar(sam, cases)
 
 
 @torch.inference_mode()
@@ -263,16 +282,51 @@ def test_assessment_measures_only_where_bf16_instructions_exist(monkeypatch):
         raise AssertionError("measured without bf16 instructions")
 
     monkeypatch.setattr(model_precision, "measure_cpu_bf16_speedup", no_measuring)
+    monkeypatch.setattr(model_precision, "measure_cpu_attention_speedup", no_measuring)
     slow = assess_cpu_bf16(capabilities={"avx2": True})
     assert not slow.fast and slow.isa is None and "no bf16" in slow.reason
+    assert slow.attention == "fused"
 
     monkeypatch.setattr(model_precision, "measure_cpu_bf16_speedup", lambda: 2.4)
+    monkeypatch.setattr(model_precision, "measure_cpu_attention_speedup", lambda: 1.3)
     fast = assess_cpu_bf16(capabilities={"avx512_bf16": True})
     assert fast.fast and fast.speedup == 2.4 and "2.4× faster" in fast.reason
+    assert (fast.attention, fast.attention_speedup) == ("matmul", 1.3)
+    monkeypatch.setattr(model_precision, "measure_cpu_attention_speedup", lambda: 1.05)
+    fused = assess_cpu_bf16(capabilities={"avx512_bf16": True})  # within the noise margin
+    assert (fused.attention, fused.attention_speedup) == ("fused", 1.05)
     monkeypatch.setattr(model_precision, "measure_cpu_bf16_speedup", lambda: 1.1)
+    monkeypatch.setattr(model_precision, "measure_cpu_attention_speedup", no_measuring)
     emulated = assess_cpu_bf16(capabilities={"avx512_bf16": True})
     assert not emulated.fast and "only 1.1×" in emulated.reason
+    assert emulated.attention == "fused"
     assert CpuBf16.from_dict(json.loads(json.dumps(fast.to_dict()))) == fast
+    # an assessment remembered by an older version (no attention measured) is not used
+    old = {k: v for k, v in fast.to_dict().items() if not k.startswith("attention")}
+    with pytest.raises(KeyError):
+        CpuBf16.from_dict(old)
+
+
+def test_attention_kernels_measured_on_this_cpu():
+    speedup = model_precision.measure_cpu_attention_speedup(repeats=1, tokens=1024)
+    assert 0.01 < speedup < 100
+
+
+def test_encoder_in_bf16_on_a_cpu_gets_the_measured_attention_kernel(monkeypatch):
+    sam = build_model(SMALL).eval()
+    monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: MATMUL)
+    assert runtime_precision.apply_cpu_attention(sam, "cpu") is None  # fp32: untouched
+    assert sam.image_encoder.attention_kernel == "fused"
+    sam.precision = "bf16"
+    assert runtime_precision.apply_cpu_attention(sam, "cpu") == "matmul"
+    assert sam.image_encoder.attention_kernel == "matmul"
+    assert runtime_precision.apply_cpu_attention(sam, "cuda") is None
+    monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: FAST)
+    assert runtime_precision.apply_cpu_attention(sam, "cpu") == "fused"
+    monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: SLOW)  # bf16 asked for anyway
+    assert runtime_precision.apply_cpu_attention(sam, "cpu") == "fused"
+    with pytest.raises(ValueError, match="attention kernel"):
+        sam.image_encoder.attention_kernel = "fast"
 
 
 def test_measured_speedup_on_this_cpu():
@@ -344,8 +398,12 @@ def test_loader_resolves_auto_and_says_why(vit_t_file, monkeypatch):
 
     monkeypatch.delenv("NAPARI_SAM_PRECISION", raising=False)
     monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: FAST)
+    applied = []
+    monkeypatch.setattr(loader, "apply_cpu_attention",
+                        lambda sam, dev: applied.append((sam.precision, str(dev))))
     loaded = loader.load("vit_t", vit_t_file, device="cpu")
     assert loaded.sam.precision == "bf16" and loaded.sam.encoder_dtype is torch.bfloat16
+    assert applied == [("bf16", "cpu")]  # after the precision is set
     assert loaded.describe() == f"vit_t_random.pth on cpu, bf16 encoder (auto: {FAST.reason})"
     loaded.sam.precision = "fp32"  # changed afterwards: the reason no longer applies
     assert loaded.describe() == "vit_t_random.pth on cpu"
@@ -397,3 +455,8 @@ def test_info_says_which_precision_and_why(monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_SAM_PRECISION", "fp32")
     assert cli.main(["info"]) == 0
     assert "NAPARI_SAM_PRECISION=fp32 overrides it" in capsys.readouterr().out
+    monkeypatch.delenv("NAPARI_SAM_PRECISION")
+    monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: MATMUL)
+    assert cli.main(["info"]) == 0
+    assert (f"({MATMUL.reason}); ViT global attention by matrix products (matrix products "
+            "measured 1.31× as fast); masks") in capsys.readouterr().out

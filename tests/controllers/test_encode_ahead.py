@@ -198,3 +198,21 @@ def test_nothing_is_encoded_ahead_when_it_is_not_worth_it(stack, fast_model, cou
     c2 = InteractiveController(viewer2, SyncRunner())
     assert not c2.ahead.start()  # no model loaded: nothing is loaded (or downloaded) for it
     assert not c2.runner.running()
+
+
+def test_the_users_cancel_is_not_undone_by_encoding_ahead_again(stack, fast_model, counted):
+    viewer, _image, c, runner, seen = setup(stack, fast_model, deferred=True)
+    assert c.ahead.start()
+    c.cancel()  # the dock's Cancel, while slice 2 is encoded ahead
+    settle(c)
+    assert counted.calls == 0 and seen == {"error": [], "warning": [], "info": []}
+    assert not c.ahead.start()  # not again on slice 2
+    goto_slice(viewer, Z + 1, scale=(1, 1, 1), translate=(0, 0, 0))
+    settle(c)
+    assert c.ahead.start()  # another slice is
+    runner.run_pending()
+    assert counted.calls == 1
+    click(viewer, c, Z, 40.0, 60.0)  # slice 2 is encoded when the user clicks there
+    goto_slice(viewer, Z, scale=(1, 1, 1), translate=(0, 0, 0))
+    settle(c)
+    assert counted.calls == 2 and (c.preview.layer.data[Z] > 0).any()

@@ -91,9 +91,18 @@ def _precision_line(device: Any) -> str:
         f"; {config.PRECISION_ENV}={override} overrides it"
         if override.strip().lower() != "auto" else ""
     )
+    attention = ""
+    if choice.dtype == "bfloat16" and str(device).startswith("cpu"):
+        from napari_sam.runtime.precision import cpu_bf16
+
+        cpu = cpu_bf16()
+        if cpu.attention_speedup is not None:
+            attention = (f"; ViT global attention by "
+                         f"{'matrix products' if cpu.attention == 'matmul' else 'fused kernel'}"
+                         f" (matrix products measured {cpu.attention_speedup:.2f}× as fast)")
     return (
         f"Image-encoder precision (auto) on {device}: {choice.dtype} "
-        f"({choice.reason.removeprefix('auto: ')}){note}; "
+        f"({choice.reason.removeprefix('auto: ')}){attention}{note}; "
         "masks and scores in float32"
     )
 

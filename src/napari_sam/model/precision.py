@@ -15,7 +15,10 @@ instructions (Intel AMX; AVX-512 BF16 on Intel Cooper Lake and AMD Zen 4 and
 newer; Arm BF16). :func:`cpu_bf16_isa` reads those from what PyTorch detects
 (``torch.cpu.get_capabilities()``), and :func:`measure_cpu_bf16_speedup`
 times one encoder-sized matrix product in both precisions, because an
-instruction set alone does not say that PyTorch's kernels use it well.
+instruction set alone does not say that PyTorch's kernels use it well. Where
+bf16 is fast, :func:`measure_cpu_attention_speedup` also times the two ways
+ViT global attention can run in bf16 (PyTorch's fused kernel, or two matrix
+products around a softmax), and the faster one is used.
 
 Precision names
 ---------------
@@ -54,6 +57,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "MIN_CPU_BF16_SPEEDUP",
+    "MIN_MATMUL_ATTENTION_SPEEDUP",
     "PRECISIONS",
     "CpuBf16",
     "assess_cpu_bf16",
@@ -61,6 +65,7 @@ __all__ = [
     "check_precision",
     "cpu_bf16_isa",
     "encoder_autocast",
+    "measure_cpu_attention_speedup",
     "measure_cpu_bf16_speedup",
     "precision_tag",
 ]
@@ -163,6 +168,11 @@ def precision_tag(model_id: str, dtype: torch.dtype | None) -> str:
 #: norms) gains less, so a smaller margin would not make the encoder faster.
 MIN_CPU_BF16_SPEEDUP = 1.3
 
+#: The matrix-product attention kernel must beat PyTorch's fused one by this factor
+#: (:func:`measure_cpu_attention_speedup`) to be chosen: a margin, so that timing
+#: noise on a busy machine does not decide.
+MIN_MATMUL_ATTENTION_SPEEDUP = 1.1
+
 
 @dataclass(frozen=True)
 class CpuBf16:
@@ -181,23 +191,40 @@ class CpuBf16:
     reason : str
         Why, in a few words for the user (shown by ``napari-sam info`` and the
         plugin's model line).
+    attention : str
+        How ViT global attention runs in bf16 on this CPU: ``"fused"`` (PyTorch's
+        fused kernel) or ``"matmul"`` (two matrix products around a softmax), see
+        :func:`~napari_sam.model.sam.image_encoder.attention_with_rel_pos`.
+    attention_speedup : float or None
+        Measured fused time / matmul time (:func:`measure_cpu_attention_speedup`;
+        ``None``: not measured).
     """
 
     fast: bool
     isa: str | None
     speedup: float | None
     reason: str
+    attention: str = "fused"
+    attention_speedup: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"fast": self.fast, "isa": self.isa, "speedup": self.speedup,
-                "reason": self.reason}
+                "reason": self.reason, "attention": self.attention,
+                "attention_speedup": self.attention_speedup}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CpuBf16:
+        """The assessment ``to_dict`` wrote (KeyError for one of an older version, which
+        did not measure the attention: it is measured again)."""
         speedup = data.get("speedup")
         isa = data.get("isa")
+        attention = str(data["attention"])
+        if attention not in ("fused", "matmul"):
+            raise ValueError(f"unknown attention kernel {attention!r}")
+        att_speedup = data.get("attention_speedup")
         return cls(bool(data["fast"]), None if isa is None else str(isa),
-                   None if speedup is None else float(speedup), str(data["reason"]))
+                   None if speedup is None else float(speedup), str(data["reason"]),
+                   attention, None if att_speedup is None else float(att_speedup))
 
 
 def _capabilities() -> Mapping[str, Any]:
@@ -276,6 +303,42 @@ def measure_cpu_bf16_speedup(repeats: int = 5, tokens: int = 1024, width: int = 
     return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
 
 
+def measure_cpu_attention_speedup(repeats: int = 3, tokens: int = 4096,
+                                  head_dim: int = 64) -> float:
+    """How many times faster the ``"matmul"`` attention kernel runs than the fused one here.
+
+    Times one head of ViT global attention in bfloat16 (``tokens`` queries and keys
+    on a square grid, ``head_dim`` wide, with its relative-position bias: one of
+    ViT-B's 48 per image) with both kernels of
+    :func:`~napari_sam.model.sam.image_encoder.attention_with_rel_pos`,
+    interleaved ``repeats`` times after a warm-up; best times are compared.
+    Takes ~0.2 s on a 2-core CPU.
+
+    Returns
+    -------
+    float
+        fused time / matmul time (> 1: the matrix products are faster).
+    """
+    from napari_sam.model.sam.image_encoder import attention_with_rel_pos
+
+    side = round(tokens ** 0.5)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, side * side, head_dim, generator=gen).bfloat16()
+               for _ in range(3))
+    rel_h, rel_w = (torch.randn(1, 1, side * side, side, generator=gen).bfloat16()
+                    for _ in range(2))
+    best = {"fused": float("inf"), "matmul": float("inf")}
+    with torch.inference_mode():
+        for kernel in best:
+            attention_with_rel_pos(q, k, v, rel_h, rel_w, kernel)
+        for _ in range(max(1, repeats)):
+            for kernel in best:
+                start = time.perf_counter()
+                attention_with_rel_pos(q, k, v, rel_h, rel_w, kernel)
+                best[kernel] = min(best[kernel], time.perf_counter() - start)
+    return best["fused"] / max(best["matmul"], 1e-9)
+
+
 def assess_cpu_bf16(
     *, measure: bool = True, capabilities: Mapping[str, Any] | None = None
 ) -> CpuBf16:
@@ -295,7 +358,9 @@ def assess_cpu_bf16(
         return CpuBf16(True, isa, None, f"{isa}")
     speedup = measure_cpu_bf16_speedup()
     if speedup >= MIN_CPU_BF16_SPEEDUP:
+        att = measure_cpu_attention_speedup()
         return CpuBf16(True, isa, speedup,
-                       f"{isa}: bf16 matrix products {speedup:.1f}× faster than fp32")
+                       f"{isa}: bf16 matrix products {speedup:.1f}× faster than fp32",
+                       "matmul" if att >= MIN_MATMUL_ATTENTION_SPEEDUP else "fused", att)
     return CpuBf16(False, isa, speedup,
                    f"{isa}, but bf16 matrix products only {speedup:.1f}× as fast as fp32")

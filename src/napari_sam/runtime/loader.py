@@ -43,7 +43,7 @@ from napari_sam.runtime.checkpoints import (
     read_decoder_state,
 )
 from napari_sam.runtime.device import resolve_device
-from napari_sam.runtime.precision import PrecisionChoice, resolve_auto
+from napari_sam.runtime.precision import PrecisionChoice, apply_cpu_attention, resolve_auto
 from napari_sam.runtime.weights import CHECKPOINTS, MODEL_TYPE_ALIASES, checkpoint_path
 
 __all__ = [
@@ -372,6 +372,7 @@ def load(
         dtype = sam.encoder_dtype
         dtype_name = "float32" if dtype is None else str(dtype).removeprefix("torch.")
         choice = PrecisionChoice(precision, dtype_name, f"set by {config.PRECISION_ENV}")
+    apply_cpu_attention(sam, dev)  # bf16 on a CPU: the attention kernel measured fastest
     sam.model_type = model_type
     if compile if compile is not None else config.compile_by_default():
         sam.compile_encoder()

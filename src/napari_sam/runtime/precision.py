@@ -15,7 +15,9 @@ CPU       bf16 where bf16 matrix products are measured to be fast (AMX,
 MPS       fp32
 ========  ================================================================
 
-The CPU assessment times one matrix product (~0.1 s). It is done once per
+The CPU assessment times one matrix product (~0.1 s) and, where bf16 is fast,
+one head of ViT global attention with both attention kernels (~0.2 s;
+:func:`apply_cpu_attention` gives a bf16 ViT encoder the faster). It is done once per
 process and remembered in ``cpu_bf16.json`` in the cache folder (when that
 folder exists), keyed by CPU model, instruction set and PyTorch version, so
 other processes on the same kind of machine (a cluster sharing a cache folder
@@ -40,7 +42,8 @@ from napari_sam.model.precision import (
     cpu_bf16_isa,
 )
 
-__all__ = ["PrecisionChoice", "cpu_bf16", "forget_cpu_bf16", "resolve_auto"]
+__all__ = ["PrecisionChoice", "apply_cpu_attention", "cpu_bf16", "forget_cpu_bf16",
+           "resolve_auto"]
 
 #: File in the cache folder that remembers CPU assessments.
 CPU_FILE = "cpu_bf16.json"
@@ -166,6 +169,20 @@ def forget_cpu_bf16() -> None:
     global _CPU
     with _LOCK:
         _CPU = None
+
+
+def apply_cpu_attention(sam: Any, device: torch.device | str) -> str | None:
+    """Give a ViT encoder running in bf16 on a CPU the attention kernel measured fastest
+    on this CPU (:attr:`CpuBf16.attention`); the kernel set, or None (left as it is: a GPU,
+    float32, or an encoder without the choice)."""
+    encoder = getattr(sam, "image_encoder", None)
+    if (torch.device(device).type != "cpu" or not hasattr(encoder, "attention_kernel")
+            or getattr(sam, "encoder_dtype", None) != torch.bfloat16):
+        return None
+    cpu = cpu_bf16()
+    kernel = cpu.attention if cpu.fast else "fused"
+    encoder.attention_kernel = kernel
+    return kernel
 
 
 def resolve_auto(device: torch.device | str) -> PrecisionChoice:

@@ -20,7 +20,8 @@ Background work never stands in the user's way:
   (:meth:`~napari_sam._widgets.model_session.ModelSession.working`);
 - a click on the plane being encoded waits for it instead of encoding it twice;
 - it is quiet: no notification when it is stopped; a plane whose encoding
-  failed is not tried ahead again (the click encodes it and says why);
+  failed, or which the user stopped (the dock's Cancel), is not encoded ahead
+  again (a click encodes it, and says what went wrong);
 - large planes (encoded tile by tile where clicked), planes SAM would see as
   one flat colour, a 3D view and planes already encoded are left alone.
 
@@ -63,7 +64,8 @@ class EncodeAhead:
         self.scheduler: Callable[[], Any] | None = None
         self._key: EmbeddingKey | None = None  # the plane being encoded ahead
         self._where: tuple | None = None  # (image, plane, model) being encoded ahead
-        self._failed: set[EmbeddingKey] = set()
+        self._moving_on = False  # stopped by stop(): the view moved on (not the user)
+        self._skip: set[EmbeddingKey] = set()  # failed, or stopped by the user
 
     def encoding(self, key: EmbeddingKey) -> bool:
         """Whether the plane of ``key`` is being encoded ahead (a click then waits for it)."""
@@ -89,8 +91,10 @@ class EncodeAhead:
             self.scheduler()
 
     def stop(self) -> None:
-        """Stop the encoding ahead, if one runs (quietly)."""
+        """Stop the encoding ahead, if one runs, because the view moved on (quietly; the
+        plane is encoded ahead again when the view rests on it)."""
         if self._key is not None:
+            self._moving_on = True
             self.c.runner.cancel(AHEAD)
 
     def start(self) -> bool:
@@ -110,7 +114,7 @@ class EncodeAhead:
                                                    c.embeddings.store) is not None:
             return False  # a large plane: its tiles are encoded where the user clicks
         key, plane = plane_key(c, model, k, channels)
-        if key in self._failed:
+        if key in self._skip:
             return False
         embedding, notices = c.embeddings.find(key)
         for notice in notices:
@@ -139,11 +143,14 @@ class EncodeAhead:
 
         def failed(exc: BaseException) -> Notice:
             if not isinstance(exc, Cancelled):
-                self._failed.add(key)  # not tried ahead again; a click says what is wrong
+                self._skip.add(key)  # not tried ahead again; a click says what is wrong
+            elif not self._moving_on and not c.runner.running():
+                self._skip.add(key)  # the user's Cancel (no other job took over)
             return Notice.nothing()
 
         def finished() -> None:
             self._key = self._where = None
+            self._moving_on = False
             c.changed("busy")
             if not c.closed and c.image is image:
                 c.schedule()  # a click meanwhile is decoded now; or the next plane in view

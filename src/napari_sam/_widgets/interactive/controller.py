@@ -20,7 +20,7 @@ from typing import Any
 
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.interactive import predict
-from napari_sam._widgets.interactive.ahead import EncodeAhead
+from napari_sam._widgets.interactive.ahead import AHEAD, EncodeAhead
 from napari_sam._widgets.interactive.channel_axis import labels_name, use_channel_axis
 from napari_sam._widgets.interactive.channel_layers import ChannelLayers, use_channels
 from napari_sam._widgets.interactive.commit import commit_current, save_output_table
@@ -320,7 +320,7 @@ class InteractiveController(ControllerBase):
         if self.runner.running("encode"):
             self.runner.cancel("encode")
             self.set_status("Cancelling the encoding…")
-        self.ahead.stop()
+        self.runner.cancel(AHEAD)  # the user's Cancel: that plane is not encoded ahead again
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

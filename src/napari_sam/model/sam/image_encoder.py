@@ -38,6 +38,14 @@ ATTN_MASK_BUDGET = 4 * 1024 * 1024
 GPU_ATTN_MASK_BUDGET = 128 * 1024 * 1024
 
 
+#: How :func:`attention_with_rel_pos` computes global attention (see there).
+ATTENTION_KERNELS = ("fused", "matmul")
+
+#: Fewest keys for which ``kernel="matmul"`` is used (ViT global attention has 4096;
+#: in 14×14 windows, 196, the fused kernel is faster).
+MATMUL_MIN_KEYS = 1024
+
+
 def attention_mask_budget(device: torch.device) -> int:
     """Mask elements one attention call may materialise on ``device``."""
     return ATTN_MASK_BUDGET if device.type == "cpu" else GPU_ATTN_MASK_BUDGET
@@ -111,6 +119,7 @@ def attention_with_rel_pos(
     v: torch.Tensor,
     rel_h: torch.Tensor,
     rel_w: torch.Tensor,
+    kernel: str = "fused",
 ) -> torch.Tensor:
     """Scaled dot-product attention plus the decomposed relative-position bias.
 
@@ -121,6 +130,15 @@ def attention_with_rel_pos(
         the last axis is contiguous. ``L`` = number of tokens.
     rel_h, rel_w : Tensor, shapes ``(B, heads, L, Kh)`` and ``(B, heads, L, Kw)``
         Per-query bias towards each key row / key column; ``Kh * Kw == L``.
+
+    kernel : {"fused", "matmul"}
+        How a slice is computed: ``"fused"``, PyTorch's fused attention kernel
+        (:func:`~torch.nn.functional.scaled_dot_product_attention`, whose
+        accumulators stay float32); ``"matmul"``, two batched matrix products
+        around a softmax, in the dtype of ``q`` (see :data:`ATTENTION_KERNELS`).
+        Only global attention (at least :data:`MATMUL_MIN_KEYS` keys) in reduced
+        precision (bf16/fp16) uses ``"matmul"``; small windows and float32 always
+        take the fused kernel.
 
     Returns
     -------
@@ -139,6 +157,10 @@ def attention_with_rel_pos(
     keys = kh * kw
     if rel_h.dtype != q.dtype:  # SDPA wants one dtype
         rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"Unknown attention kernel {kernel!r}; use one of {ATTENTION_KERNELS}.")
+    if kernel == "matmul" and keys >= MATMUL_MIN_KEYS and q.dtype != torch.float32:
+        return _matmul_attention(q, k, v, rel_h, rel_w)
     budget = attention_mask_budget(q.device)
     if b * heads * length * keys <= budget:
         mask = _bias_mask(rel_h, rel_w, q.new_empty(b, heads, length, keys))
@@ -159,6 +181,38 @@ def attention_with_rel_pos(
                 out[i : i + 1, hs, rs] = F.scaled_dot_product_attention(
                     q[i : i + 1, hs, rs], k[i : i + 1, hs], v[i : i + 1, hs], attn_mask=mask
                 )
+    return out
+
+
+def _matmul_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor
+) -> torch.Tensor:
+    """:func:`attention_with_rel_pos` as ``softmax(q·kᵀ·scale + bias) · v``, one head and
+    a slice of queries at a time (the bias-mask budget), the logits written over the mask.
+
+    Two matrix products per slice in ``q``'s dtype: on a CPU in bf16 oneDNN runs them at
+    the matrix units' rate, while PyTorch's fused CPU kernel reached ~37 % of it on
+    ViT-B's global attention (``docs/benchmarks.md``). The probabilities are rounded to
+    ``q``'s dtype before the second product (as GPU flash kernels do).
+    """
+    b, heads, length, d = q.shape
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    keys = kh * kw
+    rows = max(1, min(length, attention_mask_budget(q.device) // keys))
+    scale = d ** -0.5
+    out = q.new_empty(b, length, heads, d).transpose(1, 2)
+    buffer = q.new_empty(1, rows, keys)
+    for i in range(b):
+        for h in range(heads):
+            k_t = k[i, h : h + 1].transpose(-1, -2)
+            v_h = v[i, h : h + 1]
+            for r0 in range(0, length, rows):
+                n = min(rows, length - r0)
+                logits = buffer[:, :n]
+                _bias_mask(rel_h[i, h : h + 1, r0 : r0 + n], rel_w[i, h : h + 1, r0 : r0 + n],
+                           logits)
+                logits.baddbmm_(q[i, h : h + 1, r0 : r0 + n], k_t, alpha=scale)
+                out[i, h : h + 1, r0 : r0 + n] = torch.bmm(torch.softmax(logits, -1), v_h)
     return out
 
 
@@ -196,6 +250,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
+        self.kernel = "fused"  # of the relative-position attention (attention_with_rel_pos)
         if use_rel_pos:
             if input_size is None:
                 raise ValueError("Relative positions need the input size of the attention grid.")
@@ -215,7 +270,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, heads, L, D) views
         if self.use_rel_pos:
             rel_h, rel_w = self.rel_pos_terms(q, h, w)
-            out = attention_with_rel_pos(q, k, v, rel_h, rel_w)
+            out = attention_with_rel_pos(q, k, v, rel_h, rel_w, self.kernel)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
@@ -397,6 +452,22 @@ class ImageEncoderViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
+
+    @property
+    def attention_kernel(self) -> str:
+        """How the global-attention blocks compute attention: ``"fused"`` (default) or
+        ``"matmul"`` (:func:`attention_with_rel_pos`; the loader picks ``"matmul"`` for
+        bf16 on CPUs where it was measured faster, :mod:`napari_sam.runtime.precision`)."""
+        return self.blocks[0].attn.kernel if len(self.blocks) else "fused"
+
+    @attention_kernel.setter
+    def attention_kernel(self, kernel: str) -> None:
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(
+                f"Unknown attention kernel {kernel!r}; use one of {ATTENTION_KERNELS}."
+            )
+        for block in self.blocks:
+            block.attn.kernel = kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

@@ -36,7 +36,7 @@ from typing import Any
 
 from napari_sam._widgets.interactive.encoding import looks_uniform
 from napari_sam._widgets.interactive.planes_layout import PlaneKey, where
-from napari_sam._widgets.interactive.predict import current_plane, plane_key
+from napari_sam._widgets.interactive.predict import current_plane, keep_encoded, plane_key
 from napari_sam._widgets.notices import Notice
 from napari_sam.errors import Cancelled
 from napari_sam.workflows.embeddings import EmbeddingKey
@@ -134,12 +134,7 @@ class EncodeAhead:
         self._where = (id(image), k, model.embedding_id)
 
         def done(result: tuple) -> None:
-            key, embedding, disk_problem = result
-            if disk_problem is not None:
-                c.notify(c.embeddings.disk_failed(disk_problem))
-                c.changed("disk")
-            if c.model is not None and key.model_id == c.model.embedding_id:
-                c.embeddings.keep(key, embedding)
+            keep_encoded(c, result)
 
         def failed(exc: BaseException) -> Notice:
             if not isinstance(exc, Cancelled):

@@ -31,7 +31,7 @@ from napari_sam.workflows.embeddings import EmbeddingKey
 from napari_sam.workflows.prompts import SlicePrompts, group_objects, slice_prompts_from_layers
 from napari_sam.workflows.tiled_prompts import compose_tiled_preview
 
-__all__ = ["current_plane", "plane_key", "update"]
+__all__ = ["current_plane", "keep_encoded", "plane_key", "update"]
 
 COMMIT_KEY = "Shift+C"
 
@@ -229,6 +229,19 @@ def _click_objects(c: Any, prompts: SlicePrompts, k: PlaneKey) -> tuple[list, st
     return grouped.objects, ignored
 
 
+def keep_encoded(c: Any, result: tuple) -> None:
+    """Keep what an encoding job of ``c`` returned, ``(key, embedding, disk problem or
+    None)``: say once if the disk cache failed (it is then switched off), and keep the
+    embedding unless the model was replaced meanwhile (keys name the weights AND the
+    encoder precision, ``embedding_id``, e.g. "vit_t@bfloat16")."""
+    key, embedding, disk_problem = result
+    if disk_problem is not None:
+        c.notify(c.embeddings.disk_failed(disk_problem))
+        c.changed("disk")
+    if c.model is not None and key.model_id == c.model.embedding_id:
+        c.embeddings.keep(key, embedding)
+
+
 def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any,
                   channels: bool = False) -> None:
     """Encode the plane in a job; predict again when it is done (not after a failure).
@@ -243,15 +256,8 @@ def _start_encode(c: Any, model: Any, key: EmbeddingKey, plane: Any,
     outcome = {"ok": False}
 
     def done(result: tuple) -> None:
-        key, embedding, disk_problem = result
         outcome["ok"] = True
-        if disk_problem is not None:
-            c.notify(c.embeddings.disk_failed(disk_problem))
-            c.changed("disk")
-        # keys name the weights AND the encoder precision (``embedding_id``, e.g.
-        # "vit_t@bfloat16"); an embedding of a model replaced meanwhile is dropped
-        if c.model is not None and key.model_id == c.model.embedding_id:
-            c.embeddings.keep(key, embedding)
+        keep_encoded(c, result)
 
     def failed(exc: BaseException) -> Notice | None:
         c.set_status(str(exc))

@@ -34,6 +34,7 @@ from napari.layers import Image
 
 from napari_sam._widgets.interactive.commit import LABELS_SUFFIX
 from napari_sam._widgets.interactive.planes_layout import PlaneKey, dock_layout, is_planes
+from napari_sam._widgets.interactive.predict import keep_encoded
 from napari_sam._widgets.interactive.prompt_layers import (
     BOXES_NAME,
     NEGATIVE,
@@ -367,12 +368,8 @@ class DockSeries:
         outcome = {"ok": False}
 
         def done(result: tuple) -> None:
-            key, embedding, problem = result
             outcome["ok"] = True
-            if problem is not None:
-                c.notify(c.embeddings.disk_failed(problem))
-            if c.model is not None and key.model_id == c.model.embedding_id:
-                c.embeddings.keep(key, embedding)
+            keep_encoded(c, result)
 
         def failed(exc: BaseException) -> Notice | None:
             if isinstance(exc, Cancelled):

@@ -216,3 +216,20 @@ def test_the_users_cancel_is_not_undone_by_encoding_ahead_again(stack, fast_mode
     goto_slice(viewer, Z, scale=(1, 1, 1), translate=(0, 0, 0))
     settle(c)
     assert counted.calls == 2 and (c.preview.layer.data[Z] > 0).any()
+
+
+def test_channel_layers_are_encoded_ahead_under_the_key_the_click_uses(stack, fast_model,
+                                                                      counted):
+    viewer, image, c, _runner, seen = setup(stack, fast_model)
+    membrane = viewer.add_image(stack[::-1].copy(), name="membrane")
+    c.set_image(image)
+    c.set_channels([image, membrane])  # SAM sees nuclei as red, membrane as green
+    settle(c)
+    assert counted.calls == 0
+    assert c.ahead.start()
+    assert counted.calls == 1
+    click(viewer, c, Z, 50.2, 80.7)
+    settle(c)
+    assert counted.calls == 1  # the click found the channels' embedding made ahead
+    assert (c.preview.layer.data[Z] > 0).any()
+    assert seen["error"] == [] and seen["warning"] == []

@@ -69,3 +69,33 @@ def test_slice_in_view_is_encoded_ahead_then_clicked_without_waiting(
         widget.close()
     finally:
         del fast_model.image_encoder.forward
+
+
+def test_a_click_is_predicted_at_once_and_a_burst_of_points_once(make_napari_viewer, qtbot,
+                                                                 fast_model, nuclei):
+    stack = cut(nuclei, (28, 32))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(stack, name="nuclei")
+    viewer.dims.set_point(0, 1)
+    # a debounce of a minute: only the click path can show a preview within this test
+    widget = open_dock(viewer, "interactive", fast_model, debounce_ms=60_000, ahead_ms=60_000)
+    c = widget.controller
+    widget.timer.stop()
+    c.flush()
+    assert c.ahead.start()  # the slice is encoded (as after a rest)
+    qtbot.waitUntil(lambda: not c.runner.running(), timeout=TIMEOUT)
+    widget.timer.stop()
+    widget.ahead_timer.stop()
+    points = widget.points_layer
+    points.add([1, 50.0, 80.0])  # what a click on the canvas does
+    qtbot.waitUntil(lambda: widget.preview_layer is not None
+                    and (widget.preview_layer.data[1] > 0).any(), timeout=2000)
+    assert not widget.timer.isActive() and not c.pending  # the click's features event too
+    first = np.asarray(widget.preview_layer.data[1]).copy()
+    points.add([1, 20.0, 30.0])  # right after: debounced, predicted once the burst ends
+    assert widget.timer.isActive() and c.pending
+    np.testing.assert_array_equal(widget.preview_layer.data[1], first)
+    widget.timer.stop()
+    c.flush()
+    assert not c.pending
+    widget.close()

@@ -12,6 +12,7 @@ in napari thread workers) and the dock's lifetime, and debounces predictions.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
@@ -62,7 +63,8 @@ class InteractiveSegmentationWidget(DockFrame):
     store : EmbeddingStore, optional
         Where encoded planes are kept (default: a new store of 1 GB).
     debounce_ms : int
-        Prompt changes within this time trigger one prediction.
+        Prompt changes within this time trigger one prediction; a click (a point added)
+        after a quiet spell is predicted at once.
     ahead_ms : int
         How long the view rests on a plane without prompts before that plane is encoded
         ahead (:mod:`napari_sam._widgets.interactive.ahead`).
@@ -81,8 +83,15 @@ class InteractiveSegmentationWidget(DockFrame):
         self.timer.setSingleShot(True)
         self.timer.setInterval(int(debounce_ms))
         c = self.controller = InteractiveController(self.viewer, self.runner, session, store)
-        self.timer.timeout.connect(c.update_preview)
+        self.timer.timeout.connect(self._predict)
         c.scheduler = self.timer.start
+        self.click_timer = QTimer(self)  # a click: predict once the click's events are in
+        self.click_timer.setSingleShot(True)
+        self.click_timer.setInterval(0)
+        self.click_timer.timeout.connect(self._predict)
+        c.urgent = self._click
+        self._debounce_s = max(0, int(debounce_ms)) / 1000
+        self._predicted_at = float("-inf")
         self.ahead_timer = QTimer(self)  # the view rested on a plane: encode it ahead
         self.ahead_timer.setSingleShot(True)
         self.ahead_timer.setInterval(int(ahead_ms))
@@ -120,6 +129,24 @@ class InteractiveSegmentationWidget(DockFrame):
         if self.timer.isActive() or c.pending:
             self.timer.start()
 
+    def _predict(self) -> None:
+        """Predict now: the debounce timer fired, or a click came after a quiet spell (the
+        prediction reads every change so far, so a debounce still waiting is dropped)."""
+        self.timer.stop()
+        self.click_timer.stop()
+        self._predicted_at = time.monotonic()
+        self.controller.update_preview()
+
+    def _click(self) -> None:
+        """A point was added: predict as soon as the click's events are in (the points'
+        data, then their features), without the debounce; but a burst of points (a
+        prediction ran within the debounce time, e.g. points added by a script) is
+        debounced and predicted once, at its end."""
+        if time.monotonic() - self._predicted_at < self._debounce_s:
+            self.timer.start()
+        else:
+            self.click_timer.start()
+
     def _changed(self, what: str) -> None:
         """Show what the controller changed."""
         if what == "model":
@@ -137,7 +164,8 @@ class InteractiveSegmentationWidget(DockFrame):
     @property
     def busy(self) -> bool:
         """A prediction or an encoding ahead is scheduled, or a job runs."""
-        return self.timer.isActive() or self.ahead_timer.isActive() or self.controller.busy
+        timers = (self.timer, self.click_timer, self.ahead_timer)
+        return any(t.isActive() for t in timers) or self.controller.busy
 
     def set_model(self, sam: Any, model_id: str | None = None, name: str | None = None) -> None:
         """Use an already built model (scripts, tests), or a LoadedModel."""
@@ -161,7 +189,7 @@ class InteractiveSegmentationWidget(DockFrame):
 
     def close_session(self) -> None:
         """Disconnect from the viewer, give back the keys, stop the jobs (on dock close)."""
-        self.timer.stop()
-        self.ahead_timer.stop()
+        for timer in (self.timer, self.click_timer, self.ahead_timer):
+            timer.stop()
         self.model_controls.close_session()
         self.controller.close()

@@ -89,6 +89,7 @@ class InteractiveController(ControllerBase):
         self.warned = {"outside": 0, "degenerate": 0}
         self.warned_axes: set[tuple] = set()
         self.scheduler: Any = None  # starts the Qt side's debounce timer
+        self.urgent: Any = None  # the Qt side: predict a click now (or debounce a burst)
         self.pending = False
         self.follower = LayerFollower(self)  # the layer list, the image, canvas clicks
         self.keys = KeyBindings(self.viewer, {
@@ -180,9 +181,16 @@ class InteractiveController(ControllerBase):
 
     # ------------------------------------------------------------------ prompts and options
     def prompts_changed(self, event: Any = None) -> None:
-        if str(getattr(event, "action", "")).endswith("ing"):
+        action = str(getattr(event, "action", ""))
+        if action.endswith("ing"):
             return  # "adding", "removing", "changing": the data changes next
         self.candidate = 0
+        points = self.prompts.points.current
+        if (self.urgent is not None and action == "added" and points is not None
+                and getattr(event, "source", None) is points):
+            self.pending = True  # a click: predict now, unless one just ran (the Qt side)
+            self.urgent()
+            return
         self.schedule()
 
     def set_negative(self, negative: bool) -> None:

@@ -517,11 +517,11 @@ def _picks(scores: np.ndarray, candidate: int) -> np.ndarray:
 
 def _decode(
     predictor: SamPredictor, sparse: Any, dense: Any, multimask: bool, candidate: int
-) -> tuple[np.ndarray, Any]:
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """SAM's mask decoder for prompts of one kind (``sparse`` ``(B, n, C)``, ``dense`` the
-    no-mask embedding): the predicted IoUs ``(B, candidates)`` as float32 numpy, and the
-    low-resolution logits ``(B, h, w)`` of the candidate at rank ``candidate`` of each
-    prompt (:func:`_picks`).
+    no-mask embedding): the predicted IoUs ``(B, candidates)`` as float32 numpy, the index
+    of the candidate at rank ``candidate`` of each prompt ``(B,)`` (:func:`_picks`), and
+    that candidate's low-resolution logits ``(B, h, w)``.
 
     With multimask output and SAM's decoder structure this is
     :class:`~napari_sam.model.sam.shared_decoder.SharedImageDecoder` (the image
@@ -549,7 +549,7 @@ def _decode(
                 fast, model, features, image_pe, sparse[:2], dense[:2])
             if not _SHARED_OK[model]:
                 fast = None
-    scores, chosen = [], []
+    scores, picked, chosen = [], [], []
     for start in range(0, n, step):
         part = slice(start, start + step)
         if fast is not None:
@@ -569,7 +569,8 @@ def _decode(
             picks = torch.as_tensor(_picks(iou, candidate), dtype=torch.long)
             chosen.append(low_res[torch.arange(len(picks)), picks])
         scores.append(iou)
-    return np.concatenate(scores), torch.cat(chosen)
+        picked.append(picks.numpy())
+    return np.concatenate(scores), np.concatenate(picked), torch.cat(chosen)
 
 
 def predict_objects_batched(
@@ -648,11 +649,10 @@ def predict_objects_batched(
         points = (coords_t, labels_t) if coords_t is not None else None
         with torch.no_grad():
             sparse, dense = model.prompt_encoder(points=points, boxes=box_t, masks=None)
-            scores, chosen = _decode(predictor, sparse, dense, multimask, candidate)
+            scores, picks, chosen = _decode(predictor, sparse, dense, multimask, candidate)
             chosen = chosen[:, None]
         n_cand = scores.shape[1]
         ranks = np.full(len(members), int(candidate) % n_cand)
-        picks = _picks(scores, candidate)
         step = max(1, _UPSAMPLE_PIXELS // max(1, int(size[0]) * int(size[1])))
         for start in range(0, len(members), step):
             part = slice(start, start + step)

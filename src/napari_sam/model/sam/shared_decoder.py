@@ -367,8 +367,6 @@ def _weighted_token_values(
     return torch.baddbmm(residual, weights, projected.to(weights.dtype))
 
 
-
-
 def agrees_with_model(
     fast: SharedImageDecoder,
     model: nn.Module,

@@ -77,6 +77,34 @@ def test_shared_image_decoder_matches_mask_decoder(small_model, n_points):
                                rtol=1e-4)
 
 
+@torch.inference_mode()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_image_decoder_reuses_its_buffers(small_model, dtype):
+    """Successive calls of different sizes through the same (CPU) buffers give
+    what a fresh decoder gives; masks of an earlier call are refused."""
+    predictor = SamPredictor(small_model)
+    predictor.set_image(IMAGE)
+    g = torch.Generator().manual_seed(7)
+    coords = torch.rand(9, 1, 2, generator=g) * torch.tensor([1024.0, 819.0])
+    labels = torch.ones(9, 1, dtype=torch.int)
+    sparse, dense = small_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    pe = small_model.prompt_encoder.get_dense_pe()
+    shared = SharedImageDecoder(small_model, predictor.features, pe, dense[:1], dtype=dtype)
+    assert shared._reuse
+    for part in (slice(0, 5), slice(5, 7), slice(0, 9), slice(3, 4)):
+        fresh = SharedImageDecoder(small_model, predictor.features, pe, dense[:1], dtype=dtype)
+        want_iou, want_for = fresh.decode(sparse[part])
+        n = want_iou.numel()
+        want = want_for(torch.arange(n))
+        iou, low_res_for = shared.decode(sparse[part])
+        torch.testing.assert_close(iou, want_iou, atol=0, rtol=0)
+        torch.testing.assert_close(low_res_for(torch.arange(n)), want, atol=0, rtol=0)
+    assert shared._buffers["keys"].numel() == 9 * shared.keys0.shape[1] * shared.keys0.shape[2]
+    shared.decode(sparse[:2])
+    with pytest.raises(RuntimeError, match="before the next call"):
+        low_res_for(torch.arange(3))
+
+
 def test_grid_parity_with_reference(small_pair):
     ref_model, our_model, _ = small_pair
     ref = RefGenerator(ref_model, **RELAXED).generate(IMAGE)

@@ -66,6 +66,7 @@ from napari_sam.predictors.amg_utils import (
     stability_score,
 )
 from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.runtime.allocator import reuse_freed_memory
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
 
 __all__ = [
@@ -347,14 +348,20 @@ class SamAutomaticMaskGenerator:
                 x0, y0, x1, y1 = crop_box
                 points = self.point_grids[layer] * np.array([[x1 - x0, y1 - y0]], dtype=float)
                 start = 0
-                while start < len(points):
-                    batch = points[start : start + self.points_per_batch]
-                    crop_data.extend(self._process_batch_safely(batch, crop_box, (orig_h, orig_w)))
-                    start += len(batch)
-                    done += 1
-                    yield AmgProgress(
-                        min(done, total - 1), total, "decoding prompts", "steps", c, len(crops)
-                    )
+                # The decoder's tensors are reused from batch to batch (see
+                # runtime.allocator; on a GPU its caching allocator does that).
+                with reuse_freed_memory(self.predictor.device.type == "cpu"):
+                    while start < len(points):
+                        batch = points[start : start + self.points_per_batch]
+                        crop_data.extend(
+                            self._process_batch_safely(batch, crop_box, (orig_h, orig_w))
+                        )
+                        start += len(batch)
+                        done += 1
+                        yield AmgProgress(
+                            min(done, total - 1), total, "decoding prompts", "steps", c,
+                            len(crops),
+                        )
                 self._release_crop()
                 keep = _nms(crop_data.boxes, crop_data.iou, self.box_nms_thresh)
                 data.extend(crop_data.take(keep))

@@ -44,7 +44,11 @@ class SharedImageDecoder:
       ``q · (W_k x)`` is computed as ``(W_kᵀ q) · x`` and ``Σ p x W_vᵀ`` as
       ``(Σ p x) W_vᵀ``, and the output projection is applied to the token
       values before the attention weights.
-    - The final token→image attention is computed only for the output tokens.
+    - The final token→image attention is computed only for the tokens the
+      multimask output reads (the IoU token and three mask tokens).
+    - Image→token attention weights are laid out with the image tokens
+      innermost, and on the CPU the per-prompt image tokens are written into
+      buffers kept from call to call.
     - IoU predictions are available before any upscaling, and masks are
       upscaled (transposed convolutions as matrix products) only for the
       prompts and outputs asked for.
@@ -97,6 +101,26 @@ class SharedImageDecoder:
         self._b1 = cast(conv1.bias.repeat(4))
         self._w2 = cast(conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2))
         self._b2 = cast(conv2.bias.repeat(4))
+        # On the CPU the per-prompt image tokens (tens of MB per decoder call)
+        # are written into buffers kept from call to call: a fresh allocation
+        # that size is mapped from the system and faulted in page by page
+        # every time, which cost more than the arithmetic on it.
+        self._reuse = features.device.type == "cpu"
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._calls = 0
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """A reusable image-side buffer of ``shape`` (CPU only; None elsewhere)."""
+        if not self._reuse:
+            return None
+        n = 1
+        for size in shape:
+            n *= size
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=self.dtype, device=self.keys0.device)
+            self._buffers[name] = buf
+        return buf[:n].view(shape)
 
     def _image_side(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in the decoder's image-side dtype, contiguous."""
@@ -157,10 +181,15 @@ class SharedImageDecoder:
     def decode(self, sparse: torch.Tensor):
         """IoU predictions ``(B, 3)`` and a function flat-mask-indices -> low-res logits.
 
-        Both are float32 whatever the decoder's dtype.
+        Both are float32 whatever the decoder's dtype. The function reads
+        buffers that the next ``decode`` call reuses (on the CPU): call it
+        before decoding the next prompts.
         """
         dec, tr = self.dec, self.tr
         b = sparse.shape[0]
+        hw, c = self.keys0.shape[1:]
+        self._calls += 1
+        call = self._calls
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat(
             [out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype), sparse], dim=1
@@ -178,33 +207,41 @@ class SharedImageDecoder:
             if i == 0:
                 attn = _t2i_shared(layer.cross_attn_token_to_image, q, self.k0, self.v0)
             else:
-                kpe = keys + self.key_pe
+                kpe = self._add_pe(keys)
                 attn = _t2i_folded(layer.cross_attn_token_to_image, q, kpe, keys)
             queries = layer.norm2(queries + attn)
             queries = layer.norm3(queries + layer.mlp(queries))
             q = queries + query_pe
             attn_module = layer.cross_attn_image_to_token
+            updated = self._buffer("keys", (b, hw, c))
             if i == 0:
-                keys = _i2t_shared(attn_module, self.q0, q, queries, residual=self.keys0)
+                keys = _i2t_shared(
+                    attn_module, self.q0, q, queries, residual=self.keys0, out=updated
+                )
             else:
-                keys = _i2t_folded(attn_module, kpe, q, queries, residual=keys)
-            del kpe
-            keys = layer.norm4(keys)
+                keys = _i2t_folded(attn_module, kpe, q, queries, residual=keys, out=updated)
+            del kpe, updated
+            keys = layer.norm4(keys)  # a new tensor: the "keys" buffer is free again
         n_tok = 1 + dec.num_mask_tokens
-        q = (queries + query_pe)[:, :n_tok]
-        kpe = keys + self.key_pe
+        # The IoU token and the multimask output tokens (mask token 0 is the
+        # single-mask output, unused here): position j >= 1 is mask token j.
+        used = [0, *range(2, n_tok)]
+        q = (queries + query_pe)[:, used]
+        kpe = self._add_pe(keys)
         final = _t2i_folded(tr.final_attn_token_to_image, q, kpe, keys)
         del kpe
-        queries = tr.norm_final_attn(queries[:, :n_tok] + final)
+        queries = tr.norm_final_attn(queries[:, used] + final)
 
         iou = dec.iou_prediction_head(queries[:, 0])[:, 1:]  # multimask outputs
         hyper = torch.stack(
-            [dec.output_hypernetworks_mlps[j](queries[:, 1 + j]) for j in range(1, n_tok - 1)],
+            [dec.output_hypernetworks_mlps[j](queries[:, j]) for j in range(1, n_tok - 1)],
             dim=1,
         )  # (B, 3, C/8)
         n_out = hyper.shape[1]
 
         def low_res_for(idx: torch.Tensor) -> torch.Tensor:
+            if self._reuse and call != self._calls:
+                raise RuntimeError("Upscale a decoder call's masks before the next call.")
             idx = idx.to(keys.device)
             prompts = idx // n_out
             uniq, inverse = torch.unique(prompts, return_inverse=True)
@@ -216,6 +253,13 @@ class SharedImageDecoder:
             return logits[inverse, idx % n_out].float()
 
         return iou, low_res_for
+
+    def _add_pe(self, keys: torch.Tensor) -> torch.Tensor:
+        """``keys + key_pe``, into the reusable "kpe" buffer on the CPU."""
+        out = self._buffer("kpe", tuple(keys.shape))
+        if out is None:
+            return keys + self.key_pe
+        return torch.add(keys, self.key_pe, out=out)
 
     def upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Mask logits ``(P, M, 4h, 4w)`` from image tokens ``(P, HW, C)`` and
@@ -295,19 +339,19 @@ def _i2t_shared(
     q_tok: torch.Tensor,
     v_tok: torch.Tensor,
     residual: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``residual +`` image→token attention whose projected image queries
-    ``(1, HW, Ci)`` are shared by all prompts."""
+    ``(1, HW, Ci)`` are shared by all prompts (written to ``out`` if given)."""
     b, nq, _ = q_tok.shape
     nh, d = _heads(attn)
     hw = q_img.shape[1]
     k = attn.k_proj(q_tok).reshape(b, nq, nh, d) * d**-0.5
-    qh = q_img[0].reshape(hw, nh, d).transpose(0, 1)  # (nh, HW, d)
-    kt = k.permute(2, 3, 0, 1).reshape(nh, d, b * nq).to(q_img.dtype)
-    logits = torch.bmm(qh, kt)  # (nh, HW, B*Nq)
-    logits = logits.view(nh, hw, b, nq).permute(2, 1, 0, 3).contiguous()  # (B, HW, nh, Nq)
-    weights = _softmax_last_(logits).view(b, hw, nh * nq)
-    return _weighted_token_values(attn, weights, v_tok, residual)
+    qh = q_img[0].reshape(hw, nh, d).permute(1, 2, 0)  # (nh, d, HW)
+    kh = k.permute(2, 0, 1, 3).reshape(nh, b * nq, d).to(q_img.dtype)
+    logits = torch.bmm(kh, qh).view(nh, b, nq, hw).transpose(0, 1)  # (B, nh, Nq, HW)
+    weights = _softmax_tokens(logits)
+    return _weighted_token_values(attn, weights, v_tok, residual, out)
 
 
 def _i2t_folded(
@@ -316,45 +360,54 @@ def _i2t_folded(
     q_tok: torch.Tensor,
     v_tok: torch.Tensor,
     residual: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``residual +`` image→token attention on per-prompt image tokens; the
-    query projection is folded into the token keys."""
+    query projection is folded into the token keys (written to ``out`` if given)."""
     b, nq, _ = q_tok.shape
     nh, d = _heads(attn)
     hw, c = kpe.shape[1:]
     k = attn.k_proj(q_tok).reshape(b, nq, nh, d) * d**-0.5
     wq = attn.q_proj.weight.reshape(nh, d, c)
-    folded = torch.einsum("hdc,bthd->bcht", wq, k).reshape(b, c, nh * nq).to(kpe.dtype)
+    folded = torch.einsum("hdc,bthd->bhtc", wq, k).reshape(b, nh * nq, c).to(kpe.dtype)
     if attn.q_proj.bias is not None:
         bias = torch.einsum("hd,bthd->bht", attn.q_proj.bias.reshape(nh, d), k)
-        logits = torch.baddbmm(bias.reshape(b, 1, nh * nq).to(kpe.dtype), kpe, folded)
+        logits = torch.baddbmm(
+            bias.reshape(b, nh * nq, 1).to(kpe.dtype), folded, kpe.transpose(1, 2)
+        )
     else:
-        logits = torch.bmm(kpe, folded)
-    weights = _softmax_last_(logits.view(b, hw, nh, nq)).view(b, hw, nh * nq)
-    return _weighted_token_values(attn, weights, v_tok, residual)
+        logits = torch.bmm(folded, kpe.transpose(1, 2))
+    weights = _softmax_tokens(logits.view(b, nh, nq, hw))
+    return _weighted_token_values(attn, weights, v_tok, residual, out)
 
 
-def _softmax_last_(x: torch.Tensor) -> torch.Tensor:
-    """In-place softmax over a short last axis (faster than ``torch.softmax`` there).
+def _softmax_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the (few) prompt tokens of image→token attention logits.
 
-    A float32 ``x`` is updated in place; a reduced-precision one goes through
-    ``torch.softmax``, which computes in float32 and rounds once (``exp`` and
-    the sum of a few terms in bf16 would round at every step).
+    ``logits``: ``(B, heads, Nq, HW)``, image tokens innermost, so that the
+    softmax over ``Nq`` is vectorised along the 4096 image tokens (a softmax
+    over a short innermost axis runs several times slower on a CPU).
+    Returns the weights contiguous as ``(B, heads * Nq, HW)``; a reduced-precision
+    input is computed in float32 and rounded once.
     """
-    if x.dtype != torch.float32:
-        return torch.softmax(x, dim=-1)
-    x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
-    return x.div_(x.sum(dim=-1, keepdim=True))
+    b, nh, nq, hw = logits.shape
+    return torch.softmax(logits, dim=2).reshape(b, nh * nq, hw)
 
 
 def _weighted_token_values(
-    attn: nn.Module, weights: torch.Tensor, v_tok: torch.Tensor, residual: torch.Tensor
+    attn: nn.Module,
+    weights: torch.Tensor,
+    v_tok: torch.Tensor,
+    residual: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``residual + out_proj(attention · values)``, with the output projection
     applied to the (few) token values first.
 
-    ``weights`` is ``(B, HW, heads * Nq)``; each head's weights sum to 1, so the
-    output bias is spread evenly over the heads' projected values.
+    ``weights`` is ``(B, heads * Nq, HW)``; each head's weights sum to 1, so the
+    output bias is spread evenly over the heads' projected values. ``out``, if
+    given, is a ``(B, HW, C)`` buffer that receives the result (it must not
+    overlap ``residual``).
     """
     b, nq, _ = v_tok.shape
     nh, d = _heads(attn)
@@ -364,7 +417,10 @@ def _weighted_token_values(
     projected = torch.einsum("bthd,chd->bhtc", v, wo).reshape(b, nh * nq, c)
     if attn.out_proj.bias is not None:
         projected = projected + attn.out_proj.bias / nh
-    return torch.baddbmm(residual, weights, projected.to(weights.dtype))
+    projected = projected.to(weights.dtype)
+    if out is None:
+        return torch.baddbmm(residual, weights.transpose(1, 2), projected)
+    return torch.baddbmm(residual, weights.transpose(1, 2), projected, out=out)
 
 
 def agrees_with_model(

@@ -105,6 +105,32 @@ def test_shared_image_decoder_reuses_its_buffers(small_model, dtype):
         low_res_for(torch.arange(3))
 
 
+@torch.inference_mode()
+def test_shared_image_decoder_does_not_keep_a_large_batch(small_model, monkeypatch):
+    """A batch whose tokens exceed KEEP_BYTES is decoded in fresh memory, not kept."""
+    from napari_sam.model.sam import shared_decoder
+
+    predictor = SamPredictor(small_model)
+    predictor.set_image(IMAGE)
+    coords = torch.tensor([[[300.0, 200.0]], [[500.0, 400.0]], [[700.0, 100.0]]])
+    labels = torch.ones(3, 1, dtype=torch.int)
+    sparse, dense = small_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    pe = small_model.prompt_encoder.get_dense_pe()
+    shared = SharedImageDecoder(small_model, predictor.features, pe, dense[:1])
+    hw, c = shared.keys0.shape[1:]
+    monkeypatch.setattr(shared_decoder, "KEEP_BYTES", 2 * hw * c * 4)
+    shared.decode(sparse[:2])
+    assert set(shared._buffers) == {"keys", "kpe"}
+    kept = shared._buffers["keys"]
+    iou, _ = shared.decode(sparse)  # 3 prompts: over the limit
+    assert shared._buffers["keys"] is kept and kept.numel() == 2 * hw * c
+    _, ref_iou = small_model.mask_decoder(
+        image_embeddings=predictor.features, image_pe=pe, sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense, multimask_output=True,
+    )
+    torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
+
+
 def test_grid_parity_with_reference(small_pair):
     ref_model, our_model, _ = small_pair
     ref = RefGenerator(ref_model, **RELAXED).generate(IMAGE)

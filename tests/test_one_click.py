@@ -206,7 +206,7 @@ def test_a_model_whose_shared_decoder_disagrees_keeps_its_own_decoder(monkeypatc
     """The shared-image decoder is checked once per model against the model's decoder; on
     disagreement that model is decoded by its own decoder (same masks as one by one)."""
     from napari_sam.model.sam import shared_decoder
-    from napari_sam.workflows import interactive
+    from napari_sam.predictors import predictor as predictor_module
 
     stack = sample("nuclei.tif")
     predictor = SamPredictor(fast_sam(3))
@@ -219,7 +219,7 @@ def test_a_model_whose_shared_decoder_disagrees_keeps_its_own_decoder(monkeypatc
     with decoder_calls(predictor.model) as calls:
         batch = predict_objects_batched(predictor, grouped.objects)
         again = predict_objects_batched(predictor, grouped.objects)
-    assert checks == [1] and interactive._SHARED_OK[predictor.model] is False
+    assert checks == [1] and predictor_module._SHARED_OK[predictor.model] is False
     step = decoder_batch(predictor.features, 3)
     assert calls == 2 * ([step] * (3 // step) + ([3 % step] if 3 % step else []))
     one = predict_objects(predictor, grouped.objects)

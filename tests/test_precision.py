@@ -110,17 +110,28 @@ def test_reduced_precision_masks_match_fp32(sam, image, precision):
     assert np.abs(low16 - low32).max() < tol * np.abs(low32).max()
 
 
-def test_decoder_runs_in_float32_under_reduced_precision(sam, image):
+def test_decoder_runs_in_float32_under_reduced_precision(sam, image, monkeypatch):
+    """Whichever decoder predicts (the model's, or the shared-image one that
+    multimask clicks use), it gets a float32 embedding and computes in float32."""
+    from napari_sam.model.sam import shared_decoder
+
     seen = []
     handle = sam.mask_decoder.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["image_embeddings"].dtype),
         with_kwargs=True,
     )
+    original = shared_decoder.SharedImageDecoder.__init__
+
+    def recording(self, model, features, *args, **kwargs):
+        original(self, model, features, *args, **kwargs)
+        seen.extend([features.dtype, self.dtype])
+
+    monkeypatch.setattr(shared_decoder.SharedImageDecoder, "__init__", recording)
     try:
         _predict(sam, image, "bf16")
     finally:
         handle.remove()
-    assert seen == [torch.float32]
+    assert seen and set(seen) == {torch.float32}
     assert not torch.is_autocast_enabled("cpu")
 
 

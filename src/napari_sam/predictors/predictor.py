@@ -7,12 +7,14 @@ Coordinates follow SAM: points are ``(x, y)`` in pixels of the image passed to
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from napari_sam.errors import ImageFormatError, ImageNotSetError, PromptError
+from napari_sam.model.sam import shared_decoder as _shared
 from napari_sam.model.sam.sam import Sam
 from napari_sam.predictors.transforms import ResizeLongestSide
 
@@ -149,6 +151,11 @@ def embed_images(
     ]
 
 
+#: Per model: whether the shared-image decoder gave the model's own decoder's
+#: result on the first prompts it decoded (checked once per model).
+_SHARED_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class SamPredictor:
     """Compute the image embedding once and predict masks for many prompts.
 
@@ -238,9 +245,14 @@ class SamPredictor:
                 f"The stored image embedding has shape {tuple(embedding.features.shape)}, "
                 f"but this model needs {expected}; it was made by another model."
             )
-        self.reset_image()
         dtype = self.model.pixel_mean.dtype
-        self.features = embedding.features.to(device=self.device, dtype=dtype)
+        features = embedding.features.to(device=self.device, dtype=dtype)
+        # The same embedding again (the dock restores it before every prediction):
+        # keep the decoder's image side computed for it.
+        shared = self._shared if self._shared and self._shared[0] is features else None
+        self.reset_image()
+        self.features = features
+        self._shared = shared
         self.original_size = tuple(int(s) for s in embedding.original_size)
         self.input_size = tuple(int(s) for s in embedding.input_size)
         self.is_image_set = True
@@ -249,6 +261,7 @@ class SamPredictor:
         """Forget the current image and its embedding."""
         self.is_image_set = False
         self.features: torch.Tensor | None = None
+        self._shared: tuple[torch.Tensor, _shared.SharedImageDecoder] | None = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size: tuple[int, ...] | None = None
         self.input_size: tuple[int, ...] | None = None
@@ -257,6 +270,44 @@ class SamPredictor:
     def device(self) -> torch.device:
         """Device of the model."""
         return self.model.device
+
+    def shared_decoder(
+        self, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> _shared.SharedImageDecoder | None:
+        """SAM's mask decoder for point/box prompts on the current embedding, with
+        the image side computed once per embedding (float32), or None.
+
+        :class:`~napari_sam.model.sam.shared_decoder.SharedImageDecoder` computes
+        the model decoder's multimask output up to float rounding; it is built
+        once per embedding, so a click costs only its prompt's part of the
+        decoder. ``sparse`` ``(B, n, C)`` and ``dense`` (the "no mask" embedding,
+        ``(B, C, h, w)``) are the prompt encoder's output for the prompts about
+        to be decoded: the first time a model is used, the shared decoder is
+        checked on them against the model's own decoder, and where they
+        disagree (or the model lacks SAM's decoder structure) this returns
+        None for that model from then on.
+        """
+        self._require_image()
+        model = self.model
+        if not _SHARED_OK.get(model, True) or not _shared.SharedImageDecoder.supports(model):
+            return None
+        image_pe = model.prompt_encoder.get_dense_pe()
+        if self._shared is None or self._shared[0] is not self.features:
+            fast = _shared.SharedImageDecoder(
+                model, self.features, image_pe, dense[:1], dtype=torch.float32
+            )
+            self._shared = (self.features, fast)
+        fast = self._shared[1]
+        if model not in _SHARED_OK:
+            _SHARED_OK[model] = bool(
+                _shared.agrees_with_model(
+                    fast, model, self.features, image_pe, sparse[:2], dense[:2]
+                )
+            )
+            if not _SHARED_OK[model]:
+                self._shared = None
+                return None
+        return fast
 
     # ------------------------------------------------------------------ prompts
     def predict(
@@ -347,13 +398,21 @@ class SamPredictor:
             raise PromptError("Point coordinates and point labels must be given together.")
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
+        fast = None
+        if mask_input is None and multimask_output:
+            fast = self.shared_decoder(sparse, dense)
+        if fast is not None:
+            iou, low_res_for = fast.decode(sparse)
+            low_res = low_res_for(torch.arange(iou.numel(), device=iou.device))
+            low_res = low_res.reshape(*iou.shape, *low_res.shape[-2:])
+        else:
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=self.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
         masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold

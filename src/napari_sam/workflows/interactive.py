@@ -26,7 +26,6 @@ a click re-predicts only the new object.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -504,10 +503,6 @@ def decoder_batch(features: Any, n_objects: int) -> int:
     return max(1, min(n_objects, CPU_DECODER_BYTES // max(1, per_object)))
 
 
-#: Per model: whether the shared-image decoder gave its own decoder's result (checked once).
-_SHARED_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _picks(scores: np.ndarray, candidate: int) -> np.ndarray:
     """Per prompt, the index of the candidate at rank ``candidate`` (by predicted IoU, ties
     in SAM's order) of ``scores`` ``(B, candidates)``."""
@@ -525,8 +520,9 @@ def _decode(
 
     With multimask output and SAM's decoder structure this is
     :class:`~napari_sam.model.sam.shared_decoder.SharedImageDecoder` (the image
-    embedding is not copied per prompt, and only the chosen candidates are
-    upscaled), once it has given the model's own decoder's result on the first
+    embedding is not copied per prompt, its image side is computed once per
+    embedding: :meth:`SamPredictor.shared_decoder`, and only the chosen candidates
+    are upscaled), once it has given the model's own decoder's result on the first
     prompts a model sees (else that model keeps its own decoder); otherwise the
     model's decoder. Either runs in batches of :func:`decoder_batch` prompts on a
     CPU, each batch's chosen logits taken before the next (its per-prompt image
@@ -534,21 +530,12 @@ def _decode(
     """
     import torch
 
-    from napari_sam.model.sam.shared_decoder import SharedImageDecoder, agrees_with_model
-
     model = predictor.model
     features = predictor.features
     image_pe = model.prompt_encoder.get_dense_pe()
     n = int(sparse.shape[0])
     step = decoder_batch(features, n)
-    fast = None
-    if multimask and _SHARED_OK.get(model, True) and SharedImageDecoder.supports(model):
-        fast = SharedImageDecoder(model, features, image_pe, dense[:1], dtype=torch.float32)
-        if model not in _SHARED_OK:  # checked once per model against its own decoder
-            _SHARED_OK[model] = agrees_with_model(
-                fast, model, features, image_pe, sparse[:2], dense[:2])
-            if not _SHARED_OK[model]:
-                fast = None
+    fast = predictor.shared_decoder(sparse, dense) if multimask else None
     scores, picked, chosen = [], [], []
     for start in range(0, n, step):
         part = slice(start, start + step)

@@ -28,6 +28,10 @@ from napari_sam.model.sam.sam import Sam
 
 __all__ = ["SharedImageDecoder", "agrees_with_model"]
 
+#: Largest reusable buffer kept between calls (CPU): a larger batch of prompts
+#: allocates afresh, so that it does not hold its memory until the next image.
+KEEP_BYTES = 128 * 2**20
+
 
 class SharedImageDecoder:
     """SAM's mask decoder for many point prompts on one image embedding.
@@ -110,12 +114,15 @@ class SharedImageDecoder:
         self._calls = 0
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """A reusable image-side buffer of ``shape`` (CPU only; None elsewhere)."""
+        """A reusable image-side buffer of ``shape`` (CPU only), or None (GPU, or a
+        batch too large to keep: :data:`KEEP_BYTES`)."""
         if not self._reuse:
             return None
         n = 1
         for size in shape:
             n *= size
+        if n * self.keys0.element_size() > KEEP_BYTES:
+            return None
         buf = self._buffers.get(name)
         if buf is None or buf.numel() < n:
             buf = torch.empty(n, dtype=self.dtype, device=self.keys0.device)

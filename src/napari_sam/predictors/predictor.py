@@ -291,17 +291,18 @@ class SamPredictor:
         model = self.model
         if not _SHARED_OK.get(model, True) or not _shared.SharedImageDecoder.supports(model):
             return None
-        image_pe = model.prompt_encoder.get_dense_pe()
         if self._shared is None or self._shared[0] is not self.features:
             fast = _shared.SharedImageDecoder(
-                model, self.features, image_pe, dense[:1], dtype=torch.float32
+                model, self.features, model.prompt_encoder.get_dense_pe(), dense[:1],
+                dtype=torch.float32,
             )
             self._shared = (self.features, fast)
         fast = self._shared[1]
         if model not in _SHARED_OK:
             _SHARED_OK[model] = bool(
                 _shared.agrees_with_model(
-                    fast, model, self.features, image_pe, sparse[:2], dense[:2]
+                    fast, model, self.features, model.prompt_encoder.get_dense_pe(),
+                    sparse[:2], dense[:2],
                 )
             )
             if not _SHARED_OK[model]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import sys
 import threading
 from collections.abc import Iterator
@@ -40,27 +41,21 @@ AFTER_TRIM_BYTES = 64 << 20
 
 _lock = threading.Lock()
 _depth = 0
-_LIBC: object = None
-_LOOKED_UP = False
 
 
+@functools.cache
 def _glibc():
     """The process's glibc (with ``mallopt`` and ``malloc_trim``), or None."""
-    global _LIBC, _LOOKED_UP
-    if not _LOOKED_UP:
-        _LOOKED_UP = True
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(None)
-                gnu = libc.gnu_get_libc_version
-                gnu.restype = ctypes.c_char_p
-                gnu()
-                libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-                libc.malloc_trim.argtypes = (ctypes.c_size_t,)
-                _LIBC = libc
-            except (OSError, AttributeError):
-                _LIBC = None
-    return _LIBC
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (not musl)
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 @contextlib.contextmanager

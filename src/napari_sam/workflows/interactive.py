@@ -532,10 +532,10 @@ def _decode(
 
     model = predictor.model
     features = predictor.features
-    image_pe = model.prompt_encoder.get_dense_pe()
     n = int(sparse.shape[0])
     step = decoder_batch(features, n)
     fast = predictor.shared_decoder(sparse, dense) if multimask else None
+    image_pe = model.prompt_encoder.get_dense_pe() if fast is None else None
     scores, picked, chosen = [], [], []
     for start in range(0, n, step):
         part = slice(start, start + step)

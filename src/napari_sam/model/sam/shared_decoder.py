@@ -20,6 +20,8 @@ softmax is computed in float32. Mask logits are returned in float32.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,9 +120,7 @@ class SharedImageDecoder:
         batch too large to keep: :data:`KEEP_BYTES`)."""
         if not self._reuse:
             return None
-        n = 1
-        for size in shape:
-            n *= size
+        n = math.prod(shape)
         if n * self.keys0.element_size() > KEEP_BYTES:
             return None
         buf = self._buffers.get(name)

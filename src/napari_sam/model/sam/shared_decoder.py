@@ -21,6 +21,7 @@ softmax is computed in float32. Mask logits are returned in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,14 @@ from napari_sam.model.sam.sam import Sam
 
 __all__ = ["SharedImageDecoder", "agrees_with_model"]
 
+#: ``scratch(name, shape)``: a reusable buffer of that shape, or None.
+Scratch = Callable[[str, tuple[int, ...]], "torch.Tensor | None"]
+
 #: Largest reusable buffer kept between calls (CPU): a larger batch of prompts
 #: allocates afresh, so that it does not hold its memory until the next image.
 KEEP_BYTES = 128 * 2**20
+#: Slice of a layer norm written into a kept buffer (see ``_layer_norm_last``).
+_SLICE_BYTES = 8 * 2**20
 
 
 class SharedImageDecoder:
@@ -215,27 +221,28 @@ class SharedImageDecoder:
                 attn = _t2i_shared(layer.cross_attn_token_to_image, q, self.k0, self.v0)
             else:
                 kpe = self._add_pe(keys)
-                attn = _t2i_folded(layer.cross_attn_token_to_image, q, kpe, keys)
+                attn = _t2i_folded(layer.cross_attn_token_to_image, q, kpe, keys, self._buffer)
             queries = layer.norm2(queries + attn)
             queries = layer.norm3(queries + layer.mlp(queries))
             q = queries + query_pe
             attn_module = layer.cross_attn_image_to_token
             updated = self._buffer("keys", (b, hw, c))
             if i == 0:
-                keys = _i2t_shared(
-                    attn_module, self.q0, q, queries, residual=self.keys0, out=updated
-                )
+                keys = _i2t_shared(attn_module, self.q0, q, queries, residual=self.keys0,
+                                   out=updated, scratch=self._buffer)
             else:
-                keys = _i2t_folded(attn_module, kpe, q, queries, residual=keys, out=updated)
+                keys = _i2t_folded(attn_module, kpe, q, queries, residual=keys, out=updated,
+                                   scratch=self._buffer)
             del kpe, updated
-            keys = layer.norm4(keys)  # a new tensor: the "keys" buffer is free again
+            # Into a second buffer: the "keys" buffer is free again for the next block.
+            keys = _layer_norm(layer.norm4, keys, out=self._buffer("normed", (b, hw, c)))
         n_tok = 1 + dec.num_mask_tokens
         # The IoU token and the multimask output tokens (mask token 0 is the
         # single-mask output, unused here): position j >= 1 is mask token j.
         used = [0, *range(2, n_tok)]
         q = (queries + query_pe)[:, used]
         kpe = self._add_pe(keys)
-        final = _t2i_folded(tr.final_attn_token_to_image, q, kpe, keys)
+        final = _t2i_folded(tr.final_attn_token_to_image, q, kpe, keys, self._buffer)
         del kpe
         queries = tr.norm_final_attn(queries[:, used] + final)
 
@@ -256,7 +263,10 @@ class SharedImageDecoder:
             if last - first + 1 == len(uniq):  # consecutive prompts: no gather
                 logits = self.upscale(keys[first : last + 1], hyper[first : last + 1])
             else:
-                logits = self.upscale(keys[uniq], hyper[uniq])  # (P, 3, 4h, 4w)
+                gathered = self._buffer("gathered", (len(uniq), hw, c))
+                picked = torch.index_select(keys, 0, uniq, out=gathered) if (
+                    gathered is not None) else keys[uniq]
+                logits = self.upscale(picked, hyper[uniq])  # (P, 3, 4h, 4w)
             return logits[inverse, idx % n_out].float()
 
         return iou, low_res_for
@@ -275,10 +285,16 @@ class SharedImageDecoder:
         conv1, norm, act1, conv2, act2 = up[0], up[1], up[2], up[3], up[4]
         p, hw, c = keys.shape
         c1, c2 = conv1.out_channels, conv2.out_channels
-        y = torch.addmm(self._b1, keys.reshape(p * hw, c), self._w1)
-        y = F.layer_norm(y.view(p * hw * 4, c1), (c1,), norm.weight, norm.bias, norm.eps)
+        # On the CPU the intermediates go into buffers kept from call to call
+        # ("kpe" and "keys" are free once decoding is done; "keys" holds the
+        # image tokens before their last layer norm).
+        y = torch.addmm(self._b1, keys.reshape(p * hw, c), self._w1,
+                        out=self._buffer("kpe", (p * hw, 4 * c1)))
+        y = _layer_norm_last(y.view(p * hw * 4, c1), (c1,), norm.weight, norm.bias, norm.eps,
+                             out=self._buffer("keys", (p * hw * 4, c1)))
         y = _act_(act1, y)
-        y = _act_(act2, torch.addmm(self._b2, y, self._w2))  # (P*HW*4, 4*C2)
+        y = torch.addmm(self._b2, y, self._w2, out=self._buffer("upscaled", (p * hw * 4, 4 * c2)))
+        y = _act_(act2, y)  # (P*HW*4, 4*C2)
         m = hyper.shape[1]
         logits = torch.bmm(y.view(p, hw * 16, c2), hyper.transpose(1, 2).to(y.dtype))
         h, w = self.hw
@@ -286,9 +302,50 @@ class SharedImageDecoder:
         return logits.reshape(p, m, 4 * h, 4 * w)
 
 
+def _scratch(scratch: Scratch | None, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A reusable buffer from ``scratch`` (None: allocate afresh)."""
+    return None if scratch is None else scratch(name, shape)
+
+
 def _heads(attn: nn.Module) -> tuple[int, int]:
     n = int(attn.num_heads)
     return n, attn.q_proj.out_features // n
+
+
+def _layer_norm(norm: nn.Module, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``norm(x)``, written to ``out`` if given (same shape as ``x``, not
+    overlapping it) when ``norm`` is a :class:`~torch.nn.LayerNorm`."""
+    if out is None or type(norm) is not nn.LayerNorm:
+        return norm(x)
+    return _layer_norm_last(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps, out)
+
+
+def _layer_norm_last(
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    """``F.layer_norm(x, shape, weight, bias, eps)``, written to ``out`` if given.
+
+    Into ``out`` (contiguous) the norm is computed in slices of at most
+    :data:`_SLICE_BYTES` of rows, each copied in while it is still in cache: ATen has
+    no layer norm that writes into a given tensor, and a fresh tensor of tens
+    of MB costs more than the norm itself (page faults; see
+    :mod:`napari_sam.runtime.allocator`), most of all on a worker thread,
+    whose glibc arena maps every block over 64 MiB afresh.
+    """
+    if out is None:
+        return F.layer_norm(x, shape, weight, bias, eps)
+    rows, dst = x.reshape(-1, math.prod(shape)), out.view(-1, math.prod(shape))
+    step = max(1, _SLICE_BYTES // (rows.shape[1] * x.element_size()))
+    for start in range(0, rows.shape[0], step):
+        dst[start : start + step].copy_(
+            F.layer_norm(rows[start : start + step], shape, weight, bias, eps)
+        )
+    return out
 
 
 def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -316,12 +373,19 @@ def _t2i_shared(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return attn.out_proj(out.to(q.dtype))
 
 
-def _t2i_folded(attn: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch.Tensor):
+def _t2i_folded(
+    attn: nn.Module,
+    q: torch.Tensor,
+    kpe: torch.Tensor,
+    keys: torch.Tensor,
+    scratch: Scratch | None = None,
+):
     """Token→image attention on per-prompt image tokens ``(B, HW, C)``.
 
     The key projection is folded into the queries (its bias adds the same
     value to every logit of a query and cancels in the softmax) and the value
     projection is applied after the attention-weighted sum (weights sum to 1).
+    ``scratch`` gives reusable buffers for the attention logits and weights.
     """
     b, nq, _ = q.shape
     c = keys.shape[-1]
@@ -329,8 +393,11 @@ def _t2i_folded(attn: nn.Module, q: torch.Tensor, kpe: torch.Tensor, keys: torch
     qh = attn.q_proj(q).reshape(b, nq, nh, d)
     wk = attn.k_proj.weight.reshape(nh, d, c)
     qk = torch.einsum("bthd,hdc->bhtc", qh, wk).reshape(b, nh * nq, c) * d**-0.5
-    logits = torch.bmm(qk.to(kpe.dtype), kpe.transpose(1, 2))  # (B, nh*Nq, HW)
-    weights = torch.softmax(logits, dim=-1)  # bf16 in: computed in float32, rounded once
+    shape = (b, nh * nq, kpe.shape[1])
+    logits = torch.bmm(qk.to(kpe.dtype), kpe.transpose(1, 2),
+                       out=_scratch(scratch, "logits", shape))  # (B, nh*Nq, HW)
+    # bf16 in: computed in float32, rounded once.
+    weights = torch.softmax(logits, dim=-1, out=_scratch(scratch, "weights", shape))
     del logits
     mixed = torch.bmm(weights, keys).reshape(b, nh, nq, c).to(q.dtype)
     wv = attn.v_proj.weight.reshape(nh, d, c)
@@ -347,6 +414,7 @@ def _i2t_shared(
     v_tok: torch.Tensor,
     residual: torch.Tensor,
     out: torch.Tensor | None = None,
+    scratch: Scratch | None = None,
 ) -> torch.Tensor:
     """``residual +`` image→token attention whose projected image queries
     ``(1, HW, Ci)`` are shared by all prompts (written to ``out`` if given)."""
@@ -356,8 +424,15 @@ def _i2t_shared(
     k = attn.k_proj(q_tok).reshape(b, nq, nh, d) * d**-0.5
     qh = q_img[0].reshape(hw, nh, d).permute(1, 2, 0)  # (nh, d, HW)
     kh = k.permute(2, 0, 1, 3).reshape(nh, b * nq, d).to(q_img.dtype)
-    logits = torch.bmm(kh, qh).view(nh, b, nq, hw).transpose(0, 1)  # (B, nh, Nq, HW)
-    weights = _softmax_tokens(logits)
+    into = _scratch(scratch, "logits", (nh, b * nq, hw))
+    logits = torch.bmm(kh, qh, out=into).view(nh, b, nq, hw).transpose(0, 1)  # (B, nh, Nq, HW)
+    laid_out = _scratch(scratch, "weights", (b, nh, nq, hw))
+    if laid_out is None:
+        return _weighted_token_values(attn, _softmax_tokens(logits), v_tok, residual, out)
+    # The softmax needs the logits contiguous: copy them into one buffer and
+    # write the weights into the other.
+    logits = laid_out.copy_(logits)
+    weights = _softmax_tokens(logits, into.view(b, nh, nq, hw))
     return _weighted_token_values(attn, weights, v_tok, residual, out)
 
 
@@ -368,6 +443,7 @@ def _i2t_folded(
     v_tok: torch.Tensor,
     residual: torch.Tensor,
     out: torch.Tensor | None = None,
+    scratch: Scratch | None = None,
 ) -> torch.Tensor:
     """``residual +`` image→token attention on per-prompt image tokens; the
     query projection is folded into the token keys (written to ``out`` if given)."""
@@ -377,28 +453,32 @@ def _i2t_folded(
     k = attn.k_proj(q_tok).reshape(b, nq, nh, d) * d**-0.5
     wq = attn.q_proj.weight.reshape(nh, d, c)
     folded = torch.einsum("hdc,bthd->bhtc", wq, k).reshape(b, nh * nq, c).to(kpe.dtype)
+    into = _scratch(scratch, "logits", (b, nh * nq, hw))
     if attn.q_proj.bias is not None:
         bias = torch.einsum("hd,bthd->bht", attn.q_proj.bias.reshape(nh, d), k)
         logits = torch.baddbmm(
-            bias.reshape(b, nh * nq, 1).to(kpe.dtype), folded, kpe.transpose(1, 2)
+            bias.reshape(b, nh * nq, 1).to(kpe.dtype), folded, kpe.transpose(1, 2), out=into
         )
     else:
-        logits = torch.bmm(folded, kpe.transpose(1, 2))
-    weights = _softmax_tokens(logits.view(b, nh, nq, hw))
+        logits = torch.bmm(folded, kpe.transpose(1, 2), out=into)
+    weights = _softmax_tokens(
+        logits.view(b, nh, nq, hw), _scratch(scratch, "weights", (b, nh, nq, hw))
+    )
     return _weighted_token_values(attn, weights, v_tok, residual, out)
 
 
-def _softmax_tokens(logits: torch.Tensor) -> torch.Tensor:
+def _softmax_tokens(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax over the (few) prompt tokens of image→token attention logits.
 
     ``logits``: ``(B, heads, Nq, HW)``, image tokens innermost, so that the
     softmax over ``Nq`` is vectorised along the 4096 image tokens (a softmax
     over a short innermost axis runs several times slower on a CPU).
     Returns the weights contiguous as ``(B, heads * Nq, HW)``; a reduced-precision
-    input is computed in float32 and rounded once.
+    input is computed in float32 and rounded once. ``out``, if given, is a
+    contiguous ``(B, heads, Nq, HW)`` buffer for the weights.
     """
     b, nh, nq, hw = logits.shape
-    return torch.softmax(logits, dim=2).reshape(b, nh * nq, hw)
+    return torch.softmax(logits, dim=2, out=out).reshape(b, nh * nq, hw)
 
 
 def _weighted_token_values(

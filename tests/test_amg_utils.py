@@ -387,3 +387,25 @@ def test_remove_small_regions_cropped_thin_outside_strip():
     ref, _ = _full_frame(m, 15)
     assert changed and ref.all()
     np.testing.assert_array_equal(_paste(new, new_origin, (10, 10)), ref)
+
+
+def test_counts_per_plane_match_a_batched_sum():
+    from napari_sam.predictors.amg_utils import count_above, count_true
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 40, 50, generator=g)
+    want = (logits > 0.3).sum(dim=(-2, -1), dtype=torch.int32)
+    got = count_above(logits, 0.3)
+    assert got.dtype == torch.int32 and torch.equal(got, want)
+    masks = logits > -0.2
+    assert torch.equal(count_true(masks), masks.sum(dim=(-2, -1), dtype=torch.int32))
+    assert count_true(masks[0, 0]).item() == int(masks[0, 0].sum())  # a single plane
+    assert count_above(logits[:0], 0.0).shape == (0, 3)  # no planes
+
+
+def test_masks_to_boxes_of_a_strided_view():
+    g = torch.Generator().manual_seed(3)
+    m = torch.rand(6, 21, 13, generator=g) > 0.97
+    view = m.transpose(1, 2)[::2]  # not contiguous
+    assert torch.equal(masks_to_boxes(view), masks_to_boxes(view.contiguous()))
+    assert torch.equal(masks_to_boxes(view), ref_amg.batched_mask_to_box(view.contiguous()))

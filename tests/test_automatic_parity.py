@@ -90,10 +90,10 @@ def test_shared_image_decoder_reuses_its_buffers(small_model, dtype):
     sparse, dense = small_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     pe = small_model.prompt_encoder.get_dense_pe()
     shared = SharedImageDecoder(small_model, predictor.features, pe, dense[:1], dtype=dtype)
-    assert shared._reuse
+    assert shared._pool.active
     for part in (slice(0, 5), slice(5, 7), slice(0, 9), slice(3, 4)):
         fresh = SharedImageDecoder(small_model, predictor.features, pe, dense[:1], dtype=dtype)
-        fresh._reuse = False  # every tensor allocated afresh, as on a GPU
+        fresh._pool.active = False  # every tensor allocated afresh, as on a GPU
         want_iou, want_for = fresh.decode(sparse[part])
         n = want_iou.numel()
         # All masks (consecutive prompts), then a few of non-consecutive prompts.
@@ -103,17 +103,15 @@ def test_shared_image_decoder_reuses_its_buffers(small_model, dtype):
         torch.testing.assert_close(iou, want_iou, atol=0, rtol=0)
         for idx, w in zip(picks, want):
             torch.testing.assert_close(low_res_for(idx), w, atol=0, rtol=0)
-    assert shared._buffers["keys"].numel() == 9 * shared.keys0.shape[1] * shared.keys0.shape[2]
+    assert shared._pool.tensors["keys"].numel() == 9 * shared.keys0.shape[1] * shared.keys0.shape[2]
     shared.decode(sparse[:2])
     with pytest.raises(RuntimeError, match="before the next call"):
         low_res_for(torch.arange(3))
 
 
 @torch.inference_mode()
-def test_shared_image_decoder_does_not_keep_a_large_batch(small_model, monkeypatch):
-    """A batch whose tokens exceed KEEP_BYTES is decoded in fresh memory, not kept."""
-    from napari_sam.model.sam import shared_decoder
-
+def test_shared_image_decoder_does_not_keep_a_large_batch(small_model):
+    """A batch whose tokens exceed the pool's limit is decoded in fresh memory, not kept."""
     predictor = SamPredictor(small_model)
     predictor.set_image(IMAGE)
     coords = torch.tensor([[[300.0, 200.0]], [[500.0, 400.0]], [[700.0, 100.0]]])
@@ -122,13 +120,13 @@ def test_shared_image_decoder_does_not_keep_a_large_batch(small_model, monkeypat
     pe = small_model.prompt_encoder.get_dense_pe()
     shared = SharedImageDecoder(small_model, predictor.features, pe, dense[:1])
     hw, c = shared.keys0.shape[1:]
-    monkeypatch.setattr(shared_decoder, "KEEP_BYTES", 2 * hw * c * 4)
+    shared._pool.keep_bytes = 2 * hw * c * 4
     shared.decode(sparse[:2])
-    assert {"keys", "normed", "kpe", "logits", "weights"} <= set(shared._buffers)
-    kept = dict(shared._buffers)
+    assert {"keys", "normed", "kpe", "logits", "weights"} <= set(shared._pool.tensors)
+    kept = dict(shared._pool.tensors)
     iou, _ = shared.decode(sparse)  # 3 prompts: the image tokens are over the limit
     for name in ("keys", "normed", "kpe"):
-        assert shared._buffers[name] is kept[name] and kept[name].numel() == 2 * hw * c
+        assert shared._pool.tensors[name] is kept[name] and kept[name].numel() == 2 * hw * c
     _, ref_iou = small_model.mask_decoder(
         image_embeddings=predictor.features, image_pe=pe, sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense, multimask_output=True,
@@ -201,7 +199,7 @@ def test_shared_image_decoder_allocates_no_large_tensor_once_warm(small_model, m
 
     # Allocating afresh (as on a GPU), the probe sees the image-token tensors ...
     fresh = SharedImageDecoder(small_model, predictor.features, pe, dense[:1], dtype=dtype)
-    fresh._reuse = False
+    fresh._pool.active = False
     assert large_allocations(fresh)[0]
     # ... with the buffers kept, there are none.
     large, iou, lows = large_allocations(shared)

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from napari_sam.errors import ImageFormatError, SettingsError
+from napari_sam.model.buffers import KeptBuffers
 from napari_sam.model.sam.sam import Sam
 from napari_sam.model.sam.shared_decoder import SharedImageDecoder, agrees_with_model
 from napari_sam.predictors.amg_utils import (
@@ -57,6 +58,7 @@ from napari_sam.predictors.amg_utils import (
     box_area,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
+    count_true,
     generate_crop_boxes,
     is_box_near_crop_edge,
     mask_to_coco_rle,
@@ -250,6 +252,9 @@ class SamAutomaticMaskGenerator:
         self._fast_decoder = SharedImageDecoder.supports(model)
         self._fast_checked = False
         self._decoder_state: SharedImageDecoder | None = None
+        #: Upscaled logits and masks of one chunk of prompts, reused chunk
+        #: after chunk on the CPU (see :mod:`napari_sam.model.buffers`).
+        self._upscale_buffers: KeptBuffers | None = None
         #: Crop embeddings encoded ahead in a batch (GPU), by crop box.
         self._crop_embeddings: dict[tuple[int, ...], Any] = {}
 
@@ -445,6 +450,16 @@ class SamAutomaticMaskGenerator:
     def _release_crop(self) -> None:
         self.predictor.reset_image()
         self._decoder_state = None
+        self._upscale_buffers = None
+
+    def _chunk_buffers(self, budget: int) -> KeptBuffers:
+        """The buffers of one upscaled chunk (inactive on a GPU); kept until the crop ends."""
+        pool = self._upscale_buffers
+        if pool is None or pool.keep_bytes != budget:
+            device = self.predictor.device
+            pool = KeptBuffers(device, torch.float32, budget, active=device.type == "cpu")
+            self._upscale_buffers = pool
+        return pool
 
     @torch.inference_mode()
     def _process_batch(
@@ -494,10 +509,13 @@ class SamAutomaticMaskGenerator:
         per_mask = 4 * (predictor.transform.target_length**2 + crop_h * crop_w)
         budget, prompt_chunk, _ = self._limits()
         mask_chunk = max(1, budget // per_mask)
+        buffers = self._chunk_buffers(budget)
 
         for idx in _chunks_by_prompt(selected, n_out, mask_chunk, prompt_chunk):
             low = low_res_for(idx)  # (k, 256, 256) logits
-            logits = model.postprocess_masks(low[None], predictor.input_size, (crop_h, crop_w))[0]
+            logits = model.postprocess_masks(
+                low[None], predictor.input_size, (crop_h, crop_w), buffers=buffers
+            )[0]
             del low
             stab = stability_score(logits, threshold, offset)
             keep = torch.ones_like(stab, dtype=torch.bool)
@@ -505,15 +523,19 @@ class SamAutomaticMaskGenerator:
                 keep = stab >= self.stability_score_thresh
             if not bool(keep.any()):
                 continue
-            masks = logits[keep] > threshold
+            # Threshold first, then pick: a boolean copy is 4× smaller.
+            masks = torch.gt(logits, threshold, out=buffers("masks", logits.shape, torch.bool))
+            if not bool(keep.all()):
+                masks = masks[keep]
             del logits
             boxes = masks_to_boxes(masks)
             keep2 = ~is_box_near_crop_edge(boxes, crop_edges, image_box)
             kept_idx = idx[keep.cpu()][keep2.cpu()]
-            masks, boxes = masks[keep2], boxes[keep2]
+            if not bool(keep2.all()):
+                masks, boxes = masks[keep2], boxes[keep2]
             if masks.shape[0] == 0:
                 continue
-            areas = masks.sum(dim=(1, 2)).cpu().numpy()
+            areas = count_true(masks).cpu().numpy()
             boxes_np = boxes.cpu().numpy()
             bits = self._compact_masks(masks, boxes_np, areas)
             del masks

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_sam.model.buffers import KeptBuffers
 from napari_sam.model.precision import autocast_dtype, check_precision, encoder_autocast
 from napari_sam.model.sam.mask_decoder import MaskDecoder
 from napari_sam.model.sam.prompt_encoder import PromptEncoder
@@ -178,6 +179,7 @@ class Sam(nn.Module):
         masks: torch.Tensor,
         input_size: tuple[int, ...],
         original_size: tuple[int, ...],
+        buffers: KeptBuffers | None = None,
     ) -> torch.Tensor:
         """Upscale low-resolution logits to the original image.
 
@@ -185,19 +187,28 @@ class Sam(nn.Module):
         are resized bilinearly to that square, the padding is cut off (leaving
         ``input_size``), and the rest is resized to ``original_size``.
 
+        ``buffers``, if given, receives the upscaled logits (names "padded" and
+        "upscaled"): the result is then only valid until the next call with the
+        same buffers.
+
         Returns
         -------
-        Tensor ``(B, C, H0, W0)`` logits (float).
+        Tensor ``(B, C, H0, W0)`` logits (float), contiguous.
         """
         size = self.img_size
-        masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+        lead = tuple(masks.shape[:-2])
+        into = None if buffers is None else buffers("padded", (*lead, size, size), masks.dtype)
+        masks = _resize_bilinear(masks, (size, size), into)
         masks = masks[..., : input_size[0], : input_size[1]]
         target = tuple(int(s) for s in original_size)
+        into = None if buffers is None else buffers("upscaled", (*lead, *target), masks.dtype)
         if tuple(masks.shape[-2:]) == target:
             # A bilinear resize to the same size (align_corners=False) is the
             # identity, exactly: skip it (a 1024² image, or a 1024² crop).
-            return masks.contiguous()
-        return F.interpolate(masks, target, mode="bilinear", align_corners=False)
+            if masks.is_contiguous():
+                return masks
+            return masks.contiguous() if into is None else into.copy_(masks)
+        return _resize_bilinear(masks, target, into)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``(3, H, W)`` RGB 0–255 pixels and pad to ``img_size`` (bottom/right)."""
@@ -205,3 +216,13 @@ class Sam(nn.Module):
         h, w = x.shape[-2:]
         size = self.img_size
         return F.pad(x, (0, size - w, 0, size - h))
+
+
+def _resize_bilinear(
+    x: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None
+) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for ``(B, C, H, W)``,
+    written into ``out`` if given (the same kernel)."""
+    if out is None:
+        return F.interpolate(x, size, mode="bilinear", align_corners=False)
+    return torch.ops.aten.upsample_bilinear2d.out(x, list(size), False, None, None, out=out)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_sam.model.buffers import KeptBuffers
 from napari_sam.model.sam.sam import Sam
 
 __all__ = ["SharedImageDecoder", "agrees_with_model"]
@@ -117,23 +118,15 @@ class SharedImageDecoder:
         # are written into buffers kept from call to call: a fresh allocation
         # that size is mapped from the system and faulted in page by page
         # every time, which cost more than the arithmetic on it.
-        self._reuse = features.device.type == "cpu"
-        self._buffers: dict[str, torch.Tensor] = {}
+        self._pool = KeptBuffers(
+            features.device, self.dtype, KEEP_BYTES, active=features.device.type == "cpu"
+        )
         self._calls = 0
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
         """A reusable image-side buffer of ``shape`` (CPU only), or None (GPU, or a
         batch too large to keep: :data:`KEEP_BYTES`)."""
-        if not self._reuse:
-            return None
-        n = math.prod(shape)
-        if n * self.keys0.element_size() > KEEP_BYTES:
-            return None
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < n:
-            buf = torch.empty(n, dtype=self.dtype, device=self.keys0.device)
-            self._buffers[name] = buf
-        return buf[:n].view(shape)
+        return self._pool(name, shape)
 
     def _image_side(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in the decoder's image-side dtype, contiguous."""
@@ -254,7 +247,7 @@ class SharedImageDecoder:
         n_out = hyper.shape[1]
 
         def low_res_for(idx: torch.Tensor) -> torch.Tensor:
-            if self._reuse and call != self._calls:
+            if self._pool.active and call != self._calls:
                 raise RuntimeError("Upscale a decoder call's masks before the next call.")
             idx = idx.to(keys.device)
             prompts = idx // n_out

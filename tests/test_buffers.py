@@ -1,0 +1,59 @@
+"""Kept buffers for large CPU intermediates (napari_sam.model.buffers) and the
+mask upscaling that writes into them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_sam.model.buffers import KeptBuffers
+
+
+def test_kept_buffers_reuse_memory_by_name():
+    pool = KeptBuffers("cpu", torch.float32, keep_bytes=4096)
+    a = pool("a", (4, 8))
+    assert a.shape == (4, 8) and a.dtype == torch.float32 and a.is_contiguous()
+    again = pool("a", (2, 16))  # same memory, another shape
+    assert again.data_ptr() == a.data_ptr()
+    smaller = pool("a", (3,))
+    assert smaller.data_ptr() == a.data_ptr()
+    assert pool("b", (4, 8)).data_ptr() != a.data_ptr()  # one buffer per name
+    grown = pool("a", (16, 16))  # larger: allocated afresh, then kept
+    assert grown.numel() == 256 and pool("a", (16, 16)).data_ptr() == grown.data_ptr()
+    as_bool = pool("a", (10,), torch.bool)
+    assert as_bool.dtype == torch.bool
+    assert set(pool.tensors) == {"a", "b"}
+    pool.clear()
+    assert pool.tensors == {}
+
+
+def test_kept_buffers_refuse_large_requests_and_inactive_pools():
+    pool = KeptBuffers("cpu", torch.float32, keep_bytes=400)
+    assert pool("a", (100,)) is not None
+    assert pool("a", (101,)) is None  # 404 bytes: the caller allocates afresh
+    assert pool.tensors["a"].numel() == 100  # the kept one stays as it was
+    assert pool("b", (101,), torch.bfloat16) is not None  # 202 bytes
+    off = KeptBuffers("cpu", torch.float32, keep_bytes=400, active=False)
+    assert off("a", (10,)) is None and off.tensors == {}
+
+
+@pytest.mark.parametrize(
+    "input_size, original_size",
+    [((1024, 1024), (1024, 1024)), ((1024, 768), (2048, 1536)), ((1024, 700), (1024, 700)),
+     ((819, 1024), (300, 375))],
+    ids=["square", "larger", "cut-only", "smaller"],
+)
+def test_postprocess_masks_into_buffers_is_the_same(small_model, input_size, original_size):
+    """Upscaling into kept buffers gives what fresh tensors give, bit for bit, and
+    the next call overwrites the same memory."""
+    g = torch.Generator().manual_seed(5)
+    pool = KeptBuffers("cpu", torch.float32, keep_bytes=2**30)
+    results = []
+    for _ in range(2):
+        low = torch.randn(1, 3, 256, 256, generator=g)
+        want = small_model.postprocess_masks(low, input_size, original_size)
+        got = small_model.postprocess_masks(low, input_size, original_size, buffers=pool)
+        assert got.shape == (1, 3, *original_size) and got.is_contiguous()
+        assert torch.equal(got, want)
+        results.append(got.data_ptr())
+    assert results[0] == results[1]

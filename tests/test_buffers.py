@@ -57,3 +57,29 @@ def test_postprocess_masks_into_buffers_is_the_same(small_model, input_size, ori
         assert torch.equal(got, want)
         results.append(got.data_ptr())
     assert results[0] == results[1]
+
+
+def test_predictions_own_their_masks(small_model):
+    """The predictor upscales into kept buffers, yet every prediction's masks and
+    logits stay as they were after later predictions, and equal unbuffered ones."""
+    import numpy as np
+
+    from conftest import smooth_image
+    from napari_sam import SamPredictor
+
+    predictor = SamPredictor(small_model)
+    predictor.set_image(smooth_image(300, 457, seed=4))
+    first, second = np.array([[100.0, 120.0]]), np.array([[400.0, 250.0]])
+    label = np.array([1])
+    masks, _, _ = predictor.predict(first, label)
+    kept = masks.copy()
+    logits, _, _ = predictor.predict(first, label, return_logits=True)
+    kept_logits = logits.copy()
+    assert set(predictor.upscale_buffers.tensors) == {"padded", "upscaled"}
+    predictor.predict(second, label)
+    predictor.predict(second, label, return_logits=True)
+    np.testing.assert_array_equal(masks, kept)
+    np.testing.assert_array_equal(logits, kept_logits)
+    np.testing.assert_array_equal(masks, logits > small_model.mask_threshold)
+    predictor._upscale_buffers = KeptBuffers("cpu", torch.float32, 0, active=False)
+    np.testing.assert_array_equal(predictor.predict(first, label)[0], kept)

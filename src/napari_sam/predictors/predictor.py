@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from napari_sam.errors import ImageFormatError, ImageNotSetError, PromptError
+from napari_sam.model.buffers import KeptBuffers
 from napari_sam.model.sam import shared_decoder as _shared
 from napari_sam.model.sam.sam import Sam
 from napari_sam.predictors.transforms import ResizeLongestSide
@@ -154,6 +155,9 @@ def embed_images(
 #: Per model: whether the shared-image decoder gave the model's own decoder's
 #: result on the first prompts it decoded (checked once per model).
 _SHARED_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Largest buffer of upscaled masks a predictor keeps (CPU; see
+#: :attr:`SamPredictor.upscale_buffers`): three masks of a 2360² image.
+UPSCALE_KEEP_BYTES = 64 * 2**20
 
 
 class SamPredictor:
@@ -168,6 +172,7 @@ class SamPredictor:
     def __init__(self, sam_model: Sam) -> None:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self._upscale_buffers: KeptBuffers | None = None
         self.reset_image()
 
     # ------------------------------------------------------------------ image
@@ -270,6 +275,24 @@ class SamPredictor:
     def device(self) -> torch.device:
         """Device of the model."""
         return self.model.device
+
+    @property
+    def upscale_buffers(self) -> KeptBuffers:
+        """Buffers for masks upscaled to the image (``Sam.postprocess_masks(buffers=)``),
+        kept from prediction to prediction on the CPU (inactive on a GPU).
+
+        A 2048² image's three upscaled masks take 48 MiB: as a fresh tensor per
+        click, mapped and faulted in anew each time, they cost about as much
+        as the upscaling itself. Masks upscaled into these buffers are valid
+        until the next upscaling with them: threshold or copy them first.
+        """
+        device = self.device
+        pool = self._upscale_buffers
+        if pool is None or pool.device != device:
+            pool = KeptBuffers(device, torch.float32, UPSCALE_KEEP_BYTES,
+                               active=device.type == "cpu")
+            self._upscale_buffers = pool
+        return pool
 
     def shared_decoder(
         self, sparse: torch.Tensor, dense: torch.Tensor
@@ -414,8 +437,12 @@ class SamPredictor:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
             )
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
+        if return_logits:
+            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        else:
+            masks = self.model.postprocess_masks(
+                low_res, self.input_size, self.original_size, self.upscale_buffers
+            )
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 

@@ -644,7 +644,9 @@ def predict_objects_batched(
         for start in range(0, len(members), step):
             part = slice(start, start + step)
             with torch.no_grad():
-                logits = model.postprocess_masks(chosen[part], predictor.input_size, size)[:, 0]
+                logits = model.postprocess_masks(
+                    chosen[part], predictor.input_size, size, predictor.upscale_buffers
+                )[:, 0]
                 masks = (logits > model.mask_threshold).cpu().numpy()
                 stab = _stability(logits, model.mask_threshold)
             for j, i in enumerate(members[part], start=start):

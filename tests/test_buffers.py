@@ -83,3 +83,28 @@ def test_predictions_own_their_masks(small_model):
     np.testing.assert_array_equal(masks, logits > small_model.mask_threshold)
     predictor._upscale_buffers = KeptBuffers("cpu", torch.float32, 0, active=False)
     np.testing.assert_array_equal(predictor.predict(first, label)[0], kept)
+
+
+@pytest.mark.parametrize(
+    "input_size, original_size",
+    [((1024, 1024), (2048, 2048)), ((1024, 768), (2048, 1536)), ((1024, 700), (1024, 700)),
+     ((819, 1024), (300, 375)), ((1024, 1001), (1500, 1466))],
+    ids=["double", "double-cut", "cut-only", "smaller", "odd"],
+)
+def test_opencv_upscaling_matches_the_model(small_model, input_size, original_size):
+    """predictors.upscale resizes CPU logits with OpenCV: the model's own (ATen)
+    upscaling to float rounding, into kept buffers or fresh memory."""
+    from napari_sam.predictors.upscale import postprocess_masks
+
+    g = torch.Generator().manual_seed(6)
+    low = torch.randn(2, 3, 256, 256, generator=g) * 8
+    want = small_model.postprocess_masks(low, input_size, original_size)
+    pool = KeptBuffers("cpu", torch.float32, keep_bytes=2**30)
+    for buffers in (None, pool):
+        got = postprocess_masks(small_model, low, input_size, original_size, buffers)
+        assert got.shape == want.shape and got.dtype == torch.float32 and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5 * float(low.abs().max()))
+    # Other dtypes are the model's own upscaling, exactly.
+    half = low.to(torch.bfloat16)
+    assert torch.equal(postprocess_masks(small_model, half, input_size, original_size),
+                       small_model.postprocess_masks(half, input_size, original_size))

@@ -68,6 +68,7 @@ from napari_sam.predictors.amg_utils import (
     stability_score,
 )
 from napari_sam.predictors.predictor import SamPredictor
+from napari_sam.predictors.upscale import postprocess_masks
 from napari_sam.runtime.allocator import reuse_freed_memory
 from napari_sam.runtime.progress import CancelCheck, Progress, ProgressCallback, drive
 
@@ -513,8 +514,8 @@ class SamAutomaticMaskGenerator:
 
         for idx in _chunks_by_prompt(selected, n_out, mask_chunk, prompt_chunk):
             low = low_res_for(idx)  # (k, 256, 256) logits
-            logits = model.postprocess_masks(
-                low[None], predictor.input_size, (crop_h, crop_w), buffers=buffers
+            logits = postprocess_masks(
+                model, low[None], predictor.input_size, (crop_h, crop_w), buffers
             )[0]
             del low
             stab = stability_score(logits, threshold, offset)

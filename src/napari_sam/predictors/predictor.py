@@ -18,6 +18,7 @@ from napari_sam.model.buffers import KeptBuffers
 from napari_sam.model.sam import shared_decoder as _shared
 from napari_sam.model.sam.sam import Sam
 from napari_sam.predictors.transforms import ResizeLongestSide
+from napari_sam.predictors.upscale import postprocess_masks
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,9 @@ class SamPredictor:
 
     @property
     def upscale_buffers(self) -> KeptBuffers:
-        """Buffers for masks upscaled to the image (``Sam.postprocess_masks(buffers=)``),
-        kept from prediction to prediction on the CPU (inactive on a GPU).
+        """Buffers for masks upscaled to the image
+        (:func:`~napari_sam.predictors.upscale.postprocess_masks`), kept from
+        prediction to prediction on the CPU (inactive on a GPU).
 
         A 2048² image's three upscaled masks take 48 MiB: as a fresh tensor per
         click, mapped and faulted in anew each time, they cost about as much
@@ -438,10 +440,10 @@ class SamPredictor:
                 multimask_output=multimask_output,
             )
         if return_logits:
-            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+            masks = postprocess_masks(self.model, low_res, self.input_size, self.original_size)
         else:
-            masks = self.model.postprocess_masks(
-                low_res, self.input_size, self.original_size, self.upscale_buffers
+            masks = postprocess_masks(
+                self.model, low_res, self.input_size, self.original_size, self.upscale_buffers
             )
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res

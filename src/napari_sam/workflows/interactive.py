@@ -37,6 +37,7 @@ from torch import nn
 from napari_sam.errors import Cancelled
 from napari_sam.predictors.predictor import ImageEmbedding, SamPredictor
 from napari_sam.predictors.sam2_predictor import Sam2ImagePredictor
+from napari_sam.predictors.upscale import postprocess_masks
 from napari_sam.workflows.image import to_sam_rgb
 from napari_sam.workflows.labels import dtype_for_ids, plan_new_objects
 from napari_sam.workflows.prompts import ObjectPrompt
@@ -644,8 +645,8 @@ def predict_objects_batched(
         for start in range(0, len(members), step):
             part = slice(start, start + step)
             with torch.no_grad():
-                logits = model.postprocess_masks(
-                    chosen[part], predictor.input_size, size, predictor.upscale_buffers
+                logits = postprocess_masks(
+                    model, chosen[part], predictor.input_size, size, predictor.upscale_buffers
                 )[:, 0]
                 masks = (logits > model.mask_threshold).cpu().numpy()
                 stab = _stability(logits, model.mask_threshold)

@@ -80,4 +80,8 @@ def _resize_planes(src: torch.Tensor, dst: torch.Tensor) -> None:
             plane = src_np[b, c]
             if plane.strides[1] != plane.itemsize:
                 plane = np.ascontiguousarray(plane)
-            cv2.resize(plane, (width, height), dst=dst_np[b, c], interpolation=cv2.INTER_LINEAR)
+            target = dst_np[b, c]
+            result = cv2.resize(plane, (width, height), dst=target,
+                                interpolation=cv2.INTER_LINEAR)
+            if result.ctypes.data != target.ctypes.data:  # OpenCV allocated: copy in
+                np.copyto(target, result)

@@ -420,7 +420,7 @@ def _i2t_shared(
     into = _scratch(scratch, "logits", (nh, b * nq, hw))
     logits = torch.bmm(kh, qh, out=into).view(nh, b, nq, hw).transpose(0, 1)  # (B, nh, Nq, HW)
     laid_out = _scratch(scratch, "weights", (b, nh, nq, hw))
-    if laid_out is None:
+    if laid_out is None or into is None:
         return _weighted_token_values(attn, _softmax_tokens(logits), v_tok, residual, out)
     # The softmax needs the logits contiguous: copy them into one buffer and
     # write the weights into the other.

@@ -77,18 +77,24 @@ def test_shared_image_decoder_matches_mask_decoder(small_model, n_points):
                                rtol=1e-4)
 
 
+def _random_clicks(model, n: int, seed: int):
+    """A predictor with IMAGE set, and the prompt encoding of ``n`` random single
+    positive clicks: (predictor, sparse, dense, dense positional encoding)."""
+    predictor = SamPredictor(model)
+    predictor.set_image(IMAGE)
+    g = torch.Generator().manual_seed(seed)
+    coords = torch.rand(n, 1, 2, generator=g) * torch.tensor([1024.0, 819.0])
+    labels = torch.ones(n, 1, dtype=torch.int)
+    sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    return predictor, sparse, dense, model.prompt_encoder.get_dense_pe()
+
+
 @torch.inference_mode()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_shared_image_decoder_reuses_its_buffers(small_model, dtype):
     """Successive calls of different sizes through the same (CPU) buffers give
     what a fresh decoder gives; masks of an earlier call are refused."""
-    predictor = SamPredictor(small_model)
-    predictor.set_image(IMAGE)
-    g = torch.Generator().manual_seed(7)
-    coords = torch.rand(9, 1, 2, generator=g) * torch.tensor([1024.0, 819.0])
-    labels = torch.ones(9, 1, dtype=torch.int)
-    sparse, dense = small_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-    pe = small_model.prompt_encoder.get_dense_pe()
+    predictor, sparse, dense, pe = _random_clicks(small_model, 9, seed=7)
     shared = SharedImageDecoder(small_model, predictor.features, pe, dense[:1], dtype=dtype)
     assert shared._pool.active
     for part in (slice(0, 5), slice(5, 7), slice(0, 9), slice(3, 4)):
@@ -171,13 +177,7 @@ def test_shared_image_decoder_allocates_no_large_tensor_once_warm(small_model, m
     from napari_sam.model.sam import shared_decoder
 
     monkeypatch.setattr(shared_decoder, "_SLICE_BYTES", 2**16)
-    predictor = SamPredictor(small_model)
-    predictor.set_image(IMAGE)
-    g = torch.Generator().manual_seed(3)
-    coords = torch.rand(6, 1, 2, generator=g) * torch.tensor([1024.0, 819.0])
-    labels = torch.ones(6, 1, dtype=torch.int)
-    sparse, dense = small_model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-    pe = small_model.prompt_encoder.get_dense_pe()
+    predictor, sparse, dense, pe = _random_clicks(small_model, 6, seed=3)
     shared = SharedImageDecoder(small_model, predictor.features, pe, dense[:1], dtype=dtype)
     picks = (torch.arange(18), torch.tensor([0, 7, 16]))
 

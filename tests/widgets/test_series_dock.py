@@ -115,7 +115,8 @@ def test_encoding_ahead_runs_in_a_worker_and_cancels(make_napari_viewer, qtbot, 
     c = widget.controller
     assert c.series.open_folder(folder)
     # the GUI thread is back at once: the next image is encoded in a worker
-    assert c.runner.running("prefetch") and widget.jobs.isVisible()
+    assert c.runner.running("prefetch")
+    qtbot.waitUntil(widget.jobs.isVisible, timeout=TIMEOUT)  # once Qt shows the dock
     assert "ahead" in widget.jobs.bar.format()
     widget.jobs.cancel_button.click()
     wait_idle(qtbot, widget)

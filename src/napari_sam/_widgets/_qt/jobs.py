@@ -14,7 +14,9 @@ returns the outcome instead.
 Nothing animates while a plane is encoded for a preview: the dock's bar is never
 "busy" (while a job's total is unknown it stands still, empty, with the job's
 text), and encoding jobs (:data:`QUIET_KINDS`) get no entry in napari's activity,
-whose "in progress" spinner runs while any entry exists. Animations repaint the
+whose "in progress" spinner runs while any entry exists. Where OpenGL is
+rendered in software (:func:`~napari_sam._widgets._qt.rendering.software_opengl`)
+no job gets one: the dock's bar shows the progress. Animations repaint the
 window many times a second; without a GPU (software OpenGL: remote desktops,
 virtual machines) that painting took the CPU from the encoding, and ViT-B's
 first preview on a 2-core CPU took ~1.7x as long as the encoding alone
@@ -32,6 +34,7 @@ from napari.utils.progress import progress as napari_progress
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 
+from napari_sam._widgets._qt.rendering import software_opengl
 from napari_sam._widgets.jobs import Job, Outcome, ProgressText, deliver, execute, yield_to
 from napari_sam._widgets.notices import Notice
 from napari_sam.runtime.progress import Progress
@@ -75,12 +78,12 @@ class JobPanel(QWidget):
 class _Running:
     """A job in a worker, with its napari progress and what its bar says."""
 
-    def __init__(self, job: Job, worker: Any) -> None:
+    def __init__(self, job: Job, worker: Any, activity: bool = True) -> None:
         self.job = job
         self.worker = worker
         self.text = ProgressText(job.text, job.unit)
-        self.pbar = (None if job.kind in QUIET_KINDS
-                     else napari_progress(total=0, desc=f"napari-sam: {job.text}"))
+        self.pbar = (napari_progress(total=0, desc=f"napari-sam: {job.text}")
+                     if activity and job.kind not in QUIET_KINDS else None)
         self.last = job.text
 
 
@@ -89,14 +92,22 @@ class QtJobRunner(QObject):
 
     ``notify`` (a notice) and ``on_fallback`` (a sentence) are set by the
     controller that uses the runner (:class:`~napari_sam._widgets.base.ControllerBase`).
+    ``activity``: whether jobs other than :data:`QUIET_KINDS` get an entry in
+    napari's activity; by default, unless OpenGL is rendered in software.
     """
 
     _progressed = Signal(object, object)  # (job, Progress), from worker threads
     _fell_back = Signal(str)
 
-    def __init__(self, panel: JobPanel, notify: Callable[[Notice], Any] | None = None) -> None:
+    def __init__(
+        self,
+        panel: JobPanel,
+        notify: Callable[[Notice], Any] | None = None,
+        activity: bool | None = None,
+    ) -> None:
         super().__init__()
         self.panel = panel
+        self._activity = activity
         self.notify: Callable[[Notice], Any] = notify or (lambda notice: None)
         self.on_fallback: Callable[[str], Any] = lambda message: None
         self.closed = False
@@ -113,12 +124,17 @@ class QtJobRunner(QObject):
     def start(self, job: Job) -> None:
         yield_to(job, [r.job for r in self._running])
         worker = _work(job, lambda event: self._progressed.emit(job, event), self._fell_back.emit)
-        running = _Running(job, worker)
+        running = _Running(job, worker, self._napari_activity())
         worker.returned.connect(lambda outcome: self._finished(running, outcome))
         worker.errored.connect(lambda exc: self._finished(running, Outcome(error=exc)))
         self._running.append(running)
         self._show()
         worker.start()
+
+    def _napari_activity(self) -> bool:
+        if self._activity is None:
+            self._activity = not software_opengl()
+        return self._activity
 
     def running(self, kind: str | None = None) -> bool:
         return any(kind is None or r.job.kind == kind for r in self._running)

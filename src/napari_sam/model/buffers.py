@@ -63,7 +63,7 @@ class KeptBuffers:
             return None
         dtype = self.dtype if dtype is None else dtype
         n = math.prod(shape)
-        if n * torch.empty((), dtype=dtype).element_size() > self.keep_bytes:
+        if n * dtype.itemsize > self.keep_bytes:
             return None
         buf = self.tensors.get(name)
         if buf is None or buf.dtype != dtype or buf.numel() < n:

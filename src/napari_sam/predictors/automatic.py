@@ -538,7 +538,7 @@ class SamAutomaticMaskGenerator:
                 continue
             areas = count_true(masks).cpu().numpy()
             boxes_np = boxes.cpu().numpy()
-            bits = self._compact_masks(masks, boxes_np, areas)
+            bits = _compact_masks(masks, boxes_np, areas, self._packs_on_device())
             del masks
             shifted = boxes_np.copy()
             nonempty = areas > 0
@@ -562,36 +562,6 @@ class SamAutomaticMaskGenerator:
     def _packs_on_device(self) -> bool:
         """Pack masks to bits before moving them to the host (on a GPU: 8× less to copy)."""
         return self.predictor.device.type != "cpu"
-
-    def _compact_masks(
-        self, masks: torch.Tensor, boxes: np.ndarray, areas: np.ndarray
-    ) -> list[np.ndarray]:
-        """Each mask's box, as :func:`numpy.packbits` of its flattened ``(y, x)`` pixels.
-
-        ``masks``: ``(k, H, W)`` bool on the model's device; ``boxes``: ``(k, 4)``
-        x0, y0, x1, y1 (inclusive) on the host. One transfer for the whole chunk:
-        on a GPU the masks are packed to bits there first (rows of ``W/8`` bytes),
-        and only the rows inside each box are unpacked on the host.
-        """
-        if self._packs_on_device():
-            rows = _packbits_rows(masks).cpu().numpy()  # (k, H, ceil(W/8)) uint8
-            width = masks.shape[-1]
-
-            def box_pixels(i: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-                return np.unpackbits(rows[i, y0 : y1 + 1], axis=1, count=width)[:, x0 : x1 + 1]
-        else:
-            masks_np = masks.numpy()
-
-            def box_pixels(i: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-                return masks_np[i, y0 : y1 + 1, x0 : x1 + 1]
-
-        bits = []
-        for i, ((bx0, by0, bx1, by1), area) in enumerate(zip(boxes, areas)):
-            if area == 0:
-                bits.append(np.zeros(0, dtype=np.uint8))
-            else:
-                bits.append(np.packbits(box_pixels(i, bx0, by0, bx1, by1)))
-        return bits
 
     def _decode(self, sparse: torch.Tensor, dense: torch.Tensor):
         """Run the decoder; returns (iou ``(B, 3)``, function idx -> low-res logits)."""
@@ -814,6 +784,37 @@ def _nms(boxes: np.ndarray, scores: np.ndarray | torch.Tensor, thresh: float) ->
     scores_t = torch.as_tensor(scores)
     cats = torch.zeros(len(boxes_t), dtype=torch.int64)
     return batched_nms(boxes_t, scores_t, cats, thresh).numpy()
+
+
+def _compact_masks(
+    masks: torch.Tensor, boxes: np.ndarray, areas: np.ndarray, on_device: bool
+) -> list[np.ndarray]:
+    """Each mask's box, as :func:`numpy.packbits` of its flattened ``(y, x)`` pixels.
+
+    ``masks``: ``(k, H, W)`` bool on the model's device; ``boxes``: ``(k, 4)``
+    x0, y0, x1, y1 (inclusive) on the host. One transfer for the whole chunk:
+    with ``on_device`` (a GPU) the masks are packed to bits there first (rows of
+    ``W/8`` bytes), and only the rows inside each box are unpacked on the host.
+    """
+    if on_device:
+        rows = _packbits_rows(masks).cpu().numpy()  # (k, H, ceil(W/8)) uint8
+        width = masks.shape[-1]
+
+        def box_pixels(i: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+            return np.unpackbits(rows[i, y0 : y1 + 1], axis=1, count=width)[:, x0 : x1 + 1]
+    else:
+        masks_np = masks.numpy()
+
+        def box_pixels(i: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+            return masks_np[i, y0 : y1 + 1, x0 : x1 + 1]
+
+    bits = []
+    for i, ((bx0, by0, bx1, by1), area) in enumerate(zip(boxes, areas)):
+        if area == 0:
+            bits.append(np.zeros(0, dtype=np.uint8))
+        else:
+            bits.append(np.packbits(box_pixels(i, bx0, by0, bx1, by1)))
+    return bits
 
 
 def _packbits_rows(masks: torch.Tensor) -> torch.Tensor:

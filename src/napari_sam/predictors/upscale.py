@@ -47,25 +47,18 @@ def postprocess_masks(
     """
     if masks.device.type != "cpu" or masks.dtype != torch.float32 or masks.dim() != 4:
         return model.postprocess_masks(masks, input_size, original_size, buffers)
-    size = int(model.img_size)
-    lead = tuple(masks.shape[:2])
-    target = (int(original_size[0]), int(original_size[1]))
-    h, w = int(input_size[0]), int(input_size[1])
-    padded = _empty(buffers, "padded", (*lead, size, size))
-    _resize_planes(masks, padded)
-    cut = padded[..., :h, :w]
-    if (h, w) == target:  # resizing to the same size is the identity
-        if cut.is_contiguous():
-            return cut
-        return _empty(buffers, "upscaled", (*lead, *target)).copy_(cut)
-    out = _empty(buffers, "upscaled", (*lead, *target))
-    _resize_planes(cut, out)
+    return model.postprocess_masks(masks, input_size, original_size, buffers, _resize_opencv)
+
+
+def _resize_opencv(
+    src: torch.Tensor, size: tuple[int, int], out: torch.Tensor | None
+) -> torch.Tensor:
+    """``src`` ``(B, C, h, w)`` float32 resized to ``size`` by :func:`_resize_planes`,
+    into ``out`` if given."""
+    if out is None:
+        out = torch.empty((*src.shape[:2], *size), dtype=torch.float32)
+    _resize_planes(src, out)
     return out
-
-
-def _empty(buffers: KeptBuffers | None, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    into = None if buffers is None else buffers(name, shape, torch.float32)
-    return torch.empty(shape, dtype=torch.float32) if into is None else into
 
 
 def _resize_planes(src: torch.Tensor, dst: torch.Tensor) -> None:

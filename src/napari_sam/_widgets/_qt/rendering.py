@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 
-__all__ = ["is_software_renderer", "software_opengl"]
+__all__ = ["is_software_renderer", "opengl_renderer", "software_opengl"]
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,25 @@ def is_software_renderer(renderer: str) -> bool:
     return any(part in name for part in SOFTWARE_RENDERERS)
 
 
+def opengl_renderer() -> str:
+    """The ``GL_RENDERER`` string of this desktop's OpenGL, read from a hidden 8×8
+    vispy canvas (the backend napari draws with)."""
+    from vispy import app, gloo
+
+    canvas = app.Canvas(show=False, size=(8, 8))
+    try:
+        canvas.set_current()
+        return str(gloo.gl.glGetParameter(gloo.gl.GL_RENDERER))
+    finally:
+        canvas.close()
+
+
 @functools.cache
 def software_opengl() -> bool:
-    """Whether OpenGL is rendered in software here: asked once per process from a
-    hidden 8×8 vispy canvas (the backend napari draws with); False when it
-    cannot be told."""
+    """Whether OpenGL is rendered in software here (:func:`opengl_renderer`, asked
+    once per process); False when it cannot be told."""
     try:
-        from vispy import app, gloo
-
-        canvas = app.Canvas(show=False, size=(8, 8))
-        try:
-            canvas.set_current()
-            renderer = str(gloo.gl.glGetParameter(gloo.gl.GL_RENDERER))
-        finally:
-            canvas.close()
+        renderer = opengl_renderer()
     except Exception as exc:  # no OpenGL at all, or a backend that cannot tell
         log.debug("napari-sam: could not read the OpenGL renderer: %s", exc)
         return False

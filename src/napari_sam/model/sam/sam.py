@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -180,6 +181,7 @@ class Sam(nn.Module):
         input_size: tuple[int, ...],
         original_size: tuple[int, ...],
         buffers: KeptBuffers | None = None,
+        resize: Resize | None = None,
     ) -> torch.Tensor:
         """Upscale low-resolution logits to the original image.
 
@@ -189,16 +191,18 @@ class Sam(nn.Module):
 
         ``buffers``, if given, receives the upscaled logits (names "padded" and
         "upscaled"): the result is then only valid until the next call with the
-        same buffers.
+        same buffers. ``resize(x, size, out)`` replaces the bilinear resize (ATen's,
+        half-pixel centres) with an equivalent one; ``out`` may be None.
 
         Returns
         -------
         Tensor ``(B, C, H0, W0)`` logits (float), contiguous.
         """
         size = self.img_size
+        resize = _resize_bilinear if resize is None else resize
         lead = tuple(masks.shape[:-2])
         into = None if buffers is None else buffers("padded", (*lead, size, size), masks.dtype)
-        masks = _resize_bilinear(masks, (size, size), into)
+        masks = resize(masks, (size, size), into)
         masks = masks[..., : input_size[0], : input_size[1]]
         target = tuple(int(s) for s in original_size)
         into = None if buffers is None else buffers("upscaled", (*lead, *target), masks.dtype)
@@ -208,7 +212,7 @@ class Sam(nn.Module):
             if masks.is_contiguous():
                 return masks
             return masks.contiguous() if into is None else into.copy_(masks)
-        return _resize_bilinear(masks, target, into)
+        return resize(masks, target, into)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``(3, H, W)`` RGB 0–255 pixels and pad to ``img_size`` (bottom/right)."""
@@ -216,6 +220,11 @@ class Sam(nn.Module):
         h, w = x.shape[-2:]
         size = self.img_size
         return F.pad(x, (0, size - w, 0, size - h))
+
+
+#: ``resize(x, size, out)``: ``x`` ``(B, C, h, w)`` resized bilinearly to ``size``,
+#: into ``out`` if given.
+Resize = Callable[[torch.Tensor, tuple[int, int], "torch.Tensor | None"], torch.Tensor]
 
 
 def _resize_bilinear(

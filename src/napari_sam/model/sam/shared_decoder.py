@@ -123,11 +123,6 @@ class SharedImageDecoder:
         )
         self._calls = 0
 
-    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """A reusable image-side buffer of ``shape`` (CPU only), or None (GPU, or a
-        batch too large to keep: :data:`KEEP_BYTES`)."""
-        return self._pool(name, shape)
-
     def _image_side(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in the decoder's image-side dtype, contiguous."""
         return t.to(self.dtype).contiguous()
@@ -214,28 +209,28 @@ class SharedImageDecoder:
                 attn = _t2i_shared(layer.cross_attn_token_to_image, q, self.k0, self.v0)
             else:
                 kpe = self._add_pe(keys)
-                attn = _t2i_folded(layer.cross_attn_token_to_image, q, kpe, keys, self._buffer)
+                attn = _t2i_folded(layer.cross_attn_token_to_image, q, kpe, keys, self._pool)
             queries = layer.norm2(queries + attn)
             queries = layer.norm3(queries + layer.mlp(queries))
             q = queries + query_pe
             attn_module = layer.cross_attn_image_to_token
-            updated = self._buffer("keys", (b, hw, c))
+            updated = self._pool("keys", (b, hw, c))
             if i == 0:
                 keys = _i2t_shared(attn_module, self.q0, q, queries, residual=self.keys0,
-                                   out=updated, scratch=self._buffer)
+                                   out=updated, scratch=self._pool)
             else:
                 keys = _i2t_folded(attn_module, kpe, q, queries, residual=keys, out=updated,
-                                   scratch=self._buffer)
+                                   scratch=self._pool)
             del kpe, updated
             # Into a second buffer: the "keys" buffer is free again for the next block.
-            keys = _layer_norm(layer.norm4, keys, out=self._buffer("normed", (b, hw, c)))
+            keys = _layer_norm(layer.norm4, keys, out=self._pool("normed", (b, hw, c)))
         n_tok = 1 + dec.num_mask_tokens
         # The IoU token and the multimask output tokens (mask token 0 is the
         # single-mask output, unused here): position j >= 1 is mask token j.
         used = [0, *range(2, n_tok)]
         q = (queries + query_pe)[:, used]
         kpe = self._add_pe(keys)
-        final = _t2i_folded(tr.final_attn_token_to_image, q, kpe, keys, self._buffer)
+        final = _t2i_folded(tr.final_attn_token_to_image, q, kpe, keys, self._pool)
         del kpe
         queries = tr.norm_final_attn(queries[:, used] + final)
 
@@ -256,7 +251,7 @@ class SharedImageDecoder:
             if last - first + 1 == len(uniq):  # consecutive prompts: no gather
                 logits = self.upscale(keys[first : last + 1], hyper[first : last + 1])
             else:
-                gathered = self._buffer("gathered", (len(uniq), hw, c))
+                gathered = self._pool("gathered", (len(uniq), hw, c))
                 picked = torch.index_select(keys, 0, uniq, out=gathered) if (
                     gathered is not None) else keys[uniq]
                 logits = self.upscale(picked, hyper[uniq])  # (P, 3, 4h, 4w)
@@ -266,7 +261,7 @@ class SharedImageDecoder:
 
     def _add_pe(self, keys: torch.Tensor) -> torch.Tensor:
         """``keys + key_pe``, into the reusable "kpe" buffer on the CPU."""
-        out = self._buffer("kpe", tuple(keys.shape))
+        out = self._pool("kpe", tuple(keys.shape))
         if out is None:
             return keys + self.key_pe
         return torch.add(keys, self.key_pe, out=out)
@@ -282,11 +277,11 @@ class SharedImageDecoder:
         # ("kpe" and "keys" are free once decoding is done; "keys" holds the
         # image tokens before their last layer norm).
         y = torch.addmm(self._b1, keys.reshape(p * hw, c), self._w1,
-                        out=self._buffer("kpe", (p * hw, 4 * c1)))
+                        out=self._pool("kpe", (p * hw, 4 * c1)))
         y = _layer_norm_last(y.view(p * hw * 4, c1), (c1,), norm.weight, norm.bias, norm.eps,
-                             out=self._buffer("keys", (p * hw * 4, c1)))
+                             out=self._pool("keys", (p * hw * 4, c1)))
         y = _act_(act1, y)
-        y = torch.addmm(self._b2, y, self._w2, out=self._buffer("upscaled", (p * hw * 4, 4 * c2)))
+        y = torch.addmm(self._b2, y, self._w2, out=self._pool("upscaled", (p * hw * 4, 4 * c2)))
         y = _act_(act2, y)  # (P*HW*4, 4*C2)
         m = hyper.shape[1]
         logits = torch.bmm(y.view(p, hw * 16, c2), hyper.transpose(1, 2).to(y.dtype))

@@ -135,10 +135,8 @@ def _bad_inputs(tmp_path, checkpoint):
     write_2d(good)
     junk = tmp_path / "junk.tif"
     junk.write_bytes(b"\x00" * 100)
-    four_d = tmp_path / "four_d.tif"
-    tifffile.imwrite(
-        four_d, np.zeros((2, 3, 16, 16), np.uint16), imagej=True, metadata={"axes": "TZYX"}
-    )
+    five_d = tmp_path / "five_d.tif"  # (T, Z, Y, X) is segmented; 5 axes are too many
+    tifffile.imwrite(five_d, np.zeros((2, 2, 3, 16, 16), np.uint16), metadata={"axes": "TQZYX"})
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(checkpoint.read_bytes()[:100_000])
     blocker = tmp_path / "a_file"
@@ -151,7 +149,7 @@ def _bad_inputs(tmp_path, checkpoint):
             "nope.tif does not exist",
         ),
         "unreadable input": ([str(junk), "-o", out, *vit_t], "cannot be read as a TIFF file"),
-        "unsupported shape": ([str(four_d), "-o", out, *vit_t], "has 4 axes"),
+        "unsupported shape": ([str(five_d), "-o", out, *vit_t], "has 5 axes"),
         "corrupt checkpoint": (
             [str(good), "-o", out, "--model", "vit_t", "--checkpoint", str(truncated)],
             "could not be read; it is probably incomplete",

@@ -22,6 +22,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from dask_helpers import inprocess_client as inprocess_client_of_tests
 from killed_worker import run_killing_a_worker
 from napari_sam import cli
 from napari_sam.distributed import ModelSpec, run_batch
@@ -162,12 +163,7 @@ def test_two_worker_processes_give_the_single_process_outputs(
 
 @pytest.fixture
 def inprocess_client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
-        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-    ) as cluster, Client(cluster) as client:  # fmt: skip
+    with inprocess_client_of_tests() as client:
         yield client
 
 

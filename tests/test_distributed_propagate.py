@@ -21,6 +21,7 @@ import tifffile
 import torch
 from distributed import WorkerPlugin
 
+from dask_helpers import inprocess_client as inprocess_client_of_tests
 from killed_worker import run_killing_a_worker
 from napari_sam.cli import main
 from napari_sam.distributed import ModelSpec
@@ -85,12 +86,7 @@ def one_thread():
 @pytest.fixture()
 def inprocess_client(one_thread):
     """Two workers in this process (threads), each running torch on one thread."""
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
-        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-    ) as cluster, Client(cluster) as client:  # fmt: skip
+    with inprocess_client_of_tests() as client:
         yield client
 
 

@@ -29,6 +29,7 @@ import tifffile
 import torch
 
 from ais_reference import decisive_random_decoder, nuclei_labels, nuclei_stack
+from dask_helpers import inprocess_client as inprocess_client_of_tests
 from napari_sam import cli, sam_model_registry
 from napari_sam.workflows import batch_tiles, io
 
@@ -40,12 +41,7 @@ def _cache(monkeypatch, tmp_path):
 
 @pytest.fixture
 def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
-        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-    ) as cluster, Client(cluster) as client:  # fmt: skip
+    with inprocess_client_of_tests() as client:
         yield client
 
 

@@ -30,6 +30,7 @@ import pytest
 import tifffile
 import torch
 
+from dask_helpers import inprocess_client as inprocess_client_of_tests
 from killed_worker import run_killing_a_worker
 from napari_sam import sam_model_registry
 from napari_sam.distributed import ModelSpec, run_batch, tasks
@@ -168,12 +169,7 @@ def tiled(tmp_path_factory):
 
 @pytest.fixture
 def inprocess_client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
-        host="127.0.0.1", dashboard_address=None,
-    ) as cluster, Client(cluster) as client:  # fmt: skip
+    with inprocess_client_of_tests(dashboard=False) as client:
         yield client
 
 

@@ -31,9 +31,11 @@ image: a TIFF of the same height and width
 has its own number (1, 2, 3, ...). Fiji, napari and most analysis tools open it.
 
 INPUT is an image file: TIFF, PNG, JPEG, BMP, .npy, or a zarr / OME-Zarr
-folder; a 2D grayscale image (Y X), a 2D colour image (Y X RGB) or a 3D stack
-(Z Y X; also a time series T Y X), 8/16-bit or float. A stack is segmented
-slice by slice. The output keeps the input's pixel size (voxel size).
+folder; a 2D grayscale image (Y X), a 2D colour image (Y X RGB), a 3D stack
+(Z Y X; also a time series T Y X) or a time-lapse of stacks (T Z Y X), 8/16-bit
+or float. A stack is segmented slice by slice (--link-slices links objects
+through the slices of each time point; time points keep their own ids). The
+output keeps the input's pixel size (voxel size; the frame interval for T).
 Several INPUTs, or a folder of images, are written into the OUTPUT folder as
 <name>_labels.tif (<name>_labels.zarr for zarr inputs). Files a folder holds
 besides images are listed at the end with the reason they were skipped.
@@ -355,10 +357,13 @@ class _Report:
         tqdm.write(line, file=sys.stderr)
 
     def finished(
-        self, job: Any, n_objects: int, n_slices: int | None, seconds: float, mode: str = ""
+        self, job: Any, n_objects: int, n_slices: int | None, seconds: float, mode: str = "",
+        n_frames: int | None = None,
     ) -> None:
         self.done.append(job)
         planes = "" if n_slices is None else f" in {n_slices} slices"
+        if n_frames is not None:
+            planes = f" in {n_frames} time points of {n_slices} slices"
         folder = job.output.parent
         note = ""
         if folder in self.new_folders and folder not in self.announced:
@@ -528,7 +533,8 @@ def _run_here(
             planes[index] = result.coco or []
             if tables is not None:
                 tables.add(result.labels, job.name, image, result.scores, "automatic")
-            report.finished(job, result.n_objects, result.n_slices, result.seconds, result.mode)
+            report.finished(job, result.n_objects, result.n_slices, result.seconds, result.mode,
+                            result.n_frames)
     finally:
         for folder in {job.output.parent for job in plan.jobs}:
             tidy(folder, folder in report.new_folders)
@@ -567,7 +573,8 @@ def _run_on_cluster(
             if outcome.table is not None:
                 objects[index_of[job]] = outcome.table
             if outcome.status == "done":
-                report.finished(job, outcome.n_objects, outcome.n_slices, outcome.seconds)
+                report.finished(job, outcome.n_objects, outcome.n_slices, outcome.seconds,
+                                n_frames=outcome.n_frames)
             else:
                 report.kept_before(job, outcome.n_objects)
 

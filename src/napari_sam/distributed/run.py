@@ -14,7 +14,9 @@ into tasks and follows them to the end:
   for a TIFF): :class:`~napari_sam.distributed.stack_job.StackJob`. The
   result equals the single-process result.
 - a plane larger than SAM's input is one task per tile and a merge
-  (:mod:`~napari_sam.distributed.tiled_job`).
+  (:mod:`~napari_sam.distributed.tiled_job`);
+- a time-lapse of stacks ``(T, Z, Y, X)`` is one task (its planes, tiled where
+  large, one after the other on one worker).
 
 This module keeps the run's bookkeeping: task submission and progress, the
 results dispatched to their job, failures, outcomes and cancelling.
@@ -96,6 +98,8 @@ class Outcome:
         Tiles of a 2D image finished by an earlier run and not segmented again.
     table : pandas.DataFrame or None
         The output's object table, when asked for (``table=True``).
+    n_frames : int or None
+        Time points of a time-lapse of stacks (``n_slices`` is then per time point).
     """
 
     job: SegmentJob
@@ -108,6 +112,7 @@ class Outcome:
     resumed_slices: int = 0
     table: Any = None
     resumed_tiles: int = 0
+    n_frames: int | None = None
 
 
 @dataclass
@@ -230,7 +235,10 @@ class _Runner:
                 work.remove()
             kept = work.prepare(self.identity)
             stack = image is not None and not image.rgb and image.data.ndim == 3
+            frames = image is not None and image.data.ndim == 4  # one task: the whole file
             grid = None if image is None else plane_grid(image.spatial_shape[-2:], self.recipe)
+            if frames:
+                grid = None
             if stack and image.data.shape[0] > 1:
                 st = StackJob(
                     self, index, job, work, tuple(int(v) for v in image.data.shape),
@@ -264,7 +272,7 @@ class _Runner:
                 return None  # the file task reports it
             if plane_grid((height, width), self.recipe) is None:
                 return None
-        return io.read_image(job.source, lazy=True)
+        return io.read_image(job.source, lazy=True, frames=True)
 
     def _contrast(self, image: io.TiffImage) -> tuple[float, float]:
         contrast = self.recipe.contrast or default_contrast_limits(image.data)
@@ -272,7 +280,7 @@ class _Runner:
 
     def _done(
         self, index: int, n_objects: int, n_slices: int | None, coco: CocoPlanes | None,
-        resumed: int = 0,
+        resumed: int = 0, n_frames: int | None = None,
     ) -> None:
         job = self.jobs[index]
         Manifest(job.output.parent).record(job, self.identity, coco, n_objects)
@@ -281,7 +289,7 @@ class _Runner:
         self._finish(
             Outcome(job, "done", n_objects, n_slices, seconds=seconds, coco=coco,
                     resumed_slices=resumed, table=self.tables.pop(index, None),
-                    resumed_tiles=self.tiles.resumed.pop(index, 0)),
+                    resumed_tiles=self.tiles.resumed.pop(index, 0), n_frames=n_frames),
             index,
         )  # fmt: skip
 
@@ -353,7 +361,8 @@ class _Runner:
                 ) from exc
         if result.table is not None:
             self.tables[index] = result.table
-        self._done(index, result.n_objects, result.n_slices, result.coco)
+        self._done(index, result.n_objects, result.n_slices, result.coco,
+                   n_frames=result.n_frames)
 
     # ----------------------------------------------------------------- run
     def run(self, jobs: Sequence[SegmentJob]) -> dict[int, Outcome]:

@@ -374,13 +374,16 @@ class Manifest:
         value = entry.get("n_objects") if isinstance(entry, dict) else None
         return value if isinstance(value, int) else None
 
-    def coco(self, job: SegmentJob) -> list[tuple[int | None, tuple[int, int], list[dict]]]:
+    def coco(self, job: SegmentJob) -> list[tuple[Any, tuple[int, int], list[dict]]]:
         """The COCO annotations kept by :meth:`record` (empty if there are none)."""
         try:
             planes = json.loads(self.coco_path(job).read_text())
         except (OSError, ValueError):
             return []
-        return [(z, (int(shape[0]), int(shape[1])), anns) for z, shape, anns in planes]
+        return [  # a time-lapse's (t, z) comes back from JSON as a list
+            (tuple(z) if isinstance(z, list) else z, (int(shape[0]), int(shape[1])), anns)
+            for z, shape, anns in planes
+        ]
 
 
 # ============================================================================= one file
@@ -392,8 +395,9 @@ class FileResult:
     ----------
     n_objects : int
     n_slices : int or None
-        Slices of a stack (None for a 2D image).
-    coco : list of (slice or None, (height, width), annotations) or None
+        Slices of a stack, or of each time point of a time-lapse of stacks
+        (None for a 2D image).
+    coco : list of (plane, (height, width), annotations) or None
         COCO annotations of every plane (:func:`coco_planes`), when asked for.
     seconds : float
     labels, scores : optional
@@ -404,6 +408,8 @@ class FileResult:
     table : pandas.DataFrame, optional
         The output's object table (:func:`~napari_sam.workflows.tables.image_object_table`),
         when a cluster worker was asked for it.
+    n_frames : int or None
+        Time points of a time-lapse of stacks ``(T, Z, Y, X)`` (None otherwise).
     """
 
     n_objects: int
@@ -414,13 +420,16 @@ class FileResult:
     scores: dict | None = None
     mode: str = "amg"
     table: Any = None
+    n_frames: int | None = None
 
 
 def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
     """Read an input; zarr folders and files over :data:`LAZY_BYTES` lazily.
 
-    With the recipe's ``channels``, a TIFF (or ``.npy``) is read channels first
-    and the channels are checked against it.
+    Grayscale time-lapses of stacks ``(T, Z, Y, X)`` are read too
+    (:func:`~napari_sam.workflows.io.read_image` with ``frames=True``). With
+    the recipe's ``channels``, a TIFF (or ``.npy``) is read channels first and
+    the channels are checked against it.
 
     Raises
     ------
@@ -440,18 +449,21 @@ def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
         lazy = path.is_file() and path.stat().st_size > LAZY_BYTES
     except OSError:
         lazy = False
-    return io.read_image(path, lazy=lazy)
+    return io.read_image(path, lazy=lazy, frames=True)
 
 
 def coco_planes(
     labels: np.ndarray,
-    scores: dict[tuple[int | None, int], dict[str, float]],
+    scores: dict[tuple[Any, int], dict[str, float]],
     stack: bool,
-) -> list[tuple[int | None, tuple[int, int], list[dict]]]:
-    """COCO annotations (:func:`~napari_sam.workflows.coco.plane_annotations`) of each plane."""
-    planes = [(z, labels[z]) for z in range(labels.shape[0])] if stack else [(None, labels)]
+) -> list[tuple[Any, tuple[int, int], list[dict]]]:
+    """COCO annotations (:func:`~napari_sam.workflows.coco.plane_annotations`) of each plane.
+
+    A plane is named by ``None`` (2D), its slice (a stack) or ``(t, z)`` (a
+    ``(T, Z, Y, X)`` time-lapse of stacks), as the keys of ``scores`` name it.
+    """
     out = []
-    for z, plane in planes:
+    for z, plane in coco.label_planes(labels, stack):
         plane_scores = {lab: v for (zz, lab), v in scores.items() if zz == z}
         out.append((z, tuple(plane.shape), coco.plane_annotations(plane, plane_scores)))
     return out
@@ -481,14 +493,21 @@ def segment_file(
     """
     t0 = time.perf_counter()
     image = open_input(job.source, recipe) if image is None else image
-    if recipe.channels is not None:
+    frames = image.channel_axis is None and not image.rgb and image.data.ndim == 4
+    if recipe.channels is not None or frames:
         from napari_sam.workflows.planes import ImagePlanes
         from napari_sam.workflows.segment_planes import segment_planes
 
-        planes = ImagePlanes(
-            image.data, channel_axis=0, channels=recipe.channels, contrast=recipe.channel_contrast
-        )
-        modes = {k: v for k, v in recipe.kwargs().items() if k in ("mode", "ais_settings")}
+        if frames:  # a time-lapse of stacks: every plane with the whole file's contrast
+            planes = ImagePlanes(image.data, contrast=recipe.contrast)
+        else:
+            planes = ImagePlanes(
+                image.data, channel_axis=0, channels=recipe.channels,
+                contrast=recipe.channel_contrast,
+            )  # fmt: skip
+        modes = {
+            k: v for k, v in recipe.kwargs().items() if k in ("mode", "ais_settings", "tiling")
+        }
         result = segment_planes(
             model, planes, settings=recipe.settings, progress=progress,
             should_cancel=should_cancel, **modes,
@@ -508,9 +527,11 @@ def segment_file(
     coco_data = None
     if coco:
         coco_data = coco_planes(result.labels, result.scores, stack=result.slices is not None)
+    n_slices = None if result.slices is None else len(result.slices)
     return FileResult(
         n_objects=result.n_objects,
-        n_slices=None if result.slices is None else len(result.slices),
+        n_slices=int(image.data.shape[1]) if frames else n_slices,
+        n_frames=int(image.data.shape[0]) if frames else None,
         coco=coco_data,
         seconds=time.perf_counter() - t0,
         labels=result.labels if keep_labels else None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 from napari_sam.errors import ImageFormatError, OutputFileError
 from napari_sam.runtime.files import atomic_write
 
-__all__ = ["CocoWriter", "labels_to_coco", "plane_annotations", "write_coco"]
+__all__ = ["CocoWriter", "label_planes", "labels_to_coco", "plane_annotations", "write_coco"]
 
 
 def _rle_encode(mask_f: np.ndarray) -> dict:
@@ -79,12 +79,27 @@ def plane_annotations(
     return out
 
 
+def label_planes(labels: np.ndarray, stack: bool = True) -> Iterator[tuple[Any, np.ndarray]]:
+    """The 2D planes of a label image, each with its name in COCO and in SAM's scores:
+    ``None`` (a 2D image, or ``stack=False``), the slice ``z`` of a stack, or
+    ``(t, z)`` of a ``(T, Z, Y, X)`` time-lapse of stacks."""
+    if labels.ndim == 4:
+        for t, z in np.ndindex(*labels.shape[:2]):
+            yield (t, z), labels[t, z]
+    elif stack:
+        for z in range(labels.shape[0]):
+            yield z, labels[z]
+    else:
+        yield None, labels
+
+
 @dataclass
 class CocoWriter:
     """Collects label images into one COCO dataset.
 
-    Each 2D image, and each slice of a 3D stack, is a COCO ``image``
-    (``file_name``, ``height``, ``width``, and ``slice`` for a stack); each object
+    Each 2D image, and each slice of a 3D stack or of a ``(T, Z, Y, X)``
+    time-lapse of stacks, is a COCO ``image`` (``file_name``, ``height``,
+    ``width``, ``slice`` for a stack, and ``frame`` for a time-lapse); each object
     of it an ``annotation`` of category 1 (``"object"``) with a pycocotools
     compressed RLE ``segmentation``, ``area``, ``bbox`` ``[x, y, w, h]``,
     ``iscrowd`` 0, ``label`` (its id in the label image, the same in every slice
@@ -104,20 +119,23 @@ class CocoWriter:
         stack: bool | None = None,
         scores: Mapping[tuple[int | None, int], Mapping[str, float]] | None = None,
     ) -> None:
-        """Add a label image (``(Y, X)``, or ``(Z, Y, X)`` with one COCO image per slice).
+        """Add a label image: ``(Y, X)``, or ``(Z, Y, X)`` / ``(T, Z, Y, X)`` with one
+        COCO image per plane.
 
-        ``scores`` maps ``(slice or None, label)`` to extra annotation fields.
+        ``scores`` maps ``(plane, label)`` to extra annotation fields, the plane
+        named as :func:`label_planes` names it.
         """
         arr = np.asarray(labels)
         if stack is None:
-            stack = arr.ndim == 3
-        if arr.ndim != (3 if stack else 2) or not np.issubdtype(arr.dtype, np.integer):
+            stack = arr.ndim >= 3
+        if arr.ndim != (2 if not stack else 3 if arr.ndim <= 3 else 4) or not np.issubdtype(
+            arr.dtype, np.integer
+        ):
             raise ImageFormatError(
-                f"COCO export needs a 2D or 3D integer label image; got {arr.dtype} of shape "
-                f"{arr.shape}."
+                f"COCO export needs a 2D, 3D or 4D (T, Z, Y, X) integer label image; got "
+                f"{arr.dtype} of shape {arr.shape}."
             )
-        planes = [(z, arr[z]) for z in range(arr.shape[0])] if stack else [(None, arr)]
-        for z, plane in planes:
+        for z, plane in label_planes(arr, stack):
             plane_scores = None
             if scores:
                 plane_scores = {lab: v for (zz, lab), v in scores.items() if zz == z}
@@ -125,10 +143,12 @@ class CocoWriter:
             self.add_plane(file_name, z, plane.shape, anns)
 
     def add_plane(
-        self, file_name: str, z: int | None, shape: Sequence[int], annotations: Sequence[dict]
+        self, file_name: str, z: Any, shape: Sequence[int], annotations: Sequence[dict]
     ) -> None:
-        """Add one COCO image (a 2D image, or slice ``z`` of a stack) with its annotations
-        (as :func:`plane_annotations` makes them; ids are given here)."""
+        """Add one COCO image with its annotations (as :func:`plane_annotations` makes
+        them; ids are given here): a 2D image (``z`` None), slice ``z`` of a stack,
+        or slice ``z[1]`` of time point ``z[0]`` of a time-lapse of stacks (the
+        image then says ``"frame"`` and ``"slice"``)."""
         image_id = len(self.images) + 1
         image: dict[str, Any] = {
             "id": image_id,
@@ -136,7 +156,9 @@ class CocoWriter:
             "height": int(shape[0]),
             "width": int(shape[1]),
         }
-        if z is not None:
+        if isinstance(z, (tuple, list)):
+            image["frame"], image["slice"] = int(z[0]), int(z[1])
+        elif z is not None:
             image["slice"] = int(z)
         self.images.append(image)
         for ann in annotations:

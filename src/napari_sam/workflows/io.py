@@ -8,7 +8,9 @@
   with the reason.
 - :func:`read_tiff` reads a 2D (YX), 2D RGB (YXS) or 3D (ZYX, or TYX) TIFF
   and its pixel size (ImageJ ``spacing``/resolution tags), dropping axes of
-  length 1; anything else is refused with a sentence that says why.
+  length 1; with ``frames=True`` also a time-lapse of stacks (TZYX, with
+  ImageJ's frame interval ``finterval``); anything else is refused with a
+  sentence that says why.
 - :func:`write_labels_tiff` writes an instance label image as a compressed
   (zlib) TIFF that napari, Fiji/ImageJ and tifffile open: ImageJ format with
   the voxel size (``spacing`` for Z, X/Y resolution, ``unit``) when the labels
@@ -110,11 +112,13 @@ class TiffImage:
     Attributes
     ----------
     data : ndarray
-        ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, or ``(Z, Y, X)``.
+        ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, ``(Z, Y, X)``, or ``(T, Z, Y, X)``
+        when read with ``frames=True``.
     rgb : bool
         The last axis holds colour channels.
     scale : tuple of float
-        Pixel size per spatial axis (``(y, x)`` or ``(z, y, x)``), 1.0 where unknown.
+        Pixel size per axis (``(y, x)``, ``(z, y, x)`` or ``(t, z, y, x)``, the
+        time step first), 1.0 where unknown.
     unit : str or None
         Unit of ``scale`` as napari names it (``"micrometer"``), if the file says.
     axes : str
@@ -138,10 +142,13 @@ class TiffImage:
         return tuple(self.data.shape[:-1] if self.rgb else self.data.shape)
 
 
-def read_image(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage:
+def read_image(
+    path: str | os.PathLike[str], *, lazy: bool = False, frames: bool = False
+) -> TiffImage:
     """Read an image to segment: TIFF, ``.npy``, PNG, JPEG, BMP, or a zarr / OME-Zarr folder.
 
-    The layouts accepted are those of :func:`read_tiff`. PNG, JPEG and BMP
+    The layouts accepted are those of :func:`read_tiff` (``frames``: also a
+    time-lapse of stacks, ``(T, Z, Y, X)``). PNG, JPEG and BMP
     files are 2D grayscale (8 or 16 bit) or colour images; palette images become
     RGB, a grey image with transparency loses its alpha channel; their pixel
     size is unknown (1). Zarr data is always read lazily, TIFF data with
@@ -160,7 +167,7 @@ def read_image(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage
         raise InputFileError(f"The input file {path} does not exist.")
     if path.is_dir():
         if zarr_io.is_zarr(path):
-            return _read_zarr(path)
+            return _read_zarr(path, frames)
         raise InputFileError(
             f"{path} is a folder, not an image file (a zarr folder holds zarr metadata)."
         )
@@ -172,7 +179,7 @@ def read_image(path: str | os.PathLike[str], *, lazy: bool = False) -> TiffImage
             f"{path.name} is not an image napari-sam reads ({suffix or 'no extension'}); "
             f"it reads {_readable_kinds()}."
         )
-    return read_tiff(path, lazy=lazy)
+    return read_tiff(path, lazy=lazy, frames=frames)
 
 
 def _readable_kinds() -> str:
@@ -209,10 +216,10 @@ def _read_pillow(path: Path) -> TiffImage:
     return _checked_image(path, data, axes, {}, {}, None)
 
 
-def _read_zarr(path: Path) -> TiffImage:
+def _read_zarr(path: Path, frames: bool = False) -> TiffImage:
     source = zarr_io.open_zarr_image(path)
-    image = _checked_image(path, source.data, source.axes, {}, {}, None)
-    spatial = "ZYX"[-len(image.spatial_shape):]
+    image = _checked_image(path, source.data, source.axes, {}, {}, None, frames=frames)
+    spatial = "TZYX"[-len(image.spatial_shape):]
     scale = tuple(source.scale.get(a, 1.0) for a in spatial)
     image.scale = tuple(_positive(s) for s in scale)
     image.unit = _napari_unit(source.unit)
@@ -220,13 +227,20 @@ def _read_zarr(path: Path) -> TiffImage:
 
 
 def read_tiff(
-    path: str | os.PathLike[str], *, channels: bool = False, lazy: bool = False
+    path: str | os.PathLike[str],
+    *,
+    channels: bool = False,
+    lazy: bool = False,
+    frames: bool = False,
 ) -> TiffImage:
     """Read an image to segment from a TIFF file.
 
     Accepted: 2D grayscale (YX), 2D RGB(A) (YXS) and 3D grayscale stacks (Z, Y, X; a
-    time series T, Y, X is segmented the same way, one plane after the other).
-    Axes of length 1 (a single channel, time point or slice) are dropped.
+    time series T, Y, X is segmented the same way, one plane after the other);
+    with ``frames=True`` also 4D grayscale data, read as a time-lapse of stacks
+    ``(T, Z, Y, X)`` (the first axis is the outer one, e.g. time; its scale
+    entry is ImageJ's frame interval, or 1). Axes of length 1 (a single
+    channel, time point or slice) are dropped.
     With ``lazy``, the pixels are read only when :attr:`TiffImage.data` (a zarr
     array) is indexed, one TIFF page or tile at a time.
 
@@ -254,7 +268,7 @@ def read_tiff(
             data = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise InputFileError(f"{path.name} cannot be read as a .npy file ({exc}).") from exc
-        return _checked_image(path, data, "Q" * data.ndim, {}, {}, None, channels)
+        return _checked_image(path, data, "Q" * data.ndim, {}, {}, None, channels, frames)
     tifffile = _tifffile()
     try:
         with tifffile.TiffFile(path) as tif:
@@ -273,7 +287,7 @@ def read_tiff(
         raise InputFileError(
             f"{path.name} cannot be read as a TIFF file ({type(exc).__name__}: {exc})."
         ) from exc
-    return _checked_image(path, data, axes, ij, shaped, res, channels)
+    return _checked_image(path, data, axes, ij, shaped, res, channels, frames)
 
 
 def _lazy_tiff(path: Path) -> Any:
@@ -291,8 +305,10 @@ def _checked_image(
     shaped: dict,
     res: tuple[float, float] | None,
     channels: bool = False,
+    frames: bool = False,
 ) -> TiffImage:
-    """The image in ``data`` (axes as tifffile names them) if napari-sam can segment it."""
+    """The image in ``data`` (axes as tifffile names them) if napari-sam can segment it
+    (``frames``: 4D grayscale data too, as ``(T, Z, Y, X)``)."""
     if len(axes) != data.ndim:
         axes = "Q" * data.ndim
     if data.dtype.kind == "c" or not (
@@ -341,23 +357,26 @@ def _checked_image(
             f"{path.name} is an RGB image with {spatial} spatial axes (axes {axes}, shape "
             f"{data.shape}); napari-sam segments 2D RGB images, so split the stack first."
         )
-    if spatial not in (2, 3):
+    if spatial not in ((2, 3, 4) if frames and not rgb else (2, 3)):
+        kinds = "2D images (Y, X), RGB images (Y, X, colour) and 3D stacks (Z, Y, X)"
+        if frames:
+            kinds = kinds.replace(" and 3D", ", 3D") + " and time-lapses of stacks (T, Z, Y, X)"
+        split = "Split time points or channels" if not frames else "Split its outer axes"
         raise InputFileError(
             f"{path.name} has {spatial} axes ({spatial}D data: axes {axes}, shape {data.shape}); "
-            "napari-sam "
-            "segments 2D images (Y, X), RGB images (Y, X, colour) and 3D stacks (Z, Y, X). "
-            "Split time points or channels into separate files first."
+            f"napari-sam segments {kinds}. {split} into separate files first."
         )
     if min(data.shape[:spatial]) < 1:
         raise InputFileError(f"{path.name} holds an empty image (shape {data.shape}).")
 
     sy, sx = res if res is not None else (1.0, 1.0)
     unit = ij.get("unit") if ij else shaped.get("unit")
-    if spatial == 3:
+    scale: tuple[float, ...] = (_positive(sy), _positive(sx))
+    if spatial >= 3:
         sz = ij.get("spacing") if ij else shaped.get("spacing")
-        scale: tuple[float, ...] = (_positive(sz), _positive(sy), _positive(sx))
-    else:
-        scale = (_positive(sy), _positive(sx))
+        scale = (_positive(sz), *scale)
+    if spatial == 4:
+        scale = (_positive(ij.get("finterval") if ij else shaped.get("finterval")), *scale)
     return TiffImage(data=data, rgb=rgb, scale=scale, unit=_napari_unit(unit), axes=axes)
 
 

@@ -5,9 +5,12 @@ each plane exactly as SAM sees it through an
 :class:`~napari_sam.workflows.planes.ImagePlanes` (its contrast limits and its
 1–3 channels mapped to red, green and blue), for images with any number of
 leading axes. Object ids are numbered on through the planes (1, 2, ... in the
-first plane, then on); with one leading axis (a stack) and
-``settings.link_slices``, objects that continue from one slice to the next get
-one id (:func:`~napari_sam.workflows.segment.link_slices`), as for a grayscale stack.
+first plane, then on). With ``settings.link_slices``, objects that continue
+from one plane to the next along the *last* leading axis get one id
+(:func:`~napari_sam.workflows.segment.link_slices`): through the slices of a
+stack, as for a grayscale stack, and through the slices of each time point of
+a ``(T, Z, Y, X)`` time-lapse of stacks (never from one time point to the
+next: objects of different time points keep different ids).
 
 Planes are read one at a time (lazy arrays are never read whole).
 """
@@ -43,6 +46,7 @@ def segment_planes(
     should_cancel: CancelCheck | None = None,
     mode: str = "auto",
     ais_settings: Any = None,
+    tiling: Any = "auto",
 ) -> SegmentationResult:
     """Label every object of (some) planes of an image, as SAM sees them through ``planes``.
 
@@ -57,9 +61,9 @@ def segment_planes(
     progress, should_cancel : callable, optional
         As for :func:`~napari_sam.workflows.segment.segment`; ``done`` and
         ``total`` count SAM's steps over all planes.
-    mode, ais_settings : optional
+    mode, ais_settings, tiling : optional
         As for :func:`~napari_sam.workflows.segment.segment` (``model`` may be a
-        ``LoadedModel`` with an instance decoder).
+        ``LoadedModel`` with an instance decoder; large planes are tiled).
 
     Returns
     -------
@@ -72,19 +76,13 @@ def segment_planes(
     Raises
     ------
     SettingsError
-        For linking asked on an image with more than one leading axis, or a
-        plane outside the image.
+        For a plane outside the image.
     Cancelled
         If ``should_cancel`` returned True.
     """
     settings = settings or AutoSettings()
     settings.check()
     g = planes.geometry
-    if settings.link_slices and g.n_leading > 1:
-        raise SettingsError(
-            "Linking objects across slices works along the one leading axis of a stack; this "
-            f"image has {g.n_leading} leading axes (shape {g.shape})."
-        )
     try:
         todo = (
             list(g.indices()) if indices is None else [g.check_index(i) for i in indices]
@@ -118,6 +116,7 @@ def segment_planes(
             should_cancel=should_cancel,
             mode=mode,
             ais_settings=ais_settings,
+            tiling=tiling,
         )
         plane = result.labels
         count = int(plane.max()) if plane.size else 0
@@ -130,9 +129,45 @@ def segment_planes(
         n_masks += result.n_masks
         labels[g.labels_slicer(index)] = plane
     slices = [int(index[0]) for index in todo] if g.n_leading == 1 else None
-    if settings.link_slices and g.n_leading == 1:
-        labels, mapping = link_slices(labels, settings.link_iou, slices=slices)
-        scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
+    if settings.link_slices and g.n_leading:
+        scores = _link_lines(labels, scores, todo, planes, settings.link_iou)
     return SegmentationResult(
         labels=labels, slices=slices, scores=scores, n_masks=n_masks, mode=result.mode
     )
+
+
+def _link_lines(
+    labels: np.ndarray,
+    scores: dict[tuple[Any, int], dict[str, float]],
+    todo: list[tuple[int, ...]],
+    planes: ImagePlanes,
+    iou: float,
+) -> dict[tuple[Any, int], dict[str, float]]:
+    """Link the segmented planes of ``labels`` (in place) along the last leading axis.
+
+    Each line of planes along that axis (one per index of the other leading
+    axes: the slices of one time point) is linked on its own by
+    :func:`~napari_sam.workflows.segment.link_slices`; its ids are then offset
+    past the previous lines' so that every object keeps its own id. Returns
+    the scores under the new ids (keys as :func:`segment_planes` gives them).
+    """
+    g = planes.geometry
+    lines: dict[tuple[int, ...], list[int]] = {}
+    for index in todo:
+        lines.setdefault(index[:-1], []).append(index[-1])
+    by_line: dict[tuple[int, ...], list[tuple[Any, int, int]]] = {}
+    for (where, lab), _ in scores.items():
+        index = tuple(where) if isinstance(where, tuple) else (int(where),)
+        by_line.setdefault(index[:-1], []).append((where, index[-1], lab))
+    linked: dict[tuple[Any, int], dict[str, float]] = {}
+    offset = 0
+    for outer, zs in lines.items():
+        view = g.line_slicer((*outer, zs[0]), g.n_leading - 1)
+        line, mapping = link_slices(labels[view], iou, slices=sorted(zs))
+        if offset:
+            line[line > 0] += np.uint32(offset)
+        labels[view] = line
+        for where, z, lab in by_line.get(outer, []):
+            linked[(where, mapping[(z, lab)] + offset)] = scores[(where, lab)]
+        offset = max(offset, int(line.max()) if line.size else 0)
+    return linked

@@ -13,10 +13,11 @@ scheduler, which matters inside the tasks of a Dask cluster).
 
 Writing (:class:`LabelsZarr`): an OME-Zarr label image (NGFF 0.4, zarr v2
 format, ``/`` chunk separator, one resolution level ``"0"``, ``uint32``
-object ids, axes ``z y x`` or ``y x`` with units and the pixel size as a
-``scale`` transformation, and ``image-label`` metadata so napari opens it as
-a Labels layer). Chunks hold at most one slice, so the workers of a cluster
-write different slices in parallel without touching each other's chunks.
+object ids, axes ``z y x`` or ``y x`` (``t z y x`` for a time-lapse of
+stacks) with units and the pixel size as a ``scale`` transformation, and
+``image-label`` metadata so napari opens it as a Labels layer). Chunks hold
+at most one slice, so the workers of a cluster write different slices in
+parallel without touching each other's chunks.
 :func:`write_labels_zarr` writes a whole in-memory label image; the folder is
 built under a temporary name and renamed into place when complete.
 
@@ -216,7 +217,7 @@ def _multiscale_level0(
         for t in transforms or []:
             if t.get("type") == "scale" and len(t.get("scale", ())) == len(axes):
                 factors = factors * np.asarray(t["scale"], dtype=float)
-    scale = {a: float(s) for a, s in zip(axes, factors) if a in "ZYX"}
+    scale = {a: float(s) for a, s in zip(axes, factors) if a in "TZYX"}
     unit = units.get("X") or units.get("Y")
     return array, axes, scale, unit
 
@@ -229,11 +230,13 @@ def _ngff_unit(unit: str | None) -> str | None:
 
 
 def _metadata(ndim: int, scale: Sequence[float], unit: str | None, name: str) -> dict:
-    axes = [{"name": a, "type": "space"} for a in ("zyx" if ndim == 3 else "yx")]
+    axes = [{"name": a, "type": "space"} for a in "zyx"[3 - min(ndim, 3):]]
     ngff_unit = _ngff_unit(unit)
     if ngff_unit:
         for ax in axes:
             ax["unit"] = ngff_unit
+    if ndim == 4:  # a time-lapse of stacks: the time step's unit is not known
+        axes.insert(0, {"name": "t", "type": "time"})
     return {
         "multiscales": [
             {
@@ -281,9 +284,9 @@ def _create_v2(zarr: Any, path: Path, shape: tuple[int, ...], attrs: dict) -> An
 
 
 def chunk_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """Chunks of a label volume: one slice deep, at most :data:`CHUNK_SIDE` wide."""
+    """Chunks of a label volume: one plane each, at most :data:`CHUNK_SIDE` wide."""
     plane = tuple(min(int(s), CHUNK_SIDE) for s in shape[-2:])
-    return (1, *plane) if len(shape) == 3 else plane
+    return (*(1,) * (len(shape) - 2), *plane)
 
 
 class LabelsZarr:
@@ -291,7 +294,7 @@ class LabelsZarr:
 
     :meth:`create` makes an empty one (all zeros, ``uint32``); :meth:`open`
     opens an existing one for reading and writing; :attr:`array` is the zarr
-    array of the full-resolution level, ``(Y, X)`` or ``(Z, Y, X)``.
+    array of the full-resolution level, ``(Y, X)``, ``(Z, Y, X)`` or ``(T, Z, Y, X)``.
     """
 
     def __init__(self, path: Path, array: Any) -> None:
@@ -312,17 +315,17 @@ class LabelsZarr:
         Raises
         ------
         ImageFormatError
-            If ``shape`` is not 2D or 3D, or ``scale`` does not fit it.
+            If ``shape`` is not 2D, 3D or 4D, or ``scale`` does not fit it.
         OutputFileError
             If the folder cannot be written.
         """
         zarr = _zarr()
         path = Path(path).expanduser()
         shape = tuple(int(s) for s in shape)
-        if len(shape) not in (2, 3) or min(shape) < 1:
+        if len(shape) not in (2, 3, 4) or min(shape) < 1:
             raise ImageFormatError(
-                f"Label images are saved as 2D (Y, X) or 3D (Z, Y, X) zarr; this one has "
-                f"shape {shape}."
+                f"Label images are saved as 2D (Y, X), 3D (Z, Y, X) or 4D (T, Z, Y, X) zarr; "
+                f"this one has shape {shape}."
             )
         scale = tuple(float(s) for s in (scale or (1.0,) * len(shape)))
         if len(scale) != len(shape) or not all(np.isfinite(s) and s > 0 for s in scale):
@@ -385,7 +388,7 @@ def write_labels_zarr(
     ----------
     path : path
         The ``.zarr`` folder to write (replaced if it exists).
-    labels : ndarray ``(Y, X)`` or ``(Z, Y, X)`` of non-negative integers
+    labels : ndarray ``(Y, X)``, ``(Z, Y, X)`` or ``(T, Z, Y, X)`` of non-negative integers
         Object ids, 0 = background; stored as ``uint32``.
     scale : sequence of float, optional
         Pixel size per axis (napari's layer ``scale``).
@@ -395,7 +398,7 @@ def write_labels_zarr(
     Raises
     ------
     ImageFormatError
-        If ``labels`` is not a 2D/3D array of non-negative integers that fit ``uint32``.
+        If ``labels`` is not a 2D/3D/4D array of non-negative integers that fit ``uint32``.
     OutputFileError
         If the folder cannot be written.
     """

@@ -1,0 +1,190 @@
+"""Time-lapses of stacks ``(T, Z, Y, X)``: ``napari-sam segment`` and ``segment_planes``.
+
+Two time points of three slices cut from the real nuclei stack (uint16), in an
+ImageJ hyperstack with a frame interval, slice spacing and pixel size;
+MobileSAM with seeded random weights made decisive (reference.perturb_*) and
+relaxed thresholds, which gives several objects per plane that continue
+through the slices. Each time point is segmented as the stack it is (slice
+linking within the time point), with the whole file's contrast; ids stay
+distinct across time points.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from bio_samples import sample
+from dask_helpers import inprocess_client
+from napari_sam import cli
+from napari_sam.distributed import ModelSpec, run_batch
+from napari_sam.runtime.loader import load
+from napari_sam.workflows import io, zarr_io
+from napari_sam.workflows.batch import Recipe, SegmentJob, model_identity, segment_file
+from napari_sam.workflows.embeddings import default_contrast_limits
+from napari_sam.workflows.planes import ImagePlanes
+from napari_sam.workflows.segment import AutoSettings, segment
+from napari_sam.workflows.segment_planes import segment_planes
+from napari_sam.workflows.tables import object_table
+from reference import save_decisive_vit_t
+
+SETTINGS = AutoSettings(
+    points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+    min_area=0, max_area_fraction=1.0, link_slices=True,
+)  # fmt: skip
+OPTIONS = [
+    "--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
+    "--box-nms-thresh", "1", "--min-area", "0", "--max-area", "1", "--link-slices", "--quiet",
+]  # fmt: skip
+SCALE = (5.0, 2.0, 0.5, 0.5)  # frame interval (s), slice spacing, pixel size (um)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_decisive_vit_t(tmp_path_factory.mktemp("ckpt") / "vit_t_decisive.pth")
+
+
+@pytest.fixture(scope="module")
+def sam(checkpoint):
+    return load("vit_t", checkpoint, device="cpu").sam
+
+
+@pytest.fixture(scope="module")
+def tzyx():
+    nuclei = sample("nuclei.tif")
+    return np.ascontiguousarray(
+        np.stack([nuclei[28:31, 96:160, 96:160], nuclei[30:33, 100:164, 92:156]])
+    )
+
+
+@pytest.fixture
+def tzyx_file(tmp_path, tzyx):
+    path = tmp_path / "timelapse.tif"
+    tifffile.imwrite(
+        path, tzyx, imagej=True, resolution=(1 / SCALE[3], 1 / SCALE[2]),
+        metadata={"axes": "TZYX", "spacing": SCALE[1], "finterval": SCALE[0], "unit": "um"},
+    )  # fmt: skip
+    return path
+
+
+def _model(checkpoint):
+    return ["--model", "vit_t", "--checkpoint", str(checkpoint), "--device", "cpu"]
+
+
+def _ids(plane):
+    return set(np.unique(plane).tolist()) - {0}
+
+
+def test_each_time_point_is_its_own_linked_stack(sam, tzyx):
+    result = segment_planes(sam, ImagePlanes(tzyx), settings=SETTINGS)
+    labels = result.labels
+    assert labels.shape == tzyx.shape and labels.dtype == np.uint32
+    contrast = default_contrast_limits(tzyx)  # the whole file's, as napari shows it
+    offset = 0
+    for t in range(2):
+        alone = segment(sam, tzyx[t], contrast_limits=contrast, settings=SETTINGS).labels
+        assert alone.max() >= 5, "too few objects to compare"
+        expected = np.where(alone > 0, alone + offset, 0)
+        np.testing.assert_array_equal(labels[t], expected, err_msg=f"time point {t}")
+        offset += int(alone.max())
+    # linked through the slices of a time point, never from one time point to the next
+    assert _ids(labels[0, 0]) & _ids(labels[0, 1])
+    assert not (_ids(labels[0]) & _ids(labels[1]))
+    # scores are keyed by the full (t, z) index under the final ids
+    assert {lab for (_, lab) in result.scores} == _ids(labels)
+    assert all(isinstance(where, tuple) and len(where) == 2 for (where, _) in result.scores)
+    for (t, z), lab in result.scores:
+        assert (labels[t, z] == lab).any()
+
+
+def test_segment_a_timelapse_tiff_with_coco_table_and_rerun(
+    sam, checkpoint, tzyx, tzyx_file, tmp_path, capsys
+):
+    out, coco, csv = tmp_path / "labels.tif", tmp_path / "c.json", tmp_path / "objects.csv"
+    argv = ["segment", str(tzyx_file), "-o", str(out), "--coco", str(coco), "--table", str(csv),
+            *_model(checkpoint), *OPTIONS]  # fmt: skip
+    assert cli.main(argv) == 0
+    stdout, err = capsys.readouterr()
+    assert stdout.split() == [str(out), str(coco), str(csv)]
+    assert "timelapse.tif:" in err and "in 2 time points of 3 slices" in err
+
+    written = io.read_tiff(out, frames=True)
+    assert written.scale == SCALE and written.unit == "micrometer"
+    labels = np.asarray(written.data)
+    expected = segment_planes(sam, ImagePlanes(tzyx), settings=SETTINGS)
+    np.testing.assert_array_equal(labels, expected.labels)
+
+    data = json.loads(coco.read_text())
+    assert [(im["frame"], im["slice"]) for im in data["images"]] == [
+        (t, z) for t in range(2) for z in range(3)
+    ]
+    assert {im["file_name"] for im in data["images"]} == {"timelapse.tif"}
+    per_plane = [len(_ids(labels[t, z])) for t in range(2) for z in range(3)]
+    counts = [sum(a["image_id"] == im["id"] for a in data["annotations"]) for im in data["images"]]
+    assert counts == per_plane
+
+    table = pd.read_csv(csv)
+    assert set(table["image"]) == {"timelapse.tif"}
+    assert len(table) == len(_ids(labels[0])) + len(_ids(labels[1]))
+    mine = object_table(labels, scale=SCALE, unit="micrometer", intensity=tzyx)
+    np.testing.assert_array_equal(table["t"], mine["t"])
+    np.testing.assert_array_equal(table["label"], mine["index"])  # "index" in napari
+    np.testing.assert_allclose(table["volume"], mine["volume"])
+    np.testing.assert_allclose(table["mean_intensity"], mine["mean_intensity"])
+    assert table["predicted_iou"].notna().all()
+
+    # a rerun keeps the output and gives the same COCO file (the (t, z) planes from the manifest)
+    first = coco.read_text()
+    coco.unlink()
+    argv = ["segment", str(tzyx_file), "-o", str(out), "--coco", str(coco),
+            *_model(checkpoint), *OPTIONS]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "already segmented with these settings" in capsys.readouterr().err
+    assert json.loads(coco.read_text()) == json.loads(first)
+
+
+def test_zarr_output_on_a_cluster_equals_one_process(sam, checkpoint, tzyx_file, tmp_path):
+    recipe = Recipe(SETTINGS, model=model_identity("vit_t", checkpoint))
+    ref = segment_file(sam, SegmentJob(tzyx_file, tmp_path / "ref" / "labels.zarr"), recipe)
+    assert ref.n_frames == 2 and ref.n_slices == 3
+    job = SegmentJob(tzyx_file, tmp_path / "out" / "labels.zarr")
+    with inprocess_client(dashboard=False) as client:
+        report = run_batch(client, [job], ModelSpec("vit_t", str(checkpoint), "cpu"), recipe)
+    (outcome,) = report.outcomes
+    assert outcome.status == "done", outcome.reason
+    assert (outcome.n_frames, outcome.n_slices, outcome.n_objects) == (2, 3, ref.n_objects)
+    source = zarr_io.open_zarr_image(job.output)
+    assert source.axes == "TZYX" and source.scale == dict(zip("TZYX", SCALE))
+    expected = np.asarray(zarr_io.open_zarr_image(tmp_path / "ref" / "labels.zarr").data)
+    assert expected.max() >= 10
+    np.testing.assert_array_equal(np.asarray(source.data), expected)
+    reread = io.read_image(job.output, frames=True)
+    assert reread.scale == SCALE and reread.data.shape == expected.shape
+
+
+def test_a_five_dimensional_file_is_refused_in_one_sentence(checkpoint, tmp_path, capsys):
+    src = tmp_path / "five.npy"
+    np.save(src, np.zeros((2, 2, 3, 16, 16), np.uint16))
+    out = tmp_path / "labels.tif"
+    argv = ["segment", str(src), "-o", str(out), *_model(checkpoint), "--quiet"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 5 axes" in err[0] and "(T, Z, Y, X)" in err[0], err
+    assert not out.exists()
+
+
+def test_coco_of_a_timelapse_label_image_names_frame_and_slice():
+    from napari_sam.workflows.coco import labels_to_coco
+
+    labels = np.zeros((2, 2, 8, 8), np.uint32)
+    labels[0, 1, 2:4, 2:5] = 1
+    labels[1, 0, 5:8, 0:2] = 2
+    data = labels_to_coco(labels, "movie.tif", scores={((1, 0), 2): {"predicted_iou": 0.9}})
+    assert [(im["frame"], im["slice"]) for im in data["images"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    first, second = data["annotations"]
+    assert (first["image_id"], first["label"], first["area"]) == (2, 1, 6)
+    assert (second["image_id"], second["label"], second["predicted_iou"]) == (3, 2, 0.9)

@@ -132,3 +132,22 @@ def test_bad_channel_options_fail_in_one_sentence_and_write_nothing(
     assert code == 1
     assert message in err and "Traceback" not in err
     assert not dst.exists()
+
+
+def test_channels_with_a_tile_shape_are_tiled(tmp_path, capsys, model_args, vit_t, cyx):
+    """--tile-shape reaches the channel path: the labels are those of the tiled library run."""
+    from napari_sam.workflows.tiling import Tiling
+
+    src = tmp_path / "cells.tif"
+    tifffile.imwrite(src, cyx, imagej=True, metadata={"axes": "CYX"})
+    dst = tmp_path / "tiled.tif"
+    argv = ["segment", str(src), "-o", str(dst), "--channels", "0", "1",
+            "--tile-shape", "64", "64", "--halo", "16", "16"]  # fmt: skip
+    code, _, err = run([*argv, *model_args, *RELAXED], capsys)
+    assert code == 0, err
+    planes = ImagePlanes(cyx, channel_axis=0, channels=[0, 1])
+    tiled = segment_planes(vit_t[1], planes, settings=SETTINGS,
+                           tiling=Tiling.on((64, 64), (16, 16)))  # fmt: skip
+    untiled = segment_planes(vit_t[1], planes, settings=SETTINGS)
+    assert not np.array_equal(tiled.labels, untiled.labels)
+    np.testing.assert_array_equal(read_tiff(dst).data, tiled.labels)

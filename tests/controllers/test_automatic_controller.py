@@ -138,6 +138,73 @@ def test_stack_current_slice_then_all_slices_linked_one_undo_step(fast_model, st
     c.close()
 
 
+def test_timelapse_of_stacks_slice_then_the_stack_of_each_time_point(
+    fast_model, nuclei, tmp_path
+):
+    """A (T, Z, Y, X) image: the plane shown, then every slice of the time point shown,
+    linked; other time points keep their objects, new ids go above theirs."""
+    import dask.array as da
+
+    tzyx = np.stack([cut(nuclei, (12, 15), (40, 104), (16, 96)),
+                     cut(nuclei, (20, 23), (44, 108), (12, 92))])  # fmt: skip
+    viewer = ViewerModel()
+    scale, translate = (60.0, *SCALE), (0.0, *TRANSLATE)
+    image = viewer.add_image(da.from_array(tzyx, chunks=(1, 1, 64, 80)), scale=scale,
+                             translate=translate, name="movie", axis_labels=("t", "z", "y", "x"))
+    image.contrast_limits = (float(tzyx.min()), float(np.percentile(tzyx, 99)))
+    contrast = tuple(image.contrast_limits)
+    c = make(viewer, fast_model)
+    notes = collect(c)
+    assert c.status == "Ready to segment the time-lapse “movie”."
+    assert c.layout().is_stack and c.layout().n_slices == 3
+
+    # the plane shown: t = 1, z = 2
+    viewer.dims.set_point(0, 60.0)
+    viewer.dims.set_point(1, TRANSLATE[0] + SCALE[0] * 2)
+    c.run("current slice")
+    layer = viewer.layers["movie SAM auto"]
+    assert layer.data.shape == tzyx.shape and layer.data.dtype == np.uint32
+    np.testing.assert_array_equal(layer.scale, scale)
+    np.testing.assert_array_equal(layer.translate, translate)
+    plane = segment(fast_model, tzyx[1, 2], contrast_limits=contrast, settings=c.settings)
+    assert plane.labels.max() >= 1
+    np.testing.assert_array_equal(layer.data[1, 2], plane.labels)
+    assert not np.delete(layer.data.reshape(6, -1), 5, axis=0).any()
+    assert "slice 2 at t=1" in c.status
+
+    # every slice of time point 0, linked: the plane at t = 1 stays, ids above its ids
+    c.set_settings(link_slices=True)
+    viewer.dims.set_point(0, 0.0)
+    c.run("all slices")
+    assert viewer.layers["movie SAM auto"] is layer
+    stack0 = segment(fast_model, tzyx[0], contrast_limits=contrast, settings=c.settings)
+    n1 = int(plane.labels.max())
+    np.testing.assert_array_equal(layer.data[0], np.where(stack0.labels > 0,
+                                                          stack0.labels + n1, 0))
+    np.testing.assert_array_equal(layer.data[1, 2], plane.labels)
+    assert "3 slices, linked at t=0" in c.status
+    # the object table has the time point of each object; SAM's scores of both runs
+    table = pd.DataFrame(layer.features)
+    assert set(table["t"]) == {0, 1} and table["predicted_iou"].notna().all()
+    assert sorted(table["index"]) == [int(i) for i in np.unique(layer.data) if i]
+    # one undo step takes time point 0 back
+    layer.undo()
+    assert not layer.data[0].any() and layer.data[1, 2].any()
+    layer.redo()
+
+    # COCO export: one image per plane, with frame and slice
+    data = json.loads(c.export_coco(tmp_path / "movie.json").read_text())
+    assert [(im["frame"], im["slice"]) for im in data["images"]] == [
+        (t, z) for t in range(2) for z in range(3)
+    ]
+    assert len(data["annotations"]) == sum(
+        len(np.unique(p)) - 1 for p in layer.data.reshape(6, *tzyx.shape[2:])
+    )
+    assert all("predicted_iou" in ann for ann in data["annotations"])
+    assert notes["error"] == []
+    c.close()
+
+
 def test_cancel_leaves_the_layer_untouched(fast_model, stack):
     viewer = ViewerModel()
     viewer.add_image(stack, name="nuclei")
@@ -171,12 +238,12 @@ def test_expected_errors_are_notices(stack):
     def failing_factory(choice, checkpoint, device, **kwargs):
         raise CheckpointError("The checkpoint file x.pth could not be read.")
 
-    viewer.add_image(np.zeros((2, 2, 16, 16), np.uint16), name="4d")
+    viewer.add_image(np.zeros((2, 2, 16, 16, 2), np.uint16), name="5d")
     c = make(viewer)
     c.session.factory = failing_factory
     notes = collect(c)
-    c.run()  # a 4D image: refused at once
-    assert not c.busy and len(notes["error"]) == 1 and "4 axes" in notes["error"][0]
+    c.run()  # a 5D image whose last axis looks like channels: refused at once
+    assert not c.busy and len(notes["error"]) == 1 and "channels" in notes["error"][0]
 
     viewer.add_image(stack[0], name="plane")
     c.set_image(viewer.layers["plane"])

@@ -165,3 +165,33 @@ def test_automatic_dock_runs_shows_the_stage_and_cancels(
     assert list(table["index"]) == [int(i) for i in np.unique(layer.data) if i]
     assert (table["method"] == "automatic").all() and "volume" in table
     widget.close()
+
+
+def test_automatic_dock_on_a_timelapse_of_stacks(make_napari_viewer, qtbot, fast_model, stack,
+                                                 notes):
+    """A (T, Z, Y, X) layer: the stack controls are offered, and "all slices" segments the
+    slices of the time point the sliders show, in a thread, into the image's full shape."""
+    viewer = make_napari_viewer()
+    movie = np.stack([stack[:3], stack[3:6]])  # (2, 3, 96, 160)
+    image = viewer.add_image(movie, name="movie")
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-sam-microscopy", "Automatic segmentation (SAM)"
+    )
+    widget.set_model(fast_model, "fast")
+    c = widget.controller
+    lax_auto(c, points=3)
+    assert widget.stack_form.enabled
+    widget.scope_combo.value = "all slices"
+    assert widget.estimate_label.text().startswith("This run: 3 slices × 9 prompts")
+    viewer.dims.current_step = (1, 0, 0, 0)
+    widget.run_button.click()
+    wait_idle(qtbot, widget)
+    layer = viewer.layers["movie SAM auto"]
+    assert layer.data.shape == movie.shape and not layer.data[0].any()
+    expected = segment_logic.segment(fast_model, movie[1], settings=c.settings,
+                                     contrast_limits=tuple(image.contrast_limits)).labels
+    assert expected.max() >= 1
+    np.testing.assert_array_equal(layer.data[1], expected)
+    assert "at axis 0 = 1" in widget.status_label.text()
+    assert notes["error"] == [] and notes["warning"] == []
+    widget.close()

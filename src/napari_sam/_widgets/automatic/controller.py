@@ -2,8 +2,10 @@
 
 :class:`AutomaticController` segments the chosen image — a 2D image, or the
 current slice or all slices of a stack, optionally linking objects through the
-slices — with :func:`napari_sam.workflows.segment.segment_iter` as a job
-(progress with its real stage, time remaining, Cancel) and writes the result
+slices; in an image with more leading axes, e.g. ``(T, Z, Y, X)``, the slice or
+the slices of the time point shown (:mod:`~napari_sam._widgets.automatic.lines`)
+— with :func:`napari_sam.workflows.segment.segment_iter` as a job (progress
+with its real stage, time remaining, Cancel) and writes the result
 into "<image> SAM auto" as ONE undo step
 (:class:`~napari_sam._widgets.automatic.output.AutoOutput`). A cancelled or
 failed run, or one whose image changed meanwhile, changes no layer.
@@ -33,6 +35,7 @@ from napari.layers import Image
 
 from napari_sam._widgets.automatic import wording
 from napari_sam._widgets.automatic.estimate import estimate_text
+from napari_sam._widgets.automatic.lines import is_nd, line_layout, position_text, shown_line
 from napari_sam._widgets.automatic.modes import RunChoices
 from napari_sam._widgets.automatic.output import AutoOutput
 from napari_sam._widgets.automatic.remembered import DOCK_DEFAULTS, RememberedSettings
@@ -72,11 +75,17 @@ class _Run:
     """What one run was asked to do (kept to write its result)."""
 
     image: Image
-    data: Any  # the image data the run segments
+    data: Any  # the image layer's data when the run started
     layout: ImageLayout
     slice: int | None  # the slice of a current-slice run on a stack
     settings: AutoSettings
     tiles: int = 1  # tiles per plane
+    outer: tuple[int, ...] | None = None  # nD images: the position of the line segmented
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """The shape of the output layer (an nD image's full shape)."""
+        return tuple(self.data.shape) if self.outer is not None else self.layout.spatial_shape
 
 
 class AutomaticController(ControllerBase):
@@ -134,14 +143,22 @@ class AutomaticController(ControllerBase):
         return self.runner.running() or self.waiting is not None
 
     def layout(self) -> ImageLayout | None:
-        """The chosen image's layout, or None if there is none or it cannot be segmented."""
+        """The chosen image's layout (for an nD image, that of the stack of slices shown),
+        or None if there is none or it cannot be segmented."""
         image = self.images.current
         if image is None:
             return None
         try:
             return image_layout(image.data.shape, rgb=image.rgb)
         except ImageFormatError:
-            return None
+            try:
+                return line_layout(image)
+            except ImageFormatError:
+                return None
+
+    def _label_shape(self, image: Image, layout: ImageLayout) -> tuple[int, ...]:
+        """The shape of ``image``'s output layer."""
+        return tuple(image.data.shape) if is_nd(image) else layout.spatial_shape
 
     @property
     def settings(self) -> AutoSettings:
@@ -227,6 +244,8 @@ class AutomaticController(ControllerBase):
                 self.set_status("Open or choose an image layer.")
             else:
                 kind = "stack" if layout is not None and layout.is_stack else "image"
+                if layout is not None and is_nd(image):
+                    kind = "time-lapse" if image.data.ndim == 4 else "image"
                 self.set_status(f"Ready to segment the {kind} “{image.name}”.")
 
     def _on_model(self, event: Any = None) -> None:
@@ -247,7 +266,7 @@ class AutomaticController(ControllerBase):
             self.warn("Open or choose an image layer to segment.")
             return
         try:
-            layout_ = layer_layout(image, "automatic segmentation")
+            layout_ = self._run_layout(image)
             self.settings.check()
             self.ais_settings.check()
             self.choices.check()
@@ -265,6 +284,18 @@ class AutomaticController(ControllerBase):
         self.waiting = None
         self._start(model, image, layout_, scope)
 
+    @staticmethod
+    def _run_layout(image: Image) -> ImageLayout:
+        """The layout a run segments (for an nD image, one stack of slices), or the one
+        sentence why ``image`` cannot be segmented."""
+        try:
+            return layer_layout(image, "automatic segmentation")
+        except ImageFormatError:
+            layout = line_layout(image)
+            if layout is None:
+                raise
+            return layout
+
     def _model_ready(self, model: LoadedModel | None) -> None:
         scope, self.waiting = self.waiting, None
         if self.closed or scope is None:
@@ -276,16 +307,24 @@ class AutomaticController(ControllerBase):
         self.run(scope)
 
     def _start(self, model: LoadedModel, image: Image, layout: ImageLayout, scope: str) -> None:
-        settings, k, slices = self.settings, None, None
-        if layout.is_stack and scope == CURRENT_SLICE:
+        settings, k, slices, outer = self.settings, None, None, None
+        data = image.data
+        if is_nd(image):  # the stack of slices at the time point shown
+            line = shown_line(image, self.viewer.dims.point)
+            if line is None:
+                self.warn("The viewer shows no plane of this image; move the sliders onto it.")
+                return
+            data, outer = line.data, line.outer
+            k = line.k if scope == CURRENT_SLICE else None
+        elif layout.is_stack and scope == CURRENT_SLICE:
             k = current_slice(layer_affine(image), layout.spatial_shape, self.viewer.dims.point)
             if k is None:
                 self.warn("The viewer shows no slice of this stack; move the slider onto it.")
                 return
+        if k is not None:
             slices = [k]
             settings = replace(settings, link_slices=False)
         contrast = tuple(float(c) for c in image.contrast_limits)
-        data = image.data
         try:  # input errors and refusals are raised here, before any work
             grid = self.choices.to_tiling().grid(layout.plane_shape)
             steps = logic.segment_iter(
@@ -297,14 +336,15 @@ class AutomaticController(ControllerBase):
         except NapariSamError as exc:
             self._report(exc)
             return
-        self._run = _Run(image, data, layout, k, settings, len(grid) if grid else 1)
+        self._run = _Run(image, image.data, layout, k, settings, len(grid) if grid else 1, outer)
+        at = position_text(image, outer) if outer is not None else ""
 
         def work(progress: Any, should_cancel: Any) -> SegmentationResult:
             return drive(steps, progress, should_cancel,
                          cancelled="Automatic segmentation was cancelled; no layer was changed.")
 
         text = wording.run_text(image.name, layout, k, self.planned_mode() == "ais",
-                                len(grid) if grid else 1)
+                                len(grid) if grid else 1, at)
         self.set_status(text)
         self.runner.start(Job("segment", text, work, done=self._write, failed=self._failed,
                               finished=self._finished, unit="steps"))
@@ -334,25 +374,27 @@ class AutomaticController(ControllerBase):
         run = self._run
         if self.closed or run is None:
             return
-        image, shape = run.image, run.layout.spatial_shape
+        image, shape = run.image, run.label_shape
         gone = self.output.gone(image, run.data, shape)
         if gone:
             self.warn(gone)
             return
-        layer, note = self.output.write(image, shape, run.slice, result)
+        layer, note = self.output.write(image, shape, run.slice, result, run.outer)
         if note:
             self.info(note)
         # the object table in a job of its own (a large stack takes seconds)
         self.runner.start(table_job(layer, image, self.output.scores(layer),
                                     finished=lambda: self.changed("busy")))
+        at = position_text(image, run.outer) if run.outer is not None else ""
         self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
-                                            run.settings.link_slices, run.tiles))
+                                            run.settings.link_slices, run.tiles, at))
 
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:
         """The layer :meth:`export_coco` would save (None: nothing to export yet; said so)."""
-        layout = self.layout()
-        layer = self.output.target(self.images.current, layout.spatial_shape if layout else None)
+        image, layout = self.images.current, self.layout()
+        shape = self._label_shape(image, layout) if image is not None and layout else None
+        layer = self.output.target(image, shape)
         if layer is None:
             self.warn("There is nothing to export yet: run automatic segmentation first.")
         return layer

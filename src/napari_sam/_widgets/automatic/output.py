@@ -86,9 +86,12 @@ class AutoOutput:
         return self._scores
 
     def write(self, image: Image, shape: tuple[int, ...], k: int | None,
-              result: SegmentationResult) -> tuple[Labels, str | None]:
-        """Write ``result`` (of slice ``k`` of a stack, or of everything); returns the layer
-        written and, if the user's layer was kept, the sentence that says so."""
+              result: SegmentationResult,
+              outer: tuple[int, ...] | None = None) -> tuple[Labels, str | None]:
+        """Write ``result`` (of slice ``k`` of a stack, or of everything) into the layer of
+        ``shape``; with ``outer`` the result is the stack at that position of an nD image
+        (``layer.data[outer]``). Returns the layer written and, if the user's layer was
+        kept, the sentence that says so."""
         note = None
         layer = self.find(image, shape)
         if layer is not None and not self.replaceable(layer):
@@ -99,22 +102,23 @@ class AutoOutput:
             )
             layer = None  # a new layer: the user's work in the old one is not touched
         scores = dict(result.scores)
-        if k is not None:  # one slice of a stack: keep the other slices, new ids above theirs
-            plane = result.labels[k]
-            offset = 0
-            if layer is not None:
-                others = [layer.data[:k], layer.data[k + 1:]]
-                offset = max((int(np.max(o)) for o in others if o.size), default=0)
+        if outer is not None:  # scores of an nD image's planes are keyed by the full index
+            scores = {((*outer, z), lab): v for (z, lab), v in scores.items()}
+        region = (*(outer or ()), *(() if k is None else (k,)))
+        if region:  # a part of the layer: keep the rest, new ids above theirs
+            plane = result.labels[k] if k is not None else result.labels
+            offset = _max_outside(layer.data, region) if layer is not None else 0
             if offset:
                 plane = np.where(plane > 0, plane + np.uint32(offset), plane).astype(np.uint32)
                 scores = {(z, lab + offset): v for (z, lab), v in scores.items()}
             if layer is not None:
                 kept = self.scores(layer)  # before the write changes the layer
-                replace_region(layer, (k,), plane)
-                scores = {**{key: v for key, v in kept.items() if key[0] != k}, **scores}
+                replace_region(layer, region, plane)
+                scores = {**{key: v for key, v in kept.items() if not _inside(key[0], region)},
+                          **scores}  # fmt: skip
             else:
                 data = np.zeros(shape, np.uint32)
-                data[k] = plane
+                data[region] = plane
                 layer = self._add(image, data)
         elif layer is not None:
             replace_region(layer, (), result.labels)
@@ -145,5 +149,22 @@ class AutoOutput:
             source = image.source.path
         file_name = Path(source).name if source else layer.name.removesuffix(OUTPUT_SUFFIX)
         writer = CocoWriter()
-        writer.add(layer.data, file_name, stack=layer.data.ndim == 3, scores=self.scores(layer))
+        writer.add(layer.data, file_name, stack=layer.data.ndim >= 3, scores=self.scores(layer))
         return writer.write(path), len(writer.annotations)
+
+
+def _max_outside(data: Any, region: tuple[int, ...]) -> int:
+    """The largest id of ``data`` outside ``data[region]`` (0 if none), read block by block."""
+    largest = 0
+    for index in np.ndindex(*np.shape(data)[: len(region)]):
+        if index != region:
+            block = np.asarray(data[index])
+            if block.size:
+                largest = max(largest, int(block.max()))
+    return largest
+
+
+def _inside(where: Any, region: tuple[int, ...]) -> bool:
+    """Whether the plane ``where`` (a slice, or a full leading index) lies in ``region``."""
+    index = tuple(where) if isinstance(where, tuple) else (where,)
+    return index[: len(region)] == region

@@ -72,12 +72,16 @@ def refusal_before_loading(
         raise no_decoder_error(request.choice)
 
 
-def run_text(name: str, layout: ImageLayout, k: int | None, ais: bool, tiles: int) -> str:
+def run_text(name: str, layout: ImageLayout, k: int | None, ais: bool, tiles: int,
+             at: str = "") -> str:
     """The status line of a run on image ``name``: slice ``k`` (None: the whole image or
-    stack), with AIS or not, and ``tiles`` tiles per plane (1: not tiled)."""
+    stack), with AIS or not, and ``tiles`` tiles per plane (1: not tiled); ``at``: where
+    the stack lies in an nD image (e.g. "t=1")."""
     where = f"slice {k} of “{name}”" if k is not None else f"“{name}”"
     if layout.is_stack and k is None:
         where = f"all {layout.n_slices} slices of “{name}”"
+    if at:
+        where += f" at {at}"
     notes = ["instance decoder (AIS)"] if ais else []
     notes += [f"{tiles} tiles per plane"] if tiles > 1 else []
     how = f" ({', '.join(notes)})" if notes else ""
@@ -85,12 +89,15 @@ def run_text(name: str, layout: ImageLayout, k: int | None, ais: bool, tiles: in
 
 
 def result_text(result: SegmentationResult, layer_name: str, layout: ImageLayout,
-                k: int | None, linked: bool, tiles: int) -> str:
-    """The status line after a run wrote ``result`` into the layer ``layer_name``."""
+                k: int | None, linked: bool, tiles: int, at: str = "") -> str:
+    """The status line after a run wrote ``result`` into the layer ``layer_name`` (``at``:
+    as for :func:`run_text`)."""
     n = result.n_objects
     where = f"slice {k}" if k is not None else "the image"
     if layout.is_stack and k is None:
         where = f"{layout.n_slices} slices" + (", linked" if linked else "")
+    if at:
+        where += f" at {at}"
     found = (f"{result.n_masks} masks proposed" if result.mode == "amg"
              else f"{result.n_masks} seeds before the size filter")
     tiled = f", {tiles} tiles per plane" if tiles > 1 else ""

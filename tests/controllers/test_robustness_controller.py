@@ -57,7 +57,7 @@ def test_commands_without_a_usable_image_say_what_to_do(fast_model):
     c.commit()
     assert "“5D” cannot be segmented" in notes["warning"][-1]
     auto.run()
-    assert "5 axes" in notes["error"][-1] and not auto.busy
+    assert "no obvious plane" in notes["error"][-1] and not auto.busy  # one sentence, as above
     viewer.layers.clear()
     auto.run()
     assert notes["warning"][-1] == "Open or choose an image layer to segment."

@@ -132,3 +132,80 @@ def test_wrong_cluster_options_fail_in_one_sentence(
     assert code == 1 and not out.exists() and fake_load == []
     assert err.startswith("napari-sam: error: ") and message in err
     assert "\n" not in err
+
+
+# --------------------------------------------------------------------------- time-lapses
+@pytest.fixture()
+def movie_file(tmp_path, nuclei_stack):
+    """(T, Z, Y, X) = (3, 4, 96, 128): three time points of four slices, with a frame interval."""
+    path = tmp_path / "movie.tif"
+    data = np.ascontiguousarray(nuclei_stack[24:36, 40:136, 60:188].reshape(3, 4, 96, 128))
+    meta = {"axes": "TZYX", "spacing": 2.0, "finterval": 30.0, "unit": "um"}
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0), metadata=meta)
+    return path, data
+
+
+@pytest.mark.parametrize(("along", "at", "line"), [("t", 2, np.s_[:, 2]), ("z", 1, np.s_[1])])
+def test_a_timelapse_of_stacks_is_followed_along_one_axis(
+    tmp_path, fake_load, movie_file, sam2_small_input, capsys, along, at, line
+):
+    from napari_sam.workflows.embeddings import default_contrast_limits
+    from napari_sam.workflows.memory_propagation import (
+        MemoryPropagationSettings,
+        propagate_memory,
+    )
+    from napari_sam.workflows.prompt_table import read_prompt_table
+
+    path, data = movie_file
+    prompts = _csv(tmp_path, "z,y,x,label,object\n1,30,40,1,3\n1,60,90,1,7\n")
+    out = tmp_path / "labels.tif"
+    args = ["propagate", str(path), "--prompts", str(prompts), "-o", str(out), "--quiet",
+            "--keep-going", "--along", along, "--at", str(at)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    where = "through the time points at slice 2" if along == "t" else (
+        "through the slices of time point 1")
+    assert f"2 objects followed {where} with" in err
+    written = io.read_tiff(out, frames=True)
+    assert written.data.shape == data.shape
+    assert written.scale == pytest.approx((30.0, 2.0, 0.5, 0.5))
+    # the line equals one propagation through its planes, with the whole file's contrast
+    model = LoadedModel.wrap(sam2_small_input[0], "test", name="sam2_tiny")
+    expected = propagate_memory(
+        model, np.ascontiguousarray(data[line]), read_prompt_table(prompts),
+        contrast=default_contrast_limits(data),
+        settings=MemoryPropagationSettings(stop_when_absent=False),
+    ).label_volume()  # fmt: skip
+    assert set(np.unique(expected)) == {0, 3, 7}
+    np.testing.assert_array_equal(written.data[line], expected)
+    rest = written.data.copy()
+    rest[line] = 0
+    assert not rest.any()  # nothing off the line
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ([], "is a time-lapse of stacks (T, Z, Y, X) of shape (3, 4, 96, 128): say where"),
+        (["--at", "3"], "--at 3: movie.tif has 3 time points (0 to 2)"),
+        (["--along", "t", "--at", "4"], "--at 4: movie.tif has 4 slices (0 to 3)"),
+    ],
+)
+def test_a_timelapse_needs_a_line_inside_it(
+    tmp_path, fake_load, movie_file, capsys, flags, message
+):
+    prompts = _csv(tmp_path, "1,30,40,1,1\n")
+    out = tmp_path / "o.tif"
+    code = main(["propagate", str(movie_file[0]), "--prompts", str(prompts), "-o", str(out),
+                 *flags])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and not out.exists() and fake_load == []
+    assert message in err and "\n" not in err
+
+
+def test_along_and_at_are_for_timelapses_only(tmp_path, fake_load, stack_file, capsys):
+    prompts = _csv(tmp_path, "4,30,40,1,1\n")
+    code = main(["propagate", str(stack_file), "--prompts", str(prompts), "-o",
+                 str(tmp_path / "o.tif"), "--at", "2"])  # fmt: skip
+    assert code == 1 and "--along and --at are for time-lapses of stacks" in (
+        capsys.readouterr().err)

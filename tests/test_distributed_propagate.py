@@ -226,3 +226,39 @@ def test_two_worker_processes_with_one_killed_give_the_one_process_labels(
     )
     assert outcome.n_objects == 2
     np.testing.assert_array_equal(io.read_tiff(out).data, ref)
+
+
+def test_a_timelapse_line_on_the_cluster_gives_the_one_process_labels(
+    small_sam2, inprocess_client, tmp_path, nuclei_stack
+):
+    """--along t --at 1 on an in-process cluster: each task reads its planes of the (T, Z, Y, X)
+    file; the output has the file's shape and equals one process."""
+    from napari_sam.workflows.embeddings import default_contrast_limits
+    from napari_sam.workflows.timelapse import TimelapseLine
+
+    path = tmp_path / "movie.tif"
+    data = np.ascontiguousarray(nuclei_stack[24:36, 40:136, 60:188].reshape(4, 3, 96, 128))
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TZYX"})
+    prompts = read_prompt_table_text("z,y,x,label,object\n2,30,40,1,3\n2,60,90,1,7\n", tmp_path)
+    line = TimelapseLine("t", 1)
+    contrast = default_contrast_limits(data)
+    import napari_sam.runtime.loader as loader
+
+    ref = propagate_memory(loader.load("sam2_tiny"), np.ascontiguousarray(data[:, 1]), prompts,
+                           contrast=contrast, settings=SETTINGS).label_volume()  # fmt: skip
+    assert set(np.unique(ref)) == {0, 3, 7}
+    out = tmp_path / "out" / "labels.tif"
+    out.parent.mkdir()
+    outcome = run_propagation(inprocess_client, ModelSpec("sam2_tiny", device="cpu"), path,
+                              prompts, out, settings=SETTINGS, contrast=contrast, line=line)
+    assert outcome.n_objects == 2 and outcome.encoded == 4
+    got = io.read_tiff(out, frames=True).data
+    assert got.shape == data.shape
+    np.testing.assert_array_equal(got[:, 1], ref)
+    assert not got[:, [0, 2]].any()
+
+
+def read_prompt_table_text(text, folder):
+    path = folder / "clicks.csv"
+    path.write_text(text)
+    return read_prompt_table(path)

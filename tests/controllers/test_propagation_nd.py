@@ -180,7 +180,7 @@ def test_channel_layers_of_a_stack_propagate_with_the_channels_sam_sees(fast_mod
     c.close()
 
 
-def test_sam2_memory_follows_t_at_the_current_z(sam2_small_input, tzyx):
+def test_sam2_memory_follows_t_at_the_current_z(sam2_small_input, tzyx, tmp_path, monkeypatch):
     """SAM 2.1's memory along t of a (T, Z, Y, X) image: exactly MemoryPropagation on the
     planes along t at z = 2 (random weights: keep going through every time point)."""
     model = sam2_small_input[0]
@@ -214,4 +214,25 @@ def test_sam2_memory_follows_t_at_the_current_z(sam2_small_input, tzyx):
     assert expected[:, 2].any(axis=(1, 2)).sum() >= 2
     np.testing.assert_array_equal(labels.data, expected)  # only at z = 2
     assert c.stack.summary.startswith("Propagated object 1 over t 0–2 at z=2")
+
+    # the exported clicks name their line, and napari-sam propagate replays them on the file
+    assert c.stack.export_prompts(str(tmp_path / "clicks.csv"))
+    sentence = notes["info"][-1]
+    assert "--prompts clicks.csv -o labels.tif --along t --at 2`" in sentence
     c.close()
+
+    import tifffile
+
+    import napari_sam.runtime.loader as loader
+    from napari_sam.cli import main
+    from napari_sam.runtime.loader import LoadedModel
+    from napari_sam.workflows import io
+
+    tifffile.imwrite(tmp_path / "movie.tif", movie, imagej=True, metadata={"axes": "TZYX"})
+    monkeypatch.setattr(loader, "load", lambda *a, **k: LoadedModel.wrap(model, "test"))
+    args = ["propagate", str(tmp_path / "movie.tif"), "--prompts", str(tmp_path / "clicks.csv"),
+            "-o", str(tmp_path / "labels.tif"), "--keep-going", "--quiet",
+            "--contrast", *map(str, image.contrast_limits), "--along", "t", "--at", "2"]
+    assert main(args) == 0
+    np.testing.assert_array_equal(io.read_tiff(tmp_path / "labels.tif", frames=True).data,
+                                  expected)

@@ -36,10 +36,17 @@ click per row, z,y,x,label,object (a header line is optional):
 label 1 = on the object, 0 = background. The output is a label TIFF of the
 stack's shape (object ids as given; 0 = background) with the input's voxel size.
 
+A time-lapse of stacks (T Z Y X) is followed along one axis: --along z --at T
+through the slices of time point T, or --along t --at Z through the time points
+at slice Z; z in PROMPTS is then the position along that axis (the slice, or
+the time point), as the napari dock exports it. The output has the whole
+time-lapse's shape, with the objects on that line.
+
 examples:
   napari-sam propagate stack.tif --prompts clicks.csv -o labels.tif
   napari-sam propagate movie.tif --prompts clicks.csv -o labels.tif --model sam2_base_plus
   napari-sam propagate stack.tif --prompts clicks.csv -o labels.tif --keep-going
+  napari-sam propagate movie.tif --prompts clicks.csv -o labels.tif --along t --at 12
 
 exit status: 0 done; 1 failed (one line says why; --debug shows the details);
 2 wrong command line; 130 interrupted (Ctrl+C). A failed or interrupted run
@@ -56,7 +63,10 @@ def add(subparsers: Any) -> None:
         help="follow clicked objects through a stack or time-lapse with SAM 2 (label TIFF out)",
         description=_DESCRIPTION,
     )
-    parser.add_argument("input", metavar="STACK", help="3D TIFF stack (Z, Y, X) or movie (T, Y, X)")
+    parser.add_argument(
+        "input", metavar="STACK",
+        help="3D TIFF stack (Z, Y, X) or movie (T, Y, X), or a time-lapse of stacks (T, Z, Y, X)",
+    )  # fmt: skip
     parser.add_argument(
         "--prompts", required=True, metavar="CSV", help="clicks as rows z,y,x,label,object"
     )
@@ -117,6 +127,21 @@ def add(subparsers: Any) -> None:
         "minimum and maximum)",
     )
     group.add_argument(
+        "--along",
+        choices=("z", "t"),
+        default=None,
+        help="time-lapses of stacks (T, Z, Y, X): follow objects through the slices (z, the "
+        "default) or through the time points (t)",
+    )
+    group.add_argument(
+        "--at",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time-lapses of stacks: the time point (--along z) or slice (--along t) to follow "
+        "objects at",
+    )
+    group.add_argument(
         "--cache-dir",
         default=None,
         metavar="DIR",
@@ -156,6 +181,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows import io
+    from napari_sam.workflows.embeddings import default_contrast_limits
     from napari_sam.workflows.memory_propagation import (
         MemoryPropagationSettings,
         propagate_memory,
@@ -180,16 +206,19 @@ def _run_propagate(args: argparse.Namespace) -> int:
         absent_slices=args.absent_slices,
         min_area=args.min_area,
     )
-    image = io.read_tiff(args.input)
+    image = io.read_tiff(args.input, frames=True)
     if image.rgb:
         raise ImageFormatError(
             f"{Path(args.input).name} is a colour (RGB) image; propagation needs a grayscale "
             "stack (Z, Y, X) or movie (T, Y, X)."
         )
+    line = _timelapse_line(args, image)
     prompts = read_prompt_table(args.prompts)
     check_writable(out.parent)
+    if line is not None and contrast is None:  # the whole time-lapse's range, as napari shows it
+        contrast = default_contrast_limits(image.data)
     if args.workers is not None or args.scheduler:
-        return _propagate_on_cluster(args, prompts, settings, contrast, out, t0)
+        return _propagate_on_cluster(args, prompts, settings, contrast, out, t0, line)
     loaded = load(
         args.model,
         args.checkpoint,
@@ -209,7 +238,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     try:
         result = propagate_memory(
             loaded,
-            image.data,
+            image.data if line is None else line.view(image.data),
             prompts,
             z_range=args.slices,
             settings=settings,
@@ -220,10 +249,13 @@ def _run_propagate(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     labels = result.label_volume()
+    if line is not None:
+        labels = line.place(labels, image.data.shape)
     io.write_labels_tiff(out, labels, scale=image.scale, unit=image.unit)
     n = len(result.objects)
+    where = "" if line is None else f" {line.describe()}"
     print(
-        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed with "
+        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed{where} with "
         f"{loaded.describe()} -> {out} ({time.perf_counter() - t0:.1f} s)",
         file=sys.stderr,
     )
@@ -233,6 +265,22 @@ def _run_propagate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timelapse_line(args: argparse.Namespace, image: Any) -> Any:
+    """The line to follow in a time-lapse of stacks (None for a stack or movie)."""
+    from napari_sam.errors import SettingsError
+    from napari_sam.workflows.timelapse import TimelapseLine
+
+    name = Path(args.input).name
+    if image.data.ndim == 4:
+        return TimelapseLine.check(args.along, args.at, image.data.shape, name)
+    if args.along is not None or args.at is not None:
+        raise SettingsError(
+            f"--along and --at are for time-lapses of stacks (T, Z, Y, X); {name} has shape "
+            f"{tuple(image.data.shape)}."
+        )
+    return None
+
+
 def _propagate_on_cluster(
     args: argparse.Namespace,
     prompts: list[Any],
@@ -240,6 +288,7 @@ def _propagate_on_cluster(
     contrast: tuple[float, float] | None,
     out: Path,
     t0: float,
+    line: Any = None,
 ) -> int:
     """The Dask path: the slices encoded by all workers, then followed by one."""
     import time
@@ -261,13 +310,15 @@ def _propagate_on_cluster(
                 settings=settings, z_range=args.slices, contrast=contrast,
                 cache_dir=args.cache_dir,
                 torch_threads=local_torch_threads(args.workers) if args.workers else None,
-                progress=bar_updater(bar),
+                progress=bar_updater(bar), line=line,
             )  # fmt: skip
         finally:
             bar.close()
     n = outcome.n_objects
+    where = "" if line is None else f" {line.describe()}"
     print(
-        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed with {args.model} "
+        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed{where} with "
+        f"{args.model} "
         f"on the cluster ({outcome.encoded} slices encoded, {outcome.reused} found encoded "
         f"before) -> {out} ({time.perf_counter() - t0:.1f} s)",
         file=sys.stderr,

@@ -26,6 +26,12 @@ The work folder is deleted once the output is written.
 
 Slices are encoded in the whole range (``z_range``, default the stack), also
 those an object would not reach: narrow the range to spare them.
+
+In a time-lapse of stacks ``(T, Z, Y, X)`` the objects are followed along one
+line of planes (:class:`~napari_sam.workflows.timelapse.TimelapseLine`:
+through the slices of one time point, or through the time points at one
+slice); each task reads only its planes of the file, and the output has the
+whole time-lapse's shape.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from napari_sam.workflows.memory_propagation import (
     check_stack,
     propagate_memory,
 )
+from napari_sam.workflows.timelapse import TimelapseLine
 
 __all__ = ["PropagationOutcome", "embed_slice_task", "propagate_task", "run_propagation"]
 
@@ -119,14 +126,22 @@ def embed_slice_task(
     cache: str,
     exact: bool,
     resize: str | None,
+    line: TimelapseLine | None = None,
 ) -> int:
-    """Encode slice ``z`` of the stack file into the embedding folder ``cache``.
+    """Encode slice ``z`` of the stack file (of ``line`` in a time-lapse of stacks) into the
+    embedding folder ``cache``.
 
     Returns 1 if it was encoded, 0 if an intact embedding was there already.
     """
     model = worker_model(spec)
-    image = io.read_image(stack, lazy=True)
-    return _embeddings(model, image.data, contrast, cache, exact, resize).precompute([z])
+    data = _stack_data(stack, line)[1]
+    return _embeddings(model, data, contrast, cache, exact, resize).precompute([z])
+
+
+def _stack_data(stack: str | Path, line: TimelapseLine | None, lazy: bool = True) -> tuple:
+    """The file's image and the ``(N, Y, X)`` planes to follow objects through."""
+    image = io.read_image(stack, lazy=lazy, frames=line is not None)
+    return image, image.data if line is None else line.view(image.data)
 
 
 def propagate_task(
@@ -139,16 +154,21 @@ def propagate_task(
     settings: MemoryPropagationSettings,
     z_range: Sequence[int] | None,
     output: str,
+    line: TimelapseLine | None = None,
 ) -> tuple[int, str]:
-    """Follow the objects (embeddings read from ``cache``) and write the label TIFF ``output``.
+    """Follow the objects (embeddings read from ``cache``) and write the label TIFF ``output``
+    (of the whole time-lapse's shape with ``line``).
 
     Returns the number of objects and the propagation's summary.
     """
     model = worker_model(spec)
-    image = io.read_image(stack, lazy=True)
-    embeddings = _embeddings(model, image.data, contrast, cache, exact, settings.resize)
+    image, data = _stack_data(stack, line)
+    embeddings = _embeddings(model, data, contrast, cache, exact, settings.resize)
     result = propagate_memory(model, embeddings, prompts, z_range=z_range, settings=settings)
-    io.write_labels_tiff(output, result.label_volume(), scale=image.scale, unit=image.unit)
+    labels = result.label_volume()
+    if line is not None:
+        labels = line.place(labels, image.data.shape)
+    io.write_labels_tiff(output, labels, scale=image.scale, unit=image.unit)
     return len(result.objects), result.summary()
 
 
@@ -166,6 +186,7 @@ def run_propagation(
     torch_threads: int | None = None,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    line: TimelapseLine | None = None,
 ) -> PropagationOutcome:
     """Follow objects through the stack file ``stack`` on the cluster of ``client``.
 
@@ -192,6 +213,9 @@ def run_propagation(
         Called with a :class:`~napari_sam.runtime.progress.Progress` of tasks done.
     should_cancel : callable, optional
         Polled after each finished task; True cancels the run (:class:`Cancelled`).
+    line : TimelapseLine, optional
+        For a time-lapse of stacks ``(T, Z, Y, X)``: the line of planes to follow the
+        objects through (the output has the whole time-lapse's shape).
 
     Raises
     ------
@@ -208,16 +232,16 @@ def run_propagation(
     stack = Path(stack).expanduser().resolve()
     output = Path(output).expanduser().resolve()
     settings = settings or MemoryPropagationSettings()
-    image = io.read_image(stack, lazy=contrast is not None)
-    check_stack(image.data)
-    layout = image_layout(tuple(image.data.shape), dtype=image.data.dtype)
+    image, data = _stack_data(stack, line, lazy=contrast is not None)
+    check_stack(data)
+    layout = image_layout(tuple(data.shape), dtype=data.dtype)
     prompts = list(prompts)
     check_prompts(prompts, layout.n_slices, layout.plane_shape, z_range)
     lo, hi = (0, layout.n_slices - 1) if z_range is None else (int(v) for v in z_range)
     if contrast is None:  # what one process takes: the whole stack's range
         contrast = default_contrast_limits(image.data)
     contrast = (float(contrast[0]), float(contrast[1]))
-    del image
+    del image, data
     work = work_folder(output)
     exact = cache_dir is None
     cache = Path(cache_dir).expanduser() if cache_dir is not None else work / "embeddings"
@@ -226,7 +250,7 @@ def run_propagation(
     token = uuid.uuid4().hex[:8]
     futures = [
         client.submit(
-            embed_slice_task, spec, str(stack), z, contrast, *common, settings.resize,
+            embed_slice_task, spec, str(stack), z, contrast, *common, settings.resize, line,
             key=f"napari-sam-embed-{token}-{z}", pure=False,
         )
         for z in range(lo, hi + 1)
@@ -243,7 +267,7 @@ def run_propagation(
         work.mkdir(parents=True, exist_ok=True)
         follow = client.submit(
             propagate_task, spec, str(stack), prompts, contrast, *common, settings,
-            None if z_range is None else (lo, hi), str(part),
+            None if z_range is None else (lo, hi), str(part), line,
             key=f"napari-sam-propagate-{token}", pure=False,
         )  # fmt: skip
         futures.append(follow)

@@ -13,6 +13,7 @@
 - :mod:`~napari_sam.workflows.planes`: images with leading axes (T, Z, ...): full plane
   index, lazy plane reads, prompts per plane, propagation along any axis;
 - :mod:`~napari_sam.workflows.segment_planes`: automatic segmentation of such images;
+- :mod:`~napari_sam.workflows.timelapse`: one line of planes through a (T, Z, Y, X) image;
 - :mod:`~napari_sam.workflows.tables`: object tables (scikit-image regionprops) and CSV;
 - :mod:`~napari_sam.workflows.series`: a folder of images annotated one after another.
 

@@ -87,6 +87,7 @@ class MemoryStack:
         self.settings = MemoryPropagationSettings()
         self.session: MemoryPropagation | None = None
         self._key: tuple | None = None
+        self._line: Any = None  # the session's line (axis, first plane's key), if any
 
     # ------------------------------------------------------------------ the session
     def _key_for(self, embeddings: Any, z_range: tuple[int, int], labels: Any,
@@ -109,6 +110,7 @@ class MemoryStack:
             self.session = MemoryPropagation(self.owner.model.sam, embeddings,
                                              settings=self.settings, z_range=z_range)
             self._key = key
+            self._line = None if line is None else (line.axis, line.key(0))
         return self.session
 
     def adopt(self, labels: Any) -> None:
@@ -262,5 +264,18 @@ class MemoryStack:
         return written, (
             f"Saved {n} click{'s' if n != 1 else ''} of {objects} object"
             f"{'s' if objects != 1 else ''} to {written}; replay them with "
-            f"`napari-sam propagate STACK --prompts {written.name} -o labels.tif`." + note
+            f"`napari-sam propagate STACK --prompts {written.name} -o labels.tif"
+            f"{self._line_options()}`." + note
         )
+
+    def _line_options(self) -> str:
+        """The ``--along``/``--at`` options that replay the session's line of a grayscale
+        (T, Z, Y, X) image with ``napari-sam propagate`` ("" for a stack)."""
+        where = self._line if self.session is not None else None
+        image = self.owner.image
+        if where is None or image is None or image.rgb or image.data.ndim != 4:
+            return ""
+        axis, first = where
+        if axis not in (0, 1) or len(first) != 2:
+            return ""
+        return f" --along {'t' if axis == 0 else 'z'} --at {int(first[1 - axis])}"

@@ -24,6 +24,7 @@ from napari_sam.workflows.labels import dtype_for_ids
 __all__ = [
     "LayerChoice",
     "add_layer_quietly",
+    "axis_name",
     "layer_geometry",
     "layer_layout",
     "replace_region",
@@ -55,6 +56,15 @@ def layer_layout(image: Image, purpose: str) -> ImageLayout:
             "does not support; open its full-resolution level as a layer."
         )
     return image_layout(image.data.shape, rgb=image.rgb, dtype=image.data.dtype)
+
+
+def axis_name(image: Any, layer_axis: int, j: int) -> str:
+    """The name of axis ``layer_axis`` of ``image``: napari's axis label ("t", "z"), or
+    "axis j" where the label is napari's default number (or missing)."""
+    labels = list(getattr(image, "axis_labels", ()) or ())
+    label = str(labels[layer_axis]) if layer_axis < len(labels) else ""
+    numeric = label.lstrip("-").isdigit() or not label.strip()
+    return f"axis {j}" if numeric else label
 
 
 def add_layer_quietly(viewer: Any, factory: Callable[[], Any]) -> Any:

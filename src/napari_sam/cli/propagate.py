@@ -238,7 +238,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     try:
         result = propagate_memory(
             loaded,
-            image.data if line is None else line.view(image.data),
+            image.data if line is None else line.view(image.data, contrast),
             prompts,
             z_range=args.slices,
             settings=settings,

@@ -134,14 +134,13 @@ def embed_slice_task(
     Returns 1 if it was encoded, 0 if an intact embedding was there already.
     """
     model = worker_model(spec)
-    data = _stack_data(stack, line)[1]
+    data = _stack_data(io.read_image(stack, lazy=True, frames=line is not None), line, contrast)
     return _embeddings(model, data, contrast, cache, exact, resize).precompute([z])
 
 
-def _stack_data(stack: str | Path, line: TimelapseLine | None, lazy: bool = True) -> tuple:
-    """The file's image and the ``(N, Y, X)`` planes to follow objects through."""
-    image = io.read_image(stack, lazy=lazy, frames=line is not None)
-    return image, image.data if line is None else line.view(image.data)
+def _stack_data(image: io.TiffImage, line: TimelapseLine | None, contrast: Any) -> Any:
+    """The ``(N, Y, X)`` planes of ``image`` to follow objects through."""
+    return image.data if line is None else line.view(image.data, contrast)
 
 
 def propagate_task(
@@ -162,7 +161,8 @@ def propagate_task(
     Returns the number of objects and the propagation's summary.
     """
     model = worker_model(spec)
-    image, data = _stack_data(stack, line)
+    image = io.read_image(stack, lazy=True, frames=line is not None)
+    data = _stack_data(image, line, contrast)
     embeddings = _embeddings(model, data, contrast, cache, exact, settings.resize)
     result = propagate_memory(model, embeddings, prompts, z_range=z_range, settings=settings)
     labels = result.label_volume()
@@ -232,15 +232,16 @@ def run_propagation(
     stack = Path(stack).expanduser().resolve()
     output = Path(output).expanduser().resolve()
     settings = settings or MemoryPropagationSettings()
-    image, data = _stack_data(stack, line, lazy=contrast is not None)
+    image = io.read_image(stack, lazy=contrast is not None, frames=line is not None)
+    if contrast is None:  # what one process takes: the whole stack's range
+        contrast = default_contrast_limits(image.data)
+    contrast = (float(contrast[0]), float(contrast[1]))
+    data = _stack_data(image, line, contrast)
     check_stack(data)
     layout = image_layout(tuple(data.shape), dtype=data.dtype)
     prompts = list(prompts)
     check_prompts(prompts, layout.n_slices, layout.plane_shape, z_range)
     lo, hi = (0, layout.n_slices - 1) if z_range is None else (int(v) for v in z_range)
-    if contrast is None:  # what one process takes: the whole stack's range
-        contrast = default_contrast_limits(image.data)
-    contrast = (float(contrast[0]), float(contrast[1]))
     del image, data
     work = work_folder(output)
     exact = cache_dir is None

@@ -4,10 +4,11 @@ Following objects with SAM 2's memory (``napari-sam propagate``) works along
 one axis of planes: the slices of a stack or the frames of a movie. In a
 time-lapse of stacks the user says which (:class:`TimelapseLine`): **through
 the slices** (``along="z"``) of one time point, or **through the time
-points** (``along="t"``) at one slice. :class:`LineView` shows that line as a
-``(N, Y, X)`` stack read one plane at a time (a lazily read file stays lazy),
-and :meth:`TimelapseLine.place` puts the labels found on it back into a label
-image of the whole time-lapse, so that the output lies on the input.
+points** (``along="t"``) at one slice. :meth:`TimelapseLine.view` shows that
+line as a ``(N, Y, X)`` stack read one plane at a time (an
+:class:`~napari_sam.workflows.planes.AxisStack`: a lazily read file stays
+lazy), and :meth:`TimelapseLine.place` puts the labels found on it back into a
+label image of the whole time-lapse, so that the output lies on the input.
 
 No napari or torch here.
 """
@@ -20,46 +21,12 @@ from typing import Any
 import numpy as np
 
 from napari_sam.errors import SettingsError
+from napari_sam.workflows.planes import AxisStack, ImagePlanes, plane_geometry
 
-__all__ = ["ALONG", "LineView", "TimelapseLine"]
+__all__ = ["ALONG", "TimelapseLine"]
 
 #: The axes a line can follow, by name: t (axis 0, the time points), z (axis 1, the slices).
 ALONG = {"t": 0, "z": 1}
-
-
-class LineView:
-    """The planes of a 4D array ``data`` along ``axis`` (0 or 1) at position ``at`` of the
-    other leading axis, as a ``(N, Y, X)`` array-like.
-
-    ``view[k]`` (and ``view[k, rows, cols]``) reads only that plane (or window);
-    ``np.asarray(view)`` reads the whole line.
-    """
-
-    def __init__(self, data: Any, axis: int, at: int) -> None:
-        self.data, self.axis, self.at = data, int(axis), int(at)
-        shape = tuple(int(s) for s in data.shape)
-        self.shape = (shape[self.axis], *shape[2:])
-        self.dtype = np.dtype(data.dtype)
-        self.ndim = 3
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        first, rest = key[0], key[1:]
-        if not isinstance(first, (int, np.integer)):
-            raise TypeError("A line of planes is read one plane at a time: view[k].")
-        k = int(first)
-        if not -self.shape[0] <= k < self.shape[0]:
-            raise IndexError(f"plane {k} of {self.shape[0]}")
-        k %= self.shape[0]
-        lead = (self.at, k) if self.axis == 1 else (k, self.at)
-        return np.asarray(self.data[(*lead, *rest)])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.stack([self[k] for k in range(self.shape[0])])
-        return out if dtype is None else out.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -110,18 +77,21 @@ class TimelapseLine:
             )
         return cls(along, int(at))
 
-    def view(self, data: Any) -> LineView:
-        """The line of ``data`` ``(T, Z, Y, X)`` as a ``(N, Y, X)`` stack."""
-        return LineView(data, self.axis, self.at)
+    @property
+    def index(self) -> tuple[int, int]:
+        """A full leading index ``(t, z)`` on the line."""
+        return (self.at, 0) if self.axis == 1 else (0, self.at)
+
+    def view(self, data: Any, contrast: Any) -> AxisStack:
+        """The line of ``data`` ``(T, Z, Y, X)`` as a ``(N, Y, X)`` stack (``contrast``: the
+        display range SAM sees, the whole time-lapse's)."""
+        return AxisStack(ImagePlanes(data, contrast=contrast), self.index, self.axis)
 
     def place(self, labels: np.ndarray, shape: Any) -> np.ndarray:
         """``labels`` ``(N, Y, X)`` of the line in a zero label image of ``shape``
         ``(T, Z, Y, X)`` (same dtype)."""
         out = np.zeros(tuple(int(s) for s in shape), dtype=labels.dtype)
-        if self.axis == 1:
-            out[self.at] = labels
-        else:
-            out[:, self.at] = labels
+        out[plane_geometry(out.shape).line_slicer(self.index, self.axis)] = labels
         return out
 
     def describe(self) -> str:

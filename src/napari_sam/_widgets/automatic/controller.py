@@ -35,23 +35,29 @@ from napari.layers import Image
 
 from napari_sam._widgets.automatic import wording
 from napari_sam._widgets.automatic.estimate import estimate_text
-from napari_sam._widgets.automatic.lines import is_nd, line_layout, position_text, shown_line
+from napari_sam._widgets.automatic.lines import (
+    image_kind,
+    label_shape,
+    position_text,
+    run_layout,
+    run_target,
+    shown_layout,
+)
 from napari_sam._widgets.automatic.modes import RunChoices
 from napari_sam._widgets.automatic.output import AutoOutput
 from napari_sam._widgets.automatic.remembered import DOCK_DEFAULTS, RememberedSettings
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.jobs import Job, JobRunner
-from napari_sam._widgets.layers import LayerChoice, layer_layout
+from napari_sam._widgets.layers import LayerChoice
 from napari_sam._widgets.model_session import ModelSession, session_for
 from napari_sam._widgets.notices import notice_for
 from napari_sam._widgets.objects_table import table_job
-from napari_sam.errors import ImageFormatError, NapariSamError
+from napari_sam.errors import NapariSamError
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.runtime.progress import drive
 from napari_sam.workflows import segment as logic
 from napari_sam.workflows.ais import AISSettings
-from napari_sam.workflows.image import ImageLayout, image_layout
-from napari_sam.workflows.prompts import current_slice, layer_affine
+from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.segment import AutoSettings, SegmentationResult
 from napari_sam.workflows.tiling import TileGrid
 
@@ -146,19 +152,7 @@ class AutomaticController(ControllerBase):
         """The chosen image's layout (for an nD image, that of the stack of slices shown),
         or None if there is none or it cannot be segmented."""
         image = self.images.current
-        if image is None:
-            return None
-        try:
-            return image_layout(image.data.shape, rgb=image.rgb)
-        except ImageFormatError:
-            try:
-                return line_layout(image)
-            except ImageFormatError:
-                return None
-
-    def _label_shape(self, image: Image, layout: ImageLayout) -> tuple[int, ...]:
-        """The shape of ``image``'s output layer."""
-        return tuple(image.data.shape) if is_nd(image) else layout.spatial_shape
+        return None if image is None else shown_layout(image)
 
     @property
     def settings(self) -> AutoSettings:
@@ -243,10 +237,7 @@ class AutomaticController(ControllerBase):
             if image is None:
                 self.set_status("Open or choose an image layer.")
             else:
-                kind = "stack" if layout is not None and layout.is_stack else "image"
-                if layout is not None and is_nd(image):
-                    kind = "time-lapse" if image.data.ndim == 4 else "image"
-                self.set_status(f"Ready to segment the {kind} “{image.name}”.")
+                self.set_status(f"Ready to segment the {image_kind(image, layout)} “{image.name}”.")
 
     def _on_model(self, event: Any = None) -> None:
         self.changed("model")
@@ -266,7 +257,7 @@ class AutomaticController(ControllerBase):
             self.warn("Open or choose an image layer to segment.")
             return
         try:
-            layout_ = self._run_layout(image)
+            layout_ = run_layout(image)
             self.settings.check()
             self.ais_settings.check()
             self.choices.check()
@@ -284,18 +275,6 @@ class AutomaticController(ControllerBase):
         self.waiting = None
         self._start(model, image, layout_, scope)
 
-    @staticmethod
-    def _run_layout(image: Image) -> ImageLayout:
-        """The layout a run segments (for an nD image, one stack of slices), or the one
-        sentence why ``image`` cannot be segmented."""
-        try:
-            return layer_layout(image, "automatic segmentation")
-        except ImageFormatError:
-            layout = line_layout(image)
-            if layout is None:
-                raise
-            return layout
-
     def _model_ready(self, model: LoadedModel | None) -> None:
         scope, self.waiting = self.waiting, None
         if self.closed or scope is None:
@@ -307,20 +286,12 @@ class AutomaticController(ControllerBase):
         self.run(scope)
 
     def _start(self, model: LoadedModel, image: Image, layout: ImageLayout, scope: str) -> None:
-        settings, k, slices, outer = self.settings, None, None, None
-        data = image.data
-        if is_nd(image):  # the stack of slices at the time point shown
-            line = shown_line(image, self.viewer.dims.point)
-            if line is None:
-                self.warn("The viewer shows no plane of this image; move the sliders onto it.")
-                return
-            data, outer = line.data, line.outer
-            k = line.k if scope == CURRENT_SLICE else None
-        elif layout.is_stack and scope == CURRENT_SLICE:
-            k = current_slice(layer_affine(image), layout.spatial_shape, self.viewer.dims.point)
-            if k is None:
-                self.warn("The viewer shows no slice of this stack; move the slider onto it.")
-                return
+        target = run_target(image, layout, scope == CURRENT_SLICE, self.viewer.dims.point)
+        if isinstance(target, str):
+            self.warn(target)
+            return
+        settings, slices = self.settings, None
+        data, k, outer = target.data, target.k, target.outer
         if k is not None:
             slices = [k]
             settings = replace(settings, link_slices=False)
@@ -337,14 +308,13 @@ class AutomaticController(ControllerBase):
             self._report(exc)
             return
         self._run = _Run(image, image.data, layout, k, settings, len(grid) if grid else 1, outer)
-        at = position_text(image, outer) if outer is not None else ""
 
         def work(progress: Any, should_cancel: Any) -> SegmentationResult:
             return drive(steps, progress, should_cancel,
                          cancelled="Automatic segmentation was cancelled; no layer was changed.")
 
         text = wording.run_text(image.name, layout, k, self.planned_mode() == "ais",
-                                len(grid) if grid else 1, at)
+                                len(grid) if grid else 1, position_text(image, outer))
         self.set_status(text)
         self.runner.start(Job("segment", text, work, done=self._write, failed=self._failed,
                               finished=self._finished, unit="steps"))
@@ -385,15 +355,15 @@ class AutomaticController(ControllerBase):
         # the object table in a job of its own (a large stack takes seconds)
         self.runner.start(table_job(layer, image, self.output.scores(layer),
                                     finished=lambda: self.changed("busy")))
-        at = position_text(image, run.outer) if run.outer is not None else ""
         self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
-                                            run.settings.link_slices, run.tiles, at))
+                                            run.settings.link_slices, run.tiles,
+                                            position_text(image, run.outer)))
 
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:
         """The layer :meth:`export_coco` would save (None: nothing to export yet; said so)."""
         image, layout = self.images.current, self.layout()
-        shape = self._label_shape(image, layout) if image is not None and layout else None
+        shape = label_shape(image, layout) if image is not None and layout else None
         layer = self.output.target(image, shape)
         if layer is None:
             self.warn("There is nothing to export yet: run automatic segmentation first.")

@@ -25,6 +25,7 @@ import numpy as np
 
 from napari_sam._widgets.interactive.planes_layout import PlaneKey, is_planes, plane_index
 from napari_sam._widgets.jobs import Job
+from napari_sam._widgets.layers import axis_name
 from napari_sam.errors import ImageFormatError
 from napari_sam.workflows.embeddings import EmbeddingKey, StackEmbeddings
 from napari_sam.workflows.planes import AxisEmbeddings, ImagePlanes, PlaneGeometry
@@ -48,15 +49,9 @@ def axis_names(image: Any, layout: Any) -> list[str]:
     """The name of each leading (non-plane) axis of ``image``: napari's axis label ("t",
     "z"), or "axis 0" where the label is napari's default number."""
     n = len(layout.spatial_shape) - 2
-    labels = list(getattr(image, "axis_labels", ()) or ())
     geometry = getattr(layout, "geometry", None)
-    names = []
-    for j in range(n):
-        axis = geometry.layer_axis(j) if geometry is not None else j
-        label = str(labels[axis]) if axis < len(labels) else ""
-        numeric = label.lstrip("-").isdigit() or not label.strip()
-        names.append(f"axis {j}" if numeric else label)
-    return names
+    return [axis_name(image, geometry.layer_axis(j) if geometry is not None else j, j)
+            for j in range(n)]
 
 
 def follows(layout: Any) -> bool:

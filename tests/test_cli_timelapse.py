@@ -166,6 +166,43 @@ def test_zarr_output_on_a_cluster_equals_one_process(sam, checkpoint, tzyx_file,
     assert reread.scale == SCALE and reread.data.shape == expected.shape
 
 
+def test_segment_a_stack_of_rgb_planes_in_one_process_and_on_a_cluster(
+    sam, checkpoint, tzyx, tmp_path, capsys
+):
+    """A (Z, Y, X, RGB) TIFF: each slice segmented with its colours, linked through the
+    slices; the table has one mean intensity per colour; a cluster gives the same labels."""
+    top = float(tzyx.max())
+    colours = np.stack([tzyx[0], tzyx[1], tzyx[0][::-1]], axis=-1)  # (3, 64, 64, 3)
+    rgb = (255.0 * colours / top).astype(np.uint8)
+    src, out, csv = tmp_path / "colour.tif", tmp_path / "labels.tif", tmp_path / "objects.csv"
+    tifffile.imwrite(src, rgb, photometric="rgb")
+    argv = ["segment", str(src), "-o", str(out), "--table", str(csv), *_model(checkpoint),
+            *OPTIONS]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "colour.tif:" in capsys.readouterr().err
+    labels = tifffile.imread(out)
+    expected = segment(sam, rgb, rgb=True, settings=SETTINGS).labels
+    assert labels.shape == rgb.shape[:3] and expected.max() >= 3
+    np.testing.assert_array_equal(labels, expected)
+    gray = segment(sam, rgb[..., 0], settings=SETTINGS).labels  # the colours matter
+    assert not np.array_equal(gray, expected)
+    table = pd.read_csv(csv)
+    mine = object_table(expected, intensity=[rgb[..., i] for i in range(3)],
+                        channel_names=["red", "green", "blue"])
+    np.testing.assert_array_equal(table["label"], mine["index"])
+    for colour in ("red", "green", "blue"):
+        np.testing.assert_allclose(table[f"mean_intensity_{colour}"],
+                                   mine[f"mean_intensity_{colour}"])
+
+    recipe = Recipe(SETTINGS, model=model_identity("vit_t", checkpoint))
+    job = SegmentJob(src, tmp_path / "cluster" / "labels.tif")
+    with inprocess_client(dashboard=False) as client:
+        report = run_batch(client, [job], ModelSpec("vit_t", str(checkpoint), "cpu"), recipe)
+    (outcome,) = report.outcomes
+    assert outcome.status == "done", outcome.reason
+    np.testing.assert_array_equal(tifffile.imread(job.output), expected)
+
+
 def test_a_five_dimensional_file_is_refused_in_one_sentence(checkpoint, tmp_path, capsys):
     src = tmp_path / "five.npy"
     np.save(src, np.zeros((2, 2, 3, 16, 16), np.uint16))

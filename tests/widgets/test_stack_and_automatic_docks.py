@@ -195,3 +195,49 @@ def test_automatic_dock_on_a_timelapse_of_stacks(make_napari_viewer, qtbot, fast
     assert "at axis 0 = 1" in widget.status_label.text()
     assert notes["error"] == [] and notes["warning"] == []
     widget.close()
+
+
+def test_automatic_dock_channel_layers_by_the_button_then_image_only(
+    make_napari_viewer, qtbot, fast_model, stack, notes
+):
+    """Two channel layers selected in the layer list and "Selected as channels": the run
+    segments what SAM sees of both (red, green, each with its contrast limits); "Image only"
+    goes back to the first alone. An RGB stack is offered the stack controls."""
+    from napari_sam.workflows.channels import channels_to_rgb
+
+    viewer = make_napari_viewer()
+    nuc, mem = viewer.add_image(np.stack([stack[:3], stack[3:6]]), channel_axis=0,
+                                name=["nuclei", "membranes"])
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-sam-microscopy", "Automatic segmentation (SAM)"
+    )
+    widget.set_model(fast_model, "fast")
+    c = widget.controller
+    lax_auto(c, points=3)
+    controls = widget.channel_controls
+    assert controls.axis_row.isHidden() and not controls.image_only_button.isEnabled()
+    viewer.layers.selection = {nuc, mem}
+    controls.channels_button.click()
+    assert controls.channels_label.text() == "SAM sees “nuclei” as red, “membranes” as green."
+    assert controls.image_only_button.isEnabled()
+    assert widget.image_picker.value is nuc
+    widget.scope_combo.value = "all slices"
+    widget.run_button.click()
+    wait_idle(qtbot, widget)
+    contrasts = [tuple(nuc.contrast_limits), tuple(mem.contrast_limits)]
+    seen = np.stack([channels_to_rgb([nuc.data[z], mem.data[z]], contrasts) for z in range(3)])
+    expected = segment_logic.segment(fast_model, seen, rgb=True, contrast_limits=(0, 255),
+                                     settings=c.settings).labels
+    assert expected.max() >= 1
+    np.testing.assert_array_equal(viewer.layers["nuclei SAM auto"].data, expected)
+    controls.image_only_button.click()
+    assert c.channels.layers == [] and controls.channels_label.text() == ""
+    assert widget.status_label.text() == "Ready to segment the stack “nuclei”."
+
+    colour = viewer.add_image(np.repeat(stack[:3, ..., None], 3, axis=-1).astype(np.uint8),
+                              rgb=True, name="colour stack")
+    widget.image_picker.pick(colour)
+    assert widget.stack_form.enabled
+    assert widget.status_label.text() == "Ready to segment the stack “colour stack”."
+    assert notes["error"] == [] and notes["warning"] == []
+    widget.close()

@@ -74,9 +74,15 @@ def _is_array(data: Any) -> bool:
     return hasattr(data, "shape") and hasattr(data, "dtype") and hasattr(data, "__getitem__")
 
 
-def _intensity(image: Any, shape: tuple[int, ...]) -> tuple[Any, list[str] | None]:
+def _intensity(image: Any, shape: tuple[int, ...],
+               channels: Any = None) -> tuple[Any, list[str] | None]:
     """The image values of the labels' shape for mean intensities (numpy, or lazy: then
-    only the objects' planes are read), and the channel names."""
+    only the objects' planes are read), and the channel names: with ``channels`` (a
+    :class:`~napari_sam._widgets.channel_layers.ChannelLayers` SAM saw), its layers."""
+    if channels is not None and channels.layers:
+        arrays, layer_names = channels.intensity()
+        if all(_is_array(a) and tuple(a.shape) == shape for a in arrays):
+            return arrays, layer_names
     if image is None or getattr(image, "multiscale", False) or not _is_array(image.data):
         return None, None
     data = image.data
@@ -215,11 +221,7 @@ def refresh_features(
     if np.ndim(data) not in (2, 3, 4):
         return None
     shape = tuple(data.shape)
-    intensity, names = _intensity(image, shape)
-    if channels is not None and channels.layers:
-        arrays, layer_names = channels.intensity()
-        if all(_is_array(a) and tuple(a.shape) == shape for a in arrays):
-            intensity, names = arrays, layer_names
+    intensity, names = _intensity(image, shape, channels)
     scores = dict(scores or {})
     kwargs = _table_kwargs(labels, intensity, names, scores,
                            {int(i): method for i in scores} if method else None)
@@ -267,7 +269,7 @@ def _measure_all(data: Any, intensity: Any, kwargs: dict) -> Any:
 
 
 def run_table(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]],
-              method: str = "automatic") -> Any:
+              method: str = "automatic", channels: Any = None) -> Any:
     """The object table of ``labels`` after a run that wrote all of its objects (the
     automatic dock): every object gets ``method``, and SAM's scores where ``scores`` (keyed
     by label or ``(slice, label)``, :func:`~napari_sam.workflows.tables.scores_by_label`)
@@ -281,7 +283,7 @@ def run_table(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]]
     """
     data = labels.data
     shape = tuple(np.shape(data))
-    intensity, names = _intensity(image, shape)
+    intensity, names = _intensity(image, shape, channels)
     by_label = scores_by_label(scores)
     ids = [int(i) for i in np.unique(np.asarray(data)) if i]
     kwargs = _table_kwargs(labels, intensity, names, {i: by_label.get(i, {}) for i in ids},
@@ -299,15 +301,17 @@ def set_run_table(labels: Any, table: Any) -> None:
 
 
 def table_job(labels: Any, image: Any, scores: Mapping[Any, Mapping[str, float]],
-              method: str = "automatic", finished: Any = None) -> Job:
+              method: str = "automatic", finished: Any = None, channels: Any = None) -> Job:
     """A job measuring :func:`run_table` in the worker and setting it on ``labels``
-    (:func:`set_run_table`); a failure is one warning (the labels are written anyway)."""
+    (:func:`set_run_table`); a failure is one warning (the labels are written anyway).
+    With ``channels`` (the channel layers SAM saw), one mean intensity column per channel."""
 
     def failed(exc: BaseException) -> Notice | None:
         return Notice.warning(f"The object table of “{labels.name}” could not be made: {exc}")
 
     return Job("table", f"Measuring the objects of “{labels.name}”…",
-               lambda progress, should_cancel: run_table(labels, image, scores, method),
+               lambda progress, should_cancel: run_table(labels, image, scores, method,
+                                                         channels),
                done=lambda table: set_run_table(labels, table), failed=failed,
                finished=finished)
 

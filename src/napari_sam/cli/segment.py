@@ -32,10 +32,11 @@ has its own number (1, 2, 3, ...). Fiji, napari and most analysis tools open it.
 
 INPUT is an image file: TIFF, PNG, JPEG, BMP, .npy, or a zarr / OME-Zarr
 folder; a 2D grayscale image (Y X), a 2D colour image (Y X RGB), a 3D stack
-(Z Y X; also a time series T Y X) or a time-lapse of stacks (T Z Y X), 8/16-bit
-or float. A stack is segmented slice by slice (--link-slices links objects
-through the slices of each time point; time points keep their own ids). The
-output keeps the input's pixel size (voxel size; the frame interval for T).
+(Z Y X; also a time series T Y X), a stack of colour images (Z Y X RGB) or a
+time-lapse of stacks (T Z Y X), 8/16-bit or float. A stack is segmented slice
+by slice (--link-slices links objects through the slices of each time point;
+time points keep their own ids). The output keeps the input's pixel size
+(voxel size; the frame interval for T).
 Several INPUTs, or a folder of images, are written into the OUTPUT folder as
 <name>_labels.tif (<name>_labels.zarr for zarr inputs). Files a folder holds
 besides images are listed at the end with the reason they were skipped.

@@ -235,7 +235,8 @@ class _Runner:
                 work.remove()
             kept = work.prepare(self.identity)
             stack = image is not None and not image.rgb and image.data.ndim == 3
-            frames = image is not None and image.data.ndim == 4  # one task: the whole file
+            # a time-lapse of stacks or a stack of RGB planes: one task, the whole file
+            frames = image is not None and image.data.ndim == 4
             grid = None if image is None else plane_grid(image.spatial_shape[-2:], self.recipe)
             if frames:
                 grid = None

@@ -30,6 +30,7 @@ __all__ = [
     "get_plane",
     "image_layout",
     "robust_limits",
+    "stack_layout",
     "to_sam_rgb",
 ]
 
@@ -49,8 +50,9 @@ class ImageLayout:
 
     Attributes
     ----------
-    kind : {"2D", "2D RGB", "3D"}
-        The layout.
+    kind : {"2D", "2D RGB", "3D", "3D RGB"}
+        The layout ("3D RGB": a stack of colour planes ``(Z, Y, X, 3|4)``, which
+        only :func:`stack_layout` accepts).
     spatial_shape : tuple of int
         ``(H, W)`` for 2D images, ``(Z, H, W)`` for stacks; the shape of a
         matching label image.
@@ -65,7 +67,7 @@ class ImageLayout:
     @property
     def is_stack(self) -> bool:
         """True for a 3D stack (prompts and embeddings are per slice)."""
-        return self.kind == "3D"
+        return self.kind in ("3D", "3D RGB")
 
     @property
     def plane_shape(self) -> tuple[int, int]:
@@ -145,6 +147,29 @@ def image_layout(shape: Sequence[int], rgb: bool = False, dtype: object = None) 
     if min(spatial) < 1:
         raise ImageFormatError(f"The image is empty (shape {shape}).")
     return ImageLayout(kind=kind, spatial_shape=tuple(spatial), rgb=bool(rgb))
+
+
+def stack_layout(shape: Sequence[int], rgb: bool = False, dtype: object = None) -> ImageLayout:
+    """As :func:`image_layout`, and also a stack of RGB(A) planes ``(Z, Y, X, 3|4)``.
+
+    Automatic segmentation (:func:`~napari_sam.workflows.segment.segment_iter`)
+    segments such a stack plane by plane, each plane with its colours; the
+    interactive tools see RGB stacks through
+    :func:`~napari_sam.workflows.planes.plane_geometry` instead.
+
+    Raises
+    ------
+    ImageFormatError
+        As :func:`image_layout`; for an RGB stack, a colour axis without 3 or 4
+        entries or an empty stack.
+    """
+    shape = tuple(int(s) for s in shape)
+    if not (rgb and len(shape) == 4):
+        return image_layout(shape, rgb=rgb, dtype=dtype)
+    plane = image_layout(shape[1:], rgb=True, dtype=dtype)
+    if shape[0] < 1:
+        raise ImageFormatError(f"The image is empty (shape {shape}).")
+    return ImageLayout(kind="3D RGB", spatial_shape=(shape[0], *plane.spatial_shape), rgb=True)
 
 
 def get_plane(data: object, layout: ImageLayout, index: int | None = None) -> np.ndarray:

@@ -9,7 +9,8 @@
 - :func:`read_tiff` reads a 2D (YX), 2D RGB (YXS) or 3D (ZYX, or TYX) TIFF
   and its pixel size (ImageJ ``spacing``/resolution tags), dropping axes of
   length 1; with ``frames=True`` also a time-lapse of stacks (TZYX, with
-  ImageJ's frame interval ``finterval``); anything else is refused with a
+  ImageJ's frame interval ``finterval``) and a stack of RGB planes (ZYXS);
+  anything else is refused with a
   sentence that says why.
 - :func:`write_labels_tiff` writes an instance label image as a compressed
   (zlib) TIFF that napari, Fiji/ImageJ and tifffile open: ImageJ format with
@@ -239,7 +240,8 @@ def read_tiff(
     time series T, Y, X is segmented the same way, one plane after the other);
     with ``frames=True`` also 4D grayscale data, read as a time-lapse of stacks
     ``(T, Z, Y, X)`` (the first axis is the outer one, e.g. time; its scale
-    entry is ImageJ's frame interval, or 1). Axes of length 1 (a single
+    entry is ImageJ's frame interval, or 1), and stacks of RGB planes
+    ``(Z, Y, X, 3|4)``. Axes of length 1 (a single
     channel, time point or slice) are dropped.
     With ``lazy``, the pixels are read only when :attr:`TiffImage.data` (a zarr
     array) is indexed, one TIFF page or tile at a time.
@@ -254,7 +256,8 @@ def read_tiff(
     ------
     InputFileError
         If the file does not exist, is a folder, cannot be read as a TIFF, or
-        holds another layout (several channels, 4D data, an RGB stack).
+        holds another layout (several channels, 4D data, an RGB stack; without
+        ``frames``).
     ImageFormatError
         If its values are not real numbers.
     """
@@ -308,7 +311,7 @@ def _checked_image(
     frames: bool = False,
 ) -> TiffImage:
     """The image in ``data`` (axes as tifffile names them) if napari-sam can segment it
-    (``frames``: 4D grayscale data too, as ``(T, Z, Y, X)``)."""
+    (``frames``: 4D grayscale data too, as ``(T, Z, Y, X)``, and stacks of RGB planes)."""
     if len(axes) != data.ndim:
         axes = "Q" * data.ndim
     if data.dtype.kind == "c" or not (
@@ -352,7 +355,7 @@ def _checked_image(
             "Image > Color > Split Channels)."
         )
     spatial = data.ndim - (1 if rgb else 0)
-    if rgb and spatial != 2:
+    if rgb and spatial != 2 and not (frames and spatial == 3):
         raise InputFileError(
             f"{path.name} is an RGB image with {spatial} spatial axes (axes {axes}, shape "
             f"{data.shape}); napari-sam segments 2D RGB images, so split the stack first."

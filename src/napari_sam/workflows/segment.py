@@ -67,7 +67,7 @@ from napari_sam.workflows.ais import (
     no_decoder_error,
     segment_plane_steps,
 )
-from napari_sam.workflows.image import ImageLayout, get_plane, image_layout, to_sam_rgb
+from napari_sam.workflows.image import ImageLayout, get_plane, stack_layout, to_sam_rgb
 from napari_sam.workflows.linking import SliceLinker, overlap_pairs, plane_areas
 from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
 from napari_sam.workflows.tiling import Tiling
@@ -351,8 +351,9 @@ def segment_iter(
         The SAM model (any device); a :class:`~napari_sam.runtime.loader.LoadedModel`
         brings its instance decoder and its weights' identity (``model_id``).
     data : array-like
-        ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, or ``(Z, Y, X)``; numpy, dask or
-        zarr (read one plane at a time).
+        ``(Y, X)``, ``(Y, X, 3|4)`` with ``rgb``, ``(Z, Y, X)``, or a stack of
+        colour planes ``(Z, Y, X, 3|4)`` with ``rgb``; numpy, dask or zarr (read
+        one plane at a time).
     rgb : bool
         The last axis holds colour channels.
     contrast_limits : (low, high), optional
@@ -409,7 +410,7 @@ def segment_iter(
     sam = getattr(model, "sam", model)
     if model_id is None:
         model_id = getattr(model, "model_id", None)
-    layout = image_layout(data.shape, rgb=rgb, dtype=data.dtype)
+    layout = stack_layout(data.shape, rgb=rgb, dtype=data.dtype)
     if layout.is_stack:
         if slices is None:
             planes: list[int | None] = list(range(layout.n_slices))

@@ -1,6 +1,7 @@
 """The "Automatic segmentation (SAM)" dock: small Qt parts over an AutomaticController.
 
-The image picker, the shared model controls, the mode (auto / instance decoder
+The image picker, the shared model controls, the channel layers SAM sees as
+red, green and blue (selected in the layer list), the mode (auto / instance decoder
 (AIS) / point grid) with the settings of the mode that will run (forms made from
 ``AISSettings`` and ``AutoSettings``: tooltips from their help, remembered
 between sessions), tiling for large planes, the stack scope, the estimate of the
@@ -18,6 +19,7 @@ from magicgui.widgets import ComboBox
 from napari.layers import Image
 from qtpy.QtWidgets import QFileDialog, QPushButton, QVBoxLayout, QWidget
 
+from napari_sam._widgets._qt.channel_controls import ChannelControls
 from napari_sam._widgets._qt.dock import DockFrame, section, wrapped_label
 from napari_sam._widgets._qt.forms import (
     LayerPicker,
@@ -73,6 +75,7 @@ class AutomaticSegmentationWidget(DockFrame):
         self.image_picker = LayerPicker("Image", c.images, Image, c.set_image,
                                         "The image or stack to segment.")
         self.model_controls = ModelControls(session, NOT_LOADED)
+        self.channel_controls = ChannelControls(c, axis_choice=False)
         self.objects_form = settings_form(AutoSettings, c.settings, OBJECT_FIELDS, self._edit)
         self.mode_form = settings_form(RunChoices, c.choices, ("mode",), self._choose)
         self.mode_label = wrapped_label()
@@ -102,6 +105,9 @@ class AutomaticSegmentationWidget(DockFrame):
         box.addWidget(labelled(self.image_picker))
         box.addWidget(self.model_controls)
         self.add(section("Image and model", image))
+        self.channels_section = section("Channels (SAM's red, green, blue)",
+                                        self.channel_controls, expanded=False)
+        self.add(self.channels_section)
         self.add(section("Mode", self.mode_form.native, self.mode_label))
         self.add(self.estimate_label)
         self.stack_section = section("3D stacks", self.stack_form.native)
@@ -162,6 +168,8 @@ class AutomaticSegmentationWidget(DockFrame):
 
     def _changed(self, what: str) -> None:
         c = self.controller
+        if what in ("image", "channels"):
+            self.channel_controls.sync()
         if what == "image":
             self.image_picker.sync()
             layout = c.layout()

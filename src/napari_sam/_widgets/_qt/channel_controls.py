@@ -1,7 +1,8 @@
-"""The interactive dock's channel choice: what SAM sees as red, green and blue.
+"""A dock's channel choice: what SAM sees as red, green and blue.
 
-Two ways, both ending in napari channel layers that SAM sees each with its own
-contrast limits (:mod:`~napari_sam._widgets.interactive.channel_layers`):
+Two ways (the automatic dock offers the first), both ending in napari channel
+layers that SAM sees each with its own contrast limits
+(:mod:`~napari_sam._widgets.channel_layers`):
 
 - **channel layers** already in the viewer (``channel_axis``): select 1-3 in
   the layer list and press *Selected as channels*;
@@ -33,11 +34,14 @@ __all__ = ["ChannelControls"]
 
 
 class ChannelControls(QWidget):
-    """Channel layers by selection, or channels of the image's own channel axis."""
+    """Channel layers by selection, or (``axis_choice``) channels of the image's own channel
+    axis. ``controller`` has ``viewer``, ``image``, ``channels`` and ``set_channels`` (and
+    ``set_channel_axis`` with ``axis_choice``)."""
 
-    def __init__(self, controller: Any) -> None:
+    def __init__(self, controller: Any, axis_choice: bool = True) -> None:
         super().__init__()
         c = self.controller = controller
+        self.axis_choice = axis_choice
         self.channels_button = QPushButton("Selected as channels")
         self.channels_button.setToolTip(
             "Select 1-3 channel layers in the layer list (napari makes one per channel with "
@@ -95,7 +99,7 @@ class ChannelControls(QWidget):
         self.channels_label.setText(c.channels.describe() + "." if active else "")
         self.channels_label.setVisible(active)
         self.image_only_button.setEnabled(active)
-        source = channel_source(c)
+        source = channel_source(c) if self.axis_choice else None
         axes = offered_axes(source) if source is not None else []
         seen = (id(source), tuple(axes))
         if seen != self._axes_of:  # refill only when the image (or its axes) changed

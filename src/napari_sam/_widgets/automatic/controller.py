@@ -36,6 +36,7 @@ from napari.layers import Image
 from napari_sam._widgets.automatic import wording
 from napari_sam._widgets.automatic.estimate import estimate_text
 from napari_sam._widgets.automatic.lines import (
+    channel_input,
     image_kind,
     label_shape,
     position_text,
@@ -47,6 +48,7 @@ from napari_sam._widgets.automatic.modes import RunChoices
 from napari_sam._widgets.automatic.output import AutoOutput
 from napari_sam._widgets.automatic.remembered import DOCK_DEFAULTS, RememberedSettings
 from napari_sam._widgets.base import ControllerBase
+from napari_sam._widgets.channel_layers import ChannelLayers
 from napari_sam._widgets.jobs import Job, JobRunner
 from napari_sam._widgets.layers import LayerChoice
 from napari_sam._widgets.model_session import ModelSession, session_for
@@ -87,11 +89,15 @@ class _Run:
     settings: AutoSettings
     tiles: int = 1  # tiles per plane
     outer: tuple[int, ...] | None = None  # nD images: the position of the line segmented
+    channels: ChannelLayers | None = None  # the channel layers SAM saw (for the object table)
 
     @property
     def label_shape(self) -> tuple[int, ...]:
-        """The shape of the output layer (an nD image's full shape)."""
-        return tuple(self.data.shape) if self.outer is not None else self.layout.spatial_shape
+        """The shape of the output layer (an nD image's full shape, without colours)."""
+        if self.outer is None:
+            return self.layout.spatial_shape
+        shape = tuple(self.data.shape)
+        return shape[:-1] if self.layout.rgb else shape
 
 
 class AutomaticController(ControllerBase):
@@ -115,6 +121,7 @@ class AutomaticController(ControllerBase):
         self.session.add_runner(self.runner)  # background work waits for either dock's jobs
         self.images = LayerChoice(self.viewer.layers, Image)
         self.output = AutoOutput(self.viewer)
+        self.channels = ChannelLayers()  # 1-3 channel layers as SAM's RGB (empty: the image)
         self.remembered = RememberedSettings(remember)
         self.scope = CURRENT_SLICE
         self.waiting: str | None = None  # the scope of a run waiting for the model
@@ -133,6 +140,8 @@ class AutomaticController(ControllerBase):
     @property
     def image_layer(self) -> Image | None:
         return self.images.current
+
+    image = property(lambda self: self.images.current, doc="The image to segment.")
 
     @property
     def output_layer(self) -> Any:
@@ -220,6 +229,25 @@ class AutomaticController(ControllerBase):
         self.images.select(layer)
         self._on_layers()
 
+    def set_channels(self, layers: Any) -> None:
+        """Show SAM 1-3 channel layers (napari's ``channel_axis`` layers) as its red, green and
+        blue inputs, each with its own contrast limits; the first becomes the image segmented.
+        None or none: the image alone again. A wrong choice is said in one sentence."""
+        layers = list(layers or [])
+        if layers:
+            try:
+                layers = self.channels.check(layers)
+            except NapariSamError as exc:
+                self._report(exc)
+                return
+        self.channels.layers = layers
+        if layers and self.images.current is not layers[0]:
+            self.images.select(layers[0])
+        self.changed("channels")
+        self._on_layers()
+        if layers:
+            self.info(self.channels.describe() + ".")
+
     def estimate(self) -> str:
         """The work of the next run in numbers, and a hint for small images (may be "")."""
         return estimate_text(self.layout(), self.settings, self.choices,
@@ -227,8 +255,11 @@ class AutomaticController(ControllerBase):
 
     # ------------------------------------------------------------------ events
     def _on_layers(self, event: Any = None) -> None:
-        if event is not None and getattr(event, "type", None) == "inserted":
+        kind = getattr(event, "type", None) if event is not None else None
+        if kind == "inserted":
             self.connections.connect(event.value.events.name, self._on_layers)
+        if kind == "removed" and self.channels.forget(event.value):
+            self.changed("channels")
         self.images.refresh()
         self.changed("image")
         self.changed("estimate")
@@ -237,7 +268,10 @@ class AutomaticController(ControllerBase):
             if image is None:
                 self.set_status("Open or choose an image layer.")
             else:
-                self.set_status(f"Ready to segment the {image_kind(image, layout)} “{image.name}”.")
+                seen = (f" ({self.channels.describe()})" if self.channels.active_for(image)
+                        else "")
+                self.set_status(
+                    f"Ready to segment the {image_kind(image, layout)} “{image.name}”{seen}.")
 
     def _on_model(self, event: Any = None) -> None:
         self.changed("model")
@@ -295,11 +329,13 @@ class AutomaticController(ControllerBase):
         if k is not None:
             slices = [k]
             settings = replace(settings, link_slices=False)
-        contrast = tuple(float(c) for c in image.contrast_limits)
+        rgb, contrast = layout.rgb, tuple(float(c) for c in image.contrast_limits)
         try:  # input errors and refusals are raised here, before any work
+            if self.channels.active_for(image):  # SAM's RGB of the channel layers
+                data, rgb, contrast = channel_input(self.channels, target), True, (0.0, 255.0)
             grid = self.choices.to_tiling().grid(layout.plane_shape)
             steps = logic.segment_iter(
-                model, data, rgb=layout.rgb, contrast_limits=contrast, settings=settings,
+                model, data, rgb=rgb, contrast_limits=contrast, settings=settings,
                 slices=slices, tiling=self.choices.to_tiling(),
                 mode=self.choices.workflow_mode, ais_settings=self.ais_settings,
                 store=self.session.store,
@@ -307,7 +343,10 @@ class AutomaticController(ControllerBase):
         except NapariSamError as exc:
             self._report(exc)
             return
-        self._run = _Run(image, image.data, layout, k, settings, len(grid) if grid else 1, outer)
+        channels = ChannelLayers()
+        channels.layers = list(self.channels.layers) if self.channels.active_for(image) else []
+        self._run = _Run(image, image.data, layout, k, settings, len(grid) if grid else 1, outer,
+                         channels)
 
         def work(progress: Any, should_cancel: Any) -> SegmentationResult:
             return drive(steps, progress, should_cancel,
@@ -354,7 +393,8 @@ class AutomaticController(ControllerBase):
             self.info(note)
         # the object table in a job of its own (a large stack takes seconds)
         self.runner.start(table_job(layer, image, self.output.scores(layer),
-                                    finished=lambda: self.changed("busy")))
+                                    finished=lambda: self.changed("busy"),
+                                    channels=run.channels))
         self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
                                             run.settings.link_slices, run.tiles,
                                             position_text(image, run.outer)))

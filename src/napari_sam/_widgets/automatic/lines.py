@@ -1,10 +1,11 @@
-"""Images with more leading axes than a stack, e.g. ``(T, Z, Y, X)``, in the automatic dock (no Qt).
+"""What a run of the automatic dock segments, for every image it takes (no Qt).
 
-Automatic segmentation works on a 2D image or a ``(Z, Y, X)`` stack
-(:func:`~napari_sam.workflows.segment.segment_iter`). A grayscale image with
-two or more leading axes (a time-lapse of stacks) is segmented one **line**
-at a time: the stack of ``(Y, X)`` planes along its *last* leading axis (the
-slices) at the position the viewer shows on the others (the time point).
+Automatic segmentation works on a 2D image (grayscale or RGB) or a stack of
+grayscale or RGB planes (:func:`~napari_sam.workflows.segment.segment_iter`).
+An image with two or more leading axes before its planes (a time-lapse of
+stacks, grayscale or RGB) is segmented one **line** at a time: the stack of
+``(Y, X)`` planes along its *last* leading axis (the slices) at the position
+the viewer shows on the others (the time point).
 "Current slice" segments the plane shown, "all slices" every slice of that
 time point (linked through the slices when asked). The result goes into that
 part of "<image> SAM auto", which has the image's full shape, scale and
@@ -13,7 +14,10 @@ above theirs (:meth:`~napari_sam._widgets.automatic.output.AutoOutput.write`).
 
 The line is ``image.data[outer]``: a view of a numpy image, still lazy for a
 dask image (each plane is read when segmented). :func:`run_target` decides
-what a run segments for any image (a plane, a stack, or a line).
+what a run segments for any image (a plane, a stack, or a line), and
+:func:`channel_input` what SAM sees of it when the user chose channel layers
+(:class:`~napari_sam._widgets.channel_layers.ChannelLayers`): their planes
+mixed into SAM's red, green and blue, one plane at a time.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from typing import Any
 
 from napari_sam._widgets.layers import axis_name, layer_layout
 from napari_sam.errors import ImageFormatError
-from napari_sam.workflows.image import ImageLayout, image_layout
-from napari_sam.workflows.planes import plane_geometry
+from napari_sam.workflows.image import ImageLayout, stack_layout
+from napari_sam.workflows.planes import PlaneGeometry, plane_geometry
 from napari_sam.workflows.prompts import current_slice, layer_affine
+from napari_sam.workflows.sam_stack import SamStack
 
 __all__ = [
     "Line",
     "Target",
+    "channel_input",
     "image_kind",
     "is_nd",
     "label_shape",
@@ -62,8 +68,24 @@ class Line:
 
 
 def is_nd(image: Any) -> bool:
-    """Whether ``image`` is segmented line by line: grayscale, not a pyramid, 4 axes or more."""
-    return not image.rgb and not getattr(image, "multiscale", False) and image.data.ndim >= 4
+    """Whether ``image`` is segmented line by line: not a pyramid, with 4 layer axes or more
+    (the colour axis of an RGB image is not one)."""
+    n_axes = image.data.ndim - (1 if image.rgb else 0)
+    return not getattr(image, "multiscale", False) and n_axes >= 4
+
+
+def _geometry(image: Any) -> PlaneGeometry:
+    """The planes of an nD ``image`` (refuses a last axis that looks like channels)."""
+    shape = tuple(int(s) for s in image.data.shape)
+    return plane_geometry(shape, rgb=bool(image.rgb), dtype=image.data.dtype)
+
+
+def _plain_layout(image: Any) -> ImageLayout:
+    """The layout of a 2D image or a stack (grayscale or RGB planes); the one sentence why
+    not otherwise (e.g. a multiscale image, 4 axes)."""
+    if getattr(image, "multiscale", False):
+        return layer_layout(image, "automatic segmentation")  # raises the pyramid sentence
+    return stack_layout(image.data.shape, rgb=bool(image.rgb), dtype=image.data.dtype)
 
 
 def line_layout(image: Any) -> ImageLayout | None:
@@ -78,16 +100,17 @@ def line_layout(image: Any) -> ImageLayout | None:
     """
     if not is_nd(image):
         return None
+    _geometry(image)  # refuses channel-like last axes
     shape = tuple(int(s) for s in image.data.shape)
-    plane_geometry(shape, dtype=image.data.dtype)  # refuses channel-like last axes
-    return image_layout(shape[-3:], dtype=image.data.dtype)
+    return stack_layout(shape[-4:] if image.rgb else shape[-3:], rgb=bool(image.rgb),
+                        dtype=image.data.dtype)
 
 
 def shown_layout(image: Any) -> ImageLayout | None:
     """The layout of ``image`` for the dock's estimate and status (for an nD image, that of
     the stack of slices shown), or None if it cannot be segmented."""
     try:
-        return image_layout(image.data.shape, rgb=image.rgb)
+        return _plain_layout(image)
     except ImageFormatError:
         try:
             return line_layout(image)
@@ -104,7 +127,7 @@ def run_layout(image: Any) -> ImageLayout:
         The one sentence why ``image`` cannot be segmented.
     """
     try:
-        return layer_layout(image, "automatic segmentation")
+        return _plain_layout(image)
     except ImageFormatError:
         layout = line_layout(image)
         if layout is None:
@@ -113,8 +136,8 @@ def run_layout(image: Any) -> ImageLayout:
 
 
 def label_shape(image: Any, layout: ImageLayout) -> tuple[int, ...]:
-    """The shape of ``image``'s output layer (an nD image's full shape)."""
-    return tuple(image.data.shape) if is_nd(image) else layout.spatial_shape
+    """The shape of ``image``'s output layer (an nD image's full shape, without colours)."""
+    return _geometry(image).shape if is_nd(image) else layout.spatial_shape
 
 
 def image_kind(image: Any, layout: ImageLayout | None) -> str:
@@ -122,7 +145,7 @@ def image_kind(image: Any, layout: ImageLayout | None) -> str:
     if layout is None:
         return "image"
     if is_nd(image):
-        return "time-lapse" if image.data.ndim == 4 else "image"
+        return "time-lapse" if len(_geometry(image).shape) == 4 else "image"
     return "stack" if layout.is_stack else "image"
 
 
@@ -155,8 +178,7 @@ def run_target(image: Any, layout: ImageLayout, current: bool, world_point: Any)
 def shown_line(image: Any, world_point: Any) -> Line | None:
     """The line of the nD ``image`` through the plane at ``world_point``
     (``viewer.dims.point``); None where the viewer is outside the image."""
-    geometry = plane_geometry(tuple(image.data.shape), dtype=image.data.dtype)
-    index = geometry.index_at(layer_affine(image), world_point)
+    index = _geometry(image).index_at(layer_affine(image), world_point)
     if index is None:
         return None
     outer = tuple(int(i) for i in index[:-1])
@@ -171,3 +193,22 @@ def position_text(image: Any, outer: tuple[int, ...] | None) -> str:
         name = axis_name(image, axis, axis)
         parts.append(f"{name} = {i}" if name == f"axis {axis}" else f"{name}={i}")
     return ", ".join(parts)
+
+
+def channel_input(channels: Any, target: Target) -> Any:
+    """What SAM sees of ``target`` through the chosen channel layers (``channels``, a
+    :class:`~napari_sam._widgets.channel_layers.ChannelLayers` whose first layer is the
+    image): the ``(H, W, 3)`` uint8 plane of a 2D image, else the
+    :class:`~napari_sam.workflows.sam_stack.SamStack` ``(N, H, W, 3)`` of the stack (or of
+    an nD image's line); segment it with ``rgb=True`` and contrast limits ``(0, 255)``.
+
+    Raises
+    ------
+    ImageFormatError
+        If the channel layers no longer fit together (e.g. a shape changed).
+    """
+    planes = channels.planes()
+    g = planes.geometry
+    if g.n_leading == 0:
+        return planes.sam_image(None)
+    return SamStack(planes, (*(target.outer or ()), 0), g.n_leading - 1)

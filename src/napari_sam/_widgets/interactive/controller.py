@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from napari_sam._widgets.base import ControllerBase
+from napari_sam._widgets.channel_layers import ChannelLayers
 from napari_sam._widgets.interactive import predict
 from napari_sam._widgets.interactive.ahead import AHEAD, EncodeAhead
 from napari_sam._widgets.interactive.channel_axis import labels_name, use_channel_axis
-from napari_sam._widgets.interactive.channel_layers import ChannelLayers, use_channels
+from napari_sam._widgets.interactive.channel_layers import use_channels
 from napari_sam._widgets.interactive.commit import commit_current, save_output_table
 from napari_sam._widgets.interactive.encoding import Embeddings
 from napari_sam._widgets.interactive.follow import LayerFollower

@@ -159,13 +159,17 @@ def test_a_timelapse_of_stacks_is_followed_along_one_axis(
     path, data = movie_file
     prompts = _csv(tmp_path, "z,y,x,label,object\n1,30,40,1,3\n1,60,90,1,7\n")
     out = tmp_path / "labels.tif"
-    args = ["propagate", str(path), "--prompts", str(prompts), "-o", str(out), "--quiet",
+    args = ["propagate", str(path), "--prompts", str(prompts), "-o", str(out),
             "--keep-going", "--along", along, "--at", str(at)]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     where = "through the time points at slice 2" if along == "t" else (
         "through the slices of time point 1")
     assert f"2 objects followed {where} with" in err
+    # the summary names the positions as the line's: time points along t
+    n = data.shape[0 if along == "t" else 1]
+    unit = "time point" if along == "t" else "slice"
+    assert f"object 3: {unit}s 0–{n - 1} (" in err and f"object 7: {unit}s 0–{n - 1} (" in err
     written = io.read_tiff(out, frames=True)
     assert written.data.shape == data.shape
     assert written.scale == pytest.approx((30.0, 2.0, 0.5, 0.5))

@@ -260,7 +260,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if not args.quiet:
-        print(result.summary(), file=sys.stderr)
+        print(result.summary(unit="slice" if line is None else line.unit), file=sys.stderr)
     print(out)
     return 0
 
@@ -319,7 +319,8 @@ def _propagate_on_cluster(
     print(
         f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed{where} with "
         f"{args.model} "
-        f"on the cluster ({outcome.encoded} slices encoded, {outcome.reused} found encoded "
+        f"on the cluster ({outcome.encoded} {'slice' if line is None else line.unit}s encoded, "
+        f"{outcome.reused} found encoded "
         f"before) -> {out} ({time.perf_counter() - t0:.1f} s)",
         file=sys.stderr,
     )

@@ -169,7 +169,7 @@ def propagate_task(
     if line is not None:
         labels = line.place(labels, image.data.shape)
     io.write_labels_tiff(output, labels, scale=image.scale, unit=image.unit)
-    return len(result.objects), result.summary()
+    return len(result.objects), result.summary(unit="slice" if line is None else line.unit)
 
 
 def run_propagation(

@@ -286,9 +286,9 @@ class MemoryPropagationResult(PropagationResult):
         """A label volume with each object as its id (or ``ids[i]``); earlier objects win ties."""
         return super().label_volume(self.object_ids if ids is None else ids, dtype)
 
-    def summary(self, ids: Sequence[int] | None = None) -> str:
-        """One line per object: its id, slices and why it stopped each way."""
-        return super().summary(self.object_ids if ids is None else ids)
+    def summary(self, ids: Sequence[int] | None = None, unit: str = "slice") -> str:
+        """One line per object: its id, slices (``unit``s) and why it stopped each way."""
+        return super().summary(self.object_ids if ids is None else ids, unit)
 
     def plan(self, labels: Any, *, overwrite: bool = False) -> list[tuple[int, Any]]:
         """:func:`~napari_sam.workflows.propagation.plan_write` with the object ids as labels."""

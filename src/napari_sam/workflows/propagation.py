@@ -84,8 +84,8 @@ STOP_REASONS = {
     "empty": "SAM found nothing",
     "small": "the mask is smaller than the minimum area",
     "low_score": "SAM's predicted IoU is below the minimum score",
-    "low_overlap": "the mask overlaps the previous slice's too little",
-    "range_end": "the end of the allowed slice range",
+    "low_overlap": "the mask overlaps the previous plane's too little",
+    "range_end": "the end of the allowed range",
     "absent": "SAM 2's object score says the object is absent",
 }
 
@@ -253,8 +253,9 @@ class Stop:
     score: float | None = None
     overlap: float | None = None
 
-    def describe(self) -> str:
-        where = "" if self.slice is None else f" at slice {self.slice}"
+    def describe(self, unit: str = "slice") -> str:
+        """Why, and where (``unit``: what a position is called, e.g. "time point")."""
+        where = "" if self.slice is None else f" at {unit} {self.slice}"
         return f"{STOP_REASONS.get(self.reason, self.reason)}{where}"
 
 
@@ -307,17 +308,20 @@ class PropagationResult:
             volume[zs, rows, cols] = oid
         return volume
 
-    def summary(self, ids: Sequence[int] | None = None) -> str:
-        """One line per object: its id, slices and why it stopped each way."""
+    def summary(self, ids: Sequence[int] | None = None, unit: str = "slice") -> str:
+        """One line per object: its id, slices and why it stopped each way (``unit``: what
+        the positions are called, e.g. "time point" along the time axis)."""
         lines = []
         for i, obj in enumerate(self.objects):
             oid = ids[i] if ids is not None else i + 1
             lo, hi = obj.extent
             up, down = obj.stops.get(1), obj.stops.get(-1)
             ends = "; ".join(
-                f"{name}: {stop.describe()}" for name, stop in (("up", up), ("down", down)) if stop
+                f"{name}: {stop.describe(unit)}"
+                for name, stop in (("up", up), ("down", down))
+                if stop
             )
-            lines.append(f"object {oid}: slices {lo}–{hi} ({ends})")
+            lines.append(f"object {oid}: {unit}s {lo}–{hi} ({ends})")
         return "\n".join(lines)
 
 

@@ -94,6 +94,11 @@ class TimelapseLine:
         out[plane_geometry(out.shape).line_slicer(self.index, self.axis)] = labels
         return out
 
+    @property
+    def unit(self) -> str:
+        """What a position on the line is called: "slice" or "time point"."""
+        return "slice" if self.axis == 1 else "time point"
+
     def describe(self) -> str:
         """E.g. "through the slices of time point 2"."""
         if self.axis == 1:

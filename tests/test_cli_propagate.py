@@ -187,6 +187,77 @@ def test_a_timelapse_of_stacks_is_followed_along_one_axis(
     assert not rest.any()  # nothing off the line
 
 
+@pytest.mark.parametrize("along", ["z", "t"])
+def test_a_prompt_table_with_a_t_column_follows_every_line_it_names(
+    tmp_path, fake_load, movie_file, sam2_small_input, capsys, along
+):
+    """t,z,y,x,label,object: one run follows the objects on each line the clicks lie on
+    (the time points with --along z, the slices with --along t), into one output."""
+    from napari_sam.workflows.embeddings import default_contrast_limits
+    from napari_sam.workflows.memory_propagation import (
+        MemoryPropagationSettings,
+        propagate_memory,
+    )
+    from napari_sam.workflows.prompt_table import read_prompt_table
+
+    path, data = movie_file
+    rows = "t,z,y,x,label,object\n0,1,30,40,1,3\n2,1,60,90,1,7\n2,1,62,30,1,8\n"
+    prompts = _csv(tmp_path, rows)
+    out = tmp_path / "labels.tif"
+    args = ["propagate", str(path), "--prompts", str(prompts), "-o", str(out), "--keep-going",
+            "--along", along]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    written = np.asarray(io.read_tiff(out, frames=True).data)
+    assert written.shape == data.shape
+    model = LoadedModel.wrap(sam2_small_input[0], "test", name="sam2_tiny")
+    settings = MemoryPropagationSettings(stop_when_absent=False)
+    contrast = default_contrast_limits(data)
+    expected = np.zeros(data.shape, np.uint32)
+    if along == "z":  # the slices of time points 0 and 2; z in the table is the slice
+        lines = {0: "1,30,40,1,3\n", 2: "1,60,90,1,7\n1,62,30,1,8\n"}
+        for t, text in lines.items():
+            clicks = read_prompt_table(_csv(tmp_path, text))
+            expected[t] = propagate_memory(model, np.ascontiguousarray(data[t]), clicks,
+                                           contrast=contrast, settings=settings).label_volume()
+        assert "3 objects followed through the slices of time points 0, 2 with" in err
+        assert "time point 0:\n  object 3: slices 0–3" in err
+        assert "time point 2:\n  object 7: slices 0–3" in err
+    else:  # the time points at slice 1; t in the table is the position on the line
+        clicks = read_prompt_table(_csv(tmp_path, "0,30,40,1,3\n2,60,90,1,7\n2,62,30,1,8\n"))
+        expected[:, 1] = propagate_memory(model, np.ascontiguousarray(data[:, 1]), clicks,
+                                          contrast=contrast, settings=settings).label_volume()
+        assert "3 objects followed through the time points at slice 1 with" in err
+        assert "object 3: time points 0–2" in err
+    assert set(np.unique(expected)) == {0, 3, 7, 8}
+    np.testing.assert_array_equal(written, expected)
+
+
+@pytest.mark.parametrize(
+    ("rows", "flags", "message"),
+    [
+        ("t,z,y,x,label,object\n0,1,30,40,1,3\n", ["--at", "0"],
+         "clicks.csv has a t column, which says where each click is: leave --at out"),
+        ("t,z,y,x,label,object\n5,1,30,40,1,3\n", [],
+         "clicks.csv has clicks at time point 5, but movie.tif has 3 time points (0 to 2)."),
+        ("t,z,y,x,label,object\n0,7,30,40,1,3\n", ["--along", "t"],
+         "clicks.csv has clicks at slice 7, but movie.tif has 4 slices (0 to 3)."),
+        ("t,z,y,x,label,object\n-1,1,30,40,1,3\n", [], "time points and slices start at 0"),
+    ],
+)
+def test_a_t_column_outside_the_timelapse_or_with_at_is_one_sentence(
+    tmp_path, fake_load, movie_file, capsys, rows, flags, message
+):
+    prompts = tmp_path / "clicks.csv"
+    prompts.write_text(rows)
+    out = tmp_path / "o.tif"
+    code = main(["propagate", str(movie_file[0]), "--prompts", str(prompts), "-o", str(out),
+                 *flags])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and not out.exists() and fake_load == []
+    assert message in err and "\n" not in err
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

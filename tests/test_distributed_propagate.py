@@ -229,7 +229,7 @@ def test_two_worker_processes_with_one_killed_give_the_one_process_labels(
 
 
 def test_a_timelapse_line_on_the_cluster_gives_the_one_process_labels(
-    small_sam2, inprocess_client, tmp_path, nuclei_stack
+    small_sam2, inprocess_client, tmp_path, nuclei_stack, capsys, sam2_checkpoint
 ):
     """--along t --at 1 on an in-process cluster: each task reads its planes of the (T, Z, Y, X)
     file; the output has the file's shape and equals one process."""
@@ -256,6 +256,25 @@ def test_a_timelapse_line_on_the_cluster_gives_the_one_process_labels(
     assert got.shape == data.shape
     np.testing.assert_array_equal(got[:, 1], ref)
     assert not got[:, [0, 2]].any()
+
+    # a prompt table with a t column on that cluster: every time point it names, in one
+    # output equal to the command in one process; no per-line file is left behind
+    table = tmp_path / "lines.csv"
+    table.write_text("t,z,y,x,label,object\n0,2,30,40,1,3\n3,0,60,90,1,7\n")
+    base = ["propagate", str(path), "--prompts", str(table), "--keep-going", "--quiet",
+            "--along", "z", "--checkpoint", str(sam2_checkpoint("sam2_tiny"))]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "one.tif")]) == 0
+    capsys.readouterr()
+    cluster = tmp_path / "cluster" / "lines.tif"
+    code = main([*base, "-o", str(cluster), "--scheduler", inprocess_client.scheduler.address])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert ("2 objects followed through the slices of time points 0, 3 with sam2_tiny on the "
+            "cluster (6 slices encoded") in captured.err
+    one = io.read_tiff(tmp_path / "one.tif", frames=True).data
+    assert (one[0] == 3).any() and (one[3] == 7).any() and not one[1:3].any()
+    np.testing.assert_array_equal(io.read_tiff(cluster, frames=True).data, one)
+    assert sorted(p.name for p in cluster.parent.iterdir()) == ["lines.tif"]
 
 
 def read_prompt_table_text(text, folder):

@@ -39,14 +39,18 @@ stack's shape (object ids as given; 0 = background) with the input's voxel size.
 A time-lapse of stacks (T Z Y X) is followed along one axis: --along z --at T
 through the slices of time point T, or --along t --at Z through the time points
 at slice Z; z in PROMPTS is then the position along that axis (the slice, or
-the time point), as the napari dock exports it. The output has the whole
-time-lapse's shape, with the objects on that line.
+the time point), as the napari dock exports it. A PROMPTS table with a header
+t,z,y,x,label,object names the time point of each click instead: every line
+with clicks is followed (the time points with --along z, the slices with
+--along t; no --at). The output has the whole time-lapse's shape, with the
+objects on those lines.
 
 examples:
   napari-sam propagate stack.tif --prompts clicks.csv -o labels.tif
   napari-sam propagate movie.tif --prompts clicks.csv -o labels.tif --model sam2_base_plus
   napari-sam propagate stack.tif --prompts clicks.csv -o labels.tif --keep-going
   napari-sam propagate movie.tif --prompts clicks.csv -o labels.tif --along t --at 12
+  napari-sam propagate movie.tif --prompts cells_tz.csv -o labels.tif --along z
 
 exit status: 0 done; 1 failed (one line says why; --debug shows the details);
 2 wrong command line; 130 interrupted (Ctrl+C). A failed or interrupted run
@@ -139,7 +143,7 @@ def add(subparsers: Any) -> None:
         default=None,
         metavar="N",
         help="time-lapses of stacks: the time point (--along z) or slice (--along t) to follow "
-        "objects at",
+        "objects at (not with a t column in PROMPTS)",
     )
     group.add_argument(
         "--cache-dir",
@@ -176,6 +180,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     import math
     import time
 
+    import numpy as np
     from tqdm import tqdm
 
     from napari_sam.runtime.device import resolve_device
@@ -186,7 +191,6 @@ def _run_propagate(args: argparse.Namespace) -> int:
         MemoryPropagationSettings,
         propagate_memory,
     )
-    from napari_sam.workflows.prompt_table import read_prompt_table
 
     t0 = time.perf_counter()
     check_cluster_options(args)
@@ -212,13 +216,12 @@ def _run_propagate(args: argparse.Namespace) -> int:
             f"{Path(args.input).name} is a colour (RGB) image; propagation needs a grayscale "
             "stack (Z, Y, X) or movie (T, Y, X)."
         )
-    line = _timelapse_line(args, image)
-    prompts = read_prompt_table(args.prompts)
+    lines = _lines(args, image)
     check_writable(out.parent)
-    if line is not None and contrast is None:  # the whole time-lapse's range, as napari shows it
+    if lines[0][0] is not None and contrast is None:  # the whole time-lapse's range
         contrast = default_contrast_limits(image.data)
     if args.workers is not None or args.scheduler:
-        return _propagate_on_cluster(args, prompts, settings, contrast, out, t0, line)
+        return _propagate_on_cluster(args, lines, settings, contrast, out, t0)
     loaded = load(
         args.model,
         args.checkpoint,
@@ -235,96 +238,142 @@ def _run_propagate(args: argparse.Namespace) -> int:
         disable=args.quiet,
         leave=False,
     )
+    labels, n, summaries = None, 0, []
     try:
-        result = propagate_memory(
-            loaded,
-            image.data if line is None else line.view(image.data, contrast),
-            prompts,
-            z_range=args.slices,
-            settings=settings,
-            contrast=contrast,
-            disk=args.cache_dir,
-            progress=bar_updater(bar),
-        )
+        for line, prompts in lines:
+            result = propagate_memory(
+                loaded,
+                image.data if line is None else line.view(image.data, contrast),
+                prompts,
+                z_range=args.slices,
+                settings=settings,
+                contrast=contrast,
+                disk=args.cache_dir,
+                progress=bar_updater(bar),
+            )
+            found = result.label_volume()
+            if line is None:
+                labels = found
+            else:
+                if labels is None:
+                    labels = np.zeros(image.data.shape, np.uint32)
+                line.write(labels, found)
+            n += len(result.objects)
+            summaries.append(result.summary(unit="slice" if line is None else line.unit))
     finally:
         bar.close()
-    labels = result.label_volume()
-    if line is not None:
-        labels = line.place(labels, image.data.shape)
     io.write_labels_tiff(out, labels, scale=image.scale, unit=image.unit)
-    n = len(result.objects)
-    where = "" if line is None else f" {line.describe()}"
-    print(
-        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed{where} with "
-        f"{loaded.describe()} -> {out} ({time.perf_counter() - t0:.1f} s)",
-        file=sys.stderr,
-    )
-    if not args.quiet:
-        print(result.summary(unit="slice" if line is None else line.unit), file=sys.stderr)
-    print(out)
+    _report(args, lines, n, loaded.describe(), out, t0, summaries)
     return 0
 
 
-def _timelapse_line(args: argparse.Namespace, image: Any) -> Any:
-    """The line to follow in a time-lapse of stacks (None for a stack or movie)."""
+def _report(args: argparse.Namespace, lines: list[Any], n: int, model: str, out: Path,
+            t0: float, summaries: list[str]) -> None:
+    """The run's sentence on stderr (and each line's summary unless ``--quiet``), the
+    output's path on stdout."""
+    import time
+
+    from napari_sam.workflows.timelapse import describe_lines
+
+    where = "" if lines[0][0] is None else f" {describe_lines([line for line, _ in lines])}"
+    print(
+        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed{where} with "
+        f"{model} -> {out} ({time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr,
+    )
+    if not args.quiet:
+        for (line, _), summary in zip(lines, summaries):
+            head = f"{line.name}:\n" if len(lines) > 1 else ""
+            body = summary if not head else "\n".join(f"  {s}" for s in summary.splitlines())
+            print(head + body, file=sys.stderr)
+    print(out)
+
+
+def _lines(args: argparse.Namespace, image: Any) -> list[tuple[Any, list[Any]]]:
+    """What to follow: ``(line, prompts)`` pairs; the line is None for a stack or movie,
+    one line of a time-lapse of stacks (``--along``/``--at``), or one per time point (or
+    slice) of a prompt table with a ``t`` column."""
     from napari_sam.errors import SettingsError
+    from napari_sam.workflows.prompt_table import read_prompt_lines, read_prompt_table
     from napari_sam.workflows.timelapse import TimelapseLine
 
-    name = Path(args.input).name
-    if image.data.ndim == 4:
-        return TimelapseLine.check(args.along, args.at, image.data.shape, name)
-    if args.along is not None or args.at is not None:
+    name, shape = Path(args.input).name, tuple(image.data.shape)
+    if image.data.ndim != 4:
+        if args.along is not None or args.at is not None:
+            raise SettingsError(
+                f"--along and --at are for time-lapses of stacks (T, Z, Y, X); {name} has "
+                f"shape {shape}."
+            )
+        return [(None, read_prompt_table(args.prompts))]
+    table = read_prompt_lines(args.prompts, "z" if args.along is None else args.along)
+    if table is None:
+        line = TimelapseLine.check(args.along, args.at, shape, name)
+        return [(line, read_prompt_table(args.prompts))]
+    csv_name = Path(args.prompts).name
+    if args.at is not None:
         raise SettingsError(
-            f"--along and --at are for time-lapses of stacks (T, Z, Y, X); {name} has shape "
-            f"{tuple(image.data.shape)}."
+            f"{csv_name} has a t column, which says where each click is: leave --at out (or "
+            "drop the column to follow the objects on one line)."
         )
-    return None
+    found = TimelapseLine.from_table(args.along, table, shape, name, csv_name)
+    return [(line, table[line.at]) for line in found]
 
 
 def _propagate_on_cluster(
     args: argparse.Namespace,
-    prompts: list[Any],
+    lines: list[tuple[Any, list[Any]]],
     settings: Any,
     contrast: tuple[float, float] | None,
     out: Path,
     t0: float,
-    line: Any = None,
 ) -> int:
-    """The Dask path: the slices encoded by all workers, then followed by one."""
-    import time
+    """The Dask path: the planes of each line encoded by all workers, then followed by one;
+    several lines are followed one after the other and written into one output."""
+    import contextlib
 
+    import numpy as np
     from tqdm import tqdm
 
     from napari_sam.distributed.cluster import local_torch_threads
     from napari_sam.distributed.propagate import run_propagation
+    from napari_sam.workflows import io
 
     spec = cluster_model(args)
+    outcomes, parts = [], []
     with announced_cluster(args) as client:
         bar = tqdm(
             total=0, desc=Path(args.input).name, unit="task", file=sys.stderr,
             disable=args.quiet, leave=False,
         )  # fmt: skip
         try:
-            outcome = run_propagation(
-                client, spec, args.input, prompts, out,
-                settings=settings, z_range=args.slices, contrast=contrast,
-                cache_dir=args.cache_dir,
-                torch_threads=local_torch_threads(args.workers) if args.workers else None,
-                progress=bar_updater(bar), line=line,
-            )  # fmt: skip
+            labels = written = None
+            for k, (line, prompts) in enumerate(lines):
+                target = out if len(lines) == 1 else out.with_name(f".{out.stem}.line{k}.tif")
+                parts.append(target)
+                outcomes.append(run_propagation(
+                    client, spec, args.input, prompts, target,
+                    settings=settings, z_range=args.slices, contrast=contrast,
+                    cache_dir=args.cache_dir,
+                    torch_threads=local_torch_threads(args.workers) if args.workers else None,
+                    progress=bar_updater(bar), line=line,
+                ))  # fmt: skip
+                if len(lines) > 1:  # each line's TIFF is zero off its line: merge them
+                    written = io.read_tiff(target, frames=True)
+                    found = np.asarray(written.data)
+                    labels = found.astype(np.uint32) if labels is None else np.where(
+                        found > 0, found, labels)
+            if written is not None:
+                io.write_labels_tiff(out, labels, scale=written.scale, unit=written.unit)
         finally:
             bar.close()
-    n = outcome.n_objects
-    where = "" if line is None else f" {line.describe()}"
-    print(
-        f"{Path(args.input).name}: {n} object{'s' if n != 1 else ''} followed{where} with "
-        f"{args.model} "
-        f"on the cluster ({outcome.encoded} {'slice' if line is None else line.unit}s encoded, "
-        f"{outcome.reused} found encoded "
-        f"before) -> {out} ({time.perf_counter() - t0:.1f} s)",
-        file=sys.stderr,
-    )
-    if not args.quiet:
-        print(outcome.summary, file=sys.stderr)
-    print(out)
+            for part in parts if len(lines) > 1 else []:
+                with contextlib.suppress(OSError):
+                    part.unlink()
+    encoded = sum(o.encoded for o in outcomes)
+    reused = sum(o.reused for o in outcomes)
+    unit = "slice" if lines[0][0] is None else lines[0][0].unit
+    model = (f"{args.model} on the cluster ({encoded} {unit}s encoded, {reused} found encoded "
+             "before)")
+    _report(args, lines, sum(o.n_objects for o in outcomes), model, out, t0,
+            [o.summary for o in outcomes])
     return 0

@@ -16,7 +16,10 @@ One row per click:
 
 A header line naming the columns is optional (the columns may then come in
 any order, and other columns are ignored); lines starting with ``#`` and
-empty lines are skipped. Every object needs at least one click with label 1.
+empty lines are skipped. For a time-lapse of stacks ``(T, Z, Y, X)`` a ``t``
+column (in a header ``t,z,y,x,label,object``) gives each click its time
+point as well, so one table can follow objects on several lines of planes
+(:func:`read_prompt_lines`). Every object needs at least one click with label 1.
 Example::
 
     z,y,x,label,object
@@ -45,7 +48,13 @@ from napari_sam.runtime.files import atomic_write
 from napari_sam.workflows.memory_propagation import TrackPrompt, merge_prompts
 from napari_sam.workflows.prompts import rows_cols_to_xy
 
-__all__ = ["COLUMNS", "parse_prompt_table", "read_prompt_table", "write_prompt_table"]
+__all__ = [
+    "COLUMNS",
+    "parse_prompt_table",
+    "read_prompt_lines",
+    "read_prompt_table",
+    "write_prompt_table",
+]
 
 #: The columns of a prompt table, in the order they are written.
 COLUMNS = ("z", "y", "x", "label", "object")
@@ -63,18 +72,67 @@ def read_prompt_table(path: str | os.PathLike[str]) -> list[TrackPrompt]:
         The file is missing or cannot be read, or a row is malformed (the
         message names the line).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputFileError(f"The prompt table {path} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"The prompt table {path} cannot be read ({exc}).") from exc
-    return parse_prompt_table(text, source=path.name)
+    source, text = _read_text(path)
+    return parse_prompt_table(text, source=source)
 
 
 def parse_prompt_table(text: str, source: str = "the prompt table") -> list[TrackPrompt]:
     """Prompts from the text of a prompt table (see the module documentation)."""
+    _, clicks = _parse_clicks(text, source)
+    return _prompts([(z, y, x, lab, obj) for _, z, y, x, lab, obj in clicks], source)
+
+
+def read_prompt_lines(
+    path: str | os.PathLike[str], along: str
+) -> dict[int, list[TrackPrompt]] | None:
+    """The clicks of a prompt table with a ``t`` column, by line of a time-lapse of stacks.
+
+    A header ``t,z,y,x,label,object`` gives each click its time point and
+    slice. ``along="z"`` (following objects through the slices): the lines
+    are the time points, keyed by ``t``, and a prompt's position is its slice.
+    ``along="t"`` (through the time points): the lines are the slices, keyed
+    by ``z``, and a prompt's position is its time point.
+
+    Returns
+    -------
+    dict of int -> list of TrackPrompt, or None
+        None for a table without a ``t`` column (its ``z`` is the position on
+        one line: :func:`read_prompt_table`).
+
+    Raises
+    ------
+    InputFileError
+        As :func:`read_prompt_table`, and for a missing or negative ``t``.
+    """
+    source, text = _read_text(path)
+    has_t, clicks = _parse_clicks(text, source)
+    if not has_t:
+        return None
+    if along not in ("z", "t"):
+        raise ValueError(f"along must be 'z' or 't', not {along!r}")
+    lines: dict[int, list[tuple[int, float, float, int, int]]] = {}
+    for t, z, y, x, lab, obj in clicks:
+        key, position = (t, z) if along == "z" else (z, t)
+        lines.setdefault(int(key), []).append((position, y, x, lab, obj))
+    return {key: _prompts(rows, source) for key, rows in sorted(lines.items())}
+
+
+def _read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputFileError(f"The prompt table {path} does not exist.")
+    try:
+        return path.name, path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"The prompt table {path} cannot be read ({exc}).") from exc
+
+
+#: A parsed click: (t or None, z, y, x, label 0/1, object id).
+_Click = tuple[int | None, int, float, float, int, int]
+
+
+def _parse_clicks(text: str, source: str) -> tuple[bool, list[_Click]]:
+    """The rows of a prompt table, and whether its header has a ``t`` column."""
     rows = [
         (n, [c.strip() for c in row])
         for n, row in enumerate(csv.reader(io.StringIO(text)), start=1)
@@ -83,6 +141,7 @@ def parse_prompt_table(text: str, source: str = "the prompt table") -> list[Trac
     if not rows:
         raise InputFileError(f"{source} holds no clicks (expected rows z,y,x,label,object).")
     order = list(range(len(COLUMNS)))
+    t_column: int | None = None
     first = [c.lower() for c in rows[0][1]]
     if not _is_number(first[0]) and any(c in COLUMNS for c in first):
         missing = [c for c in COLUMNS if c not in first]
@@ -92,28 +151,31 @@ def parse_prompt_table(text: str, source: str = "the prompt table") -> list[Trac
                 f"{','.join(COLUMNS)}."
             )
         order = [first.index(c) for c in COLUMNS]
+        t_column = first.index("t") if "t" in first else None
         rows = rows[1:]
-    points: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
+    clicks: list[_Click] = []
     for line, cells in rows:
         where = f"line {line} of {source}"
-        if len(cells) <= max(order):
+        if len(cells) <= max(order + ([] if t_column is None else [t_column])):
             raise InputFileError(
                 f"{where.capitalize()} has {len(cells)} value(s); each row needs "
-                f"{','.join(COLUMNS)}."
+                f"{','.join(COLUMNS if t_column is None else ('t', *COLUMNS))}."
             )
         z_text, y_text, x_text, label_text, obj_text = (cells[i] for i in order)
+        t_text = "0" if t_column is None else cells[t_column]
         try:
-            z, obj = _whole(z_text), _whole(obj_text)
+            t, z, obj = _whole(t_text), _whole(z_text), _whole(obj_text)
             y, x = float(y_text), float(x_text)
         except ValueError:
             raise InputFileError(
                 f"{where.capitalize()} ({','.join(cells)}) is not z,y,x,label,object with "
-                "numbers for z, y, x and a whole-number object id."
+                "numbers for z, y, x (and t) and a whole-number object id."
             ) from None
-        if z < 0 or obj < 1 or not (np.isfinite(x) and np.isfinite(y)):
+        if t < 0 or z < 0 or obj < 1 or not (np.isfinite(x) and np.isfinite(y)):
             raise InputFileError(
-                f"{where.capitalize()}: slices start at 0, object ids at 1 and positions are "
-                f"finite numbers (got z={z_text}, object={obj_text}, y={y_text}, x={x_text})."
+                f"{where.capitalize()}: time points and slices start at 0, object ids at 1 "
+                f"and positions are finite numbers (got z={z_text}, object={obj_text}, "
+                f"y={y_text}, x={x_text}{'' if t_column is None else f', t={t_text}'})."
             )
         label = label_text.lower()
         if label in _POSITIVE:
@@ -125,11 +187,21 @@ def parse_prompt_table(text: str, source: str = "the prompt table") -> list[Trac
                 f"{where.capitalize()}: the label {label_text!r} is not 1 (object) or 0 "
                 "(background)."
             )
+        clicks.append((None if t_column is None else t, z, y, x, lab, obj))
+    return t_column is not None, clicks
+
+
+def _prompts(
+    clicks: Iterable[tuple[int, float, float, int, int]], source: str
+) -> list[TrackPrompt]:
+    """One TrackPrompt per object and position from clicks ``(position, y, x, label, obj)``."""
+    points: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
+    for z, y, x, lab, obj in clicks:
         points.setdefault((obj, z), []).append((y, x, lab))
     prompts = []
-    for (obj, z), clicks in sorted(points.items()):
-        rc = np.array([[y, x] for y, x, _ in clicks])
-        labels = np.array([lab for _, _, lab in clicks])
+    for (obj, z), group in sorted(points.items()):
+        rc = np.array([[y, x] for y, x, _ in group])
+        labels = np.array([lab for _, _, lab in group])
         try:
             prompts.append(TrackPrompt(obj, z, rows_cols_to_xy(rc), labels))
         except PromptError as exc:

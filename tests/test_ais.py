@@ -192,6 +192,30 @@ def test_rgb_image(loaded, plane):
     assert result.labels.shape == plane.shape and result.n_objects == 3
 
 
+def test_a_stack_of_rgb_planes_is_decoded_plane_by_plane_with_its_colours(loaded, plane):
+    rgb = np.stack([np.stack([plane, plane // 2, plane // 3], axis=-1),
+                    np.stack([plane[::-1], plane, plane // 4], axis=-1)])  # (2, 48, 64, 3)
+    seen = []
+    forward = loaded.decoder.forward
+
+    def recording(features, *args):
+        seen.append(features.detach().clone())
+        return forward(features, *args)
+
+    loaded.decoder.forward = recording
+    result = segment(loaded, rgb, rgb=True, contrast_limits=(0, 1000), mode="ais",
+                     settings=AutoSettings(link_slices=False))
+    assert result.mode == "ais" and result.slices == [0, 1]
+    assert [sorted(np.unique(s[s > 0]).tolist()) for s in result.labels] == [[1, 2, 3],
+                                                                               [4, 5, 6]]
+    in_stack, seen[:] = list(seen), []
+    for z in range(2):  # the decoder saw exactly each colour plane's features
+        segment(loaded, rgb[z], rgb=True, contrast_limits=(0, 1000), mode="ais")
+    assert len(in_stack) == len(seen) == 2
+    assert all(torch.equal(a, b) for a, b in zip(in_stack, seen))
+    assert not torch.equal(in_stack[0], in_stack[1])
+
+
 def test_stack_slices_get_their_own_ids_or_are_linked(loaded, plane):
     stack = np.stack([plane, plane[::-1], plane[:, ::-1]])
     separate = segment(loaded, stack, mode="ais", settings=AutoSettings(link_slices=False))

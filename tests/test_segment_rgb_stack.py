@@ -2,7 +2,7 @@
 
 Each plane is segmented with its colours, exactly as the same plane alone
 (2D RGB), ids numbered on through the slices; linking, tiling and the
-instance decoder (AIS) work on such stacks as on grayscale ones.
+instance decoder (AIS; ``test_ais.py``) work on such stacks as on grayscale ones.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_helpers import cut
+from napari_helpers import colour_stack as make_colour_stack
 from napari_sam.errors import ImageFormatError
-from napari_sam.model.decoders.instance import InstanceDecoder
 from napari_sam.workflows.image import image_layout, stack_layout
 from napari_sam.workflows.segment import AutoSettings, link_slices, segment
 from napari_sam.workflows.tiling import Tiling
@@ -24,13 +23,8 @@ LAX = AutoSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thres
 
 @pytest.fixture(scope="module")
 def colour_stack(nuclei):
-    """(3, 64, 80, 3) uint8: per slice, three different nuclei planes as red, green, blue."""
-    top = float(nuclei.max())
-    slices = []
-    for z in (10, 14, 18):
-        colours = [cut(nuclei, z + 2 * c, (40, 104), (16, 96)) for c in range(3)]
-        slices.append(np.stack([(255.0 * p / top).astype(np.uint8) for p in colours], -1))
-    return np.stack(slices)
+    """(3, 64, 80, 3) uint8: per slice, three nuclei planes as red, green and blue."""
+    return make_colour_stack(nuclei)
 
 
 def _by_plane(model, stack, **kwargs):
@@ -81,7 +75,7 @@ def test_each_colour_plane_as_alone_linked_and_some_slices(colour_stack):
     assert not one.labels[[0, 2]].any()
 
 
-def test_tiled_and_ais_runs_on_colour_stacks(colour_stack):
+def test_tiled_runs_on_colour_stacks(colour_stack):
     model = fast_sam()
     big = np.repeat(np.repeat(colour_stack[:2], 2, axis=1), 2, axis=2)  # (2, 128, 160, 3)
     tiles = Tiling.on((128, 128), (32, 32))
@@ -90,10 +84,3 @@ def test_tiled_and_ais_runs_on_colour_stacks(colour_stack):
                                                           tiling=tiles))
     assert tiled.labels.max() >= 2 and tiled.n_masks >= 2
 
-    decoder = InstanceDecoder("transposed").eval()
-    ais = segment(model, colour_stack, rgb=True, contrast_limits=(0, 255), mode="ais",
-                  decoder=decoder)
-    assert ais.mode == "ais"
-    np.testing.assert_array_equal(
-        ais.labels, _by_plane(model, colour_stack, mode="ais", decoder=decoder)
-    )

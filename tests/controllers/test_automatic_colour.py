@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from napari.components import ViewerModel
 
-from napari_helpers import SCALE, TRANSLATE, collect, cut, lax_auto
+from napari_helpers import SCALE, TRANSLATE, collect, colour_stack, cut, lax_auto
 from napari_sam._widgets.automatic.controller import AutomaticController
 from napari_sam.workflows.channels import channels_to_rgb
 from napari_sam.workflows.segment import segment
@@ -24,12 +24,7 @@ from napari_sam.workflows.segment import segment
 @pytest.fixture(scope="module")
 def colours(nuclei):
     """(3, 64, 80, 3) uint8: per slice, three nuclei planes as red, green and blue."""
-    top = float(nuclei.max())
-    slices = []
-    for z in (10, 14, 18):
-        planes = [cut(nuclei, z + 2 * c, (40, 104), (16, 96)) for c in range(3)]
-        slices.append(np.stack([(255.0 * p / top).astype(np.uint8) for p in planes], -1))
-    return np.stack(slices)
+    return colour_stack(nuclei)
 
 
 def make(viewer, model) -> AutomaticController:

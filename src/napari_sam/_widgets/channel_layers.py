@@ -75,6 +75,12 @@ class ChannelLayers:
                 )
         return layers
 
+    def copy(self) -> ChannelLayers:
+        """The same choice, kept apart from later changes (e.g. for a run's object table)."""
+        other = ChannelLayers()
+        other.layers, other.source = list(self.layers), self.source
+        return other
+
     def active_for(self, image: Any) -> bool:
         """The channels apply: ``image`` (the dock's image) is the first chosen layer."""
         return bool(self.layers) and self.layers[0] is image

@@ -137,10 +137,6 @@ class AutomaticController(ControllerBase):
         self._on_layers()
 
     # ------------------------------------------------------------------ state
-    @property
-    def image_layer(self) -> Image | None:
-        return self.images.current
-
     image = property(lambda self: self.images.current, doc="The image to segment.")
 
     @property
@@ -330,8 +326,9 @@ class AutomaticController(ControllerBase):
             slices = [k]
             settings = replace(settings, link_slices=False)
         rgb, contrast = layout.rgb, tuple(float(c) for c in image.contrast_limits)
+        chosen = self.channels.active_for(image)
         try:  # input errors and refusals are raised here, before any work
-            if self.channels.active_for(image):  # SAM's RGB of the channel layers
+            if chosen:  # SAM's RGB of the channel layers
                 data, rgb, contrast = channel_input(self.channels, target), True, (0.0, 255.0)
             grid = self.choices.to_tiling().grid(layout.plane_shape)
             steps = logic.segment_iter(
@@ -343,10 +340,8 @@ class AutomaticController(ControllerBase):
         except NapariSamError as exc:
             self._report(exc)
             return
-        channels = ChannelLayers()
-        channels.layers = list(self.channels.layers) if self.channels.active_for(image) else []
         self._run = _Run(image, image.data, layout, k, settings, len(grid) if grid else 1, outer,
-                         channels)
+                         self.channels.copy() if chosen else None)
 
         def work(progress: Any, should_cancel: Any) -> SegmentationResult:
             return drive(steps, progress, should_cancel,

@@ -18,7 +18,9 @@ from napari.components import ViewerModel
 from napari_helpers import SCALE, TRANSLATE, collect, colour_stack, cut, lax_auto
 from napari_sam._widgets.automatic.controller import AutomaticController
 from napari_sam.workflows.channels import channels_to_rgb
+from napari_sam.workflows.planes import ImagePlanes
 from napari_sam.workflows.segment import segment
+from napari_sam.workflows.segment_planes import segment_planes
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,8 @@ def test_rgb_stack_slice_then_all_slices_linked(fast_model, colours):
 def test_rgb_timelapse_of_stacks_the_time_point_shown(fast_model, colours):
     movie = np.stack([colours, colours[::-1]])  # (2, 3, 64, 80, 3)
     viewer = ViewerModel()
-    viewer.add_image(movie, rgb=True, name="movie", axis_labels=("t", "z", "y", "x"))
+    image = viewer.add_image(movie, rgb=True, name="movie", axis_labels=("t", "z", "y", "x"))
+    image.contrast_limits = (0, 255)
     c = make(viewer, fast_model)
     notes = collect(c)
     assert c.status == "Ready to segment the time-lapse “movie”."
@@ -86,6 +89,13 @@ def test_rgb_timelapse_of_stacks_the_time_point_shown(fast_model, colours):
     np.testing.assert_array_equal(layer.data[1], _rgb_segment(fast_model, movie[1], c.settings))
     assert not layer.data[0].any()
     assert "at t=1" in c.status
+    # every time point: each colour plane as SAM sees it, ids on through the time points
+    c.run("all time points")
+    whole = segment_planes(fast_model, ImagePlanes(movie, rgb=True, contrast=(0, 255)),
+                           settings=c.settings)
+    assert whole.labels.shape == movie.shape[:4] and whole.labels[0].any()
+    np.testing.assert_array_equal(layer.data, whole.labels)
+    assert "in 2 time points of 3 slices, linked through the slices →" in c.status
     assert notes["error"] == []
     c.close()
 

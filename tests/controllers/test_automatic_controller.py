@@ -201,8 +201,31 @@ def test_timelapse_of_stacks_slice_then_the_stack_of_each_time_point(
         len(np.unique(p)) - 1 for p in layer.data.reshape(6, *tzyx.shape[2:])
     )
     assert all("predicted_iou" in ann for ann in data["annotations"])
+
+    # every time point in one run: the library's segment_planes of the whole image (ids on
+    # through the time points, linked through each one's slices), replacing the layer
+    from napari_sam.workflows.planes import ImagePlanes
+    from napari_sam.workflows.segment_planes import segment_planes
+
+    assert c.scopes() == ("current slice", "all slices", "all time points")
+    c.set_scope("all time points")
+    assert c.estimate().startswith("This run: 6 slices × 16 prompts = 96 prompts to decode")
+    c.run()
+    whole = segment_planes(fast_model, ImagePlanes(tzyx, contrast=contrast), settings=c.settings)
+    assert viewer.layers["movie SAM auto"] is layer
+    np.testing.assert_array_equal(layer.data, whole.labels)
+    assert _ids(whole.labels[0]).isdisjoint(_ids(whole.labels[1]))
+    assert "in 2 time points of 3 slices, linked through the slices →" in c.status
+    table = pd.DataFrame(layer.features)
+    assert set(table["t"]) == {0, 1} and table["predicted_iou"].notna().all()
+    layer.undo()  # one undo step back to the runs before
+    assert layer.data[1, 2].any() and not layer.data[1, :2].any()
     assert notes["error"] == []
     c.close()
+
+
+def _ids(labels) -> set:
+    return set(np.unique(labels).tolist()) - {0}
 
 
 def test_cancel_leaves_the_layer_untouched(fast_model, stack):

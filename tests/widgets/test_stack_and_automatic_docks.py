@@ -193,6 +193,20 @@ def test_automatic_dock_on_a_timelapse_of_stacks(make_napari_viewer, qtbot, fast
     assert expected.max() >= 1
     np.testing.assert_array_equal(layer.data[1], expected)
     assert "at axis 0 = 1" in widget.status_label.text()
+    # every time point, in the worker thread: the whole image as segment_planes gives it
+    from napari_sam.workflows.planes import ImagePlanes
+    from napari_sam.workflows.segment_planes import segment_planes
+
+    assert tuple(widget.scope_combo.choices) == ("current slice", "all slices",
+                                                 "all time points")
+    widget.scope_combo.value = "all time points"
+    assert widget.estimate_label.text().startswith("This run: 6 slices × 9 prompts")
+    widget.run_button.click()
+    wait_idle(qtbot, widget)
+    whole = segment_planes(fast_model, ImagePlanes(movie, contrast=tuple(image.contrast_limits)),
+                           settings=c.settings)
+    np.testing.assert_array_equal(layer.data, whole.labels)
+    assert "2 time points of 3 slices" in widget.status_label.text()
     assert notes["error"] == [] and notes["warning"] == []
     widget.close()
 
@@ -221,6 +235,7 @@ def test_automatic_dock_channel_layers_by_the_button_then_image_only(
     assert controls.channels_label.text() == "SAM sees “nuclei” as red, “membranes” as green."
     assert controls.image_only_button.isEnabled()
     assert widget.image_picker.value is nuc
+    assert tuple(widget.scope_combo.choices) == ("current slice", "all slices")  # a stack
     widget.scope_combo.value = "all slices"
     widget.run_button.click()
     wait_idle(qtbot, widget)

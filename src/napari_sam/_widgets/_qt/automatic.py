@@ -85,8 +85,10 @@ class AutomaticSegmentationWidget(DockFrame):
             for widget in form:
                 compact(widget)
         self.stack_form = settings_form(AutoSettings, c.settings, STACK_FIELDS, self._edit)
-        self.scope_combo = ComboBox(label="Segment", choices=SCOPES, value=c.scope,
-                                    tooltip="The slice shown in the viewer, or every slice.")
+        self.scope_combo = ComboBox(
+            label="Segment", choices=SCOPES, value=c.scope,
+            tooltip="The slice shown in the viewer, every slice (of the time point shown), or "
+            "every slice of every time point (images with time and z).")
         compact(self.scope_combo)
         self.scope_combo.changed.connect(c.set_scope)
         self.stack_form.insert(0, self.scope_combo)
@@ -172,6 +174,8 @@ class AutomaticSegmentationWidget(DockFrame):
             self.channel_controls.sync()
         if what == "image":
             self.image_picker.sync()
+            if tuple(self.scope_combo.choices) != c.scopes():  # all time points: nD only
+                self.scope_combo.choices = c.scopes()
             layout = c.layout()
             self.stack_form.enabled = layout is not None and layout.is_stack
         if what == "model":

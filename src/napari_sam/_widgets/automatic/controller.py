@@ -27,6 +27,7 @@ model is the viewer's, shared with the interactive dock
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,8 @@ from napari.layers import Image
 from napari_sam._widgets.automatic import wording
 from napari_sam._widgets.automatic.estimate import estimate_text
 from napari_sam._widgets.automatic.lines import (
-    channel_input,
     image_kind,
+    is_nd,
     label_shape,
     position_text,
     run_layout,
@@ -47,6 +48,7 @@ from napari_sam._widgets.automatic.lines import (
 from napari_sam._widgets.automatic.modes import RunChoices
 from napari_sam._widgets.automatic.output import AutoOutput
 from napari_sam._widgets.automatic.remembered import DOCK_DEFAULTS, RememberedSettings
+from napari_sam._widgets.automatic.work import run_work
 from napari_sam._widgets.base import ControllerBase
 from napari_sam._widgets.channel_layers import ChannelLayers
 from napari_sam._widgets.jobs import Job, JobRunner
@@ -56,8 +58,6 @@ from napari_sam._widgets.notices import notice_for
 from napari_sam._widgets.objects_table import table_job
 from napari_sam.errors import NapariSamError
 from napari_sam.runtime.loader import LoadedModel
-from napari_sam.runtime.progress import drive
-from napari_sam.workflows import segment as logic
 from napari_sam.workflows.ais import AISSettings
 from napari_sam.workflows.image import ImageLayout
 from napari_sam.workflows.segment import AutoSettings, SegmentationResult
@@ -65,6 +65,7 @@ from napari_sam.workflows.tiling import TileGrid
 
 __all__ = [
     "ALL_SLICES",
+    "ALL_TIME_POINTS",
     "CURRENT_SLICE",
     "DOCK_DEFAULTS",
     "NOT_LOADED",
@@ -72,9 +73,10 @@ __all__ = [
     "AutomaticController",
 ]
 
-CURRENT_SLICE, ALL_SLICES = "current slice", "all slices"
-#: What to segment in a stack.
-SCOPES = (CURRENT_SLICE, ALL_SLICES)
+CURRENT_SLICE, ALL_SLICES, ALL_TIME_POINTS = "current slice", "all slices", "all time points"
+#: What to segment in a stack (all time points: every stack of an nD image; a stack's slices
+#: otherwise).
+SCOPES = (CURRENT_SLICE, ALL_SLICES, ALL_TIME_POINTS)
 NOT_LOADED = "Model: not loaded (loads when you run)"
 
 
@@ -87,17 +89,11 @@ class _Run:
     layout: ImageLayout
     slice: int | None  # the slice of a current-slice run on a stack
     settings: AutoSettings
+    label_shape: tuple[int, ...]  # the output layer's (an nD image's full shape, no colours)
     tiles: int = 1  # tiles per plane
     outer: tuple[int, ...] | None = None  # nD images: the position of the line segmented
+    whole: tuple[int, ...] | None = None  # nD images segmented whole: their leading shape
     channels: ChannelLayers | None = None  # the channel layers SAM saw (for the object table)
-
-    @property
-    def label_shape(self) -> tuple[int, ...]:
-        """The shape of the output layer (an nD image's full shape, without colours)."""
-        if self.outer is None:
-            return self.layout.spatial_shape
-        shape = tuple(self.data.shape)
-        return shape[:-1] if self.layout.rgb else shape
 
 
 class AutomaticController(ControllerBase):
@@ -244,10 +240,18 @@ class AutomaticController(ControllerBase):
         if layers:
             self.info(self.channels.describe() + ".")
 
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes the chosen image offers: all time points only for an nD image."""
+        image = self.images.current
+        return SCOPES if image is not None and is_nd(image) else SCOPES[:2]
+
     def estimate(self) -> str:
         """The work of the next run in numbers, and a hint for small images (may be "")."""
-        return estimate_text(self.layout(), self.settings, self.choices,
-                             self.scope == ALL_SLICES, self.planned_mode() == "ais")
+        image, layout, lines = self.images.current, self.layout(), 1
+        if self.scope == ALL_TIME_POINTS and layout is not None and is_nd(image):
+            lines = math.prod(label_shape(image, layout)[:-3])
+        return estimate_text(layout, self.settings, self.choices,
+                             self.scope != CURRENT_SLICE, self.planned_mode() == "ais", lines)
 
     # ------------------------------------------------------------------ events
     def _on_layers(self, event: Any = None) -> None:
@@ -316,39 +320,29 @@ class AutomaticController(ControllerBase):
         self.run(scope)
 
     def _start(self, model: LoadedModel, image: Image, layout: ImageLayout, scope: str) -> None:
-        target = run_target(image, layout, scope == CURRENT_SLICE, self.viewer.dims.point)
+        target = run_target(image, layout, scope == CURRENT_SLICE, self.viewer.dims.point,
+                            every_line=scope == ALL_TIME_POINTS)
         if isinstance(target, str):
             self.warn(target)
             return
-        settings, slices = self.settings, None
-        data, k, outer = target.data, target.k, target.outer
-        if k is not None:
-            slices = [k]
+        settings = self.settings
+        if target.k is not None:
             settings = replace(settings, link_slices=False)
-        rgb, contrast = layout.rgb, tuple(float(c) for c in image.contrast_limits)
         chosen = self.channels.active_for(image)
         try:  # input errors and refusals are raised here, before any work
-            if chosen:  # SAM's RGB of the channel layers
-                data, rgb, contrast = channel_input(self.channels, target), True, (0.0, 255.0)
             grid = self.choices.to_tiling().grid(layout.plane_shape)
-            steps = logic.segment_iter(
-                model, data, rgb=rgb, contrast_limits=contrast, settings=settings,
-                slices=slices, tiling=self.choices.to_tiling(),
-                mode=self.choices.workflow_mode, ais_settings=self.ais_settings,
-                store=self.session.store,
-            )
+            work = run_work(model, image, layout, target, settings, self.choices,
+                            self.ais_settings, self.channels if chosen else None,
+                            self.session.store)
         except NapariSamError as exc:
             self._report(exc)
             return
-        self._run = _Run(image, image.data, layout, k, settings, len(grid) if grid else 1, outer,
+        tiles = len(grid) if grid else 1
+        self._run = _Run(image, image.data, layout, target.k, settings,
+                         label_shape(image, layout), tiles, target.outer, target.whole,
                          self.channels.copy() if chosen else None)
-
-        def work(progress: Any, should_cancel: Any) -> SegmentationResult:
-            return drive(steps, progress, should_cancel,
-                         cancelled="Automatic segmentation was cancelled; no layer was changed.")
-
-        text = wording.run_text(image.name, layout, k, self.planned_mode() == "ais",
-                                len(grid) if grid else 1, position_text(image, outer))
+        text = wording.run_text(image.name, layout, target.k, self.planned_mode() == "ais",
+                                tiles, position_text(image, target.outer), target.whole)
         self.set_status(text)
         self.runner.start(Job("segment", text, work, done=self._write, failed=self._failed,
                               finished=self._finished, unit="steps"))
@@ -392,7 +386,7 @@ class AutomaticController(ControllerBase):
                                     channels=run.channels))
         self.set_status(wording.result_text(result, layer.name, run.layout, run.slice,
                                             run.settings.link_slices, run.tiles,
-                                            position_text(image, run.outer)))
+                                            position_text(image, run.outer), run.whole))
 
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:

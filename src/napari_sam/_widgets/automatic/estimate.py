@@ -119,13 +119,14 @@ def next_run_estimate(layout: ImageLayout, settings: AutoSettings, n_planes: int
 
 
 def estimate_text(layout: ImageLayout | None, settings: AutoSettings, choices: Any,
-                  all_slices: bool, ais: bool) -> str:
+                  all_slices: bool, ais: bool, lines: int = 1) -> str:
     """The work of the next run in numbers, and a hint for small images ("" for no image):
-    every slice of a stack when ``all_slices``, with the tiles of ``choices`` (its tiling;
-    a tiling that does not fit the image is said instead)."""
+    every slice of a stack when ``all_slices`` (of ``lines`` such stacks: the time points
+    of a time-lapse), with the tiles of ``choices`` (its tiling; a tiling that does not fit
+    the image is said instead)."""
     if layout is None:
         return ""
-    n = layout.n_slices if layout.is_stack and all_slices else 1
+    n = layout.n_slices * max(1, int(lines)) if layout.is_stack and all_slices else 1
     try:
         grid = choices.to_tiling().grid(layout.plane_shape)
     except SettingsError as exc:

@@ -152,16 +152,22 @@ def image_kind(image: Any, layout: ImageLayout | None) -> str:
 @dataclass(frozen=True)
 class Target:
     """What one run segments: ``data`` (the image, or an nD image's line), the slice ``k``
-    of a current-slice run (None: all of it) and the line's position ``outer`` (nD only)."""
+    of a current-slice run (None: all of it) and the line's position ``outer`` (nD only);
+    ``whole``: the leading shape of an nD image segmented whole (every time point)."""
 
     data: Any
     k: int | None
     outer: tuple[int, ...] | None
+    whole: tuple[int, ...] | None = None
 
 
-def run_target(image: Any, layout: ImageLayout, current: bool, world_point: Any) -> Target | str:
-    """What a run on ``image`` segments (``current``: only the slice shown), or the sentence
-    why it cannot start (the viewer is outside the image)."""
+def run_target(image: Any, layout: ImageLayout, current: bool, world_point: Any,
+               every_line: bool = False) -> Target | str:
+    """What a run on ``image`` segments (``current``: only the slice shown; ``every_line``:
+    every time point of an nD image, else the one shown), or the sentence why it cannot
+    start (the viewer is outside the image)."""
+    if is_nd(image) and every_line and not current:
+        return Target(image.data, None, None, _geometry(image).leading_shape)
     if is_nd(image):  # the stack of slices at the time point shown
         line = shown_line(image, world_point)
         if line is None:

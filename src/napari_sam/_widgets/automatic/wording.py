@@ -13,6 +13,8 @@ Nothing here touches napari: the controller passes what it knows.
 
 from __future__ import annotations
 
+import numpy as np
+
 from napari_sam._widgets.automatic.modes import MODE_NAMES, RunChoices
 from napari_sam._widgets.model_session import ModelRequest, has_decoder
 from napari_sam.errors import SettingsError
@@ -72,14 +74,26 @@ def refusal_before_loading(
         raise no_decoder_error(request.choice)
 
 
+def lines_text(leading: tuple[int, ...]) -> str:
+    """The planes of a whole nD image by its leading shape, e.g. "3 time points of 16
+    slices" for ``(3, 16)``."""
+    if len(leading) == 2:
+        t, z = leading
+        return f"{t} time point{'s' if t != 1 else ''} of {z} slice{'s' if z != 1 else ''}"
+    return f"{int(np.prod(leading))} planes"
+
+
 def run_text(name: str, layout: ImageLayout, k: int | None, ais: bool, tiles: int,
-             at: str = "") -> str:
+             at: str = "", whole: tuple[int, ...] | None = None) -> str:
     """The status line of a run on image ``name``: slice ``k`` (None: the whole image or
     stack), with AIS or not, and ``tiles`` tiles per plane (1: not tiled); ``at``: where
-    the stack lies in an nD image (e.g. "t=1")."""
+    the stack lies in an nD image (e.g. "t=1"); ``whole``: the leading shape of an nD
+    image segmented whole."""
     where = f"slice {k} of “{name}”" if k is not None else f"“{name}”"
     if layout.is_stack and k is None:
         where = f"all {layout.n_slices} slices of “{name}”"
+    if whole is not None:
+        where = f"“{name}”, {lines_text(whole)}"
     if at:
         where += f" at {at}"
     notes = ["instance decoder (AIS)"] if ais else []
@@ -89,13 +103,16 @@ def run_text(name: str, layout: ImageLayout, k: int | None, ais: bool, tiles: in
 
 
 def result_text(result: SegmentationResult, layer_name: str, layout: ImageLayout,
-                k: int | None, linked: bool, tiles: int, at: str = "") -> str:
-    """The status line after a run wrote ``result`` into the layer ``layer_name`` (``at``:
-    as for :func:`run_text`)."""
+                k: int | None, linked: bool, tiles: int, at: str = "",
+                whole: tuple[int, ...] | None = None) -> str:
+    """The status line after a run wrote ``result`` into the layer ``layer_name`` (``at``,
+    ``whole``: as for :func:`run_text`)."""
     n = result.n_objects
     where = f"slice {k}" if k is not None else "the image"
     if layout.is_stack and k is None:
         where = f"{layout.n_slices} slices" + (", linked" if linked else "")
+    if whole is not None:
+        where = lines_text(whole) + (", linked through the slices" if linked else "")
     if at:
         where += f" at {at}"
     found = (f"{result.n_masks} masks proposed" if result.mode == "amg"

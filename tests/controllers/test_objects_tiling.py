@@ -109,3 +109,44 @@ def test_one_click_per_cell_on_a_tiled_plane(fast_model):
     c.commit()
     assert c.output.current.data.max() == len(np.unique(expected)) - 1
     c.close()
+
+
+def test_channel_layers_of_a_large_plane_are_tiled(fast_model):
+    """Two channel layers of a 3000 x 2500 plane: the tiles are cut from SAM's red and green
+    made of them (each with its contrast limits), and the preview equals the library's
+    tiled prediction on the same channels."""
+    first = big_plane()
+    second = np.ascontiguousarray(first[::-1])  # another channel: other bright discs
+    viewer = ViewerModel()
+    a, b = viewer.add_image(np.stack([first, second]), channel_axis=0, name=["dna", "actin"])
+    a.contrast_limits, b.contrast_limits = (0, 3500), (200, 2500)
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    c.set_channels([a, b])
+    calls = EncoderCalls(fast_model)
+    c.prompts.points.current.add([1000.0, 772.0])
+    settle(c)
+    tiled = c.tiles._tiled
+    assert tiled is not None and len(tiled.grid) == 16 and tiled.planes.channels == (0, 1)
+    assert 1 <= calls.planes == tiled.encoded <= 3
+    assert "Tiled plane: 16 tiles" in c.status
+    direct = TiledEmbeddings(fast_model, [first, second], model_id="direct", tiling=Tiling(),
+                             contrast=[(0, 3500), (200, 2500)])
+    click = ObjectPrompt(point_coords=np.array([[772.0, 1000.0]]), point_labels=np.array([1]))
+    expected = compose_tiled_preview(TiledPromptPredictor(fast_model, direct).predict(
+        None, [click]), first.shape)
+    assert expected.any()
+    np.testing.assert_array_equal(c.preview.layer.data, expected)
+    # not the tiles of the first channel alone
+    alone = TiledEmbeddings(fast_model, first, model_id="alone", tiling=Tiling(),
+                            contrast=(0, 3500))
+    other = compose_tiled_preview(TiledPromptPredictor(fast_model, alone).predict(
+        None, [click]), first.shape)
+    assert not np.array_equal(other, expected)
+    # a changed contrast of a channel: new tiled embeddings, the tile encoded again
+    before = calls.planes
+    b.contrast_limits = (200, 1500)
+    settle(c)
+    assert c.tiles._tiled is not tiled and calls.planes > before
+    calls.remove()
+    c.close()

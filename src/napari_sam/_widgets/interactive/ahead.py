@@ -110,8 +110,8 @@ class EncodeAhead:
         if problem is not None:
             return False
         channels = c.channels.active_for(c.image)
-        if not channels and c.tiles.embeddings_for(c.image, c.layout, model,
-                                                   c.embeddings.store) is not None:
+        if c.tiles.embeddings_for(c.image, c.layout, model, c.embeddings.store,
+                                  c.channels if channels else None) is not None:
             return False  # a large plane: its tiles are encoded where the user clicks
         key, plane = plane_key(c, model, k, channels)
         if key in self._skip:

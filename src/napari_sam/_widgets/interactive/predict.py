@@ -125,8 +125,8 @@ def update(c: Any) -> None:
             c.set_status("The model could not be loaded; press “Load model” to retry.")
         return
     channels = c.channels.active_for(c.image)
-    tiled = None if channels else c.tiles.embeddings_for(c.image, layout,  model,
-                                                         c.embeddings.store)
+    tiled = c.tiles.embeddings_for(c.image, layout, model, c.embeddings.store,
+                                   c.channels if channels else None)
     if tiled is not None:  # a large plane: tiles encoded on demand, prompts routed to tiles
         _update_tiled(c, tiled, k, objects, ignored)
         return

@@ -11,8 +11,11 @@ its window is predicted again in a window centred on it, and the masks are
 pasted back at full resolution
 (:class:`~napari_sam.workflows.tiled_prompts.TiledPromptPredictor`), so a click
 near a tile border gives one whole object. Tile embeddings share the dock's
-embedding store. Channel layers (:mod:`.channel_layers`) are not tiled, nor
-are planes segmented with a SAM 2.1 model: such a plane is shown to SAM whole.
+embedding store. With channel layers
+(:class:`~napari_sam._widgets.channel_layers.ChannelLayers`) the tiles are cut
+from SAM's red, green and blue made of them (each with its contrast limits).
+Planes segmented with a SAM 2.1 model are not tiled: such a plane is shown to
+SAM whole.
 
 A window grown around an object larger than its tile is encoded while the
 prediction runs, on the main thread: that is the one encoding the dock does
@@ -53,20 +56,28 @@ class DockTiling:
         self._signature: tuple | None = None
 
     def embeddings_for(
-        self, image: Any, layout: Any, model: Any, store: Any
+        self, image: Any, layout: Any, model: Any, store: Any, channels: Any = None
     ) -> TiledEmbeddings | None:
         """The tiled embeddings of ``image`` for ``model`` (a LoadedModel), or None when its
-        planes are not tiled (small planes; SAM 2.1 models, whose planes are shown whole)."""
+        planes are not tiled (small planes; SAM 2.1 models, whose planes are shown whole).
+        With ``channels`` (the chosen channel layers, the first being ``image``) the tiles
+        are cut from SAM's red, green and blue made of them."""
         if self.tiling.grid(layout.plane_shape) is None or is_sam2_model(model.sam):
             return None
         contrast = tuple(float(v) for v in image.contrast_limits)
+        seen: Any = contrast
+        if channels is not None:
+            seen = (tuple(id(layer) for layer in channels.layers), tuple(channels.contrasts()))
         signature = (id(image), tuple(image.data.shape), bool(layout.rgb), model.model_id,
-                     id(model.sam), contrast, id(store), self.tiling)
+                     id(model.sam), seen, id(store), self.tiling)
         if signature != self._signature:
-            self._tiled = TiledEmbeddings(
-                model.sam, image.data, model_id=model.model_id, tiling=self.tiling,
-                rgb=bool(layout.rgb), contrast=None if layout.rgb else contrast, store=store,
-            )
+            if channels is not None:
+                source: dict[str, Any] = {"data": channels.planes()}
+            else:
+                source = {"data": image.data, "rgb": bool(layout.rgb),
+                          "contrast": None if layout.rgb else contrast}
+            self._tiled = TiledEmbeddings(model.sam, model_id=model.model_id,
+                                          tiling=self.tiling, store=store, **source)
             self._signature = signature
         return self._tiled
 

@@ -75,6 +75,18 @@ class ChannelLayers:
                 )
         return layers
 
+    def choose(self, layers: Any) -> list[Any]:
+        """Use ``layers`` (1-3 channel layers; None or none: the image alone); returns them.
+
+        Raises
+        ------
+        ImageFormatError
+            A wrong choice (nothing changes), in one sentence.
+        """
+        layers = list(layers or [])
+        self.layers = self.check(layers) if layers else []
+        return self.layers
+
     def copy(self) -> ChannelLayers:
         """The same choice, kept apart from later changes (e.g. for a run's object table)."""
         other = ChannelLayers()

@@ -62,17 +62,13 @@ class TimelapseLine:
             (one sentence each).
         """
         shape = tuple(int(s) for s in shape)
-        along = "z" if along is None else str(along).lower()
-        if along not in ALONG:
-            raise SettingsError(f"--along must be z or t, not {along!r}.")
-        other = "time point" if along == "z" else "slice"
+        along, n, other = _positions(along, shape)
         if at is None:
             raise SettingsError(
                 f"{name} is a time-lapse of stacks (T, Z, Y, X) of shape {shape}: say where to "
                 "follow the objects, --along z --at T (through the slices of time point T) or "
                 "--along t --at Z (through the time points at slice Z)."
             )
-        n = shape[1 - ALONG[along]]
         if not 0 <= int(at) < n:
             raise SettingsError(
                 f"--at {at}: {name} has {n} {other}s (0 to {n - 1}) to follow objects at."
@@ -112,11 +108,7 @@ class TimelapseLine:
         SettingsError
             A line outside the image (one sentence naming the table).
         """
-        along = "z" if along is None else str(along).lower()
-        if along not in ALONG:
-            raise SettingsError(f"--along must be z or t, not {along!r}.")
-        n = int(tuple(shape)[1 - ALONG[along]])
-        other = "time point" if along == "z" else "slice"
+        along, n, other = _positions(along, shape)
         bad = [int(k) for k in keys if not 0 <= int(k) < n]
         if bad:
             raise SettingsError(
@@ -140,6 +132,16 @@ class TimelapseLine:
     def name(self) -> str:
         """The line in a list of lines, e.g. "time point 2" or "slice 5"."""
         return f"time point {self.at}" if self.axis == 1 else f"slice {self.at}"
+
+
+def _positions(along: str | None, shape: Any) -> tuple[str, int, str]:
+    """The checked axis (default z), how many lines there are on the other leading axis of
+    ``shape`` ``(T, Z, Y, X)``, and what one of them is called ("time point" or "slice")."""
+    along = "z" if along is None else str(along).lower()
+    if along not in ALONG:
+        raise SettingsError(f"--along must be z or t, not {along!r}.")
+    n = int(tuple(shape)[1 - ALONG[along]])
+    return along, n, "time point" if along == "z" else "slice"
 
 
 def describe_lines(lines: list[TimelapseLine]) -> str:

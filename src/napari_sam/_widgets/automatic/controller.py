@@ -27,19 +27,19 @@ model is the viewer's, shared with the interactive dock
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from napari.layers import Image
 
-from napari_sam._widgets.automatic import wording
+from napari_sam._widgets.automatic import coco_export, wording
 from napari_sam._widgets.automatic.estimate import estimate_text
 from napari_sam._widgets.automatic.lines import (
     image_kind,
     is_nd,
     label_shape,
+    n_lines,
     position_text,
     run_layout,
     run_target,
@@ -78,6 +78,12 @@ CURRENT_SLICE, ALL_SLICES, ALL_TIME_POINTS = "current slice", "all slices", "all
 #: otherwise).
 SCOPES = (CURRENT_SLICE, ALL_SLICES, ALL_TIME_POINTS)
 NOT_LOADED = "Model: not loaded (loads when you run)"
+
+
+def _checked_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+    return scope
 
 
 @dataclass
@@ -212,9 +218,7 @@ class AutomaticController(ControllerBase):
         return self.choices.to_tiling().grid(layout.plane_shape)
 
     def set_scope(self, scope: str) -> None:
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-        self.scope = scope
+        self.scope = _checked_scope(scope)
         self.changed("estimate")
 
     def set_image(self, layer: Any) -> None:
@@ -225,14 +229,11 @@ class AutomaticController(ControllerBase):
         """Show SAM 1-3 channel layers (napari's ``channel_axis`` layers) as its red, green and
         blue inputs, each with its own contrast limits; the first becomes the image segmented.
         None or none: the image alone again. A wrong choice is said in one sentence."""
-        layers = list(layers or [])
-        if layers:
-            try:
-                layers = self.channels.check(layers)
-            except NapariSamError as exc:
-                self._report(exc)
-                return
-        self.channels.layers = layers
+        try:
+            layers = self.channels.choose(layers)
+        except NapariSamError as exc:
+            self._report(exc)
+            return
         if layers and self.images.current is not layers[0]:
             self.images.select(layers[0])
         self.changed("channels")
@@ -247,9 +248,8 @@ class AutomaticController(ControllerBase):
 
     def estimate(self) -> str:
         """The work of the next run in numbers, and a hint for small images (may be "")."""
-        image, layout, lines = self.images.current, self.layout(), 1
-        if self.scope == ALL_TIME_POINTS and layout is not None and is_nd(image):
-            lines = math.prod(label_shape(image, layout)[:-3])
+        layout = self.layout()
+        lines = n_lines(self.images.current, layout) if self.scope == ALL_TIME_POINTS else 1
         return estimate_text(layout, self.settings, self.choices,
                              self.scope != CURRENT_SLICE, self.planned_mode() == "ais", lines)
 
@@ -268,10 +268,8 @@ class AutomaticController(ControllerBase):
             if image is None:
                 self.set_status("Open or choose an image layer.")
             else:
-                seen = (f" ({self.channels.describe()})" if self.channels.active_for(image)
-                        else "")
-                self.set_status(
-                    f"Ready to segment the {image_kind(image, layout)} “{image.name}”{seen}.")
+                seen = self.channels.describe() if self.channels.active_for(image) else ""
+                self.set_status(wording.ready_text(image_kind(image, layout), image.name, seen))
 
     def _on_model(self, event: Any = None) -> None:
         self.changed("model")
@@ -283,9 +281,7 @@ class AutomaticController(ControllerBase):
         if self.busy:
             self.info("Automatic segmentation is already running.")
             return
-        scope = scope or self.scope
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+        scope = _checked_scope(scope or self.scope)
         image = self.images.current
         if image is None:
             self.warn("Open or choose an image layer to segment.")
@@ -325,9 +321,8 @@ class AutomaticController(ControllerBase):
         if isinstance(target, str):
             self.warn(target)
             return
-        settings = self.settings
-        if target.k is not None:
-            settings = replace(settings, link_slices=False)
+        settings = self.settings  # one slice: nothing to link
+        settings = replace(settings, link_slices=False) if target.k is not None else settings
         chosen = self.channels.active_for(image)
         try:  # input errors and refusals are raised here, before any work
             grid = self.choices.to_tiling().grid(layout.plane_shape)
@@ -391,27 +386,12 @@ class AutomaticController(ControllerBase):
     # ------------------------------------------------------------------ COCO
     def export_target(self) -> Any:
         """The layer :meth:`export_coco` would save (None: nothing to export yet; said so)."""
-        image, layout = self.images.current, self.layout()
-        shape = label_shape(image, layout) if image is not None and layout else None
-        layer = self.output.target(image, shape)
-        if layer is None:
-            self.warn("There is nothing to export yet: run automatic segmentation first.")
-        return layer
+        return coco_export.export_target(self)
 
     def export_coco(self, path: str | Path) -> Path | None:
         """Save the objects of the output layer as COCO JSON (SAM's scores while the layer is
         unchanged since the run). Returns the written path."""
-        layer = self.export_target()
-        if layer is None:
-            return None
-        try:
-            written, n = self.output.save_coco(layer, self.images.current, path)
-        except NapariSamError as exc:
-            self._report(exc)
-            return None
-        self.info(f"Saved {n} object mask{'s' if n != 1 else ''} to {written}.")
-        self.set_status(f"COCO JSON saved: {written}")
-        return written
+        return coco_export.export_coco(self, path)
 
     def close(self) -> None:
         """Disconnect from the viewer and stop a run (on dock close)."""

@@ -22,6 +22,7 @@ mixed into SAM's red, green and blue, one plane at a time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "is_nd",
     "label_shape",
     "line_layout",
+    "n_lines",
     "position_text",
     "run_layout",
     "run_target",
@@ -138,6 +140,14 @@ def run_layout(image: Any) -> ImageLayout:
 def label_shape(image: Any, layout: ImageLayout) -> tuple[int, ...]:
     """The shape of ``image``'s output layer (an nD image's full shape, without colours)."""
     return _geometry(image).shape if is_nd(image) else layout.spatial_shape
+
+
+def n_lines(image: Any, layout: ImageLayout | None) -> int:
+    """How many stacks (lines) of slices an all-time-points run of ``image`` segments: the
+    time points of an nD image (the product of its outer axes), else 1."""
+    if layout is None or not is_nd(image):
+        return 1
+    return math.prod(label_shape(image, layout)[:-3])
 
 
 def image_kind(image: Any, layout: ImageLayout | None) -> str:

@@ -74,6 +74,12 @@ def refusal_before_loading(
         raise no_decoder_error(request.choice)
 
 
+def ready_text(kind: str, name: str, channels: str = "") -> str:
+    """The status line before a run on the ``kind`` ("stack", ...) ``name``; ``channels``:
+    what SAM sees of the channel layers, if chosen."""
+    return f"Ready to segment the {kind} “{name}”{f' ({channels})' if channels else ''}."
+
+
 def lines_text(leading: tuple[int, ...]) -> str:
     """The planes of a whole nD image by its leading shape, e.g. "3 time points of 16
     slices" for ``(3, 16)``."""

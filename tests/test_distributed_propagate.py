@@ -281,3 +281,26 @@ def read_prompt_table_text(text, folder):
     path = folder / "clicks.csv"
     path.write_text(text)
     return read_prompt_table(path)
+
+
+def test_a_colour_stack_on_the_cluster_gives_the_one_process_labels(
+    small_sam2, inprocess_client, tmp_path, nuclei_stack
+):
+    """A stack of colour planes (Z, Y, X, RGB): every task reads the colours of its planes."""
+    import napari_sam.runtime.loader as loader
+
+    crop = nuclei_stack[24:32, 40:136, 60:188].astype(np.float64)
+    colour = np.stack([crop[z : z + 3] for z in range(0, 6, 1)])  # (6, 3, 96, 128)
+    colour = np.ascontiguousarray(np.moveaxis(255 * colour / crop.max(), 1, -1).astype(np.uint8))
+    path = tmp_path / "sections.tif"
+    tifffile.imwrite(path, colour, photometric="rgb")
+    prompts = read_prompt_table_text(CLICKS, tmp_path)
+    ref = propagate_memory(loader.load("sam2_tiny"), colour, prompts, rgb=True,
+                           settings=SETTINGS).label_volume()  # fmt: skip
+    assert set(np.unique(ref)) == {0, 3, 7}
+    out = tmp_path / "out" / "labels.tif"
+    out.parent.mkdir()
+    outcome = run_propagation(inprocess_client, ModelSpec("sam2_tiny", device="cpu"), path,
+                              prompts, out, settings=SETTINGS)  # fmt: skip
+    assert outcome.n_objects == 2 and outcome.encoded == 6
+    np.testing.assert_array_equal(io.read_tiff(out).data, ref)

@@ -113,7 +113,13 @@ def test_embed_precomputes_every_tile_and_resumes(fast_model, large_tif, tmp_pat
     small = tmp_path / "small.tif"
     tifffile.imwrite(small, stack[0])
     code, _, err = run(capsys, "embed", small, "-o", tmp_path / "emb3", *args, "--quiet")
-    assert code == 1 and "needs a grayscale 3D stack" in err
+    assert code == 1 and "needs a 3D stack: grayscale (Z, Y, X) or of colour planes" in err
+    # a stack of colour planes is tiled plane by plane, each tile in its colours
+    colour = np.random.default_rng(2).integers(0, 255, (2, 300, 200, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb")
+    code, _, err = run(capsys, "embed", tmp_path / "colour.tif", "-o", tmp_path / "emb4", *args,
+                       "--quiet", "--tile-shape", 128, 128, "--halo", 16, 16)
+    assert code == 0 and "2 slices x 6 tiles (128x128, halo 16x16), 12 encoded" in err, err
 
 
 def test_tiling_options_travel_in_batch_recipes(fast_model, large_tif):

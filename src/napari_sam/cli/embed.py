@@ -34,11 +34,15 @@ def add(subparsers: Any) -> None:
             "The napari widget finds these embeddings when its disk cache points at the same\n"
             "folder and the model and contrast limits match (by default the stack's minimum\n"
             "and maximum, which napari shows for a newly opened stack).\n"
+            "A stack of colour planes (Z Y X RGB: serial sections) is encoded in its colours.\n"
             "Large planes are tiled (see the tiling options): every tile of every plane is\n"
             "encoded, and a tiled 2D image (Y X or Y X RGB) is accepted too."
         ),
     )
-    parser.add_argument("input", metavar="INPUT", help="3D TIFF stack (Z, Y, X); .npy also works")
+    parser.add_argument(
+        "input", metavar="INPUT",
+        help="3D TIFF stack (Z, Y, X) or stack of colour planes (Z, Y, X, RGB); .npy also works",
+    )  # fmt: skip
     parser.add_argument(
         "-o",
         "--output",
@@ -110,11 +114,12 @@ def _run_embed(args: argparse.Namespace) -> int:
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows import embeddings as volume
+    from napari_sam.workflows.planes import stack_embeddings
 
     t0 = time.perf_counter()
     tiling = tiling_from_args(args)
     stack, rgb, grid = _read_for_embedding(args.input, tiling)
-    if stack.ndim == 2 or rgb:
+    if stack.ndim - rgb == 2:
         if args.slices is not None:
             raise InputFileError(f"--slices needs a 3D stack; {Path(args.input).name} is 2D.")
         slices = None
@@ -145,9 +150,10 @@ def _run_embed(args: argparse.Namespace) -> int:
     sam = loaded.sam
     if grid is not None:
         return _embed_tiled(args, t0, loaded, stack, rgb, tiling, contrast, disk, slices)
-    embeddings = volume.StackEmbeddings(
+    embeddings = stack_embeddings(
         sam,
         stack,
+        rgb=rgb,
         model_id=loaded.model_id,
         contrast=contrast,
         store=volume.EmbeddingStore(max_mb=0),
@@ -175,13 +181,17 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _read_for_embedding(path: str, tiling: Any) -> tuple[Any, bool, Any]:
-    """(data, rgb, tile grid or None): a stack, or a 2D image whose planes are tiled."""
+    """(data, rgb, tile grid or None): a stack (of colour planes with rgb), or a 2D image
+    whose planes are tiled."""
     from napari_sam.workflows import io
     from napari_sam.workflows.image import image_layout
 
     try:
         stack = io.read_stack(path)
     except InputFileError:
+        colour = _colour_stack(path)
+        if colour is not None:
+            return colour, True, tiling.grid(colour.shape[1:3])
         if tiling.mode == "off":
             raise
         image = io.read_tiff(path)
@@ -191,6 +201,17 @@ def _read_for_embedding(path: str, tiling: Any) -> tuple[Any, bool, Any]:
             raise
         return image.data, image.rgb, grid
     return stack, False, tiling.grid(stack.shape[1:])
+
+
+def _colour_stack(path: str) -> Any:
+    """The data ``(Z, Y, X, 3|4)`` of a stack of colour planes in ``path``, else None."""
+    from napari_sam.workflows import io
+
+    try:
+        image = io.read_tiff(path, frames=True)
+    except InputFileError:
+        return None
+    return image.data if image.rgb and image.data.ndim == 4 else None
 
 
 def _embed_tiled(

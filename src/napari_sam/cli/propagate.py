@@ -25,7 +25,9 @@ segmented from what the model remembers of the object on the clicked slices
 and on the last slices it saw. Objects are followed up and down from their
 clicked slices and stop where SAM 2 says they are gone.
 
-STACK is a TIFF (or .npy) grayscale stack. PROMPTS is a CSV file with one
+STACK is a TIFF (or .npy) grayscale stack or movie, or a stack of colour
+(RGB) planes (Z Y X RGB: serial sections, a colour movie), which SAM 2 sees in
+their colours. PROMPTS is a CSV file with one
 click per row, z,y,x,label,object (a header line is optional):
 
   z,y,x,label,object
@@ -69,7 +71,8 @@ def add(subparsers: Any) -> None:
     )
     parser.add_argument(
         "input", metavar="STACK",
-        help="3D TIFF stack (Z, Y, X) or movie (T, Y, X), or a time-lapse of stacks (T, Z, Y, X)",
+        help="3D TIFF stack (Z, Y, X) or movie (T, Y, X), a stack of colour planes "
+        "(Z, Y, X, RGB), or a time-lapse of stacks (T, Z, Y, X)",
     )  # fmt: skip
     parser.add_argument(
         "--prompts", required=True, metavar="CSV", help="clicks as rows z,y,x,label,object"
@@ -211,10 +214,11 @@ def _run_propagate(args: argparse.Namespace) -> int:
         min_area=args.min_area,
     )
     image = io.read_tiff(args.input, frames=True)
-    if image.rgb:
+    if image.rgb and image.data.ndim != 4:
         raise ImageFormatError(
-            f"{Path(args.input).name} is a colour (RGB) image; propagation needs a grayscale "
-            "stack (Z, Y, X) or movie (T, Y, X)."
+            f"{Path(args.input).name} is a 2D colour (RGB) image; propagation follows objects "
+            "through a stack (Z, Y, X), a movie (T, Y, X) or a stack of colour planes "
+            "(Z, Y, X, RGB)."
         )
     lines = _lines(args, image)
     check_writable(out.parent)
@@ -249,6 +253,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
                 settings=settings,
                 contrast=contrast,
                 disk=args.cache_dir,
+                rgb=image.rgb,
                 progress=bar_updater(bar),
             )
             found = result.label_volume()
@@ -298,7 +303,7 @@ def _lines(args: argparse.Namespace, image: Any) -> list[tuple[Any, list[Any]]]:
     from napari_sam.workflows.timelapse import TimelapseLine
 
     name, shape = Path(args.input).name, tuple(image.data.shape)
-    if image.data.ndim != 4:
+    if image.data.ndim - image.rgb != 4:
         if args.along is not None or args.at is not None:
             raise SettingsError(
                 f"--along and --at are for time-lapses of stacks (T, Z, Y, X); {name} has "

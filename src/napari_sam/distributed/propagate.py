@@ -57,7 +57,7 @@ from napari_sam.workflows.embeddings import (
     StackEmbeddings,
     default_contrast_limits,
 )
-from napari_sam.workflows.image import image_layout
+from napari_sam.workflows.image import stack_layout
 from napari_sam.workflows.memory_propagation import (
     MemoryPropagationSettings,
     TrackPrompt,
@@ -65,6 +65,7 @@ from napari_sam.workflows.memory_propagation import (
     check_stack,
     propagate_memory,
 )
+from napari_sam.workflows.planes import stack_embeddings
 from napari_sam.workflows.timelapse import TimelapseLine
 
 __all__ = ["PropagationOutcome", "embed_slice_task", "propagate_task", "run_propagation"]
@@ -103,12 +104,15 @@ def work_folder(output: Path) -> Path:
 
 
 def _embeddings(
-    model: Any, stack: Any, contrast: Sequence[float], cache: str, exact: bool, resize: str | None
+    model: Any, image: io.TiffImage, line: TimelapseLine | None, contrast: Sequence[float],
+    cache: str, exact: bool, resize: str | None,
 ) -> StackEmbeddings:
-    """The stack's embeddings as both kinds of task see them: the same keys, disk only."""
-    return StackEmbeddings(
+    """The embeddings of the planes followed in ``image`` as both kinds of task see them: the
+    same keys, disk only."""
+    return stack_embeddings(
         model.sam,
-        stack,
+        _stack_data(image, line, contrast),
+        rgb=image.rgb,
         model_id=model.model_id,
         contrast=contrast,
         store=EmbeddingStore(0),
@@ -134,12 +138,13 @@ def embed_slice_task(
     Returns 1 if it was encoded, 0 if an intact embedding was there already.
     """
     model = worker_model(spec)
-    data = _stack_data(io.read_image(stack, lazy=True, frames=line is not None), line, contrast)
-    return _embeddings(model, data, contrast, cache, exact, resize).precompute([z])
+    image = io.read_image(stack, lazy=True, frames=True)
+    return _embeddings(model, image, line, contrast, cache, exact, resize).precompute([z])
 
 
 def _stack_data(image: io.TiffImage, line: TimelapseLine | None, contrast: Any) -> Any:
-    """The ``(N, Y, X)`` planes of ``image`` to follow objects through."""
+    """The ``(N, Y, X)`` planes of ``image`` to follow objects through (``(N, Y, X, 3|4)``
+    for a colour stack)."""
     return image.data if line is None else line.view(image.data, contrast)
 
 
@@ -161,9 +166,8 @@ def propagate_task(
     Returns the number of objects and the propagation's summary.
     """
     model = worker_model(spec)
-    image = io.read_image(stack, lazy=True, frames=line is not None)
-    data = _stack_data(image, line, contrast)
-    embeddings = _embeddings(model, data, contrast, cache, exact, settings.resize)
+    image = io.read_image(stack, lazy=True, frames=True)
+    embeddings = _embeddings(model, image, line, contrast, cache, exact, settings.resize)
     result = propagate_memory(model, embeddings, prompts, z_range=z_range, settings=settings)
     labels = result.label_volume()
     if line is not None:
@@ -196,8 +200,9 @@ def run_propagation(
     spec : ModelSpec
         A SAM 2.1 model; every worker loads it once.
     stack : path
-        A grayscale ``(Z, Y, X)`` stack or ``(T, Y, X)`` movie (TIFF, ``.npy``
-        or zarr) on the file system the workers see under the same path.
+        A grayscale ``(Z, Y, X)`` stack or ``(T, Y, X)`` movie, or one of colour planes
+        ``(Z, Y, X, 3|4)`` (TIFF, ``.npy`` or zarr), on the file system the workers see
+        under the same path.
     prompts : sequence of TrackPrompt
         Clicks, boxes or masks per object and slice (SAM's ``(x, y)`` pixels).
     output : path
@@ -221,7 +226,7 @@ def run_propagation(
     ------
     PropagationError, PromptError
         Bad prompts or range (checked before anything runs), or a stack that
-        is not a grayscale stack.
+        is not a stack or movie.
     Cancelled, KeyboardInterrupt
         The run's tasks are cancelled on the cluster and no output is written;
         the slices encoded so far are kept for the next run.
@@ -232,13 +237,13 @@ def run_propagation(
     stack = Path(stack).expanduser().resolve()
     output = Path(output).expanduser().resolve()
     settings = settings or MemoryPropagationSettings()
-    image = io.read_image(stack, lazy=contrast is not None, frames=line is not None)
+    image = io.read_image(stack, lazy=contrast is not None, frames=True)
     if contrast is None:  # what one process takes: the whole stack's range
         contrast = default_contrast_limits(image.data)
     contrast = (float(contrast[0]), float(contrast[1]))
     data = _stack_data(image, line, contrast)
-    check_stack(data)
-    layout = image_layout(tuple(data.shape), dtype=data.dtype)
+    check_stack(data, image.rgb)
+    layout = stack_layout(tuple(data.shape), rgb=image.rgb, dtype=data.dtype)
     prompts = list(prompts)
     check_prompts(prompts, layout.n_slices, layout.plane_shape, z_range)
     lo, hi = (0, layout.n_slices - 1) if z_range is None else (int(v) for v in z_range)

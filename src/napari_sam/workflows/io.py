@@ -419,7 +419,8 @@ def _channels_first(
 
 
 def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a 3D grayscale stack (Z, Y, X) from a TIFF (or ``.npy``) file with :func:`read_tiff`.
+    """Read a 3D grayscale stack (Z, Y, X) from a TIFF (or ``.npy``) file with :func:`read_tiff`
+    (``napari-sam embed`` reads stacks of colour planes separately).
 
     Raises
     ------
@@ -430,16 +431,14 @@ def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
     """
     image = read_tiff(path)
     name = Path(path).name
+    needs = ("precomputing embeddings needs a 3D stack: grayscale (Z, Y, X) or of colour "
+             "planes (Z, Y, X, RGB).")
     if image.rgb:
         raise InputFileError(
-            f"{name} is a colour (RGB) image of shape {image.data.shape}; precomputing "
-            "embeddings needs a grayscale 3D stack (Z, Y, X)."
+            f"{name} is a 2D colour (RGB) image of shape {image.data.shape}; {needs}"
         )
     if image.data.ndim != 3:
-        raise InputFileError(
-            f"{name} is a 2D image of shape {image.data.shape}; precomputing embeddings "
-            "needs a grayscale 3D stack (Z, Y, X)."
-        )
+        raise InputFileError(f"{name} is a 2D image of shape {image.data.shape}; {needs}")
     return image.data
 
 

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.errors import Cancelled, PromptError, PropagationError
+from napari_sam.errors import Cancelled, ImageFormatError, PromptError, PropagationError
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
 from napari_sam.workflows.embeddings import DiskCache, EmbeddingStore, StackEmbeddings
 from napari_sam.workflows.propagation import (
@@ -333,7 +333,8 @@ class MemoryPropagation:
     model : Sam2 or LoadedModel
         A SAM 2.1 model (``napari_sam.runtime.loader.load("sam2_tiny")``).
     stack : array ``(Z, Y, X)`` (or a ``(T, Y, X)`` movie), or StackEmbeddings
-        Grayscale planes; numpy, dask or zarr (read one plane at a time).
+        Grayscale planes, or with ``rgb`` colour planes ``(Z, Y, X, 3|4)``; numpy,
+        dask or zarr (read one plane at a time).
         A :class:`~napari_sam.workflows.embeddings.StackEmbeddings` made for
         this model brings its caches (then ``contrast``, ``store``, ``disk``
         and ``model_id`` must not be given).
@@ -347,6 +348,9 @@ class MemoryPropagation:
         Memory cache of embeddings (pass the widget's store to share them).
     disk : DiskCache or path, optional
         On-disk cache of embeddings.
+    rgb : bool
+        The last axis of ``stack`` holds colours (serial H&E sections, a colour
+        movie): SAM 2 sees each plane in its colours, scaled by ``contrast``.
     settings : MemoryPropagationSettings, optional
     z_range : (int, int), optional
         First and last slice (inclusive) objects may extend to; default all.
@@ -363,12 +367,14 @@ class MemoryPropagation:
         contrast: Sequence[float] | None = None,
         store: EmbeddingStore | None = None,
         disk: DiskCache | str | None = None,
+        rgb: bool = False,
         settings: MemoryPropagationSettings | None = None,
         z_range: Sequence[int] | None = None,
         keep_history: bool = True,
     ) -> None:
         from napari_sam.model.sam2.sam2 import Sam2
         from napari_sam.predictors.sam2_tracker import MemoryTracker
+        from napari_sam.workflows.planes import stack_embeddings
 
         self.settings = settings or MemoryPropagationSettings()
         sam = getattr(model, "sam", model)
@@ -380,16 +386,16 @@ class MemoryPropagation:
             )
         self.model = sam
         if isinstance(stack, StackEmbeddings):
-            if any(v is not None for v in (contrast, store, disk, model_id)):
+            if rgb or any(v is not None for v in (contrast, store, disk, model_id)):
                 raise PropagationError(
-                    "contrast, model_id, store and disk belong to the StackEmbeddings given as "
-                    "stack; do not pass them again."
+                    "contrast, model_id, store, disk and rgb belong to the StackEmbeddings "
+                    "given as stack; do not pass them again."
                 )
             if stack.model is not sam:
                 raise PropagationError("The StackEmbeddings given were made for another model.")
             self.embeddings = stack
         else:
-            check_stack(stack)
+            check_stack(stack, rgb)
             if model_id is None:
                 model_id = getattr(model, "model_id", None)
             if disk is not None and model_id is None:
@@ -397,9 +403,10 @@ class MemoryPropagation:
                     "Name the model with model_id=... to use a disk cache, so that embeddings "
                     "of different models are never mixed."
                 )
-            self.embeddings = StackEmbeddings(
+            self.embeddings = stack_embeddings(
                 sam,
                 stack,
+                rgb=rgb,
                 model_id=model_id or f"unnamed-sam2-{id(sam):x}",
                 contrast=contrast,
                 store=store,
@@ -725,6 +732,7 @@ def propagate_memory(
     model_id: str | None = None,
     store: EmbeddingStore | None = None,
     disk: DiskCache | str | None = None,
+    rgb: bool = False,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
 ) -> MemoryPropagationResult:
@@ -753,6 +761,7 @@ def propagate_memory(
             0
         ),
         disk=disk,
+        rgb=rgb,
         settings=settings,
         z_range=z_range,
         keep_history=False,
@@ -814,17 +823,35 @@ def check_prompts(
 
 
 # --------------------------------------------------------------------------- checks
-def check_stack(stack: Any) -> None:
+def check_stack(stack: Any, rgb: bool = False) -> None:
     """Raise :class:`PropagationError` (one sentence) unless ``stack`` is a grayscale
-    ``(Z, Y, X)`` stack or ``(T, Y, X)`` movie."""
-    from napari_sam.workflows.image import image_layout
+    ``(Z, Y, X)`` stack or ``(T, Y, X)`` movie (with ``rgb``: of colour planes,
+    ``(Z, Y, X, 3|4)``)."""
+    from napari_sam.workflows.image import image_layout, stack_layout
 
     shape = tuple(int(s) for s in getattr(stack, "shape", ()))
+    if rgb:
+        try:
+            layout = stack_layout(shape, rgb=True, dtype=getattr(stack, "dtype", None))
+        except ImageFormatError as exc:
+            raise PropagationError(str(exc)) from None
+        if not layout.is_stack:
+            raise PropagationError(
+                f"Propagation follows objects through the slices of a stack or the frames of "
+                f"a movie, but this colour image is 2D (shape {shape}); segment it with clicks "
+                "instead."
+            )
+        return
     if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4):
         raise PropagationError(
             f"Propagation follows objects through the slices of a stack (Z, Y, X) or the "
             f"frames of a movie (T, Y, X), but this image is 2D (shape {shape}); segment it "
             "with clicks instead."
+        )
+    if len(shape) == 4 and shape[-1] in (3, 4) and min(shape[1:3]) > 4:
+        raise PropagationError(
+            f"This image of shape {shape} looks like a stack of colour planes (Z, Y, X, RGB); "
+            "pass rgb=True to follow objects in their colours."
         )
     layout = image_layout(shape, dtype=getattr(stack, "dtype", None))
     if not layout.is_stack:

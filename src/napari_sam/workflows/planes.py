@@ -77,6 +77,7 @@ __all__ = [
     "plane_geometry",
     "plane_prompts",
     "propagate_along",
+    "stack_embeddings",
 ]
 
 #: A last axis with at most this many entries, behind two axes of at least
@@ -799,6 +800,41 @@ class AxisEmbeddings(StackEmbeddings):
         self.encoded += len(planes)
         self.forward_passes += 1
         return embs
+
+
+def stack_embeddings(
+    model: Any,
+    stack: Any,
+    *,
+    rgb: bool = False,
+    model_id: str,
+    contrast: Sequence[float] | None = None,
+    store: EmbeddingStore | None = None,
+    disk: DiskCache | str | None = None,
+    batch_size: int | None = None,
+    resize: str | None = None,
+) -> StackEmbeddings:
+    """The embeddings of the planes of a grayscale stack ``(Z, Y, X)`` or, with ``rgb``, a
+    stack of colour planes ``(Z, Y, X, 3|4)`` (serial sections, a colour movie).
+
+    A grayscale stack gets :class:`~napari_sam.workflows.embeddings.StackEmbeddings`;
+    a colour one :class:`AxisEmbeddings` of its planes along axis 0 (each plane's
+    colours scaled by ``contrast``, as napari shows them: ``(0, 255)`` for
+    8-bit colour), keyed as the interactive tools key the planes of a colour
+    stack, so that all of them share their embeddings. Parameters are those of
+    ``StackEmbeddings``.
+    """
+    if not rgb:
+        return StackEmbeddings(model, stack, model_id=model_id, contrast=contrast, store=store,
+                               disk=disk, batch_size=batch_size, resize=resize)
+    planes = ImagePlanes(stack, rgb=True, contrast=contrast)
+    if planes.geometry.n_leading != 1:
+        raise ImageFormatError(
+            f"A stack of colour planes (Z, Y, X, RGB) is needed; got an array of shape "
+            f"{tuple(planes.data.shape)}."
+        )
+    return AxisEmbeddings(model, planes, (0,), 0, model_id=model_id, store=store, disk=disk,
+                          batch_size=batch_size, resize=resize)
 
 
 def propagate_along(

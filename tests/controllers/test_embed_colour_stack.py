@@ -1,0 +1,76 @@
+"""``napari-sam embed`` on a stack of colour planes ``(Z, Y, X, RGB)``, and the dock using it.
+
+Serial sections in colour are precomputed on the command line (each plane in
+its colours) and the interactive dock, with its disk cache on the same
+folder, finds every slice there: a click on any slice encodes nothing. The
+model is a real Sam (small config, random weights) with a fast pooling
+stand-in encoder; the dock runs on a plain ViewerModel (no display).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from napari.components import ViewerModel
+
+from napari_helpers import colour_stack, settle
+from napari_sam import cli
+from napari_sam._widgets.interactive.controller import InteractiveController
+from napari_sam.runtime.loader import model_id_for
+from napari_sam.workflows.embeddings import DiskCache, encode_planes, model_tag
+from napari_sam.workflows.planes import ImagePlanes
+from volume_models import EncoderCalls
+
+
+@pytest.fixture()
+def checkpoint(monkeypatch, tmp_path, fast_model):
+    """Any checkpoint file loads ``fast_model`` (as vit_t)."""
+    from napari_sam.runtime import loader
+
+    monkeypatch.setattr(loader, "build_any", lambda *a, **k: fast_model)
+    path = tmp_path / "fast.pth"
+    path.write_bytes(b"weights")
+    return path
+
+
+def test_embedded_colour_slices_are_the_docks(capsys, tmp_path, nuclei, fast_model, checkpoint):
+    colour = colour_stack(nuclei, slices=(8, 10, 12, 14))  # (4, 64, 80, 3) uint8
+    path = tmp_path / "sections.tif"
+    tifffile.imwrite(path, colour, photometric="rgb")
+    cache = tmp_path / "cache"
+    calls = EncoderCalls(fast_model)
+    code = cli.main(["embed", str(path), "--model", "vit_t", "--checkpoint", str(checkpoint),
+                     "-o", str(cache), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "sections.tif: 4 slices, 4 encoded, 0 already cached" in err and "contrast 0–255" in err
+    assert calls.planes == 4 and len(DiskCache(cache)) == 4
+    # each slice encoded in its colours, as SAM sees an 8-bit colour plane
+    key = ImagePlanes(colour, rgb=True, contrast=(0, 255)).key(
+        (2,), model_tag(fast_model, model_id_for("vit_t", checkpoint)))
+    direct = encode_planes(fast_model, [colour[2]], (0.0, 255.0), rgb=True)[0].features
+    assert torch.equal(DiskCache(cache).get(key).features, direct.half())
+    gray = encode_planes(fast_model, [colour[2, ..., 0]], (0.0, 255.0))[0].features
+    assert not torch.equal(direct, gray)
+
+    # the dock on the same folder: a click on each slice needs no encoding
+    viewer = ViewerModel()
+    viewer.add_image(colour, name="sections", rgb=True)
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, model_id_for("vit_t", checkpoint))
+    c.embeddings.set_disk(True, str(cache))
+    calls.reset()
+    for z in range(4):
+        viewer.dims.set_point(0, z)
+        c.prompts.points.current.data = np.empty((0, 3))
+        c.prompts.points.current.add([z, 30.0, 40.0])
+        settle(c)
+        assert c.preview.layer.data[z].any()
+    assert calls.planes == 0 and c.embeddings.log == []
+    # a run again finds all of them
+    code = cli.main(["embed", str(path), "--model", "vit_t", "--checkpoint", str(checkpoint),
+                     "-o", str(cache), "--quiet", "--slices", "1:3"])  # fmt: skip
+    assert code == 0 and "2 slices, 0 encoded, 2 already cached" in capsys.readouterr().err
+    c.close()

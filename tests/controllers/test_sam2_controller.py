@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 from napari.components import ViewerModel
 from napari.utils.key_bindings import KeymapHandler
 
@@ -339,3 +340,42 @@ def test_slice_to_slice_with_sam2_decodes_as_the_image_predictor(model, stack):
                                  mask_input=want_low, multimask_output=False)
     np.testing.assert_array_equal(again[0], want2[0] > 0)
     assert slices(1, [])[0].shape == (0, *stack.shape[1:])
+
+
+def test_a_colour_stack_followed_in_the_dock_replays_on_the_command_line(
+    model, nuclei_stack, tmp_path, monkeypatch
+):
+    """Serial colour sections (Z, Y, X, RGB): an object clicked and followed with SAM 2
+    memory in the dock, its clicks exported, and `napari-sam propagate` with that table
+    gives the same labels (the same model, contrast and stop rule)."""
+    from napari_sam.cli import main
+    from napari_sam.runtime import loader
+    from napari_sam.runtime.loader import LoadedModel
+    from napari_sam.workflows import io
+
+    crop = nuclei_stack[24:35, 40:136, 60:188].astype(np.float64)
+    colour = np.stack([crop[z : z + 7 : 3] for z in range(5)])  # (5, 3, 96, 128)
+    colour = np.ascontiguousarray(np.moveaxis(255 * colour / crop.max(), 1, -1).astype(np.uint8))
+    viewer = ViewerModel()
+    viewer.add_image(colour, name="sections", rgb=True)
+    c = make(viewer, model)
+    notes = collect(c)
+    assert c.stack.method == MEMORY
+    click(c, viewer, K, *CLICKS[0])
+    c.stack.propagate()
+    labels = c.output.current.data
+    assert labels.shape == (5, 96, 128) and (labels == 1).sum(axis=(1, 2)).all()
+    csv = tmp_path / "clicks.csv"
+    assert c.stack.export_prompts(str(csv))
+    assert notes["info"][-1].endswith(
+        "replay them with `napari-sam propagate STACK --prompts clicks.csv -o labels.tif`.")
+
+    tif = tmp_path / "sections.tif"
+    tifffile.imwrite(tif, colour, photometric="rgb")
+    monkeypatch.setattr(loader, "load", lambda *a, **k: LoadedModel.wrap(model, "t", "sam2"))
+    out = tmp_path / "labels.tif"
+    assert main(["propagate", str(tif), "--prompts", str(csv), "-o", str(out), "--keep-going",
+                 "--quiet"]) == 0  # fmt: skip
+    np.testing.assert_array_equal(io.read_tiff(out).data, labels)
+    assert notes["error"] == []
+    c.close()

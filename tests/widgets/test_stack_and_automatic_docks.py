@@ -229,7 +229,9 @@ def test_automatic_dock_channel_layers_by_the_button_then_image_only(
     c = widget.controller
     lax_auto(c, points=3)
     controls = widget.channel_controls
-    assert controls.axis_row.isHidden() and not controls.image_only_button.isEnabled()
+    assert not controls.image_only_button.isEnabled()
+    # a short unnamed axis is offered as a channel axis, but the section stays folded
+    assert not controls.axis_row.isHidden() and not widget.channels_section.isExpanded()
     viewer.layers.selection = {nuc, mem}
     controls.channels_button.click()
     assert controls.channels_label.text() == "SAM sees “nuclei” as red, “membranes” as green."
@@ -254,5 +256,45 @@ def test_automatic_dock_channel_layers_by_the_button_then_image_only(
     widget.image_picker.pick(colour)
     assert widget.stack_form.enabled
     assert widget.status_label.text() == "Ready to segment the stack “colour stack”."
+    assert notes["error"] == [] and notes["warning"] == []
+    widget.close()
+
+
+def test_automatic_dock_channels_of_a_layers_channel_axis(
+    make_napari_viewer, qtbot, fast_model, stack, notes
+):
+    """A (C, Z, Y, X) image opened as one layer, as napari's reader opens a TIFF (no axis
+    names): the Channels section opens with the short first axis chosen; "Use channels" with
+    "1 0" makes the channel layers and the run segments what SAM sees of them into
+    "<image> SAM auto"."""
+    from napari_sam.workflows.channels import channels_to_rgb
+
+    viewer = make_napari_viewer()
+    data = np.stack([stack[:3], stack[3:6]])  # (C=2, Z=3, Y, X)
+    viewer.add_image(data, name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-sam-microscopy", "Automatic segmentation (SAM)"
+    )
+    widget.set_model(fast_model, "fast")
+    c = widget.controller
+    lax_auto(c, points=3)
+    controls = widget.channel_controls
+    assert widget.channels_section.isExpanded() and not controls.axis_row.isHidden()
+    assert controls.axis_combo.currentText() == "0 (2)"
+    controls.channels_edit.setText("1 0")
+    controls.axis_button.click()
+    red, green = viewer.layers["cells channel 1"], viewer.layers["cells channel 0"]
+    assert c.channels.layers == [red, green] and widget.image_picker.value is red
+    assert controls.channels_label.text() == (
+        "SAM sees “cells channel 1” as red, “cells channel 0” as green.")
+    widget.scope_combo.value = "all slices"
+    widget.run_button.click()
+    wait_idle(qtbot, widget)
+    contrasts = [tuple(red.contrast_limits), tuple(green.contrast_limits)]
+    seen = np.stack([channels_to_rgb([data[1, z], data[0, z]], contrasts) for z in range(3)])
+    expected = segment_logic.segment(fast_model, seen, rgb=True, contrast_limits=(0, 255),
+                                     settings=c.settings).labels
+    assert expected.max() >= 1
+    np.testing.assert_array_equal(viewer.layers["cells SAM auto"].data, expected)
     assert notes["error"] == [] and notes["warning"] == []
     widget.close()

@@ -97,6 +97,12 @@ class ChannelLayers:
         """The channels apply: ``image`` (the dock's image) is the first chosen layer."""
         return bool(self.layers) and self.layers[0] is image
 
+    def named_after(self, image: Any) -> Any:
+        """The layer that names a result on ``image``: for channel layers made from one
+        layer's channel axis, that layer; else ``image``."""
+        source = self.source
+        return source if source is not None and self.active_for(image) else image
+
     def forget(self, layer: Any) -> bool:
         """A layer left the viewer; True if it was a channel (the choice is dropped)."""
         if layer is self.source:

@@ -75,7 +75,7 @@ class AutomaticSegmentationWidget(DockFrame):
         self.image_picker = LayerPicker("Image", c.images, Image, c.set_image,
                                         "The image or stack to segment.")
         self.model_controls = ModelControls(session, NOT_LOADED)
-        self.channel_controls = ChannelControls(c, axis_choice=False)
+        self.channel_controls = ChannelControls(c)
         self.objects_form = settings_form(AutoSettings, c.settings, OBJECT_FIELDS, self._edit)
         self.mode_form = settings_form(RunChoices, c.choices, ("mode",), self._choose)
         self.mode_label = wrapped_label()
@@ -126,6 +126,7 @@ class AutomaticSegmentationWidget(DockFrame):
             "Save it with File > Save Selected Layers… as .tif."
         ))
         self.finish()
+        self._image_seen: Any = None  # the image the Channels section was last shown for
         self.status_label = wrapped_label()
         self.footer_layout.addWidget(row(self.run_button, self.coco_button))
         self.footer_layout.addWidget(self.jobs)
@@ -172,6 +173,10 @@ class AutomaticSegmentationWidget(DockFrame):
         c = self.controller
         if what in ("image", "channels"):
             self.channel_controls.sync()
+        if what == "image" and c.image is not self._image_seen:
+            self._image_seen = c.image
+            if self.channel_controls.channels_likely():  # a new (C, ...) image: show the row
+                self.channels_section.expand(animate=False)
         if what == "image":
             self.image_picker.sync()
             if tuple(self.scope_combo.choices) != c.scopes():  # all time points: nD only

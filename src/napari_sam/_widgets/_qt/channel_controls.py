@@ -1,6 +1,6 @@
 """A dock's channel choice: what SAM sees as red, green and blue.
 
-Two ways (the automatic dock offers the first), both ending in napari channel
+Two ways, both ending in napari channel
 layers that SAM sees each with its own contrast limits
 (:mod:`~napari_sam._widgets.channel_layers`):
 
@@ -10,7 +10,7 @@ layers that SAM sees each with its own contrast limits
   the row shows when the image has an axis named c / channel or one of at
   most 16 entries): choose the axis and type the channels (from 0, as on napari's slider; empty:
   all, at most three) and press *Use channels*
-  (:mod:`~napari_sam._widgets.interactive.channel_axis`).
+  (:mod:`~napari_sam._widgets.channel_axis`).
 
 *Image only* goes back to the image alone. Only calls the controller and shows
 what it says.
@@ -24,8 +24,9 @@ from napari.layers import Image
 from qtpy.QtWidgets import QComboBox, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from napari_sam._widgets._qt.forms import row
-from napari_sam._widgets.interactive.channel_axis import (
+from napari_sam._widgets.channel_axis import (
     channel_source,
+    channels_likely,
     guess_channel_axis,
     offered_axes,
 )
@@ -86,6 +87,13 @@ class ChannelControls(QWidget):
         chosen = [lyr for lyr in c.viewer.layers if lyr in c.viewer.layers.selection
                   and isinstance(lyr, Image)]
         c.set_channels(chosen)
+
+    def channels_likely(self) -> bool:
+        """The dock's image (no channels chosen yet) probably has a channel axis (one labelled
+        c / channel, or a short first axis of an nD image): the choice should be seen."""
+        c = self.controller
+        return (self.axis_choice and c.image is not None and not c.channels.active_for(c.image)
+                and channels_likely(c.image))
 
     def use_axis(self) -> None:
         """The typed channels of the chosen axis."""

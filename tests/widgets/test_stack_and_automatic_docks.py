@@ -222,12 +222,7 @@ def test_automatic_dock_channel_layers_by_the_button_then_image_only(
     viewer = make_napari_viewer()
     nuc, mem = viewer.add_image(np.stack([stack[:3], stack[3:6]]), channel_axis=0,
                                 name=["nuclei", "membranes"])
-    _, widget = viewer.window.add_plugin_dock_widget(
-        "napari-sam-microscopy", "Automatic segmentation (SAM)"
-    )
-    widget.set_model(fast_model, "fast")
-    c = widget.controller
-    lax_auto(c, points=3)
+    widget, c = _automatic_dock(viewer, fast_model)
     controls = widget.channel_controls
     assert not controls.image_only_button.isEnabled()
     # a short unnamed axis is offered as a channel axis, but the section stays folded
@@ -272,12 +267,7 @@ def test_automatic_dock_channels_of_a_layers_channel_axis(
     viewer = make_napari_viewer()
     data = np.stack([stack[:3], stack[3:6]])  # (C=2, Z=3, Y, X)
     viewer.add_image(data, name="cells")
-    _, widget = viewer.window.add_plugin_dock_widget(
-        "napari-sam-microscopy", "Automatic segmentation (SAM)"
-    )
-    widget.set_model(fast_model, "fast")
-    c = widget.controller
-    lax_auto(c, points=3)
+    widget, c = _automatic_dock(viewer, fast_model)
     controls = widget.channel_controls
     assert widget.channels_section.isExpanded() and not controls.axis_row.isHidden()
     assert controls.axis_combo.currentText() == "0 (2)"
@@ -298,3 +288,13 @@ def test_automatic_dock_channels_of_a_layers_channel_axis(
     np.testing.assert_array_equal(viewer.layers["cells SAM auto"].data, expected)
     assert notes["error"] == [] and notes["warning"] == []
     widget.close()
+
+
+def _automatic_dock(viewer, model):
+    """The automatic dock from the plugin menu, with ``model`` and a lax 3×3 point grid."""
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-sam-microscopy", "Automatic segmentation (SAM)"
+    )
+    widget.set_model(model, "fast")
+    lax_auto(widget.controller, points=3)
+    return widget, widget.controller

@@ -16,6 +16,7 @@ from napari_sam.cli.common import (
     check_writable,
     cluster_model,
 )
+from napari_sam.cli.segment_channels import add_channels_option
 from napari_sam.errors import OutputFileError
 
 _DESCRIPTION = """\
@@ -126,16 +127,7 @@ def add(subparsers: Any) -> None:
         help="only follow objects within these slices (inclusive; default all)",
     )
     group = parser.add_argument_group("input")
-    group.add_argument(
-        "--channels",
-        nargs="+",
-        type=int,
-        default=None,
-        metavar="C",
-        help="1-3 channels (counted from 0, as napari's channel slider) of a multichannel "
-        "stack, given to SAM as red, green and blue; the input is read as (C, Z, Y, X) with "
-        "its channel axis (or, if the file names none, its first axis) as channels",
-    )
+    add_channels_option(group, "a multichannel stack (C, Z, Y, X)")
     group.add_argument(
         "--contrast",
         nargs="+",

@@ -25,12 +25,28 @@ from napari_sam.errors import ImageFormatError, OutputFileError
 __all__ = [
     "ChannelOptions",
     "TableWriter",
+    "add_channels_option",
     "add_options",
     "check_channels_and_contrast",
     "check_options",
     "read_input",
     "segment_input",
 ]
+
+
+def add_channels_option(group: Any, read_as: str) -> None:
+    """Add ``--channels C [C C]`` to an argument group; the input is read as ``read_as``."""
+    group.add_argument(
+        "--channels",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="C",
+        help="the channels (counted from 0, as napari's channel slider) given to SAM as red, "
+        "green and blue: one channel is shown in gray, two as red and green; the input is "
+        f"read as {read_as} with its channel axis (or, if the file names none, its first "
+        "axis) as channels",
+    )
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -40,17 +56,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "SAM sees one RGB image: choose up to three channels of a multichannel TIFF\n"
         "for its red, green and blue inputs, each shown with its own contrast.",
     )
-    group.add_argument(
-        "--channels",
-        nargs="+",
-        type=int,
-        default=None,
-        metavar="C",
-        help="the channels (counted from 0, as napari's channel slider) given to SAM as red, "
-        "green and blue: one channel is shown in gray, two as red and green; the input is "
-        "read as (C, Y, X) or (C, Z, Y, X) with its channel axis (or, if the file names none, "
-        "its first axis) as channels",
-    )
+    add_channels_option(group, "(C, Y, X) or (C, Z, Y, X)")
     group.add_argument(
         "--contrast",
         nargs="+",

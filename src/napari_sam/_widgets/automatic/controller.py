@@ -34,6 +34,7 @@ from typing import Any
 from napari.layers import Image
 
 from napari_sam._widgets.automatic import coco_export, wording
+from napari_sam._widgets.automatic.channel_choice import choose_channel_axis, choose_channels
 from napari_sam._widgets.automatic.estimate import estimate_text
 from napari_sam._widgets.automatic.lines import (
     image_kind,
@@ -50,7 +51,6 @@ from napari_sam._widgets.automatic.output import AutoOutput
 from napari_sam._widgets.automatic.remembered import DOCK_DEFAULTS, RememberedSettings
 from napari_sam._widgets.automatic.work import run_work
 from napari_sam._widgets.base import ControllerBase
-from napari_sam._widgets.channel_axis import split_for
 from napari_sam._widgets.channel_layers import ChannelLayers
 from napari_sam._widgets.jobs import Job, JobRunner
 from napari_sam._widgets.layers import LayerChoice
@@ -231,32 +231,19 @@ class AutomaticController(ControllerBase):
         blue inputs, each with its own contrast limits; the first becomes the image segmented.
         None or none: the image alone again. A wrong choice is said in one sentence."""
         try:
-            layers = self.channels.choose(layers)
+            choose_channels(self, layers)
         except NapariSamError as exc:
             self._report(exc)
-            return
-        self.channels.source = None  # chosen in the layer list (see set_channel_axis)
-        if layers and self.images.current is not layers[0]:
-            self.images.select(layers[0])
-        self.changed("channels")
-        self._on_layers()
-        if layers:
-            self.info(self.channels.describe() + ".")
 
     def set_channel_axis(self, axis: int, channels: Any = None) -> None:
         """Show SAM 1-3 channels of the image's own channel ``axis`` (a layer axis before the
         plane's two, e.g. of a (C, Z, Y, X) TIFF opened as one layer) as red, green and blue:
         ``channels`` are numbers from 0 (napari's slider), typed text such as "1 2", or None
-        for all (at most three). Channel layers are made for them
-        (:mod:`~napari_sam._widgets.channel_axis`); the output is named after the image."""
+        for all (at most three); the output is named after the image."""
         try:
-            source, layers = split_for(self, axis, channels)
+            choose_channel_axis(self, axis, channels)
         except NapariSamError as exc:
             self._report(exc)
-            return
-        self.set_channels(layers)
-        if self.channels.active_for(layers[0]):
-            self.channels.source = source
 
     def scopes(self) -> tuple[str, ...]:
         """The scopes the chosen image offers: all time points only for an nD image."""

@@ -125,9 +125,18 @@ class RoPEAttention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_k_exclude_rope: int = 0,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """``q`` ``(B, Nq, C)``, ``k``/``v`` ``(B, Nk, kv_in_dim)`` -> ``(B, Nq, C)``."""
+        """``q`` ``(B, Nq, C)``, ``k``/``v`` ``(B, Nk, kv_in_dim)`` -> ``(B, Nq, C)``.
+
+        ``dtype`` (bfloat16): the attention to a memory bank (one head, narrow values) is
+        computed in it (see :meth:`_narrow_value_attention`); default float32.
+        """
         b, nq, _ = q.shape
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
@@ -138,29 +147,36 @@ class RoPEAttention(nn.Module):
             rotated = AxialRope.rotate(k[:, :, :n_rope], rot)
             k = torch.cat([rotated, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else rotated
         if self.num_heads == 1 and self.kv_in_dim < self.embedding_dim and not self.training:
-            out = self._narrow_value_attention(q[:, 0], k[:, 0], v)
+            out = self._narrow_value_attention(q[:, 0], k[:, 0], v, dtype)
         else:
             out = F.scaled_dot_product_attention(q, k, self._heads(self.v_proj(v)))
             out = out.transpose(1, 2).reshape(b, nq, -1)
         return self.out_proj(out)
 
     def _narrow_value_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | None = None
     ) -> torch.Tensor:
         """One head, values projected after the weighted sum (see the module documentation).
 
         ``q`` ``(B, Nq, C)``, ``k`` ``(B, Nk, C)``, ``v`` ``(B, Nk, kv_in_dim)`` ->
-        ``(B, Nq, C)``. Blocks of queries: scores by one matrix product, softmax,
-        weighted sum of the 64-wide values by another.
+        ``(B, Nq, C)`` (float32). Blocks of queries: scores by one matrix product,
+        softmax, weighted sum of the 64-wide values by another. With ``dtype``
+        (bfloat16) queries, keys and values are rounded to it once and both
+        products run in it (the softmax is computed in float32 and its weights
+        rounded once); the value projection stays float32.
         """
         scale = q.shape[-1] ** -0.5
+        if dtype is not None:
+            q, k, v = (q * scale).to(dtype), k.to(dtype), v.to(dtype)
+            scale = 1.0
         kt = k.transpose(1, 2)
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
         step = self.query_block
         for start in range(0, q.shape[1], step):
-            scores = torch.matmul(q[:, start : start + step] * scale, kt)
+            block = q[:, start : start + step]
+            scores = torch.matmul(block * scale if scale != 1.0 else block, kt)
             torch.matmul(torch.softmax(scores, dim=-1), v, out=out[:, start : start + step])
-        return F.linear(out, self.v_proj.weight, self.v_proj.bias)
+        return F.linear(out.float(), self.v_proj.weight, self.v_proj.bias)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -182,11 +198,18 @@ class MemoryAttentionLayer(nn.Module):
         return tgt + self.self_attn(x, x, x)
 
     def memory_block(
-        self, tgt: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, n_ptr: int
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        n_ptr: int,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Cross-attention to the memory bank, then the MLP (both pre-norm, residual)."""
+        """Cross-attention to the memory bank (in ``dtype``, see :class:`RoPEAttention`),
+        then the MLP (both pre-norm, residual)."""
         x = self.norm2(tgt)
-        tgt = tgt + self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=n_ptr)
+        tgt = tgt + self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=n_ptr,
+                                          dtype=dtype)
         x = self.norm3(tgt)
         return tgt + self.linear2(F.relu(self.linear1(x)))
 
@@ -230,14 +253,16 @@ class MemoryAttention(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int = 0,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """``curr``/``curr_pos`` may have batch 1 for ``B`` objects' memories: the frame is the
-        same for all, so the first self-attention runs once and is shared (exactly)."""
+        same for all, so the first self-attention runs once and is shared (exactly).
+        ``dtype`` (bfloat16): the attention to the memory bank runs in it."""
         x = curr + 0.1 * curr_pos
         b = memory.shape[0]
         for i, layer in enumerate(self.layers):
             x = layer.self_block(x)
             if i == 0 and x.shape[0] != b:
                 x = x.expand(b, -1, -1)
-            x = layer.memory_block(x, memory, memory_pos, num_obj_ptr_tokens)
+            x = layer.memory_block(x, memory, memory_pos, num_obj_ptr_tokens, dtype)
         return self.norm(x)

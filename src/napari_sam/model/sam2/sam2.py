@@ -185,6 +185,14 @@ class Sam2(nn.Module):
         """Autocast dtype of the image encoder on the current device (``None``: float32)."""
         return autocast_dtype(self._precision, self.device)
 
+    @property
+    def memory_attention_dtype(self) -> torch.dtype | None:
+        """The dtype of the attention to the memory bank: bfloat16 where the image encoder runs
+        in bfloat16 on a CPU (that attention is most of a tracked frame's arithmetic after the
+        encoder; the masks meet the same accuracy bar), else None (float32)."""
+        dtype = self.encoder_dtype
+        return dtype if dtype == torch.bfloat16 and self.device.type == "cpu" else None
+
     encoder_compiled: bool = False
 
     def compile_encoder(self, mode: str | None = None, backend: str = "inductor") -> None:
@@ -419,7 +427,8 @@ class Sam2(nn.Module):
             memories = torch.cat([memories, ptr_tokens], dim=1)
             memory_pos = torch.cat([memory_pos, ptr_pos], dim=1)
             n_ptr_tokens = ptr_tokens.shape[1]
-        out = self.memory_attention(curr, curr_pos, memories, memory_pos, n_ptr_tokens)
+        out = self.memory_attention(curr, curr_pos, memories, memory_pos, n_ptr_tokens,
+                                    dtype=self.memory_attention_dtype)
         return out.transpose(1, 2).reshape(b, c, h, w)
 
     def forward(self, *args: object, **kwargs: object) -> None:

@@ -22,7 +22,10 @@ to 256 by ``v_proj``; since attention weights of a query sum to one,
 weighted sum is taken of the 64-wide memories and projected after: a quarter
 of its arithmetic. It is computed in blocks of queries with two matrix
 products (faster on a CPU than the fused attention kernel for these shapes),
-in float32 like the rest.
+in float32 like the rest; on a CPU whose image encoder runs in bfloat16
+(:attr:`~napari_sam.model.sam2.sam2.Sam2.memory_attention_dtype`) the
+attentions and the MLPs run in bfloat16, layer norms and the residual stream
+in float32.
 """
 
 from __future__ import annotations
@@ -134,8 +137,8 @@ class RoPEAttention(nn.Module):
     ) -> torch.Tensor:
         """``q`` ``(B, Nq, C)``, ``k``/``v`` ``(B, Nk, kv_in_dim)`` -> ``(B, Nq, C)``.
 
-        ``dtype`` (bfloat16): the attention to a memory bank (one head, narrow values) is
-        computed in it (see :meth:`_narrow_value_attention`); default float32.
+        ``dtype`` (bfloat16): one-head attention is computed in it by two matrix products
+        (:func:`_blocked_attention`); default float32.
         """
         b, nq, _ = q.shape
         q = self._heads(self.q_proj(q))
@@ -148,6 +151,8 @@ class RoPEAttention(nn.Module):
             k = torch.cat([rotated, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else rotated
         if self.num_heads == 1 and self.kv_in_dim < self.embedding_dim and not self.training:
             out = self._narrow_value_attention(q[:, 0], k[:, 0], v, dtype)
+        elif self.num_heads == 1 and dtype is not None and not self.training:
+            out = _blocked_attention(q[:, 0], k[:, 0], self.v_proj(v), dtype, self.query_block)
         else:
             out = F.scaled_dot_product_attention(q, k, self._heads(self.v_proj(v)))
             out = out.transpose(1, 2).reshape(b, nq, -1)
@@ -159,24 +164,33 @@ class RoPEAttention(nn.Module):
         """One head, values projected after the weighted sum (see the module documentation).
 
         ``q`` ``(B, Nq, C)``, ``k`` ``(B, Nk, C)``, ``v`` ``(B, Nk, kv_in_dim)`` ->
-        ``(B, Nq, C)`` (float32). Blocks of queries: scores by one matrix product,
-        softmax, weighted sum of the 64-wide values by another. With ``dtype``
-        (bfloat16) queries, keys and values are rounded to it once and both
-        products run in it (the softmax is computed in float32 and its weights
-        rounded once); the value projection stays float32.
+        ``(B, Nq, C)`` (float32), by :func:`_blocked_attention`; the value
+        projection stays float32.
         """
-        scale = q.shape[-1] ** -0.5
-        if dtype is not None:
-            q, k, v = (q * scale).to(dtype), k.to(dtype), v.to(dtype)
-            scale = 1.0
-        kt = k.transpose(1, 2)
-        out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-        step = self.query_block
-        for start in range(0, q.shape[1], step):
-            block = q[:, start : start + step]
-            scores = torch.matmul(block * scale if scale != 1.0 else block, kt)
-            torch.matmul(torch.softmax(scores, dim=-1), v, out=out[:, start : start + step])
-        return F.linear(out.float(), self.v_proj.weight, self.v_proj.bias)
+        out = _blocked_attention(q, k, v, dtype, self.query_block)
+        return F.linear(out, self.v_proj.weight, self.v_proj.bias)
+
+
+def _blocked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | None, block: int
+) -> torch.Tensor:
+    """``softmax(q kᵀ / √C) v`` for one head, ``block`` queries at a time (bounded scratch
+    memory): ``q`` ``(B, Nq, C)``, ``k`` ``(B, Nk, C)``, ``v`` ``(B, Nk, Cv)`` ->
+    ``(B, Nq, Cv)`` float32. Two matrix products around a softmax, faster on a CPU than the
+    fused kernel for these shapes. With ``dtype`` (bfloat16) queries, keys and values are
+    rounded to it once and both products run in it; the softmax is computed in float32 and
+    its weights rounded once."""
+    scale = q.shape[-1] ** -0.5
+    if dtype is not None:
+        q, k, v = (q * scale).to(dtype), k.to(dtype), v.to(dtype)
+        scale = 1.0
+    kt = k.transpose(1, 2)
+    out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+    for start in range(0, q.shape[1], block):
+        part = q[:, start : start + block]
+        scores = torch.matmul(part * scale if scale != 1.0 else part, kt)
+        torch.matmul(torch.softmax(scores, dim=-1), v, out=out[:, start : start + block])
+    return out.float()
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -192,10 +206,10 @@ class MemoryAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def self_block(self, tgt: torch.Tensor) -> torch.Tensor:
-        """The pre-norm self-attention step (residual)."""
+    def self_block(self, tgt: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The pre-norm self-attention step (residual; the attention in ``dtype``)."""
         x = self.norm1(tgt)
-        return tgt + self.self_attn(x, x, x)
+        return tgt + self.self_attn(x, x, x, dtype=dtype)
 
     def memory_block(
         self,
@@ -205,13 +219,18 @@ class MemoryAttentionLayer(nn.Module):
         n_ptr: int,
         dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Cross-attention to the memory bank (in ``dtype``, see :class:`RoPEAttention`),
-        then the MLP (both pre-norm, residual)."""
+        """Cross-attention to the memory bank, then the MLP (both pre-norm, residual; both
+        in ``dtype``, see :class:`RoPEAttention`)."""
         x = self.norm2(tgt)
         tgt = tgt + self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=n_ptr,
                                           dtype=dtype)
         x = self.norm3(tgt)
-        return tgt + self.linear2(F.relu(self.linear1(x)))
+        if dtype is None:
+            return tgt + self.linear2(F.relu(self.linear1(x)))
+        hidden = F.relu(F.linear(x.to(dtype), self.linear1.weight.to(dtype),
+                                 self.linear1.bias.to(dtype)))
+        return tgt + F.linear(hidden, self.linear2.weight.to(dtype),
+                              self.linear2.bias.to(dtype)).float()
 
     def forward(
         self,
@@ -257,11 +276,12 @@ class MemoryAttention(nn.Module):
     ) -> torch.Tensor:
         """``curr``/``curr_pos`` may have batch 1 for ``B`` objects' memories: the frame is the
         same for all, so the first self-attention runs once and is shared (exactly).
-        ``dtype`` (bfloat16): the attention to the memory bank runs in it."""
+        ``dtype`` (bfloat16): the attentions and the MLPs run in it (layer norms and the
+        residual stream stay float32)."""
         x = curr + 0.1 * curr_pos
         b = memory.shape[0]
         for i, layer in enumerate(self.layers):
-            x = layer.self_block(x)
+            x = layer.self_block(x, dtype)
             if i == 0 and x.shape[0] != b:
                 x = x.expand(b, -1, -1)
             x = layer.memory_block(x, memory, memory_pos, num_obj_ptr_tokens, dtype)

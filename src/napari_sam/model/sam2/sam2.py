@@ -94,7 +94,9 @@ class Sam2(nn.Module):
     max_obj_ptrs : int
         Object pointers attended to at most (16).
     precision : str
-        Precision of the image encoder (see :mod:`napari_sam.model.precision`).
+        Precision of the image encoder (see :mod:`napari_sam.model.precision`); on a
+        CPU, bfloat16 there also puts the attention to the memory bank in bfloat16
+        (:attr:`memory_attention_dtype`).
     """
 
     mask_threshold: float = 0.0

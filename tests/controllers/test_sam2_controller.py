@@ -365,6 +365,9 @@ def test_a_colour_stack_followed_in_the_dock_replays_on_the_command_line(
     c.stack.propagate()
     labels = c.output.current.data
     assert labels.shape == (5, 96, 128) and (labels == 1).sum(axis=(1, 2)).all()
+    # its planes are slices, as in a grayscale stack (napari leaves the axis unnamed)
+    assert c.stack.summary.startswith("Propagated object 1 over slices 0–4 (Ctrl+Z undoes it).")
+    assert "Object 1: slices 0–4" in c.stack.summary and "axis" not in c.stack.summary
     csv = tmp_path / "clicks.csv"
     assert c.stack.export_prompts(str(csv))
     assert notes["info"][-1].endswith(

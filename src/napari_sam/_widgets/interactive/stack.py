@@ -252,8 +252,9 @@ class StackController:
             return
         (lo, hi), k = self.z_range, line.k
         if not lo <= k <= hi:
-            where = f"range {lo}–{hi} along {line.name()}" if line.nd else f"slice range {lo}–{hi}"
-            here = f"position {k}" if line.nd else f"slice {k}"
+            axis = line.sentence_axis()
+            where = f"range {lo}–{hi} along {axis}" if axis else f"slice range {lo}–{hi}"
+            here = f"position {k}" if axis else f"slice {k}"
             owner.error(f"The {where} does not include the current {here}; widen it.")
             return
         embeddings = self._embeddings(line)

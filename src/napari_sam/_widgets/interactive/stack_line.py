@@ -146,10 +146,21 @@ class PlaneLine:
     def name(self) -> str:
         return self.names[self.axis] if self.names else f"axis {self.axis}"
 
+    def sentence_axis(self) -> str | None:
+        """The axis name sentences use: None for the slices of a stack (also of colour planes
+        or channel layers, whose one leading axis napari leaves unnamed), else its name
+        (e.g. "t")."""
+        if not self.nd or (len(self.index) == 1 and self.name().startswith("axis ")):
+            return None
+        return self.name()
+
     def describe(self, lo: int, hi: int) -> str:
-        """E.g. "slices 1–5" (a stack), "z 1–5 at t=1" (a (T, Z, Y, X) image)."""
-        if not self.nd:
+        """E.g. "slices 1–5" (a stack), "t 1–5" (a movie with its axis named t), "z 1–5 at
+        t=1" (a (T, Z, Y, X) image)."""
+        if self.sentence_axis() is None:
             return f"slices {lo}–{hi}"
+        if len(self.index) == 1:
+            return f"{self.name()} {lo}–{hi}"
         name = self.name()
         positions = f"{name} positions" if name.startswith("axis ") else name
         others = ", ".join(
@@ -160,7 +171,7 @@ class PlaneLine:
 
     def outside(self) -> str:
         """Why the line was left (for sentences): "slice 3" / "plane (1, 3)"."""
-        return f"plane {self.key()}" if self.nd else f"slice {self.k}"
+        return f"plane {self.key()}" if len(self.index) > 1 else f"slice {self.k}"
 
 
 class _SliceKeyed(AxisEmbeddings):

@@ -150,7 +150,7 @@ def _report(stack: Any, result: PropagationResult, run: PropagationRun, plan: li
         )
     else:
         head = "Propagation wrote nothing new."
-    axis = run.line.name() if run.line is not None and run.line.nd else None
+    axis = run.line.sentence_axis() if run.line is not None else None
     body = propagation_summary(result, ids, labels, run.settings, overwrite, axis)
     stack.summary = f"{head}\n{body}"
     stack.owner.changed("summary")

@@ -218,7 +218,9 @@ def test_sam2_memory_follows_t_at_the_current_z(sam2_small_input, tzyx, tmp_path
     # the exported clicks name their line, and napari-sam propagate replays them on the file
     assert c.stack.export_prompts(str(tmp_path / "clicks.csv"))
     sentence = notes["info"][-1]
-    assert "--prompts clicks.csv -o labels.tif --along t --at 2`" in sentence
+    lo, hi = image.contrast_limits
+    replay = f"--prompts clicks.csv -o labels.tif --along t --at 2 --contrast {lo:.10g} {hi:.10g}`"
+    assert replay in sentence
     c.close()
 
     import tifffile

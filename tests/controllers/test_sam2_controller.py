@@ -371,7 +371,8 @@ def test_a_colour_stack_followed_in_the_dock_replays_on_the_command_line(
     csv = tmp_path / "clicks.csv"
     assert c.stack.export_prompts(str(csv))
     assert notes["info"][-1].endswith(
-        "replay them with `napari-sam propagate STACK --prompts clicks.csv -o labels.tif`.")
+        "replay them with `napari-sam propagate STACK --prompts clicks.csv -o labels.tif "
+        "--contrast 0 255`.")
 
     tif = tmp_path / "sections.tif"
     tifffile.imwrite(tif, colour, photometric="rgb")
@@ -380,5 +381,51 @@ def test_a_colour_stack_followed_in_the_dock_replays_on_the_command_line(
     assert main(["propagate", str(tif), "--prompts", str(csv), "-o", str(out), "--keep-going",
                  "--quiet"]) == 0  # fmt: skip
     np.testing.assert_array_equal(io.read_tiff(out).data, labels)
+    assert notes["error"] == []
+    c.close()
+
+
+def test_channels_of_a_channel_axis_followed_in_the_dock_replay_on_the_command_line(
+    model, nuclei_stack, tmp_path, monkeypatch
+):
+    """A (C, Z, Y, X) file opened as one layer: channels 1 and 0 chosen on its channel axis,
+    one contrast changed, an object followed with SAM 2 memory; the exported sentence names
+    --channels and --contrast, and the command with them gives the dock's labels."""
+    import re
+
+    from napari_sam.cli import main
+    from napari_sam.runtime import loader
+    from napari_sam.runtime.loader import LoadedModel
+    from napari_sam.workflows import io
+
+    czyx = np.ascontiguousarray(np.stack([nuclei_stack[28:33, 40:136, 60:188],
+                                          nuclei_stack[34:39, 40:136, 60:188]]))
+    viewer = ViewerModel()
+    viewer.add_image(czyx, name="cells")
+    c = make(viewer, model)
+    notes = collect(c)
+    c.set_channel_axis(0, "1 0")
+    red, green = c.channels.layers
+    green.contrast_limits = (float(czyx[0].min()), float(np.percentile(czyx[0], 90)))
+    click(c, viewer, K, *CLICKS[0])
+    c.stack.propagate()
+    labels = c.output.current.data
+    assert labels.shape == (5, 96, 128) and (labels == 1).any()
+    csv = tmp_path / "clicks.csv"
+    assert c.stack.export_prompts(str(csv))
+    command = re.search(r"`napari-sam propagate STACK (.*)`", notes["info"][-1]).group(1)
+    options = command.split()
+    assert options[options.index("--channels") + 1:][:2] == ["1", "0"]
+    at = options.index("--contrast") + 1
+    assert [float(v) for v in options[at:at + 4]] == pytest.approx(
+        [*red.contrast_limits, *green.contrast_limits], rel=1e-5)
+
+    tif = tmp_path / "cells.tif"
+    tifffile.imwrite(tif, czyx)  # no axes named: the first holds the channels
+    monkeypatch.setattr(loader, "load", lambda *a, **k: LoadedModel.wrap(model, "t", "sam2"))
+    options[options.index("--prompts") + 1] = str(csv)
+    options[options.index("-o") + 1] = str(tmp_path / "labels.tif")
+    assert main(["propagate", str(tif), *options, "--keep-going", "--quiet"]) == 0
+    np.testing.assert_array_equal(io.read_tiff(tmp_path / "labels.tif").data, labels)
     assert notes["error"] == []
     c.close()

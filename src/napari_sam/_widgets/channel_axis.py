@@ -28,6 +28,7 @@ from napari_sam.errors import ImageFormatError
 from napari_sam.workflows.channels import check_channels
 
 __all__ = [
+    "CHANNEL_KEY",
     "MAX_OFFERED",
     "channel_axes",
     "channel_source",
@@ -44,6 +45,8 @@ _CHANNEL_LABELS = ("c", "ch", "channel", "channels")
 #: Unnamed axes with at most this many entries are offered as channel axes.
 MAX_OFFERED = 16
 _SLOT_COLOURS = ("red", "green", "blue")
+#: The metadata entry of a channel layer made here: its channel number in the source layer.
+CHANNEL_KEY = "napari_sam_channel"
 
 
 def channel_axes(layer: Any) -> list[tuple[int, str, int]]:
@@ -186,11 +189,12 @@ def split_channel_layers(
         data = _view(layer.data, axis, k)
         old = viewer.layers[name] if name in viewer.layers else None
         if isinstance(old, Image) and tuple(old.data.shape) == tuple(data.shape):
+            old.metadata[CHANNEL_KEY] = int(k)
             made.append(old)
             continue
         colour = "gray" if len(chosen) == 1 else _SLOT_COLOURS[slot]
         new = Image(data, name=name, scale=scale, translate=translate, colormap=colour,
-                    blending="additive", axis_labels=labels)
+                    blending="additive", axis_labels=labels, metadata={CHANNEL_KEY: int(k)})
         viewer.layers.insert(viewer.layers.index(layer) + 1 + slot, new)
         made.append(new)
     layer.visible = False

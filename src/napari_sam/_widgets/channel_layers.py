@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
+from napari_sam._widgets.channel_axis import CHANNEL_KEY
 from napari_sam.errors import ImageFormatError
 from napari_sam.runtime.files import content_hash
 from napari_sam.workflows.channels import MAX_CHANNELS, channels_to_rgb, flat_contrast
@@ -102,6 +103,14 @@ class ChannelLayers:
         layer's channel axis, that layer; else ``image``."""
         source = self.source
         return source if source is not None and self.active_for(image) else image
+
+    def numbers(self) -> list[int] | None:
+        """The chosen channels' numbers in :attr:`source` (from 0, slot order), when the
+        layers were made from its channel axis; else None."""
+        if self.source is None:
+            return None
+        found = [layer.metadata.get(CHANNEL_KEY) for layer in self.layers]
+        return None if any(k is None for k in found) else [int(k) for k in found]
 
     def forget(self, layer: Any) -> bool:
         """A layer left the viewer; True if it was a channel (the choice is dropped)."""

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._widgets.interactive.replay import replay_options
 from napari_sam._widgets.interactive.stack_write import parse_ids
 from napari_sam.errors import NapariSamError, PromptError
 from napari_sam.runtime.loader import is_sam2
@@ -261,21 +262,14 @@ class MemoryStack:
             return None, str(exc)
         n = sum(len(p.point_labels) for p in clicks)
         objects = len({p.obj for p in clicks})
+        options = replay_options(self.owner, self._line if self.session is not None else None)
+        replay = (
+            "; replay them with `napari-sam propagate STACK --prompts "
+            f"{written.name} -o labels.tif{options}`." if options is not None else
+            ". (SAM saw channel layers that no one file holds: to replay them on the command "
+            "line, save the channels as one (C, Z, Y, X) TIFF and give --channels.)"
+        )
         return written, (
             f"Saved {n} click{'s' if n != 1 else ''} of {objects} object"
-            f"{'s' if objects != 1 else ''} to {written}; replay them with "
-            f"`napari-sam propagate STACK --prompts {written.name} -o labels.tif"
-            f"{self._line_options()}`." + note
+            f"{'s' if objects != 1 else ''} to {written}{replay}" + note
         )
-
-    def _line_options(self) -> str:
-        """The ``--along``/``--at`` options that replay the session's line of a grayscale
-        (T, Z, Y, X) image with ``napari-sam propagate`` ("" for a stack)."""
-        where = self._line if self.session is not None else None
-        image = self.owner.image
-        if where is None or image is None or image.rgb or image.data.ndim != 4:
-            return ""
-        axis, first = where
-        if axis not in (0, 1) or len(first) != 2:
-            return ""
-        return f" --along {'t' if axis == 0 else 'z'} --at {int(first[1 - axis])}"

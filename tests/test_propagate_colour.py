@@ -153,3 +153,43 @@ def test_the_command_follows_chosen_channels_of_a_multichannel_stack(
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_embed_channels_are_the_embeddings_propagate_channels_reads(
+    tmp_path, fake_load, model, colour, capsys
+):
+    """napari-sam embed --channels 2 0 precomputes what propagate --channels 2 0 --cache-dir
+    reads: the propagation then encodes nothing and gives the labels it gives alone."""
+    czyx = np.ascontiguousarray(np.moveaxis(colour, -1, 0)).astype(np.uint16) * 7
+    path = tmp_path / "three.tif"
+    tifffile.imwrite(path, czyx)
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(CLICKS)
+    cache = tmp_path / "cache"
+    assert main(["embed", str(path), "--channels", "2", "0", "-o", str(cache), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    ranges = ", ".join(f"channel {c} {czyx[c].min():g}–{czyx[c].max():g}" for c in (2, 0))
+    assert "three.tif: 5 slices, 5 encoded, 0 already cached" in err and ranges in err, err
+    passes = []
+    hook = model.sam.image_encoder.register_forward_hook(lambda *a: passes.append(1))
+    try:
+        base = ["propagate", str(path), "--prompts", str(clicks), "--keep-going", "--quiet",
+                "--channels", "2", "0"]  # fmt: skip
+        assert main([*base, "--cache-dir", str(cache), "-o", str(tmp_path / "a.tif")]) == 0
+        assert passes == []  # every slice was in the cache
+        assert main([*base, "-o", str(tmp_path / "b.tif")]) == 0
+        assert len(passes) == 5
+    finally:
+        hook.remove()
+    # the cache keeps embeddings in float16: the same objects, near-threshold pixels may flip
+    cached, fresh = io.read_tiff(tmp_path / "a.tif").data, io.read_tiff(tmp_path / "b.tif").data
+    assert set(np.unique(cached)) == set(np.unique(fresh)) == {0, 3, 7}
+    a, b = cached == 3, fresh == 3  # the large object (object 7 has a few dozen pixels)
+    assert a.sum() > 10_000 and (a & b).sum() / (a | b).sum() >= 0.99
+    # --slices and one wrong contrast count, as for a grayscale stack
+    assert main(["embed", str(path), "--channels", "2", "0", "-o", str(cache), "--quiet",
+                 "--slices", "1:3"]) == 0  # fmt: skip
+    assert "2 slices, 0 encoded, 2 already cached" in capsys.readouterr().err
+    assert main(["embed", str(path), "--channels", "2", "0", "--contrast", "0", "9", "-o",
+                 str(cache)]) == 1  # fmt: skip
+    assert "one LOW HIGH pair per chosen channel" in capsys.readouterr().err

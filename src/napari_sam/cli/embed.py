@@ -13,6 +13,7 @@ from napari_sam.cli.common import (
     bar_updater,
     precision_name,
 )
+from napari_sam.cli.segment_channels import add_channels_option, check_channels_and_contrast
 from napari_sam.cli.tile_options import add_tiling_options, tiling_from_args
 from napari_sam.errors import (
     ImageFormatError,
@@ -63,12 +64,15 @@ def add(subparsers: Any) -> None:
     add_speed_options(parser)
     parser.add_argument(
         "--contrast",
-        nargs=2,
+        nargs="+",
         type=float,
         default=None,
-        metavar=("LOW", "HIGH"),
-        help="contrast limits for SAM's 8-bit input (default: the stack's min and max)",
+        metavar="LOW HIGH",
+        help="contrast limits for SAM's 8-bit input, one pair per channel with --channels "
+        "(default: the stack's, or channel's, min and max)",
     )
+    add_channels_option(parser, "a multichannel stack (C, Z, Y, X), its planes not tiled "
+                        "(the embeddings napari-sam propagate --channels --cache-dir reads)")
     parser.add_argument(
         "--slices", default=None, metavar="START:STOP", help="only these slices (e.g. 10:20)"
     )
@@ -106,17 +110,17 @@ def _parse_slices(text: str | None, n: int) -> list[int] | None:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    import math
     import time
 
     from tqdm import tqdm
 
-    from napari_sam.runtime.device import resolve_device
-    from napari_sam.runtime.loader import load
     from napari_sam.workflows import embeddings as volume
     from napari_sam.workflows.planes import stack_embeddings
 
     t0 = time.perf_counter()
+    channels, pairs = check_channels_and_contrast(args.channels, args.contrast)
+    if channels is not None:
+        return _embed_channels(args, t0, channels, pairs)
     tiling = tiling_from_args(args)
     stack, rgb, grid = _read_for_embedding(args.input, tiling)
     if stack.ndim - rgb == 2:
@@ -125,28 +129,9 @@ def _run_embed(args: argparse.Namespace) -> int:
         slices = None
     else:
         slices = _parse_slices(args.slices, stack.shape[0])
-    if args.contrast is not None:
-        low, high = args.contrast
-        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-            raise ImageFormatError(
-                f"--contrast needs two finite numbers LOW <= HIGH, got {low:g} {high:g}."
-            )
-        contrast = (low, high)
-    else:
-        contrast = volume.default_contrast_limits(stack)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ImageFormatError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    folder = args.output if args.output else volume.default_cache_dir()
-    disk = volume.DiskCache(folder)
-    device = resolve_device(args.device)
-    loaded = load(
-        args.model,
-        args.checkpoint,
-        device=device,
-        progress=not args.quiet,
-        precision=args.precision,
-        compile=args.compile or None,
-    )
+    contrast = pairs[0] if pairs is not None else volume.default_contrast_limits(stack)
+    disk = _disk(args)
+    loaded = _load(args)
     sam = loaded.sam
     if grid is not None:
         return _embed_tiled(args, t0, loaded, stack, rgb, tiling, contrast, disk, slices)
@@ -169,13 +154,71 @@ def _run_embed(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     n = stack.shape[0] if slices is None else len(slices)
+    _summary(args, n, encoded, embeddings.model_id, sam, f"{contrast[0]:g}–{contrast[1]:g}", t0)
+    print(disk.root)
+    return 0
+
+
+def _disk(args: argparse.Namespace) -> Any:
+    """The cache folder (``-o``, else the default) as a DiskCache; checks --batch-size."""
+    from napari_sam.workflows import embeddings as volume
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ImageFormatError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    return volume.DiskCache(args.output if args.output else volume.default_cache_dir())
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from napari_sam.runtime.device import resolve_device
+    from napari_sam.runtime.loader import load
+
+    return load(args.model, args.checkpoint, device=resolve_device(args.device),
+                progress=not args.quiet, precision=args.precision,
+                compile=args.compile or None)  # fmt: skip
+
+
+def _summary(args: argparse.Namespace, n: int, encoded: int, model_id: str, sam: Any,
+             contrast: str, t0: float) -> None:
+    import time
+
     print(
         f"{Path(args.input).name}: {n} slice{'s' if n != 1 else ''}, {encoded} encoded, "
-        f"{n - encoded} already cached; model {embeddings.model_id} on {sam.device} "
-        f"({precision_name(sam)} encoder), contrast "
-        f"{contrast[0]:g}–{contrast[1]:g}; {time.perf_counter() - t0:.1f} s",
+        f"{n - encoded} already cached; model {model_id} on {sam.device} "
+        f"({precision_name(sam)} encoder), contrast {contrast}; "
+        f"{time.perf_counter() - t0:.1f} s",
         file=sys.stderr,
     )
+
+
+def _embed_channels(args: argparse.Namespace, t0: float, channels: tuple[int, ...],
+                    pairs: Any) -> int:
+    """--channels: the chosen channels' planes of a (C, Z, Y, X) stack, as SAM sees them, keyed
+    as ``napari-sam propagate --channels`` keys them (not tiled)."""
+    from tqdm import tqdm
+
+    from napari_sam.workflows.embeddings import EmbeddingStore
+    from napari_sam.workflows.followed import FollowedPlanes
+
+    followed = FollowedPlanes(channels, pairs)
+    planes = followed.planes(followed.read(args.input), Path(args.input).name)
+    followed = followed.resolved(planes)
+    slices = _parse_slices(args.slices, followed.n_planes(planes))
+    disk = _disk(args)
+    loaded = _load(args)
+    embeddings = followed.embeddings(loaded.sam, planes, model_id=loaded.model_id,
+                                     store=EmbeddingStore(0), disk=disk,
+                                     batch_size=args.batch_size)  # fmt: skip
+    bar = tqdm(
+        total=0, unit="slice", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
+    )
+    try:
+        encoded = embeddings.precompute(slices, progress=bar_updater(bar))
+    finally:
+        bar.close()
+    n = embeddings.n_slices if slices is None else len(slices)
+    shown = ", ".join(f"channel {c} {lo:g}–{hi:g}" for c, (lo, hi) in zip(channels,
+                                                                         followed.contrast))
+    _summary(args, n, encoded, embeddings.model_id, loaded.sam, shown, t0)
     print(disk.root)
     return 0
 

@@ -112,8 +112,6 @@ def _parse_slices(text: str | None, n: int) -> list[int] | None:
 def _run_embed(args: argparse.Namespace) -> int:
     import time
 
-    from tqdm import tqdm
-
     from napari_sam.workflows import embeddings as volume
     from napari_sam.workflows.planes import stack_embeddings
 
@@ -145,18 +143,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         disk=disk,
         batch_size=args.batch_size,
     )
-    bar = tqdm(
-        total=0, unit="slice", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
-    )
-
-    try:
-        encoded = embeddings.precompute(slices, progress=bar_updater(bar))
-    finally:
-        bar.close()
-    n = stack.shape[0] if slices is None else len(slices)
-    _summary(args, n, encoded, embeddings.model_id, sam, f"{contrast[0]:g}–{contrast[1]:g}", t0)
-    print(disk.root)
-    return 0
+    return _precompute(args, embeddings, slices, f"{contrast[0]:g}–{contrast[1]:g}", t0)
 
 
 def _disk(args: argparse.Namespace) -> Any:
@@ -177,24 +164,38 @@ def _load(args: argparse.Namespace) -> Any:
                 compile=args.compile or None)  # fmt: skip
 
 
-def _summary(args: argparse.Namespace, n: int, encoded: int, model_id: str, sam: Any,
-             contrast: str, t0: float) -> None:
+def _precompute(args: argparse.Namespace, embeddings: Any, slices: list[int] | None,
+                contrast: str, t0: float) -> int:
+    """Encode the slices (None: all) that are not cached, with a progress bar; the one-line
+    summary on stderr, the cache folder on stdout."""
     import time
 
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=0, unit="slice", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
+    )
+    try:
+        encoded = embeddings.precompute(slices, progress=bar_updater(bar))
+    finally:
+        bar.close()
+    n = embeddings.n_slices if slices is None else len(slices)
+    sam = embeddings.model
     print(
         f"{Path(args.input).name}: {n} slice{'s' if n != 1 else ''}, {encoded} encoded, "
-        f"{n - encoded} already cached; model {model_id} on {sam.device} "
+        f"{n - encoded} already cached; model {embeddings.model_id} on {sam.device} "
         f"({precision_name(sam)} encoder), contrast {contrast}; "
         f"{time.perf_counter() - t0:.1f} s",
         file=sys.stderr,
     )
+    print(embeddings.disk.root)
+    return 0
 
 
 def _embed_channels(args: argparse.Namespace, t0: float, channels: tuple[int, ...],
                     pairs: Any) -> int:
     """--channels: the chosen channels' planes of a (C, Z, Y, X) stack, as SAM sees them, keyed
     as ``napari-sam propagate --channels`` keys them (not tiled)."""
-    from tqdm import tqdm
 
     from napari_sam.workflows.embeddings import EmbeddingStore
     from napari_sam.workflows.followed import FollowedPlanes
@@ -208,19 +209,9 @@ def _embed_channels(args: argparse.Namespace, t0: float, channels: tuple[int, ..
     embeddings = followed.embeddings(loaded.sam, planes, model_id=loaded.model_id,
                                      store=EmbeddingStore(0), disk=disk,
                                      batch_size=args.batch_size)  # fmt: skip
-    bar = tqdm(
-        total=0, unit="slice", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
-    )
-    try:
-        encoded = embeddings.precompute(slices, progress=bar_updater(bar))
-    finally:
-        bar.close()
-    n = embeddings.n_slices if slices is None else len(slices)
     shown = ", ".join(f"channel {c} {lo:g}–{hi:g}" for c, (lo, hi) in zip(channels,
                                                                          followed.contrast))
-    _summary(args, n, encoded, embeddings.model_id, loaded.sam, shown, t0)
-    print(disk.root)
-    return 0
+    return _precompute(args, embeddings, slices, shown, t0)
 
 
 def _read_for_embedding(path: str, tiling: Any) -> tuple[Any, bool, Any]:

@@ -252,10 +252,7 @@ class StackController:
             return
         (lo, hi), k = self.z_range, line.k
         if not lo <= k <= hi:
-            axis = line.sentence_axis()
-            where = f"range {lo}–{hi} along {axis}" if axis else f"slice range {lo}–{hi}"
-            here = f"position {k}" if axis else f"slice {k}"
-            owner.error(f"The {where} does not include the current {here}; widen it.")
+            owner.error(line.outside_range(lo, hi))
             return
         embeddings = self._embeddings(line)
         if embeddings is None:

@@ -169,6 +169,13 @@ class PlaneLine:
         )
         return f"{positions} {lo}–{hi} at {others}"
 
+    def outside_range(self, lo: int, hi: int) -> str:
+        """The sentence for a start plane outside the range ``lo``–``hi`` along the line."""
+        axis, k = self.sentence_axis(), self.k
+        where = f"range {lo}–{hi} along {axis}" if axis else f"slice range {lo}–{hi}"
+        here = f"position {k}" if axis else f"slice {k}"
+        return f"The {where} does not include the current {here}; widen it."
+
     def outside(self) -> str:
         """Why the line was left (for sentences): "slice 3" / "plane (1, 3)"."""
         return f"plane {self.key()}" if len(self.index) > 1 else f"slice {self.k}"

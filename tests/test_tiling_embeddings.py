@@ -241,7 +241,10 @@ def test_images_with_more_axes_and_channels_are_tiled_plane_by_plane(sam):
     whole = planes.sam_image(None)
     for t in tiled.grid:
         np.testing.assert_array_equal(tiled.sam_input(None, t), whole[t.outer.slices])
-    assert tiled.key(None, tile).channels == (2, 0)
+    assert tiled.key(None, tile).channels == (0, 1)  # SAM's slots: the hash says which
+    layers = ImagePlanes([cells[:, 2], cells[:, 0]], contrast=[(0, 2500), (100, 3000)])
+    assert TiledEmbeddings(sam, layers, model_id="m", tiling=TILES).key(None, tile) == \
+        tiled.key(None, tile)
     assert tiled.key(None, tile).contrast == (0.0, 2500.0, 100.0, 3000.0)
     with pytest.raises(Exception, match="brings its own channels"):
         TiledEmbeddings(sam, planes, model_id="m", rgb=True)

@@ -74,3 +74,45 @@ def test_embedded_colour_slices_are_the_docks(capsys, tmp_path, nuclei, fast_mod
                      "-o", str(cache), "--quiet", "--slices", "1:3"])  # fmt: skip
     assert code == 0 and "2 slices, 0 encoded, 2 already cached" in capsys.readouterr().err
     c.close()
+
+
+def test_embedded_channels_are_the_docks_channel_layers(
+    capsys, tmp_path, nuclei, fast_model, checkpoint
+):
+    """``embed --channels 1 0`` on a (C, Z, Y, X) file precomputes what the dock encodes for
+    that file opened as one layer with channels 1 and 0 of its channel axis chosen: the
+    channel layers' planes are keyed by what SAM sees, not by where the channels came from."""
+    czyx = np.stack([colour_stack(nuclei, slices=(8, 10, 12))[..., c] for c in range(3)])
+    czyx = czyx.astype(np.uint16) * 9  # (3, 3, 64, 80)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, czyx, photometric="minisblack")
+    cache = tmp_path / "cache"
+    calls = EncoderCalls(fast_model)
+    code = cli.main(["embed", str(path), "--channels", "1", "0", "--model", "vit_t",
+                     "--checkpoint", str(checkpoint), "-o", str(cache), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "cells.tif: 3 slices, 3 encoded, 0 already cached" in err, err
+    assert calls.planes == 3 and len(DiskCache(cache)) == 3
+
+    viewer = ViewerModel()
+    viewer.add_image(czyx, name="cells")
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, model_id_for("vit_t", checkpoint))
+    c.embeddings.set_disk(True, str(cache))
+    c.set_channel_axis(0, "1 0")
+    assert [lyr.name for lyr in c.channels.layers] == ["cells channel 1", "cells channel 0"]
+    calls.reset()
+    for z in range(3):
+        viewer.dims.set_point(1, z)  # axis 0 is the hidden layer's channels
+        c.prompts.points.current.data = np.empty((0, 3))
+        c.prompts.points.current.add([z, 30.0, 40.0])
+        settle(c)
+        assert c.preview.layer.data[z].any()
+    assert calls.planes == 0 and c.embeddings.log == []
+    # another choice is another input: encoded
+    c.set_channel_axis(0, "0 1")
+    c.prompts.points.current.data = np.empty((0, 3))
+    c.prompts.points.current.add([2, 30.0, 40.0])
+    settle(c)
+    assert calls.planes == 1
+    c.close()

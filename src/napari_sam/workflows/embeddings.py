@@ -101,10 +101,13 @@ class EmbeddingKey:
         flattened ``(low0, high0, low1, high1, ...)``; ``None`` for automatic
         (robust) limits.
     channels : tuple of int or None
-        The channels mapped to SAM's red, green and blue inputs
-        (:mod:`napari_sam.workflows.channels`); ``None`` for a grayscale or RGB
-        image. Keys without channels are written exactly as before this field
-        existed, so existing cache files stay valid.
+        SAM's red, green and blue inputs filled from channels
+        (:mod:`napari_sam.workflows.channels`), ``(0, ..., k - 1)`` for ``k``
+        chosen channels (which channels they were is in :attr:`data_hash`, so
+        channels taken from a channel axis and the same channels as separate
+        layers share a key); ``None`` for a grayscale or RGB image. Keys
+        without channels are written exactly as before this field existed, so
+        existing cache files stay valid.
     """
 
     data_hash: str

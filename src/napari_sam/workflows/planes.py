@@ -520,6 +520,17 @@ class ImagePlanes:
         """The contrast limits as an embedding key holds them (flat pairs)."""
         return flat_contrast(self.contrasts)
 
+    @property
+    def key_channels(self) -> tuple[int, ...] | None:
+        """The channels as an embedding key holds them: SAM's input slots the chosen
+        channels fill, ``(0, ..., k - 1)``; None without channels.
+
+        The chosen channels' pixels are hashed in slot order, so the key depends on
+        what SAM sees, not on where the channels came from: channels 1 and 0 of a
+        channel axis and the dock's two channel layers made from them share a key.
+        """
+        return None if self.channels is None else tuple(range(len(self.channels)))
+
     def channel_data(self, channel: int) -> Any:
         """The whole array of one channel (lazy for dask/zarr; a view for numpy)."""
         if self._arrays is not None:
@@ -572,7 +583,7 @@ class ImagePlanes:
         index = self.geometry.check_index(index)
         if raw is None:
             raw = self.raw_plane(index)
-        return EmbeddingKey(content_hash(raw), index, model_id, self.contrast, self.channels)
+        return EmbeddingKey(content_hash(raw), index, model_id, self.contrast, self.key_channels)
 
     def embedding(
         self,

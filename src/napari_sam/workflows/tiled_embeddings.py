@@ -240,7 +240,7 @@ class TiledEmbeddings:
             self._index(z),
             model_tag(self.model, self.model_id),
             self.contrast,
-            self.planes.channels,
+            self.planes.key_channels,
         )
 
     def cached(

@@ -203,6 +203,50 @@ def test_segment_a_stack_of_rgb_planes_in_one_process_and_on_a_cluster(
     np.testing.assert_array_equal(tifffile.imread(job.output), expected)
 
 
+def test_timelapses_of_colour_planes_and_of_channels(sam, checkpoint, tzyx, tmp_path, capsys):
+    """A time-lapse of colour stacks (T, Z, Y, X, RGB) and an ImageJ hyperstack of channels
+    (T, Z, C, Y, X) with ``--channels 1 0``: each time point segmented as its stack, in
+    what SAM sees of it; labels (T, Z, Y, X) with the file's scale; a cluster agrees."""
+    top = float(tzyx.max())
+    rgb = (255.0 * np.stack([tzyx, tzyx[:, ::-1], tzyx[..., ::-1]], -1) / top).astype(np.uint8)
+    src, out = tmp_path / "colour_movie.tif", tmp_path / "colour_labels.tif"
+    tifffile.imwrite(src, rgb, photometric="rgb")  # (2, 3, 64, 64, 3)
+    assert cli.main(["segment", str(src), "-o", str(out), *_model(checkpoint), *OPTIONS]) == 0
+    assert "in 2 time points of 3 slices" in capsys.readouterr().err
+    expected = segment_planes(sam, ImagePlanes(rgb, rgb=True), settings=SETTINGS).labels
+    assert expected.shape == tzyx.shape and expected.max() >= 5
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    for t in range(2):  # each time point as the colour stack it is, ids continuing
+        alone = segment(sam, rgb[t], rgb=True, settings=SETTINGS).labels
+        np.testing.assert_array_equal(expected[t] > 0, alone > 0)
+
+    tzcyx = np.stack([tzyx, tzyx[..., ::-1] // 2], axis=2)  # (T, Z, C=2, Y, X) uint16
+    src, out = tmp_path / "channels_movie.tif", tmp_path / "channel_labels.tif"
+    tifffile.imwrite(
+        src, tzcyx, imagej=True, resolution=(1 / SCALE[3], 1 / SCALE[2]),
+        metadata={"axes": "TZCYX", "spacing": SCALE[1], "finterval": SCALE[0], "unit": "um"},
+    )  # fmt: skip
+    argv = ["segment", str(src), "-o", str(out), "--channels", "1", "0", *_model(checkpoint),
+            *OPTIONS]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "in 2 time points of 3 slices" in capsys.readouterr().err
+    ctzyx = np.moveaxis(tzcyx, 2, 0)
+    planes = ImagePlanes(ctzyx, channel_axis=0, channels=(1, 0))
+    expected = segment_planes(sam, planes, settings=SETTINGS).labels
+    assert expected.shape == tzyx.shape and expected.max() >= 5
+    written = io.read_tiff(out, frames=True)
+    assert written.scale == SCALE
+    np.testing.assert_array_equal(np.asarray(written.data), expected)
+    recipe = Recipe(SETTINGS, model=model_identity("vit_t", checkpoint), channels=(1, 0))
+    job = SegmentJob(src, tmp_path / "cluster" / "labels.tif")
+    with inprocess_client(dashboard=False) as client:
+        report = run_batch(client, [job], ModelSpec("vit_t", str(checkpoint), "cpu"), recipe)
+    (outcome,) = report.outcomes
+    assert outcome.status == "done", outcome.reason
+    assert (outcome.n_frames, outcome.n_slices) == (2, 3)
+    np.testing.assert_array_equal(tifffile.imread(job.output), expected)
+
+
 def test_a_five_dimensional_file_is_refused_in_one_sentence(checkpoint, tmp_path, capsys):
     src = tmp_path / "five.npy"
     np.save(src, np.zeros((2, 2, 3, 16, 16), np.uint16))

@@ -193,3 +193,41 @@ def test_embed_channels_are_the_embeddings_propagate_channels_reads(
     assert main(["embed", str(path), "--channels", "2", "0", "--contrast", "0", "9", "-o",
                  str(cache)]) == 1  # fmt: skip
     assert "one LOW HIGH pair per chosen channel" in capsys.readouterr().err
+
+
+def test_the_command_follows_a_line_of_a_colour_or_channel_timelapse(
+    tmp_path, fake_load, model, colour, capsys
+):
+    """A time-lapse of colour stacks (T, Z, Y, X, RGB) and an ImageJ hyperstack of channels
+    (T, Z, C, Y, X) with --channels: --along z --at 1 follows the objects through the slices
+    of time point 1 exactly as through that time point's stack alone; the labels have the
+    time-lapse's shape (T, Z, Y, X), empty at the other time point."""
+    from napari_sam.workflows.channels import channels_to_rgb
+
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(CLICKS)
+    movie = np.stack([colour[::-1], colour])  # (2, 5, 96, 128, 3): time point 1 is `colour`
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, photometric="rgb")
+    out = tmp_path / "labels.tif"
+    assert main(["propagate", str(path), "--prompts", str(clicks), "-o", str(out), "--along",
+                 "z", "--at", "1", "--keep-going", "--quiet"]) == 0  # fmt: skip
+    assert "through the slices of time point 1" in capsys.readouterr().err
+    labels = io.read_tiff(out, frames=True).data
+    expected = propagate_memory(model, colour, _prompts(), rgb=True, settings=SETTINGS)
+    assert labels.shape == movie.shape[:4] and not labels[0].any()
+    np.testing.assert_array_equal(labels[1], expected.label_volume())
+
+    tzcyx = np.stack([np.moveaxis(movie[t], -1, 1) for t in range(2)]).astype(np.uint16) * 7
+    path = tmp_path / "hyperstack.tif"  # (2, 5, 3, 96, 128)
+    tifffile.imwrite(path, tzcyx, imagej=True, metadata={"axes": "TZCYX"})
+    limits = [(0.0, 1500.0), (20.0, 1700.0)]
+    assert main(["propagate", str(path), "--prompts", str(clicks), "-o", str(out), "--along",
+                 "z", "--at", "1", "--channels", "2", "0", "--contrast", "0", "1500", "20",
+                 "1700", "--keep-going", "--quiet"]) == 0  # fmt: skip
+    labels = io.read_tiff(out, frames=True).data
+    seen = np.stack([channels_to_rgb([tzcyx[1, z, 2], tzcyx[1, z, 0]], limits) for z in range(5)])
+    expected = propagate_memory(model, seen, _prompts(), rgb=True, settings=SETTINGS)
+    assert labels.shape == movie.shape[:4] and not labels[0].any()
+    assert set(np.unique(labels)) == {0, 3, 7}
+    np.testing.assert_array_equal(labels[1], expected.label_volume())

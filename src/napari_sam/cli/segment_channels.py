@@ -8,8 +8,10 @@ one range per chosen channel; ``--table objects.csv`` writes the object table
 one CSV file (with an ``image`` column naming the input file).
 
 Kept apart from :mod:`napari_sam.cli.segment` so that the two change independently;
-``segment`` calls :func:`add_options`, :func:`check_options`,
-:func:`read_input`, :func:`segment_input` and :class:`TableWriter`.
+``segment`` calls :func:`add_options`, :func:`check_options` and
+:class:`TableWriter` (the input is read and segmented by
+:func:`napari_sam.workflows.batch.segment_file`, in one process or on a
+cluster).
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ __all__ = [
     "add_options",
     "check_channels_and_contrast",
     "check_options",
-    "read_input",
-    "segment_input",
 ]
 
 
@@ -146,45 +146,6 @@ def check_channels_and_contrast(
             )
         pairs.append((lo, hi))
     return channels, tuple(pairs)
-
-
-def read_input(path: Path, options: ChannelOptions) -> Any:
-    """Read one INPUT: as channels first when --channels is given (checked against the file).
-
-    Raises
-    ------
-    InputFileError
-        If the file cannot be read or has no such channel.
-    """
-    from napari_sam.errors import InputFileError
-    from napari_sam.workflows import io
-    from napari_sam.workflows.channels import check_channels
-
-    image = io.read_tiff(path, channels=options.channels is not None)
-    if options.channels is not None:
-        try:
-            check_channels(options.channels, image.data.shape[0])
-        except ImageFormatError as exc:
-            raise InputFileError(f"{path.name}: {exc}") from exc
-    return image
-
-
-def segment_input(
-    sam: Any, image: Any, options: ChannelOptions, settings: Any, progress: Any, **kwargs: Any
-) -> Any:
-    """Segment a channels-first image read by :func:`read_input` (with --channels).
-
-    ``kwargs`` (``mode``, ``ais_settings``) go to
-    :func:`~napari_sam.workflows.segment_planes.segment_planes`.
-    Returns a :class:`~napari_sam.workflows.segment.SegmentationResult`.
-    """
-    from napari_sam.workflows.planes import ImagePlanes
-    from napari_sam.workflows.segment_planes import segment_planes
-
-    planes = ImagePlanes(
-        image.data, channel_axis=0, channels=options.channels, contrast=options.contrast
-    )
-    return segment_planes(sam, planes, settings=settings, progress=progress, **kwargs)
 
 
 class TableWriter:

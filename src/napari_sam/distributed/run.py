@@ -235,8 +235,9 @@ class _Runner:
                 work.remove()
             kept = work.prepare(self.identity)
             stack = image is not None and not image.rgb and image.data.ndim == 3
-            # a time-lapse of stacks or a stack of RGB planes: one task, the whole file
-            frames = image is not None and image.data.ndim == 4
+            # a time-lapse of stacks or a stack of RGB planes (or a time-lapse of them): one
+            # task, the whole file
+            frames = image is not None and image.data.ndim >= 4
             grid = None if image is None else plane_grid(image.spatial_shape[-2:], self.recipe)
             if frames:
                 grid = None

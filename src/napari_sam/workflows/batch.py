@@ -427,9 +427,11 @@ def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
     """Read an input; zarr folders and files over :data:`LAZY_BYTES` lazily.
 
     Grayscale time-lapses of stacks ``(T, Z, Y, X)`` are read too
-    (:func:`~napari_sam.workflows.io.read_image` with ``frames=True``). With
-    the recipe's ``channels``, a TIFF (or ``.npy``) is read channels first and
-    the channels are checked against it.
+    (:func:`~napari_sam.workflows.io.read_image` with ``frames=True``), and
+    stacks of colour planes ``(Z, Y, X, RGB)`` or time-lapses of them. With
+    the recipe's ``channels``, a TIFF (or ``.npy``) is read channels first
+    (``(C, ...)``, up to ``(C, T, Z, Y, X)``) and the channels are checked
+    against it.
 
     Raises
     ------
@@ -439,7 +441,7 @@ def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
         from napari_sam.errors import ImageFormatError
         from napari_sam.workflows.channels import check_channels
 
-        image = io.read_tiff(path, channels=True)
+        image = io.read_tiff(path, channels=True, frames=True)
         try:
             check_channels(recipe.channels, image.data.shape[0])
         except ImageFormatError as exc:
@@ -493,18 +495,23 @@ def segment_file(
     """
     t0 = time.perf_counter()
     image = open_input(job.source, recipe) if image is None else image
-    frames = image.channel_axis is None and not image.rgb and image.data.ndim == 4
+    # a time-lapse of stacks (T, Z, Y, X), in colour or of channels too: two leading axes
+    colours = image.rgb or image.channel_axis is not None
+    frames = image.data.ndim - colours == 4
+    lines = None  # (time points, slices) of a time-lapse of stacks
     if recipe.channels is not None or frames:
         from napari_sam.workflows.planes import ImagePlanes
         from napari_sam.workflows.segment_planes import segment_planes
 
-        if frames:  # a time-lapse of stacks: every plane with the whole file's contrast
-            planes = ImagePlanes(image.data, contrast=recipe.contrast)
+        if recipe.channels is None:  # every plane with the whole file's contrast
+            planes = ImagePlanes(image.data, rgb=image.rgb, contrast=recipe.contrast)
         else:
             planes = ImagePlanes(
                 image.data, channel_axis=0, channels=recipe.channels,
                 contrast=recipe.channel_contrast,
             )  # fmt: skip
+        if frames:
+            lines = tuple(int(n) for n in planes.geometry.leading_shape)
         modes = {
             k: v for k, v in recipe.kwargs().items() if k in ("mode", "ais_settings", "tiling")
         }
@@ -530,8 +537,8 @@ def segment_file(
     n_slices = None if result.slices is None else len(result.slices)
     return FileResult(
         n_objects=result.n_objects,
-        n_slices=int(image.data.shape[1]) if frames else n_slices,
-        n_frames=int(image.data.shape[0]) if frames else None,
+        n_slices=lines[1] if lines else n_slices,
+        n_frames=lines[0] if lines else None,
         coco=coco_data,
         seconds=time.perf_counter() - t0,
         labels=result.labels if keep_labels else None,

@@ -44,9 +44,9 @@ class FollowedPlanes:
     ----------
     channels : tuple of int, optional
         1–3 channels (from 0, as napari's channel slider) of a multichannel file,
-        read channels first (``(C, Z, Y, X)``: its channel axis, or its first axis
-        if it names none), as SAM's red, green and blue; None: the file as it is
-        (grayscale, or RGB colour planes).
+        read channels first (``(C, Z, Y, X)`` or ``(C, T, Z, Y, X)``: its channel
+        axis, or its first axis if it names none), as SAM's red, green and blue;
+        None: the file as it is (grayscale, or RGB colour planes).
     contrast : (low, high), or one (low, high) per channel, optional
         The display range mapped to 0–255; None: napari's default for a newly
         opened image (8-bit: 0–255; else the whole file's, or channel's, minimum
@@ -70,7 +70,7 @@ class FollowedPlanes:
         """
         if self.channels is None:
             return io.read_image(path, lazy=lazy, frames=True)
-        image = io.read_tiff(path, channels=True, lazy=lazy)
+        image = io.read_tiff(path, channels=True, lazy=lazy, frames=True)
         try:
             check_channels(list(self.channels), int(image.data.shape[0]))
         except ImageFormatError as exc:

@@ -330,7 +330,7 @@ def _checked_image(
             data = zarr_io.LazyArray(data, keep)
         axes = "".join(axes[i] for i in keep)
     if channels:
-        return _channels_first(path, data, axes, ij, shaped, res)
+        return _channels_first(path, data, axes, ij, shaped, res, frames)
     rgb = False
     if "S" in axes:
         if data.shape[axes.index("S")] not in (3, 4) or axes[-1] != "S":
@@ -355,12 +355,12 @@ def _checked_image(
             "Image > Color > Split Channels)."
         )
     spatial = data.ndim - (1 if rgb else 0)
-    if rgb and spatial != 2 and not (frames and spatial == 3):
+    if rgb and spatial != 2 and not (frames and spatial in (3, 4)):
         raise InputFileError(
             f"{path.name} is an RGB image with {spatial} spatial axes (axes {axes}, shape "
             f"{data.shape}); napari-sam segments 2D RGB images, so split the stack first."
         )
-    if spatial not in ((2, 3, 4) if frames and not rgb else (2, 3)):
+    if spatial not in ((2, 3, 4) if frames else (2, 3)):
         kinds = "2D images (Y, X), RGB images (Y, X, colour) and 3D stacks (Z, Y, X)"
         if frames:
             kinds = kinds.replace(" and 3D", ", 3D") + " and time-lapses of stacks (T, Z, Y, X)"
@@ -384,9 +384,16 @@ def _checked_image(
 
 
 def _channels_first(
-    path: Path, data: Any, axes: str, ij: dict, shaped: dict, res: tuple[float, float] | None
+    path: Path,
+    data: Any,
+    axes: str,
+    ij: dict,
+    shaped: dict,
+    res: tuple[float, float] | None,
+    frames: bool = False,
 ) -> TiffImage:
-    """The image of ``_checked_image`` with its channels as axis 0 (see ``read_tiff``)."""
+    """The image of ``_checked_image`` with its channels as axis 0 (see ``read_tiff``;
+    ``frames``: a time-lapse of stacks ``(C, T, Z, Y, X)`` too)."""
     if "C" in axes:
         c = axes.index("C")
     elif "S" in axes:
@@ -398,21 +405,25 @@ def _channels_first(
     data = np.moveaxis(data, c, 0)
     axes = "C" + axes[:c] + axes[c + 1 :]
     spatial = data.ndim - 1
-    if spatial not in (2, 3):
+    if spatial not in ((2, 3, 4) if frames else (2, 3)):
+        kinds = "2D images (C, Y, X) and of 3D stacks (C, Z, Y, X)"
+        if frames:
+            kinds = kinds.replace(" and of 3D", ", of 3D") + (
+                " and of time-lapses of stacks (C, T, Z, Y, X)")
         raise InputFileError(
             f"{path.name} has {spatial} axes besides its channels (axes {axes}, shape "
-            f"{data.shape}); napari-sam segments channels of 2D images (C, Y, X) and of 3D "
-            "stacks (C, Z, Y, X)."
+            f"{data.shape}); napari-sam segments channels of {kinds}."
         )
     if min(data.shape) < 1:
         raise InputFileError(f"{path.name} holds an empty image (shape {data.shape}).")
     sy, sx = res if res is not None else (1.0, 1.0)
     unit = ij.get("unit") if ij else shaped.get("unit")
-    if spatial == 3:
+    scale: tuple[float, ...] = (_positive(sy), _positive(sx))
+    if spatial >= 3:
         sz = ij.get("spacing") if ij else shaped.get("spacing")
-        scale: tuple[float, ...] = (_positive(sz), _positive(sy), _positive(sx))
-    else:
-        scale = (_positive(sy), _positive(sx))
+        scale = (_positive(sz), *scale)
+    if spatial == 4:
+        scale = (_positive(ij.get("finterval") if ij else shaped.get("finterval")), *scale)
     return TiffImage(
         data=data, rgb=False, scale=scale, unit=_napari_unit(unit), axes=axes, channel_axis=0
     )

@@ -205,9 +205,11 @@ def test_channels_of_one_layers_channel_axis(fast_model, nuclei):
         table.columns)
 
     # chosen again: the same layers are reused; wrong choices are one sentence, nothing changes
-    c.set_channel_axis(1, "0 1")
+    # shown channels first (C, Z, Y, X), so that the channel layers line up with it
+    assert cells.data.shape == (2, 3, 64, 80) and tuple(cells.axis_labels) == ("c", "z", "y", "x")
+    c.set_channel_axis(0, "0 1")
     assert len(viewer.layers) == 4 and c.channels.layers == [green, red]
-    for axis, text, message in [(1, "0 5", "Channel 5 does not exist"), (1, "a", "not a list of"),
+    for axis, text, message in [(0, "0 5", "Channel 5 does not exist"), (0, "a", "not a list of"),
                                 (2, "", "one of the two axes of the plane")]:
         c.set_channel_axis(axis, text)
         assert message in notes["error"][-1], notes["error"][-1]

@@ -171,6 +171,72 @@ def test_channels_of_one_czyx_layer_by_its_channel_axis(fast_model, czyx):
     c.close()
 
 
+def test_a_zcyx_hyperstack_is_shown_channels_first_so_its_channels_line_up(fast_model, czyx):
+    """One (Z, C, Y, X) layer (an ImageJ hyperstack opened as it is): napari lines layers of
+    fewer axes up with the viewer's last ones, so the (Z, Y, X) channel layers would follow
+    the channel slider. The layer is shown channels first instead (a view; its scale and
+    axis names follow, as do prompts drawn on it): the z slider moves through the channel
+    layers' slices, and a click on slice z is SAM on that slice's channels."""
+    zcyx = np.ascontiguousarray(np.moveaxis(czyx, 0, 1))  # (4, 3, 96, 160)
+    viewer = ViewerModel()
+    image = viewer.add_image(zcyx, name="cells", scale=(2.0, 1.0, 0.5, 0.5),
+                             axis_labels=("z", "c", "y", "x"))
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    notes = collect(c)
+    c.set_channel_axis(1, "1 2")
+    assert notes["error"] == [], notes["error"]
+    assert image.data.shape == (3, 4, 96, 160) and np.shares_memory(image.data, zcyx)
+    assert tuple(image.axis_labels) == ("c", "z", "y", "x")
+    assert tuple(image.scale) == (1.0, 2.0, 0.5, 0.5) and not image.visible
+    made = c.channels.layers
+    assert [lyr.name for lyr in made] == ["cells channel 1", "cells channel 2"]
+    assert tuple(made[0].scale) == (2.0, 0.5, 0.5)
+    assert viewer.dims.axis_labels[:2] == ("c", "z")
+    for z in range(4):  # the viewer's z slider is the channel layers' z
+        viewer.dims.set_point(1, 2.0 * z)
+        assert made[0].world_to_data(viewer.dims.point)[0] == pytest.approx(z)
+    viewer.dims.set_point(1, 2.0 * 2)
+    points = c.prompts.points.current
+    assert points.ndim == 3
+    points.add([2, 60.0, 120.0])
+    settle(c)
+    limits = [tuple(lyr.contrast_limits) for lyr in made]
+    expected = best(fast_model, channels_to_rgb([zcyx[2, 1], zcyx[2, 2]], limits), (120.0, 60.0))
+    assert expected.any()
+    np.testing.assert_array_equal(c.preview.layer.data[2] > 0, expected)
+    # choosing again (the axis is first now) reuses the layers
+    c.set_channel_axis(0, "1 2")
+    assert c.channels.layers == made and image.data.shape == (3, 4, 96, 160)
+    c.close()
+
+
+def test_prompts_drawn_on_the_layer_are_reordered_with_it(fast_model, czyx):
+    viewer = ViewerModel()
+    viewer.add_image(np.moveaxis(czyx, 0, 1), name="cells")  # (Z, C, Y, X)
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    drawn = c.prompts.points.current
+    drawn.add([3, 2, 10.0, 20.0])  # (z, c, y, x), before channels were chosen
+    c.set_channel_axis(1, "1 2")
+    np.testing.assert_array_equal(drawn.data, [[2, 3, 10.0, 20.0]])  # (c, z, y, x)
+    c.close()
+
+
+def test_a_rotated_layer_is_not_reordered(fast_model, czyx):
+    viewer = ViewerModel()
+    zcyx = np.moveaxis(czyx, 0, 1)
+    image = viewer.add_image(zcyx, name="tilted", rotate=30)
+    c = InteractiveController(viewer)
+    c.set_model(fast_model, "fast")
+    notes = collect(c)
+    n_layers = len(viewer.layers)
+    c.set_channel_axis(1, "1 2")
+    assert "“tilted” is rotated, sheared or transformed" in notes["error"][-1]
+    assert len(viewer.layers) == n_layers and image.data.shape == zcyx.shape and image.visible
+    c.close()
+
+
 def test_four_channels_need_a_choice(fast_model):
     viewer = ViewerModel()
     image = viewer.add_image(np.zeros((4, 40, 50), np.uint16), name="four")

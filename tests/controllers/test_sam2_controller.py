@@ -429,3 +429,58 @@ def test_channels_of_a_channel_axis_followed_in_the_dock_replay_on_the_command_l
     np.testing.assert_array_equal(io.read_tiff(tmp_path / "labels.tif").data, labels)
     assert notes["error"] == []
     c.close()
+
+
+def test_channels_of_a_hyperstack_followed_in_the_dock_replay_on_the_command_line(
+    model, nuclei_stack, tmp_path, monkeypatch
+):
+    """An ImageJ hyperstack (T, Z, C, Y, X) opened as one layer: channels 1 and 0 chosen on
+    its axis 2, an object clicked at time point 1 and followed through its slices with SAM 2
+    memory; the exported sentence names --along z --at 1 --channels 1 0 --contrast, and the
+    command with them gives the dock's labels (T, Z, Y, X)."""
+    import re
+
+    from napari_sam.cli import main
+    from napari_sam.runtime import loader
+    from napari_sam.runtime.loader import LoadedModel
+    from napari_sam.workflows import io
+
+    crop = nuclei_stack[:, 40:136, 60:188]
+    tzcyx = np.ascontiguousarray(np.stack([
+        np.stack([crop[20:25], crop[26:31]], axis=1),  # time point 0: (Z, C, Y, X)
+        np.stack([crop[28:33], crop[34:39]], axis=1),
+    ]))  # fmt: skip
+    viewer = ViewerModel()
+    viewer.add_image(tzcyx, name="movie")
+    c = make(viewer, model)
+    notes = collect(c)
+    c.set_channel_axis(2, "1 0")
+    assert [layer.data.shape for layer in c.channels.layers] == [(2, 5, 96, 128)] * 2
+    # the layer is shown channels first, (C, T, Z, Y, X), so that its channel layers line up
+    assert viewer.layers["movie"].data.shape == (2, 2, 5, 96, 128)
+    viewer.dims.set_point(1, 1)  # time point 1, slice K
+    viewer.dims.set_point(2, K)
+    points = c.prompts.points.current
+    points.add([1, K, *CLICKS[0]])
+    settle(c)
+    c.stack.propagate()
+    assert notes["error"] == [], notes["error"]
+    labels = c.output.current.data
+    assert labels.shape == (2, 5, 96, 128) and not labels[0].any()
+    assert (labels[1] == 1).any(axis=(1, 2)).sum() >= 2
+    csv = tmp_path / "clicks.csv"
+    assert c.stack.export_prompts(str(csv))
+    command = re.search(r"`napari-sam propagate STACK (.*)`", notes["info"][-1]).group(1)
+    options = command.split()
+    assert options[options.index("--along") + 1:][:3] == ["z", "--at", "1"]
+    assert options[options.index("--channels") + 1:][:2] == ["1", "0"]
+
+    tif = tmp_path / "movie.tif"
+    tifffile.imwrite(tif, tzcyx, imagej=True, metadata={"axes": "TZCYX"})
+    monkeypatch.setattr(loader, "load", lambda *a, **k: LoadedModel.wrap(model, "t", "sam2"))
+    options[options.index("--prompts") + 1] = str(csv)
+    options[options.index("-o") + 1] = str(tmp_path / "labels.tif")
+    assert main(["propagate", str(tif), *options, "--keep-going", "--quiet"]) == 0
+    written = io.read_tiff(tmp_path / "labels.tif", frames=True).data
+    np.testing.assert_array_equal(written, labels)
+    c.close()

@@ -10,8 +10,10 @@ counted from 0 as on napari's slider) makes those layers
 the layer's data without the channel axis (lazy data stays lazy), named
 ``"<image> channel <k>"``, coloured as SAM's slot (red, green, blue; gray for
 one channel) and blended additively, with its own contrast limits. The
-original layer is hidden, not removed, so what the user sees is what SAM sees.
-Choosing again reuses those layers.
+original layer is hidden, not removed, so what the user sees is what SAM sees;
+when its channel axis is not its first, it is shown channels first
+(:mod:`~napari_sam._widgets.axis_order`), so that the channel layers line up
+with it. Choosing again reuses those layers.
 
 Axes here are the layer's own axes (``layer.data`` order), not the viewer's.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 from napari.layers import Image
 
+from napari_sam._widgets.axis_order import channels_first, for_views
 from napari_sam.errors import ImageFormatError
 from napari_sam.workflows.channels import check_channels
 
@@ -134,12 +137,7 @@ def _without(values: Sequence[Any], axis: int) -> list[Any]:
 def _view(data: Any, axis: int, channel: int) -> Any:
     """Channel ``channel`` of ``data`` along ``axis``: a numpy view, lazy for dask; other
     array types (zarr) go through dask so that nothing is read yet."""
-    index = (slice(None),) * axis + (int(channel),)
-    if type(data).__module__.split(".")[0] in ("numpy", "dask"):
-        return data[index]
-    import dask.array as da
-
-    return da.from_array(data, chunks=getattr(data, "chunks", "auto"))[index]
+    return for_views(data)[(slice(None),) * axis + (int(channel),)]
 
 
 def split_channel_layers(
@@ -178,6 +176,8 @@ def split_channel_layers(
         chosen = check_channels(list(channels), n_channels)
     except ImageFormatError as exc:
         raise ImageFormatError(f"“{layer.name}”, axis {label}: {exc}") from None
+    if channels_first(layer, axis) is not None:  # so that the channel layers line up with it
+        axis = 0
     scale = _without(layer.scale, axis)
     translate = _without(layer.translate, axis)
     named = [str(v) for v in _without(list(layer.axis_labels), axis)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from napari_sam._widgets.axis_order import move_to_front, permute_prompts
 from napari_sam._widgets.channel_axis import split_for
 from napari_sam._widgets.interactive.channel_layers import use_channels
 from napari_sam._widgets.interactive.commit import LABELS_SUFFIX
@@ -32,10 +33,15 @@ def use_channel_axis(c: Any, axis: int, channels: Sequence[int] | str | None) ->
     except NapariSamError as exc:
         c.notify(notice_for(exc))
         return
+    kept = []
     for prompts in list(c.prompts.layers):
         # empty prompt layers made for the layer with the channel axis: new ones fit the channels
         if prompts.ndim > layers[0].ndim and not len(prompts.data) and prompts in c.viewer.layers:
             c.viewer.layers.remove(prompts)
+        elif prompts.ndim == source.ndim:
+            kept.append(prompts)
+    if axis != 0:  # the layer is now shown channels first: so are the prompts drawn on it
+        permute_prompts(kept, move_to_front(int(source.ndim), int(axis)))
     use_channels(c, layers)
     c.channels.source = source
     if c.output.current is None:  # "<source> SAM labels", if there is one

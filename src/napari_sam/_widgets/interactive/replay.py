@@ -4,9 +4,10 @@
 the sentence it shows names the command that follows them again from the
 image's file: the line of a time-lapse of stacks (``--along``, ``--at``), the
 channels SAM saw when they were made from the file's channel axis
-(``--channels``), and the contrast limits SAM saw (``--contrast``, per channel),
-so that the command sees what the dock saw. Channel layers chosen from
-separate layers have no one file to replay from.
+(``--channels``; of a stack or of a time-lapse of stacks), and the contrast
+limits SAM saw (``--contrast``, per channel), so that the command sees what
+the dock saw. Channel layers chosen from separate layers have no one file to
+replay from.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ def replay_options(owner: Any, line: tuple[int, tuple[int, ...]] | None) -> str 
     if not channels.active_for(image):
         return where + _contrast([image.contrast_limits])
     numbers = channels.numbers()
-    if numbers is None or where:  # separate layers; the command's channels are (C, Z, Y, X)
+    if numbers is None:  # separate layers: no one file holds them
         return None
-    return f" --channels {' '.join(map(str, numbers))}" + _contrast(channels.contrasts())
+    # the command reads the file's channel axis first: (C, Z, Y, X) or (C, T, Z, Y, X)
+    return (where + f" --channels {' '.join(map(str, numbers))}"
+            + _contrast(channels.contrasts()))
 
 
 def _line_options(image: Any, line: tuple[int, tuple[int, ...]] | None) -> str:
-    """``--along``/``--at`` for a line of a grayscale (T, Z, Y, X) image ("" for a stack)."""
+    """``--along``/``--at`` for a line of a (T, Z, Y, X) image, grayscale or a channel layer
+    ("" for a stack)."""
     if line is None or image.rgb or image.data.ndim != 4:
         return ""
     axis, first = line

@@ -203,7 +203,9 @@ def test_segment_a_stack_of_rgb_planes_in_one_process_and_on_a_cluster(
     np.testing.assert_array_equal(tifffile.imread(job.output), expected)
 
 
-def test_timelapses_of_colour_planes_and_of_channels(sam, checkpoint, tzyx, tmp_path, capsys):
+def test_timelapses_of_colour_planes_and_of_channels(
+    sam, checkpoint, tzyx, tmp_path, capsys, monkeypatch
+):
     """A time-lapse of colour stacks (T, Z, Y, X, RGB) and an ImageJ hyperstack of channels
     (T, Z, C, Y, X) with ``--channels 1 0``: each time point segmented as its stack, in
     what SAM sees of it; labels (T, Z, Y, X) with the file's scale; a cluster agrees."""
@@ -226,6 +228,12 @@ def test_timelapses_of_colour_planes_and_of_channels(sam, checkpoint, tzyx, tmp_
         src, tzcyx, imagej=True, resolution=(1 / SCALE[3], 1 / SCALE[2]),
         metadata={"axes": "TZCYX", "spacing": SCALE[1], "finterval": SCALE[0], "unit": "um"},
     )  # fmt: skip
+    # read as a large file is: lazily, channels first, one page per plane
+    from napari_sam.workflows import batch
+
+    monkeypatch.setattr(batch, "LAZY_BYTES", 0)
+    read = batch.open_input(src, Recipe(SETTINGS, channels=(1, 0)))
+    assert isinstance(read.data, zarr_io.LazyArray) and read.data.shape == (2, 2, 3, 64, 64)
     argv = ["segment", str(src), "-o", str(out), "--channels", "1", "0", *_model(checkpoint),
             *OPTIONS]  # fmt: skip
     assert cli.main(argv) == 0

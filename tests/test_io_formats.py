@@ -174,3 +174,43 @@ def test_find_images_names_every_skipped_entry(tmp_path):
     assert "no extension" in reasons["README"]
     assert "folders inside an input folder are not searched" in reasons["sub"]
     assert reasons[".DS_Store"] == "a hidden file"
+
+
+def test_lazy_array_puts_axes_in_another_order_like_numpy():
+    base = np.arange(2 * 3 * 1 * 4 * 5).reshape(2, 3, 1, 4, 5)  # (T, Z, C=1, Y, X)
+    store = zarr.create_array(store={}, shape=base.shape, dtype=base.dtype, chunks=(1, 1, 1, 4, 5))
+    store[...] = base
+    lazy = zarr_io.LazyArray(store, keep=(1, 0, 3, 4))  # (Z, T, Y, X)
+    want = np.moveaxis(base[:, :, 0], 1, 0)
+    assert lazy.shape == want.shape
+    for key in (1, (0, 1), (slice(None), 1), (Ellipsis, 2), (slice(0, 2), slice(None), 3),
+                (1, 0, 2, 3), slice(None)):
+        np.testing.assert_array_equal(lazy[key], want[key], err_msg=str(key))
+    again = zarr_io.LazyArray(lazy, keep=(2, 1, 0, 3))  # composed: (Y, T, Z, X)
+    moved = np.transpose(want, (2, 1, 0, 3))
+    np.testing.assert_array_equal(np.asarray(again), moved)
+    np.testing.assert_array_equal(again[:, 1, 2], want[2, 1])
+    np.testing.assert_array_equal(again[1:3, :, 0, ::2], moved[1:3, :, 0, ::2])
+    with pytest.raises(ValueError):
+        zarr_io.LazyArray(store, keep=(0, 0, 3, 4))
+
+
+def test_a_hyperstack_is_read_channels_first_lazily(tmp_path):
+    """An ImageJ hyperstack (T, Z, C, Y, X) with channels and frames: channels first, (C, T,
+    Z, Y, X), with its frame interval, slice spacing and pixel size; lazily, a plane reads
+    one page."""
+    tzcyx = np.arange(2 * 3 * 2 * 6 * 7, dtype=np.uint16).reshape(2, 3, 2, 6, 7)
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, tzcyx, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "TZCYX", "spacing": 3.0, "finterval": 10.0})
+    eager = io.read_tiff(path, channels=True, frames=True)
+    lazy = io.read_tiff(path, channels=True, frames=True, lazy=True)
+    want = np.moveaxis(tzcyx, 2, 0)
+    assert eager.channel_axis == lazy.channel_axis == 0 and eager.axes == "CTZYX"
+    assert eager.scale == lazy.scale == (10.0, 3.0, 0.5, 0.5)
+    np.testing.assert_array_equal(eager.data, want)
+    assert not isinstance(lazy.data, np.ndarray) and lazy.data.shape == want.shape
+    np.testing.assert_array_equal(lazy.data[1, 0, 2], want[1, 0, 2])
+    np.testing.assert_array_equal(np.asarray(lazy.data), want)
+    with pytest.raises(InputFileError, match=r"has 4 axes besides its channels"):
+        io.read_tiff(path, channels=True)  # a time-lapse only where frames are asked for

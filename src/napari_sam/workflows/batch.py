@@ -437,20 +437,20 @@ def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
     ------
     InputFileError
     """
+    try:
+        lazy = path.is_file() and path.stat().st_size > LAZY_BYTES
+    except OSError:
+        lazy = False
     if recipe is not None and recipe.channels is not None:
         from napari_sam.errors import ImageFormatError
         from napari_sam.workflows.channels import check_channels
 
-        image = io.read_tiff(path, channels=True, frames=True)
+        image = io.read_tiff(path, channels=True, frames=True, lazy=lazy)
         try:
             check_channels(recipe.channels, image.data.shape[0])
         except ImageFormatError as exc:
             raise InputFileError(f"{path.name}: {exc}") from exc
         return image
-    try:
-        lazy = path.is_file() and path.stat().st_size > LAZY_BYTES
-    except OSError:
-        lazy = False
     return io.read_image(path, lazy=lazy, frames=True)
 
 

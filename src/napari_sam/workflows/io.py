@@ -244,11 +244,13 @@ def read_tiff(
     ``(Z, Y, X, 3|4)``. Axes of length 1 (a single
     channel, time point or slice) are dropped.
     With ``lazy``, the pixels are read only when :attr:`TiffImage.data` (a zarr
-    array) is indexed, one TIFF page or tile at a time.
+    array, or a :class:`~napari_sam.workflows.zarr_io.LazyArray` over one) is
+    indexed, one TIFF page or tile at a time (with channels too).
 
-    With ``channels=True`` the image is read as channels first, ``(C, Y, X)`` or
-    ``(C, Z, Y, X)`` (``channel_axis=0``): the file's channel axis (``C``, or
-    the samples of an RGB image) is moved to the front; a file that names no
+    With ``channels=True`` the image is read as channels first, ``(C, Y, X)``,
+    ``(C, Z, Y, X)`` or, with ``frames``, ``(C, T, Z, Y, X)``
+    (``channel_axis=0``): the file's channel axis (``C``, or the samples of an
+    RGB image) is moved to the front; a file that names no
     channel axis has its first axis taken as channels when it has three
     axes or more, and one channel otherwise.
 
@@ -277,8 +279,7 @@ def read_tiff(
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = str(series.axes).upper()
-            lazy_read = lazy and not channels  # channels are moved to the front in memory
-            data = _lazy_tiff(path) if lazy_read else np.asarray(series.asarray())
+            data = _lazy_tiff(path) if lazy else np.asarray(series.asarray())
             ij = tif.imagej_metadata or {}
             shaped = _shaped_metadata(tif)
             res = _page_resolution(tif.pages[0])
@@ -400,9 +401,12 @@ def _channels_first(
         c = axes.index("S")
     elif data.ndim >= 3 and axes[0] not in "ZTYX":
         c = 0
-    else:
-        data, axes, c = data[None], "C" + axes, 0
-    data = np.moveaxis(data, c, 0)
+    else:  # one channel
+        data, axes, c = np.asarray(data)[None], "C" + axes, 0
+    if isinstance(data, np.ndarray):
+        data = np.moveaxis(data, c, 0)
+    else:  # lazy: still read one plane (page) at a time
+        data = zarr_io.LazyArray(data, [c, *(a for a in range(data.ndim) if a != c)])
     axes = "C" + axes[:c] + axes[c + 1 :]
     spatial = data.ndim - 1
     if spatial not in ((2, 3, 4) if frames else (2, 3)):

@@ -540,6 +540,17 @@ class ImagePlanes:
             return self.data
         return self.data[(slice(None),) * axis + (int(channel),)]
 
+    def channel_values(self, channel: int, index: tuple[Any, ...]) -> np.ndarray:
+        """The values of one channel at ``index`` (integers and slices over the image's axes
+        without the channel axis, in data order), reading only those."""
+        if self._arrays is not None:
+            return np.asarray(self._arrays[channel][index])
+        axis = self.geometry.channel_axis
+        if axis is None:
+            return np.asarray(self.data[index])
+        index = tuple(index) + (slice(None),) * max(0, axis - len(index))
+        return np.asarray(self.data[(*index[:axis], int(channel), *index[axis:])])
+
     # ---------------------------------------------------------------- reading
     def raw_plane(self, index: Sequence[int] | int | None) -> np.ndarray:
         """The raw values SAM's input is made from, for plane ``index``.

@@ -211,7 +211,7 @@ class TiledEmbeddings:
         planes = self.planes
         if planes.channels is None:
             return np.asarray(planes.data[index])
-        return np.stack([np.asarray(planes.channel_data(c)[index]) for c in planes.channels])
+        return np.stack([planes.channel_values(c, index) for c in planes.channels])
 
     def sam_input(self, z: Any, window: Window | Tile) -> np.ndarray:
         """``window`` of plane ``z`` as SAM's ``(h, w, 3)`` uint8 input."""

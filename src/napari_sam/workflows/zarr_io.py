@@ -145,7 +145,8 @@ def open_zarr_image(path: str | os.PathLike[str]) -> ZarrSource:
 
 
 class LazyArray:
-    """An array-like over a lazily read array (zarr) with some length-1 axes left out.
+    """An array-like over a lazily read array (zarr) with some length-1 axes left out, and
+    its axes possibly in another order.
 
     Indexing with integers and slices (and ``...``) reads only what is asked
     for and returns a numpy array; ``np.asarray`` reads everything.
@@ -153,16 +154,21 @@ class LazyArray:
     Parameters
     ----------
     array : array-like
-        Has ``shape``, ``dtype`` and numpy-style ``__getitem__`` (a zarr array).
+        Has ``shape``, ``dtype`` and numpy-style ``__getitem__`` (a zarr array, or
+        another LazyArray).
     keep : sequence of int
-        The axes of ``array`` that remain; every other axis must have length 1.
+        The axes of ``array`` that remain, in the order they have here (e.g. ``(2, 0,
+        1, 3, 4)`` puts axis 2 first); every other axis must have length 1.
     """
 
     def __init__(self, array: Any, keep: Sequence[int]) -> None:
+        keep = tuple(int(k) for k in keep)
+        if isinstance(array, LazyArray):  # one level: the axes of the array underneath
+            array, keep = array.array, tuple(array.keep[k] for k in keep)
         self.array = array
-        self.keep = tuple(int(k) for k in keep)
+        self.keep = keep
         dropped = [i for i in range(array.ndim) if i not in self.keep]
-        if any(array.shape[i] != 1 for i in dropped):
+        if len(set(keep)) != len(keep) or any(array.shape[i] != 1 for i in dropped):
             raise ValueError("only axes of length 1 can be left out")
         self.shape = tuple(int(array.shape[i]) for i in self.keep)
         self.dtype = np.dtype(array.dtype)
@@ -183,7 +189,11 @@ class LazyArray:
         full: list[Any] = [0] * self.array.ndim
         for axis, k in zip(self.keep, key):
             full[axis] = k
-        return np.asarray(self.array[tuple(full)])
+        out = np.asarray(self.array[tuple(full)])
+        # the axes left (not indexed by an integer) come in the array's order: put them in ours
+        left = [axis for axis, k in zip(self.keep, key) if not _is_int(k)]
+        order = sorted(left)
+        return out.transpose([order.index(axis) for axis in left]) if left != order else out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[...]
@@ -428,3 +438,7 @@ def finish_labels_zarr(tmp: str | os.PathLike[str], path: str | os.PathLike[str]
     _rename_metadata(tmp, path.name)
     replace_dir(tmp, path, error=OutputFileError)
     return path
+
+
+def _is_int(key: Any) -> bool:
+    return isinstance(key, (int, np.integer))

@@ -196,7 +196,7 @@ def test_embed_channels_are_the_embeddings_propagate_channels_reads(
 
 
 def test_the_command_follows_a_line_of_a_colour_or_channel_timelapse(
-    tmp_path, fake_load, model, colour, capsys
+    tmp_path, fake_load, model, colour, capsys, monkeypatch
 ):
     """A time-lapse of colour stacks (T, Z, Y, X, RGB) and an ImageJ hyperstack of channels
     (T, Z, C, Y, X) with --channels: --along z --at 1 follows the objects through the slices
@@ -222,6 +222,9 @@ def test_the_command_follows_a_line_of_a_colour_or_channel_timelapse(
     path = tmp_path / "hyperstack.tif"  # (2, 5, 3, 96, 128)
     tifffile.imwrite(path, tzcyx, imagej=True, metadata={"axes": "TZCYX"})
     limits = [(0.0, 1500.0), (20.0, 1700.0)]
+    from napari_sam.workflows import batch
+
+    monkeypatch.setattr(batch, "LAZY_BYTES", 0)  # read as a large file: one page per plane
     assert main(["propagate", str(path), "--prompts", str(clicks), "-o", str(out), "--along",
                  "z", "--at", "1", "--channels", "2", "0", "--contrast", "0", "1500", "20",
                  "1700", "--keep-going", "--quiet"]) == 0  # fmt: skip

@@ -194,6 +194,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows import io
+    from napari_sam.workflows.batch import large_file
     from napari_sam.workflows.embeddings import EmbeddingStore
     from napari_sam.workflows.followed import FollowedPlanes
     from napari_sam.workflows.memory_propagation import (
@@ -215,7 +216,8 @@ def _run_propagate(args: argparse.Namespace) -> int:
         absent_slices=args.absent_slices,
         min_area=args.min_area,
     )
-    image = followed.read(args.input)
+    # a large file is read one plane at a time (its contrast, unless given, reads it once)
+    image = followed.read(args.input, lazy=large_file(Path(args.input).expanduser()))
     planes = followed.planes(image, Path(args.input).name)
     followed = followed.resolved(planes)  # one contrast for every line (the whole file's)
     lines = _lines(args, planes)

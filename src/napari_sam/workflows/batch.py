@@ -423,6 +423,14 @@ class FileResult:
     n_frames: int | None = None
 
 
+def large_file(path: Path) -> bool:
+    """Whether ``path`` is a file over :data:`LAZY_BYTES`, to be read one plane at a time."""
+    try:
+        return path.is_file() and path.stat().st_size > LAZY_BYTES
+    except OSError:
+        return False
+
+
 def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
     """Read an input; zarr folders and files over :data:`LAZY_BYTES` lazily.
 
@@ -437,10 +445,7 @@ def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
     ------
     InputFileError
     """
-    try:
-        lazy = path.is_file() and path.stat().st_size > LAZY_BYTES
-    except OSError:
-        lazy = False
+    lazy = large_file(path)
     if recipe is not None and recipe.channels is not None:
         from napari_sam.errors import ImageFormatError
         from napari_sam.workflows.channels import check_channels

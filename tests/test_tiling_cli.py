@@ -145,3 +145,31 @@ def test_tiling_options_travel_in_batch_recipes(fast_model, large_tif):
     plane = read_tiff(large_tif).data
     segment(model, plane, settings=recipe.settings, **recipe.kwargs())
     assert calls.planes == 3 * 2
+
+
+def test_embed_tiles_every_plane_of_a_timelapse(fast_model, tmp_path, capsys):
+    """A time-lapse of stacks (T, Z, Y, X) with tiles: every tile of every slice of every time
+    point (or of --slices in each), keyed by the full (t, z) index as the dock keys them."""
+    from napari_sam.runtime.loader import model_id_for
+    from napari_sam.workflows.embeddings import default_contrast_limits
+    from napari_sam.workflows.planes import ImagePlanes
+    from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
+    from napari_sam.workflows.tiling import Tiling
+
+    model, args = fast_model
+    movie = np.random.default_rng(3).integers(0, 999, (2, 3, 300, 200)).astype(np.uint16)
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TZYX"})
+    tiles = ["--tile-shape", 128, 128, "--halo", 16, 16]
+    calls = EncoderCalls(model)
+    code, _, err = run(capsys, "embed", path, "-o", tmp_path / "emb", *args, "--quiet", *tiles,
+                       "--slices", "1:3")
+    assert code == 0, err
+    assert "2 time points x 2 slices x 6 tiles (128x128, halo 16x16), 24 encoded, 0 already" in err
+    assert calls.planes == 24
+    tiled = TiledEmbeddings(model, ImagePlanes(movie, contrast=default_contrast_limits(movie)),
+                            model_id=model_id_for("vit_t", args[3]),
+                            tiling=Tiling(mode="on", tile_shape=(128, 128), halo=(16, 16)))
+    cache = DiskCache(tmp_path / "emb")
+    assert len(cache) == 24 and tiled.key((1, 2), tiled.grid.tile(4)) in cache
+    assert tiled.key((1, 0), tiled.grid.tile(4)) not in cache  # slice 0 was not asked for

@@ -116,3 +116,44 @@ def test_embedded_channels_are_the_docks_channel_layers(
     settle(c)
     assert calls.planes == 1
     c.close()
+
+
+def test_embedded_timelapses_are_the_docks(capsys, tmp_path, nuclei, fast_model, checkpoint):
+    """``embed`` on a time-lapse of stacks (T, Z, Y, X) precomputes every slice of every time
+    point, and on an ImageJ hyperstack (T, Z, C, Y, X) with ``--channels 1 0`` those channels'
+    planes; the dock on the same file (the hyperstack as one layer, channels 1 0 chosen on its
+    channel axis) with its disk cache on that folder encodes nothing for a click on any."""
+    tzyx = np.stack([colour_stack(nuclei, slices=(8, 10, 12))[..., c] for c in range(2)])
+    tzyx = tzyx.astype(np.uint16) * 9  # (2, 3, 64, 80)
+    tzcyx = np.stack([tzyx, tzyx[..., ::-1] // 2], axis=2)  # (2, 3, 2, 64, 80)
+    model = ["--model", "vit_t", "--checkpoint", str(checkpoint), "--quiet"]
+    cases = [("movie.tif", tzyx, "TZYX", [], None), ("hyper.tif", tzcyx, "TZCYX",
+             ["--channels", "1", "0"], (2, "1 0"))]  # fmt: skip
+    for name, data, axes, extra, channel_axis in cases:
+        path, cache = tmp_path / name, tmp_path / f"{name}.cache"
+        tifffile.imwrite(path, data, imagej=True, metadata={"axes": axes})
+        calls = EncoderCalls(fast_model)
+        code = cli.main(["embed", str(path), *extra, *model, "-o", str(cache)])
+        err = capsys.readouterr().err
+        assert code == 0 and f"{name}: 2 time points x 3 slices, 6 encoded, 0" in err, err
+        assert calls.planes == 6 and len(DiskCache(cache)) == 6
+
+        viewer = ViewerModel()
+        viewer.add_image(data, name=name)
+        c = InteractiveController(viewer)
+        c.set_model(fast_model, model_id_for("vit_t", checkpoint))
+        c.embeddings.set_disk(True, str(cache))
+        first = 0
+        if channel_axis is not None:
+            c.set_channel_axis(*channel_axis)
+            first = 1  # the layer is shown channels first: (c, t, z, y, x)
+        calls.reset()
+        for t, z in [(0, 0), (1, 2), (1, 1)]:
+            viewer.dims.set_point(first, t)
+            viewer.dims.set_point(first + 1, z)
+            c.prompts.points.current.data = np.empty((0, 4))
+            c.prompts.points.current.add([t, z, 30.0, 40.0])
+            settle(c)
+            assert c.preview.layer.data[t, z].any(), (name, t, z)
+        assert calls.planes == 0 and c.embeddings.log == [], name
+        c.close()

@@ -35,14 +35,17 @@ def add(subparsers: Any) -> None:
             "The napari widget finds these embeddings when its disk cache points at the same\n"
             "folder and the model and contrast limits match (by default the stack's minimum\n"
             "and maximum, which napari shows for a newly opened stack).\n"
-            "A stack of colour planes (Z Y X RGB: serial sections) is encoded in its colours.\n"
+            "A stack of colour planes (Z Y X RGB: serial sections) is encoded in its colours;\n"
+            "a time-lapse of stacks (T Z Y X, or T Z Y X RGB) slice by slice, every time\n"
+            "point (--slices: those slices of each).\n"
             "Large planes are tiled (see the tiling options): every tile of every plane is\n"
             "encoded, and a tiled 2D image (Y X or Y X RGB) is accepted too."
         ),
     )
     parser.add_argument(
         "input", metavar="INPUT",
-        help="3D TIFF stack (Z, Y, X) or stack of colour planes (Z, Y, X, RGB); .npy also works",
+        help="3D TIFF stack (Z, Y, X), stack of colour planes (Z, Y, X, RGB) or time-lapse of "
+        "stacks (T, Z, Y, X); .npy also works",
     )  # fmt: skip
     parser.add_argument(
         "-o",
@@ -71,7 +74,8 @@ def add(subparsers: Any) -> None:
         help="contrast limits for SAM's 8-bit input, one pair per channel with --channels "
         "(default: the stack's, or channel's, min and max)",
     )
-    add_channels_option(parser, "a multichannel stack (C, Z, Y, X), its planes not tiled "
+    add_channels_option(parser, "a multichannel stack (C, Z, Y, X) or hyperstack (T, Z, C, Y, "
+                        "X), its planes not tiled "
                         "(the embeddings napari-sam propagate --channels --cache-dir reads)")
     parser.add_argument(
         "--slices", default=None, metavar="START:STOP", help="only these slices (e.g. 10:20)"
@@ -117,9 +121,9 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     channels, pairs = check_channels_and_contrast(args.channels, args.contrast)
-    if channels is not None:
-        return _embed_channels(args, t0, channels, pairs)
     tiling = tiling_from_args(args)
+    if channels is not None or _is_timelapse(args.input):
+        return _embed_planes(args, t0, channels, pairs, tiling)
     stack, rgb, grid = _read_for_embedding(args.input, tiling)
     if stack.ndim - rgb == 2:
         if args.slices is not None:
@@ -167,50 +171,93 @@ def _load(args: argparse.Namespace) -> Any:
 def _precompute(args: argparse.Namespace, embeddings: Any, slices: list[int] | None,
                 contrast: str, t0: float) -> int:
     """Encode the slices (None: all) that are not cached, with a progress bar; the one-line
-    summary on stderr, the cache folder on stdout."""
+    summary on stderr, the cache folder on stdout. ``embeddings``: of a stack, or a list of
+    them, one per time point of a time-lapse."""
     import time
 
     from tqdm import tqdm
 
+    lines = embeddings if isinstance(embeddings, list) else [embeddings]
     bar = tqdm(
         total=0, unit="slice", desc="encoding", file=sys.stderr, disable=args.quiet, leave=False
     )
+    encoded = 0
     try:
-        encoded = embeddings.precompute(slices, progress=bar_updater(bar))
+        for line in lines:
+            encoded += line.precompute(slices, progress=bar_updater(bar))
     finally:
         bar.close()
-    n = embeddings.n_slices if slices is None else len(slices)
-    sam = embeddings.model
+    per_line = lines[0].n_slices if slices is None else len(slices)
+    n = per_line * len(lines)
+    what = f"{n} slice{'s' if n != 1 else ''}"
+    if len(lines) > 1:
+        what = f"{len(lines)} time points x {per_line} slices"
+    first = lines[0]
+    sam = first.model
     print(
-        f"{Path(args.input).name}: {n} slice{'s' if n != 1 else ''}, {encoded} encoded, "
-        f"{n - encoded} already cached; model {embeddings.model_id} on {sam.device} "
+        f"{Path(args.input).name}: {what}, {encoded} encoded, "
+        f"{n - encoded} already cached; model {first.model_id} on {sam.device} "
         f"({precision_name(sam)} encoder), contrast {contrast}; "
         f"{time.perf_counter() - t0:.1f} s",
         file=sys.stderr,
     )
-    print(embeddings.disk.root)
+    print(first.disk.root)
     return 0
 
 
-def _embed_channels(args: argparse.Namespace, t0: float, channels: tuple[int, ...],
-                    pairs: Any) -> int:
-    """--channels: the chosen channels' planes of a (C, Z, Y, X) stack, as SAM sees them, keyed
-    as ``napari-sam propagate --channels`` keys them (not tiled)."""
+def _is_timelapse(path: str) -> bool:
+    """Whether ``path`` holds a time-lapse of stacks, (T, Z, Y, X) or (T, Z, Y, X, RGB) (read
+    lazily: only its layout; any reading error is left to the stack path to say)."""
+    from napari_sam.errors import NapariSamError
+    from napari_sam.workflows import io
 
+    try:
+        image = io.read_image(path, lazy=True, frames=True)
+    except NapariSamError:
+        return False
+    return image.data.ndim - image.rgb == 4
+
+
+def _embed_planes(args: argparse.Namespace, t0: float, channels: tuple[int, ...] | None,
+                  pairs: Any, tiling: Any) -> int:
+    """Planes read as ``napari-sam propagate`` reads them (FollowedPlanes): --channels of a
+    stack (C, Z, Y, X) or of a hyperstack (C, T, Z, Y, X), not tiled (as propagate --channels
+    reads them), and time-lapses of stacks (T, Z, Y, X, in colour too), every slice of every
+    time point (tiled where the dock tiles). Keyed as the dock keys the same planes."""
+    from dataclasses import replace
+
+    from napari_sam.workflows.batch import large_file
     from napari_sam.workflows.embeddings import EmbeddingStore
     from napari_sam.workflows.followed import FollowedPlanes
+    from napari_sam.workflows.timelapse import TimelapseLine
 
-    followed = FollowedPlanes(channels, pairs)
-    planes = followed.planes(followed.read(args.input), Path(args.input).name)
+    path = Path(args.input).expanduser()
+    followed = FollowedPlanes(channels, pairs if channels is not None or pairs is None
+                              else pairs[0])  # fmt: skip
+    image = followed.read(path, lazy=large_file(path))
+    if image.data.ndim - (channels is not None) - image.rgb == 2:
+        raise InputFileError(
+            f"{path.name} is a 2D image (shape {tuple(image.data.shape)}); embed --channels "
+            "precomputes the slices of a stack (C, Z, Y, X) or of a time-lapse of stacks."
+        )
+    planes = followed.planes(image, path.name)
     followed = followed.resolved(planes)
-    slices = _parse_slices(args.slices, followed.n_planes(planes))
-    disk = _disk(args)
-    loaded = _load(args)
-    embeddings = followed.embeddings(loaded.sam, planes, model_id=loaded.model_id,
-                                     store=EmbeddingStore(0), disk=disk,
-                                     batch_size=args.batch_size)  # fmt: skip
-    shown = ", ".join(f"channel {c} {lo:g}–{hi:g}" for c, (lo, hi) in zip(channels,
-                                                                         followed.contrast))
+    leading = planes.geometry.leading_shape
+    slices = _parse_slices(args.slices, leading[-1])
+    if channels is None:
+        shown = f"{followed.contrast[0]:g}–{followed.contrast[1]:g}"
+    else:
+        shown = ", ".join(f"channel {c} {lo:g}–{hi:g}"
+                          for c, (lo, hi) in zip(channels, followed.contrast))
+    disk, loaded = _disk(args), _load(args)
+    if channels is None and tiling.grid(planes.geometry.plane_shape) is not None:
+        chosen = [(t, z) for t in range(leading[0]) for z in (slices or range(leading[1]))]
+        return _embed_tiled(args, t0, loaded, image.data, image.rgb, tiling, followed.contrast,
+                            disk, chosen)  # fmt: skip
+    lines = [None] if len(leading) == 1 else [TimelapseLine("z", t) for t in range(leading[0])]
+    embeddings = [replace(followed, line=line).embeddings(
+        loaded.sam, planes, model_id=loaded.model_id, store=EmbeddingStore(0), disk=disk,
+        batch_size=args.batch_size) for line in lines]  # fmt: skip
     return _precompute(args, embeddings, slices, shown, t0)
 
 
@@ -285,10 +332,14 @@ def _embed_tiled(
         encoded = tiles.precompute(slices, progress=bar_updater(bar))
     finally:
         bar.close()
-    n_planes = len(tiles.slices) if slices is None else len(slices)
+    chosen = list(tiles.slices) if slices is None else list(slices)
+    n_planes = len(chosen)
     n = n_planes * len(tiles.grid)
     (th, tw), (hy, hx) = tiles.grid.tile_shape, tiles.grid.halo
     planes = f"{n_planes} slice{'s' if n_planes != 1 else ''} x " if tiles.is_stack else ""
+    if tiles.planes.geometry.n_leading == 2:  # a time-lapse: (t, z) planes
+        n_times = len({t for t, _ in chosen})
+        planes = f"{n_times} time points x {n_planes // n_times} slices x "
     print(
         f"{Path(args.input).name}: {planes}{len(tiles.grid)} tiles ({th}x{tw}, halo {hy}x{hx}), "
         f"{encoded} encoded, {n - encoded} already cached; model {tiles.model_id} on "

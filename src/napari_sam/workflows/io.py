@@ -373,6 +373,15 @@ def _checked_image(
     if min(data.shape[:spatial]) < 1:
         raise InputFileError(f"{path.name} holds an empty image (shape {data.shape}).")
 
+    scale, unit = _scale_and_unit(spatial, ij, shaped, res)
+    return TiffImage(data=data, rgb=rgb, scale=scale, unit=_napari_unit(unit), axes=axes)
+
+
+def _scale_and_unit(
+    spatial: int, ij: dict, shaped: dict, res: tuple[float, float] | None
+) -> tuple[tuple[float, ...], Any]:
+    """The scale of the ``spatial`` axes ((T,) (Z,) Y, X: frame interval, slice spacing,
+    pixel size; 1 where unknown) and the unit, from ImageJ or tifffile's shaped metadata."""
     sy, sx = res if res is not None else (1.0, 1.0)
     unit = ij.get("unit") if ij else shaped.get("unit")
     scale: tuple[float, ...] = (_positive(sy), _positive(sx))
@@ -381,7 +390,7 @@ def _checked_image(
         scale = (_positive(sz), *scale)
     if spatial == 4:
         scale = (_positive(ij.get("finterval") if ij else shaped.get("finterval")), *scale)
-    return TiffImage(data=data, rgb=rgb, scale=scale, unit=_napari_unit(unit), axes=axes)
+    return scale, unit
 
 
 def _channels_first(
@@ -420,14 +429,7 @@ def _channels_first(
         )
     if min(data.shape) < 1:
         raise InputFileError(f"{path.name} holds an empty image (shape {data.shape}).")
-    sy, sx = res if res is not None else (1.0, 1.0)
-    unit = ij.get("unit") if ij else shaped.get("unit")
-    scale: tuple[float, ...] = (_positive(sy), _positive(sx))
-    if spatial >= 3:
-        sz = ij.get("spacing") if ij else shaped.get("spacing")
-        scale = (_positive(sz), *scale)
-    if spatial == 4:
-        scale = (_positive(ij.get("finterval") if ij else shaped.get("finterval")), *scale)
+    scale, unit = _scale_and_unit(spatial, ij, shaped, res)
     return TiffImage(
         data=data, rgb=False, scale=scale, unit=_napari_unit(unit), axes=axes, channel_axis=0
     )

@@ -319,3 +319,11 @@ def test_colour_stacks_and_channels_on_the_cluster_give_the_one_process_labels(
                               prompts, out, settings=SETTINGS, channels=(1, 0))  # fmt: skip
     assert outcome.n_objects == 2 and outcome.encoded == 6
     np.testing.assert_array_equal(io.read_tiff(out).data, ref)
+    # the same channels saved one per file: channel 1 is INPUT (red), channel 0 --with (green)
+    red, green = tmp_path / "C1.tif", tmp_path / "C0.tif"
+    tifffile.imwrite(red, czyx[1])
+    tifffile.imwrite(green, czyx[0])
+    outcome = run_propagation(inprocess_client, ModelSpec("sam2_tiny", device="cpu"), red,
+                              prompts, out, settings=SETTINGS, others=[green])  # fmt: skip
+    assert outcome.n_objects == 2 and outcome.encoded == 6
+    np.testing.assert_array_equal(io.read_tiff(out).data, ref)

@@ -234,3 +234,60 @@ def test_the_command_follows_a_line_of_a_colour_or_channel_timelapse(
     assert labels.shape == movie.shape[:4] and not labels[0].any()
     assert set(np.unique(labels)) == {0, 3, 7}
     np.testing.assert_array_equal(labels[1], expected.label_volume())
+
+
+def test_the_command_follows_channels_saved_one_per_file(
+    tmp_path, fake_load, model, colour, capsys
+):
+    """--with: INPUT is SAM's red input and the files given its green (and blue), as
+    --channels of one multichannel file gives them; mistakes are one sentence each."""
+    czyx = np.ascontiguousarray(np.moveaxis(colour, -1, 0)).astype(np.uint16) * 7
+    tifffile.imwrite(tmp_path / "three.tif", czyx)
+    for c in range(3):
+        tifffile.imwrite(tmp_path / f"C{c}.tif", czyx[c])
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(CLICKS)
+    base = ["propagate", "--prompts", str(clicks), "--keep-going", "--quiet"]
+    for flags, files in [(["--contrast", "0", "900", "100", "1500"], ["C2", "C0"]),
+                         ([], ["C1", "C2", "C0"])]:
+        numbers = [f[1:] for f in files]
+        one = tmp_path / "one.tif"
+        assert main([*base, str(tmp_path / "three.tif"), "--channels", *numbers, *flags,
+                     "-o", str(one)]) == 0  # fmt: skip
+        split = tmp_path / "split.tif"
+        assert main([*base, str(tmp_path / f"{files[0]}.tif"), "--with",
+                     *(str(tmp_path / f"{f}.tif") for f in files[1:]), *flags,
+                     "-o", str(split)]) == 0, capsys.readouterr().err  # fmt: skip
+        labels = io.read_tiff(split).data
+        assert set(np.unique(labels)) == {0, 3, 7}
+        np.testing.assert_array_equal(labels, io.read_tiff(one).data)
+    # embed --with precomputes what propagate --with --cache-dir reads: nothing is encoded
+    cache = tmp_path / "cache"
+    split = [str(tmp_path / "C1.tif"), "--with", str(tmp_path / "C2.tif")]
+    assert main(["embed", *split, "-o", str(cache), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "C1.tif: 5 slices, 5 encoded" in err and f"C2.tif {czyx[2].min()}–" in err, err
+    passes = []
+    hook = model.sam.image_encoder.register_forward_hook(lambda *a: passes.append(1))
+    try:
+        assert main([*base, *split, "--cache-dir", str(cache), "-o",
+                     str(tmp_path / "cached.tif")]) == 0  # fmt: skip
+    finally:
+        hook.remove()
+    assert passes == []
+    capsys.readouterr()
+    tifffile.imwrite(tmp_path / "small.tif", czyx[0, :, :50])
+    tifffile.imwrite(tmp_path / "rgb.tif", colour, photometric="rgb")
+    for flags, message in [
+        (["--with", "small.tif"], "small.tif has shape (5, 50, 128) but C0.tif has shape"),
+        (["--with", "rgb.tif"], "rgb.tif is a colour image"),
+        (["--with", "C1.tif", "--channels", "0"], "either --channels"),
+        (["--with", "C1.tif", "C1.tif", "C1.tif"], "--with takes 1 or 2 files"),
+        (["--with", "C1.tif", "--contrast", "0", "9"], "one LOW HIGH pair per chosen channel"),
+    ]:
+        flags = [str(tmp_path / f) if f.endswith(".tif") else f for f in flags]
+        code = main([*base, str(tmp_path / "C0.tif"), *flags, "-o", str(tmp_path / "bad.tif")])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and message in err and "\n" not in err, err
+    assert not (tmp_path / "bad.tif").exists()
+

@@ -484,3 +484,59 @@ def test_channels_of_a_hyperstack_followed_in_the_dock_replay_on_the_command_lin
     written = io.read_tiff(tmp_path / "labels.tif", frames=True).data
     np.testing.assert_array_equal(written, labels)
     c.close()
+
+
+def test_channel_layers_opened_one_per_file_replay_on_the_command_line(
+    model, nuclei_stack, tmp_path, monkeypatch
+):
+    """Channels saved one per file (Fiji's Split Channels), each opened with napari's reader
+    and chosen as channel layers, an object followed with SAM 2 memory: the exported sentence
+    names the red channel's file and --with the green one's, and that command gives the
+    dock's labels. Channel layers made in napari (no file) have no command to replay."""
+    import re
+    import shlex
+
+    from napari.layers._source import layer_source
+
+    from napari_sam.cli import main
+    from napari_sam.runtime import loader
+    from napari_sam.runtime.loader import LoadedModel
+    from napari_sam.workflows import io
+
+    files = []
+    for name, z in (("C1-cells.tif", 28), ("C2-cells.tif", 34)):
+        files.append(tmp_path / name)
+        tifffile.imwrite(files[-1], np.ascontiguousarray(nuclei_stack[z:z + 5, 40:136, 60:188]))
+    viewer = ViewerModel()
+    layers = []
+    for f in files:  # as napari's reader adds them: each layer's source is its file
+        with layer_source(path=str(f)):
+            layers.append(viewer.add_image(tifffile.imread(f), name=f.stem))
+    red, green = layers
+    c = make(viewer, model)
+    notes = collect(c)
+    c.set_channels([red, green])
+    click(c, viewer, K, *CLICKS[0])
+    c.stack.propagate()
+    labels = c.output.current.data
+    assert labels.shape == (5, 96, 128) and (labels == 1).any()
+    csv = tmp_path / "clicks.csv"
+    assert c.stack.export_prompts(str(csv))
+    command = re.search(r"`napari-sam (propagate .*)`", notes["info"][-1]).group(1)
+    argv = shlex.split(command)
+    assert argv[1] == str(files[0]) and argv[argv.index("--with") + 1] == str(files[1])
+    argv[argv.index("--prompts") + 1] = str(csv)
+    argv[argv.index("-o") + 1] = str(tmp_path / "labels.tif")
+    monkeypatch.setattr(loader, "load", lambda *a, **k: LoadedModel.wrap(model, "t", "sam2"))
+    assert main([*argv, "--keep-going", "--quiet"]) == 0
+    np.testing.assert_array_equal(io.read_tiff(tmp_path / "labels.tif").data, labels)
+
+    # layers without a file: the sentence says how to replay instead
+    made = viewer.add_image(np.asarray(green.data) // 2, name="made here")
+    c.set_channels([red, made])
+    click(c, viewer, K, *CLICKS[0])
+    c.stack.propagate()
+    assert c.stack.export_prompts(str(tmp_path / "again.csv"))
+    assert "no files hold" in notes["info"][-1] and "--with" in notes["info"][-1]
+    assert notes["error"] == []
+    c.close()

@@ -13,7 +13,12 @@ from napari_sam.cli.common import (
     bar_updater,
     precision_name,
 )
-from napari_sam.cli.segment_channels import add_channels_option, check_channels_and_contrast
+from napari_sam.cli.segment_channels import (
+    add_channel_files_option,
+    add_channels_option,
+    check_channel_files,
+    check_channels_and_contrast,
+)
 from napari_sam.cli.tile_options import add_tiling_options, tiling_from_args
 from napari_sam.errors import (
     ImageFormatError,
@@ -77,6 +82,7 @@ def add(subparsers: Any) -> None:
     add_channels_option(parser, "a multichannel stack (C, Z, Y, X) or hyperstack (T, Z, C, Y, "
                         "X), its planes not tiled "
                         "(the embeddings napari-sam propagate --channels --cache-dir reads)")
+    add_channel_files_option(parser)
     parser.add_argument(
         "--slices", default=None, metavar="START:STOP", help="only these slices (e.g. 10:20)"
     )
@@ -120,10 +126,13 @@ def _run_embed(args: argparse.Namespace) -> int:
     from napari_sam.workflows.planes import stack_embeddings
 
     t0 = time.perf_counter()
-    channels, pairs = check_channels_and_contrast(args.channels, args.contrast)
+    others, pairs = check_channel_files(args.channels, args.with_files, args.contrast)
+    channels = None
+    if others is None:
+        channels, pairs = check_channels_and_contrast(args.channels, args.contrast)
     tiling = tiling_from_args(args)
-    if channels is not None or _is_timelapse(args.input):
-        return _embed_planes(args, t0, channels, pairs, tiling)
+    if channels is not None or others is not None or _is_timelapse(args.input):
+        return _embed_planes(args, t0, channels, pairs, tiling, others)
     stack, rgb, grid = _read_for_embedding(args.input, tiling)
     if stack.ndim - rgb == 2:
         if args.slices is not None:
@@ -219,11 +228,12 @@ def _is_timelapse(path: str) -> bool:
 
 
 def _embed_planes(args: argparse.Namespace, t0: float, channels: tuple[int, ...] | None,
-                  pairs: Any, tiling: Any) -> int:
+                  pairs: Any, tiling: Any, others: tuple[str, ...] | None = None) -> int:
     """Planes read as ``napari-sam propagate`` reads them (FollowedPlanes): --channels of a
-    stack (C, Z, Y, X) or of a hyperstack (C, T, Z, Y, X), not tiled (as propagate --channels
-    reads them), and time-lapses of stacks (T, Z, Y, X, in colour too), every slice of every
-    time point (tiled where the dock tiles). Keyed as the dock keys the same planes."""
+    stack (C, Z, Y, X) or of a hyperstack (C, T, Z, Y, X), or channels in files of their own
+    (--with), not tiled (as propagate reads them), and time-lapses of stacks (T, Z, Y, X, in
+    colour too), every slice of every time point (tiled where the dock tiles). Keyed as the
+    dock keys the same planes."""
     from dataclasses import replace
 
     from napari_sam.workflows.batch import large_file
@@ -232,25 +242,29 @@ def _embed_planes(args: argparse.Namespace, t0: float, channels: tuple[int, ...]
     from napari_sam.workflows.timelapse import TimelapseLine
 
     path = Path(args.input).expanduser()
-    followed = FollowedPlanes(channels, pairs if channels is not None or pairs is None
-                              else pairs[0])  # fmt: skip
+    several = channels is not None or others is not None
+    followed = FollowedPlanes(channels, pairs if several or pairs is None else pairs[0],
+                              others=others)  # fmt: skip
     image = followed.read(path, lazy=large_file(path))
     if image.data.ndim - (channels is not None) - image.rgb == 2:
         raise InputFileError(
-            f"{path.name} is a 2D image (shape {tuple(image.data.shape)}); embed --channels "
-            "precomputes the slices of a stack (C, Z, Y, X) or of a time-lapse of stacks."
+            f"{path.name} is a 2D image (shape {tuple(image.data.shape)}); embed "
+            f"{'--channels' if channels else '--with'} precomputes the slices of a stack or "
+            "of a time-lapse of stacks."
         )
     planes = followed.planes(image, path.name)
     followed = followed.resolved(planes)
     leading = planes.geometry.leading_shape
     slices = _parse_slices(args.slices, leading[-1])
-    if channels is None:
+    if not several:
         shown = f"{followed.contrast[0]:g}–{followed.contrast[1]:g}"
     else:
-        shown = ", ".join(f"channel {c} {lo:g}–{hi:g}"
-                          for c, (lo, hi) in zip(channels, followed.contrast))
+        names = ([f"channel {c}" for c in channels] if channels is not None
+                 else [Path(p).name for p in (path, *others)])  # fmt: skip
+        shown = ", ".join(f"{name} {lo:g}–{hi:g}" for name, (lo, hi) in zip(names,
+                                                                           followed.contrast))
     disk, loaded = _disk(args), _load(args)
-    if channels is None and tiling.grid(planes.geometry.plane_shape) is not None:
+    if not several and tiling.grid(planes.geometry.plane_shape) is not None:
         chosen = [(t, z) for t in range(leading[0]) for z in (slices or range(leading[1]))]
         return _embed_tiled(args, t0, loaded, image.data, image.rgb, tiling, followed.contrast,
                             disk, chosen)  # fmt: skip

@@ -16,7 +16,7 @@ from napari_sam.cli.common import (
     check_writable,
     cluster_model,
 )
-from napari_sam.cli.segment_channels import add_channels_option
+from napari_sam.cli.segment_channels import add_channel_files_option, add_channels_option
 from napari_sam.errors import OutputFileError
 
 _DESCRIPTION = """\
@@ -29,7 +29,8 @@ clicked slices and stop where SAM 2 says they are gone.
 STACK is a TIFF (or .npy) grayscale stack or movie, or a stack of colour
 (RGB) planes (Z Y X RGB: serial sections, a colour movie), which SAM 2 sees in
 their colours; with --channels, 1-3 channels of a multichannel stack (C Z Y X)
-are SAM's red, green and blue. PROMPTS is a CSV file with one
+are SAM's red, green and blue; with --with, STACK is SAM's red and the files
+given its green (and blue): channels saved one per file. PROMPTS is a CSV file with one
 click per row, z,y,x,label,object (a header line is optional):
 
   z,y,x,label,object
@@ -56,6 +57,7 @@ examples:
   napari-sam propagate movie.tif --prompts clicks.csv -o labels.tif --along t --at 12
   napari-sam propagate movie.tif --prompts cells_tz.csv -o labels.tif --along z
   napari-sam propagate cells_czyx.tif --prompts clicks.csv -o labels.tif --channels 1 0
+  napari-sam propagate C1-cells.tif --with C2-cells.tif --prompts clicks.csv -o labels.tif
 
 exit status: 0 done; 1 failed (one line says why; --debug shows the details);
 2 wrong command line; 130 interrupted (Ctrl+C). A failed or interrupted run
@@ -128,6 +130,7 @@ def add(subparsers: Any) -> None:
     )
     group = parser.add_argument_group("input")
     add_channels_option(group, "a multichannel stack (C, Z, Y, X)")
+    add_channel_files_option(group)
     group.add_argument(
         "--contrast",
         nargs="+",
@@ -190,7 +193,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from napari_sam.cli.segment_channels import check_channels_and_contrast
+    from napari_sam.cli.segment_channels import check_channel_files, check_channels_and_contrast
     from napari_sam.runtime.device import resolve_device
     from napari_sam.runtime.loader import load
     from napari_sam.workflows import io
@@ -207,10 +210,14 @@ def _run_propagate(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
     if out.suffix.lower() not in io.TIFF_SUFFIXES:
         raise OutputFileError(f"The output {out} must be a .tif file name.")
-    channels, contrast = check_channels_and_contrast(args.channels, args.contrast)
-    if channels is None and contrast is not None:
-        contrast = contrast[0]  # one LOW HIGH pair for the image
-    followed = FollowedPlanes(channels, contrast)
+    others, contrast = check_channel_files(args.channels, args.with_files, args.contrast)
+    if others is None:
+        channels, contrast = check_channels_and_contrast(args.channels, args.contrast)
+        if channels is None and contrast is not None:
+            contrast = contrast[0]  # one LOW HIGH pair for the image
+    else:
+        channels = None
+    followed = FollowedPlanes(channels, contrast, others=others)
     settings = MemoryPropagationSettings(
         stop_when_absent=not args.keep_going,
         absent_slices=args.absent_slices,
@@ -352,7 +359,8 @@ def _propagate_on_cluster(
                 outcomes.append(run_propagation(
                     client, spec, args.input, prompts, target,
                     settings=settings, z_range=args.slices, contrast=followed.contrast,
-                    channels=followed.channels, cache_dir=args.cache_dir,
+                    channels=followed.channels, others=followed.others,
+                    cache_dir=args.cache_dir,
                     torch_threads=local_torch_threads(args.workers) if args.workers else None,
                     progress=bar_updater(bar), line=line,
                 ))  # fmt: skip

@@ -27,8 +27,10 @@ from napari_sam.errors import ImageFormatError, OutputFileError
 __all__ = [
     "ChannelOptions",
     "TableWriter",
+    "add_channel_files_option",
     "add_channels_option",
     "add_options",
+    "check_channel_files",
     "check_channels_and_contrast",
     "check_options",
 ]
@@ -110,6 +112,51 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
         if table.suffix.lower() != ".csv":
             raise OutputFileError(f"--table {table} must be a .csv file name.")
     return ChannelOptions(channels, contrast, table)
+
+
+def add_channel_files_option(group: Any) -> None:
+    """Add ``--with FILE [FILE]`` (dest ``with_files``): channels saved one per file."""
+    group.add_argument(
+        "--with",
+        dest="with_files",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="channels saved one per file (e.g. by Fiji's Split Channels): INPUT is SAM's red "
+        "input and these files its green (and blue), each grayscale and of INPUT's shape; "
+        "--contrast then takes one pair per file",
+    )
+
+
+def check_channel_files(
+    channels: Any, files: Any, contrast: Any
+) -> tuple[tuple[str, ...] | None, tuple[tuple[float, float], ...] | None]:
+    """``--with`` files (1-2 paths, or None) and ``--contrast`` for INPUT and them: one
+    LOW HIGH pair per file, or None.
+
+    Raises
+    ------
+    SettingsError
+        ``--with`` together with ``--channels``, or more than two files.
+    ImageFormatError
+        A contrast that is not one LOW HIGH pair (LOW <= HIGH) per file.
+    """
+    from napari_sam.errors import SettingsError
+
+    if files is None:
+        return None, None
+    if channels is not None:
+        raise SettingsError(
+            "Give either --channels (channels of one multichannel file) or --with (channels "
+            "in separate files), not both."
+        )
+    files = tuple(str(f) for f in files)
+    if len(files) > 2:
+        raise SettingsError(
+            f"--with takes 1 or 2 files (SAM's green and blue inputs), got {len(files)}."
+        )
+    _, pairs = check_channels_and_contrast(tuple(range(1 + len(files))), contrast)
+    return files, pairs
 
 
 def check_channels_and_contrast(

@@ -179,6 +179,7 @@ def run_propagation(
     should_cancel: CancelCheck | None = None,
     line: TimelapseLine | None = None,
     channels: Sequence[int] | None = None,
+    others: Sequence[str | os.PathLike[str]] | None = None,
 ) -> PropagationOutcome:
     """Follow objects through the stack file ``stack`` on the cluster of ``client``.
 
@@ -212,6 +213,10 @@ def run_propagation(
     channels : sequence of int, optional
         1-3 channels of a multichannel stack ``(C, Z, Y, X)`` as SAM's red, green and blue
         (``contrast``: then one pair per channel).
+    others : sequence of path, optional
+        Channels saved one per file: ``stack`` is SAM's red input and these files its green
+        (and blue), each grayscale and of ``stack``'s shape, seen by the workers under the
+        same paths (``contrast``: then one pair per file).
 
     Raises
     ------
@@ -228,8 +233,10 @@ def run_propagation(
     stack = Path(stack).expanduser().resolve()
     output = Path(output).expanduser().resolve()
     settings = settings or MemoryPropagationSettings()
-    followed = FollowedPlanes(None if channels is None else tuple(int(c) for c in channels),
-                              contrast, line)
+    followed = FollowedPlanes(
+        None if channels is None else tuple(int(c) for c in channels), contrast, line,
+        None if others is None else tuple(str(Path(p).expanduser().resolve()) for p in others),
+    )
     # read whole only to find the contrast one process takes (the whole file's range)
     planes = followed.planes(followed.read(stack, lazy=contrast is not None), stack.name)
     followed = followed.resolved(planes)

@@ -53,11 +53,16 @@ class FollowedPlanes:
         and maximum).
     line : TimelapseLine, optional
         For a time-lapse of stacks ``(T, Z, Y, X)``: the line followed.
+    others : tuple of str, optional
+        Files holding SAM's green (and blue) input, the file read being its red:
+        channels saved one per file (Fiji's *Split Channels*), each grayscale and
+        of the same shape. Not with ``channels``.
     """
 
     channels: tuple[int, ...] | None = None
     contrast: Any = None
     line: TimelapseLine | None = None
+    others: tuple[str, ...] | None = None
 
     # ---------------------------------------------------------------- reading
     def read(self, path: str | os.PathLike[str], lazy: bool = False) -> io.TiffImage:
@@ -68,6 +73,8 @@ class FollowedPlanes:
         InputFileError
             A file that cannot be read, or without the chosen channels.
         """
+        if self.others is not None:
+            return _channel_file(path, lazy)
         if self.channels is None:
             return io.read_image(path, lazy=lazy, frames=True)
         image = io.read_tiff(path, channels=True, lazy=lazy, frames=True)
@@ -90,6 +97,19 @@ class FollowedPlanes:
         if self.channels is not None:
             planes = ImagePlanes(image.data, channel_axis=0, channels=self.channels,
                                  contrast=self.contrast)
+        elif self.others is not None:  # one grayscale file per channel, read as ``image`` was
+            lazy = not isinstance(image.data, np.ndarray)
+            arrays = [image.data]
+            for path in self.others:
+                data = _channel_file(path, lazy).data
+                if tuple(data.shape) != tuple(image.data.shape):
+                    raise InputFileError(
+                        f"{Path(path).name} has shape {tuple(data.shape)} but {name} has shape "
+                        f"{tuple(image.data.shape)}; the channel files of one image must have "
+                        "the same shape."
+                    )
+                arrays.append(data)
+            planes = ImagePlanes(arrays, contrast=self.contrast)
         else:
             planes = ImagePlanes(image.data, rgb=image.rgb, contrast=self.contrast)
         if planes.geometry.n_leading == 0:
@@ -103,7 +123,7 @@ class FollowedPlanes:
     def resolved(self, planes: ImagePlanes) -> FollowedPlanes:
         """The same, with the contrast limits ``planes`` use written out (for tasks that
         must not read the whole file to find them)."""
-        contrast = planes.contrasts if self.channels is not None else planes.contrasts[0]
+        contrast = planes.contrasts if planes.channels is not None else planes.contrasts[0]
         return replace(self, contrast=contrast)
 
     # ---------------------------------------------------------------- the line
@@ -151,3 +171,20 @@ class FollowedPlanes:
         if self.line is None:
             return labels
         return self.line.place(labels, planes.shape)
+
+
+def _channel_file(path: str | os.PathLike[str], lazy: bool) -> io.TiffImage:
+    """One channel's file (see ``FollowedPlanes.others``): a grayscale image, checked.
+
+    Raises
+    ------
+    InputFileError
+        A file that cannot be read, or that holds colours.
+    """
+    image = io.read_image(path, lazy=lazy, frames=True)
+    if image.rgb:
+        raise InputFileError(
+            f"{Path(path).name} is a colour image; each channel file must hold one grayscale "
+            "channel."
+        )
+    return image

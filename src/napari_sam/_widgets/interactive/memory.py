@@ -262,12 +262,13 @@ class MemoryStack:
             return None, str(exc)
         n = sum(len(p.point_labels) for p in clicks)
         objects = len({p.obj for p in clicks})
-        options = replay_options(self.owner, self._line if self.session is not None else None)
+        command = replay_options(self.owner, self._line if self.session is not None else None)
         replay = (
-            "; replay them with `napari-sam propagate STACK --prompts "
-            f"{written.name} -o labels.tif{options}`." if options is not None else
-            ". (SAM saw channel layers that no one file holds: to replay them on the command "
-            "line, save the channels as one (C, Z, Y, X) TIFF and give --channels.)"
+            f"; replay them with `napari-sam propagate {command[0]} --prompts "
+            f"{written.name} -o labels.tif{command[1]}`." if command is not None else
+            ". (SAM saw channel layers that no files hold: to replay them on the command "
+            "line, save the channels as one (C, Z, Y, X) TIFF and give --channels, or one "
+            "TIFF each and give --with.)"
         )
         return written, (
             f"Saved {n} click{'s' if n != 1 else ''} of {objects} object"

@@ -6,8 +6,9 @@ image's file: the line of a time-lapse of stacks (``--along``, ``--at``), the
 channels SAM saw when they were made from the file's channel axis
 (``--channels``; of a stack or of a time-lapse of stacks), and the contrast
 limits SAM saw (``--contrast``, per channel), so that the command sees what
-the dock saw. Channel layers chosen from separate layers have no one file to
-replay from.
+the dock saw. Channel layers opened one per file (Fiji's *Split Channels*) are
+replayed from those files (``--with``); channel layers made in napari have no
+file to replay from.
 """
 
 from __future__ import annotations
@@ -18,23 +19,37 @@ from typing import Any
 __all__ = ["replay_options"]
 
 
-def replay_options(owner: Any, line: tuple[int, tuple[int, ...]] | None) -> str | None:
-    """The options (with a leading space) that replay the session of the interactive
-    controller ``owner`` along ``line`` (``(axis, a full index on it)``, None: a stack);
-    None when no one image file holds what SAM saw."""
+def replay_options(
+    owner: Any, line: tuple[int, tuple[int, ...]] | None
+) -> tuple[str, str] | None:
+    """``(input, options)`` of the command that replays the session of the interactive
+    controller ``owner`` along ``line`` (``(axis, a full index on it)``, None: a stack): the
+    input is ``"STACK"`` (the image's file) or, for channel layers opened from one file each,
+    the red channel's file; the options have a leading space. None when no files hold what
+    SAM saw (channel layers made in napari, or channels of one file not made here)."""
     image = owner.image
     if image is None:
         return None
     channels = owner.channels
     where = _line_options(image, line)
     if not channels.active_for(image):
-        return where + _contrast([image.contrast_limits])
+        return "STACK", where + _contrast([image.contrast_limits])
+    contrast = _contrast(channels.contrasts())
     numbers = channels.numbers()
-    if numbers is None:  # separate layers: no one file holds them
+    if numbers is not None:
+        # the command reads the file's channel axis first: (C, Z, Y, X) or (C, T, Z, Y, X)
+        return "STACK", where + f" --channels {' '.join(map(str, numbers))}" + contrast
+    files = [getattr(getattr(layer, "source", None), "path", None) for layer in channels.layers]
+    if len(files) < 2 or None in files or len(set(files)) != len(files):
         return None
-    # the command reads the file's channel axis first: (C, Z, Y, X) or (C, T, Z, Y, X)
-    return (where + f" --channels {' '.join(map(str, numbers))}"
-            + _contrast(channels.contrasts()))
+    return _quoted(files[0]), where + " --with " + " ".join(map(_quoted, files[1:])) + contrast
+
+
+def _quoted(path: str) -> str:
+    """A file path as a shell word."""
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def _line_options(image: Any, line: tuple[int, tuple[int, ...]] | None) -> str:

@@ -468,6 +468,8 @@ def test_channels_of_a_hyperstack_followed_in_the_dock_replay_on_the_command_lin
     labels = c.output.current.data
     assert labels.shape == (2, 5, 96, 128) and not labels[0].any()
     assert (labels[1] == 1).any(axis=(1, 2)).sum() >= 2
+    # napari leaves the two axes unnamed: they read as a time-lapse of stacks, (t, z)
+    assert c.stack.summary.startswith("Propagated object 1 over z 0–4 at t=1"), c.stack.summary
     csv = tmp_path / "clicks.csv"
     assert c.stack.export_prompts(str(csv))
     command = re.search(r"`napari-sam propagate STACK (.*)`", notes["info"][-1]).group(1)

@@ -47,11 +47,15 @@ _EMBEDDING_BYTES = 4 * 256 * 64 * 64
 
 def axis_names(image: Any, layout: Any) -> list[str]:
     """The name of each leading (non-plane) axis of ``image``: napari's axis label ("t",
-    "z"), or "axis 0" where the label is napari's default number."""
+    "z"), or "axis 0" where the label is napari's default number; two unnamed leading axes
+    are "t" and "z", a time-lapse of stacks as ``napari-sam propagate --along`` reads one."""
     n = len(layout.spatial_shape) - 2
     geometry = getattr(layout, "geometry", None)
-    return [axis_name(image, geometry.layer_axis(j) if geometry is not None else j, j)
-            for j in range(n)]
+    names = [axis_name(image, geometry.layer_axis(j) if geometry is not None else j, j)
+             for j in range(n)]
+    if n == 2 and all(name.startswith("axis ") for name in names):
+        return ["t", "z"]
+    return names
 
 
 def follows(layout: Any) -> bool:

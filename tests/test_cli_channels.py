@@ -151,3 +151,65 @@ def test_channels_with_a_tile_shape_are_tiled(tmp_path, capsys, model_args, vit_
     untiled = segment_planes(vit_t[1], planes, settings=SETTINGS)
     assert not np.array_equal(tiled.labels, untiled.labels)
     np.testing.assert_array_equal(read_tiff(dst).data, tiled.labels)
+
+
+def test_channels_saved_one_per_file(tmp_path, capsys, model_args):
+    """--with: a z-stack's channels saved one per file segment as --channels of the one
+    multichannel file (INPUT channel 0, the files 1, 2), in one process and on a cluster;
+    the table has one intensity per file; mistakes are one sentence."""
+    from dask_helpers import inprocess_client
+    from napari_sam.distributed import ModelSpec, run_batch
+    from napari_sam.workflows.batch import Recipe, SegmentJob
+
+    nuclei = np.asarray(sample("nuclei.tif"))
+    czyx = np.ascontiguousarray(np.stack([nuclei[29:32], nuclei[32:35]])[:, :, 60:124, 40:120])
+    one = tmp_path / "cells.tif"
+    tifffile.imwrite(one, czyx, photometric="minisblack")
+    files = [tmp_path / "C1-cells.tif", tmp_path / "C2-cells.tif"]
+    for f, channel in zip(files, czyx[::-1]):  # C1 is channel 1, C2 channel 0
+        tifffile.imwrite(f, channel, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
+    options = ["--contrast", "0", "30000", "100", "20000", "--link-slices", *model_args,
+               *RELAXED]  # fmt: skip
+    code, _, err = run(["segment", str(one), "-o", str(tmp_path / "one.tif"), "--channels",
+                        "1", "0", *options], capsys)  # fmt: skip
+    assert code == 0, err
+    table = tmp_path / "objects.csv"
+    code, _, err = run(["segment", str(files[0]), "--with", str(files[1]), "-o",
+                        str(tmp_path / "split.tif"), "--table", str(table), *options], capsys)
+    assert code == 0, err
+    split = read_tiff(tmp_path / "split.tif")
+    expected = read_tiff(tmp_path / "one.tif").data
+    assert expected.max() >= 1 and split.scale[0] == pytest.approx(2.0)
+    np.testing.assert_array_equal(split.data, expected)
+    columns = pd.read_csv(table).columns
+    assert {"mean_intensity_ch0", "mean_intensity_ch1"} <= set(columns)
+
+    import argparse
+
+    from napari_sam.cli.segment_channels import check_options
+
+    args = argparse.Namespace(channels=None, with_files=[str(files[1])],
+                              contrast=[0, 30000, 100, 20000], table=None)  # fmt: skip
+    extra = check_options(args)
+    recipe = Recipe(SETTINGS.__class__(**{**SETTINGS.as_dict(), "link_slices": True}),
+                    model=f"vit_t:file:{model_args[3]}", channels=extra.channels,
+                    channel_contrast=extra.contrast, others=extra.others, precision="fp32")
+    job = SegmentJob(files[0], tmp_path / "cluster" / "labels.tif")
+    with inprocess_client(dashboard=False) as client:
+        report = run_batch(client, [job], ModelSpec("vit_t", model_args[3], "cpu", "fp32"),
+                           recipe)
+    (outcome,) = report.outcomes
+    assert outcome.status == "done", outcome.reason
+    np.testing.assert_array_equal(tifffile.imread(job.output), expected)
+
+    for extra_args, message in [
+        ([str(files[0]), "--with", str(tmp_path / "small.tif")], "has shape"),
+        ([str(files[0]), str(one), "--with", str(files[1])], "--with names the other channels"),
+        ([str(files[0]), "--with", str(files[1]), "--channels", "0"], "either --channels"),
+    ]:
+        tifffile.imwrite(tmp_path / "small.tif", czyx[0, :, :10], photometric="minisblack")
+        (tmp_path / "out").mkdir(exist_ok=True)
+        code, _, err = run(["segment", *extra_args, "-o", str(tmp_path / "out"), *model_args,
+                            *RELAXED], capsys)  # fmt: skip
+        assert code == 1 and message in err and "\n" not in err.strip(), err
+    assert not any((tmp_path / "out").iterdir())

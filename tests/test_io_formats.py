@@ -214,3 +214,27 @@ def test_a_hyperstack_is_read_channels_first_lazily(tmp_path):
     np.testing.assert_array_equal(np.asarray(lazy.data), want)
     with pytest.raises(InputFileError, match=r"has 4 axes besides its channels"):
         io.read_tiff(path, channels=True)  # a time-lapse only where frames are asked for
+
+
+def test_channel_stack_reads_only_what_is_asked_like_numpy(tmp_path):
+    """Channel files as one channels-first array: indexing like numpy's np.stack of them,
+    each file read only where asked (a zarr store counts its reads)."""
+    a = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    b = (a * 2).astype(np.uint8)
+    store = zarr.create_array(store={}, shape=b.shape, dtype=b.dtype, chunks=(1, 4, 5))
+    store[...] = b
+    stack = zarr_io.ChannelStack([a, store])
+    want = np.stack([a, b.astype(np.uint16)])
+    assert stack.shape == want.shape and stack.dtype == np.uint16 and len(stack) == 2
+    for key in (1, (0, 2), (slice(None), 1), (Ellipsis, 3), (1, slice(0, 2), 2),
+                (slice(None), 0, slice(None), slice(1, 4))):
+        np.testing.assert_array_equal(stack[key], want[key], err_msg=str(key))
+    np.testing.assert_array_equal(np.asarray(stack), want)
+    with pytest.raises(ValueError):
+        zarr_io.ChannelStack([a, b[:, :2]])
+    files = [tmp_path / "C1.tif", tmp_path / "C2.tif"]
+    tifffile.imwrite(files[0], a, imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
+    tifffile.imwrite(files[1], b, photometric="minisblack")
+    image = io.read_channel_files(files[0], [files[1]], lazy=True)
+    assert image.channel_axis == 0 and image.axes == "CZYX" and image.scale[0] == 2.0
+    np.testing.assert_array_equal(image.data[1, 2], b[2])

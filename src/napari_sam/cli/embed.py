@@ -246,7 +246,7 @@ def _embed_planes(args: argparse.Namespace, t0: float, channels: tuple[int, ...]
     followed = FollowedPlanes(channels, pairs if several or pairs is None else pairs[0],
                               others=others)  # fmt: skip
     image = followed.read(path, lazy=large_file(path))
-    if image.data.ndim - (channels is not None) - image.rgb == 2:
+    if image.data.ndim - several - image.rgb == 2:
         raise InputFileError(
             f"{path.name} is a 2D image (shape {tuple(image.data.shape)}); embed "
             f"{'--channels' if channels else '--with'} precomputes the slices of a stack or "

@@ -335,6 +335,7 @@ def _recipe(args: argparse.Namespace) -> Any:
         contrast=extra.single_contrast if extra.channels is None else None,
         channels=extra.channels,
         channel_contrast=extra.contrast if extra.channels is not None else None,
+        others=extra.others,
         options=options,
         model=model,
         precision=args.precision,
@@ -412,6 +413,7 @@ class _Report:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from napari_sam.errors import SettingsError
     from napari_sam.workflows import coco, io
     from napari_sam.workflows.batch import plan_jobs
 
@@ -423,6 +425,11 @@ def _run_segment(args: argparse.Namespace) -> int:
     if coco_path is not None and coco_path.is_dir():
         raise io.OutputFileError(f"--coco {coco_path} is a folder; give a .json file name.")
     jobs = plan.jobs
+    if recipe.others is not None and len(jobs) != 1:
+        raise SettingsError(
+            f"--with names the other channels of one INPUT; {len(jobs)} inputs were given "
+            "(segment them one at a time, each with its channel files)."
+        )
     folders = {job.output.parent for job in jobs} | ({coco_path.parent} if coco_path else set())
     folders |= {table_path.parent} if table_path else set()
     for folder in folders:

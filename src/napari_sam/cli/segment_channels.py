@@ -59,6 +59,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "for its red, green and blue inputs, each shown with its own contrast.",
     )
     add_channels_option(group, "(C, Y, X) or (C, Z, Y, X)")
+    add_channel_files_option(group)
     group.add_argument(
         "--contrast",
         nargs="+",
@@ -80,11 +81,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class ChannelOptions:
-    """The checked options: channels (or None), contrast pairs (or None), table path."""
+    """The checked options: channels (or None), contrast pairs (or None), table path, and
+    the files of INPUT's other channels (--with; then ``channels`` numbers INPUT 0 and the
+    files 1, 2)."""
 
     channels: tuple[int, ...] | None
     contrast: tuple[tuple[float, float], ...] | None
     table: Path | None
+    others: tuple[str, ...] | None = None
 
     @property
     def single_contrast(self) -> tuple[float, float] | None:
@@ -103,7 +107,13 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
     OutputFileError
         For a --table path that is a folder or not a .csv file.
     """
-    channels, contrast = check_channels_and_contrast(args.channels, args.contrast)
+    others, contrast = check_channel_files(args.channels, getattr(args, "with_files", None),
+                                           args.contrast)
+    if others is None:
+        channels, contrast = check_channels_and_contrast(args.channels, args.contrast)
+    else:  # INPUT and the files, read channels first
+        channels = tuple(range(1 + len(others)))
+        others = tuple(str(Path(f).expanduser().resolve()) for f in others)
     table = None
     if args.table:
         table = Path(args.table).expanduser()
@@ -111,7 +121,7 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
             raise OutputFileError(f"--table {table} is a folder; give a .csv file name.")
         if table.suffix.lower() != ".csv":
             raise OutputFileError(f"--table {table} must be a .csv file name.")
-    return ChannelOptions(channels, contrast, table)
+    return ChannelOptions(channels, contrast, table, others)
 
 
 def add_channel_files_option(group: Any) -> None:

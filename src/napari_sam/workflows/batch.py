@@ -240,6 +240,10 @@ class Recipe:
         input is read channels first; see :mod:`napari_sam.workflows.channels`).
     channel_contrast : tuple of (low, high), optional
         One contrast pair per chosen channel.
+    others : tuple of str, optional
+        Files holding the input's other channels (channels saved one per file): the
+        input is channel 0 and these 1, 2 (:func:`~napari_sam.workflows.io.read_channel_files`);
+        ``channels`` then numbers them. A changed file changes the identity.
     """
 
     settings: AutoSettings = field(default_factory=AutoSettings)
@@ -249,6 +253,7 @@ class Recipe:
     precision: str = "auto"
     channels: tuple[int, ...] | None = None
     channel_contrast: tuple[tuple[float, float], ...] | None = None
+    others: tuple[str, ...] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         """The extra keyword arguments for ``segment()``."""
@@ -268,6 +273,9 @@ class Recipe:
                 "channel_contrast": None
                 if self.channel_contrast is None
                 else [list(map(float, c)) for c in self.channel_contrast],
+                # only with --with, so that other recipes keep their identity
+                **({} if self.others is None else
+                   {"others": [model_identity("channel", p) for p in self.others]}),
             },
             sort_keys=True,
             default=str,
@@ -446,6 +454,8 @@ def open_input(path: Path, recipe: Recipe | None = None) -> io.TiffImage:
     InputFileError
     """
     lazy = large_file(path)
+    if recipe is not None and recipe.others is not None:  # one file per channel
+        return io.read_channel_files(path, recipe.others, lazy=lazy)
     if recipe is not None and recipe.channels is not None:
         from napari_sam.errors import ImageFormatError
         from napari_sam.workflows.channels import check_channels

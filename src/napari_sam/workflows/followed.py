@@ -74,7 +74,7 @@ class FollowedPlanes:
             A file that cannot be read, or without the chosen channels.
         """
         if self.others is not None:
-            return _channel_file(path, lazy)
+            return io.read_channel_files(path, self.others, lazy=lazy)
         if self.channels is None:
             return io.read_image(path, lazy=lazy, frames=True)
         image = io.read_tiff(path, channels=True, lazy=lazy, frames=True)
@@ -94,22 +94,11 @@ class FollowedPlanes:
         ImageFormatError
             Contrast limits that do not fit the channels.
         """
-        if self.channels is not None:
-            planes = ImagePlanes(image.data, channel_axis=0, channels=self.channels,
+        if self.channels is not None or self.others is not None:
+            # channels of one file, or one file per channel read as channels (read)
+            chosen = self.channels or tuple(range(1 + len(self.others or ())))
+            planes = ImagePlanes(image.data, channel_axis=0, channels=chosen,
                                  contrast=self.contrast)
-        elif self.others is not None:  # one grayscale file per channel, read as ``image`` was
-            lazy = not isinstance(image.data, np.ndarray)
-            arrays = [image.data]
-            for path in self.others:
-                data = _channel_file(path, lazy).data
-                if tuple(data.shape) != tuple(image.data.shape):
-                    raise InputFileError(
-                        f"{Path(path).name} has shape {tuple(data.shape)} but {name} has shape "
-                        f"{tuple(image.data.shape)}; the channel files of one image must have "
-                        "the same shape."
-                    )
-                arrays.append(data)
-            planes = ImagePlanes(arrays, contrast=self.contrast)
         else:
             planes = ImagePlanes(image.data, rgb=image.rgb, contrast=self.contrast)
         if planes.geometry.n_leading == 0:
@@ -172,19 +161,3 @@ class FollowedPlanes:
             return labels
         return self.line.place(labels, planes.shape)
 
-
-def _channel_file(path: str | os.PathLike[str], lazy: bool) -> io.TiffImage:
-    """One channel's file (see ``FollowedPlanes.others``): a grayscale image, checked.
-
-    Raises
-    ------
-    InputFileError
-        A file that cannot be read, or that holds colours.
-    """
-    image = io.read_image(path, lazy=lazy, frames=True)
-    if image.rgb:
-        raise InputFileError(
-            f"{Path(path).name} is a colour image; each channel file must hold one grayscale "
-            "channel."
-        )
-    return image

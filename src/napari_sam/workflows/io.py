@@ -435,6 +435,42 @@ def _channels_first(
     )
 
 
+def read_channel_files(
+    path: str | os.PathLike[str], others: Sequence[str | os.PathLike[str]], *, lazy: bool = False
+) -> TiffImage:
+    """Channels saved one per file (Fiji's *Split Channels*) as one image, channels first:
+    ``path`` is channel 0 and ``others`` channels 1, 2; ``data`` is ``(C, ...)`` with
+    ``channel_axis=0``, a :class:`~napari_sam.workflows.zarr_io.ChannelStack` of the files
+    (nothing is copied; with ``lazy`` nothing is read until a plane is asked for). Scale and
+    unit are ``path``'s.
+
+    Raises
+    ------
+    InputFileError
+        A file that cannot be read, that holds colours, or whose shape differs from
+        ``path``'s (one sentence).
+    """
+    images = []
+    for name in (path, *others):
+        image = read_image(name, lazy=lazy, frames=True)
+        if image.rgb:
+            raise InputFileError(
+                f"{Path(name).name} is a colour image; each channel file must hold one "
+                "grayscale channel."
+            )
+        if images and tuple(image.data.shape) != tuple(images[0].data.shape):
+            raise InputFileError(
+                f"{Path(name).name} has shape {tuple(image.data.shape)} but {Path(path).name} "
+                f"has shape {tuple(images[0].data.shape)}; the channel files of one image must "
+                "have the same shape."
+            )
+        images.append(image)
+    first = images[0]
+    data = zarr_io.ChannelStack([im.data for im in images])
+    return TiffImage(data=data, rgb=False, scale=first.scale, unit=first.unit,
+                     axes="C" + first.axes, channel_axis=0)
+
+
 def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a 3D grayscale stack (Z, Y, X) from a TIFF (or ``.npy``) file with :func:`read_tiff`
     (``napari-sam embed`` reads stacks of colour planes separately).

@@ -144,6 +144,57 @@ def open_zarr_image(path: str | os.PathLike[str]) -> ZarrSource:
     return ZarrSource(data=array, axes=axes, scale=scale, unit=unit)
 
 
+def full_key(key: Any, shape: Sequence[int]) -> tuple[Any, ...]:
+    """An index of integers and slices (and ``...``) written out: one entry per axis of an
+    array of ``shape``.
+
+    Raises
+    ------
+    IndexError
+        More indices than axes.
+    """
+    ndim = len(shape)
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    key = key + (slice(None),) * (ndim - len(key))
+    if len(key) != ndim:
+        raise IndexError(f"too many indices for an array of shape {tuple(shape)}")
+    return key
+
+
+class ChannelStack:
+    """Arrays of one shape (one file per channel) seen as one channels-first array
+    ``(C, ...)``; indexing reads only the channels and the part asked for, from each
+    array (numpy, zarr or :class:`LazyArray`), and returns a numpy array.
+    """
+
+    def __init__(self, arrays: Sequence[Any]) -> None:
+        self.arrays = list(arrays)
+        shapes = {tuple(int(v) for v in a.shape) for a in self.arrays}
+        if len(shapes) != 1:
+            raise ValueError("the channel arrays must have one shape")
+        self.shape = (len(self.arrays), *shapes.pop())
+        self.dtype = np.result_type(*(np.dtype(a.dtype) for a in self.arrays))
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        first, *rest = full_key(key, self.shape)
+        if isinstance(first, (int, np.integer)):
+            return np.asarray(self.arrays[int(first)][tuple(rest)], dtype=self.dtype)
+        chosen = range(len(self.arrays))[first]
+        return np.stack([np.asarray(self.arrays[i][tuple(rest)], dtype=self.dtype)
+                         for i in chosen])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
 class LazyArray:
     """An array-like over a lazily read array (zarr) with some length-1 axes left out, and
     its axes possibly in another order.
@@ -178,14 +229,7 @@ class LazyArray:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(i for i, k in enumerate(key) if k is Ellipsis)
-            fill = (slice(None),) * (self.ndim - len(key) + 1)
-            key = key[:i] + fill + key[i + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        if len(key) != self.ndim:
-            raise IndexError(f"too many indices for an array of shape {self.shape}")
+        key = full_key(key, self.shape)
         full: list[Any] = [0] * self.array.ndim
         for axis, k in zip(self.keep, key):
             full[axis] = k

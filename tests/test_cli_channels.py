@@ -182,7 +182,7 @@ def test_channels_saved_one_per_file(tmp_path, capsys, model_args):
     assert expected.max() >= 1 and split.scale[0] == pytest.approx(2.0)
     np.testing.assert_array_equal(split.data, expected)
     columns = pd.read_csv(table).columns
-    assert {"mean_intensity_ch0", "mean_intensity_ch1"} <= set(columns)
+    assert {"mean_intensity_C1-cells", "mean_intensity_C2-cells"} <= set(columns)
 
     import argparse
 

@@ -126,6 +126,9 @@ class TiffImage:
         The axes of ``data`` as tifffile names them after dropping length-1 axes.
     channel_axis : int or None
         The axis of ``data`` holding channels (0, when read with ``channels=True``).
+    channel_names : tuple of str or None
+        For channels saved one per file (:func:`read_channel_files`), each file's name
+        without its suffix (object tables name their intensity columns so).
     """
 
     data: np.ndarray
@@ -134,6 +137,7 @@ class TiffImage:
     unit: str | None
     axes: str
     channel_axis: int | None = None
+    channel_names: tuple[str, ...] | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -467,8 +471,9 @@ def read_channel_files(
         images.append(image)
     first = images[0]
     data = zarr_io.ChannelStack([im.data for im in images])
+    names = tuple(_stem(Path(name)) for name in (path, *others))
     return TiffImage(data=data, rgb=False, scale=first.scale, unit=first.unit,
-                     axes="C" + first.axes, channel_axis=0)
+                     axes="C" + first.axes, channel_axis=0, channel_names=names)
 
 
 def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
@@ -629,10 +634,13 @@ def labels_path_for(image: str | os.PathLike[str], folder: str | os.PathLike[str
     ``napari-sam segment`` folder mode and the image series of the widgets
     name their outputs with this function.
     """
-    path = Path(image)
+    return Path(folder) / f"{_stem(Path(image))}_labels.tif"
+
+
+def _stem(path: Path) -> str:
+    """The file name without its suffix (and without ``.ome``)."""
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    stem = stem[:-4] if stem.lower().endswith(".ome") else stem
-    return Path(folder) / f"{stem}_labels.tif"
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
 # ============================================================================= writing

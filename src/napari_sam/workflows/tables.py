@@ -405,13 +405,15 @@ def image_object_table(
     ``image`` is the input as read for segmentation (a
     :class:`~napari_sam.workflows.io.TiffImage`): its pixel size and unit give
     the sizes, its pixels the mean intensities (one column per channel of a
-    channels-first image, or per colour of an RGB one); ``scores`` as for
+    channels-first image, named after its file for channels saved one per file,
+    or per colour of an RGB one); ``scores`` as for
     :func:`object_table`. ``napari-sam segment --table`` writes these, one
     after the other, into one CSV (in one process or on a cluster).
     """
     if image.channel_axis is not None:
         intensity: Any = [image.data[c] for c in range(image.data.shape[0])]
-        names: Any = [f"ch{c}" for c in range(image.data.shape[0])]
+        names: Any = list(getattr(image, "channel_names", None) or
+                          [f"ch{c}" for c in range(image.data.shape[0])])
     elif image.rgb:
         intensity = [image.data[..., c] for c in range(3)]
         names = ["red", "green", "blue"]

@@ -92,6 +92,21 @@ def two_nuclei(c, viewer, k=K) -> np.ndarray:
     return committed
 
 
+def follow_and_export(c, viewer, tmp_path, notes, pattern):
+    """Click the first nucleus on slice K, propagate with SAM 2 memory, export the clicks;
+    the labels (object 1 written), the CSV and the command ``pattern`` finds in the
+    sentence."""
+    import re
+
+    click(c, viewer, K, *CLICKS[0])
+    c.stack.propagate()
+    labels = c.output.current.data
+    assert labels.shape == (5, 96, 128) and (labels == 1).any()
+    csv = tmp_path / "clicks.csv"
+    assert c.stack.export_prompts(str(csv))
+    return labels, csv, re.search(pattern, notes["info"][-1]).group(1)
+
+
 def click(c, viewer, k, row, col, positive=True) -> None:
     goto_slice(viewer, k, ONE, ZERO)
     settle(c)
@@ -391,7 +406,6 @@ def test_channels_of_a_channel_axis_followed_in_the_dock_replay_on_the_command_l
     """A (C, Z, Y, X) file opened as one layer: channels 1 and 0 chosen on its channel axis,
     one contrast changed, an object followed with SAM 2 memory; the exported sentence names
     --channels and --contrast, and the command with them gives the dock's labels."""
-    import re
 
     from napari_sam.cli import main
     from napari_sam.runtime import loader
@@ -407,13 +421,8 @@ def test_channels_of_a_channel_axis_followed_in_the_dock_replay_on_the_command_l
     c.set_channel_axis(0, "1 0")
     red, green = c.channels.layers
     green.contrast_limits = (float(czyx[0].min()), float(np.percentile(czyx[0], 90)))
-    click(c, viewer, K, *CLICKS[0])
-    c.stack.propagate()
-    labels = c.output.current.data
-    assert labels.shape == (5, 96, 128) and (labels == 1).any()
-    csv = tmp_path / "clicks.csv"
-    assert c.stack.export_prompts(str(csv))
-    command = re.search(r"`napari-sam propagate STACK (.*)`", notes["info"][-1]).group(1)
+    labels, csv, command = follow_and_export(c, viewer, tmp_path, notes,
+                                             r"`napari-sam propagate STACK (.*)`")
     options = command.split()
     assert options[options.index("--channels") + 1:][:2] == ["1", "0"]
     at = options.index("--contrast") + 1
@@ -495,7 +504,6 @@ def test_channel_layers_opened_one_per_file_replay_on_the_command_line(
     and chosen as channel layers, an object followed with SAM 2 memory: the exported sentence
     names the red channel's file and --with the green one's, and that command gives the
     dock's labels. Channel layers made in napari (no file) have no command to replay."""
-    import re
     import shlex
 
     from napari.layers._source import layer_source
@@ -518,13 +526,8 @@ def test_channel_layers_opened_one_per_file_replay_on_the_command_line(
     c = make(viewer, model)
     notes = collect(c)
     c.set_channels([red, green])
-    click(c, viewer, K, *CLICKS[0])
-    c.stack.propagate()
-    labels = c.output.current.data
-    assert labels.shape == (5, 96, 128) and (labels == 1).any()
-    csv = tmp_path / "clicks.csv"
-    assert c.stack.export_prompts(str(csv))
-    command = re.search(r"`napari-sam (propagate .*)`", notes["info"][-1]).group(1)
+    labels, csv, command = follow_and_export(c, viewer, tmp_path, notes,
+                                             r"`napari-sam (propagate .*)`")
     argv = shlex.split(command)
     assert argv[1] == str(files[0]) and argv[argv.index("--with") + 1] == str(files[1])
     argv[argv.index("--prompts") + 1] = str(csv)

@@ -166,9 +166,24 @@ def test_bf16_masks_meet_the_bar_small_encoder(nuclei, kernel, monkeypatch):
     assert len(calls) == (2 * 3 if kernel == "matmul" else 0)
 
 
-def test_bf16_masks_meet_the_bar_vit_t(nuclei):
-    """MobileSAM's TinyViT at full size (batch norms folded, conv stages, windowed attention)."""
-    _assert_accuracy_bar(_decisive(CONFIGS["vit_t"]), _cases(nuclei))
+@pytest.mark.parametrize("kernel", ["fused", "matmul"])
+def test_bf16_masks_meet_the_bar_vit_t(nuclei, kernel, monkeypatch):
+    """MobileSAM's TinyViT at full size (batch norms folded, conv stages, windowed attention),
+    with each way of computing its window attention in bf16."""
+    from napari_sam.model.sam import tiny_vit
+
+    calls = []
+    matmul = tiny_vit._matmul_window_attention
+    monkeypatch.setattr(tiny_vit, "_matmul_window_attention",
+                        lambda *args: calls.append(1) or matmul(*args))
+    sam = _decisive(CONFIGS["vit_t"])
+    sam.image_encoder.attention_kernel = kernel
+    ious = _assert_accuracy_bar(sam, _cases(nuclei))
+    # "matmul" ran in every window-attention block of each bf16 image (never in fp32)
+    blocks = len(sam.image_encoder._window_attentions())
+    images = 3 if kernel == "matmul" else 0
+    assert len(ious) >= 3 * 25
+    assert len(calls) >= blocks * images and (len(calls) > 0) == (kernel == "matmul")
 
 
 @pytest.mark.slow
@@ -343,6 +358,23 @@ def test_encoder_in_bf16_on_a_cpu_gets_the_measured_attention_kernel(monkeypatch
     assert runtime_precision.apply_cpu_attention(sam, "cpu") == "fused"
     monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: SLOW)  # bf16 asked for anyway
     assert runtime_precision.apply_cpu_attention(sam, "cpu") == "fused"
+    with pytest.raises(ValueError, match="attention kernel"):
+        sam.image_encoder.attention_kernel = "fast"
+
+
+def test_tiny_vit_in_bf16_on_a_cpu_gets_the_measured_attention_kernel(monkeypatch):
+    """MobileSAM's window attention follows the same measurement as ViT's global attention."""
+    sam = build_model(CONFIGS["vit_t"]).eval()
+    monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: MATMUL)
+    assert runtime_precision.apply_cpu_attention(sam, "cpu") is None  # fp32: untouched
+    assert sam.image_encoder.attention_kernel == "fused"
+    sam.precision = "bf16"
+    assert runtime_precision.apply_cpu_attention(sam, "cpu") == "matmul"
+    kernels = {a.kernel for a in sam.image_encoder._window_attentions()}
+    assert kernels == {"matmul"} and len(sam.image_encoder._window_attentions()) == 10
+    monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: FAST)
+    assert runtime_precision.apply_cpu_attention(sam, "cpu") == "fused"
+    assert sam.image_encoder.attention_kernel == "fused"
     with pytest.raises(ValueError, match="attention kernel"):
         sam.image_encoder.attention_kernel = "fast"
 

@@ -9,6 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: How the image encoders compute attention in reduced precision: ``"fused"``
+#: (PyTorch's fused kernel) or ``"matmul"`` (two matrix products around a softmax);
+#: see :func:`~napari_sam.model.sam.image_encoder.attention_with_rel_pos` and
+#: :attr:`~napari_sam.model.sam.tiny_vit.TinyViT.attention_kernel`.
+ATTENTION_KERNELS = ("fused", "matmul")
+
 
 @contextlib.contextmanager
 def float32_region(x: torch.Tensor) -> Iterator[None]:

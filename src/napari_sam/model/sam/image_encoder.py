@@ -26,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.model.sam.common import LayerNorm2d, MLPBlock, float32_region
+from napari_sam.model.sam.common import (
+    ATTENTION_KERNELS,
+    LayerNorm2d,
+    MLPBlock,
+    float32_region,
+)
 
 #: Largest number of mask elements materialised at once by the attention of
 #: one block on a CPU (4 M fp32 values = 16 MB): small enough to stay in
@@ -37,9 +42,6 @@ ATTN_MASK_BUDGET = 4 * 1024 * 1024
 #: large kernel launches; this lets one call cover ~8 heads of a global block.
 GPU_ATTN_MASK_BUDGET = 128 * 1024 * 1024
 
-
-#: How :func:`attention_with_rel_pos` computes global attention (see there).
-ATTENTION_KERNELS = ("fused", "matmul")
 
 #: Fewest keys for which ``kernel="matmul"`` is used (ViT global attention has 4096;
 #: in 14×14 windows, 196, the fused kernel is faster).

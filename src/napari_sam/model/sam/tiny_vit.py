@@ -43,7 +43,9 @@ free ``permute``. In eval mode batch normalisation is folded into the
 convolution weights (``W·s``, ``β − μ·s`` with ``s = γ / √(σ² + ε)``), 1×1
 convolutions run as matrix products, attention runs through
 :func:`torch.nn.functional.scaled_dot_product_attention` with the bias table as
-its additive mask, and GELU and residual additions work in place.
+its additive mask (in bf16 on a CPU where matrix products were measured faster,
+two matrix products around an in-place softmax: :attr:`TinyViT.attention_kernel`),
+and GELU and residual additions work in place.
 
 The high-resolution part (``patch_embed`` and ``layers[0]``, whose expanded
 activations are 256 × 256 × 256 floats = 64 MiB) is computed in horizontal
@@ -72,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.model.sam.common import LayerNorm2d, float32_region
+from napari_sam.model.sam.common import ATTENTION_KERNELS, LayerNorm2d, float32_region
 
 #: Approximate upper bound in bytes on one temporary tensor of the strip-wise
 #: and chunked computations (CPU, no autograd). 8 MiB keeps the working set of
@@ -371,6 +373,8 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
         self._index: dict[torch.device, torch.Tensor] = {}
+        #: ``"fused"`` or ``"matmul"``: see :attr:`TinyViT.attention_kernel`.
+        self.kernel = "fused"
 
     def bias_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """Additive attention mask ``(1, heads, N, N)`` built from ``attention_biases``."""
@@ -394,7 +398,10 @@ class WindowAttention(nn.Module):
         )
         if mask.dtype != q.dtype:  # e.g. under autocast
             mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (n, heads, N, hd)
+        if self.kernel == "matmul" and q.dtype != torch.float32 and not torch.is_grad_enabled():
+            out = _matmul_window_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (n, heads, N, hd)
         return F.linear(
             out.transpose(1, 2).reshape(n, length, dim), self.proj.weight, self.proj.bias
         )
@@ -426,6 +433,23 @@ class WindowAttention(nn.Module):
             y = self.attend(tokens, mask).view(b, k, nw, win, win, c).transpose(2, 3)
             band.add_(y)
         return stream[:, :h, :w]
+
+
+def _matmul_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(q·kᵀ/√d + mask) · v`` as two matrix products around an in-place softmax.
+
+    ``q``, ``k``, ``v`` ``(n, heads, N, d)`` and ``mask`` ``(1, heads, N, N)`` in one reduced
+    precision (bf16); no autograd. The logits are written once and overwritten by the
+    probabilities, which are rounded to ``q``'s dtype before the second product (as
+    :func:`~napari_sam.model.sam.image_encoder.attention_with_rel_pos` does with
+    ``kernel="matmul"``). On a 2-core AVX-512 BF16 CPU this ran TinyViT's 7×7 and 14×14
+    windows 1.35–1.5× faster than PyTorch's fused CPU kernel (``docs/benchmarks.md``).
+    """
+    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)).add_(mask)
+    torch.softmax(logits, dim=-1, out=logits)
+    return torch.matmul(logits, v)
 
 
 class FeedForward(nn.Module):
@@ -603,6 +627,28 @@ class TinyViT(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @property
+    def attention_kernel(self) -> str:
+        """How the window attention is computed: ``"fused"`` (PyTorch's fused kernel, the
+        default) or ``"matmul"`` (two matrix products around a softmax, used only in
+        reduced precision without autograd). The loader picks ``"matmul"`` for bf16 on CPUs
+        where it measured matrix-product attention faster
+        (:func:`napari_sam.runtime.precision.apply_cpu_attention`)."""
+        blocks = self._window_attentions()
+        return blocks[0].kernel if blocks else "fused"
+
+    @attention_kernel.setter
+    def attention_kernel(self, kernel: str) -> None:
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(
+                f"Unknown attention kernel {kernel!r}; use one of {ATTENTION_KERNELS}."
+            )
+        for attn in self._window_attentions():
+            attn.kernel = kernel
+
+    def _window_attentions(self) -> list[WindowAttention]:
+        return [m for m in self.modules() if isinstance(m, WindowAttention)]
 
     def _mode(self, x: torch.Tensor) -> _Mode:
         needs_grad = torch.is_grad_enabled() and (

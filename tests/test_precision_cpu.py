@@ -508,5 +508,5 @@ def test_info_says_which_precision_and_why(monkeypatch, capsys):
     monkeypatch.delenv("NAPARI_SAM_PRECISION")
     monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: MATMUL)
     assert cli.main(["info"]) == 0
-    assert (f"({MATMUL.reason}); ViT global attention by matrix products (matrix products "
-            "measured 1.31× as fast); masks") in capsys.readouterr().out
+    assert (f"({MATMUL.reason}); attention (ViT global, MobileSAM windows) by matrix "
+            "products (matrix products measured 1.31× as fast); masks") in capsys.readouterr().out

@@ -192,9 +192,11 @@ class CpuBf16:
         Why, in a few words for the user (shown by ``napari-sam info`` and the
         plugin's model line).
     attention : str
-        How ViT global attention runs in bf16 on this CPU: ``"fused"`` (PyTorch's
-        fused kernel) or ``"matmul"`` (two matrix products around a softmax), see
-        :func:`~napari_sam.model.sam.image_encoder.attention_with_rel_pos`.
+        How attention runs in bf16 on this CPU (ViT global attention and MobileSAM's
+        windows): ``"fused"`` (PyTorch's fused kernel) or ``"matmul"`` (two matrix
+        products around a softmax), see
+        :func:`~napari_sam.model.sam.image_encoder.attention_with_rel_pos` and
+        :attr:`~napari_sam.model.sam.tiny_vit.TinyViT.attention_kernel`.
     attention_speedup : float or None
         Measured fused time / matmul time (:func:`measure_cpu_attention_speedup`;
         ``None``: not measured).

@@ -17,7 +17,7 @@ MPS       fp32
 
 The CPU assessment times one matrix product (~0.1 s) and, where bf16 is fast,
 one head of ViT global attention with both attention kernels (~0.2 s;
-:func:`apply_cpu_attention` gives a bf16 ViT encoder the faster). It is done once per
+:func:`apply_cpu_attention` gives a bf16 ViT or TinyViT encoder the faster). It is done once per
 process and remembered in ``cpu_bf16.json`` in the cache folder (when that
 folder exists), keyed by CPU model, instruction set and PyTorch version, so
 other processes on the same kind of machine (a cluster sharing a cache folder

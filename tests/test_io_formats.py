@@ -238,3 +238,67 @@ def test_channel_stack_reads_only_what_is_asked_like_numpy(tmp_path):
     image = io.read_channel_files(files[0], [files[1]], lazy=True)
     assert image.channel_axis == 0 and image.axes == "CZYX" and image.scale[0] == 2.0
     np.testing.assert_array_equal(image.data[1, 2], b[2])
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (4, 16, 16), (2, 3, 16, 16), (3, 4, 16, 16)])
+def test_labels_beyond_uint16_are_grey_pages_not_colour(tmp_path, shape):
+    """More than 65535 ids: a plain uint32 TIFF with one grey page per plane. tifffile would
+    otherwise store 3 or 4 slices as the samples of planar RGB(A) pages (Fiji: a colour
+    image)."""
+    labels = np.full(shape, 70_000, np.uint32)
+    labels.flat[7] = 70_001
+    path = io.write_labels_tiff(tmp_path / "many.tif", labels, unit="micrometer")
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == int(np.prod(shape[:-2]))
+        assert {page.photometric for page in tif.pages} == {tifffile.PHOTOMETRIC.MINISBLACK}
+        assert tif.pages[0].shape == shape[-2:] and tif.pages[0].dtype == np.uint32
+    back = io.read_tiff(path, frames=len(shape) == 4)
+    np.testing.assert_array_equal(np.asarray(back.data), labels)
+
+
+@pytest.mark.parametrize("big_ids", [False, True])
+def test_line_labels_are_written_plane_by_plane(tmp_path, monkeypatch, big_ids):
+    """Labels found on lines of a time-lapse are written without the whole (T, Z, Y, X)
+    array: the file equals the whole array's, and the peak memory stays near one line."""
+    import tracemalloc
+
+    from napari_sam.workflows.timelapse import LineLabels, TimelapseLine
+
+    shape = (40, 20, 256, 256)  # 210 MB of uint32 if made whole
+    rng = np.random.default_rng(0)
+    through_t3 = rng.integers(0, 5, (20, 256, 256)).astype(np.uint32) * (70_000 if big_ids else 1)
+    at_z7 = rng.integers(0, 5, (40, 256, 256)).astype(np.uint32)
+    labels = LineLabels(shape)
+    labels.add(TimelapseLine("z", 3), through_t3)
+    labels.add(TimelapseLine("t", 7), at_z7)  # crosses the first line at (t=3, z=7): wins there
+    expected = np.zeros(shape, np.uint32)
+    expected[3] = through_t3
+    expected[:, 7] = at_z7
+    np.testing.assert_array_equal(np.asarray(labels), expected)
+
+    def whole(*args, **kwargs):
+        raise AssertionError("the whole label image was made")
+
+    monkeypatch.setattr(LineLabels, "__array__", whole)
+    tracemalloc.start()
+    try:
+        path = io.write_labels_tiff(tmp_path / "lines.tif", labels, scale=(60, 2, 0.5, 0.5),
+                                    unit="micrometer")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak  # a plane at a time (0.25 MB each), not 210 MB
+    back = io.read_tiff(path, frames=True)
+    assert back.scale == (60.0, 2.0, 0.5, 0.5) and back.unit == "micrometer"
+    data = np.asarray(back.data)
+    assert data.dtype == (np.uint32 if big_ids else np.uint16)
+    np.testing.assert_array_equal(data, expected)
+
+
+def test_line_labels_check_the_line_shape():
+    from napari_sam.workflows.timelapse import LineLabels, TimelapseLine
+
+    labels = LineLabels((3, 5, 8, 8))
+    with pytest.raises(ValueError, match=r"time point 1 should have shape \(5, 8, 8\)"):
+        labels.add(TimelapseLine("z", 1), np.zeros((3, 8, 8), np.uint32))
+    assert labels.max_id() == 0 and labels.plane(0, 0) is None

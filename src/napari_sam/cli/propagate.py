@@ -190,7 +190,6 @@ def _run_propagate(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
-    import numpy as np
     from tqdm import tqdm
 
     from napari_sam.cli.segment_channels import check_channel_files, check_channels_and_contrast
@@ -204,6 +203,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
         MemoryPropagationSettings,
         propagate_memory,
     )
+    from napari_sam.workflows.timelapse import LineLabels
 
     t0 = time.perf_counter()
     check_cluster_options(args)
@@ -260,9 +260,9 @@ def _run_propagate(args: argparse.Namespace) -> int:
             if line is None:
                 labels = found
             else:
-                if labels is None:
-                    labels = np.zeros(planes.shape, np.uint32)
-                line.write(labels, found)
+                if labels is None:  # written plane by plane: never whole in memory
+                    labels = LineLabels(planes.shape)
+                labels.add(line, found)
             n += len(result.objects)
             summaries.append(result.summary(unit="slice" if line is None else line.unit))
     finally:
@@ -343,6 +343,8 @@ def _propagate_on_cluster(
     from napari_sam.distributed.cluster import local_torch_threads
     from napari_sam.distributed.propagate import run_propagation
     from napari_sam.workflows import io
+    from napari_sam.workflows.planes import plane_geometry
+    from napari_sam.workflows.timelapse import LineLabels
 
     spec = cluster_model(args)
     outcomes, parts = [], []
@@ -365,10 +367,11 @@ def _propagate_on_cluster(
                     progress=bar_updater(bar), line=line,
                 ))  # fmt: skip
                 if len(lines) > 1:  # each line's TIFF is zero off its line: merge them
-                    written = io.read_tiff(target, frames=True)
-                    found = np.asarray(written.data)
-                    labels = found.astype(np.uint32) if labels is None else np.where(
-                        found > 0, found, labels)
+                    written = io.read_tiff(target, frames=True, lazy=True)
+                    if labels is None:
+                        labels = LineLabels(written.data.shape)
+                    at = plane_geometry(labels.shape).line_slicer(line.index, line.axis)
+                    labels.add(line, np.asarray(written.data[at]))  # reads the line only
             if written is not None:
                 io.write_labels_tiff(out, labels, scale=written.scale, unit=written.unit)
         finally:

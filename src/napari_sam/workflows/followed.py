@@ -31,7 +31,7 @@ from napari_sam.workflows import io
 from napari_sam.workflows.channels import check_channels
 from napari_sam.workflows.embeddings import DiskCache, EmbeddingStore
 from napari_sam.workflows.planes import AxisEmbeddings, ImagePlanes
-from napari_sam.workflows.timelapse import TimelapseLine
+from napari_sam.workflows.timelapse import LineLabels, TimelapseLine
 
 __all__ = ["FollowedPlanes"]
 
@@ -154,10 +154,14 @@ class FollowedPlanes:
         return AxisEmbeddings(model, planes, index, axis, model_id=model_id, store=store,
                               disk=disk, batch_size=batch_size, resize=resize)
 
-    def place(self, labels: np.ndarray, planes: ImagePlanes) -> np.ndarray:
+    def place(self, labels: np.ndarray, planes: ImagePlanes) -> np.ndarray | LineLabels:
         """``labels`` ``(N, Y, X)`` of the line as labels of the whole image (its shape
-        without colours or channels; zero off the line)."""
+        without colours or channels; zero off the line): on a line of a time-lapse a
+        :class:`~napari_sam.workflows.timelapse.LineLabels`, which is written plane by
+        plane and never made whole."""
         if self.line is None:
             return labels
-        return self.line.place(labels, planes.shape)
+        whole = LineLabels(planes.shape)
+        whole.add(self.line, labels)
+        return whole
 

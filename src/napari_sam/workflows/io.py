@@ -667,7 +667,10 @@ def write_labels_tiff(
     path : path
         The ``.tif`` file to write (replaced if it exists).
     labels : ndarray ``(Y, X)``, ``(Z, Y, X)`` or ``(T, Z, Y, X)`` of non-negative integers
-        Object ids, 0 = background. Stored as ``uint16`` when the largest id
+        Object ids, 0 = background. Or a plane source such as
+        :class:`~napari_sam.workflows.timelapse.LineLabels` (``shape``, ``max_id()``,
+        ``planes(dtype)`` yielding the ``(Y, X)`` planes in order), written one plane
+        at a time. Stored as ``uint16`` when the largest id
         fits (ImageJ/Fiji open it as a 16-bit hyperstack), otherwise as
         ``uint32`` (a plain TIFF; Fiji opens it with Bio-Formats).
     scale : sequence of float, optional
@@ -693,39 +696,51 @@ def write_labels_tiff(
         If the file cannot be written.
     """
     tifffile = _tifffile()
-    arr = id_array(labels)
-    if arr.ndim not in (2, 3, 4):
+    # A plane source (e.g. LineLabels) is written plane by plane, never whole.
+    source = labels if callable(getattr(labels, "planes", None)) else None
+    arr = None if source is not None else id_array(labels)
+    shape = tuple(int(s) for s in (arr.shape if arr is not None else source.shape))
+    ndim = len(shape)
+    if ndim not in (2, 3, 4):
         raise ImageFormatError(
             f"Label images are saved as 2D (Y, X), 3D (Z, Y, X) or 4D (T, Z, Y, X) TIFFs; "
-            f"this one has {arr.ndim} axes (shape {arr.shape})."
+            f"this one has {ndim} axes (shape {shape})."
         )
     if scale is None:
-        scale = (1.0,) * arr.ndim
+        scale = (1.0,) * ndim
     scale = tuple(float(s) for s in scale)
-    if len(scale) != arr.ndim or not all(np.isfinite(s) and s > 0 for s in scale):
+    if len(scale) != ndim or not all(np.isfinite(s) and s > 0 for s in scale):
         raise ImageFormatError(
-            f"The scale {scale} does not fit a label image of shape {arr.shape} (one positive "
+            f"The scale {scale} does not fit a label image of shape {shape} (one positive "
             "pixel size per axis)."
         )
-    dtype = _label_dtype(arr)
-    data = np.ascontiguousarray(arr, dtype=dtype)
+    if arr is not None:
+        dtype = _label_dtype(arr)
+        data: Any = np.ascontiguousarray(arr, dtype=dtype)
+    else:
+        dtype = np.dtype(np.uint16 if source.max_id() <= np.iinfo(np.uint16).max else np.uint32)
+        data = source.planes(dtype)
     ij_unit = _imagej_unit(unit)
-    axes = "TZYX"[4 - data.ndim:]
+    axes = "TZYX"[4 - ndim:]
     kwargs: dict[str, Any] = {
         "resolution": (1.0 / scale[-1], 1.0 / scale[-2]),
         "compression": compression,
     }
     meta: dict[str, Any] = {"axes": axes}
-    if data.ndim >= 3:
+    if ndim >= 3:
         meta["spacing"] = scale[-3]
-    if data.ndim == 4:
+    if ndim == 4:
         meta["finterval"] = scale[0]
     if ij_unit:
         meta["unit"] = ij_unit
     if dtype == np.uint16:
         kwargs.update(imagej=True, metadata=meta)
     else:
-        kwargs.update(metadata=meta, resolutionunit="NONE")
+        # one grey page per plane: tifffile would otherwise store 3 or 4 slices as the
+        # samples of planar RGB(A) pages, which Fiji shows as a colour image
+        kwargs.update(metadata=meta, resolutionunit="NONE", photometric="minisblack")
+    if source is not None:
+        kwargs.update(shape=shape, dtype=dtype)
     path = Path(path).expanduser()
     try:
         with atomic_write(path) as tmp:

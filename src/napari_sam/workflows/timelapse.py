@@ -7,8 +7,10 @@ the slices** (``along="z"``) of one time point, or **through the time
 points** (``along="t"``) at one slice. :meth:`TimelapseLine.view` shows that
 line as a ``(N, Y, X)`` stack read one plane at a time (an
 :class:`~napari_sam.workflows.planes.AxisStack`: a lazily read file stays
-lazy), and :meth:`TimelapseLine.place` puts the labels found on it back into a
-label image of the whole time-lapse, so that the output lies on the input.
+lazy), and :class:`LineLabels` puts the labels found on one or more lines back
+into a label image of the whole time-lapse, so that the output lies on the
+input; it is written plane by plane, never made whole in memory (a time-lapse of
+100 stacks of 50 slices of 2048² pixels would need 84 GB of ``uint32``).
 A prompt table with a ``t`` column names several lines at once
 (:meth:`TimelapseLine.from_table`).
 
@@ -17,6 +19,7 @@ No napari or torch here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,7 @@ import numpy as np
 from napari_sam.errors import SettingsError
 from napari_sam.workflows.planes import AxisStack, ImagePlanes, plane_geometry
 
-__all__ = ["ALONG", "TimelapseLine", "describe_lines"]
+__all__ = ["ALONG", "LineLabels", "TimelapseLine", "describe_lines"]
 
 #: The axes a line can follow, by name: t (axis 0, the time points), z (axis 1, the slices).
 ALONG = {"t": 0, "z": 1}
@@ -84,12 +87,6 @@ class TimelapseLine:
         """The line of ``data`` ``(T, Z, Y, X)`` as a ``(N, Y, X)`` stack (``contrast``: the
         display range SAM sees, the whole time-lapse's)."""
         return AxisStack(ImagePlanes(data, contrast=contrast), self.index, self.axis)
-
-    def place(self, labels: np.ndarray, shape: Any) -> np.ndarray:
-        """``labels`` ``(N, Y, X)`` of the line in a zero label image of ``shape``
-        ``(T, Z, Y, X)`` (same dtype)."""
-        out = np.zeros(tuple(int(s) for s in shape), dtype=labels.dtype)
-        return self.write(out, labels)
 
     def write(self, out: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Write ``labels`` ``(N, Y, X)`` of the line into ``out`` ``(T, Z, Y, X)`` (in place;
@@ -153,3 +150,65 @@ def describe_lines(lines: list[TimelapseLine]) -> str:
     if lines[0].axis == 1:
         return f"through the slices of time points {ats}"
     return f"through the time points at slices {ats}"
+
+
+class LineLabels:
+    """The label image ``(T, Z, Y, X)`` of a time-lapse of stacks, found on some lines and
+    zero elsewhere, kept as the lines' own ``(N, Y, X)`` label volumes.
+
+    :func:`~napari_sam.workflows.io.write_labels_tiff` writes it plane by plane
+    (:meth:`planes`): the whole image is never in memory.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(T, Z, Y, X)`` of the time-lapse.
+    """
+
+    def __init__(self, shape: Any) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) != 4:
+            raise ValueError(f"A time-lapse of stacks has 4 axes (T, Z, Y, X), not {self.shape}.")
+        self._lines: list[tuple[TimelapseLine, np.ndarray]] = []
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def add(self, line: TimelapseLine, labels: Any) -> None:
+        """The labels ``(N, Y, X)`` found on ``line`` (``N``: slices for ``along="z"``,
+        time points for ``along="t"``); a later line wins where lines cross."""
+        labels = np.asarray(labels)
+        expected = (self.shape[line.axis], *self.shape[2:])
+        if labels.shape != expected:
+            raise ValueError(f"Labels of {line.name} should have shape {expected}, "
+                             f"not {labels.shape}.")
+        self._lines.append((line, labels))
+
+    def max_id(self) -> int:
+        """The largest object id (0 when nothing was found)."""
+        return max((int(v.max()) for _, v in self._lines if v.size), default=0)
+
+    def plane(self, t: int, z: int) -> np.ndarray | None:
+        """The labels ``(Y, X)`` of slice ``z`` of time point ``t``; None off every line."""
+        for line, labels in reversed(self._lines):
+            if line.axis == 1 and line.at == t:
+                return labels[z]
+            if line.axis == 0 and line.at == z:
+                return labels[t]
+        return None
+
+    def planes(self, dtype: Any = np.uint32) -> Iterator[np.ndarray]:
+        """Every plane ``(Y, X)`` in ``dtype``, time point by time point, slice by slice."""
+        zero = np.zeros(self.shape[2:], dtype)
+        for t in range(self.shape[0]):
+            for z in range(self.shape[1]):
+                found = self.plane(t, z)
+                yield zero if found is None else found.astype(dtype, copy=False)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """The whole image (for small ones and tests; writing never needs it)."""
+        out = np.zeros(self.shape, np.uint32 if dtype is None else dtype)
+        for line, labels in self._lines:
+            line.write(out, labels)
+        return out

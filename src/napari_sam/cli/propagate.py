@@ -48,7 +48,7 @@ the time point), as the napari dock exports it. A PROMPTS table with a header
 t,z,y,x,label,object names the time point of each click instead: every line
 with clicks is followed (the time points with --along z, the slices with
 --along t; no --at). The output has the whole time-lapse's shape, with the
-objects on those lines.
+objects on those lines; it is written plane by plane, never whole in memory.
 
 examples:
   napari-sam propagate stack.tif --prompts clicks.csv -o labels.tif

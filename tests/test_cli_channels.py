@@ -204,7 +204,7 @@ def test_channels_saved_one_per_file(tmp_path, capsys, model_args):
 
     for extra_args, message in [
         ([str(files[0]), "--with", str(tmp_path / "small.tif")], "has shape"),
-        ([str(files[0]), str(one), "--with", str(files[1])], "--with names the other channels"),
+        ([str(files[0]), str(one), "--with", str(files[1])], "one file per INPUT"),
         ([str(files[0]), "--with", str(files[1]), "--channels", "0"], "either --channels"),
     ]:
         tifffile.imwrite(tmp_path / "small.tif", czyx[0, :, :10], photometric="minisblack")
@@ -213,3 +213,77 @@ def test_channels_saved_one_per_file(tmp_path, capsys, model_args):
                             *RELAXED], capsys)  # fmt: skip
         assert code == 1 and message in err and "\n" not in err.strip(), err
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_several_inputs_each_with_its_channel_files(tmp_path, capsys, model_args):
+    """C1-*.tif --with C2-*.tif: each INPUT is paired with its channel file by position, is
+    segmented as it is alone (in one process and on a cluster), is kept on a re-run and
+    segmented again when its own channel file changes; mistakes are one sentence."""
+    import argparse
+    import os
+
+    from dask_helpers import inprocess_client
+    from napari_sam.cli.segment_channels import check_options
+    from napari_sam.distributed import ModelSpec, run_batch
+    from napari_sam.workflows.batch import Recipe, SegmentJob
+
+    nuclei = np.asarray(sample("nuclei.tif"))
+    red, green = {}, {}
+    for name, z in (("a", 30), ("b", 40)):
+        red[name], green[name] = tmp_path / f"C1-{name}.tif", tmp_path / f"C2-{name}.tif"
+        tifffile.imwrite(red[name], nuclei[z, 60:124, 40:120])
+        tifffile.imwrite(green[name], nuclei[z + 3, 60:124, 40:120])
+    options = ["--contrast", "0", "30000", "100", "20000", *model_args, *RELAXED[:-1]]
+    alone = {}
+    for name in "ab":
+        alone[name] = tmp_path / f"alone-{name}.tif"
+        code, _, err = run(["segment", str(red[name]), "--with", str(green[name]), "-o",
+                            str(alone[name]), *options], capsys)  # fmt: skip
+        assert code == 0, err
+    assert read_tiff(alone["a"]).data.max() >= 1
+    assert not np.array_equal(read_tiff(alone["a"]).data, read_tiff(alone["b"]).data)
+
+    out = tmp_path / "out"
+    argv = ["segment", str(red["a"]), str(red["b"]), "--with", str(green["a"]),
+            str(green["b"]), "-o", str(out), *options]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    for name in "ab":
+        assert f"C1-{name}.tif (with C2-{name}.tif): " in err
+        np.testing.assert_array_equal(read_tiff(out / f"C1-{name}_labels.tif").data,
+                                      read_tiff(alone[name]).data)
+    code, _, err = run(argv, capsys)  # nothing changed: both kept
+    assert code == 0 and err.count("already segmented with these settings") == 2, err
+    stamp = green["b"].stat()
+    os.utime(green["b"], ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    code, _, err = run(argv, capsys)  # b's channel file changed: b only
+    assert code == 0, err
+    assert "C1-a.tif: already segmented" in err and "C1-b.tif (with C2-b.tif): " in err
+
+    args = argparse.Namespace(inputs=[str(red["a"]), str(red["b"])], channels=None,
+                              with_files=[str(green["a"]), str(green["b"])],
+                              contrast=[0, 30000, 100, 20000], table=None)  # fmt: skip
+    extra = check_options(args)
+    assert extra.others is None and extra.channels == (0, 1)
+    recipe = Recipe(SETTINGS, model=f"vit_t:file:{model_args[3]}", channels=extra.channels,
+                    channel_contrast=extra.contrast, others_by_input=extra.others_by_input,
+                    precision="fp32")  # fmt: skip
+    jobs = [SegmentJob(red[n], tmp_path / "cluster" / f"{n}.tif") for n in "ab"]
+    with inprocess_client(dashboard=False) as client:
+        report = run_batch(client, jobs, ModelSpec("vit_t", model_args[3], "cpu", "fp32"),
+                           recipe)
+    assert [o.status for o in report.outcomes] == ["done", "done"], report.outcomes
+    for name, job in zip("ab", jobs):
+        np.testing.assert_array_equal(tifffile.imread(job.output), read_tiff(alone[name]).data)
+
+    for bad, message in [
+        ([str(red["a"]), str(red["b"]), "--with", str(green["a"]), str(green["b"]),
+          str(green["a"])], "(2 or 4 files), got 3"),
+        ([str(tmp_path), "--with", str(green["a"])], "is a folder"),
+        ([str(red["a"]), str(red["a"]), "--with", str(green["a"]), str(green["b"])],
+         "given twice"),
+    ]:
+        code, _, err = run(["segment", *bad, "-o", str(tmp_path / "bad"), *model_args,
+                            *RELAXED], capsys)  # fmt: skip
+        assert code == 1 and message in err and "\n" not in err.strip(), err
+    assert not (tmp_path / "bad").exists()

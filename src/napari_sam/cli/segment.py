@@ -336,6 +336,7 @@ def _recipe(args: argparse.Namespace) -> Any:
         channels=extra.channels,
         channel_contrast=extra.contrast if extra.channels is not None else None,
         others=extra.others,
+        others_by_input=extra.others_by_input,
         options=options,
         model=model,
         precision=args.precision,
@@ -360,9 +361,15 @@ class _Report:
 
     def finished(
         self, job: Any, n_objects: int, n_slices: int | None, seconds: float, mode: str = "",
-        n_frames: int | None = None,
+        n_frames: int | None = None, recipe: Any = None,
     ) -> None:
+        """One input's line; with ``recipe`` of a run that paired INPUTs with channel files
+        (--with), the line names the input's files."""
         self.done.append(job)
+        paired = ""
+        if recipe is not None and recipe.others_by_input is not None:
+            files = recipe.for_input(job.source).others
+            paired = f" (with {', '.join(Path(f).name for f in files)})"
         planes = "" if n_slices is None else f" in {n_slices} slices"
         if n_frames is not None:
             planes = f" in {n_frames} time points of {n_slices} slices"
@@ -372,7 +379,7 @@ class _Report:
             self.announced.add(folder)
             note = f"; created the folder {folder}"
         self._write(
-            f"{job.name}: {n_objects} object{'s' if n_objects != 1 else ''}{planes}"
+            f"{job.name}{paired}: {n_objects} object{'s' if n_objects != 1 else ''}{planes}"
             f"{f' ({mode.upper()})' if mode else ''} -> "
             f"{job.output} ({seconds:.1f} s{note})"
         )
@@ -413,7 +420,6 @@ class _Report:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from napari_sam.errors import SettingsError
     from napari_sam.workflows import coco, io
     from napari_sam.workflows.batch import plan_jobs
 
@@ -425,11 +431,6 @@ def _run_segment(args: argparse.Namespace) -> int:
     if coco_path is not None and coco_path.is_dir():
         raise io.OutputFileError(f"--coco {coco_path} is a folder; give a .json file name.")
     jobs = plan.jobs
-    if recipe.others is not None and len(jobs) != 1:
-        raise SettingsError(
-            f"--with names the other channels of one INPUT; {len(jobs)} inputs were given "
-            "(segment them one at a time, each with its channel files)."
-        )
     folders = {job.output.parent for job in jobs} | ({coco_path.parent} if coco_path else set())
     folders |= {table_path.parent} if table_path else set()
     for folder in folders:
@@ -492,11 +493,12 @@ def _run_here(
     from napari_sam.workflows.segment import resolve_mode
 
     device = resolve_device(args.device)
-    identity = recipe.identity()
     single = len(plan.jobs) == 1 and not plan.skipped  # its error is the only line
     model = None
     try:
         for index, job in enumerate(plan.jobs):
+            job_recipe = recipe.for_input(job.source)  # its own channel files (--with)
+            identity = job_recipe.identity()
             manifest = Manifest(job.output.parent)
             redo = args.force or tables is not None
             if not redo and manifest.finished(job, identity, coco=coco):
@@ -504,7 +506,7 @@ def _run_here(
                 planes[index] = manifest.coco(job) if coco else []
                 continue
             try:
-                image = open_input(job.source, recipe)
+                image = open_input(job.source, job_recipe)
             except NapariSamError as exc:
                 if single:
                     raise
@@ -527,7 +529,8 @@ def _run_here(
             )  # fmt: skip
             try:
                 result = segment_file(
-                    model, job, recipe, image=image, coco=coco, keep_labels=tables is not None,
+                    model, job, job_recipe, image=image, coco=coco,
+                    keep_labels=tables is not None,
                     progress=bar_updater(bar),
                 )  # fmt: skip
             except NapariSamError as exc:
@@ -542,7 +545,7 @@ def _run_here(
             if tables is not None:
                 tables.add(result.labels, job.name, image, result.scores, "automatic")
             report.finished(job, result.n_objects, result.n_slices, result.seconds, result.mode,
-                            result.n_frames)
+                            result.n_frames, recipe)
     finally:
         for folder in {job.output.parent for job in plan.jobs}:
             tidy(folder, folder in report.new_folders)
@@ -582,7 +585,7 @@ def _run_on_cluster(
                 objects[index_of[job]] = outcome.table
             if outcome.status == "done":
                 report.finished(job, outcome.n_objects, outcome.n_slices, outcome.seconds,
-                                n_frames=outcome.n_frames)
+                                n_frames=outcome.n_frames, recipe=recipe)
             else:
                 report.kept_before(job, outcome.n_objects)
 

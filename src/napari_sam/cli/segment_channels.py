@@ -59,7 +59,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "for its red, green and blue inputs, each shown with its own contrast.",
     )
     add_channels_option(group, "(C, Y, X) or (C, Z, Y, X)")
-    add_channel_files_option(group)
+    add_channel_files_option(group, several=True)
     group.add_argument(
         "--contrast",
         nargs="+",
@@ -83,12 +83,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 class ChannelOptions:
     """The checked options: channels (or None), contrast pairs (or None), table path, and
     the files of INPUT's other channels (--with; then ``channels`` numbers INPUT 0 and the
-    files 1, 2)."""
+    files 1, 2), or with several INPUTs each INPUT's files (``others_by_input``: resolved
+    INPUT path, its files)."""
 
     channels: tuple[int, ...] | None
     contrast: tuple[tuple[float, float], ...] | None
     table: Path | None
     others: tuple[str, ...] | None = None
+    others_by_input: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     @property
     def single_contrast(self) -> tuple[float, float] | None:
@@ -107,13 +109,20 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
     OutputFileError
         For a --table path that is a folder or not a .csv file.
     """
+    inputs = list(getattr(args, "inputs", None) or [None])
     others, contrast = check_channel_files(args.channels, getattr(args, "with_files", None),
-                                           args.contrast)
+                                           args.contrast, len(inputs))
+    by_input = None
     if others is None:
         channels, contrast = check_channels_and_contrast(args.channels, args.contrast)
     else:  # INPUT and the files, read channels first
-        channels = tuple(range(1 + len(others)))
         others = tuple(str(Path(f).expanduser().resolve()) for f in others)
+        per = len(others) // len(inputs)
+        channels = tuple(range(1 + per))
+        if inputs[0] is not None:  # segment's INPUT files, each with its channel files
+            pairs = _pair_inputs(inputs, others, per)
+            if len(inputs) > 1:
+                by_input, others = pairs, None
     table = None
     if args.table:
         table = Path(args.table).expanduser()
@@ -121,11 +130,43 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
             raise OutputFileError(f"--table {table} is a folder; give a .csv file name.")
         if table.suffix.lower() != ".csv":
             raise OutputFileError(f"--table {table} must be a .csv file name.")
-    return ChannelOptions(channels, contrast, table, others)
+    return ChannelOptions(channels, contrast, table, others, by_input)
 
 
-def add_channel_files_option(group: Any) -> None:
-    """Add ``--with FILE [FILE]`` (dest ``with_files``): channels saved one per file."""
+def _pair_inputs(
+    inputs: list[Any], files: tuple[str, ...], per: int
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each INPUT file (resolved) with its ``per`` channel files: file ``j·n + i`` belongs to
+    INPUT ``i`` of ``n``.
+
+    Raises
+    ------
+    SettingsError
+        An INPUT that is a folder, or one given twice.
+    """
+    from napari_sam.errors import SettingsError
+
+    n = len(inputs)
+    sources = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            raise SettingsError(
+                f"--with pairs each INPUT file with its channel files, and {path} is a folder: "
+                "give the files (e.g. folder/C1-*.tif --with folder/C2-*.tif)."
+            )
+        sources.append(str(path.resolve()))
+    if len(set(sources)) != n:
+        raise SettingsError("--with pairs each INPUT with its channel files: an INPUT was "
+                            "given twice.")
+    return tuple(
+        (source, tuple(files[j * n + i] for j in range(per))) for i, source in enumerate(sources)
+    )
+
+
+def add_channel_files_option(group: Any, several: bool = False) -> None:
+    """Add ``--with FILE [FILE]`` (dest ``with_files``): channels saved one per file;
+    ``several``: the command takes several INPUTs, each paired with its files."""
     group.add_argument(
         "--with",
         dest="with_files",
@@ -134,20 +175,25 @@ def add_channel_files_option(group: Any) -> None:
         metavar="FILE",
         help="channels saved one per file (e.g. by Fiji's Split Channels): INPUT is SAM's red "
         "input and these files its green (and blue), each grayscale and of INPUT's shape; "
-        "--contrast then takes one pair per file",
+        "--contrast then takes one pair per file"
+        + ("; with several INPUTs, one file per INPUT for each channel, in the INPUTs' order "
+           "(C1-*.tif --with C2-*.tif)" if several else ""),
     )
 
 
 def check_channel_files(
-    channels: Any, files: Any, contrast: Any
+    channels: Any, files: Any, contrast: Any, n_inputs: int = 1
 ) -> tuple[tuple[str, ...] | None, tuple[tuple[float, float], ...] | None]:
-    """``--with`` files (1-2 paths, or None) and ``--contrast`` for INPUT and them: one
-    LOW HIGH pair per file, or None.
+    """``--with`` files (1-2 paths per INPUT, or None) and ``--contrast`` for an INPUT and
+    its files: one LOW HIGH pair per file, or None.
+
+    With ``n_inputs`` INPUTs the files come one per INPUT for each other channel, in the
+    INPUTs' order: ``[green of INPUT 1, …, green of INPUT n, (blue of INPUT 1, …)]``.
 
     Raises
     ------
     SettingsError
-        ``--with`` together with ``--channels``, or more than two files.
+        ``--with`` together with ``--channels``, or not 1-2 files per INPUT.
     ImageFormatError
         A contrast that is not one LOW HIGH pair (LOW <= HIGH) per file.
     """
@@ -161,11 +207,21 @@ def check_channel_files(
             "in separate files), not both."
         )
     files = tuple(str(f) for f in files)
-    if len(files) > 2:
+    if n_inputs > 1:
+        per, rest = divmod(len(files), n_inputs)
+        if rest or per not in (1, 2):
+            raise SettingsError(
+                f"With {n_inputs} INPUTs, --with takes one file per INPUT for each other "
+                f"channel, in the INPUTs' order ({n_inputs} or {2 * n_inputs} files), got "
+                f"{len(files)}."
+            )
+    elif len(files) > 2:
         raise SettingsError(
             f"--with takes 1 or 2 files (SAM's green and blue inputs), got {len(files)}."
         )
-    _, pairs = check_channels_and_contrast(tuple(range(1 + len(files))), contrast)
+    else:
+        per = len(files)
+    _, pairs = check_channels_and_contrast(tuple(range(1 + per)), contrast)
     return files, pairs
 
 

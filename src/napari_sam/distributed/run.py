@@ -217,8 +217,10 @@ class _Runner:
     # ----------------------------------------------------------------- start
     def start(self, index: int, job: SegmentJob) -> None:
         self.t0[index] = time.perf_counter()
+        recipe = self.recipe.for_input(job.source)  # its own channel files (--with)
+        identity = recipe.identity()
         manifest = Manifest(job.output.parent)
-        if not self.force and manifest.finished(job, self.identity, coco=self.coco):
+        if not self.force and manifest.finished(job, identity, coco=self.coco):
             coco = manifest.coco(job) if self.coco else None
             n = manifest.n_objects(job) or 0
             self._finish(Outcome(job, "finished before", n, coco=coco), index)
@@ -233,7 +235,7 @@ class _Runner:
             work = JobWork(job)
             if self.force:
                 work.remove()
-            kept = work.prepare(self.identity)
+            kept = work.prepare(identity)
             stack = image is not None and not image.rgb and image.data.ndim == 3
             # a time-lapse of stacks or a stack of RGB planes (or a time-lapse of them): one
             # task, the whole file
@@ -254,7 +256,7 @@ class _Runner:
                 self._expect(index, 1)
                 self._submit(
                     index, "file", 0, tasks.file_task,
-                    self.spec, job, self.recipe, str(work.file_output), self.coco, self.table,
+                    self.spec, job, recipe, str(work.file_output), self.coco, self.table,
                 )  # fmt: skip
         except NapariSamError as exc:
             self._fail(index, str(exc))
@@ -285,7 +287,8 @@ class _Runner:
         resumed: int = 0, n_frames: int | None = None,
     ) -> None:
         job = self.jobs[index]
-        Manifest(job.output.parent).record(job, self.identity, coco, n_objects)
+        identity = self.recipe.for_input(job.source).identity()
+        Manifest(job.output.parent).record(job, identity, coco, n_objects)
         JobWork(job).remove()
         seconds = time.perf_counter() - self.t0[index]
         self._finish(

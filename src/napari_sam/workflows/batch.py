@@ -244,6 +244,9 @@ class Recipe:
         Files holding the input's other channels (channels saved one per file): the
         input is channel 0 and these 1, 2 (:func:`~napari_sam.workflows.io.read_channel_files`);
         ``channels`` then numbers them. A changed file changes the identity.
+    others_by_input : tuple of (str, tuple of str), optional
+        For a run of several inputs with their channels one per file: each input's resolved
+        path with its files. :meth:`for_input` gives one input's recipe (its ``others``).
     """
 
     settings: AutoSettings = field(default_factory=AutoSettings)
@@ -254,10 +257,30 @@ class Recipe:
     channels: tuple[int, ...] | None = None
     channel_contrast: tuple[tuple[float, float], ...] | None = None
     others: tuple[str, ...] | None = None
+    others_by_input: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         """The extra keyword arguments for ``segment()``."""
         return dict(self.options)
+
+    def for_input(self, source: str | os.PathLike[str]) -> Recipe:
+        """The recipe of the input ``source``: with ``others_by_input``, that input's
+        channel files as ``others``; otherwise this recipe.
+
+        Raises
+        ------
+        SettingsError
+            If ``source`` was not paired with channel files.
+        """
+        if self.others_by_input is None:
+            return self
+        key = str(Path(source).expanduser().resolve())
+        for path, files in self.others_by_input:
+            if path == key:
+                return replace(self, others=files, others_by_input=None)
+        from napari_sam.errors import SettingsError
+
+        raise SettingsError(f"{Path(source).name} was given no channel files (--with).")
 
     def identity(self) -> str:
         """A hash of the recipe: equal recipes give equal labels for equal inputs."""
@@ -276,6 +299,9 @@ class Recipe:
                 # only with --with, so that other recipes keep their identity
                 **({} if self.others is None else
                    {"others": [model_identity("channel", p) for p in self.others]}),
+                **({} if self.others_by_input is None else
+                   {"others_by_input": [[src, [model_identity("channel", p) for p in files]]
+                                        for src, files in self.others_by_input]}),
             },
             sort_keys=True,
             default=str,

@@ -119,7 +119,7 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
         others = tuple(str(Path(f).expanduser().resolve()) for f in others)
         per = len(others) // len(inputs)
         channels = tuple(range(1 + per))
-        if inputs[0] is not None:  # segment's INPUT files, each with its channel files
+        if inputs[0] is not None:  # segment: INPUT files (no folder), each with its files
             pairs = _pair_inputs(inputs, others, per)
             if len(inputs) > 1:
                 by_input, others = pairs, None

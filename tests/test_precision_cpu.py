@@ -148,19 +148,30 @@ def _assert_accuracy_bar(sam, cases):
 
 
 # --------------------------------------------------------------------------- accuracy
+def _spy(monkeypatch, module, name: str) -> list:
+    """A list that gets an entry at each call of ``module.name`` (which still runs)."""
+    calls: list = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
+def _bar_with_kernel(config, kernel: str, nuclei):
+    """The accuracy bar for a decisive model of ``config`` whose encoder computes its
+    attention in bf16 with ``kernel``; the cases' mask IoUs and the model."""
+    sam = _decisive(config)
+    sam.image_encoder.attention_kernel = kernel
+    return _assert_accuracy_bar(sam, _cases(nuclei)), sam
+
+
 @pytest.mark.parametrize("kernel", ["fused", "matmul"])
 def test_bf16_masks_meet_the_bar_small_encoder(nuclei, kernel, monkeypatch):
     """A narrow encoder (windowed + global blocks), full-size decoder: many cases quickly;
     with each way of computing its global attention in bf16."""
     from napari_sam.model.sam import image_encoder
 
-    calls = []
-    matmul = image_encoder._matmul_attention
-    monkeypatch.setattr(image_encoder, "_matmul_attention",
-                        lambda *args: calls.append(1) or matmul(*args))
-    sam = _decisive(SMALL)
-    sam.image_encoder.attention_kernel = kernel
-    ious = _assert_accuracy_bar(sam, _cases(nuclei))
+    calls = _spy(monkeypatch, image_encoder, "_matmul_attention")
+    ious, _ = _bar_with_kernel(SMALL, kernel, nuclei)
     assert len(ious) >= 3 * 25
     # "matmul" ran for the two global blocks of each bf16 image (never in fp32)
     assert len(calls) == (2 * 3 if kernel == "matmul" else 0)
@@ -172,13 +183,8 @@ def test_bf16_masks_meet_the_bar_vit_t(nuclei, kernel, monkeypatch):
     with each way of computing its window attention in bf16."""
     from napari_sam.model.sam import tiny_vit
 
-    calls = []
-    matmul = tiny_vit._matmul_window_attention
-    monkeypatch.setattr(tiny_vit, "_matmul_window_attention",
-                        lambda *args: calls.append(1) or matmul(*args))
-    sam = _decisive(CONFIGS["vit_t"])
-    sam.image_encoder.attention_kernel = kernel
-    ious = _assert_accuracy_bar(sam, _cases(nuclei))
+    calls = _spy(monkeypatch, tiny_vit, "_matmul_window_attention")
+    ious, sam = _bar_with_kernel(CONFIGS["vit_t"], kernel, nuclei)
     # "matmul" ran in every window-attention block of each bf16 image (never in fp32)
     blocks = len(sam.image_encoder._window_attentions())
     images = 3 if kernel == "matmul" else 0

@@ -424,6 +424,36 @@ def test_assessment_is_remembered_per_process_and_on_disk(monkeypatch, tmp_path)
         runtime_precision.forget_cpu_bf16()
 
 
+def test_cluster_workers_adopt_the_clients_assessment():
+    """Workers on the same kind of machine compute as the client: they adopt its assessment
+    (precision and attention kernel) before loading, instead of timing kernels anew on a
+    machine busy with their siblings; another kind of machine keeps its own."""
+    import pickle
+    from types import SimpleNamespace
+
+    from napari_sam.distributed.worker import ModelPlugin, ModelSpec, _cpu_bf16_for
+
+    here = runtime_precision._fingerprint()
+    runtime_precision.forget_cpu_bf16()
+    try:
+        assert runtime_precision.adopt_cpu_bf16(here, MATMUL.to_dict())
+        assert runtime_precision.cpu_bf16() == MATMUL
+        assert not runtime_precision.adopt_cpu_bf16("another CPU|AMX|torch 9", FAST.to_dict())
+        assert not runtime_precision.adopt_cpu_bf16(here, {"fast": True})  # unreadable
+        assert runtime_precision.cpu_bf16() == MATMUL
+
+        plugin = ModelPlugin(ModelSpec("vit_t"), None, (here, FAST.to_dict()))
+        on_worker = pickle.loads(pickle.dumps(plugin))  # as the scheduler hands it over
+        on_worker.setup(SimpleNamespace(name="0"))
+        assert runtime_precision.cpu_bf16() == FAST
+
+        assert _cpu_bf16_for(ModelSpec("vit_t", device="cpu")) == (here, FAST.to_dict())
+        assert _cpu_bf16_for(ModelSpec("vit_t", device="cuda")) is None
+        assert _cpu_bf16_for(ModelSpec("vit_t", precision="fp32")) is None
+    finally:
+        runtime_precision.forget_cpu_bf16()
+
+
 def test_auto_per_device(monkeypatch):
     monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: FAST)
     cpu = runtime_precision.resolve_auto("cpu")

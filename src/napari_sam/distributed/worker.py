@@ -88,11 +88,18 @@ class ModelPlugin(WorkerPlugin):
     torch_threads : int, optional
         Threads each worker's torch uses (a ``LocalCluster`` splits the
         machine's cores between its workers); default: torch's own choice.
+    cpu_bf16 : (str, dict), optional
+        The client's CPU bf16 assessment
+        (:func:`~napari_sam.runtime.precision.cpu_bf16_for_workers`): a worker on the same
+        kind of machine adopts it before loading, so that its encoder computes as the
+        client's would (same precision, same attention kernel).
     """
 
-    def __init__(self, spec: ModelSpec, torch_threads: int | None = None) -> None:
+    def __init__(self, spec: ModelSpec, torch_threads: int | None = None,
+                 cpu_bf16: tuple[str, dict] | None = None) -> None:
         self.spec = spec
         self.torch_threads = torch_threads
+        self.cpu_bf16 = cpu_bf16
         self.name = spec.plugin_name()
         self.loaded: Any = None
         self.load_seconds: float | None = None
@@ -116,6 +123,10 @@ class ModelPlugin(WorkerPlugin):
             import torch
 
             torch.set_num_threads(int(self.torch_threads))
+        if self.cpu_bf16 is not None:
+            from napari_sam.runtime.precision import adopt_cpu_bf16
+
+            adopt_cpu_bf16(*self.cpu_bf16)
 
     def model(self) -> Any:
         """The loaded model, loading it on first use."""
@@ -168,10 +179,19 @@ def register_model(client: Any, spec: ModelSpec, torch_threads: int | None = Non
     cluster) is kept: registering it again would make every worker load the
     model again.
     """
-    plugin = ModelPlugin(spec, torch_threads)
+    plugin = ModelPlugin(spec, torch_threads, _cpu_bf16_for(spec))
     if not _registered(client, plugin.name):
         client.register_plugin(plugin, name=plugin.name)
     return plugin
+
+
+def _cpu_bf16_for(spec: ModelSpec) -> tuple[str, dict] | None:
+    """The client's CPU assessment for workers that may run ``spec`` on a CPU."""
+    if spec.device not in ("auto", "cpu") or spec.precision not in ("auto", "bf16"):
+        return None
+    from napari_sam.runtime.precision import cpu_bf16_for_workers
+
+    return cpu_bf16_for_workers()
 
 
 def _registered(client: Any, name: str) -> bool:

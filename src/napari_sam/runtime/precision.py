@@ -42,8 +42,8 @@ from napari_sam.model.precision import (
     cpu_bf16_isa,
 )
 
-__all__ = ["PrecisionChoice", "apply_cpu_attention", "cpu_bf16", "forget_cpu_bf16",
-           "resolve_auto"]
+__all__ = ["PrecisionChoice", "adopt_cpu_bf16", "apply_cpu_attention", "cpu_bf16",
+           "cpu_bf16_for_workers", "forget_cpu_bf16", "resolve_auto"]
 
 #: File in the cache folder that remembers CPU assessments.
 CPU_FILE = "cpu_bf16.json"
@@ -162,6 +162,30 @@ def cpu_bf16(*, remember: bool = True) -> CpuBf16:
                 _write_disk(key, result)
         _CPU = result
         return result
+
+
+def cpu_bf16_for_workers() -> tuple[str, dict[str, Any]]:
+    """This machine's fingerprint and assessment, for :func:`adopt_cpu_bf16` in worker
+    processes (a Dask cluster's): measured here first if needed."""
+    return _fingerprint(), cpu_bf16().to_dict()
+
+
+def adopt_cpu_bf16(fingerprint: str, assessment: dict[str, Any]) -> bool:
+    """Use another process's assessment (:func:`cpu_bf16_for_workers`) if it was made on the
+    same kind of machine (CPU model, instruction set, PyTorch), so that every process of one
+    run computes alike: two processes timing the attention kernels on a busy machine may
+    otherwise pick different ones, whose bf16 roundings differ. Returns whether it was
+    adopted (not for another kind of machine, or an unreadable assessment)."""
+    global _CPU
+    if fingerprint != _fingerprint():
+        return False
+    try:
+        result = CpuBf16.from_dict(assessment)
+    except (KeyError, TypeError, ValueError):
+        return False
+    with _LOCK:
+        _CPU = result
+    return True
 
 
 def forget_cpu_bf16() -> None:

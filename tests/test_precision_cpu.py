@@ -171,10 +171,15 @@ def test_bf16_masks_meet_the_bar_small_encoder(nuclei, kernel, monkeypatch):
     from napari_sam.model.sam import image_encoder
 
     calls = _spy(monkeypatch, image_encoder, "_matmul_attention")
-    ious, _ = _bar_with_kernel(SMALL, kernel, nuclei)
+    windows = _spy(monkeypatch, image_encoder, "_matmul_window_attention")
+    ious, sam = _bar_with_kernel(SMALL, kernel, nuclei)
     assert len(ious) >= 3 * 25
-    # "matmul" ran for the two global blocks of each bf16 image (never in fp32)
+    # "matmul" ran for the two global blocks and every windowed block of each bf16 image
+    # (never in fp32)
+    n_windowed = sum(block.window_size > 0 for block in sam.image_encoder.blocks)
+    assert n_windowed >= 1
     assert len(calls) == (2 * 3 if kernel == "matmul" else 0)
+    assert len(windows) == (n_windowed * 3 if kernel == "matmul" else 0)
 
 
 @pytest.mark.parametrize("kernel", ["fused", "matmul"])
@@ -544,5 +549,5 @@ def test_info_says_which_precision_and_why(monkeypatch, capsys):
     monkeypatch.delenv("NAPARI_SAM_PRECISION")
     monkeypatch.setattr(runtime_precision, "cpu_bf16", lambda: MATMUL)
     assert cli.main(["info"]) == 0
-    assert (f"({MATMUL.reason}); attention (ViT global, MobileSAM windows) by matrix "
-            "products (matrix products measured 1.31× as fast); masks") in capsys.readouterr().out
+    assert (f"({MATMUL.reason}); attention by matrix products (matrix products measured "
+            "1.31× as fast); masks") in capsys.readouterr().out

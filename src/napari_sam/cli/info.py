@@ -97,7 +97,7 @@ def _precision_line(device: Any) -> str:
 
         cpu = cpu_bf16()
         if cpu.attention_speedup is not None:
-            attention = (f"; attention (ViT global, MobileSAM windows) by "
+            attention = (f"; attention by "
                          f"{'matrix products' if cpu.attention == 'matmul' else 'fused kernel'}"
                          f" (matrix products measured {cpu.attention_speedup:.2f}× as fast)")
     return (

@@ -192,7 +192,7 @@ class CpuBf16:
         Why, in a few words for the user (shown by ``napari-sam info`` and the
         plugin's model line).
     attention : str
-        How attention runs in bf16 on this CPU (ViT global attention and MobileSAM's
+        How attention runs in bf16 on this CPU (ViT's global and window attention, MobileSAM's
         windows): ``"fused"`` (PyTorch's fused kernel) or ``"matmul"`` (two matrix
         products around a softmax), see
         :func:`~napari_sam.model.sam.image_encoder.attention_with_rel_pos` and

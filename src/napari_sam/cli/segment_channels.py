@@ -120,9 +120,12 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
         per = len(others) // len(inputs)
         channels = tuple(range(1 + per))
         if inputs[0] is not None:  # segment: INPUT files (no folder), each with its files
-            pairs = _pair_inputs(inputs, others, per)
-            if len(inputs) > 1:
-                by_input, others = pairs, None
+            sources = _input_files(inputs)
+            if len(sources) > 1:  # file j·n + i belongs to INPUT i of n
+                n = len(sources)
+                by_input = tuple((source, tuple(others[j * n + i] for j in range(per)))
+                                 for i, source in enumerate(sources))
+                others = None
     table = None
     if args.table:
         table = Path(args.table).expanduser()
@@ -133,11 +136,8 @@ def check_options(args: argparse.Namespace) -> ChannelOptions:
     return ChannelOptions(channels, contrast, table, others, by_input)
 
 
-def _pair_inputs(
-    inputs: list[Any], files: tuple[str, ...], per: int
-) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Each INPUT file (resolved) with its ``per`` channel files: file ``j·n + i`` belongs to
-    INPUT ``i`` of ``n``.
+def _input_files(inputs: list[Any]) -> list[str]:
+    """The INPUTs given with --with, resolved: each a file, once.
 
     Raises
     ------
@@ -146,7 +146,6 @@ def _pair_inputs(
     """
     from napari_sam.errors import SettingsError
 
-    n = len(inputs)
     sources = []
     for text in inputs:
         path = Path(text).expanduser()
@@ -156,12 +155,10 @@ def _pair_inputs(
                 "give the files (e.g. folder/C1-*.tif --with folder/C2-*.tif)."
             )
         sources.append(str(path.resolve()))
-    if len(set(sources)) != n:
+    if len(set(sources)) != len(sources):
         raise SettingsError("--with pairs each INPUT with its channel files: an INPUT was "
                             "given twice.")
-    return tuple(
-        (source, tuple(files[j * n + i] for j in range(per))) for i, source in enumerate(sources)
-    )
+    return sources
 
 
 def add_channel_files_option(group: Any, several: bool = False) -> None:

@@ -147,7 +147,8 @@ class _Runner:
         self.client = client
         self.spec = spec
         self.recipe = recipe
-        self.identity = recipe.identity()
+        #: Each job's recipe identity (its own channel files with --with), set by ``start``.
+        self.identities: dict[int, str] = {}
         self.coco = coco
         self.table = table
         self.tables: dict[int, Any] = {}
@@ -218,7 +219,7 @@ class _Runner:
     def start(self, index: int, job: SegmentJob) -> None:
         self.t0[index] = time.perf_counter()
         recipe = self.recipe.for_input(job.source)  # its own channel files (--with)
-        identity = recipe.identity()
+        identity = self.identities[index] = recipe.identity()
         manifest = Manifest(job.output.parent)
         if not self.force and manifest.finished(job, identity, coco=self.coco):
             coco = manifest.coco(job) if self.coco else None
@@ -287,8 +288,7 @@ class _Runner:
         resumed: int = 0, n_frames: int | None = None,
     ) -> None:
         job = self.jobs[index]
-        identity = self.recipe.for_input(job.source).identity()
-        Manifest(job.output.parent).record(job, identity, coco, n_objects)
+        Manifest(job.output.parent).record(job, self.identities[index], coco, n_objects)
         JobWork(job).remove()
         seconds = time.perf_counter() - self.t0[index]
         self._finish(

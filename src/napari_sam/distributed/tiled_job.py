@@ -55,7 +55,7 @@ class TiledPlanes:
         storing its piece in the work folder), then a merge writing the output."""
         r = self.runner
         plane = TiledPlane(index, None, grid, contrast)
-        plane.stored = work.finished_tiles(grid, r.identity)
+        plane.stored = work.finished_tiles(grid, r.identities[index])
         self.planes[(index, None)] = plane
         r._expect(index, len(grid) + 1)
         r._count(index, len(plane.stored))

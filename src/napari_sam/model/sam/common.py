@@ -16,6 +16,13 @@ from torch import nn
 ATTENTION_KERNELS = ("fused", "matmul")
 
 
+def check_attention_kernel(kernel: str) -> str:
+    """``kernel`` if it is one of :data:`ATTENTION_KERNELS` (ValueError otherwise)."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"Unknown attention kernel {kernel!r}; use one of {ATTENTION_KERNELS}.")
+    return kernel
+
+
 @contextlib.contextmanager
 def float32_region(x: torch.Tensor) -> Iterator[None]:
     """Compute in float32 inside, even under autocast on ``x``'s device.

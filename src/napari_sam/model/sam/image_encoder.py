@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_sam.model.sam.common import (
-    ATTENTION_KERNELS,
     LayerNorm2d,
     MLPBlock,
+    check_attention_kernel,
     float32_region,
 )
 
@@ -138,7 +138,8 @@ def attention_with_rel_pos(
         How a slice is computed: ``"fused"``, PyTorch's fused attention kernel
         (:func:`~torch.nn.functional.scaled_dot_product_attention`, whose
         accumulators stay float32); ``"matmul"``, two batched matrix products
-        around a softmax, in the dtype of ``q`` (see :data:`ATTENTION_KERNELS`).
+        around a softmax, in the dtype of ``q``
+        (see :data:`~napari_sam.model.sam.common.ATTENTION_KERNELS`).
         ``"matmul"`` applies in reduced precision (bf16/fp16) only: global attention
         (at least :data:`MATMUL_MIN_KEYS` keys) one head and slice at a time, windows
         several at a time; float32 always takes the fused kernel. On a 2-core AVX-512
@@ -162,8 +163,7 @@ def attention_with_rel_pos(
     keys = kh * kw
     if rel_h.dtype != q.dtype:  # SDPA wants one dtype
         rel_h, rel_w = rel_h.to(q.dtype), rel_w.to(q.dtype)
-    if kernel not in ATTENTION_KERNELS:
-        raise ValueError(f"Unknown attention kernel {kernel!r}; use one of {ATTENTION_KERNELS}.")
+    check_attention_kernel(kernel)
     if kernel == "matmul" and q.dtype != torch.float32:
         if keys >= MATMUL_MIN_KEYS:
             return _matmul_attention(q, k, v, rel_h, rel_w)
@@ -497,10 +497,7 @@ class ImageEncoderViT(nn.Module):
 
     @attention_kernel.setter
     def attention_kernel(self, kernel: str) -> None:
-        if kernel not in ATTENTION_KERNELS:
-            raise ValueError(
-                f"Unknown attention kernel {kernel!r}; use one of {ATTENTION_KERNELS}."
-            )
+        check_attention_kernel(kernel)
         for block in self.blocks:
             block.attn.kernel = kernel
 

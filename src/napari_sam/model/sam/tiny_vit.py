@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.model.sam.common import ATTENTION_KERNELS, LayerNorm2d, float32_region
+from napari_sam.model.sam.common import LayerNorm2d, check_attention_kernel, float32_region
 
 #: Approximate upper bound in bytes on one temporary tensor of the strip-wise
 #: and chunked computations (CPU, no autograd). 8 MiB keeps the working set of
@@ -640,10 +640,7 @@ class TinyViT(nn.Module):
 
     @attention_kernel.setter
     def attention_kernel(self, kernel: str) -> None:
-        if kernel not in ATTENTION_KERNELS:
-            raise ValueError(
-                f"Unknown attention kernel {kernel!r}; use one of {ATTENTION_KERNELS}."
-            )
+        check_attention_kernel(kernel)
         for attn in self._window_attentions():
             attn.kernel = kernel
 

@@ -30,8 +30,10 @@ class Sam(nn.Module):
         Channel order the model expects (``"RGB"``).
     precision : str
         Precision of the image encoder in :meth:`encode`: ``"auto"`` (default:
-        bfloat16 autocast on a CUDA GPU, float32 elsewhere), ``"fp32"``,
-        ``"bf16"`` or ``"fp16"``; see :mod:`napari_sam.model.precision`.
+        bfloat16 autocast on a CUDA GPU, float32 elsewhere; the package's
+        loaders resolve "auto" for the machine, bfloat16 also on CPUs measured
+        fast in it), ``"fp32"``, ``"bf16"`` or ``"fp16"``; see
+        :mod:`napari_sam.model.precision`.
     """
 
     mask_threshold: float = 0.0

@@ -277,3 +277,74 @@ def test_coco_of_a_timelapse_label_image_names_frame_and_slice():
     first, second = data["annotations"]
     assert (first["image_id"], first["label"], first["area"]) == (2, 1, 6)
     assert (second["image_id"], second["label"], second["predicted_iou"]) == (3, 2, 0.9)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_labels_larger_than_the_spill_size_are_made_on_disk_with_the_same_output(
+    sam, checkpoint, tzyx, tzyx_file, tmp_path, capsys, monkeypatch, suffix
+):
+    """Over ``spill.SPILL_BYTES`` (here 0) the time-lapse's labels are written into a
+    memory-mapped file beside the output, never all in memory; the output, COCO file and
+    object count are those of labels made in memory, and the file is gone afterwards."""
+    from napari_sam.workflows import segment_planes as module
+    from napari_sam.workflows import spill
+
+    expected = segment_planes(sam, ImagePlanes(tzyx), settings=SETTINGS)
+    assert expected.labels.max() >= 10
+    monkeypatch.setattr(spill, "SPILL_BYTES", 0)
+    given = []
+
+    def spying(*args, **kwargs):
+        given.append(kwargs.get("out"))
+        return segment_planes(*args, **kwargs)
+
+    monkeypatch.setattr(module, "segment_planes", spying)
+    folder = tmp_path / "out"
+    out, coco = folder / f"labels{suffix}", tmp_path / "c.json"
+    argv = ["segment", str(tzyx_file), "-o", str(out), "--coco", str(coco),
+            *_model(checkpoint), *OPTIONS]  # fmt: skip
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    n = len(_ids(expected.labels))
+    assert f"timelapse.tif: {n} objects" in err
+    assert len(given) == 1 and isinstance(given[0], np.memmap)
+    assert given[0].shape == tzyx.shape and given[0].dtype == np.uint32
+    written = np.asarray(io.read_image(out, frames=True).data)
+    np.testing.assert_array_equal(written, expected.labels)
+    # nothing left beside it but the resume records
+    assert sorted(p.name for p in folder.iterdir()) == [".napari-sam", out.name]
+    data = json.loads(coco.read_text())
+    assert len(data["annotations"]) == sum(
+        len(_ids(expected.labels[t, z])) for t in range(2) for z in range(3)
+    )
+
+
+def test_labels_on_disk_reserve_their_space_and_say_when_there_is_none(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from napari_sam.errors import OutputFileError
+    from napari_sam.workflows import spill
+
+    near = tmp_path / "labels.tif"
+    with spill.labels_on_disk((2, 3, 8, 8), near) as small:
+        assert small is None  # 1.5 KiB belong in memory
+    monkeypatch.setattr(spill, "SPILL_BYTES", 1000)
+    with spill.labels_on_disk((2, 3, 8, 8), near) as big:
+        assert isinstance(big, np.memmap) and big.dtype == np.uint32 and big.shape == (2, 3, 8, 8)
+        assert not big.any()
+        (folder,) = tmp_path.iterdir()
+        assert folder.name.startswith(".labels.tif.") and folder.is_dir()
+        big[1, 2] = 7
+        assert int(np.asarray(big).sum()) == 7 * 64
+        del big
+    assert list(tmp_path.iterdir()) == []
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OutputFileError, match="There is no room for the labels"):
+        with spill.labels_on_disk((2, 3, 8, 8), near):
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -536,53 +536,65 @@ def segment_file(
     """
     t0 = time.perf_counter()
     image = open_input(job.source, recipe) if image is None else image
+    target = output or job.output
     # a time-lapse of stacks (T, Z, Y, X), in colour or of channels too: two leading axes
     colours = image.rgb or image.channel_axis is not None
     frames = image.data.ndim - colours == 4
     lines = None  # (time points, slices) of a time-lapse of stacks
-    if recipe.channels is not None or frames:
-        from napari_sam.workflows.planes import ImagePlanes
-        from napari_sam.workflows.segment_planes import segment_planes
+    with contextlib.ExitStack() as held:
+        if recipe.channels is not None or frames:
+            from napari_sam.workflows.planes import ImagePlanes
+            from napari_sam.workflows.segment_planes import segment_planes
+            from napari_sam.workflows.spill import labels_on_disk
 
-        if recipe.channels is None:  # every plane with the whole file's contrast
-            planes = ImagePlanes(image.data, rgb=image.rgb, contrast=recipe.contrast)
-        else:
-            planes = ImagePlanes(
-                image.data, channel_axis=0, channels=recipe.channels,
-                contrast=recipe.channel_contrast,
+            if recipe.channels is None:  # every plane with the whole file's contrast
+                planes = ImagePlanes(image.data, rgb=image.rgb, contrast=recipe.contrast)
+            else:
+                planes = ImagePlanes(
+                    image.data, channel_axis=0, channels=recipe.channels,
+                    contrast=recipe.channel_contrast,
+                )  # fmt: skip
+            if frames:
+                lines = tuple(int(n) for n in planes.geometry.leading_shape)
+            modes = {
+                k: v for k, v in recipe.kwargs().items()
+                if k in ("mode", "ais_settings", "tiling")
+            }  # fmt: skip
+            # labels larger than SPILL_BYTES are made on disk unless the caller keeps them
+            out = None if keep_labels else held.enter_context(
+                labels_on_disk(planes.geometry.shape, target)
+            )
+            result = segment_planes(
+                model, planes, settings=recipe.settings, progress=progress,
+                should_cancel=should_cancel, out=out, **modes,
             )  # fmt: skip
-        if frames:
-            lines = tuple(int(n) for n in planes.geometry.leading_shape)
-        modes = {
-            k: v for k, v in recipe.kwargs().items() if k in ("mode", "ais_settings", "tiling")
-        }
-        result = segment_planes(
-            model, planes, settings=recipe.settings, progress=progress,
-            should_cancel=should_cancel, **modes,
-        )  # fmt: skip
-    else:
-        result = segment(
-            model,
-            image.data,
-            rgb=image.rgb,
-            contrast_limits=recipe.contrast,
-            settings=recipe.settings,
-            progress=progress,
-            should_cancel=should_cancel,
-            **recipe.kwargs(),
-        )
-    io.write_labels(output or job.output, result.labels, scale=image.scale, unit=image.unit)
-    coco_data = None
-    if coco:
-        coco_data = coco_planes(result.labels, result.scores, stack=result.slices is not None)
+            del out
+        else:
+            result = segment(
+                model,
+                image.data,
+                rgb=image.rgb,
+                contrast_limits=recipe.contrast,
+                settings=recipe.settings,
+                progress=progress,
+                should_cancel=should_cancel,
+                **recipe.kwargs(),
+            )
+        io.write_labels(target, result.labels, scale=image.scale, unit=image.unit)
+        coco_data = None
+        if coco:
+            coco_data = coco_planes(result.labels, result.scores, stack=result.slices is not None)
+        n_objects = result.n_objects
+        labels = result.labels if keep_labels else None
+        result.labels = None  # an array on disk is unmapped before its file is removed
     n_slices = None if result.slices is None else len(result.slices)
     return FileResult(
-        n_objects=result.n_objects,
+        n_objects=n_objects,
         n_slices=lines[1] if lines else n_slices,
         n_frames=lines[0] if lines else None,
         coco=coco_data,
         seconds=time.perf_counter() - t0,
-        labels=result.labels if keep_labels else None,
+        labels=labels,
         scores=result.scores if keep_labels else None,
         mode=result.mode,
     )

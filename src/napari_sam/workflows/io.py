@@ -667,7 +667,8 @@ def write_labels_tiff(
     path : path
         The ``.tif`` file to write (replaced if it exists).
     labels : ndarray ``(Y, X)``, ``(Z, Y, X)`` or ``(T, Z, Y, X)`` of non-negative integers
-        Object ids, 0 = background. Or a plane source such as
+        Object ids, 0 = background (a 3D/4D array is written one plane at a
+        time, so a memory-mapped one is never read whole). Or a plane source such as
         :class:`~napari_sam.workflows.timelapse.LineLabels` (``shape``, ``max_id()``,
         ``planes(dtype)`` yielding the ``(Y, X)`` planes in order), written one plane
         at a time. Stored as ``uint16`` when the largest id
@@ -714,9 +715,14 @@ def write_labels_tiff(
             f"The scale {scale} does not fit a label image of shape {shape} (one positive "
             "pixel size per axis)."
         )
-    if arr is not None:
+    if arr is not None and ndim == 2:
         dtype = _label_dtype(arr)
         data: Any = np.ascontiguousarray(arr, dtype=dtype)
+    elif arr is not None:  # plane by plane: no whole-image copy in the file's type
+        dtype = _label_dtype(arr)
+        data = (
+            np.ascontiguousarray(arr[index], dtype=dtype) for index in np.ndindex(*shape[:-2])
+        )
     else:
         dtype = np.dtype(np.uint16 if source.max_id() <= np.iinfo(np.uint16).max else np.uint32)
         data = source.planes(dtype)
@@ -739,7 +745,7 @@ def write_labels_tiff(
         # one grey page per plane: tifffile would otherwise store 3 or 4 slices as the
         # samples of planar RGB(A) pages, which Fiji shows as a colour image
         kwargs.update(metadata=meta, resolutionunit="NONE", photometric="minisblack")
-    if source is not None:
+    if ndim > 2 or source is not None:
         kwargs.update(shape=shape, dtype=dtype)
     path = Path(path).expanduser()
     try:

@@ -322,9 +322,16 @@ class SegmentationResult:
 
     @property
     def n_objects(self) -> int:
-        """Distinct object ids in :attr:`labels`."""
-        ids = np.unique(self.labels)
-        return int(np.count_nonzero(ids))
+        """Distinct object ids in :attr:`labels` (counted plane by plane: a label
+        image on disk, e.g. memory-mapped, is never read whole)."""
+        labels = self.labels
+        if labels.ndim <= 2:
+            return int(np.count_nonzero(np.unique(labels)))
+        ids: set[int] = set()
+        for index in np.ndindex(*labels.shape[:-2]):
+            ids.update(np.unique(labels[index]).tolist())
+        ids.discard(0)
+        return len(ids)
 
 
 def segment_iter(

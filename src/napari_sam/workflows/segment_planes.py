@@ -47,6 +47,7 @@ def segment_planes(
     mode: str = "auto",
     ais_settings: Any = None,
     tiling: Any = "auto",
+    out: np.ndarray | None = None,
 ) -> SegmentationResult:
     """Label every object of (some) planes of an image, as SAM sees them through ``planes``.
 
@@ -64,6 +65,11 @@ def segment_planes(
     mode, ais_settings, tiling : optional
         As for :func:`~napari_sam.workflows.segment.segment` (``model`` may be a
         ``LoadedModel`` with an instance decoder; large planes are tiled).
+    out : ndarray, optional
+        A zero-filled ``uint32`` array of the image's label shape to write the
+        labels into (e.g. a memory-mapped file, so that the labels of a long
+        time-lapse are never all in memory); default a new array in memory.
+        Linking reads and writes it one line of planes at a time.
 
     Returns
     -------
@@ -77,6 +83,8 @@ def segment_planes(
     ------
     SettingsError
         For a plane outside the image.
+    ValueError
+        If ``out`` is not a ``uint32`` array of the label shape.
     Cancelled
         If ``should_cancel`` returned True.
     """
@@ -92,7 +100,15 @@ def segment_planes(
     if not todo:
         raise SettingsError("No plane to segment was given.")
     per_plane = replace(settings, link_slices=False)
-    labels = g.new_labels(np.uint32)
+    if out is None:
+        labels = g.new_labels(np.uint32)
+    elif tuple(out.shape) != tuple(g.shape) or out.dtype != np.uint32:
+        raise ValueError(
+            f"The labels go into a uint32 array of shape {tuple(g.shape)}, "
+            f"not {out.dtype} {tuple(out.shape)}."
+        )
+    else:
+        labels = out
     scores: dict[tuple[Any, int], dict[str, float]] = {}
     next_id = 1
     n_masks = 0

@@ -284,8 +284,9 @@ def test_labels_larger_than_the_spill_size_are_made_on_disk_with_the_same_output
     sam, checkpoint, tzyx, tzyx_file, tmp_path, capsys, monkeypatch, suffix
 ):
     """Over ``spill.SPILL_BYTES`` (here 0) the time-lapse's labels are written into a
-    memory-mapped file beside the output, never all in memory; the output, COCO file and
-    object count are those of labels made in memory, and the file is gone afterwards."""
+    memory-mapped file beside the output, never all in memory; the output, COCO file,
+    object table and object count are those of labels made in memory, and the file is
+    gone afterwards."""
     from napari_sam.workflows import segment_planes as module
     from napari_sam.workflows import spill
 
@@ -300,8 +301,8 @@ def test_labels_larger_than_the_spill_size_are_made_on_disk_with_the_same_output
 
     monkeypatch.setattr(module, "segment_planes", spying)
     folder = tmp_path / "out"
-    out, coco = folder / f"labels{suffix}", tmp_path / "c.json"
-    argv = ["segment", str(tzyx_file), "-o", str(out), "--coco", str(coco),
+    out, coco, csv = folder / f"labels{suffix}", tmp_path / "c.json", tmp_path / "objects.csv"
+    argv = ["segment", str(tzyx_file), "-o", str(out), "--coco", str(coco), "--table", str(csv),
             *_model(checkpoint), *OPTIONS]  # fmt: skip
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
@@ -317,6 +318,11 @@ def test_labels_larger_than_the_spill_size_are_made_on_disk_with_the_same_output
     assert len(data["annotations"]) == sum(
         len(_ids(expected.labels[t, z])) for t in range(2) for z in range(3)
     )
+    # the table is measured on the labels on disk, before they are removed
+    table = pd.read_csv(csv)
+    mine = object_table(expected.labels, scale=SCALE, unit="micrometer", intensity=tzyx)
+    np.testing.assert_array_equal(table["label"], mine["index"])
+    np.testing.assert_allclose(table["volume"], mine["volume"])
 
 
 def test_labels_on_disk_reserve_their_space_and_say_when_there_is_none(tmp_path, monkeypatch):

@@ -530,7 +530,7 @@ def _run_here(
             try:
                 result = segment_file(
                     model, job, job_recipe, image=image, coco=coco,
-                    keep_labels=tables is not None,
+                    table_method=None if tables is None else "automatic",
                     progress=bar_updater(bar),
                 )  # fmt: skip
             except NapariSamError as exc:
@@ -543,7 +543,7 @@ def _run_here(
             manifest.record(job, identity, result.coco, result.n_objects)
             planes[index] = result.coco or []
             if tables is not None:
-                tables.add(result.labels, job.name, image, result.scores, "automatic")
+                tables.add(result.table)
             report.finished(job, result.n_objects, result.n_slices, result.seconds, result.mode,
                             result.n_frames, recipe)
     finally:

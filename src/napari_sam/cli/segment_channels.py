@@ -265,11 +265,10 @@ class TableWriter:
         self.path = path
         self.tables: list[Any] = []
 
-    def add(self, labels: Any, name: str, image: Any, scores: Any, method: str) -> None:
-        """Add the objects of ``labels`` (the result for input ``name``, read as ``image``)."""
-        from napari_sam.workflows.tables import image_object_table
-
-        self.tables.append(image_object_table(labels, name, image, scores, method))
+    def add(self, table: Any) -> None:
+        """Add the object table of one input
+        (:func:`~napari_sam.workflows.tables.image_object_table`)."""
+        self.tables.append(table)
 
     def write(self) -> Path:
         import pandas as pd

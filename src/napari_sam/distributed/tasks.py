@@ -51,17 +51,10 @@ def file_task(
     """Segment a whole file into ``output`` (in the work folder); with ``table``, return its
     object table too (the labels themselves stay on the worker)."""
     model = worker_model(spec)  # the LoadedModel: its AIS decoder and weights' identity
-    if not table:
-        return batch.segment_file(model, job, recipe, output=Path(output), coco=coco)
-    image = batch.open_input(job.source, recipe)
-    result = batch.segment_file(
-        model, job, recipe, image=image, output=Path(output), coco=coco, keep_labels=True
-    )
-    result.table = image_object_table(
-        result.labels, job.name, image, result.scores, TABLE_METHOD
-    )
-    result.labels = result.scores = None
-    return result
+    return batch.segment_file(
+        model, job, recipe, output=Path(output), coco=coco,
+        table_method=TABLE_METHOD if table else None,
+    )  # fmt: skip
 
 
 def slice_task(

@@ -434,14 +434,12 @@ class FileResult:
     coco : list of (plane, (height, width), annotations) or None
         COCO annotations of every plane (:func:`coco_planes`), when asked for.
     seconds : float
-    labels, scores : optional
-        The label image and SAM's scores, when asked for (``keep_labels``).
     mode : str
         How the objects were found: ``"ais"`` or ``"amg"`` (see
         :func:`~napari_sam.workflows.segment.resolve_mode`).
     table : pandas.DataFrame, optional
         The output's object table (:func:`~napari_sam.workflows.tables.image_object_table`),
-        when a cluster worker was asked for it.
+        when asked for (``table_method`` of :func:`segment_file`).
     n_frames : int or None
         Time points of a time-lapse of stacks ``(T, Z, Y, X)`` (None otherwise).
     """
@@ -450,8 +448,6 @@ class FileResult:
     n_slices: int | None
     coco: list[tuple[int | None, tuple[int, int], list[dict]]] | None = None
     seconds: float = 0.0
-    labels: np.ndarray | None = None
-    scores: dict | None = None
     mode: str = "amg"
     table: Any = None
     n_frames: int | None = None
@@ -520,15 +516,21 @@ def segment_file(
     image: io.TiffImage | None = None,
     output: Path | None = None,
     coco: bool = False,
-    keep_labels: bool = False,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    table_method: str | None = None,
 ) -> FileResult:
     """Read ``job.source``, segment it, write its labels to ``output`` (default ``job.output``).
 
     The output is a TIFF or an OME-Zarr folder by its name, written
     atomically with the input's pixel size. ``image``: the input, if already
-    read (:func:`open_input`).
+    read (:func:`open_input`). With ``table_method`` (the table's ``method``
+    column), the object table of the labels
+    (:func:`~napari_sam.workflows.tables.image_object_table`) is measured
+    while they exist and returned as :attr:`FileResult.table`. Labels of a
+    time-lapse or channel image larger than
+    :data:`~napari_sam.workflows.spill.SPILL_BYTES` are made on disk
+    (:func:`~napari_sam.workflows.spill.labels_on_disk`).
 
     Raises
     ------
@@ -560,10 +562,8 @@ def segment_file(
                 k: v for k, v in recipe.kwargs().items()
                 if k in ("mode", "ais_settings", "tiling")
             }  # fmt: skip
-            # labels larger than SPILL_BYTES are made on disk unless the caller keeps them
-            out = None if keep_labels else held.enter_context(
-                labels_on_disk(planes.geometry.shape, target)
-            )
+            # labels larger than SPILL_BYTES are made on disk
+            out = held.enter_context(labels_on_disk(planes.geometry.shape, target))
             result = segment_planes(
                 model, planes, settings=recipe.settings, progress=progress,
                 should_cancel=should_cancel, out=out, **modes,
@@ -585,7 +585,13 @@ def segment_file(
         if coco:
             coco_data = coco_planes(result.labels, result.scores, stack=result.slices is not None)
         n_objects = result.n_objects
-        labels = result.labels if keep_labels else None
+        table = None
+        if table_method is not None:
+            from napari_sam.workflows.tables import image_object_table
+
+            table = image_object_table(
+                result.labels, job.name, image, result.scores, table_method
+            )
         result.labels = None  # an array on disk is unmapped before its file is removed
     n_slices = None if result.slices is None else len(result.slices)
     return FileResult(
@@ -594,9 +600,8 @@ def segment_file(
         n_frames=lines[0] if lines else None,
         coco=coco_data,
         seconds=time.perf_counter() - t0,
-        labels=labels,
-        scores=result.scores if keep_labels else None,
         mode=result.mode,
+        table=table,
     )
 
 

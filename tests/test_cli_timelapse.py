@@ -354,3 +354,51 @@ def test_labels_on_disk_reserve_their_space_and_say_when_there_is_none(tmp_path,
         with spill.labels_on_disk((2, 3, 8, 8), near):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stack_over_the_spill_size_is_linked_on_disk_as_in_memory(
+    sam, checkpoint, tzyx, tmp_path, capsys, monkeypatch
+):
+    """A plain stack (Z, Y, X) too: its labels are assembled and linked through the slices in
+    the memory-mapped file, one slice at a time, and written as the in-memory ones."""
+    from napari_sam.workflows import segment as segment_module
+    from napari_sam.workflows import spill
+
+    stack = tzyx[0]
+    src = tmp_path / "stack.tif"
+    tifffile.imwrite(src, stack, imagej=True, metadata={"axes": "ZYX"})
+    expected = segment(sam, stack, settings=SETTINGS)
+    assert expected.labels.max() >= 5 and _ids(expected.labels[0]) & _ids(expected.labels[1])
+    monkeypatch.setattr(spill, "SPILL_BYTES", 0)
+    given = []
+    real = segment_module.segment_iter
+
+    def spying(*args, **kwargs):
+        given.append(kwargs.get("out"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "segment_iter", spying)
+    out = tmp_path / "out" / "labels.tif"
+    assert cli.main(["segment", str(src), "-o", str(out), *_model(checkpoint), *OPTIONS]) == 0
+    assert f"stack.tif: {len(_ids(expected.labels))} objects" in capsys.readouterr().err
+    assert len(given) == 1 and isinstance(given[0], np.memmap)
+    np.testing.assert_array_equal(tifffile.imread(out), expected.labels)
+    assert sorted(p.name for p in out.parent.iterdir()) == [".napari-sam", out.name]
+
+
+def test_linking_in_place_equals_linking_into_a_new_array():
+    from napari_sam.workflows.segment import link_slices
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((4, 32, 32), np.uint32)
+    for z in (0, 1, 3):  # slice 2 is not segmented
+        for k in range(1, 6):
+            r, c = rng.integers(0, 24, 2)
+            labels[z, r : r + 8, c : c + 8] = k
+    labels[1] = labels[0]  # objects that continue
+    fresh, mapping = link_slices(labels, 0.3, slices=[0, 1, 3])
+    inplace = labels.copy()
+    same, mapping2 = link_slices(inplace, 0.3, slices=[0, 1, 3], out=inplace)
+    assert same is inplace and mapping2 == mapping
+    np.testing.assert_array_equal(inplace, fresh)
+    assert _ids(fresh[0]) == _ids(fresh[1]) and not fresh[2].any()

@@ -39,6 +39,7 @@ from napari_sam.runtime.files import atomic_write
 from napari_sam.runtime.progress import CancelCheck, ProgressCallback
 from napari_sam.workflows import coco, io, zarr_io
 from napari_sam.workflows.segment import AutoSettings, segment
+from napari_sam.workflows.spill import labels_on_disk
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -527,9 +528,8 @@ def segment_file(
     read (:func:`open_input`). With ``table_method`` (the table's ``method``
     column), the object table of the labels
     (:func:`~napari_sam.workflows.tables.image_object_table`) is measured
-    while they exist and returned as :attr:`FileResult.table`. Labels of a
-    time-lapse or channel image larger than
-    :data:`~napari_sam.workflows.spill.SPILL_BYTES` are made on disk
+    while they exist and returned as :attr:`FileResult.table`. Labels larger
+    than :data:`~napari_sam.workflows.spill.SPILL_BYTES` are made on disk
     (:func:`~napari_sam.workflows.spill.labels_on_disk`).
 
     Raises
@@ -547,7 +547,6 @@ def segment_file(
         if recipe.channels is not None or frames:
             from napari_sam.workflows.planes import ImagePlanes
             from napari_sam.workflows.segment_planes import segment_planes
-            from napari_sam.workflows.spill import labels_on_disk
 
             if recipe.channels is None:  # every plane with the whole file's contrast
                 planes = ImagePlanes(image.data, rgb=image.rgb, contrast=recipe.contrast)
@@ -570,6 +569,8 @@ def segment_file(
             )  # fmt: skip
             del out
         else:
+            shape = image.data.shape[:-1] if image.rgb else image.data.shape
+            out = held.enter_context(labels_on_disk(shape, target))
             result = segment(
                 model,
                 image.data,
@@ -578,8 +579,10 @@ def segment_file(
                 settings=recipe.settings,
                 progress=progress,
                 should_cancel=should_cancel,
+                out=out,
                 **recipe.kwargs(),
             )
+            del out
         io.write_labels(target, result.labels, scale=image.scale, unit=image.unit)
         coco_data = None
         if coco:

@@ -349,6 +349,7 @@ def segment_iter(
     store: Any = None,
     disk: Any = None,
     model_id: str | None = None,
+    out: np.ndarray | None = None,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """Segment every object of a 2D image or of (some) slices of a 3D stack.
 
@@ -391,6 +392,11 @@ def segment_iter(
         AIS looks embeddings up there first and keeps new ones (needs ``model_id``).
     model_id : str, optional
         The weights' identity for the cache keys (default: the LoadedModel's).
+    out : ndarray, optional
+        A zero-filled ``uint32`` array of the label shape (``(Y, X)`` or
+        ``(Z, Y, X)``) to assemble the labels in, e.g. a memory-mapped file
+        (:func:`~napari_sam.workflows.spill.labels_on_disk`); slices are linked
+        in it, one slice at a time. Default: a new array in memory.
 
     Returns
     -------
@@ -453,25 +459,26 @@ def segment_iter(
             f"not {layout.spatial_shape}; make them for this image."
         )
     tiled = isinstance(tiling, TiledEmbeddings) and tiling.is_tiled
+    assembly = _Assembly(layout, planes, mode, out)
     if mode == "ais":
         if tiled:
             return _tiled_ais_steps(
-                tiling, decoder_of(model, decoder), layout, planes, settings, ais_settings
+                tiling, decoder_of(model, decoder), assembly, settings, ais_settings
             )
         cache = {"model_id": model_id, "store": store, "disk": disk}
         return _ais_steps(
-            sam, decoder_of(model, decoder), data, layout, planes, contrast, settings,
+            sam, decoder_of(model, decoder), data, assembly, contrast, settings,
             ais_settings, cache,
-        )
+        )  # fmt: skip
     if tiled:
         if settings.crop_n_layers > 0:
             raise SettingsError(
                 "Crop layers cannot be combined with tiling (tiles already show SAM the image "
                 "at full resolution); set crop layers to 0 or turn tiling off."
             )
-        return _tiled_segment_steps(tiling, layout, planes, settings)
+        return _tiled_segment_steps(tiling, assembly, settings)
     generator = SamAutomaticMaskGenerator(sam, **settings.generator_kwargs())
-    return _segment_steps(generator, data, layout, planes, contrast, settings)
+    return _segment_steps(generator, data, assembly, contrast, settings)
 
 
 class _Assembly:
@@ -482,11 +489,25 @@ class _Assembly:
     own number, and SAM's scores follow their objects.
     """
 
-    def __init__(self, layout: ImageLayout, planes: list[int | None], mode: str) -> None:
+    def __init__(
+        self,
+        layout: ImageLayout,
+        planes: list[int | None],
+        mode: str,
+        out: np.ndarray | None = None,
+    ) -> None:
         self.layout = layout
         self.planes = planes
         self.mode = mode
-        self.labels = np.zeros(layout.spatial_shape, dtype=np.uint32)
+        shape = tuple(layout.spatial_shape)
+        if out is None:
+            out = np.zeros(shape, dtype=np.uint32)
+        elif tuple(out.shape) != shape or out.dtype != np.uint32:
+            raise ValueError(
+                f"The labels go into a uint32 array of shape {shape}, "
+                f"not {out.dtype} {tuple(out.shape)}."
+            )
+        self.labels = out
         self.scores: dict[tuple[int | None, int], dict[str, float]] = {}
         self.next_id = 1
         self.n_masks = 0
@@ -521,7 +542,9 @@ class _Assembly:
                 total, total, "linking slices", "steps", len(planes) - 1, len(planes)
             )
             segmented = sorted(int(z) for z in planes)
-            labels, mapping = link_slices(labels, settings.link_iou, slices=segmented)
+            labels, mapping = link_slices(
+                labels, settings.link_iou, slices=segmented, out=labels
+            )
             scores = {(z, mapping[(z, lab)]): v for (z, lab), v in scores.items()}
         return SegmentationResult(
             labels=labels,
@@ -536,14 +559,13 @@ def _ais_steps(
     sam: Any,
     decoder: Any,
     data: Any,
-    layout: ImageLayout,
-    planes: list[int | None],
+    out: _Assembly,
     contrast: tuple[float, ...],
     settings: AutoSettings,
     ais: AISSettings,
     cache: dict[str, Any],
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
-    out = _Assembly(layout, planes, "ais")
+    layout, planes = out.layout, out.planes
     per_plane = len(STAGES)
     total = per_plane * len(planes)
     for i, z in enumerate(planes):
@@ -570,8 +592,7 @@ def _ais_steps(
 def _tiled_ais_steps(
     embeddings: TiledEmbeddings,
     decoder: Any,
-    layout: ImageLayout,
-    planes: list[int | None],
+    out: _Assembly,
     settings: AutoSettings,
     ais: AISSettings,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
@@ -588,7 +609,7 @@ def _tiled_ais_steps(
     from napari_sam.workflows.ais import instance_maps, instances_from_maps
     from napari_sam.workflows.tiled_automatic import stitch_tile_maps_iter
 
-    out = _Assembly(layout, planes, "ais")
+    planes = out.planes
     n_tiles = len(embeddings.grid)
     per_plane = n_tiles + 1
     total = per_plane * len(planes)
@@ -644,13 +665,12 @@ def _plane_events(
 def _segment_steps(
     generator: Any,
     data: Any,
-    layout: ImageLayout,
-    planes: list[int | None],
+    out: _Assembly,
     contrast: tuple[float, ...],
     settings: AutoSettings,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
+    layout, planes = out.layout, out.planes
     h, w = layout.plane_shape
-    out = _Assembly(layout, planes, "amg")
     sizes: list[int] = []
     max_area = settings.max_area_fraction * h * w
     for i, z in enumerate(planes):
@@ -680,14 +700,13 @@ def _segment_steps(
 
 def _tiled_segment_steps(
     embeddings: TiledEmbeddings,
-    layout: ImageLayout,
-    planes: list[int | None],
+    out: _Assembly,
     settings: AutoSettings,
 ) -> Generator[SegmentProgress, None, SegmentationResult]:
     """:func:`_segment_steps` for tiled planes (:func:`~.tiled_automatic.tiled_amg_plane`)."""
     from napari_sam.workflows.tiled_automatic import tiled_amg_plane
 
-    out = _Assembly(layout, planes, "amg")
+    planes = out.planes
     sizes: list[int] = []
     for i, z in enumerate(planes):
         steps = tiled_amg_plane(
@@ -725,6 +744,7 @@ def segment(
     store: Any = None,
     disk: Any = None,
     model_id: str | None = None,
+    out: np.ndarray | None = None,
 ) -> SegmentationResult:
     """Like :func:`segment_iter`, run to the end.
 
@@ -746,6 +766,7 @@ def segment(
         store=store,
         disk=disk,
         model_id=model_id,
+        out=out,
     )
     return drive(steps, progress, should_cancel, cancelled="Automatic segmentation was cancelled.")
 
@@ -777,6 +798,7 @@ def link_slices(
     iou_threshold: float = 0.3,
     *,
     slices: Sequence[int] | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[tuple[int, int], int]]:
     """Give objects that continue from one slice to the next the same id.
 
@@ -790,6 +812,9 @@ def link_slices(
     slices : sequence of int, optional
         Only these slices are linked (in increasing order; a slice is compared
         with the previous one in this list); the others are left at 0.
+    out : ndarray ``(Z, Y, X)`` uint32, optional
+        Where to write the linked ids (default a new array); may be ``labels``
+        itself (each slice is read before it is written), e.g. labels on disk.
 
     Returns
     -------
@@ -811,13 +836,19 @@ def link_slices(
             f"The slice-linking IoU threshold must be above 0 and at most 1, not {iou_threshold!r}."
         )
     zs = list(range(arr.shape[0])) if slices is None else sorted(int(z) for z in slices)
-    out = np.zeros(arr.shape, dtype=np.uint32)
+    if out is None:
+        out = np.zeros(arr.shape, dtype=np.uint32)
+    elif tuple(out.shape) != arr.shape or out.dtype != np.uint32:
+        raise ValueError(f"Linked ids go into a uint32 array of shape {arr.shape}.")
+    else:
+        for z in sorted(set(range(arr.shape[0])) - set(zs)):
+            out[z] = 0
     mapping: dict[tuple[int, int], int] = {}
     linker = SliceLinker()
     prev: np.ndarray | None = None
     prev_areas: dict[int, int] = {}
     for z in zs:
-        plane = np.asarray(arr[z])
+        plane = np.array(arr[z])  # a copy: ``out`` may be ``labels``
         areas = plane_areas(plane)
         pairs = [] if prev is None else overlap_pairs(prev, plane, iou_threshold, prev_areas, areas)
         new_of = linker.add(areas, pairs)
@@ -827,5 +858,7 @@ def link_slices(
                 lut[c] = new
                 mapping[(z, c)] = new
             out[z] = lut[plane]
+        else:
+            out[z] = 0
         prev, prev_areas = plane, areas
     return out, mapping

@@ -179,10 +179,11 @@ def _link_lines(
     offset = 0
     for outer, zs in lines.items():
         view = g.line_slicer((*outer, zs[0]), g.n_leading - 1)
-        line, mapping = link_slices(labels[view], iou, slices=sorted(zs))
+        line = labels[view]  # a view: linked in place, plane by plane
+        line, mapping = link_slices(line, iou, slices=sorted(zs), out=line)
         if offset:
-            line[line > 0] += np.uint32(offset)
-        labels[view] = line
+            for plane in line:
+                plane[plane > 0] += np.uint32(offset)
         for where, z, lab in by_line.get(outer, []):
             linked[(where, mapping[(z, lab)] + offset)] = scores[(where, lab)]
         offset = max(offset, int(line.max()) if line.size else 0)

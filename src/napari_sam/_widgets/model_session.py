@@ -33,6 +33,7 @@ from napari_sam.workflows.interactive import install_cancel_hooks
 
 __all__ = [
     "CUSTOM_CHECKPOINT",
+    "LOAD_FAILED",
     "MODEL_CHOICES",
     "PRECISIONS",
     "SAM_CHOICES",
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 CUSTOM_CHECKPOINT = "custom checkpoint file…"
+#: An interactive dock's status line after a load ended without a model (the reason was
+#: notified once, by the job runner).
+LOAD_FAILED = "The model could not be loaded; press “Load model” to retry."
 #: Meta's SAM and MobileSAM (no instance decoder: automatic segmentation uses the point grid).
 SAM_CHOICES = ("vit_t", "vit_b", "vit_l", "vit_h")
 #: Model choices offered in the widgets, in this order: "auto" (MobileSAM on a CPU, ViT-B on

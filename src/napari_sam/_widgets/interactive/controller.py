@@ -35,7 +35,7 @@ from napari_sam._widgets.interactive.session import ImageSession
 from napari_sam._widgets.interactive.stack import StackController
 from napari_sam._widgets.interactive.tiles import DockTiling
 from napari_sam._widgets.jobs import JobRunner
-from napari_sam._widgets.model_session import ModelSession, session_for
+from napari_sam._widgets.model_session import LOAD_FAILED, ModelSession, session_for
 from napari_sam._widgets.objects_table import undo_labels
 from napari_sam.runtime.loader import LoadedModel
 from napari_sam.workflows.embeddings import EmbeddingStore
@@ -320,6 +320,10 @@ class InteractiveController(ControllerBase):
         if model is not None:
             self.schedule()
             self.stack.model_ready()
+        elif self.session.loading:  # another model was chosen meanwhile and loads now
+            self.set_status(self.session.describe(NOT_LOADED))
+        else:  # the status line said "loading…": say that it ended without a model
+            self.set_status(LOAD_FAILED)
 
     def cancel(self) -> None:
         """Stop loading the model (a download) or encoding the current plane."""

@@ -22,6 +22,7 @@ from napari_sam._widgets.interactive.planes_layout import (
     where,
 )
 from napari_sam._widgets.interactive.preview import describe_preview
+from napari_sam._widgets.model_session import LOAD_FAILED
 from napari_sam._widgets.notices import Notice, notice_for
 from napari_sam.errors import NapariSamError
 from napari_sam.runtime.fallbacks import relay_fallbacks
@@ -122,7 +123,7 @@ def update(c: Any) -> None:
         if c.session.loading:
             c.set_status(c.session.describe(""))
         else:
-            c.set_status("The model could not be loaded; press “Load model” to retry.")
+            c.set_status(LOAD_FAILED)
         return
     channels = c.channels.active_for(c.image)
     tiled = c.tiles.embeddings_for(c.image, layout, model, c.embeddings.store,

@@ -50,6 +50,7 @@ from napari_sam._widgets.interactive.stack_write import (
     write_propagation,
 )
 from napari_sam._widgets.jobs import Job
+from napari_sam._widgets.model_session import LOAD_FAILED
 from napari_sam._widgets.notices import Notice
 from napari_sam.errors import (
     Cancelled,
@@ -188,7 +189,7 @@ class StackController:
             return None
         if owner.model is None:
             if owner.session.failed_key == owner.session.request.key():
-                owner.set_status("The model could not be loaded; press “Load model” to retry.")
+                owner.set_status(LOAD_FAILED)
                 return None
             self.pending = what
             owner.load_model()

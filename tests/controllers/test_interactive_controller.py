@@ -452,6 +452,9 @@ def test_model_load_errors_and_retry(fast_model, stack):
     assert notes["error"] == ["Could not download sam_vit_l_0b3195.pth: no network."]
     assert c.model is None and runner.progress_log == [Progress(50, 100, unit="bytes")]
     assert "press “Load model” to retry" in c.status  # no longer "loading vit_l…"
+    assert c.session.describe("not loaded") == (
+        "Model: not loaded (the last try failed; “Load model” tries again)"
+    )
     c.prompts.points.current.add([41.0, 50.0])  # not retried at every prompt
     settle(c)
     assert calls == ["vit_l"] and "press “Load model” to retry" in c.status

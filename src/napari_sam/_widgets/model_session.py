@@ -253,11 +253,16 @@ class ModelSession:
         return True
 
     def describe(self, not_loaded: str) -> str:
-        """The model line: ``"Model: vit_b on cpu"``, or ``not_loaded``."""
+        """The model line: ``"Model: vit_b on cpu"``, or ``not_loaded`` (or that the last
+        try to load the requested model failed)."""
         if self.loading:
             return f"Model: loading {self._loading_name}…"
         model = self.model
-        return f"Model: {model.describe()}" if model is not None else not_loaded
+        if model is not None:
+            return f"Model: {model.describe()}"
+        if self.failed_key is not None and self.failed_key == self.request.key():
+            return "Model: not loaded (the last try failed; “Load model” tries again)"
+        return not_loaded
 
     def set_request(self, request: ModelRequest) -> str | None:
         """Ask for another model; the loaded one is dropped if it is not that one.

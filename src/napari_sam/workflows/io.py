@@ -715,12 +715,10 @@ def write_labels_tiff(
             f"The scale {scale} does not fit a label image of shape {shape} (one positive "
             "pixel size per axis)."
         )
-    if arr is not None and ndim == 2:
+    if arr is not None:
         dtype = _label_dtype(arr)
-        data: Any = np.ascontiguousarray(arr, dtype=dtype)
-    elif arr is not None:  # plane by plane: no whole-image copy in the file's type
-        dtype = _label_dtype(arr)
-        data = (
+        # 3D/4D plane by plane: no whole-image copy in the file's type
+        data: Any = np.ascontiguousarray(arr, dtype=dtype) if ndim == 2 else (
             np.ascontiguousarray(arr[index], dtype=dtype) for index in np.ndindex(*shape[:-2])
         )
     else:

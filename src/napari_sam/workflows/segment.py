@@ -69,6 +69,7 @@ from napari_sam.workflows.ais import (
 )
 from napari_sam.workflows.image import ImageLayout, get_plane, stack_layout, to_sam_rgb
 from napari_sam.workflows.linking import SliceLinker, overlap_pairs, plane_areas
+from napari_sam.workflows.spill import labels_into
 from napari_sam.workflows.tiled_embeddings import TiledEmbeddings
 from napari_sam.workflows.tiling import Tiling
 
@@ -499,15 +500,7 @@ class _Assembly:
         self.layout = layout
         self.planes = planes
         self.mode = mode
-        shape = tuple(layout.spatial_shape)
-        if out is None:
-            out = np.zeros(shape, dtype=np.uint32)
-        elif tuple(out.shape) != shape or out.dtype != np.uint32:
-            raise ValueError(
-                f"The labels go into a uint32 array of shape {shape}, "
-                f"not {out.dtype} {tuple(out.shape)}."
-            )
-        self.labels = out
+        self.labels = labels_into(out, layout.spatial_shape)
         self.scores: dict[tuple[int | None, int], dict[str, float]] = {}
         self.next_id = 1
         self.n_masks = 0
@@ -836,11 +829,9 @@ def link_slices(
             f"The slice-linking IoU threshold must be above 0 and at most 1, not {iou_threshold!r}."
         )
     zs = list(range(arr.shape[0])) if slices is None else sorted(int(z) for z in slices)
-    if out is None:
-        out = np.zeros(arr.shape, dtype=np.uint32)
-    elif tuple(out.shape) != arr.shape or out.dtype != np.uint32:
-        raise ValueError(f"Linked ids go into a uint32 array of shape {arr.shape}.")
-    else:
+    given = out is not None
+    out = labels_into(out, arr.shape)
+    if given:  # the slices not linked are 0, as in a new array
         for z in sorted(set(range(arr.shape[0])) - set(zs)):
             out[z] = 0
     mapping: dict[tuple[int, int], int] = {}

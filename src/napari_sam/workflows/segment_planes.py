@@ -32,6 +32,7 @@ from napari_sam.workflows.segment import (
     link_slices,
     segment,
 )
+from napari_sam.workflows.spill import labels_into
 
 __all__ = ["segment_planes"]
 
@@ -100,15 +101,7 @@ def segment_planes(
     if not todo:
         raise SettingsError("No plane to segment was given.")
     per_plane = replace(settings, link_slices=False)
-    if out is None:
-        labels = g.new_labels(np.uint32)
-    elif tuple(out.shape) != tuple(g.shape) or out.dtype != np.uint32:
-        raise ValueError(
-            f"The labels go into a uint32 array of shape {tuple(g.shape)}, "
-            f"not {out.dtype} {tuple(out.shape)}."
-        )
-    else:
-        labels = out
+    labels = labels_into(out, g.shape)
     scores: dict[tuple[Any, int], dict[str, float]] = {}
     next_id = 1
     n_masks = 0

@@ -23,10 +23,30 @@ import numpy as np
 from napari_sam.errors import OutputFileError
 from napari_sam.runtime.files import temporary_dir
 
-__all__ = ["SPILL_BYTES", "labels_on_disk"]
+__all__ = ["SPILL_BYTES", "labels_into", "labels_on_disk"]
 
 #: Label images (``uint32``) larger than this are made on disk, not in memory.
 SPILL_BYTES = 1 << 30
+
+
+def labels_into(out: np.ndarray | None, shape: Sequence[int]) -> np.ndarray:
+    """``out`` (a ``uint32`` array of ``shape``, e.g. from :func:`labels_on_disk`) or, if
+    None, a new zero-filled one in memory: where a label image is assembled.
+
+    Raises
+    ------
+    ValueError
+        If ``out`` is not a ``uint32`` array of ``shape``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if out is None:
+        return np.zeros(shape, dtype=np.uint32)
+    if tuple(out.shape) != shape or out.dtype != np.uint32:
+        raise ValueError(
+            f"The labels go into a uint32 array of shape {shape}, "
+            f"not {out.dtype} {tuple(out.shape)}."
+        )
+    return out
 
 
 @contextlib.contextmanager
